@@ -1,0 +1,110 @@
+"""The one place that knows the etcd key layout (DESIGN.md section 4).
+
+All keys live under /baton/<cluster>/. Values are UTF-8 JSON objects.
+
+  coordinators/<name>   {name, role, primary, grpc, web, version, ready, ready_since}
+                        lease: the coordinator's session
+  leader                {name, role, grpc, web}; epoch = the key's create revision
+                        lease: the leader's session
+  settings              {selected_backup, auto_subscribe, max_cores_per_build,
+                         deselect_after, failback_delay}
+  switchover            {target}: a planned handover asks that coordinator to lead
+  backup-contact/<name> {last_seen}: when the leading primary last saw the
+                        selected backup registered (the deselection clock)
+  agents/<name>         {name, host, cores, group, version, coordinator, epoch}
+                        lease: the agent's own
+  agent-config/<name>   {disabled, subscribed}   (admin choices; no lease)
+  runtime               {coordinator, epoch, time, agents: {name: {connected,
+                         running, builds}}}: the leader's live view, for the UI
+  builds/<id>           {id, name, submitted, user, tasks: [{id, cmd, deps, timeout}]}
+                        the spec as submitted, written once by the web API (one
+                        fenced put, so a build appears whole or not at all)
+  build-status/<id>     {state: queued|running|done|failed, total, done, failed,
+                         running, started, finished}: written by the leader
+  tasks/<id>/<task>     {state: running|done|failed, attempt, agent, assigned,
+                         result: {exit_code, duration, output_tail, agent,
+                         attempt, error}}: written by the leader; no key means
+                        the task has not been assigned yet (queued)
+  users/<name>          {role, scrypt: {salt, hash, n, r, p}}
+  events/<seq>          {type, time, coordinator, epoch, detail}; seq sorts by time
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def prefix_end(prefix: str) -> str:
+    """The exclusive end of the etcd range covering every key under prefix."""
+    raw = prefix.encode()
+    return (raw[:-1] + bytes([raw[-1] + 1])).decode()
+
+
+class Keys:
+    """Key names for one cluster. Cheap to build; immutable."""
+
+    def __init__(self, cluster: str = "default"):
+        if not cluster or "/" in cluster:
+            raise ValueError(f"cluster name {cluster!r} must be non-empty and contain no '/'")
+        self.cluster = cluster
+        self.root = f"/baton/{cluster}/"
+        self.leader = self.root + "leader"
+        self.settings = self.root + "settings"
+        self.switchover = self.root + "switchover"
+        self.runtime = self.root + "runtime"
+        self.coordinators = self.root + "coordinators/"
+        self.agents = self.root + "agents/"
+        self.agent_config = self.root + "agent-config/"
+        self.builds = self.root + "builds/"
+        self.build_status = self.root + "build-status/"
+        self.tasks = self.root + "tasks/"
+        self.users = self.root + "users/"
+        self.events = self.root + "events/"
+        self.backup_contact = self.root + "backup-contact/"
+
+    def coordinator(self, name: str) -> str:
+        return self.coordinators + name
+
+    def agent(self, name: str) -> str:
+        return self.agents + name
+
+    def agent_settings(self, name: str) -> str:
+        return self.agent_config + name
+
+    def build(self, build_id: str) -> str:
+        return self.builds + build_id
+
+    def status_of_build(self, build_id: str) -> str:
+        return self.build_status + build_id
+
+    def build_tasks(self, build_id: str) -> str:
+        return f"{self.tasks}{build_id}/"
+
+    def task(self, build_id: str, task_id: str) -> str:
+        return f"{self.tasks}{build_id}/{task_id}"
+
+    def user(self, name: str) -> str:
+        return self.users + name
+
+    def event(self, seq: str) -> str:
+        return self.events + seq
+
+    def contact(self, backup: str) -> str:
+        return self.backup_contact + backup
+
+    @staticmethod
+    def name_of(key: bytes | str, prefix: str) -> str:
+        """The part of key after prefix ("agents/a1" -> "a1")."""
+        if isinstance(key, bytes):
+            key = key.decode()
+        return key[len(prefix):]
+
+
+def encode(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+
+
+def decode(raw: bytes | str | None) -> Any:
+    if raw is None:
+        return None
+    return json.loads(raw)

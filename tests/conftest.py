@@ -1,0 +1,56 @@
+"""Shared fixtures: a real etcd for the whole session, a unique cluster per test."""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from coordinator.keys import Keys
+from lease.client import connect
+from tests.harness.etcd import start_single
+
+
+@pytest.fixture(scope="session")
+def etcd_member(tmp_path_factory):
+    """One real etcd member shared by every test that does not break etcd."""
+    member = start_single(tmp_path_factory.mktemp("etcd"))
+    yield member
+    member.stop()
+
+
+@pytest.fixture
+def etcd_url(etcd_member) -> str:
+    return etcd_member.client_url
+
+
+@pytest.fixture
+def cluster_name() -> str:
+    """A cluster name of its own per test, so tests sharing etcd never see each other's keys."""
+    return "t" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def keys(cluster_name) -> Keys:
+    return Keys(cluster_name)
+
+
+@pytest.fixture
+def etcd(etcd_url):
+    """A connected lease.client.Etcd on the shared member."""
+    client = connect(etcd_url, timeout=2.0)
+    yield client
+    client.close()
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On failure, append the logs of the etcd members the test used."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed:
+        for name in ("etcd_member", "etcd_cluster", "tls_etcd"):
+            fixture = item.funcargs.get(name) if hasattr(item, "funcargs") else None
+            members = getattr(fixture, "members", None) or ([fixture] if fixture is not None else [])
+            for m in members:
+                if hasattr(m, "log_tail"):
+                    report.sections.append((f"etcd log {m.name}", m.log_tail()))

