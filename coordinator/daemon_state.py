@@ -1,0 +1,52 @@
+"""The daemon's live state, shared with the web workers of the same coordinator.
+
+The daemon (HA loop) rewrites a small JSON file every cycle; gunicorn
+workers read it to learn whether their coordinator is *acting* as leader
+right now (lease renewed within renew_deadline, runtime dispatching) and to
+serve /metrics. A file, not etcd, because it is local to one coordinator and
+changes every cycle. A file older than max_age counts as "not acting": a
+wedged daemon makes its own UI view-only (DESIGN.md section 3, rule 3).
+
+Fields: name, role, acting (bool), epoch (int|None), leader (name|None),
+updated (unix time), lease_ttl_left (s), lease_renewal_latency (s),
+failovers, agents_connected, tasks_dispatched, sentence.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from typing import Any
+
+
+def write_state(path: str, state: dict[str, Any]) -> None:
+    """Atomically replace the state file (write to a temp file, then rename)."""
+    state = dict(state, updated=time.time())
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".state-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(state, f)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def read_state(path: str | None, max_age: float, now: float | None = None) -> dict[str, Any] | None:
+    """The state if the file exists and is younger than max_age seconds, else None."""
+    if not path:
+        return None
+    try:
+        with open(path) as f:
+            state = json.load(f)
+    except (OSError, ValueError):
+        return None
+    now = time.time() if now is None else now
+    if now - float(state.get("updated", 0)) > max_age:
+        return None
+    return state
