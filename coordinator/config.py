@@ -11,6 +11,7 @@ import re
 
 from lease.client import EtcdConfig
 from lease.errors import ConfigError
+from lease.session import validate_timings as validate_lease_timings  # the one copy of rule 3
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -51,19 +52,6 @@ class Timings:
             raise ConfigError(f"failback_delay must be >= 0, got {self.failback_delay}")
         if self.grace <= 0:
             raise ConfigError(f"grace must be > 0, got {self.grace}")
-
-
-def validate_lease_timings(ttl: float, renew_deadline: float, keepalive_interval: float) -> None:
-    """Raise ConfigError unless ttl >= 2 and ttl > renew_deadline > keepalive_interval > 0."""
-    if ttl != int(ttl) or ttl < 2:
-        raise ConfigError(f"ttl must be a whole number of seconds >= 2 (etcd's smallest lease), got {ttl}")
-    if not renew_deadline < ttl:
-        raise ConfigError(f"renew_deadline ({renew_deadline}) must be less than ttl ({ttl})")
-    if not keepalive_interval < renew_deadline:
-        raise ConfigError(
-            f"keepalive interval ({keepalive_interval}) must be less than renew_deadline ({renew_deadline})")
-    if not keepalive_interval > 0:
-        raise ConfigError(f"keepalive interval must be > 0, got {keepalive_interval}")
 
 
 @dataclasses.dataclass(frozen=True)

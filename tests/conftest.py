@@ -7,7 +7,10 @@ import pytest
 
 from coordinator.keys import Keys
 from lease.client import connect
+from tests.harness.cluster import EtcdCluster
 from tests.harness.etcd import start_single
+from tests.harness.proxy import proxy_factory
+from tests.harness.tls import TlsEtcd
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +43,31 @@ def etcd(etcd_url):
     client = connect(etcd_url, timeout=2.0)
     yield client
     client.close()
+
+
+@pytest.fixture
+def etcd_cluster(tmp_path):
+    """A fresh 3-member etcd cluster per test (tests kill, pause and restart members)."""
+    cluster = EtcdCluster(tmp_path / "cluster", size=3).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_etcd(tmp_path_factory):
+    """One TLS-only etcd member (https clients and peers) with a CA and a
+    certificate for localhost/127.0.0.1: `.client_url`, `.tls` {"ca", "cert", "key"}."""
+    server = TlsEtcd(tmp_path_factory.mktemp("tls-etcd")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def tcp_proxy():
+    """Factory: tcp_proxy(host, port) -> a TcpProxy closed when the test ends."""
+    make, close_all = proxy_factory()
+    yield make
+    close_all()
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)

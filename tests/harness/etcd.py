@@ -45,6 +45,7 @@ class EtcdMember:
     initial_cluster: str | None = None  # "n1=http://..,n2=.." for multi-member
     cluster_token: str = "baton-test"
     tls: dict | None = None  # {"ca", "cert", "key"} paths: https for clients and peers
+    client_cert_auth: bool = False  # with tls: clients must present a certificate of the CA
     extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
@@ -75,9 +76,12 @@ class EtcdMember:
         ]
         if self.tls:
             args += ["--cert-file", self.tls["cert"], "--key-file", self.tls["key"],
-                     "--trusted-ca-file", self.tls["ca"], "--client-cert-auth=false",
                      "--peer-cert-file", self.tls["cert"], "--peer-key-file", self.tls["key"],
                      "--peer-trusted-ca-file", self.tls["ca"], "--peer-client-cert-auth"]
+            # etcd requires a client certificate from every client as soon as
+            # --trusted-ca-file is given, so only pass it when that is wanted.
+            if self.client_cert_auth:
+                args += ["--trusted-ca-file", self.tls["ca"], "--client-cert-auth"]
         return args + self.extra_args
 
     def start(self) -> "EtcdMember":

@@ -1,0 +1,67 @@
+"""Which ready task runs on which free core: a pure function of plain data.
+
+Fair share (DESIGN.md section 1): the cores are split evenly between the
+builds that have work. Cores are handed out one at a time to the build that
+holds the fewest (cores in use + cores granted in this round), ties going to
+the build submitted first; a build with no ready task left, or at its
+max_cores_per_build cap, drops out and leaves its share to the others. This
+is water-filling, so a build with fewer ready tasks than its share never
+holds cores another build could use. Running tasks are never preempted: a
+build over its share just gets nothing until the others catch up.
+
+Each granted core is taken from the agent with the most free cores (ties by
+name), which spreads work over the farm. One task uses one core.
+"""
+from __future__ import annotations
+
+import dataclasses
+import heapq
+from typing import Mapping, Sequence
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildDemand:
+    """A build as the scheduler sees it: ready tasks in the order they
+    should start, and how many of its tasks hold a core right now."""
+
+    build_id: str
+    ready: Sequence[str]
+    in_use: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    build_id: str
+    task_id: str
+    agent: str
+
+
+def schedule(builds: Sequence[BuildDemand], free_cores: Mapping[str, int],
+             max_cores_per_build: int = 0) -> list[Placement]:
+    """Placements for this round. `builds` in submission order; `free_cores`
+    only for agents that may get work; max_cores_per_build 0 means no cap."""
+    agents = [(-free, name) for name, free in free_cores.items() if free > 0]
+    total_free = sum(-f for f, _ in agents)
+    if not total_free:
+        return []
+    heapq.heapify(agents)
+    # (cores held, submission order, index into ready, demand)
+    candidates = []
+    for order, build in enumerate(builds):
+        limit = len(build.ready)
+        if max_cores_per_build > 0:
+            limit = min(limit, max_cores_per_build - build.in_use)
+        if limit > 0:
+            candidates.append((build.in_use, order, 0, limit))
+    heapq.heapify(candidates)
+    placements: list[Placement] = []
+    while candidates and agents:
+        held, order, taken, limit = heapq.heappop(candidates)
+        build = builds[order]
+        neg_free, agent = heapq.heappop(agents)
+        placements.append(Placement(build.build_id, build.ready[taken], agent))
+        if neg_free + 1 < 0:
+            heapq.heappush(agents, (neg_free + 1, agent))
+        if taken + 1 < limit:
+            heapq.heappush(candidates, (held + 1, order, taken + 1, limit))
+    return placements

@@ -1,0 +1,269 @@
+"""The leader's in-memory model of builds, tasks and agents.
+
+No I/O here: `Build.from_spec` turns the spec the web API wrote
+(builds/<id>) plus the task records found in etcd (tasks/<id>/<task>) into
+a build whose tasks know their state, attempt and agent; the methods below
+move tasks between states and say which records must be written. The
+runtime owns the one thread that touches these objects.
+
+Task states: waiting (dependencies not done), ready (queued, may start),
+assigning (running record being written), running, done, failed. A task
+whose dependency failed never runs: it is recorded failed with the error
+"not run: dependency X failed" so that every task ends exactly once with a
+recorded result.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Iterable
+
+WAITING, READY, ASSIGNING, RUNNING, DONE, FAILED = "waiting", "ready", "assigning", "running", "done", "failed"
+FINISHED = (DONE, FAILED)
+HOLDS_CORE = (ASSIGNING, RUNNING)
+
+
+@dataclasses.dataclass(eq=False)
+class Task:
+    build_id: str
+    id: str
+    cmd: str
+    deps: tuple[str, ...] = ()
+    timeout: float = 0.0
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    state: str = WAITING
+    attempt: int = 0
+    agent: str | None = None
+    assigned: float | None = None      # wall clock of the current attempt's assignment
+    sent: bool = False                 # the Assignment went out on a stream
+    recording: Any = None              # Future of the result write in flight, if any
+    record: dict | None = None         # the finished record, once durable
+    ready_at: float = 0.0              # monotonic time it became ready (for latency stats)
+    waiting_on: int = 0
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.build_id, self.id)
+
+    def running_record(self) -> dict:
+        return {"state": RUNNING, "attempt": self.attempt, "agent": self.agent, "assigned": self.assigned}
+
+    def result_record(self, exit_code: int | None, duration: float, output_tail: str,
+                      error: str, now: float) -> dict:
+        failed = bool(error) or exit_code != 0
+        return {"state": FAILED if failed else DONE, "attempt": self.attempt, "agent": self.agent,
+                "assigned": self.assigned, "finished": now,
+                "result": {"exit_code": exit_code, "duration": duration, "output_tail": output_tail,
+                           "agent": self.agent, "attempt": self.attempt, "error": error}}
+
+    def not_run_record(self, reason: str, now: float) -> dict:
+        return {"state": FAILED, "attempt": self.attempt, "agent": None, "assigned": None, "finished": now,
+                "result": {"exit_code": None, "duration": 0.0, "output_tail": "", "agent": None,
+                           "attempt": self.attempt, "error": f"not run: {reason}"}}
+
+
+@dataclasses.dataclass(eq=False)
+class Build:
+    id: str
+    name: str
+    order: float                     # submission order (create revision of builds/<id>)
+    tasks: dict[str, Task]
+    dependants: dict[str, list[str]]
+    ready: dict[str, None] = dataclasses.field(default_factory=dict)  # insertion-ordered queue
+    in_use: int = 0
+    state: str = "queued"
+    started: float | None = None
+    finished: float | None = None
+
+    @classmethod
+    def from_spec(cls, spec: dict, order: float, records: dict[str, dict], now: float,
+                  monotonic: float) -> tuple["Build", list[tuple[Task, dict]]]:
+        """The build and the records to write now (tasks that can never run:
+        unknown dependency, a dependency cycle, a failed dependency)."""
+        tasks: dict[str, Task] = {}
+        for raw in spec.get("tasks") or []:
+            task = Task(build_id=spec["id"], id=str(raw["id"]), cmd=str(raw.get("cmd", "")),
+                        deps=tuple(str(d) for d in raw.get("deps") or ()),
+                        timeout=float(raw.get("timeout") or 0),
+                        env={str(k): str(v) for k, v in (raw.get("env") or {}).items()})
+            rec = records.get(task.id)
+            if rec:
+                task.attempt = int(rec.get("attempt") or 0)
+                task.agent = rec.get("agent")
+                task.assigned = rec.get("assigned")
+                if rec.get("state") in FINISHED:
+                    task.state, task.record = rec["state"], rec
+                elif rec.get("state") == RUNNING:
+                    task.state, task.sent = RUNNING, True
+            tasks[task.id] = task
+        dependants: dict[str, list[str]] = {t: [] for t in tasks}
+        build = cls(id=spec["id"], name=str(spec.get("name", "")), order=order, tasks=tasks,
+                    dependants=dependants)
+        writes: list[tuple[Task, dict]] = []
+        for task in tasks.values():
+            for dep in task.deps:
+                if dep in dependants:
+                    dependants[dep].append(task.id)
+        for task in tasks.values():
+            unknown = [d for d in task.deps if d not in tasks]
+            if unknown and task.state not in FINISHED:
+                writes += build._finish_unrun(task, f"unknown dependency {unknown[0]!r}", now)
+        for task_id in build._cycle_members():
+            task = tasks[task_id]
+            if task.state not in FINISHED:
+                writes += build._finish_unrun(task, "dependency cycle", now)
+        for task in tasks.values():
+            if task.state == WAITING:
+                task.waiting_on = sum(1 for d in task.deps if tasks[d].state != DONE)
+                if any(tasks[d].state == FAILED for d in task.deps):
+                    bad = next(d for d in task.deps if tasks[d].state == FAILED)
+                    writes += build._finish_unrun(task, f"dependency {bad!r} failed", now)
+                elif task.waiting_on == 0:
+                    build._make_ready(task, monotonic)
+            elif task.state == RUNNING:
+                build.in_use += 1
+        if any(t.state != WAITING and t.state != READY for t in tasks.values()):
+            build.state = "running"
+        return build, writes
+
+    def _cycle_members(self) -> set[str]:
+        """Tasks that can never become ready because their dependencies loop (Kahn)."""
+        indegree = {t.id: sum(1 for d in t.deps if d in self.tasks) for t in self.tasks.values()}
+        free = [t for t, n in indegree.items() if n == 0]
+        seen = 0
+        while free:
+            t = free.pop()
+            seen += 1
+            for d in self.dependants[t]:
+                indegree[d] -= 1
+                if indegree[d] == 0:
+                    free.append(d)
+        return {t for t, n in indegree.items() if n > 0} if seen < len(self.tasks) else set()
+
+    def _make_ready(self, task: Task, monotonic: float) -> None:
+        task.state = READY
+        task.ready_at = monotonic
+        self.ready[task.id] = None
+
+    def _finish_unrun(self, task: Task, reason: str, now: float) -> list[tuple[Task, dict]]:
+        """Record task (and, transitively, its dependants) as never run."""
+        out = []
+        stack = [(task, reason)]
+        while stack:
+            t, why = stack.pop()
+            if t.state in FINISHED or t.state in HOLDS_CORE:
+                continue
+            self.ready.pop(t.id, None)
+            t.state = FAILED
+            t.record = t.not_run_record(why, now)
+            out.append((t, t.record))
+            stack += [(self.tasks[d], f"dependency {t.id!r} failed") for d in self.dependants[t.id]]
+        return out
+
+    # -- transitions (the runtime writes the records returned) ---------------
+    def requeue(self, task: Task, monotonic: float) -> None:
+        """The task's agent was lost (or never got it): run it again, attempt + 1."""
+        if task.state in HOLDS_CORE:
+            self.in_use -= 1
+        task.attempt += 1
+        task.agent, task.assigned, task.sent = None, None, False
+        self._make_ready(task, monotonic)
+
+    def assign(self, task: Task, agent: str, now: float) -> dict:
+        self.ready.pop(task.id, None)
+        task.state, task.agent, task.assigned, task.sent = ASSIGNING, agent, now, False
+        task.attempt += 1
+        self.in_use += 1
+        if self.started is None:
+            self.started = now
+            self.state = "running"
+        return task.running_record()
+
+    def unassign(self, task: Task, monotonic: float) -> None:
+        """The running record could not be written: queue it again (the
+        attempt number is not reused, so a record that did land is stale)."""
+        self.requeue(task, monotonic)
+        task.attempt -= 1  # assign() adds one again
+
+    def finished_task(self, task: Task, record: dict, now: float, monotonic: float
+                      ) -> list[tuple[Task, dict]]:
+        """The task's result is durable: free its core, release or fail its
+        dependants. Returns the never-run records to write."""
+        if task.state in HOLDS_CORE:
+            self.in_use -= 1
+        task.state, task.record, task.recording = record["state"], record, None
+        writes: list[tuple[Task, dict]] = []
+        for dep_id in self.dependants[task.id]:
+            dep = self.tasks[dep_id]
+            if task.state == DONE:
+                dep.waiting_on -= 1
+                if dep.waiting_on == 0 and dep.state == WAITING:
+                    self._make_ready(dep, monotonic)
+            else:
+                writes += self._finish_unrun(dep, f"dependency {task.id!r} failed", now)
+        return writes
+
+    # -- status ---------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        done = failed = running = 0
+        for t in self.tasks.values():
+            if t.state == DONE:
+                done += 1
+            elif t.state == FAILED:
+                failed += 1
+            elif t.state in HOLDS_CORE:
+                running += 1
+        return {"total": len(self.tasks), "done": done, "failed": failed, "running": running}
+
+    def status_record(self, now: float) -> dict:
+        c = self.counts()
+        if c["done"] + c["failed"] == c["total"]:
+            self.state = "failed" if c["failed"] else "done"
+            if self.finished is None:
+                self.finished = now
+            if self.started is None:
+                self.started = now
+        return dict(c, state=self.state, started=self.started, finished=self.finished)
+
+    @property
+    def over(self) -> bool:
+        return self.state in FINISHED
+
+
+@dataclasses.dataclass(eq=False)
+class Agent:
+    """An agent as the leader sees it: presence (agents/<name>), admin
+    choices (agent-config/<name>) and its stream, if connected."""
+
+    name: str
+    present: bool = False
+    info: dict = dataclasses.field(default_factory=dict)
+    disabled: bool = False
+    subscribed: bool | None = None   # None: not decided by an admin
+    stream: Any = None               # service.AgentStream once the hello was handled
+    cores: int = 0
+    running: set = dataclasses.field(default_factory=set)   # task keys holding a core here
+
+    def eligible(self, auto_subscribe: bool) -> bool:
+        return (self.stream is not None and self.present and not self.disabled
+                and (auto_subscribe or self.subscribed is True))
+
+    def free(self) -> int:
+        return max(0, self.cores - len(self.running))
+
+    def state(self, auto_subscribe: bool) -> str:
+        if not self.present:
+            return "offline"
+        if self.disabled:
+            return "disabled"
+        if not (auto_subscribe or self.subscribed is True):
+            return "unsubscribed"
+        return f"busy {len(self.running)}/{self.cores}" if self.running else "idle"
+
+
+def sorted_builds(builds: Iterable[Build]) -> list[Build]:
+    return sorted(builds, key=lambda b: b.order)
+
+
+def wall_now() -> float:
+    return time.time()

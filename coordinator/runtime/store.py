@@ -1,0 +1,227 @@
+"""Group commit: every state write of the leader, fenced and batched.
+
+Callers `submit(ops)` a list of etcd ops that must commit together and get a
+`concurrent.futures.Future`. One writer thread gathers what is queued for a
+few milliseconds and commits it as one transaction of at most `max_ops` ops
+whose only comparison is the fence (the leader key's create revision equals
+our epoch, DESIGN.md section 3 rule 2). A future resolves only once its
+transaction committed.
+
+Failure:
+- the fence comparison fails: the epoch is stale for good (a create revision
+  never comes back), so that batch, everything queued and everything
+  submitted later fail with NotLeader, and `on_not_leader` is called once;
+- etcd is unavailable: that batch's futures fail with EtcdUnavailable (the
+  write may or may not have been applied); the caller retries or steps down.
+
+Two ops on the same key may not share an etcd transaction, so a batch ends
+before a submission that touches a key the batch already writes. Keys that
+are rewritten often (build-status, runtime) can be submitted with
+`coalesce=True`: a newer put replaces a still-queued one (last write wins)
+and both callers get the same future.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any, Callable, Iterable
+
+from lease.errors import EtcdError, EtcdUnavailable, NotLeader
+
+log = logging.getLogger(__name__)
+
+
+class _Entry:
+    __slots__ = ("ops", "future", "keys")
+
+    def __init__(self, ops: list, future: Future):
+        self.ops = ops
+        self.future = future
+        self.keys = {_key_of(op) for op in ops}
+
+
+def _key_of(op: Any) -> bytes:
+    key = op.key
+    return key.encode() if isinstance(key, str) else bytes(key)
+
+
+class GroupCommit:
+    """Batches fenced writes. Thread-safe; `close()` when done."""
+
+    def __init__(self, etcd, fence_compare: Any | Iterable[Any], max_ops: int = 128,
+                 window: float = 0.002, on_not_leader: Callable[[], None] | None = None):
+        if not 1 <= max_ops <= 128:
+            raise ValueError("max_ops must be between 1 and 128 (etcd's default txn limit)")
+        self._etcd = etcd
+        self._compare = list(fence_compare) if isinstance(fence_compare, (list, tuple)) else [fence_compare]
+        self.max_ops = max_ops
+        self.window = window
+        self.on_not_leader = on_not_leader
+        self._lock = threading.Condition()
+        self._queue: collections.deque[_Entry] = collections.deque()
+        self._coalescable: dict[bytes, _Entry] = {}   # key -> queued single-put entry
+        self._in_flight = 0                          # entries taken by the writer, not resolved
+        self._queued_ops = 0
+        self._closed = False
+        self._failed: NotLeader | None = None
+        # Counters for stats and benchmarks.
+        self.txns = 0
+        self.ops_committed = 0
+        self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
+        self._thread.start()
+
+    # -- callers ------------------------------------------------------------
+    def submit(self, ops: list, coalesce: bool = False) -> Future:
+        """Queue ops that must commit together; the future resolves (None) once
+        durable or fails with NotLeader / EtcdUnavailable / EtcdError.
+
+        coalesce=True (only for a single put) lets a later put of the same key
+        replace this one while both are still queued."""
+        ops = list(ops)
+        if not ops:
+            raise ValueError("submit needs at least one op")
+        if len(ops) > self.max_ops:
+            raise ValueError(f"{len(ops)} ops cannot commit together (at most {self.max_ops})")
+        if coalesce and len(ops) != 1:
+            raise ValueError("only a single put can be coalesced")
+        with self._lock:
+            if self._failed is not None:
+                return _failed_future(self._failed)
+            if self._closed:
+                return _failed_future(EtcdError("the write queue is closed"))
+            if coalesce:
+                key = _key_of(ops[0])
+                queued = self._coalescable.get(key)
+                if queued is not None:
+                    queued.ops = ops  # last write wins; same position in the queue
+                    return queued.future
+            entry = _Entry(ops, Future())
+            if coalesce:
+                self._coalescable[_key_of(ops[0])] = entry
+            self._queue.append(entry)
+            self._queued_ops += len(ops)
+            self._lock.notify_all()
+            return entry.future
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._queue) + self._in_flight
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything submitted so far is resolved (committed or
+        failed). Returns False if the timeout passed first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while self._queue or self._in_flight:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._lock.wait(left)
+        return True
+
+    def close(self, timeout: float | None = 5.0) -> None:
+        """Commit what is queued (up to timeout), then stop the writer; later
+        submissions fail. Safe to call twice."""
+        self.flush(timeout)
+        with self._lock:
+            self._closed = True
+            leftover = list(self._queue)
+            self._queue.clear()
+            self._queued_ops = 0
+            self._coalescable.clear()
+            self._lock.notify_all()
+        for entry in leftover:
+            _fail(entry.future, EtcdError("the write queue closed before this write was sent"))
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    # -- writer thread --------------------------------------------------------
+    def _take_batch(self) -> list[_Entry] | None:
+        with self._lock:
+            while not self._queue and not self._closed:
+                self._lock.wait()
+            if self._closed:
+                return None
+            # Let submissions made at about the same time join this batch.
+            deadline = time.monotonic() + self.window
+            while self._queued_ops < self.max_ops and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._lock.wait(left)
+            batch: list[_Entry] = []
+            keys: set[bytes] = set()
+            count = 0
+            while self._queue:
+                entry = self._queue[0]
+                if count + len(entry.ops) > self.max_ops or not keys.isdisjoint(entry.keys):
+                    break
+                self._queue.popleft()
+                self._queued_ops -= len(entry.ops)
+                if len(entry.ops) == 1:
+                    k = next(iter(entry.keys))
+                    if self._coalescable.get(k) is entry:
+                        del self._coalescable[k]
+                batch.append(entry)
+                keys |= entry.keys
+                count += len(entry.ops)
+            self._in_flight += len(batch)
+            return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if batch is None:
+                return
+            error: Exception | None = None
+            try:
+                ok, _ = self._etcd.txn(self._compare, [op for e in batch for op in e.ops], [])
+                if not ok:
+                    error = NotLeader("the leader key's create revision is no longer our epoch")
+            except EtcdError as exc:
+                error = exc
+            except Exception as exc:  # noqa: BLE001 - a bug must not kill the writer silently
+                log.exception("group commit: unexpected error")
+                error = EtcdError(f"unexpected error writing to etcd: {exc!r}")
+            if error is None:
+                self.txns += 1
+                self.ops_committed += sum(len(e.ops) for e in batch)
+            leftover: list[_Entry] = []
+            first = False
+            if isinstance(error, NotLeader):
+                with self._lock:
+                    first = self._failed is None
+                    self._failed = error
+                    leftover = list(self._queue)
+                    self._queue.clear()
+                    self._queued_ops = 0
+                    self._coalescable.clear()
+            for entry in batch + leftover:
+                if error is None:
+                    entry.future.set_result(None)
+                else:
+                    _fail(entry.future, error)
+            with self._lock:
+                self._in_flight -= len(batch)
+                self._lock.notify_all()
+            if isinstance(error, NotLeader) and first and self.on_not_leader is not None:
+                try:
+                    self.on_not_leader()
+                except Exception:  # noqa: BLE001
+                    log.exception("group commit: on_not_leader failed")
+            if isinstance(error, EtcdUnavailable):
+                log.warning("group commit: %s", error)
+
+
+def _fail(future: Future, error: Exception) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
+def _failed_future(error: Exception) -> Future:
+    future: Future = Future()
+    future.set_exception(error)
+    return future

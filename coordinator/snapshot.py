@@ -1,0 +1,47 @@
+"""Read the cluster as the HA loop sees it: one transaction, one revision.
+
+Reads the leader key, the registered coordinators, the settings, the
+switchover request and the backups' contact clocks in a single etcd
+transaction of range reads, so the snapshot is consistent and costs one round
+trip per HA cycle. Build and task keys are not read here (the runtime owns
+them).
+"""
+from __future__ import annotations
+
+from coordinator.ha import Leader, Peer, Snapshot
+from coordinator.keys import Keys, decode, prefix_end
+from coordinator.settings import Settings
+
+
+def read_snapshot(etcd, keys: Keys) -> Snapshot:
+    """One consistent snapshot. Raises lease.errors.EtcdUnavailable when etcd cannot answer."""
+    gets = [
+        etcd.ops.get(keys.leader),
+        etcd.ops.get(keys.coordinators, prefix_end(keys.coordinators)),
+        etcd.ops.get(keys.settings),
+        etcd.ops.get(keys.switchover),
+        etcd.ops.get(keys.backup_contact, prefix_end(keys.backup_contact)),
+    ]
+    _, (leader_kvs, coord_kvs, settings_kvs, switch_kvs, contact_kvs) = etcd.txn([], gets)
+
+    leader = None
+    revision = 0
+    for value, meta in leader_kvs:
+        data = decode(value) or {}
+        leader = Leader(name=data.get("name", "?"), role=data.get("role", "?"),
+                        epoch=meta.create_revision, grpc=data.get("grpc", ""), web=data.get("web", ""))
+        revision = meta.response_header.revision
+    peers = {}
+    for value, meta in coord_kvs:
+        data = decode(value) or {}
+        name = Keys.name_of(meta.key, keys.coordinators)
+        peers[name] = Peer(name=name, role=data.get("role", "?"), primary=data.get("primary", ""),
+                           ready=bool(data.get("ready")), grpc=data.get("grpc", ""), web=data.get("web", ""))
+        revision = meta.response_header.revision
+    settings = Settings.from_json(settings_kvs[0][0]) if settings_kvs else Settings()
+    switchover = (decode(switch_kvs[0][0]) or {}).get("target") if switch_kvs else None
+    contact = {}
+    for value, meta in contact_kvs:
+        contact[Keys.name_of(meta.key, keys.backup_contact)] = float((decode(value) or {}).get("last_seen", 0))
+    return Snapshot(leader=leader, coordinators=peers, settings=settings, switchover=switchover,
+                    contact=contact, revision=revision)

@@ -1,0 +1,193 @@
+"""Leader election on one etcd key, with the epoch as fencing token.
+
+The election borrows a Session (it never grants or renews a lease). The
+leader key is created only by a transaction comparing its create revision
+with 0 and carries the session's lease (DESIGN.md section 3, rule 1); its
+create revision is the leader's **epoch**. Every write a leader makes is a
+fenced transaction that also compares the leader key's create revision with
+that epoch (rule 2), so a paused or cut-off old leader cannot change
+anything: its transaction fails with NotLeader.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from lease.client import Etcd
+from lease.errors import EtcdError, LeaseLost, NotLeader
+from lease.session import Session
+from lease.watcher import KV, WatchEvent, Watcher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LeaderInfo:
+    """Who leads: the leader key's value, its create revision (epoch) and lease."""
+
+    value: bytes
+    epoch: int
+    lease_id: int
+
+
+def fenced_txn(etcd: Etcd, leader_key: str, epoch: int | None, success_ops: Iterable,
+               extra_compare: Iterable = ()) -> list:
+    """Commit success_ops only while the leader key's create revision equals
+    epoch (and every extra comparison holds); returns the op responses.
+
+    Raises NotLeader when the leader key is gone or belongs to another epoch,
+    TxnConflict when we still lead but an extra comparison failed, and
+    EtcdUnavailable when etcd cannot say (then the write may or may not have
+    been applied, like any timed-out write)."""
+    if epoch is None:
+        raise NotLeader(f"not leader of {leader_key}: no epoch")
+    compare = [etcd.ops.create(leader_key) == epoch, *extra_compare]
+    ok, responses = etcd.txn(compare, list(success_ops), [etcd.ops.get(leader_key)])
+    if ok:
+        return responses
+    current = responses[0] if responses else []
+    if current and current[0][1].create_revision == epoch:
+        raise TxnConflict(f"fenced transaction on {leader_key} (epoch {epoch}) failed a comparison")
+    holder = f"epoch {current[0][1].create_revision}" if current else "nobody"
+    raise NotLeader(f"not leader of {leader_key}: epoch {epoch} is over (now {holder})")
+
+
+class TxnConflict(EtcdError):
+    """A fenced transaction's extra comparison failed while we still lead."""
+
+
+class Election:
+    """Campaign for, hold and give up `key` with a borrowed Session."""
+
+    def __init__(self, etcd: Etcd, key: str, session: Session):
+        self.etcd = etcd
+        self.key = key
+        self.session = session
+        self._epoch: int | None = None
+
+    @property
+    def epoch(self) -> int | None:
+        """Our leader key's create revision while we lead (by our last knowledge), else None."""
+        return self._epoch
+
+    @property
+    def is_leader(self) -> bool:
+        """Local view: we won and the session is not lost. A fenced transaction
+        is the authority; this is for deciding whether to try."""
+        return self._epoch is not None and not self.session.lost.is_set()
+
+    def campaign(self, value: bytes | str) -> bool:
+        """One attempt: create the leader key with our lease if nobody holds it.
+
+        Returns True when we lead (also when the key already carries our own
+        lease, e.g. after a retried campaign whose write went through).
+        Raises LeaseLost if the session is lost, EtcdUnavailable if etcd does
+        not answer."""
+        self._check_session()
+        lease = self.session.lease_id
+        ok, responses = self.etcd.txn(
+            [self.etcd.ops.create(self.key) == 0],
+            [self.etcd.ops.put(self.key, value, lease=lease)],
+            [self.etcd.ops.get(self.key)])
+        if ok:
+            self._epoch = responses[0].response_put.header.revision
+            log.info("won election for %s, epoch %d", self.key, self._epoch)
+            return True
+        current = responses[0] if responses else []
+        if current and current[0][1].lease_id == lease:
+            self._epoch = current[0][1].create_revision
+            return True
+        self._epoch = None
+        return False
+
+    def proclaim(self, value: bytes | str) -> None:
+        """Change the leader key's value, fenced. Raises NotLeader if we no longer lead."""
+        self._check_session()
+        self.fenced_txn([self.etcd.ops.put(self.key, value, lease=self.session.lease_id)])
+
+    def resign(self) -> None:
+        """Delete the leader key if it is still ours (fenced); no-op if we do not lead."""
+        if self._epoch is None:
+            return
+        try:
+            fenced_txn(self.etcd, self.key, self._epoch, [self.etcd.ops.delete(self.key)])
+        except NotLeader:
+            pass
+        finally:
+            self._epoch = None
+
+    def leader(self) -> LeaderInfo | None:
+        """The current leader as etcd sees it, or None. Raises EtcdUnavailable."""
+        value, meta = self.etcd.get(self.key)
+        if value is None:
+            return None
+        return LeaderInfo(value, meta.create_revision, meta.lease_id)
+
+    def fenced_txn(self, success_ops: Iterable, extra_compare: Iterable = ()) -> list:
+        """fenced_txn with our epoch. On NotLeader our epoch is dropped, so
+        is_leader turns False."""
+        try:
+            return fenced_txn(self.etcd, self.key, self._epoch, success_ops, extra_compare)
+        except TxnConflict:
+            raise
+        except NotLeader:
+            self._epoch = None
+            raise
+
+    def observe(self, callback: Callable[[LeaderInfo | None], None]) -> Watcher:
+        """Call callback(LeaderInfo|None) now and on every change of the leader
+        key (deletion included) until the returned Watcher is stopped.
+
+        The first call happens before observe returns; the rest on the
+        watcher's thread. Raises EtcdUnavailable if the first read fails."""
+        resp = self.etcd.range_response(self.key)
+        revision = resp.header.revision
+        first = resp.kvs[0] if resp.kvs else None
+        _safe(callback, LeaderInfo(first.value, first.create_revision, first.lease) if first else None)
+
+        def on_events(events: list[WatchEvent]) -> None:
+            for e in events:
+                _safe(callback, LeaderInfo(e.value, e.create_revision, e.lease) if e.type == "put" else None)
+
+        def on_reset(current: dict[str, KV], _revision: int) -> None:
+            kv = current.get(self.key)
+            _safe(callback, LeaderInfo(kv.value, kv.create_revision, kv.lease) if kv else None)
+
+        return Watcher(self.etcd, self.key, start_revision=revision + 1,
+                       on_events=on_events, on_reset=on_reset).start()
+
+    def wait_for_vacancy_and_campaign(self, value: bytes | str, stop: threading.Event,
+                                      poll: float = 1.0) -> bool:
+        """Campaign now and again each time the leader key is deleted (watched,
+        so a successor acts within milliseconds), or at least every `poll`
+        seconds. Returns True once we lead, False when `stop` is set first.
+        Raises LeaseLost if our session is lost meanwhile."""
+        vacancy = threading.Event()
+
+        def seen(info: LeaderInfo | None) -> None:
+            if info is None:
+                vacancy.set()
+
+        watcher = self.observe(seen)
+        try:
+            while not stop.is_set():
+                vacancy.clear()
+                if self.campaign(value):
+                    return True
+                vacancy.wait(poll)
+            return False
+        finally:
+            watcher.stop()
+
+    def _check_session(self) -> None:
+        if self.session.lost.is_set() or self.session.lease_id is None:
+            raise LeaseLost(f"session lost ({self.session.lost_reason or 'not started'}); make a new session")
+
+
+def _safe(callback: Callable, arg: object) -> None:
+    try:
+        callback(arg)
+    except Exception:  # noqa: BLE001 - an observer's bug must not end the observation
+        log.exception("election observer raised")

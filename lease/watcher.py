@@ -1,0 +1,279 @@
+"""A Watcher that survives etcd restarts, member changes and compaction.
+
+The etcd3 library's watcher does not re-subscribe after its stream breaks,
+so this one owns a raw Watch gRPC stream in its own thread:
+
+- after any stream error it re-subscribes from the last revision it
+  delivered + 1, failing over to another endpoint (etcd.mark_failed), with
+  backoff, until stop(); every failure goes to on_error and clears `connected`;
+- when etcd has compacted past that revision it re-reads the current
+  value(s) and resumes from that read's revision (on_reset, or the
+  difference delivered as synthesized events);
+- it asks etcd for a progress notification every `progress_interval` on the
+  stream; if nothing at all arrives for `liveness_timeout` the connection is
+  treated as dead (a blackholed link does not error on its own);
+- the stream carries etcd's "require leader" flag, so a member cut off from
+  quorum closes it instead of going silent.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import grpc
+from etcd3 import etcdrpc, utils
+
+from lease.client import Etcd, map_error
+from lease.errors import EtcdError, EtcdUnavailable
+from lease.session import with_require_leader
+
+log = logging.getLogger(__name__)
+
+_PUT, _DELETE = 0, 1
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """One change. For "delete", value is None and mod_revision is the delete's revision."""
+
+    type: str  # "put" | "delete"
+    key: str
+    value: bytes | None
+    create_revision: int
+    mod_revision: int
+    lease: int
+
+
+@dataclass(frozen=True)
+class KV:
+    """A key's current value, as read when re-syncing after compaction."""
+
+    key: str
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    lease: int
+
+
+class _StreamDead(Exception):
+    """Internal: the stream must be re-opened (reason in the message)."""
+
+
+class _Compacted(Exception):
+    pass
+
+
+class Watcher:
+    """Deliver every change of `key` (or of keys under it, prefix=True) from
+    start_revision (None: from now) until stop(). Callbacks run on the
+    watcher's thread; an exception in one is logged and the watch goes on."""
+
+    def __init__(self, etcd: Etcd, key: str, prefix: bool = False, start_revision: int | None = None,
+                 on_events: Callable[[list[WatchEvent]], None] | None = None,
+                 on_reset: Callable[[dict[str, KV], int], None] | None = None,
+                 on_error: Callable[[Exception], None] | None = None,
+                 progress_interval: float = 0.5, liveness_timeout: float | None = None,
+                 max_backoff: float = 1.0):
+        self.etcd = etcd
+        self.key = key
+        self.prefix = prefix
+        self.on_events = on_events
+        self.on_reset = on_reset
+        self.on_error = on_error
+        self.progress_interval = progress_interval
+        self.liveness_timeout = liveness_timeout or max(2.0, etcd.config.timeout)
+        self.max_backoff = max_backoff
+        # Last revision whose events (for our key range) have all been delivered.
+        self.last_revision: int | None = None if start_revision is None else start_revision - 1
+        self.connected = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._call = None
+        self._call_lock = threading.Lock()
+        # Only kept when on_reset is None: key -> mod_revision of what we delivered,
+        # so a re-sync after compaction can synthesize deletes.
+        self._known: dict[str, int] = {}
+
+    # -- lifecycle ------------------------------------------------------------------
+    def start(self) -> "Watcher":
+        self._thread = threading.Thread(target=self._run, name=f"watch {self.key}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop watching and join the thread. Never raises."""
+        self._stop.set()
+        self._cancel_call()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        self.connected.clear()
+
+    def __enter__(self) -> "Watcher":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- the loop ------------------------------------------------------------------------
+    def _run(self) -> None:
+        backoff = 0.05
+        need_reset = False
+        while not self._stop.is_set():
+            try:
+                if need_reset:
+                    self._resync()
+                    need_reset = False
+                self._stream_once()
+                backoff = 0.05
+            except _Compacted as exc:
+                log.info("watch %s: %s; re-reading current state", self.key, exc)
+                need_reset = True
+                continue
+            except Exception as exc:  # noqa: BLE001 - every failure is reported and retried
+                if self._stop.is_set():
+                    break
+                self.connected.clear()
+                err = exc if isinstance(exc, EtcdError) else (
+                    map_error(exc) if isinstance(exc, grpc.RpcError) else EtcdUnavailable(str(exc)))
+                log.warning("watch %s: %s; retrying from revision %s", self.key, err,
+                            None if self.last_revision is None else self.last_revision + 1)
+                self.etcd.mark_failed()
+                self._report_error(err)
+                self._stop.wait(backoff * (0.5 + random.random()))
+                backoff = min(self.max_backoff, backoff * 2)
+        self.connected.clear()
+
+    def _stream_once(self) -> None:
+        """Open one stream, deliver until it breaks. Raises on any break."""
+        create = etcdrpc.WatchCreateRequest(key=utils.to_bytes(self.key), progress_notify=True)
+        if self.prefix:
+            create.range_end = utils.to_bytes(utils.prefix_range_end(utils.to_bytes(self.key)))
+        if self.last_revision is not None:
+            create.start_revision = self.last_revision + 1
+        outbox: queue.Queue = queue.Queue()
+        last_heard = [time.monotonic()]
+        stub = etcdrpc.WatchStub(self.etcd.channel())
+        call = stub.Watch(self._requests(create, outbox, last_heard),
+                          **with_require_leader(self.etcd.call_kwargs))
+        with self._call_lock:
+            self._call = call
+        if self._stop.is_set():
+            call.cancel()
+        try:
+            for response in call:
+                last_heard[0] = time.monotonic()
+                self._handle(response)
+            raise _StreamDead("etcd closed the watch stream")
+        except grpc.RpcError as exc:
+            if self._stop.is_set():
+                return
+            if exc.code() == grpc.StatusCode.CANCELLED and last_heard[0] < 0:
+                raise EtcdUnavailable(f"etcd sent nothing on the watch for {self.liveness_timeout:g} s") from exc
+            raise
+        finally:
+            outbox.put(None)
+            with self._call_lock:
+                self._call = None
+            call.cancel()
+
+    def _requests(self, create, outbox: queue.Queue, last_heard: list) -> Iterator:
+        """The request side: create, then a progress request every
+        progress_interval; cancels the call when etcd stays silent too long."""
+        yield etcdrpc.WatchRequest(create_request=create)
+        while True:
+            try:
+                if outbox.get(timeout=self.progress_interval) is None:
+                    return
+            except queue.Empty:
+                pass
+            if self._stop.is_set():
+                return
+            if time.monotonic() - last_heard[0] > self.liveness_timeout:
+                last_heard[0] = -1.0  # tells _stream_once why the call was cancelled
+                self._cancel_call()
+                return
+            yield etcdrpc.WatchRequest(progress_request=etcdrpc.WatchProgressRequest())
+
+    def _cancel_call(self) -> None:
+        with self._call_lock:
+            call = self._call
+        if call is not None:
+            call.cancel()
+
+    def _handle(self, response) -> None:
+        if response.compact_revision > 0:
+            raise _Compacted(f"revision {self.last_revision} was compacted (now {response.compact_revision})")
+        if response.canceled:
+            raise _StreamDead(f"etcd cancelled the watch: {response.cancel_reason or 'no reason given'}")
+        if response.created:
+            self.connected.set()
+            if self.last_revision is None:
+                # Watching "from now": everything up to here is history.
+                self.last_revision = response.header.revision
+            return
+        if response.events:
+            events = [self._event(e) for e in response.events]
+            self.last_revision = max(self.last_revision or 0, max(e.mod_revision for e in events))
+            self._deliver(events)
+        elif response.header.revision and self.connected.is_set():
+            # A progress notification: etcd has sent every event up to this revision.
+            self.last_revision = max(self.last_revision or 0, response.header.revision)
+
+    @staticmethod
+    def _event(raw) -> WatchEvent:
+        kv = raw.kv
+        if raw.type == _DELETE:
+            return WatchEvent("delete", kv.key.decode(), None, kv.create_revision, kv.mod_revision, kv.lease)
+        return WatchEvent("put", kv.key.decode(), kv.value, kv.create_revision, kv.mod_revision, kv.lease)
+
+    def _deliver(self, events: list[WatchEvent]) -> None:
+        if self.on_reset is None:
+            for e in events:
+                if e.type == "put":
+                    self._known[e.key] = e.mod_revision
+                else:
+                    self._known.pop(e.key, None)
+        if self.on_events is None:
+            return
+        try:
+            self.on_events(events)
+        except Exception:  # noqa: BLE001 - a bad callback must not end the watch
+            log.exception("watch %s: on_events raised", self.key)
+
+    def _resync(self) -> None:
+        """After compaction: read the current state, hand it over, resume after it."""
+        if self.prefix:
+            end = utils.prefix_range_end(utils.to_bytes(self.key))
+            resp = self.etcd.range_response(self.key, end)
+        else:
+            resp = self.etcd.range_response(self.key)
+        revision = resp.header.revision
+        current = {kv.key.decode(): KV(kv.key.decode(), kv.value, kv.create_revision, kv.mod_revision, kv.lease)
+                   for kv in resp.kvs}
+        if self.on_reset is not None:
+            try:
+                self.on_reset(current, revision)
+            except Exception:  # noqa: BLE001
+                log.exception("watch %s: on_reset raised", self.key)
+        else:
+            after = self.last_revision or 0
+            events = [WatchEvent("delete", k, None, 0, revision, 0)
+                      for k in sorted(set(self._known) - set(current))]
+            events += [WatchEvent("put", kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.lease)
+                       for kv in current.values() if kv.mod_revision > after]
+            if events:
+                self._deliver(events)
+        self.last_revision = revision
+
+    def _report_error(self, exc: Exception) -> None:
+        if self.on_error is None:
+            return
+        try:
+            self.on_error(exc)
+        except Exception:  # noqa: BLE001
+            log.exception("watch %s: on_error raised", self.key)

@@ -1,0 +1,84 @@
+"""Unit tests of the pure scheduler: fair share, the per-build cap, order."""
+from collections import Counter
+
+from coordinator.runtime.scheduler import BuildDemand, schedule
+
+
+def tasks(prefix, n):
+    return [f"{prefix}{i}" for i in range(n)]
+
+
+def per_build(placements):
+    return Counter(p.build_id for p in placements)
+
+
+def per_agent(placements):
+    return Counter(p.agent for p in placements)
+
+
+def test_nothing_free_or_nothing_ready():
+    assert schedule([BuildDemand("b1", tasks("t", 3))], {"a1": 0}) == []
+    assert schedule([], {"a1": 4}) == []
+    assert schedule([BuildDemand("b1", [])], {"a1": 4}) == []
+
+
+def test_one_build_takes_every_free_core_in_ready_order():
+    out = schedule([BuildDemand("b1", tasks("t", 10))], {"a1": 2, "a2": 3})
+    assert [p.task_id for p in out] == tasks("t", 5)
+    assert per_agent(out) == {"a1": 2, "a2": 3}
+
+
+def test_cores_split_evenly_between_builds():
+    builds = [BuildDemand("b1", tasks("x", 100)), BuildDemand("b2", tasks("y", 100))]
+    out = schedule(builds, {"a1": 4, "a2": 4})
+    assert per_build(out) == {"b1": 4, "b2": 4}
+
+
+def test_a_small_build_leaves_its_share_to_others():
+    builds = [BuildDemand("b1", tasks("x", 1)), BuildDemand("b2", tasks("y", 100)),
+              BuildDemand("b3", tasks("z", 100))]
+    out = schedule(builds, {"a1": 9})
+    assert per_build(out) == {"b1": 1, "b2": 4, "b3": 4}
+
+
+def test_cores_in_use_count_towards_the_share():
+    builds = [BuildDemand("b1", tasks("x", 100), in_use=6), BuildDemand("b2", tasks("y", 100), in_use=0)]
+    out = schedule(builds, {"a1": 4})
+    # b2 catches up first: both end at 6 or fewer for b1.
+    assert per_build(out) == {"b2": 4}
+    out = schedule(builds, {"a1": 8})
+    assert per_build(out) == {"b1": 1, "b2": 7}
+
+
+def test_ties_go_to_the_earlier_build():
+    builds = [BuildDemand("b1", tasks("x", 10)), BuildDemand("b2", tasks("y", 10))]
+    out = schedule(builds, {"a1": 3})
+    assert per_build(out) == {"b1": 2, "b2": 1}
+
+
+def test_max_cores_per_build_caps_including_cores_in_use():
+    builds = [BuildDemand("b1", tasks("x", 100), in_use=1)]
+    out = schedule(builds, {"a1": 8, "a2": 8}, max_cores_per_build=3)
+    assert per_build(out) == {"b1": 2}
+    assert schedule([BuildDemand("b1", tasks("x", 5), in_use=3)], {"a1": 8}, max_cores_per_build=3) == []
+
+
+def test_cap_leaves_cores_to_other_builds_and_zero_means_no_cap():
+    builds = [BuildDemand("b1", tasks("x", 100)), BuildDemand("b2", tasks("y", 100))]
+    out = schedule(builds, {"a1": 10}, max_cores_per_build=2)
+    assert per_build(out) == {"b1": 2, "b2": 2}
+    assert sum(per_build(schedule(builds, {"a1": 10}, max_cores_per_build=0)).values()) == 10
+
+
+def test_work_is_spread_over_agents_and_never_exceeds_free_cores():
+    out = schedule([BuildDemand("b1", tasks("t", 6))], {"a1": 4, "a2": 4, "a3": 4})
+    assert per_agent(out) == {"a1": 2, "a2": 2, "a3": 2}
+    out = schedule([BuildDemand("b1", tasks("t", 100))], {"a1": 1, "a2": 3})
+    assert per_agent(out) == {"a1": 1, "a2": 3}
+
+
+def test_each_task_placed_once():
+    builds = [BuildDemand(f"b{i}", tasks(f"t{i}-", 7)) for i in range(5)]
+    out = schedule(builds, {f"a{i}": 4 for i in range(20)})
+    assert len(out) == 35
+    assert len({(p.build_id, p.task_id) for p in out}) == 35
