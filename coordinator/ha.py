@@ -64,6 +64,7 @@ class Snapshot:
     switchover: str | None = None
     contact: Mapping[str, float] = dataclasses.field(default_factory=dict)  # backup -> last seen (unix s)
     revision: int = 0
+    settings_revision: int = 0  # mod revision of the settings key (0: never saved), for compare-and-set
 
 
 @dataclasses.dataclass(frozen=True)

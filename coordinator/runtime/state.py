@@ -162,10 +162,10 @@ class Build:
 
     # -- transitions (the runtime writes the records returned) ---------------
     def requeue(self, task: Task, monotonic: float) -> None:
-        """The task's agent was lost (or never got it): run it again, attempt + 1."""
+        """The task's agent was lost: queue it again. Its next assignment
+        gets attempt + 1, and until then no agent's result counts (rule 5)."""
         if task.state in HOLDS_CORE:
             self.in_use -= 1
-        task.attempt += 1
         task.agent, task.assigned, task.sent = None, None, False
         self._make_ready(task, monotonic)
 
@@ -180,8 +180,8 @@ class Build:
         return task.running_record()
 
     def unassign(self, task: Task, monotonic: float) -> None:
-        """The running record could not be written: queue it again (the
-        attempt number is not reused, so a record that did land is stale)."""
+        """The running record could not be written, so no agent got the task:
+        queue it again and reuse the attempt number."""
         self.requeue(task, monotonic)
         task.attempt -= 1  # assign() adds one again
 

@@ -60,11 +60,15 @@ class EtcdCluster:
             if m.alive:
                 m.wait_ready(timeout)
 
-    def stop(self) -> None:
-        """Stop every member (paused ones are continued first). Never raises."""
+    def stop(self, graceful: bool = False) -> None:
+        """End every member. Never raises.
+
+        By default members are killed: test data is thrown away, and a
+        graceful stop of a raft leader waits seconds for a leadership transfer.
+        """
         for m in self.members:
             try:
-                m.stop()
+                m.stop() if graceful else m.kill()
             except Exception:  # noqa: BLE001 - cleanup must reach every member
                 m.kill()
 

@@ -1,0 +1,60 @@
+"""The agent's configuration: one object, validated when it is built."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+
+from coordinator.config import check_name
+from lease.client import EtcdConfig
+from lease.errors import ConfigError
+from lease.session import validate_timings
+
+
+def agent_version() -> str:
+    """The installed Baton version, reported in Hello and the presence key."""
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+        return version("baton")
+    except (ImportError, PackageNotFoundError):
+        return "0+unknown"
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentConfig:
+    """Everything an agent needs. Raises ConfigError with one sentence on a bad value."""
+
+    name: str
+    cores: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)
+    group: str = "default"
+    workdir: str | None = None          # default ./baton-agent-<name>
+    etcd: EtcdConfig = dataclasses.field(default_factory=EtcdConfig)
+    cluster: str = "default"
+    agent_token: str | None = None      # the cluster token; None sends none
+    grpc_ca: str | None = None          # CA file for TLS to coordinators; None = plaintext
+    lease_ttl: int = 10
+    task_timeout: float = 3600.0        # for assignments that give none
+    host: str = dataclasses.field(default_factory=socket.gethostname)
+
+    def __post_init__(self) -> None:
+        check_name("agent", self.name)
+        check_name("cluster", self.cluster)
+        if not isinstance(self.cores, int) or self.cores < 1:
+            raise ConfigError(f"cores must be a whole number >= 1, got {self.cores!r}")
+        if not self.group:
+            raise ConfigError("group must not be empty")
+        validate_timings(self.lease_ttl, self.lease_ttl * 2 / 3, self.lease_ttl / 3)
+        if not self.task_timeout > 0:
+            raise ConfigError(f"task timeout must be > 0 seconds, got {self.task_timeout}")
+        if self.grpc_ca is not None and not os.path.isfile(self.grpc_ca):
+            raise ConfigError(f"gRPC CA certificate {self.grpc_ca!r} does not exist")
+        if self.agent_token is not None and not self.agent_token.strip():
+            raise ConfigError("the agent token is empty")
+        workdir = self.workdir or f"baton-agent-{self.name}"
+        object.__setattr__(self, "workdir", os.path.abspath(workdir))
+
+    def root_certificates(self) -> bytes | None:
+        if self.grpc_ca is None:
+            return None
+        with open(self.grpc_ca, "rb") as f:
+            return f.read()

@@ -1,0 +1,115 @@
+"""The agent's view of the leader key: who leads, at which gRPC address, in which epoch.
+
+`LeaderFollower` watches the key (lease.watcher.Watcher, which survives etcd
+restarts and compaction) and can also re-read it on demand, when a
+coordinator says "not leader" and the watch may be lagging. Both sources
+carry an etcd revision; the view only ever moves forward in revisions, so a
+late watch event can never undo a fresher read.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+from typing import Callable
+
+from lease.client import Etcd
+from lease.watcher import WatchEvent, Watcher
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class LeaderView:
+    """The leader key's value and its create revision (the epoch, DESIGN.md rule 4)."""
+
+    name: str
+    grpc: str
+    epoch: int
+    role: str = ""
+    web: str = ""
+
+    @property
+    def identity(self) -> tuple[int, str]:
+        """Two views with the same identity are the same stream target."""
+        return (self.epoch, self.grpc)
+
+    @classmethod
+    def parse(cls, value: bytes | None, epoch: int) -> "LeaderView | None":
+        """None for a missing key; also None (logged) for a value an agent
+        cannot use, e.g. without a gRPC address: then there is no leader to follow."""
+        if value is None:
+            return None
+        try:
+            data = json.loads(value)
+            return cls(name=str(data["name"]), grpc=str(data["grpc"]), epoch=int(epoch),
+                       role=str(data.get("role") or ""), web=str(data.get("web") or ""))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("the leader key holds %r, which names no coordinator to connect to (%s)", value, exc)
+            return None
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.grpc} (epoch {self.epoch})"
+
+
+class LeaderFollower:
+    """Calls on_change(LeaderView | None) whenever the leader changes.
+
+    `start()` reads the key once (raising EtcdUnavailable when etcd cannot be
+    reached; call it again later) and then watches it; on_change runs on the
+    caller's thread for the first read and on the watcher's thread after that.
+    """
+
+    def __init__(self, etcd: Etcd, key: str, on_change: Callable[[LeaderView | None], None],
+                 watch_options: dict | None = None):
+        self.etcd = etcd
+        self.key = key
+        self.on_change = on_change
+        self.watch_options = dict(watch_options or {})
+        self._lock = threading.Lock()
+        self._view: LeaderView | None = None
+        self._revision = 0
+        self._watcher: Watcher | None = None
+
+    @property
+    def current(self) -> LeaderView | None:
+        with self._lock:
+            return self._view
+
+    def start(self) -> "LeaderFollower":
+        revision = self.reread()
+        self._watcher = Watcher(self.etcd, self.key, start_revision=revision + 1,
+                                on_events=self._on_events, **self.watch_options).start()
+        return self
+
+    def reread(self) -> int:
+        """Read the key now and apply it; returns the read's revision. Raises EtcdError."""
+        resp = self.etcd.range_response(self.key)
+        kv = resp.kvs[0] if resp.kvs else None
+        view = LeaderView.parse(kv.value, kv.create_revision) if kv else None
+        self._apply(view, resp.header.revision)
+        return resp.header.revision
+
+    def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
+
+    def _on_events(self, events: list[WatchEvent]) -> None:
+        for e in events:
+            view = LeaderView.parse(e.value, e.create_revision) if e.type == "put" else None
+            self._apply(view, e.mod_revision)
+
+    def _apply(self, view: LeaderView | None, revision: int) -> None:
+        with self._lock:
+            if revision <= self._revision:
+                return  # older than what we already know
+            self._revision = revision
+            changed = view != self._view
+            self._view = view
+        if changed:
+            try:
+                self.on_change(view)
+            except Exception:  # noqa: BLE001 - the follower must keep following
+                log.exception("leader change handler raised")

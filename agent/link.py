@@ -1,0 +1,230 @@
+"""One gRPC stream (Connect) to the coordinator that the leader key names.
+
+A `CoordinatorLink` belongs to one leader view (name, gRPC address, epoch).
+It opens the stream, says Hello, hands every coordinator message to its
+handler (the Agent), sends results and a heartbeat every second, and when
+the stream breaks opens it again after a short backoff (100 ms doubling to
+1 s). It never decides whether its coordinator is still the leader: the
+agent closes the link when the leader key changes.
+
+How a stream ends decides what happens next:
+- a coordinator message carrying another epoch than the agent sees: ignored,
+  the stream is closed (DESIGN.md rule 4), the leader key is read again;
+- Goodbye, or FAILED_PRECONDITION (not leader / stale epoch): the leader key
+  is read again (the watch may lag), then retry;
+- UNAUTHENTICATED: one clear log sentence, retry every few seconds (the
+  operator must fix the token; hammering the coordinator would not help);
+- anything else (coordinator down, network): retry with the short backoff.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Protocol
+
+import grpc
+
+from agent.leader import LeaderView
+from coordinator.protocol import agent_pb2, agent_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+_END = object()  # ends the request stream
+
+
+class LinkHandler(Protocol):
+    """What a link needs from its agent. `lock` guards the hello snapshot
+    against results finishing at the same moment."""
+
+    lock: threading.RLock
+
+    def hello(self) -> agent_pb2.Hello: ...
+    def seen_epoch(self) -> int | None: ...
+    def on_message(self, link: "CoordinatorLink", message: agent_pb2.CoordinatorMessage) -> None: ...
+    def on_link_state(self, link: "CoordinatorLink") -> None: ...
+    def recheck_leader(self) -> None: ...
+
+
+class CoordinatorLink:
+    """Use: `CoordinatorLink(view, agent, token, ca).start()`, then `close()`.
+    `welcomed` is True while a stream is up and the coordinator said Welcome."""
+
+    def __init__(self, leader: LeaderView, handler: LinkHandler, token: str | None = None,
+                 root_certificates: bytes | None = None, heartbeat_interval: float = 1.0,
+                 min_backoff: float = 0.1, max_backoff: float = 1.0, refused_backoff: float = 5.0,
+                 agent_name: str = ""):
+        self.leader = leader
+        self.epoch = leader.epoch
+        self.handler = handler
+        self.token = token
+        self.root_certificates = root_certificates
+        self.heartbeat_interval = heartbeat_interval
+        self.min_backoff = min_backoff
+        self.max_backoff = max_backoff
+        self.refused_backoff = refused_backoff
+        self.agent_name = agent_name
+        self.welcomed = False
+        self.coordinator: str | None = None  # the name its Welcome gave
+        self.streams_opened = 0
+        self._closed = threading.Event()
+        self._outq: queue.Queue | None = None
+        self._call = None
+        self._call_lock = threading.Lock()
+        self._refused_logged = False
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=f"link {agent_name}->{leader.name}#{leader.epoch}")
+
+    def start(self) -> "CoordinatorLink":
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """End the stream and stop reconnecting. Returns at once; never raises."""
+        self._closed.set()
+        with self._call_lock:
+            call = self._call
+        if call is not None:
+            call.cancel()
+
+    def join(self, timeout: float = 5.0) -> None:
+        self._thread.join(timeout)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def send(self, message: agent_pb2.AgentMessage) -> bool:
+        """Queue a message on the open stream (call with handler.lock held).
+        False when no stream is open: the caller keeps it for the next Hello."""
+        outq = self._outq
+        if outq is None:
+            return False
+        outq.put(message)
+        return True
+
+    def message(self, **body) -> agent_pb2.AgentMessage:
+        return agent_pb2.AgentMessage(epoch=self.epoch, **body)
+
+    # -- the stream loop -------------------------------------------------------------
+    def _run(self) -> None:
+        options = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+                   ("grpc.max_reconnect_backoff_ms", 1000)]
+        if self.root_certificates is not None:
+            creds = grpc.ssl_channel_credentials(root_certificates=self.root_certificates)
+            channel = grpc.secure_channel(self.leader.grpc, creds, options=options)
+        else:
+            channel = grpc.insecure_channel(self.leader.grpc, options=options)
+        backoff = self.min_backoff
+        try:
+            while not self._closed.is_set():
+                pause, reset = self._stream_once(channel)
+                if reset:
+                    backoff = self.min_backoff
+                if self._closed.is_set():
+                    break
+                if pause is None:
+                    pause, backoff = backoff, min(self.max_backoff, backoff * 2)
+                self._closed.wait(pause)
+        except Exception:  # noqa: BLE001 - a bug here must not leave the agent silently unlinked
+            log.exception("link to %s failed", self.leader)
+        finally:
+            channel.close()
+
+    def _stream_once(self, channel: grpc.Channel) -> tuple[float | None, bool]:
+        """One stream from Hello to its end. Returns (pause before the next
+        attempt or None for the normal backoff, whether a Welcome came)."""
+        outq: queue.Queue = queue.Queue()
+        with self.handler.lock:
+            hello = self.message(hello=self.handler.hello())
+            self._outq = outq
+        metadata = (("authorization", f"Bearer {self.token}"),) if self.token else None
+        stub = agent_pb2_grpc.AgentServiceStub(channel)
+        call = stub.Connect(self._requests(hello, outq), metadata=metadata)
+        with self._call_lock:
+            self._call = call
+        if self._closed.is_set():
+            call.cancel()
+        self.streams_opened += 1
+        welcomed = False
+        try:
+            for msg in call:
+                seen = self.handler.seen_epoch()
+                if msg.epoch != self.epoch or msg.epoch != seen:
+                    log.warning("ignoring a message from %s for epoch %d (this agent sees epoch %s); "
+                                "closing the stream", self.leader.name, msg.epoch, seen)
+                    self._recheck()
+                    return None, welcomed
+                kind = msg.WhichOneof("body")
+                if kind == "welcome":
+                    welcomed = True
+                    self.welcomed = True
+                    self.coordinator = msg.welcome.coordinator or self.leader.name
+                    self._refused_logged = False
+                    log.info("connected to %s", self.leader)
+                    self.handler.on_message(self, msg)
+                    self.handler.on_link_state(self)
+                elif kind == "goodbye":
+                    log.info("%s said goodbye: %s", self.leader.name, msg.goodbye.reason or "no reason given")
+                    self._recheck()
+                    return None, welcomed
+                else:
+                    self.handler.on_message(self, msg)
+            return None, welcomed  # the coordinator ended the stream
+        except grpc.RpcError as exc:
+            if self._closed.is_set():
+                return None, welcomed
+            return self._after_error(exc), welcomed
+        finally:
+            with self.handler.lock:
+                self._outq = None
+                was_welcomed, self.welcomed = self.welcomed, False
+            outq.put(_END)
+            with self._call_lock:
+                self._call = None
+            call.cancel()
+            if was_welcomed:
+                log.info("stream to %s closed; running tasks continue", self.leader)
+                self.handler.on_link_state(self)
+
+    def _after_error(self, exc: grpc.RpcError) -> float | None:
+        code, detail = exc.code(), exc.details()
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            if not self._refused_logged:
+                log.error("coordinator %s refused this agent's cluster token (%s); check BATON_AGENT_TOKEN "
+                          "or --agent-token-file. Retrying every %g s.",
+                          self.leader.name, detail, self.refused_backoff)
+                self._refused_logged = True
+            return self.refused_backoff
+        if code == grpc.StatusCode.FAILED_PRECONDITION:
+            log.info("%s refused the stream (%s); reading the leader key again", self.leader.name, detail)
+            self._recheck()
+            return None
+        log.info("stream to %s broke (%s: %s); retrying", self.leader, code.name if code else "?", detail)
+        return None
+
+    def _recheck(self) -> None:
+        try:
+            self.handler.recheck_leader()
+        except Exception as exc:  # noqa: BLE001 - the watch will tell us later anyway
+            log.info("could not re-read the leader key: %s", exc)
+
+    def _requests(self, hello: agent_pb2.AgentMessage, outq: queue.Queue):
+        """The request side of the stream: the Hello, then queued messages,
+        with a heartbeat at least every heartbeat_interval."""
+        yield hello
+        next_beat = time.monotonic() + self.heartbeat_interval
+        while True:
+            now = time.monotonic()
+            if now >= next_beat:
+                next_beat = now + self.heartbeat_interval
+                yield self.message(heartbeat=agent_pb2.Heartbeat(sent_unix_ns=time.time_ns()))
+                continue
+            try:
+                item = outq.get(timeout=next_beat - now)
+            except queue.Empty:
+                continue
+            if item is _END:
+                return
+            yield item

@@ -1,0 +1,123 @@
+"""Results that finished but were not acknowledged by a coordinator yet.
+
+A result is kept until a ResultAck for its (build, task, attempt) arrives:
+in memory, and (unless the buffer is memory-only) as one small JSON file in
+`<workdir>/.results/`, written before the result is offered to anyone, so an
+agent that restarts, or a machine that reboots, still delivers it in its next
+Hello. The file is removed on ack.
+
+If the disk refuses a write, the result is still kept in memory (logged):
+losing it on a restart is better than crashing the agent.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+
+from agent.runner import TaskRef, TaskResult
+
+log = logging.getLogger(__name__)
+
+RESULTS_DIR = ".results"
+
+
+def _file_name(ref: TaskRef) -> str:
+    # Task ids are free text: hash the ref into a safe, fixed-length name.
+    digest = hashlib.sha256(f"{ref.build_id}\0{ref.task_id}\0{ref.attempt}".encode()).hexdigest()
+    return digest[:40] + ".json"
+
+
+class ResultBuffer:
+    """Unacknowledged results, oldest first. Thread-safe."""
+
+    def __init__(self, directory: str | None):
+        """directory None keeps results in memory only (the bench pool)."""
+        self.directory = directory
+        self._lock = threading.Lock()
+        self._results: dict[TaskRef, TaskResult] = {}
+        if directory is not None:
+            os.makedirs(directory, exist_ok=True)
+
+    @classmethod
+    def in_workdir(cls, workdir: str) -> "ResultBuffer":
+        return cls(os.path.join(workdir, RESULTS_DIR))
+
+    def load(self) -> list[TaskResult]:
+        """Read the results an earlier run left on disk (oldest first). An
+        unreadable file is renamed to *.bad and logged, not fatal."""
+        if self.directory is None:
+            return []
+        found = []
+        for entry in os.scandir(self.directory):
+            if not entry.name.endswith(".json") or not entry.is_file():
+                continue
+            try:
+                with open(entry.path, encoding="utf-8") as f:
+                    result = TaskResult.from_json(json.load(f))
+                found.append((entry.stat().st_mtime, result))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.error("ignoring unreadable result file %s (%s); renamed to .bad", entry.path, exc)
+                try:
+                    os.replace(entry.path, entry.path + ".bad")
+                except OSError:
+                    pass
+        found.sort(key=lambda pair: pair[0])
+        with self._lock:
+            for _, result in found:
+                self._results.setdefault(result.task, result)
+        return [r for _, r in found]
+
+    def add(self, result: TaskResult) -> None:
+        """Keep the result until ack(); durable on disk before this returns."""
+        if self.directory is not None:
+            try:
+                self._write(result)
+            except OSError as exc:
+                log.error("could not save the result of %s to %s (%s); keeping it in memory only",
+                          result.task, self.directory, exc)
+        with self._lock:
+            self._results[result.task] = result
+
+    def ack(self, ref: TaskRef) -> bool:
+        """Forget the result (memory and disk). False if it was not buffered."""
+        with self._lock:
+            known = self._results.pop(ref, None) is not None
+        if self.directory is not None:
+            try:
+                os.unlink(os.path.join(self.directory, _file_name(ref)))
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.error("could not remove the acknowledged result file of %s: %s", ref, exc)
+        return known
+
+    def get(self, ref: TaskRef) -> TaskResult | None:
+        with self._lock:
+            return self._results.get(ref)
+
+    def pending(self) -> list[TaskResult]:
+        with self._lock:
+            return list(self._results.values())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._results)
+
+    def _write(self, result: TaskResult) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(result.to_json(), f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, os.path.join(self.directory, _file_name(result.task)))
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise

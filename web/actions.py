@@ -1,0 +1,166 @@
+"""The changes a user can make, shared by the JSON API and the HTML forms.
+
+Each function takes the epoch that the caller checked (guards.writable_required)
+and commits through authority.fenced_commit, so a leadership change between
+check and write raises NotLeader instead of writing. Bad input raises
+Invalid with one sentence; nothing is stored then.
+"""
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+from coordinator import users as user_store
+from coordinator.buildfile import BuildFileError, parse_build
+from coordinator.config import NAME_RE
+from coordinator.keys import Keys, decode, encode
+from coordinator.settings import Settings, validate_update
+from web.authority import Conflict, fenced_commit
+
+MAX_SETTINGS_RETRIES = 3
+
+
+class Invalid(ValueError):
+    """The user's input is refused; str(exc) is the sentence to show (400)."""
+
+
+class NotFound(LookupError):
+    """The named thing does not exist (404)."""
+
+
+def new_build_id(now: float) -> str:
+    return "b-" + time.strftime("%Y%m%d-%H%M%S", time.gmtime(now)) + "-" + secrets.token_hex(3)
+
+
+def submit_build(etcd, keys: Keys, epoch: int, body: bytes | str | dict, user: str, now: float) -> str:
+    """Store a build (spec and queued status) in one fenced transaction; returns its id."""
+    if isinstance(body, (bytes, str)) and not (body.strip() if isinstance(body, str) else body.strip()):
+        raise Invalid("the build file is empty")
+    try:
+        spec = parse_build(body)
+    except BuildFileError as exc:
+        raise Invalid(str(exc)) from None
+    build_id = new_build_id(now)
+    tasks = [{"id": t.id, "cmd": t.cmd, "deps": list(t.deps or []), "timeout": t.timeout} for t in spec.tasks]
+    record = {"id": build_id, "name": spec.name, "submitted": now, "user": user, "tasks": tasks}
+    status = {"state": "queued", "total": len(tasks), "done": 0, "failed": 0, "running": 0,
+              "name": spec.name, "submitted": now, "user": user, "started": None, "finished": None}
+    fenced_commit(etcd, keys, epoch, [
+        etcd.ops.put(keys.build(build_id), encode(record)),
+        etcd.ops.put(keys.status_of_build(build_id), encode(status)),
+    ], extra_compare=[etcd.ops.version(keys.build(build_id)) == 0])
+    return build_id
+
+
+def registered_backups(etcd, keys: Keys, primary: str) -> list[str]:
+    out = []
+    for raw, meta in etcd.get_prefix(keys.coordinators):
+        try:
+            value = decode(raw)
+        except ValueError:
+            continue
+        if isinstance(value, dict) and value.get("role") == "backup" and value.get("primary") == primary:
+            out.append(Keys.name_of(meta.key, keys.coordinators))
+    return sorted(out)
+
+
+def update_settings(etcd, keys: Keys, epoch: int, changes: Any, primary: str) -> Settings:
+    """Validate and save a settings change (merged into the current settings).
+
+    selected_backup must be none or a registered backup of this primary;
+    keeping the current selection is allowed while that backup is down, so
+    saving the other settings never fails because of it.
+    """
+    try:
+        clean = validate_update(changes)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+    for _ in range(MAX_SETTINGS_RETRIES):
+        raw, meta = etcd.get(keys.settings)
+        current = Settings.from_json(raw)
+        chosen = clean.get("selected_backup", current.selected_backup)
+        if chosen is not None and chosen != current.selected_backup:
+            backups = registered_backups(etcd, keys, primary)
+            if chosen not in backups:
+                offered = ", ".join(backups) if backups else "none are registered"
+                raise Invalid(f"{chosen} is not a registered backup of {primary} (registered: {offered})")
+        updated = Settings(**dict(current.to_dict(), **clean))
+        guard = (etcd.ops.mod(keys.settings) == meta.mod_revision if meta
+                 else etcd.ops.version(keys.settings) == 0)
+        try:
+            fenced_commit(etcd, keys, epoch, [etcd.ops.put(keys.settings, updated.to_json())],
+                          extra_compare=[guard])
+            return updated
+        except Conflict:
+            continue  # the daemon changed settings meanwhile (e.g. a deselection): merge again
+    raise Invalid("the settings kept changing while being saved; reload and try again")
+
+
+def known_agent(etcd, keys: Keys, name: str) -> bool:
+    if etcd.get(keys.agent(name))[0] is not None or etcd.get(keys.agent_settings(name))[0] is not None:
+        return True
+    runtime = decode(etcd.get(keys.runtime)[0]) or {}
+    return name in (runtime.get("agents") or {})
+
+
+def set_agent_config(etcd, keys: Keys, epoch: int, name: str, changes: Any, auto_subscribe: bool) -> dict:
+    """Merge {disabled?, subscribed?} into agent-config/<name>."""
+    if not isinstance(changes, dict) or not changes:
+        raise Invalid("send a JSON object with disabled and/or subscribed")
+    unknown = sorted(set(changes) - {"disabled", "subscribed"})
+    if unknown:
+        raise Invalid(f"unknown agent setting(s): {', '.join(unknown)}")
+    for key, value in changes.items():
+        if not isinstance(value, bool):
+            raise Invalid(f"{key} must be true or false")
+    if not known_agent(etcd, keys, name):
+        raise NotFound(f"no agent named {name}")
+    raw, meta = etcd.get(keys.agent_settings(name))
+    current = decode(raw) if raw else {}
+    config = {"disabled": bool(current.get("disabled", False)),
+              "subscribed": bool(current.get("subscribed", auto_subscribe if raw is None else True))}
+    config.update(changes)
+    guard = (etcd.ops.mod(keys.agent_settings(name)) == meta.mod_revision if meta
+             else etcd.ops.version(keys.agent_settings(name)) == 0)
+    fenced_commit(etcd, keys, epoch, [etcd.ops.put(keys.agent_settings(name), encode(config))],
+                  extra_compare=[guard])
+    return config
+
+
+def create_user(etcd, keys: Keys, epoch: int, body: Any) -> dict:
+    if not isinstance(body, dict):
+        raise Invalid("send a JSON object with name, role and password")
+    name, role, password = body.get("name"), body.get("role", "viewer"), body.get("password")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise Invalid("name must be 1-63 letters, digits, '.', '_' or '-'")
+    if role not in ("admin", "viewer"):
+        raise Invalid("role must be admin or viewer")
+    if not isinstance(password, str) or len(password) < 8:
+        raise Invalid("password must be at least 8 characters")
+    if user_store.get_user(etcd, keys, name) is not None:
+        raise Invalid(f"a user named {name} already exists")
+    try:
+        user_store.add_user(etcd, keys, name, role, password, epoch)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+    return {"name": name, "role": role}
+
+
+def request_switchover(etcd, keys: Keys, epoch: int, me: str, my_primary: str | None,
+                       selected_backup: str | None, target: str | None) -> str:
+    """Write switchover = {target}; the daemons carry out the planned handover."""
+    if target is None:
+        # The natural partner: a leading primary hands to its selected backup,
+        # a leading backup hands back to its primary.
+        target = selected_backup if my_primary == me else my_primary
+    if not target:
+        raise Invalid("no switchover target: select a backup first or name one with target")
+    if not isinstance(target, str) or not NAME_RE.match(target):
+        raise Invalid("target must be a coordinator's name")
+    if target == me:
+        raise Invalid(f"{me} already leads; name another coordinator as target")
+    if etcd.get(keys.coordinator(target))[0] is None:
+        raise Invalid(f"{target} is not a registered coordinator (it must be running)")
+    fenced_commit(etcd, keys, epoch, [etcd.ops.put(keys.switchover, encode({"target": target}))])
+    return target

@@ -1,0 +1,128 @@
+"""The JSON API (/api/v1), DESIGN.md section 5. HTTP Basic or the UI session.
+
+Reads work on every coordinator; writes only on the primary that leads
+(403 naming the coordinator to use otherwise), except POST /switchover,
+which the leading coordinator of either role accepts.
+"""
+from __future__ import annotations
+
+import json
+
+from flask import Blueprint, current_app, g, jsonify, request
+
+from web import actions, etcd_access
+from web.cluster_view import build_detail, build_rows
+from web.guards import (admin_required, authority, login_required, primary_name, read_only_refusal, refuse,
+                        snapshot, writable_required)
+from web.security import now
+from web.status import status_document
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+
+def json_body():
+    """The request's JSON object, or raise Invalid with a sentence."""
+    raw = request.get_data(cache=True)
+    try:
+        return json.loads(raw or b"null")
+    except ValueError as exc:
+        raise actions.Invalid(f"the request body is not valid JSON: {exc}") from None
+
+
+@bp.get("/status")
+@login_required
+def status():
+    snap = snapshot()
+    return jsonify(status_document(snap, authority(), primary_name()))
+
+
+@bp.get("/events")
+@login_required
+def events():
+    from web.cluster_view import read_events
+    limit = min(max(request.args.get("limit", 50, type=int) or 50, 1), 1000)
+    return jsonify({"events": read_events(etcd_access.client(), etcd_access.keys(), limit)})
+
+
+@bp.put("/settings")
+@admin_required
+@writable_required
+def put_settings():
+    updated = actions.update_settings(etcd_access.client(), etcd_access.keys(), g.epoch, json_body(),
+                                      current_app.config["BATON_NAME"])
+    return jsonify({"settings": updated.to_dict()})
+
+
+@bp.get("/settings")
+@login_required
+def get_settings():
+    return jsonify({"settings": snapshot().settings.to_dict()})
+
+
+@bp.get("/builds")
+@login_required
+def list_builds():
+    rows = build_rows(etcd_access.client(), etcd_access.keys(), snapshot(),
+                      current_app.extensions["baton_spec_cache"])
+    return jsonify({"builds": rows})
+
+
+@bp.post("/builds")
+@admin_required
+@writable_required
+def submit_build():
+    body = request.get_data(cache=True)
+    build_id = actions.submit_build(etcd_access.client(), etcd_access.keys(), g.epoch, body,
+                                    g.user["name"], now())
+    return jsonify({"id": build_id}), 201
+
+
+@bp.get("/builds/<build_id>")
+@login_required
+def show_build(build_id):
+    detail = build_detail(etcd_access.client(), etcd_access.keys(), build_id)
+    if detail is None:
+        return refuse(404, f"no build {build_id}")
+    return jsonify(detail)
+
+
+@bp.get("/users")
+@admin_required
+def list_users():
+    from coordinator import users as user_store
+    return jsonify({"users": [{"name": u["name"], "role": u.get("role")} for u in
+                              user_store.list_users(etcd_access.client(), etcd_access.keys())]})
+
+
+@bp.post("/users")
+@admin_required
+@writable_required
+def add_user():
+    user = actions.create_user(etcd_access.client(), etcd_access.keys(), g.epoch, json_body())
+    return jsonify(user), 201
+
+
+@bp.post("/agents/<name>")
+@admin_required
+@writable_required
+def configure_agent(name):
+    config = actions.set_agent_config(etcd_access.client(), etcd_access.keys(), g.epoch, name, json_body(),
+                                      snapshot().settings.auto_subscribe)
+    return jsonify({"name": name, **config})
+
+
+@bp.post("/switchover")
+@admin_required
+def switchover():
+    auth = authority()
+    if not auth.leads:
+        return read_only_refusal(auth)
+    body = json_body() if request.get_data(cache=True).strip() else {}
+    if not isinstance(body, dict):
+        raise actions.Invalid("send a JSON object, optionally with target")
+    snap = snapshot()
+    target = actions.request_switchover(etcd_access.client(), etcd_access.keys(), auth.epoch,
+                                        current_app.config["BATON_NAME"], primary_name(),
+                                        snap.settings.selected_backup, body.get("target"))
+    return jsonify({"target": target}), 202
+

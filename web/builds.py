@@ -1,0 +1,47 @@
+"""Builds: list with progress, one build's tasks, submitting a build file."""
+from __future__ import annotations
+
+from flask import Blueprint, abort, current_app, g, render_template, request, url_for
+
+from web import actions, etcd_access, forms
+from web.cluster_view import build_detail, build_rows
+from web.guards import admin_required, login_required, snapshot
+from web.security import now
+
+bp = Blueprint("builds", __name__)
+
+
+@bp.get("/builds")
+@login_required
+def index():
+    rows = build_rows(etcd_access.client(), etcd_access.keys(), snapshot(),
+                      current_app.extensions["baton_spec_cache"])
+    return render_template("builds.html", builds=rows, page="builds")
+
+
+@bp.get("/builds/<build_id>")
+@login_required
+def show(build_id):
+    detail = build_detail(etcd_access.client(), etcd_access.keys(), build_id)
+    if detail is None:
+        abort(404)
+    return render_template("build.html", build=detail, page="builds")
+
+
+@bp.post("/builds")
+@admin_required
+def submit():
+    upload = request.files.get("file")
+    body = upload.read() if upload and upload.filename else request.form.get("buildfile", "").encode()
+    created: list[str] = []
+
+    def act(epoch: int) -> str:
+        build_id = actions.submit_build(etcd_access.client(), etcd_access.keys(), epoch, body,
+                                        g.user["name"], now())
+        created.append(build_id)
+        return f"Build {build_id} submitted."
+
+    response = forms.run(act, url_for("builds.index"))
+    if created and response.status_code == 302:
+        response.headers["Location"] = url_for("builds.show", build_id=created[0])
+    return response

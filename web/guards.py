@@ -1,0 +1,106 @@
+"""Refusals and the checks in front of views: logged in, admin, writable.
+
+A refusal is JSON for /api/ paths ({"error": sentence, ...}) and an HTML
+page for the UI, always with one sentence a user can act on.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+from flask import current_app, g, jsonify, redirect, render_template, request, url_for
+
+from web import etcd_access
+from web.authority import Authority, read_authority
+from web.cluster_view import Snapshot, read_snapshot
+from web.links import coordinator_web_url
+
+
+def wants_json() -> bool:
+    return request.path.startswith("/api/")
+
+
+def refuse(status: int, message: str, **extra):
+    """The response for a refused request (never raises)."""
+    if wants_json():
+        response = jsonify(dict({"error": message}, **extra))
+        response.status_code = status
+        if status == 401:
+            response.headers["WWW-Authenticate"] = 'Basic realm="baton"'
+        return response
+    return render_template("message.html", status=status, message=message, extra=extra), status
+
+
+def login_required(view: Callable) -> Callable:
+    @functools.wraps(view)
+    def wrapped(*args, **kwargs):
+        if g.user is None:
+            if wants_json():
+                return refuse(401, "log in first: send HTTP Basic credentials of a Baton user")
+            return redirect(url_for("auth.login", next=request.full_path.rstrip("?"),
+                                    expired="1" if g.session_expired else None))
+        return view(*args, **kwargs)
+    return wrapped
+
+
+def admin_required(view: Callable) -> Callable:
+    @functools.wraps(view)
+    @login_required
+    def wrapped(*args, **kwargs):
+        if g.user.get("role") != "admin":
+            return refuse(403, f"{g.user['name']} is a viewer; only an admin may change this.")
+        return view(*args, **kwargs)
+    return wrapped
+
+
+def authority() -> Authority:
+    """This request's view of leadership (read once per request)."""
+    if "authority" not in g:
+        snap = g.get("snapshot")
+        g.authority = read_authority(etcd_access.client(), etcd_access.keys(), current_app.config,
+                                     leader_kv=snap.leader_kv if snap is not None else None)
+    return g.authority
+
+
+def snapshot() -> Snapshot:
+    """This request's cluster snapshot (read once per request)."""
+    if "snapshot" not in g:
+        g.snapshot = read_snapshot(etcd_access.client(), etcd_access.keys())
+    return g.snapshot
+
+
+def read_only_refusal(auth: Authority):
+    """The 403 for a write on a coordinator that may not write now, naming where to go."""
+    cfg = current_app.config
+    leader = auth.leader_name
+    if cfg["BATON_ROLE"] == "backup":
+        target = primary_name()
+        target_web = coordinator_web_url(target) if target else None
+    else:
+        target = leader
+        target_web = coordinator_web_url(leader, (auth.leader or {}).get("web")) if leader else None
+    return refuse(403, auth.refusal(primary_name()), leader=leader, leader_web=target_web,
+                  coordinator=target)
+
+
+def primary_name() -> str | None:
+    """This coordinator's primary: itself, or a backup's configured/registered primary."""
+    cfg = current_app.config
+    if cfg.get("BATON_PRIMARY"):
+        return cfg["BATON_PRIMARY"]
+    from coordinator.keys import decode
+    raw, _ = etcd_access.client().get(etcd_access.keys().coordinator(cfg["BATON_NAME"]))
+    value = decode(raw) if raw else None
+    return (value or {}).get("primary")
+
+
+def writable_required(view: Callable) -> Callable:
+    """403 unless this coordinator is a primary that leads right now; sets g.epoch for the commit."""
+    @functools.wraps(view)
+    def wrapped(*args, **kwargs):
+        auth = authority()
+        if not auth.writable:
+            return read_only_refusal(auth)
+        g.epoch = auth.epoch
+        return view(*args, **kwargs)
+    return wrapped

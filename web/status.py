@@ -1,0 +1,62 @@
+"""The status document (GET /api/v1/status) and the view-only banner, from one snapshot."""
+from __future__ import annotations
+
+from flask import current_app
+
+from lease.errors import EtcdError
+from web import etcd_access
+from web.authority import Authority
+from web.cluster_view import Snapshot, agent_rows, build_counts, coordinator_rows
+from web.links import as_url, coordinator_web_url
+
+
+def lease_ttl_left(auth: Authority) -> float | None:
+    """Seconds before the leader's lease could expire: our daemon's own figure when we
+    lead, else etcd's view of the leader's lease (None when nobody leads)."""
+    if auth.leads and auth.state and auth.state.get("lease_ttl_left") is not None:
+        return float(auth.state["lease_ttl_left"])
+    if not auth.leader_lease:
+        return None
+    try:
+        ttl = etcd_access.client().lease_ttl(auth.leader_lease)
+    except EtcdError:
+        return None
+    return float(ttl) if ttl >= 0 else None
+
+
+def banner(auth: Authority, snap: Snapshot, primary: str | None) -> dict | None:
+    """What the view-only banner says (None on a writable primary)."""
+    me = auth.name
+    leader = auth.leader_name
+    if auth.role == "backup":
+        text = f"This is the backup coordinator {me} — view only."
+        if leader == me:
+            text += " It is serving agents now because the primary is unavailable."
+        return {"text": text, "link": coordinator_web_url(primary), "link_text": f"Go to the primary {primary}"}
+    if auth.writable:
+        return None
+    if leader and leader != me:
+        return {"text": f"{leader} is serving agents — this coordinator ({me}) is view only.",
+                "link": coordinator_web_url(leader, (snap.leader or {}).get("web")),
+                "link_text": f"Go to {leader}"}
+    if leader == me:
+        return {"text": f"{me} is not acting as leader right now (its lease is not being renewed) — view only.",
+                "link": None, "link_text": None}
+    return {"text": "No coordinator is serving agents right now — view only.", "link": None, "link_text": None}
+
+
+def status_document(snap: Snapshot, auth: Authority, primary: str | None) -> dict:
+    cfg = current_app.config
+    leader = None
+    if snap.leader:
+        leader = {"name": snap.leader.get("name"), "epoch": snap.epoch, "role": snap.leader.get("role"),
+                  "web": as_url(snap.leader.get("web"))}
+    return {
+        "name": cfg["BATON_NAME"], "role": cfg["BATON_ROLE"], "primary": primary,
+        "is_leader": auth.leads, "read_only": not auth.writable,
+        "leader": leader, "epoch": snap.epoch, "lease_ttl_left": lease_ttl_left(auth),
+        "selected_backup": snap.settings.selected_backup, "settings": snap.settings.to_dict(),
+        "coordinators": coordinator_rows(snap, cfg["BATON_NAME"], cfg["BATON_ROLE"]),
+        "agents": agent_rows(snap), "builds": build_counts(snap), "events": snap.events,
+        "switchover": snap.switchover, "banner": banner(auth, snap, primary),
+    }
