@@ -25,7 +25,9 @@ import threading
 import time
 from typing import Any, Callable
 
-from coordinator.keys import Keys, decode, encode
+import grpc
+
+from coordinator.keys import Keys, decode, encode, prefix_end
 from coordinator.protocol import agent_pb2 as pb
 from coordinator.runtime import scheduler
 from coordinator.runtime.service import AgentStream
@@ -74,7 +76,7 @@ class Dispatcher:
         """Load the snapshot and start the watchers and the loop. Raises
         EtcdUnavailable when etcd cannot be read."""
         root = self.keys.root
-        resp = self.etcd.range_response(root, _prefix_end(root))
+        resp = self.etcd.range_response(root, prefix_end(root))
         revision = resp.header.revision
         kvs = {kv.key.decode(): kv for kv in resp.kvs}
         self._load(kvs)
@@ -188,6 +190,7 @@ class Dispatcher:
             if now >= next_runtime:
                 next_runtime = now + RUNTIME_KEY_EVERY
                 self._write_runtime()
+                self._count_tasks()
 
     def _handle(self, event: tuple) -> None:
         kind = event[0]
@@ -228,7 +231,7 @@ class Dispatcher:
             if event[0] in ("recorded", "assigned", "gone"):
                 self._handle(event)
             elif event[0] == "hello":
-                event[1].abort(_FAILED_PRECONDITION, f"not leader: {reason}")
+                event[1].abort(grpc.StatusCode.FAILED_PRECONDITION, f"not leader: {reason}")
         self._write_statuses()
         self._write_runtime()
         self.store.flush(max(0.0, deadline - self.clock()))
@@ -288,7 +291,7 @@ class Dispatcher:
 
     def _hello(self, stream: AgentStream, hello: pb.Hello) -> None:
         if not self.dispatching:
-            stream.abort(_FAILED_PRECONDITION, "not leader")
+            stream.abort(grpc.StatusCode.FAILED_PRECONDITION, "not leader")
             return
         agent = self._agent(hello.name)
         if agent.stream is not None and agent.stream is not stream:
@@ -368,7 +371,7 @@ class Dispatcher:
                 self._dirty = True
             return
         task.state = RUNNING
-        if agent.stream is None or not agent.present or not self.store_alive():
+        if agent.stream is None or not agent.present:
             # Durably "running on agent" but nobody got it: run it again, attempt + 1.
             agent.running.discard(task.key)
             build.requeue(task, self.clock())
@@ -378,9 +381,6 @@ class Dispatcher:
         self.stats["tasks_dispatched"] += 1
         agent.stream.send(self._msg(assign=pb.Assignment(task=_ref(task), cmd=task.cmd, timeout=task.timeout,
                                                          env=task.env)))
-
-    def store_alive(self) -> bool:
-        return self.dispatching or not self._stopped.is_set()
 
     # -- results ---------------------------------------------------------------------------
     def _result(self, stream: AgentStream, result: pb.TaskResult) -> None:
@@ -435,7 +435,6 @@ class Dispatcher:
         if not self._status_dirty:
             return
         now = time.time()
-        queued = running = 0
         for build_id in self._status_dirty:
             build = self.builds.get(build_id)
             if build is None:
@@ -447,6 +446,9 @@ class Dispatcher:
                 del self.builds[build_id]
                 self.finished_builds.add(build_id)
         self._status_dirty.clear()
+
+    def _count_tasks(self) -> None:
+        queued = running = 0
         for build in self.builds.values():
             c = build.counts()
             running += c["running"]
@@ -489,11 +491,3 @@ def ref_exit(result: pb.TaskResult) -> int | None:
     return None if result.error and result.exit_code == 0 else result.exit_code
 
 
-def _prefix_end(prefix: str) -> str:
-    from coordinator.keys import prefix_end
-    return prefix_end(prefix)
-
-
-import grpc as _grpc  # noqa: E402
-
-_FAILED_PRECONDITION = _grpc.StatusCode.FAILED_PRECONDITION

@@ -70,7 +70,9 @@ class Build:
     tasks: dict[str, Task]
     dependants: dict[str, list[str]]
     ready: dict[str, None] = dataclasses.field(default_factory=dict)  # insertion-ordered queue
-    in_use: int = 0
+    in_use: int = 0                  # tasks holding a core (assigning or running)
+    n_done: int = 0
+    n_failed: int = 0
     state: str = "queued"
     started: float | None = None
     finished: float | None = None
@@ -122,6 +124,8 @@ class Build:
                     build._make_ready(task, monotonic)
             elif task.state == RUNNING:
                 build.in_use += 1
+        build.n_done = sum(1 for t in tasks.values() if t.state == DONE)
+        build.n_failed = sum(1 for t in tasks.values() if t.state == FAILED)
         if any(t.state != WAITING and t.state != READY for t in tasks.values()):
             build.state = "running"
         return build, writes
@@ -155,6 +159,7 @@ class Build:
                 continue
             self.ready.pop(t.id, None)
             t.state = FAILED
+            self.n_failed += 1
             t.record = t.not_run_record(why, now)
             out.append((t, t.record))
             stack += [(self.tasks[d], f"dependency {t.id!r} failed") for d in self.dependants[t.id]]
@@ -192,6 +197,10 @@ class Build:
         if task.state in HOLDS_CORE:
             self.in_use -= 1
         task.state, task.record, task.recording = record["state"], record, None
+        if task.state == DONE:
+            self.n_done += 1
+        else:
+            self.n_failed += 1
         writes: list[tuple[Task, dict]] = []
         for dep_id in self.dependants[task.id]:
             dep = self.tasks[dep_id]
@@ -205,15 +214,7 @@ class Build:
 
     # -- status ---------------------------------------------------------------
     def counts(self) -> dict[str, int]:
-        done = failed = running = 0
-        for t in self.tasks.values():
-            if t.state == DONE:
-                done += 1
-            elif t.state == FAILED:
-                failed += 1
-            elif t.state in HOLDS_CORE:
-                running += 1
-        return {"total": len(self.tasks), "done": done, "failed": failed, "running": running}
+        return {"total": len(self.tasks), "done": self.n_done, "failed": self.n_failed, "running": self.in_use}
 
     def status_record(self, now: float) -> dict:
         c = self.counts()

@@ -1,0 +1,272 @@
+"""The agent: presence, leader following, one stream, tasks, buffered results.
+
+One main-loop thread makes every decision from the current state (the
+leader view, the open link) and is the owner whose liveness keeps the agent's
+lease alive: each turn it heartbeats the session, closes the link when the
+leader key no longer names its coordinator/epoch, opens one to the leader the
+key names, and keeps the presence key's value up to date. Other threads
+(the leader watch, the link, task threads) only record what happened and
+wake the loop.
+
+Results are buffered (memory + `<workdir>/.results/`) from the moment a task
+ends until a ResultAck arrives, whoever leads meanwhile; the Hello of every
+new stream carries the unacknowledged ones. Running tasks are never touched
+by a leader change.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+from agent.config import AgentConfig, agent_version
+from agent.leader import LeaderFollower, LeaderView
+from agent.link import CoordinatorLink
+from agent.presence import AgentLease, Presence
+from agent.results import ResultBuffer
+from agent.runner import Runner, TaskRef, TaskResult
+from coordinator.keys import Keys
+from coordinator.protocol import agent_pb2
+from lease.client import Etcd, connect
+from lease.errors import EtcdError
+
+log = logging.getLogger(__name__)
+
+
+def ref_from_proto(ref: agent_pb2.TaskRef) -> TaskRef:
+    return TaskRef(ref.build_id, ref.task_id, int(ref.attempt))
+
+
+def ref_to_proto(ref: TaskRef) -> agent_pb2.TaskRef:
+    return agent_pb2.TaskRef(build_id=ref.build_id, task_id=ref.task_id, attempt=ref.attempt)
+
+
+def result_to_proto(result: TaskResult) -> agent_pb2.TaskResult:
+    return agent_pb2.TaskResult(task=ref_to_proto(result.task), exit_code=result.exit_code,
+                                duration=result.duration, output_tail=result.output_tail,
+                                error=result.error)
+
+
+class Agent:
+    """`Agent(config).start()` ... `stop()`, or `run()` from the CLI.
+
+    The keyword arguments exist for the bench pool (agent.pool): a shared
+    etcd client, a shared lease, a runner that does not spawn processes, a
+    memory-only result buffer, and a slower loop (it has no lease to tick).
+    """
+
+    def __init__(self, config: AgentConfig, *, etcd: Etcd | None = None, lease: AgentLease | None = None,
+                 runner_factory: Callable[[Callable[[TaskResult], None]], object] | None = None,
+                 results: ResultBuffer | None = None, loop_interval: float | None = None,
+                 watch_options: dict | None = None):
+        self.config = config
+        self.keys = Keys(config.cluster)
+        self._owns_etcd = etcd is None
+        self.etcd = etcd if etcd is not None else connect(config.etcd)
+        self._owns_lease = lease is None
+        self.lease = lease if lease is not None else AgentLease(self.etcd, ttl=config.lease_ttl)
+        self.presence = Presence(self.etcd, self.keys.agent(config.name), self.lease)
+        self.results = results if results is not None else ResultBuffer.in_workdir(config.workdir)
+        if runner_factory is None:
+            self.runner = Runner(config.workdir, self._on_result, default_timeout=config.task_timeout)
+        else:
+            self.runner = runner_factory(self._on_result)
+        self.follower = LeaderFollower(self.etcd, self.keys.leader, self._on_leader_change, watch_options)
+        self.version = agent_version()
+        self._root_certificates = config.root_certificates()
+        # Heartbeat the session well within its renew_deadline.
+        self.loop_interval = loop_interval or min(0.25, self.lease.renew_deadline / 4)
+        self.lock = threading.RLock()
+        self._link: CoordinatorLink | None = None
+        self._following = False
+        self._next_follow_try = 0.0
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._old_links: list[CoordinatorLink] = []
+
+    # -- lifecycle --------------------------------------------------------------------
+    def start(self) -> "Agent":
+        """Load results an earlier run left, then start the main loop. etcd
+        need not be reachable yet: the loop keeps trying."""
+        loaded = self.results.load()
+        if loaded:
+            log.info("%d unacknowledged result(s) from an earlier run will be delivered", len(loaded))
+        mark_seen = getattr(self.runner, "mark_seen", None)
+        if mark_seen is not None:
+            mark_seen(r.task for r in loaded)
+        self._thread = threading.Thread(target=self._loop, name=f"agent {self.config.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Close the stream, kill running tasks (their results are not
+        reported), withdraw the presence key. Safe to call twice."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        with self.lock:
+            link, self._link = self._link, None
+        for old in [*self._old_links, *([link] if link else [])]:
+            old.close()
+        self.follower.stop()
+        stop_runner = getattr(self.runner, "stop", None)
+        if stop_runner is not None:
+            stop_runner()
+        for old in [*self._old_links, *([link] if link else [])]:
+            old.join(2.0)
+        self._old_links.clear()
+        if self._owns_lease:
+            self.lease.close()
+        else:
+            self.presence.withdraw()
+        if self._owns_etcd:
+            self.etcd.close()
+
+    def run(self) -> None:
+        """Start and block until SIGTERM or SIGINT (main thread only), then stop."""
+        import signal
+
+        def on_signal(signum, _frame):
+            log.info("received %s; stopping", signal.Signals(signum).name)
+            self._stopping.set()
+            self._wake.set()
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            while not self._stopping.is_set():
+                self._stopping.wait(1.0)
+        finally:
+            self.stop()
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    # -- views for tests and the bench ---------------------------------------------
+    @property
+    def leader(self) -> LeaderView | None:
+        return self.follower.current
+
+    @property
+    def connected_to(self) -> str | None:
+        """Name of the coordinator this agent is linked with (Welcome received), or None."""
+        link = self._link
+        return link.coordinator if link is not None and link.welcomed else None
+
+    @property
+    def link(self) -> CoordinatorLink | None:
+        return self._link
+
+    # -- the main loop --------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - the loop must keep turning (it holds the lease)
+                log.exception("agent loop turn failed")
+            self._wake.wait(self.loop_interval)
+            self._wake.clear()
+
+    def tick(self) -> None:
+        """One turn: lease, leader watch, link, presence."""
+        if self._owns_lease:
+            self.lease.tick()
+        if not self._following and time.monotonic() >= self._next_follow_try:
+            try:
+                self.follower.start()
+                self._following = True
+            except EtcdError as exc:
+                log.warning("cannot read the leader key yet: %s", exc)
+                self._next_follow_try = time.monotonic() + 1.0
+        self._reconcile_link(self.follower.current)
+        self.presence.sync(self._presence_value())
+        self._old_links = [old for old in self._old_links if old._thread.is_alive()]
+
+    def _reconcile_link(self, leader: LeaderView | None) -> None:
+        with self.lock:
+            link = self._link
+            if link is not None and (leader is None or link.leader.identity != leader.identity):
+                log.info("leader is now %s: closing the stream to %s; running tasks continue",
+                         leader or "nobody", link.leader)
+                link.close()
+                self._old_links.append(link)
+                self._link = link = None
+            if link is None and leader is not None and not self._stopping.is_set():
+                self._link = CoordinatorLink(
+                    leader, self, token=self.config.agent_token, root_certificates=self._root_certificates,
+                    agent_name=self.config.name).start()
+
+    def _presence_value(self) -> dict:
+        link = self._link
+        welcomed = link is not None and link.welcomed
+        return {"name": self.config.name, "host": self.config.host, "cores": self.config.cores,
+                "group": self.config.group, "version": self.version,
+                "coordinator": link.leader.name if welcomed else None,
+                "epoch": link.epoch if welcomed else None}
+
+    def _on_leader_change(self, view: LeaderView | None) -> None:
+        log.info("leader key: %s", view or "nobody leads")
+        self._wake.set()
+
+    # -- LinkHandler ---------------------------------------------------------------
+    def seen_epoch(self) -> int | None:
+        view = self.follower.current
+        return view.epoch if view is not None else None
+
+    def recheck_leader(self) -> None:
+        self.follower.reread()
+        self._wake.set()
+
+    def on_link_state(self, link: CoordinatorLink) -> None:
+        self._wake.set()
+
+    def hello(self) -> agent_pb2.Hello:
+        """Called by the link with self.lock held, so no result slips between
+        this snapshot and the stream opening for results."""
+        cfg = self.config
+        return agent_pb2.Hello(
+            name=cfg.name, host=cfg.host, cores=cfg.cores, group=cfg.group, version=self.version,
+            running=[ref_to_proto(r) for r in self.runner.running()],
+            results=[result_to_proto(r) for r in self.results.pending()])
+
+    def on_message(self, link: CoordinatorLink, msg: agent_pb2.CoordinatorMessage) -> None:
+        if link is not self._link:
+            return  # a link being closed: its coordinator is not ours any more
+        kind = msg.WhichOneof("body")
+        if kind == "welcome":
+            for ref in map(ref_from_proto, msg.welcome.cancel):
+                self._drop(ref, f"{link.leader.name} no longer wants it")
+        elif kind == "assign":
+            self._assign(link, msg.assign)
+        elif kind == "ack":
+            self.results.ack(ref_from_proto(msg.ack.task))
+        elif kind == "cancel":
+            self._drop(ref_from_proto(msg.cancel.task), f"{link.leader.name} cancelled it")
+
+    def _assign(self, link: CoordinatorLink, assignment: agent_pb2.Assignment) -> None:
+        ref = ref_from_proto(assignment.task)
+        if self.runner.start(ref, assignment.cmd, assignment.timeout, dict(assignment.env)):
+            return
+        with self.lock:
+            buffered = self.results.get(ref)
+            if buffered is not None:
+                link.send(link.message(result=result_to_proto(buffered)))
+        log.info("task %s was assigned again; it already ran here, not running it twice", ref)
+
+    def _drop(self, ref: TaskRef, why: str) -> None:
+        if self.runner.cancel(ref):
+            log.info("killed task %s: %s", ref, why)
+        self.results.ack(ref)  # a result the coordinator does not want is not kept either
+
+    # -- results ---------------------------------------------------------------------
+    def _on_result(self, result: TaskResult) -> None:
+        """A task ended: buffer the result (durably), then offer it on the open stream."""
+        with self.lock:
+            self.results.add(result)
+            link = self._link
+            if link is not None:
+                link.send(link.message(result=result_to_proto(result)))
+        log.info("task %s finished: exit %d%s", result.task, result.exit_code,
+                 f" ({result.error})" if result.error else "")

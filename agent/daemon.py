@@ -1,0 +1,91 @@
+"""`baton agent`: command-line wiring for the agent daemon.
+
+The CLI calls `add_arguments(parser)` and `config_from_args(args)`, then
+`Agent(config).run()`; `python -m agent ...` and `main(argv)` do the same on
+their own. Configuration errors end the program with one sentence (exit 2).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from agent.config import AgentConfig
+from agent.core import Agent
+from lease.client import EtcdConfig
+from lease.errors import BatonError, ConfigError
+
+__all__ = ["Agent", "AgentConfig", "add_arguments", "config_from_args", "main"]
+
+
+def add_arguments(parser: argparse.ArgumentParser, etcd_options: bool = True) -> None:
+    """The agent's options. etcd_options=False when the CLI adds --etcd and
+    --cluster itself (it does for every command)."""
+    parser.add_argument("--name", required=True, help="this agent's name (unique in the cluster)")
+    parser.add_argument("--cores", type=int, default=None, help="cores to offer (default: all)")
+    parser.add_argument("--group", default="default", help="agent group (default: default)")
+    parser.add_argument("--workdir", default=None,
+                        help="where builds run, one directory per build (default ./baton-agent-NAME)")
+    parser.add_argument("--agent-token-file", default=None,
+                        help="file holding the cluster token (default: $BATON_AGENT_TOKEN)")
+    parser.add_argument("--grpc-ca", default=None,
+                        help="CA certificate for TLS to the coordinators (default: plaintext)")
+    parser.add_argument("--lease-ttl", type=int, default=10, help="presence lease TTL in seconds (default 10)")
+    parser.add_argument("--task-timeout", type=float, default=3600.0,
+                        help="timeout for tasks that set none, in seconds (default 3600)")
+    if etcd_options:
+        parser.add_argument("--etcd", default=None,
+                            help="etcd URL[,URL...] (default: $BATON_ETCD, else http://127.0.0.1:2379)")
+        parser.add_argument("--cluster", default=os.environ.get("BATON_CLUSTER", "default"))
+    parser.add_argument("--etcd-ca", default=None, help="CA certificate for https etcd endpoints")
+
+
+def read_token(path: str | None) -> str | None:
+    """The token from the file, else $BATON_AGENT_TOKEN, else None. ConfigError if the file is unreadable."""
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                token = f.read().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the agent token file {path!r}: {exc.strerror}") from None
+        if not token:
+            raise ConfigError(f"the agent token file {path!r} is empty")
+        return token
+    return os.environ.get("BATON_AGENT_TOKEN") or None
+
+
+def config_from_args(args: argparse.Namespace) -> AgentConfig:
+    """Build the validated config; raises ConfigError with one sentence."""
+    etcd = EtcdConfig.from_urls(getattr(args, "etcd", None), ca_cert=getattr(args, "etcd_ca", None))
+    kw = {}
+    if args.cores is not None:
+        kw["cores"] = args.cores
+    return AgentConfig(name=args.name, group=args.group, workdir=args.workdir, etcd=etcd,
+                       cluster=getattr(args, "cluster", None) or "default",
+                       agent_token=read_token(args.agent_token_file), grpc_ca=args.grpc_ca,
+                       lease_ttl=args.lease_ttl, task_timeout=args.task_timeout, **kw)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="baton agent", description="Run a Baton build agent.")
+    add_arguments(parser)
+    parser.add_argument("--log-level", default=os.environ.get("BATON_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = config_from_args(args)
+        agent = Agent(config)
+    except BatonError as exc:
+        print(f"baton agent: {exc}", file=sys.stderr)
+        return 2
+    logging.getLogger("agent").info("agent %s starting: %d cores, work directory %s, etcd %s, cluster %s",
+                                    config.name, config.cores, config.workdir,
+                                    ",".join(config.etcd.endpoints), config.cluster)
+    agent.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

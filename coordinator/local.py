@@ -1,0 +1,399 @@
+"""`baton up`: a whole cluster on this machine, as real processes.
+
+An embedded single-member etcd, a primary, M backups (the first one
+selected) and N agents, each its own process with its own log under
+--dir, TLS on every link by default (a local CA issues certificates that
+name "localhost"). The same class drives `baton demo`, the end-to-end tests
+and the benchmarks, so what they exercise is what users run.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from coordinator.keys import Keys, decode
+from lease.client import EtcdConfig, connect
+from lease.errors import ConfigError
+
+HOST = "localhost"  # certificates name the host, not its IP address
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
+class PortPicker:
+    """Preferred ports when free (so `baton up` shows :8000), else any free one."""
+
+    def __init__(self, base: int = 0):
+        self.base = base
+        self.taken: set[int] = set()
+
+    def pick(self, preferred: int) -> int:
+        candidate = self.base + preferred % 1000 if self.base else preferred
+        if candidate not in self.taken and port_free(candidate):
+            self.taken.add(candidate)
+            return candidate
+        while True:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            if port not in self.taken:
+                self.taken.add(port)
+                return port
+
+
+@dataclass
+class Proc:
+    """One process of the local cluster, with its log file."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    popen: subprocess.Popen | None = None
+
+    def start(self) -> "Proc":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        env = dict(os.environ, **self.env)
+        self.popen = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                      start_new_session=True, stdin=subprocess.DEVNULL)
+        log.close()
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def signal(self, sig: int) -> None:
+        if self.alive:
+            self.popen.send_signal(sig)
+
+    def kill(self) -> None:
+        """SIGKILL the process and everything it started (gunicorn workers too)."""
+        if self.popen is not None:
+            try:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.popen.wait(10)
+
+    def pause(self) -> None:
+        os.killpg(self.popen.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.popen.pid, signal.SIGCONT)
+
+    def stop(self, timeout: float = 10) -> None:
+        if not self.alive:
+            return
+        try:
+            os.killpg(self.popen.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            return
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)  # leftovers of the group
+        except ProcessLookupError:
+            pass
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+class LocalCluster:
+    """etcd + coordinators + agents on this machine. `start()`, use, `stop()`."""
+
+    def __init__(self, directory: str | Path, *, agents: int = 2, backups: int = 1, cores: int = 2,
+                 ttl: int = 10, tls: bool = True, etcd_urls: str | None = None, cluster: str = "default",
+                 admin_password: str | None = None, agent_token: str | None = None, base_port: int = 0,
+                 failback_delay: float | None = None, grace: float | None = None,
+                 coordinator_args: tuple[str, ...] = (), test_hooks: bool = False, web: bool = True):
+        self.dir = Path(directory).resolve()
+        self.n_agents, self.n_backups, self.cores, self.ttl = agents, backups, cores, ttl
+        self.tls = tls
+        self.cluster = cluster
+        self.keys = Keys(cluster)
+        self.ports = PortPicker(base_port)
+        self.admin_password = admin_password or os.environ.get("BATON_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
+        self.agent_token = agent_token or secrets.token_urlsafe(24)
+        self.failback_delay = failback_delay
+        self.grace = grace
+        self.coordinator_args = tuple(coordinator_args)
+        self.test_hooks = test_hooks
+        self.web = web
+        self.etcd_proc: Proc | None = None
+        self._external_etcd = etcd_urls
+        self.etcd_urls = etcd_urls or ""
+        self.coordinators: dict[str, Proc] = {}
+        self.agents: dict[str, Proc] = {}
+        self.web_urls: dict[str, str] = {}
+        self.grpc_ports: dict[str, int] = {}
+        self.certs_dir = self.dir / "certs"
+        self._etcd = None
+
+    # -- set-up -------------------------------------------------------------
+    def start(self, wait: bool = True, select_backup: bool = True) -> "LocalCluster":
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.tls:
+            self._issue_certs()
+        token_file = self.dir / "agent-token"
+        token_file.write_text(self.agent_token)
+        token_file.chmod(0o600)
+        if not self._external_etcd:
+            self._start_etcd()
+        self.add_coordinator("p1", "primary")
+        for i in range(1, self.n_backups + 1):
+            self.add_coordinator(f"b{i}", "backup")
+        if wait:
+            self.wait_leader("p1", timeout=30)
+            if self.web:
+                self.wait_web("p1", timeout=30)
+        for i in range(1, self.n_agents + 1):
+            self.add_agent(f"a{i}")
+        if wait:
+            self.wait_agents(self.n_agents, timeout=30)
+            if select_backup and self.n_backups and self.web:
+                self.wait_registered("b1", timeout=30)
+                self.api("p1").select_backup("b1")
+        return self
+
+    def _issue_certs(self) -> None:
+        from coordinator import certs
+
+        if not (self.certs_dir / "ca.pem").exists():
+            certs.make_ca(self.certs_dir)
+        ca = certs.load_ca(self.certs_dir)
+        if not (self.certs_dir / f"{HOST}.pem").exists():
+            certs.issue_cert(ca, self.certs_dir, HOST, [HOST])
+
+    @property
+    def ca(self) -> str | None:
+        return str(self.certs_dir / "ca.pem") if self.tls else None
+
+    def _tls_files(self) -> tuple[str, str]:
+        return str(self.certs_dir / f"{HOST}.pem"), str(self.certs_dir / f"{HOST}-key.pem")
+
+    def _start_etcd(self) -> None:
+        from coordinator.cli import find_etcd
+
+        port, peer = self.ports.pick(2379), self.ports.pick(2380)
+        scheme = "https" if self.tls else "http"
+        url, peer_url = f"{scheme}://{HOST}:{port}", f"{scheme}://{HOST}:{peer}"
+        listen, listen_peer = f"{scheme}://127.0.0.1:{port}", f"{scheme}://127.0.0.1:{peer}"
+        argv = [find_etcd(), "--name", "etcd", "--data-dir", str(self.dir / "etcd"),
+                "--listen-client-urls", listen, "--advertise-client-urls", url,
+                "--listen-peer-urls", listen_peer, "--initial-advertise-peer-urls", peer_url,
+                "--initial-cluster", f"etcd={peer_url}", "--log-level", "warn"]
+        if self.tls:
+            cert, key = self._tls_files()
+            argv += ["--cert-file", cert, "--key-file", key, "--trusted-ca-file", self.ca,
+                     "--peer-cert-file", cert, "--peer-key-file", key, "--peer-trusted-ca-file", self.ca]
+        self.etcd_urls = url
+        self.etcd_proc = Proc("etcd", argv, self.dir / "logs" / "etcd.log").start()
+        self._wait(lambda: self.etcd().revision() > 0, 30, "etcd to answer")
+
+    def etcd_config(self) -> EtcdConfig:
+        return EtcdConfig.from_urls(self.etcd_urls, ca_cert=self.ca)
+
+    def etcd(self):
+        if self._etcd is None:
+            self._etcd = connect(self.etcd_config())
+        return self._etcd
+
+    def _etcd_args(self) -> list[str]:
+        args = ["--etcd", self.etcd_urls, "--cluster", self.cluster]
+        if self.tls:
+            args += ["--etcd-ca", self.ca]
+        return args
+
+    def coordinator_argv(self, name: str, role: str) -> list[str]:
+        if name not in self.grpc_ports:
+            index = len(self.grpc_ports)
+            self.grpc_ports[name] = self.ports.pick(7000 + index)
+            web_port = self.ports.pick(8000 + index)
+            scheme = "https" if self.tls else "http"
+            self.web_urls[name] = f"{scheme}://{HOST}:{web_port}"
+        web_port = int(self.web_urls[name].rsplit(":", 1)[1])
+        argv = [sys.executable, "-m", "coordinator", "coordinator", "--name", name, "--role", role,
+                "--grpc", f"127.0.0.1:{self.grpc_ports[name]}", "--web", f"127.0.0.1:{web_port}",
+                "--advertise", HOST, "--ttl", str(self.ttl), "--state-dir", str(self.dir / "state"),
+                "--agent-token-file", str(self.dir / "agent-token")] + self._etcd_args()
+        if role == "backup":
+            argv += ["--primary", "p1"]
+        if self.tls:
+            cert, key = self._tls_files()
+            argv += ["--tls-cert", cert, "--tls-key", key, "--tls-ca", self.ca]
+        if self.failback_delay is not None:
+            argv += ["--failback-delay", str(self.failback_delay)]
+        if self.grace is not None:
+            argv += ["--grace", str(self.grace)]
+        if self.test_hooks:
+            argv.append("--test-hooks")
+        if not self.web:
+            argv.append("--no-web")
+        return argv + list(self.coordinator_args)
+
+    def add_coordinator(self, name: str, role: str) -> Proc:
+        argv = self.coordinator_argv(name, role)
+        env = {"BATON_ADMIN_PASSWORD": self.admin_password}
+        proc = Proc(name, argv, self.dir / "logs" / f"{name}.log", env=env).start()
+        self.coordinators[name] = proc
+        return proc
+
+    def restart_coordinator(self, name: str) -> Proc:
+        old = self.coordinators[name]
+        old.kill()
+        return self.add_coordinator(name, "primary" if name == "p1" else "backup")
+
+    def add_agent(self, name: str, cores: int | None = None) -> Proc:
+        argv = [sys.executable, "-m", "agent", "--name", name, "--cores", str(cores or self.cores),
+                "--workdir", str(self.dir / "agents" / name),
+                "--agent-token-file", str(self.dir / "agent-token")] + self._etcd_args()
+        if self.tls:
+            argv += ["--grpc-ca", self.ca]
+        proc = Proc(name, argv, self.dir / "logs" / f"{name}.log").start()
+        self.agents[name] = proc
+        return proc
+
+    # -- observation ----------------------------------------------------------
+    def leader(self) -> dict | None:
+        raw, meta = self.etcd().get(self.keys.leader)
+        if raw is None:
+            return None
+        return dict(decode(raw), epoch=meta.create_revision)
+
+    def agent_records(self) -> dict[str, dict]:
+        return {Keys.name_of(meta.key, self.keys.agents): decode(v)
+                for v, meta in self.etcd().get_prefix(self.keys.agents)}
+
+    def agents_on(self, coordinator: str) -> list[str]:
+        return sorted(n for n, rec in self.agent_records().items() if rec.get("coordinator") == coordinator)
+
+    def wait_leader(self, name: str, timeout: float = 30) -> dict:
+        return self._wait(lambda: (lambda l: l if l and l["name"] == name else None)(self.leader()),
+                          timeout, f"{name} to lead")
+
+    def wait_registered(self, name: str, timeout: float = 30) -> None:
+        self._wait(lambda: self.etcd().get(self.keys.coordinator(name))[0] is not None, timeout,
+                   f"{name} to register")
+
+    def wait_agents(self, count: int, timeout: float = 30, coordinator: str | None = None) -> None:
+        def ready():
+            recs = self.agent_records()
+            if coordinator:
+                return sum(1 for r in recs.values() if r.get("coordinator") == coordinator) >= count
+            return sum(1 for r in recs.values() if r.get("coordinator")) >= count
+        self._wait(ready, timeout, f"{count} agents connected" + (f" to {coordinator}" if coordinator else ""))
+
+    def wait_web(self, name: str, timeout: float = 30) -> None:
+        def answers() -> bool:
+            self.api(name).request("GET", "/healthz")  # raises until it answers 200
+            return True
+        self._wait(answers, timeout, f"{name}'s web UI")
+
+    def api(self, name: str, user: str = "admin", password: str | None = None):
+        from coordinator.api_client import ApiClient
+
+        return ApiClient(self.web_urls[name], user=user, password=password or self.admin_password, ca=self.ca)
+
+    def _wait(self, predicate, timeout: float, what: str):
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                value = predicate()
+                if value:
+                    return value
+            except Exception as exc:  # noqa: BLE001 - starting services answer errors for a while
+                last = exc
+            for proc in [self.etcd_proc, *self.coordinators.values()]:
+                if proc is not None and proc.popen is not None and proc.popen.poll() not in (None, -9, -15):
+                    raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log_tail()}")
+            time.sleep(0.05)
+        raise TimeoutError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last})" if last else ""))
+
+    # -- tear-down ---------------------------------------------------------------
+    def stop(self) -> None:
+        for proc in list(self.agents.values()):
+            proc.stop()
+        for proc in reversed(list(self.coordinators.values())):
+            proc.stop()
+        if self._etcd is not None:
+            self._etcd.close()
+            self._etcd = None
+        if self.etcd_proc is not None:
+            self.etcd_proc.stop()
+
+    def __enter__(self) -> "LocalCluster":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def run_up(args) -> int:
+    """`baton up`: start everything, print where to look, stop all on Ctrl-C."""
+    if args.agents < 0 or args.backups < 0:
+        raise ConfigError("--agents and --backups must be >= 0")
+    cluster = LocalCluster(args.dir, agents=args.agents, backups=args.backups, cores=args.cores, ttl=args.ttl,
+                           tls=not args.no_tls, etcd_urls=args.etcd, cluster=args.cluster,
+                           base_port=args.base_port)
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    try:
+        print(f"starting a local Baton cluster in {cluster.dir} ...", flush=True)
+        cluster.start()
+        print("\nBaton is up.")
+        print(f"  etcd:            {cluster.etcd_urls}")
+        for name, url in cluster.web_urls.items():
+            role = "primary" if name == "p1" else "backup"
+            print(f"  {name} ({role}):    {url}/   (gRPC localhost:{cluster.grpc_ports[name]})")
+        print(f"  agents:          {', '.join(cluster.agents)} ({cluster.cores} cores each)")
+        print(f"  selected backup: {'b1' if args.backups else 'none'}")
+        print(f"  log in as:       admin / {cluster.admin_password}")
+        if cluster.tls:
+            print(f"  trust the CA:    {cluster.ca}  (e.g. curl --cacert {cluster.ca} ...; or import it in"
+                  f" your browser)")
+        print(f"  logs:            {cluster.dir / 'logs'}")
+        print("Try: baton build submit examples/hello.yaml --wait "
+              f"--etcd {cluster.etcd_urls}" + (f" --etcd-ca {cluster.ca} --ca {cluster.ca}" if cluster.tls else ""))
+        print("Press Ctrl-C to stop everything.", flush=True)
+        while not stop["now"]:
+            time.sleep(0.5)
+            dead = [p.name for p in [cluster.etcd_proc, *cluster.coordinators.values()] if p and not p.alive]
+            if dead:
+                print(f"stopped: {', '.join(dead)} exited; see {cluster.dir / 'logs'}", file=sys.stderr)
+                return 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("\nstopping ...", flush=True)
+        cluster.stop()
+    return 0
