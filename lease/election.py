@@ -59,7 +59,9 @@ class TxnConflict(EtcdError):
 
 
 class Election:
-    """Campaign for, hold and give up `key` with a borrowed Session."""
+    """Campaign for, hold and give up `key` with a borrowed Session.
+
+    `session` may be None for a read-only view (leader(), observe())."""
 
     def __init__(self, etcd: Etcd, key: str, session: Session):
         self.etcd = etcd
@@ -163,23 +165,32 @@ class Election:
         """Campaign now and again each time the leader key is deleted (watched,
         so a successor acts within milliseconds), or at least every `poll`
         seconds. Returns True once we lead, False when `stop` is set first.
-        Raises LeaseLost if our session is lost meanwhile."""
+        etcd errors (no quorum, a member down) are logged and retried; the
+        session decides when to give up: raises LeaseLost once it is lost."""
         vacancy = threading.Event()
 
         def seen(info: LeaderInfo | None) -> None:
             if info is None:
                 vacancy.set()
 
-        watcher = self.observe(seen)
+        watcher: Watcher | None = None
         try:
             while not stop.is_set():
                 vacancy.clear()
-                if self.campaign(value):
-                    return True
+                try:
+                    if watcher is None:
+                        watcher = self.observe(seen)
+                    if self.campaign(value):
+                        return True
+                except LeaseLost:
+                    raise
+                except EtcdError as exc:
+                    log.warning("campaign for %s failed, retrying: %s", self.key, exc)
                 vacancy.wait(poll)
             return False
         finally:
-            watcher.stop()
+            if watcher is not None:
+                watcher.stop()
 
     def _check_session(self) -> None:
         if self.session.lost.is_set() or self.session.lease_id is None:

@@ -158,7 +158,7 @@ def test_holder_cut_off_reports_loss_before_expiry_and_only_then_a_successor_win
         # The lease is still alive on the server when the holder gives up ...
         info = Election(target.etcd, keys.leader, None).leader()
         assert info is not None and info.epoch == won["epoch"], "lease expired before the holder noticed"
-        assert target.etcd.lease_ttl(info.lease_id) > 0
+        assert target.etcd.lease_ttl(info.lease_id) >= 0  # whole seconds left; -1 would mean gone
         assert lost["t"] - cut_at_wall <= RENEW_DEADLINE + SCHED, \
             f"loss reported {lost['t'] - cut_at_wall:.2f} s after the cut"
         # ... and the successor wins only after that, once the lease has expired.
