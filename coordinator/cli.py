@@ -82,13 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-hooks", action="store_true", help=argparse.SUPPRESS)
 
     p = sub.add_parser("agent", help="an agent (build machine)")
-    _common(p)
-    try:
-        from agent.daemon import add_arguments
-    except ImportError:  # pragma: no cover - the agent package is part of every install
-        add_arguments = None
-    if add_arguments:
-        add_arguments(p)
+    from agent.daemon import add_arguments
+
+    add_arguments(p)  # the agent's own options, --etcd, --cluster and --etcd-ca included
+    p.add_argument("-v", "--verbose", action="store_true")
 
     p = sub.add_parser("status", help="who leads, epoch, roles, selected backup, agents")
     _common(p)
@@ -185,9 +182,10 @@ def cmd_coordinator(args) -> int:
 
 
 def cmd_agent(args) -> int:
-    from agent.daemon import run_from_args
+    from agent.daemon import Agent, config_from_args
 
-    return run_from_args(args)
+    Agent(config_from_args(args)).run()
+    return 0
 
 
 def cmd_etcd(args) -> int:

@@ -260,8 +260,9 @@ class Coordinator:
     def _step_down(self, reason: str) -> None:
         if self.runtime is not None:
             self.runtime.stop(f"not leader: {reason}")
-        if self.election is not None:
-            self.election.epoch = None
+        if self.session is not None:
+            # A fresh Election holds no epoch: we no longer claim the leader key.
+            self.election = Election(self.etcd, self.keys.leader, self.session)
 
     def _fenced(self, ops: list, extra_compare: list | None = None):
         return fenced_txn(self.etcd, self.keys.leader, self.election.epoch, ops,

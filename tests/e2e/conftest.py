@@ -1,0 +1,41 @@
+"""End-to-end fixtures: whole clusters of real processes (coordinator.local.LocalCluster)."""
+from __future__ import annotations
+
+import pytest
+
+from coordinator.local import LocalCluster
+
+_clusters_key = pytest.StashKey[list]()
+
+
+@pytest.fixture
+def make_cluster(request, tmp_path):
+    """Start a LocalCluster (etcd, coordinators, agents as real processes); stopped after the test.
+    On failure the tail of every process log is attached to the report."""
+    clusters: list[LocalCluster] = []
+    request.node.stash[_clusters_key] = clusters
+
+    def make(**kw) -> LocalCluster:
+        kw.setdefault("ttl", 2)
+        kw.setdefault("tls", False)
+        kw.setdefault("web", True)
+        cluster = LocalCluster(tmp_path / f"cluster{len(clusters)}", **kw)
+        clusters.append(cluster)
+        cluster.start()
+        return cluster
+
+    yield make
+    for cluster in clusters:
+        cluster.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed:
+        for cluster in item.stash.get(_clusters_key, []):
+            procs = [cluster.etcd_proc, *cluster.coordinators.values(), *cluster.agents.values()]
+            for proc in procs:
+                if proc is not None:
+                    report.sections.append((f"log {proc.name}", proc.log_tail(40)))
