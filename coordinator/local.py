@@ -134,7 +134,8 @@ class LocalCluster:
                  ttl: int = 10, tls: bool = True, etcd_urls: str | None = None, cluster: str = "default",
                  admin_password: str | None = None, agent_token: str | None = None, base_port: int = 0,
                  failback_delay: float | None = None, grace: float | None = None,
-                 coordinator_args: tuple[str, ...] = (), test_hooks: bool = False, web: bool = True):
+                 coordinator_args: tuple[str, ...] = (), test_hooks: bool = False, web: bool = True,
+                 agent_lease_ttl: int | None = None):
         self.dir = Path(directory).resolve()
         self.n_agents, self.n_backups, self.cores, self.ttl = agents, backups, cores, ttl
         self.tls = tls
@@ -148,6 +149,7 @@ class LocalCluster:
         self.coordinator_args = tuple(coordinator_args)
         self.test_hooks = test_hooks
         self.web = web
+        self.agent_lease_ttl = agent_lease_ttl
         self.etcd_proc: Proc | None = None
         self._external_etcd = etcd_urls
         self.etcd_urls = etcd_urls or ""
@@ -278,6 +280,8 @@ class LocalCluster:
                 "--agent-token-file", str(self.dir / "agent-token")] + self._etcd_args()
         if self.tls:
             argv += ["--grpc-ca", self.ca]
+        if self.agent_lease_ttl:
+            argv += ["--lease-ttl", str(self.agent_lease_ttl)]
         proc = Proc(name, argv, self.dir / "logs" / f"{name}.log").start()
         self.agents[name] = proc
         return proc
