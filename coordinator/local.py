@@ -135,7 +135,7 @@ class LocalCluster:
                  admin_password: str | None = None, agent_token: str | None = None, base_port: int = 0,
                  failback_delay: float | None = None, grace: float | None = None,
                  coordinator_args: tuple[str, ...] = (), test_hooks: bool = False, web: bool = True,
-                 agent_lease_ttl: int | None = None):
+                 agent_lease_ttl: int | None = None, etcd_for: dict[str, str] | None = None):
         self.dir = Path(directory).resolve()
         self.n_agents, self.n_backups, self.cores, self.ttl = agents, backups, cores, ttl
         self.tls = tls
@@ -150,6 +150,7 @@ class LocalCluster:
         self.test_hooks = test_hooks
         self.web = web
         self.agent_lease_ttl = agent_lease_ttl
+        self.etcd_for = dict(etcd_for or {})  # coordinator name -> etcd URLs it uses instead
         self.etcd_proc: Proc | None = None
         self._external_etcd = etcd_urls
         self.etcd_urls = etcd_urls or ""
@@ -229,13 +230,13 @@ class LocalCluster:
             self._etcd = connect(self.etcd_config())
         return self._etcd
 
-    def _etcd_args(self) -> list[str]:
-        args = ["--etcd", self.etcd_urls, "--cluster", self.cluster]
+    def _etcd_args(self, etcd_urls: str | None = None) -> list[str]:
+        args = ["--etcd", etcd_urls or self.etcd_urls, "--cluster", self.cluster]
         if self.tls:
             args += ["--etcd-ca", self.ca]
         return args
 
-    def coordinator_argv(self, name: str, role: str) -> list[str]:
+    def coordinator_argv(self, name: str, role: str, etcd_urls: str | None = None) -> list[str]:
         if name not in self.grpc_ports:
             index = len(self.grpc_ports)
             self.grpc_ports[name] = self.ports.pick(7000 + index)
@@ -246,7 +247,7 @@ class LocalCluster:
         argv = [sys.executable, "-m", "coordinator", "coordinator", "--name", name, "--role", role,
                 "--grpc", f"127.0.0.1:{self.grpc_ports[name]}", "--web", f"127.0.0.1:{web_port}",
                 "--advertise", HOST, "--ttl", str(self.ttl), "--state-dir", str(self.dir / "state"),
-                "--agent-token-file", str(self.dir / "agent-token")] + self._etcd_args()
+                "--agent-token-file", str(self.dir / "agent-token")] + self._etcd_args(etcd_urls)
         if role == "backup":
             argv += ["--primary", "p1"]
         if self.tls:
@@ -262,8 +263,9 @@ class LocalCluster:
             argv.append("--no-web")
         return argv + list(self.coordinator_args)
 
-    def add_coordinator(self, name: str, role: str) -> Proc:
-        argv = self.coordinator_argv(name, role)
+    def add_coordinator(self, name: str, role: str, etcd_urls: str | None = None) -> Proc:
+        """Start a coordinator; etcd_urls overrides the etcd it talks to (e.g. through a proxy)."""
+        argv = self.coordinator_argv(name, role, etcd_urls or self.etcd_for.get(name))
         env = {"BATON_ADMIN_PASSWORD": self.admin_password}
         proc = Proc(name, argv, self.dir / "logs" / f"{name}.log", env=env).start()
         self.coordinators[name] = proc

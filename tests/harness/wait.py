@@ -33,3 +33,15 @@ def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: floa
             extra = f" (last error: {last_exc!r})" if last_exc else ""
             raise WaitTimeout(f"timed out after {timeout}s waiting for {what}{extra}")
         time.sleep(interval)
+
+
+def holds_for(predicate: Callable[[], object], duration: float, interval: float = 0.05,
+              message: str | None = None) -> None:
+    """Assert that predicate stays truthy for the whole of duration (for "nothing happens" checks:
+    an unselected backup must not take over during several ttls)."""
+    deadline = time.monotonic() + duration
+    while time.monotonic() < deadline:
+        if not predicate():
+            what = message or getattr(predicate, "__name__", "condition")
+            raise AssertionError(f"{what} stopped holding")
+        time.sleep(interval)
