@@ -177,6 +177,13 @@ def cmd_coordinator(args) -> int:
     for path in (args.tls_cert, args.tls_key, args.tls_ca):
         if path and not os.path.isfile(path):
             raise ConfigError(f"TLS file {path!r} does not exist")
+    if os.environ.get("BATON_ADMIN_PASSWORD"):
+        from coordinator.users import UserError, validate_password
+
+        try:
+            validate_password(os.environ["BATON_ADMIN_PASSWORD"])
+        except UserError as exc:
+            raise ConfigError(f"BATON_ADMIN_PASSWORD: {exc}") from None
     state_dir = args.state_dir or os.path.join(os.environ.get("BATON_STATE_DIR", ".baton"), "state")
     return run_coordinator(config, state_dir, web=not args.no_web, test_hooks=args.test_hooks)
 
