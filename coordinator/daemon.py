@@ -15,6 +15,7 @@ talk to, the Runtime (the leader's work), and the web UI's gunicorn process.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -48,7 +49,7 @@ class Coordinator:
     """A primary or backup coordinator. `start()`, then `run(stop_event)`, then `stop()`."""
 
     def __init__(self, config: CoordinatorConfig, state_dir: str, *, web: bool = True,
-                 test_hooks: bool = False, clock: Callable[[], float] = time.monotonic,
+                 test_hooks: bool = False, startup_wait: float = 30.0, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time):
         self.config = config
         self.keys = Keys(config.cluster)
@@ -60,6 +61,7 @@ class Coordinator:
         self.cycle_interval = min(0.5, self.timings.keepalive_interval / 2)
         self._web_enabled = web
         self._test_hooks = test_hooks
+        self.startup_wait = startup_wait
         self._wake = threading.Event()
         self._wedged = threading.Event()
         self._lock = threading.RLock()
@@ -75,6 +77,8 @@ class Coordinator:
         self._primary_seen: tuple[int, float] | None = None  # (registration revision, first seen ready)
         self._last_other_leader: ha.Leader | None = None  # who led before us, to name the takeover
         self._ready = False
+        self._leader_name: str | None = None
+        self._registered_lease: int | None = None
         self.takeovers = 0
         self.admin_password: str | None = None
 
@@ -83,8 +87,11 @@ class Coordinator:
         """Connect, serve gRPC, register, start the UI. Raises EtcdUnavailable or ConfigError
         with one sentence when etcd cannot be reached or the config is wrong."""
         os.makedirs(self.state_dir, exist_ok=True)
-        self.etcd = connect(self.config.etcd)
-        self.etcd.revision()  # fail fast, with a clear error, if etcd is unreachable
+        # No single etcd call may outlast most of renew_deadline: a cycle blocked on a
+        # dead endpoint would otherwise starve the session of heartbeats.
+        timeout = min(self.config.etcd.timeout, self.timings.renew_deadline * 0.75)
+        self.etcd = connect(dataclasses.replace(self.config.etcd, timeout=timeout))
+        self._wait_for_etcd()
         self.runtime = Runtime(self.etcd, self.keys, self.config.name, self.timings,
                                agent_token=self.config.agent_token, on_not_leader=self._on_not_leader)
         self._start_grpc()
@@ -97,11 +104,24 @@ class Coordinator:
         if self._web_enabled:
             self._start_web()
         self._ready = True
-        self._register()
         if self._test_hooks:
             signal.signal(signal.SIGUSR1, lambda *_: self._wedged.set())
         log.info("coordinator %s (%s) started: gRPC %s, web %s", self.config.name, self.config.role,
                  self.grpc_address, self.web_address)
+
+    def _wait_for_etcd(self) -> None:
+        """etcd may still be starting (compose, systemd): retry for startup_wait seconds,
+        then give up with one sentence."""
+        deadline = self.clock() + self.startup_wait
+        while True:
+            try:
+                self.etcd.revision()
+                return
+            except EtcdUnavailable as exc:
+                if self.clock() >= deadline:
+                    raise EtcdUnavailable(f"etcd did not answer within {self.startup_wait:g} s ({exc})") from None
+                log.info("waiting for etcd at %s: %s", ",".join(self.config.etcd.endpoints), exc)
+                time.sleep(0.5)
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -141,19 +161,24 @@ class Coordinator:
     # -- one HA cycle ------------------------------------------------------
     def cycle(self) -> ha.Decision:
         with self._lock:
-            if self.session is None or self.session.lost.is_set():
-                self._new_session()
-            self.session.heartbeat()
-            snap = read_snapshot(self.etcd, self.keys)
-            me = self._me(snap)
-            decision = ha.decide(snap, me)
-            self._act(decision, snap)
-            self._last_decision = decision
-            if snap.leader is not None and snap.leader.name != self.config.name:
-                self._last_other_leader = snap.leader
-            self._say(decision.sentence)
-            self._write_state(snap)
-            return decision
+            snap = None
+            try:
+                if self.session is None or self.session.lost.is_set():
+                    self._new_session()
+                self.session.heartbeat()
+                self._ensure_registered()
+                snap = read_snapshot(self.etcd, self.keys)
+                me = self._me(snap)
+                decision = ha.decide(snap, me)
+                self._act(decision, snap)
+                self._last_decision = decision
+                if snap.leader is not None and snap.leader.name != self.config.name:
+                    self._last_other_leader = snap.leader
+                self._say(decision.sentence)
+                return decision
+            finally:
+                # Also when etcd did not answer: the UI and /metrics must see that we stopped acting.
+                self._write_state(snap)
 
     def _me(self, snap: ha.Snapshot) -> ha.Me:
         acting = self.runtime is not None and self.runtime.started
@@ -270,28 +295,37 @@ class Coordinator:
 
     # -- session and registration -------------------------------------------
     def _new_session(self) -> None:
-        """A fresh lease; the old one is gone. Registration and campaigning use it."""
+        """A fresh lease; the old one is gone. Registration and campaigning use it.
+        Raises EtcdUnavailable when etcd does not answer; the next cycle tries again."""
         if self.session is not None:
-            self.session.close()
             self._step_down("the session lease was lost")
-        self.session = Session(self.etcd, ttl=self.timings.ttl, renew_deadline=self.timings.renew_deadline,
-                               keepalive_interval=self.timings.keepalive_interval, on_lost=self._on_lease_lost,
-                               clock=self.clock)
-        self.session.start()
-        self.election = Election(self.etcd, self.keys.leader, self.session)
-        if self._ready:
-            self._register()
+            self.session.close()
+            self.session = None
+        session = Session(self.etcd, ttl=self.timings.ttl, renew_deadline=self.timings.renew_deadline,
+                          keepalive_interval=self.timings.keepalive_interval, on_lost=self._on_lease_lost,
+                          clock=self.clock)
+        session.start()
+        self.session = session
+        self.election = Election(self.etcd, self.keys.leader, session)
 
-    def _register(self) -> None:
-        value = {"name": self.config.name, "role": self.config.role, "primary": self.config.primary,
-                 "grpc": self.grpc_address, "web": self.web_address, "version": VERSION,
-                 "ready": self._ready, "host": socket.gethostname()}
-        self.etcd.put(self.keys.coordinator(self.config.name), encode(value), lease=self.session.lease_id)
+    def _ensure_registered(self) -> None:
+        """coordinators/<name> under the current lease: how the others know we are here and ready.
+        Done from the cycle, so a failed attempt is simply retried next cycle."""
+        if self._ready and self._registered_lease != self.session.lease_id:
+            value = {"name": self.config.name, "role": self.config.role, "primary": self.config.primary,
+                     "grpc": self.grpc_address, "web": self.web_address, "version": VERSION,
+                     "ready": True, "host": socket.gethostname()}
+            self.etcd.put(self.keys.coordinator(self.config.name), encode(value), lease=self.session.lease_id)
+            self._registered_lease = self.session.lease_id
 
     def _on_lease_lost(self) -> None:
         # Runs on the session thread: stop acting now, before the lease can expire
         # on the server (rule 3), whatever the HA loop is doing.
         log.warning("lease lost: stopping dispatch")
+        try:
+            self._write_state(None)  # the UI turns view-only now, not after the loop's next cycle
+        except OSError:
+            pass
         if self.runtime is not None:
             self.runtime.stop("not leader: lease lost")
         self._wake.set()
@@ -366,15 +400,18 @@ class Coordinator:
     def sentence(self) -> str:
         return self._last_sentence
 
-    def _write_state(self, snap: ha.Snapshot) -> None:
+    def _write_state(self, snap: ha.Snapshot | None) -> None:
         stats = self.runtime.stats() if self.runtime is not None else {}
-        acting = bool(self.runtime is not None and self.runtime.started and not self.session.lost.is_set())
+        session_ok = self.session is not None and not self.session.lost.is_set()
+        acting = bool(self.runtime is not None and self.runtime.started and session_ok)
+        if snap is not None:  # else etcd did not answer this cycle: keep what we knew of the leader
+            self._leader_name = snap.leader.name if snap.leader else None
         write_state(self.state_path, {
             "name": self.config.name, "role": self.config.role, "primary": self.config.primary,
             "acting": acting, "epoch": self.election.epoch if acting else None,
-            "leader": snap.leader.name if snap.leader else None,
-            "lease_ttl_left": self.session.time_left(),
-            "lease_renewal_latency": self.session.last_renewal_latency,
+            "leader": self._leader_name,
+            "lease_ttl_left": self.session.time_left() if self.session else 0.0,
+            "lease_renewal_latency": self.session.last_renewal_latency if self.session else None,
             "renew_deadline": self.timings.renew_deadline,
             "takeovers": self.takeovers,
             "agents_connected": stats.get("agents_connected", 0),

@@ -190,8 +190,10 @@ def test_selected_backup_is_deselected_and_the_clock_survives_a_primary_restart(
     wait_until(lambda: cluster.etcd().get(cluster.keys.coordinator("b1"))[0] is None, 10,
                message="b1's registration to expire")
     gone_at = time.time()
+    epoch = cluster.leader()["epoch"]
     cluster.restart_coordinator("p1")
-    cluster.wait_leader("p1", timeout=20)
+    wait_until(lambda: (lambda l: l and l["name"] == "p1" and l["epoch"] != epoch)(cluster.leader()), 20,
+               message="the restarted p1 to lead")
     cluster.wait_web("p1")
     relead_at = time.time()
     status = wait_until(lambda: (lambda s: s if s["selected_backup"] is None else None)(cluster.api("p1").status()),
