@@ -25,7 +25,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app from a config dict (tests) or, when None, from the environment."""
     from web import config as web_config
     from web import etcd_access, security
-    from web.cluster_view import SpecCache
+    from web.cluster_view import DecodeCache, SpecCache
 
     cfg = web_config.normalise(web_config.from_env() if config is None else config)
     app = Flask(__name__)
@@ -33,13 +33,16 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(
         SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=cfg["BATON_HTTPS"],
-        SESSION_COOKIE_NAME=f"baton_{cfg['BATON_CLUSTER']}",
+        # Cookies ignore ports: coordinators sharing a host (baton up) need their own
+        # cookie names or each login would overwrite the other's session.
+        SESSION_COOKIE_NAME=f"baton_{cfg['BATON_CLUSTER']}_{cfg['BATON_NAME']}",
         # The cookie may outlive the idle timeout; the server-side check ends it.
         PERMANENT_SESSION_LIFETIME=datetime.timedelta(seconds=max(cfg["SESSION_IDLE_TIMEOUT"], 60) * 8),
         MAX_CONTENT_LENGTH=cfg["MAX_CONTENT_LENGTH"], JSON_SORT_KEYS=False)
     etcd_access.init_app(app)
     security.init_app(app)
     app.extensions["baton_spec_cache"] = SpecCache()
+    app.extensions["baton_decode_cache"] = DecodeCache()
 
     from web import agents, api, auth, builds, ops, overview, settings_page, users_page
     for module in (auth, overview, agents, builds, settings_page, users_page, api, ops):

@@ -35,7 +35,7 @@ def new_build_id(now: float) -> str:
 
 def submit_build(etcd, keys: Keys, epoch: int, body: bytes | str | dict, user: str, now: float) -> str:
     """Store a build (spec and queued status) in one fenced transaction; returns its id."""
-    if isinstance(body, (bytes, str)) and not (body.strip() if isinstance(body, str) else body.strip()):
+    if isinstance(body, (bytes, str)) and not body.strip():
         raise Invalid("the build file is empty")
     try:
         spec = parse_build(body)
@@ -104,7 +104,7 @@ def known_agent(etcd, keys: Keys, name: str) -> bool:
     return name in (runtime.get("agents") or {})
 
 
-def set_agent_config(etcd, keys: Keys, epoch: int, name: str, changes: Any, auto_subscribe: bool) -> dict:
+def set_agent_config(etcd, keys: Keys, epoch: int, name: str, changes: Any) -> dict:
     """Merge {disabled?, subscribed?} into agent-config/<name>."""
     if not isinstance(changes, dict) or not changes:
         raise Invalid("send a JSON object with disabled and/or subscribed")
@@ -118,8 +118,8 @@ def set_agent_config(etcd, keys: Keys, epoch: int, name: str, changes: Any, auto
         raise NotFound(f"no agent named {name}")
     raw, meta = etcd.get(keys.agent_settings(name))
     current = decode(raw) if raw else {}
-    config = {"disabled": bool(current.get("disabled", False)),
-              "subscribed": bool(current.get("subscribed", auto_subscribe if raw is None else True))}
+    # "subscribed" absent means the admin has not decided (auto-subscribe decides).
+    config = {k: current[k] for k in ("disabled", "subscribed") if k in (current or {})}
     config.update(changes)
     guard = (etcd.ops.mod(keys.agent_settings(name)) == meta.mod_revision if meta
              else etcd.ops.version(keys.agent_settings(name)) == 0)
@@ -129,20 +129,13 @@ def set_agent_config(etcd, keys: Keys, epoch: int, name: str, changes: Any, auto
 
 
 def create_user(etcd, keys: Keys, epoch: int, body: Any) -> dict:
+    """Add a user (coordinator.users checks name, role and password, and that the name is free)."""
     if not isinstance(body, dict):
         raise Invalid("send a JSON object with name, role and password")
-    name, role, password = body.get("name"), body.get("role", "viewer"), body.get("password")
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise Invalid("name must be 1-63 letters, digits, '.', '_' or '-'")
-    if role not in ("admin", "viewer"):
-        raise Invalid("role must be admin or viewer")
-    if not isinstance(password, str) or len(password) < 8:
-        raise Invalid("password must be at least 8 characters")
-    if user_store.get_user(etcd, keys, name) is not None:
-        raise Invalid(f"a user named {name} already exists")
+    name, role = body.get("name"), body.get("role") or "viewer"
     try:
-        user_store.add_user(etcd, keys, name, role, password, epoch)
-    except ValueError as exc:
+        user_store.add_user(etcd, keys, name, role, body.get("password"), epoch)
+    except user_store.UserError as exc:
         raise Invalid(str(exc)) from None
     return {"name": name, "role": role}
 

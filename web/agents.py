@@ -1,11 +1,13 @@
 """Agents: state, cores, current builds, the coordinator each is connected to; admin actions."""
 from __future__ import annotations
 
-from flask import Blueprint, render_template, request, url_for
+from flask import Blueprint, g, render_template, request, url_for
 
 from web import actions, etcd_access, forms
+from web.agent_table import agent_rows_html
 from web.cluster_view import agent_rows
-from web.guards import admin_required, login_required, snapshot
+from web.guards import admin_required, authority, login_required, snapshot
+from web.security import csrf_token
 
 bp = Blueprint("agents", __name__)
 
@@ -19,8 +21,14 @@ CHANGES = {
 @bp.get("/agents")
 @login_required
 def index():
-    rows = agent_rows(snapshot())
-    return render_template("agents.html", agents=rows, page="agents")
+    snap = snapshot()
+    rows = agent_rows(snap)
+    admin = g.user.get("role") == "admin"
+    html = agent_rows_html(rows, admin=admin, writable=authority().writable,
+                           auto_subscribe=snap.settings.auto_subscribe,
+                           csrf_token=csrf_token() if admin else "", base_url=url_for("agents.index"))
+    return render_template("agents.html", agents=rows, rows_html=html, auto_subscribe=snap.settings.auto_subscribe,
+                           page="agents")
 
 
 @bp.post("/agents/<name>")
@@ -31,8 +39,7 @@ def change(name):
     def act(epoch: int) -> str:
         if what not in CHANGES:
             raise actions.Invalid(f"unknown agent action {what!r}")
-        actions.set_agent_config(etcd_access.client(), etcd_access.keys(), epoch, name, CHANGES[what],
-                                 snapshot().settings.auto_subscribe)
+        actions.set_agent_config(etcd_access.client(), etcd_access.keys(), epoch, name, CHANGES[what])
         return f"Agent {name}: {what}d."
 
     return forms.run(act, url_for("agents.index"))

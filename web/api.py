@@ -10,8 +10,10 @@ import json
 
 from flask import Blueprint, current_app, g, jsonify, request
 
+from coordinator import users as user_store
+
 from web import actions, etcd_access
-from web.cluster_view import build_detail, build_rows
+from web.cluster_view import build_detail, build_rows, read_events
 from web.guards import (admin_required, authority, login_required, primary_name, read_only_refusal, refuse,
                         snapshot, writable_required)
 from web.security import now
@@ -33,13 +35,13 @@ def json_body():
 @login_required
 def status():
     snap = snapshot()
-    return jsonify(status_document(snap, authority(), primary_name()))
+    with_agents = request.args.get("agents") != "none"
+    return jsonify(status_document(snap, authority(), primary_name(), with_agents=with_agents))
 
 
 @bp.get("/events")
 @login_required
 def events():
-    from web.cluster_view import read_events
     limit = min(max(request.args.get("limit", 50, type=int) or 50, 1), 1000)
     return jsonify({"events": read_events(etcd_access.client(), etcd_access.keys(), limit)})
 
@@ -77,10 +79,21 @@ def submit_build():
     return jsonify({"id": build_id}), 201
 
 
+def task_filter() -> tuple[set[str] | None, int | None, int]:
+    """?state=running,failed&limit=N&offset=M (all tasks when absent)."""
+    states = {s for s in request.args.get("state", "").split(",") if s} or None
+    limit = request.args.get("limit", type=int)
+    offset = max(request.args.get("offset", 0, type=int) or 0, 0)
+    if limit is not None and limit < 0:
+        raise actions.Invalid("limit must be >= 0")
+    return states, limit, offset
+
+
 @bp.get("/builds/<build_id>")
 @login_required
 def show_build(build_id):
-    detail = build_detail(etcd_access.client(), etcd_access.keys(), build_id)
+    states, limit, offset = task_filter()
+    detail = build_detail(etcd_access.client(), etcd_access.keys(), build_id, states, limit, offset)
     if detail is None:
         return refuse(404, f"no build {build_id}")
     return jsonify(detail)
@@ -89,7 +102,6 @@ def show_build(build_id):
 @bp.get("/users")
 @admin_required
 def list_users():
-    from coordinator import users as user_store
     return jsonify({"users": [{"name": u["name"], "role": u.get("role")} for u in
                               user_store.list_users(etcd_access.client(), etcd_access.keys())]})
 
@@ -106,8 +118,7 @@ def add_user():
 @admin_required
 @writable_required
 def configure_agent(name):
-    config = actions.set_agent_config(etcd_access.client(), etcd_access.keys(), g.epoch, name, json_body(),
-                                      snapshot().settings.auto_subscribe)
+    config = actions.set_agent_config(etcd_access.client(), etcd_access.keys(), g.epoch, name, json_body())
     return jsonify({"name": name, **config})
 
 

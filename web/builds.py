@@ -19,13 +19,22 @@ def index():
     return render_template("builds.html", builds=rows, page="builds")
 
 
+# A page shows at most this many tasks (a build may have 10,000); "Show all" lifts it.
+TASKS_PER_PAGE = 500
+TASK_STATES = ("running", "failed", "queued", "done")
+
+
 @bp.get("/builds/<build_id>")
 @login_required
 def show(build_id):
-    detail = build_detail(etcd_access.client(), etcd_access.keys(), build_id)
+    state = request.args.get("state") if request.args.get("state") in TASK_STATES else None
+    show_all = request.args.get("all") == "1"
+    limit = None if show_all else TASKS_PER_PAGE
+    detail = build_detail(etcd_access.client(), etcd_access.keys(), build_id, {state} if state else None, limit)
     if detail is None:
         abort(404)
-    return render_template("build.html", build=detail, page="builds")
+    return render_template("build.html", build=detail, page="builds", state=state, show_all=show_all,
+                           limit=limit, task_states=TASK_STATES)
 
 
 @bp.post("/builds")

@@ -45,46 +45,93 @@ def _value(raw: bytes) -> Any:
         return None  # a malformed value must not take the UI down
 
 
-def read_snapshot(etcd, keys: Keys, events_limit: int = EVENTS_SHOWN) -> Snapshot:
-    get = etcd.ops.get
-    root = keys.root
-    _, ranges = etcd.txn([], [
-        get(root, keys.builds),                        # agent-config/ agents/ backup-contact/ build-status/
-        get(keys.coordinators, keys.events),           # coordinators/
-        get(keys.leader, keys.tasks),                  # leader runtime settings switchover
-    ])
-    by_key: dict[str, tuple[bytes, Any]] = {}
-    revision = 0
-    for kvs in ranges:
-        for value, meta in kvs:
-            by_key[meta.key.decode()] = (value, meta)
-            revision = max(revision, meta.response_header.revision)
+class DecodeCache:
+    """Decoded values by (key, mod_revision): between two polls most of 1,000
+    agents' keys have not changed, so their JSON is not parsed again.
 
-    def under(prefix: str) -> dict[str, dict]:
+    Values handed out are shared between requests: callers must not mutate them.
+    Each snapshot replaces the cache with the keys it saw (no unbounded growth).
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[bytes, tuple[int, Any]] = {}
+
+    def decode_all(self, kvs) -> dict[str, Any]:
+        old, new = self._items, {}
         out = {}
-        for key, (value, _) in by_key.items():
-            if key.startswith(prefix):
-                decoded = _value(value)
-                if isinstance(decoded, dict):
-                    out[key[len(prefix):]] = decoded
+        for kv in kvs:
+            hit = old.get(kv.key)
+            if hit is not None and hit[0] == kv.mod_revision:
+                value = hit[1]
+            else:
+                value = _value(kv.value)
+            new[kv.key] = (kv.mod_revision, value)
+            out[kv.key.decode()] = value
+        self._items = new  # one assignment: safe with concurrent readers
         return out
 
-    leader_kv = by_key.get(keys.leader, (None, None))
-    leader = _value(leader_kv[0]) if leader_kv[0] is not None else None
-    runtime = _value(by_key[keys.runtime][0]) if keys.runtime in by_key else None
-    settings_raw = by_key.get(keys.settings, (None, None))[0]
+
+# The three ranges that make a snapshot (everything under the cluster root except
+# builds/ (large specs), events/ (read newest-first with a limit), tasks/ and users/).
+def _ranges(keys: Keys) -> list[tuple[str, str]]:
+    return [(keys.root, keys.builds),            # agent-config/ agents/ backup-contact/ build-status/
+            (keys.coordinators, keys.events),    # coordinators/
+            (keys.leader, keys.tasks)]           # leader runtime settings switchover
+
+
+def read_snapshot(etcd, keys: Keys, events_limit: int = EVENTS_SHOWN, cache: DecodeCache | None = None) -> Snapshot:
+    """The cluster as the UI shows it, all read at one etcd revision (4 range reads)."""
+    cache = cache or DecodeCache()
+    (first_start, first_end), *rest = _ranges(keys)
+    first = etcd.range_response(first_start, first_end)
+    revision = first.header.revision
+    kvs = list(first.kvs)
+    leader_meta = None
+    for start, end in rest:
+        response = etcd.range_response(start, end, revision=revision)
+        kvs.extend(response.kvs)
+    for kv in kvs:
+        if kv.key == keys.leader.encode():
+            leader_meta = kv
+    values = cache.decode_all(kvs)
+
+    buckets: dict[str, dict[str, dict]] = {p: {} for p in (keys.agents, keys.agent_config, keys.build_status,
+                                                            keys.coordinators)}
+    for key, value in values.items():
+        if not isinstance(value, dict):
+            continue
+        for prefix, bucket in buckets.items():
+            if key.startswith(prefix):
+                bucket[key[len(prefix):]] = value
+                break
+
+    leader = values.get(keys.leader)
+    runtime = values.get(keys.runtime)
+    settings_value = values.get(keys.settings)
     try:
-        settings = Settings.from_json(settings_raw)
+        settings = Settings(**{k: v for k, v in settings_value.items() if k in Settings.__dataclass_fields__}) \
+            if isinstance(settings_value, dict) else Settings()
     except (TypeError, ValueError):
         settings = Settings()
-    switch_raw = by_key.get(keys.switchover, (None, None))[0]
+    leader_kv = (leader_meta.value, _Meta(leader_meta)) if leader_meta is not None else (None, None)
     return Snapshot(
         revision=revision, leader=leader if isinstance(leader, dict) else None,
-        epoch=leader_kv[1].create_revision if leader_kv[0] is not None else None,
-        leader_kv=leader_kv, coordinators=under(keys.coordinators), agents=under(keys.agents),
-        agent_config=under(keys.agent_config), runtime=runtime if isinstance(runtime, dict) else {},
-        settings=settings, switchover=_value(switch_raw) if switch_raw is not None else None,
-        build_status=under(keys.build_status), events=read_events(etcd, keys, events_limit))
+        epoch=leader_meta.create_revision if leader_meta is not None else None,
+        leader_kv=leader_kv, coordinators=buckets[keys.coordinators], agents=buckets[keys.agents],
+        agent_config=buckets[keys.agent_config], runtime=runtime if isinstance(runtime, dict) else {},
+        settings=settings, switchover=values.get(keys.switchover),
+        build_status=buckets[keys.build_status], events=read_events(etcd, keys, events_limit))
+
+
+class _Meta:
+    """The leader key's metadata in the shape etcd.get returns (create_revision, lease_id...)."""
+
+    def __init__(self, kv) -> None:
+        self.key = kv.key
+        self.create_revision = kv.create_revision
+        self.mod_revision = kv.mod_revision
+        self.version = kv.version
+        self.lease_id = kv.lease
 
 
 def read_events(etcd, keys: Keys, limit: int = EVENTS_SHOWN) -> list[dict]:
@@ -109,14 +156,17 @@ def agent_rows(snap: Snapshot) -> list[dict]:
         run = live.get(name) or {}
         cores = int((presence or {}).get("cores") or run.get("cores") or 0)
         running = int(run.get("running") or 0)
-        subscribed = conf.get("subscribed", True if name in snap.agent_config else snap.settings.auto_subscribe)
+        # The same rule the leader's dispatcher applies (runtime/state.py Agent.state):
+        # with auto-subscribe on every agent is subscribed; otherwise only those an
+        # admin subscribed.
+        subscribed = snap.settings.auto_subscribe or conf.get("subscribed") is True
         disabled = bool(conf.get("disabled", False))
         if presence is None:
             state = "offline"
-        elif not subscribed:
-            state = "unsubscribed"
         elif disabled:
             state = "disabled"
+        elif not subscribed:
+            state = "unsubscribed"
         elif running > 0:
             state = f"busy {running}/{cores}"
         else:
@@ -126,6 +176,7 @@ def agent_rows(snap: Snapshot) -> list[dict]:
             "running": running, "host": (presence or {}).get("host"), "group": (presence or {}).get("group"),
             "coordinator": (presence or {}).get("coordinator"), "connected": bool(run.get("connected")),
             "builds": list(run.get("builds") or []), "disabled": disabled, "subscribed": bool(subscribed),
+            "admin_subscribed": conf.get("subscribed") is True,
         })
     return rows
 
@@ -215,13 +266,20 @@ def build_rows(etcd, keys: Keys, snap: Snapshot, cache: SpecCache) -> list[dict]
             "failed": failed, "running": int(status.get("running") or 0),
             "started": status.get("started"), "finished": status.get("finished"),
             "progress": round(100.0 * (done + failed) / total, 1) if total else 0.0,
+            "done_pct": round(100.0 * done / total, 1) if total else 0.0,
+            "failed_pct": round(100.0 * failed / total, 1) if total else 0.0,
         })
     rows.sort(key=lambda r: (r["submitted"] or 0, r["id"]), reverse=True)
     return rows
 
 
-def build_detail(etcd, keys: Keys, build_id: str) -> dict | None:
-    """A build with every task's state, from one consistent transaction; None if unknown."""
+def build_detail(etcd, keys: Keys, build_id: str, states: set[str] | None = None, limit: int | None = None,
+                 offset: int = 0) -> dict | None:
+    """A build with its tasks' states, from one consistent transaction; None if unknown.
+
+    `states` keeps only tasks in those states and `offset`/`limit` page through
+    them (a build may have 10,000 tasks); "matching" says how many there are.
+    """
     get = etcd.ops.get
     tasks_prefix = keys.build_tasks(build_id)
     _, (spec_kvs, status_kvs, task_kvs) = etcd.txn([], [
@@ -250,6 +308,12 @@ def build_detail(etcd, keys: Keys, build_id: str) -> dict | None:
     counts = {s: 0 for s in ("queued", "running", "done", "failed")}
     for t in tasks:
         counts[t["state"]] = counts.get(t["state"], 0) + 1
+    total = len(tasks)
+    if states:
+        tasks = [t for t in tasks if t["state"] in states]
+    matching = len(tasks)
+    tasks = tasks[offset:offset + limit] if limit is not None else tasks[offset:]
     return {"id": build_id, "name": spec.get("name"), "state": status.get("state", "queued"),
             "submitted": spec.get("submitted"), "user": spec.get("user"), "started": status.get("started"),
-            "finished": status.get("finished"), "total": len(tasks), "counts": counts, "tasks": tasks}
+            "finished": status.get("finished"), "total": total, "counts": counts, "matching": matching,
+            "offset": offset, "tasks": tasks}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from flask import flash, redirect
+from flask import flash, g, redirect
 
 from lease.errors import NotLeader
 from web import actions
@@ -24,12 +24,9 @@ def run(action: Callable[[int], str], back: str):
     except (actions.Invalid, actions.NotFound) as exc:
         flash(str(exc), "error")
     except NotLeader:
-        return read_only_refusal(authority_after_loss())
+        # The fence refused the commit: leadership moved after the check. Answer
+        # with what is true now.
+        g.pop("authority", None)
+        g.pop("snapshot", None)
+        return read_only_refusal(authority())
     return redirect(back)
-
-
-def authority_after_loss():
-    from flask import g
-    g.pop("authority", None)
-    g.pop("snapshot", None)
-    return authority()

@@ -10,6 +10,7 @@ from typing import Callable
 
 from flask import current_app, g, jsonify, redirect, render_template, request, url_for
 
+from coordinator.keys import decode
 from web import etcd_access
 from web.authority import Authority, read_authority
 from web.cluster_view import Snapshot, read_snapshot
@@ -65,7 +66,8 @@ def authority() -> Authority:
 def snapshot() -> Snapshot:
     """This request's cluster snapshot (read once per request)."""
     if "snapshot" not in g:
-        g.snapshot = read_snapshot(etcd_access.client(), etcd_access.keys())
+        g.snapshot = read_snapshot(etcd_access.client(), etcd_access.keys(),
+                                   cache=current_app.extensions["baton_decode_cache"])
     return g.snapshot
 
 
@@ -88,7 +90,6 @@ def primary_name() -> str | None:
     cfg = current_app.config
     if cfg.get("BATON_PRIMARY"):
         return cfg["BATON_PRIMARY"]
-    from coordinator.keys import decode
     raw, _ = etcd_access.client().get(etcd_access.keys().coordinator(cfg["BATON_NAME"]))
     value = decode(raw) if raw else None
     return (value or {}).get("primary")

@@ -12,5 +12,5 @@ bp = Blueprint("overview", __name__)
 @bp.get("/")
 @login_required
 def index():
-    doc = status_document(snapshot(), authority(), primary_name())
+    doc = status_document(snapshot(), authority(), primary_name(), with_agents=False)
     return render_template("overview.html", status=doc, page="overview")

@@ -124,8 +124,9 @@ def check_password(name: str, password: str) -> dict | None:
     """The user's record when the password is right, else None (no throttling here)."""
     record = lookup_user(name)
     if record is None:
-        # Spend the same time as a real check so a wrong name is not told apart.
-        user_store.verify_password(password, _DUMMY_RECORD())
+        # verify_password spends a real check's time on a missing record, so a
+        # wrong name cannot be told from a wrong password by timing.
+        user_store.verify_password(password, None)
         return None
     cache = current_app.extensions["baton_verified"]
     t = now()
@@ -135,15 +136,6 @@ def check_password(name: str, password: str) -> dict | None:
         cache.store(name, password, record, t)
         return record
     return None
-
-
-_dummy: list = []
-
-
-def _DUMMY_RECORD() -> dict:
-    if not _dummy:
-        _dummy.append(user_store.hash_password(secrets.token_hex(8)))
-    return _dummy[0]
 
 
 def basic_credentials() -> tuple[str, str] | None:

@@ -49,7 +49,8 @@ def gunicorn_argv(bind: str, certfile: str | None = None, keyfile: str | None = 
         raise ValueError("certfile and keyfile must be given together")
     argv = [python or sys.executable, "-m", "gunicorn", "--bind", bind,
             "--workers", str(workers), "--worker-class", "gthread", "--threads", str(threads),
-            "--timeout", "30", "--graceful-timeout", "5", "--access-logfile", "-",
+            "--timeout", "30", "--graceful-timeout", "5",
+            # No access log: every open page polls once a second.
             "--error-logfile", "-", "--log-level", "warning"]
     if certfile:
         argv += ["--certfile", certfile, "--keyfile", keyfile]

@@ -45,8 +45,22 @@ def banner(auth: Authority, snap: Snapshot, primary: str | None) -> dict | None:
     return {"text": "No coordinator is serving agents right now — view only.", "link": None, "link_text": None}
 
 
-def status_document(snap: Snapshot, auth: Authority, primary: str | None) -> dict:
+def agent_summary(agents: list[dict]) -> dict[str, int]:
+    """Agents per state (offline, unsubscribed, disabled, idle, busy) and cores in use/total."""
+    summary = {"total": len(agents), "offline": 0, "unsubscribed": 0, "disabled": 0, "idle": 0, "busy": 0,
+               "cores": 0, "cores_busy": 0}
+    for a in agents:
+        summary[a["state"]] = summary.get(a["state"], 0) + 1
+        if a["state"] != "offline":
+            summary["cores"] += a["cores"]
+            summary["cores_busy"] += a["running"]
+    return summary
+
+
+def status_document(snap: Snapshot, auth: Authority, primary: str | None, with_agents: bool = True) -> dict:
+    """The status; with_agents=False leaves out the per-agent list (the overview's polls)."""
     cfg = current_app.config
+    agents = agent_rows(snap)
     leader = None
     if snap.leader:
         leader = {"name": snap.leader.get("name"), "epoch": snap.epoch, "role": snap.leader.get("role"),
@@ -57,6 +71,7 @@ def status_document(snap: Snapshot, auth: Authority, primary: str | None) -> dic
         "leader": leader, "epoch": snap.epoch, "lease_ttl_left": lease_ttl_left(auth),
         "selected_backup": snap.settings.selected_backup, "settings": snap.settings.to_dict(),
         "coordinators": coordinator_rows(snap, cfg["BATON_NAME"], cfg["BATON_ROLE"]),
-        "agents": agent_rows(snap), "builds": build_counts(snap), "events": snap.events,
+        "agents": agents if with_agents else None, "agent_summary": agent_summary(agents),
+        "builds": build_counts(snap), "events": snap.events,
         "switchover": snap.switchover, "banner": banner(auth, snap, primary),
     }
