@@ -94,9 +94,11 @@ def parse_build(data: bytes | str | dict, filename: str | None = None) -> BuildS
     """Parse and validate a build file; raise BuildFileError naming the first problem."""
     where = f"{filename}: " if filename else ""
     try:
-        doc = _load(data) if not isinstance(data, dict) else data
+        doc = _load(data) if isinstance(data, (bytes, bytearray, memoryview, str)) else data
         return _validate(doc)
     except BuildFileError as exc:
+        if not where:
+            raise
         raise BuildFileError(where + str(exc)) from None
 
 
@@ -146,8 +148,8 @@ def _load(data: bytes | str) -> Any:
         if len(text) > MAX_BUILD_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_BUILD_BYTES:
             raise BuildFileError(f"the build file is larger than the limit of {MAX_BUILD_BYTES} bytes (1 MiB)")
         text = text.lstrip("\ufeff")
-    else:
-        raise BuildFileError(f"a build file must be bytes, text or a mapping, not {type(data).__name__}")
+    else:  # pragma: no cover - parse_build only passes bytes and text here
+        raise BuildFileError(f"a build file must be bytes or text, not {_kind(data)}")
     if not text.strip():
         raise BuildFileError("the build file is empty")
     try:
@@ -191,6 +193,23 @@ class _Budget:
                                  "(1 MiB) once expanded")
 
 
+def _kind(value: Any) -> str:
+    """What a YAML/JSON value is, in words a build-file author uses."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    if value is None:
+        return "empty"
+    return f"a {type(value).__name__}"
+
+
 def _plain_name(value: Any) -> str | None:
     """A name given as text, or as a whole number YAML read as int; else None."""
     if isinstance(value, bool):
@@ -204,7 +223,7 @@ def _plain_name(value: Any) -> str | None:
 
 def _validate(doc: Any) -> BuildSpec:
     if not isinstance(doc, dict):
-        kind = "empty" if doc is None else f"a {type(doc).__name__}"
+        kind = "empty" if doc is None else _kind(doc)
         raise BuildFileError(f"a build file must be a mapping with 'name' and 'tasks', but it is {kind}")
     budget = _Budget()
 
@@ -220,7 +239,7 @@ def _validate(doc: Any) -> BuildSpec:
     if raw_tasks is None:
         raise BuildFileError("the build has no tasks: add 'tasks:' with a list of tasks")
     if not isinstance(raw_tasks, list):
-        raise BuildFileError(f"'tasks' must be a list of tasks, not {type(raw_tasks).__name__}")
+        raise BuildFileError(f"'tasks' must be a list of tasks, not {_kind(raw_tasks)}")
     if not raw_tasks:
         raise BuildFileError("the build's task list is empty")
     if len(raw_tasks) > MAX_TASKS:
@@ -247,7 +266,7 @@ def _validate(doc: Any) -> BuildSpec:
 def _validate_task(raw: Any, position: int, budget: _Budget) -> TaskSpec:
     if not isinstance(raw, dict):
         raise BuildFileError(f"task #{position} must be a mapping with 'id' and 'cmd', "
-                             f"not {type(raw).__name__}")
+                             f"not {_kind(raw)}")
     task_id = _check_id(raw.get("id"), f"task #{position}")
     label = f"task {task_id!r}"
     unknown = sorted(str(k) for k in raw if k not in TASK_KEYS)
@@ -258,7 +277,7 @@ def _validate_task(raw: Any, position: int, budget: _Budget) -> TaskSpec:
 
     cmd = raw.get("cmd")
     if not isinstance(cmd, str) or not cmd.strip():
-        what = "is empty" if isinstance(cmd, str) or cmd is None else f"is a {type(cmd).__name__}"
+        what = "is empty" if isinstance(cmd, str) or cmd is None else f"is {_kind(cmd)}"
         raise BuildFileError(f"{label} needs a shell command in 'cmd' (text), but it {what}")
     budget.spend(len(task_id) + len(cmd.encode()) + 64)
 
@@ -266,16 +285,18 @@ def _validate_task(raw: Any, position: int, budget: _Budget) -> TaskSpec:
     if raw_deps is None:
         raw_deps = []
     if not isinstance(raw_deps, list):
-        raise BuildFileError(f"{label}: 'deps' must be a list of task ids, not {type(raw_deps).__name__}")
+        raise BuildFileError(f"{label}: 'deps' must be a list of task ids, not {_kind(raw_deps)}")
     budget.spend(4 * len(raw_deps))  # before walking it: the list may be an alias
     deps: list[str] = []
+    listed: set[str] = set()
     for dep in raw_deps:
         dep_id = _plain_name(dep)
         if dep_id is None:
             raise BuildFileError(f"{label}: every entry of 'deps' must be a task id, not {dep!r}")
         if dep_id == task_id:
             raise BuildFileError(f"task {task_id!r} depends on itself (a cycle: {task_id} -> {task_id})")
-        if dep_id not in deps:
+        if dep_id not in listed:
+            listed.add(dep_id)
             deps.append(dep_id)
             budget.spend(len(dep_id))
 
@@ -309,14 +330,14 @@ def _check_env(raw: Any, label: str, budget: _Budget) -> dict[str, str]:
         return {}
     if not isinstance(raw, dict):
         raise BuildFileError(f"{label}: 'env' must be a mapping of variable names to values, "
-                             f"not {type(raw).__name__}")
+                             f"not {_kind(raw)}")
     env: dict[str, str] = {}
     for key, value in raw.items():
         if not isinstance(key, str) or not _ENV_NAME_RE.match(key):
             raise BuildFileError(f"{label}: {key!r} is not a valid environment variable name")
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise BuildFileError(f"{label}: environment variable {key} must be text or a number, "
-                                 f"not {type(value).__name__}")
+                                 f"not {_kind(value)}")
         env[key] = str(value)
         budget.spend(len(key) + len(env[key].encode()) + 6)
     return env

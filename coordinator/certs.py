@@ -138,7 +138,7 @@ def _parse_ips(ips: Iterable[str]) -> list[x509.IPAddress]:
 
 
 def issue_cert(ca: CA, directory: str | os.PathLike, basename: str, hostnames: list[str],
-               ips: Iterable[str] = (), valid_days: int = CERT_VALID_DAYS) -> tuple[Path, Path]:
+               ips: Iterable[str] | None = (), valid_days: int = CERT_VALID_DAYS) -> tuple[Path, Path]:
     """Sign a certificate for hostnames (+ ips) with ca.
 
     Writes <basename>.pem and <basename>-key.pem (0600) in directory and
@@ -158,7 +158,7 @@ def issue_cert(ca: CA, directory: str | os.PathLike, basename: str, hostnames: l
             continue
         raise ConfigError(f"{host!r} is an IP address; pass it in ips, and name the host")
     alt_names: list[x509.GeneralName] = [x509.DNSName(h) for h in hostnames]
-    alt_names += _parse_ips(ips)
+    alt_names += _parse_ips(ips or ())
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

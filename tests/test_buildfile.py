@@ -182,7 +182,7 @@ def test_duplicate_id_is_named():
 
 
 @pytest.mark.parametrize("cmd, fragment", [(None, "is empty"), ("", "is empty"), ("  ", "is empty"),
-                                           (["cc", "a.c"], "is a list"), (42, "is a int")])
+                                           (["cc", "a.c"], "is a list"), (42, "is a number")])
 def test_bad_cmd_names_the_task(cmd, fragment):
     task = {"id": "compile", "cmd": cmd} if cmd is not None else {"id": "compile"}
     refused(build(task), "task 'compile'", "'cmd'", fragment)
@@ -265,3 +265,8 @@ def test_yaml_alias_expansion_is_bounded():
     text = "\n".join(lines) + "\n"
     assert len(text.encode()) < MAX_BUILD_BYTES
     refused(text, "1 MiB", "expanded")
+
+
+def test_decoded_json_that_is_not_a_mapping():
+    refused([{"id": "a", "cmd": "x"}], "must be a mapping", "it is a list")
+    refused(None, "must be a mapping", "empty")

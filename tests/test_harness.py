@@ -217,3 +217,17 @@ def test_tls_etcd_refuses_unknown_ca(tls_etcd, tmp_path, keys):
             client.get(keys.settings)
     finally:
         client.close()
+
+
+def test_proxy_carries_tls_grpc(tls_etcd, tcp_proxy, keys):
+    proxy = tcp_proxy("127.0.0.1", tls_etcd.client_port)
+    client = connect(proxy.url("https"), timeout=2.0, **tls_etcd.connect_kwargs())
+    try:
+        assert _roundtrip(client, keys.settings, b"tls-through-proxy")
+        proxy.set_mode("blackhole")
+        with pytest.raises(EtcdUnavailable):
+            client.get(keys.settings)
+        proxy.set_mode("pass")
+        wait_until(lambda: client.get(keys.settings)[0] == b"tls-through-proxy", 15)
+    finally:
+        client.close()

@@ -198,20 +198,22 @@ class TcpProxy:
                 client, _ = self._server.accept()
             except OSError:
                 return  # closed
+            link = None
             with self._cond:
-                if self._closing or self.mode == "drop":
-                    refuse = True
-                else:
-                    refuse = False
-            if refuse:
+                # Decide and register under one lock, so a concurrent
+                # set_mode("drop") either refuses this link here or aborts it.
+                if not (self._closing or self.mode == "drop"):
+                    link = _Link(self, client)
+                    self._links.add(link)
+            if link is None:
                 _abort(client)
                 if self._closing:
                     return
                 continue
-            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            link = _Link(self, client)
-            with self._cond:
-                self._links.add(link)
+            try:
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass  # already aborted by a concurrent drop
             link.start()
 
 
