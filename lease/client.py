@@ -92,6 +92,14 @@ _UNAVAILABLE_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCE
 _AUTH_CODES = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 
 
+# What etcd answers (as gRPC UNKNOWN) when the member we talk to has no quorum.
+_NO_QUORUM_DETAILS = ("context deadline exceeded", "request timed out", "leader changed", "no leader")
+
+
+def _no_quorum(detail: str | None) -> bool:
+    return bool(detail) and any(text in detail for text in _NO_QUORUM_DETAILS)
+
+
 def map_error(exc: BaseException) -> EtcdError:
     """Translate a client-library error into our hierarchy (never raises)."""
     if isinstance(exc, EtcdError):
@@ -99,7 +107,7 @@ def map_error(exc: BaseException) -> EtcdError:
     if isinstance(exc, grpc.RpcError):
         code = exc.code() if hasattr(exc, "code") else None
         detail = exc.details() if hasattr(exc, "details") else str(exc)
-        if code in _UNAVAILABLE_CODES:
+        if code in _UNAVAILABLE_CODES or _no_quorum(detail):
             return EtcdUnavailable(f"etcd unavailable: {detail}")
         if code in _AUTH_CODES:
             return EtcdAuthError(f"etcd refused the credentials: {detail}")
