@@ -5,10 +5,11 @@ owner says it is healthy (a `healthy` callable, or `heartbeat()` ticks younger
 than renew_deadline), so a wedged owner loses its lease like a dead one
 (DESIGN.md section 3, rule 6).
 
-Loss is reported (the `lost` Event, then `on_lost(reason)` once) as soon as
-either renewals have failed for renew_deadline, or etcd says the lease is
-gone. Because renew_deadline < ttl, the owner learns of the loss before the
-lease can expire on the server, and must stop acting then (rule 3).
+Loss is reported (the `lost` Event, then `on_lost()` once; `lost_reason`
+says why) as soon as either renewals have failed for renew_deadline, or etcd
+says the lease is gone. Because renew_deadline < ttl, the owner learns of the
+loss before the lease can expire on the server, and must stop acting then
+(rule 3).
 
 Every renewal has a deadline no longer than what is left before
 renew_deadline, so a hung etcd cannot hold the thread past it.
@@ -57,6 +58,26 @@ def with_require_leader(call_kwargs: dict) -> dict:
     kwargs = dict(call_kwargs)
     kwargs["metadata"] = tuple(kwargs.get("metadata") or ()) + (("hasleader", "true"),)
     return kwargs
+
+
+def usable_channel(etcd: Etcd) -> grpc.Channel:
+    """A channel for our own raw calls. When every endpoint is marked failed
+    (the client waits retry_after before trying one again), use the one in
+    use anyway: with a single endpoint, waiting out retry_after after one
+    transient error could cost the session its renew_deadline."""
+    try:
+        return etcd.channel()
+    except EtcdUnavailable:
+        endpoint = etcd.raw.endpoint_in_use
+        if endpoint is None:
+            raise
+        return endpoint.channel
+
+
+def fail_over(etcd: Etcd) -> None:
+    """After an endpoint failed us: move to another one, if there is another."""
+    if len(etcd.config.endpoints) > 1:
+        etcd.mark_failed()
 
 
 @dataclass
@@ -111,7 +132,7 @@ class Session:
     def __init__(self, etcd: Etcd, ttl: int = 10, renew_deadline: float | None = None,
                  keepalive_interval: float | None = None,
                  healthy: Callable[[], bool] | None = None,
-                 on_lost: Callable[[str], None] | None = None,
+                 on_lost: Callable[[], None] | None = None,
                  clock: Callable[[], float] = time.monotonic):
         if renew_deadline is None:
             renew_deadline = ttl * 2 / 3
@@ -144,7 +165,10 @@ class Session:
         sent = self._clock()
         try:
             self.lease_id = self.etcd.lease_grant(self.ttl)
-        except EtcdUnavailable as exc:
+        except EtcdError as exc:
+            # etcd without quorum answers "context deadline exceeded" as UNKNOWN: same thing to a user.
+            if not isinstance(exc, EtcdUnavailable) and "deadline exceeded" not in str(exc):
+                raise
             raise EtcdUnavailable(
                 f"cannot start a session: no etcd endpoint of {', '.join(self.etcd.config.endpoints)} "
                 f"answered within {self.etcd.config.timeout} s") from exc
@@ -204,28 +228,34 @@ class Session:
 
     # -- keep-alive thread ---------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._keep_alive()
+        except BaseException as exc:  # never die silently: the owner must hear of it
+            self._report_lost(f"keep-alive thread failed: {exc!r}")
+            raise
+
+    def _keep_alive(self) -> None:
         assert self._renewal is not None
         renewal = self._renewal
         failing = False
-        withheld_logged = False
+        withheld = False  # renewal due but the owner is unhealthy: poll its health
         while not self._stop.is_set():
             now = self._clock()
             if renewal.overdue(now):
-                why = "owner unhealthy" if not self.owner_healthy() else "renewals failing"
+                why = "owner unhealthy" if withheld else "renewals failing"
                 self._report_lost(f"lease not renewed for {self.renew_deadline:g} s ({why})")
                 self._revoke()  # lets a successor in sooner when etcd is reachable
                 return
             if renewal.renewal_due(now) or failing:
                 if not self.owner_healthy():
-                    if not withheld_logged:
+                    if not withheld:
                         log.warning("session %x: owner unhealthy, withholding lease renewal", self.lease_id)
-                        withheld_logged = True
-                    failing = False
+                    withheld, failing = True, False
                 else:
-                    withheld_logged = False
+                    withheld = False
                     try:
                         ttl = self._keepalive_once(renewal.call_timeout(now, self.etcd.config.timeout))
-                    except EtcdError as exc:
+                    except Exception as exc:  # noqa: BLE001 - any failure: retry until the deadline
                         if not failing:
                             log.warning("session %x: renewal failed: %s", self.lease_id, exc)
                         failing = True
@@ -235,7 +265,7 @@ class Session:
                             self._report_lost("etcd says the lease no longer exists")
                             return
                         renewal.renewed(now, ttl)
-            self._stop.wait(renewal.next_wake(self._clock(), failing))
+            self._stop.wait(renewal.next_wake(self._clock(), failing or withheld))
 
     def _keepalive_once(self, timeout: float) -> int:
         """One LeaseKeepAlive round trip with our own deadline; returns the TTL
@@ -243,7 +273,7 @@ class Session:
         when it is unreachable."""
         sent = self._clock()
         try:
-            stub = etcdrpc.LeaseStub(self.etcd.channel())
+            stub = etcdrpc.LeaseStub(usable_channel(self.etcd))
             responses = stub.LeaseKeepAlive(
                 iter([etcdrpc.LeaseKeepAliveRequest(ID=self.lease_id)]), timeout,
                 **with_require_leader(self.etcd.call_kwargs))
@@ -254,8 +284,8 @@ class Session:
             responses.cancel()
         except grpc.RpcError as exc:
             err = map_error(exc)
-            if isinstance(err, EtcdUnavailable) or exc.code() == grpc.StatusCode.CANCELLED:
-                self.etcd.mark_failed()
+            if isinstance(err, EtcdUnavailable):
+                fail_over(self.etcd)
             raise err from exc
         self.last_renewal_latency = self._clock() - sent
         return ttl
@@ -269,7 +299,7 @@ class Session:
         log.error("session %x lost: %s", self.lease_id or 0, reason)
         if self._on_lost is not None:
             try:
-                self._on_lost(reason)
+                self._on_lost()
             except Exception:  # noqa: BLE001 - the owner's callback must not kill the thread silently
                 log.exception("session on_lost callback raised")
 

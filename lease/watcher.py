@@ -30,11 +30,12 @@ from etcd3 import etcdrpc, utils
 
 from lease.client import Etcd, map_error
 from lease.errors import EtcdError, EtcdUnavailable
-from lease.session import with_require_leader
+from lease.session import fail_over, usable_channel, with_require_leader
 
 log = logging.getLogger(__name__)
 
 _PUT, _DELETE = 0, 1
+_FIRST_BACKOFF = 0.05
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,11 @@ class Watcher:
         self._call_lock = threading.Lock()
         # Only kept when on_reset is None: key -> mod_revision of what we delivered,
         # so a re-sync after compaction can synthesize deletes.
+        # A prefix watch cannot synthesize deletes of keys it never saw (those
+        # that existed before start_revision): pass on_reset to get exact state.
         self._known: dict[str, int] = {}
+        self._deleted: set[str] = set()  # single-key watch: last event was a delete
+        self._backoff = _FIRST_BACKOFF
 
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> "Watcher":
@@ -121,7 +126,6 @@ class Watcher:
 
     # -- the loop ------------------------------------------------------------------------
     def _run(self) -> None:
-        backoff = 0.05
         need_reset = False
         while not self._stop.is_set():
             try:
@@ -129,9 +133,9 @@ class Watcher:
                     self._resync()
                     need_reset = False
                 self._stream_once()
-                backoff = 0.05
             except _Compacted as exc:
                 log.info("watch %s: %s; re-reading current state", self.key, exc)
+                self.connected.clear()
                 need_reset = True
                 continue
             except Exception as exc:  # noqa: BLE001 - every failure is reported and retried
@@ -142,10 +146,10 @@ class Watcher:
                     map_error(exc) if isinstance(exc, grpc.RpcError) else EtcdUnavailable(str(exc)))
                 log.warning("watch %s: %s; retrying from revision %s", self.key, err,
                             None if self.last_revision is None else self.last_revision + 1)
-                self.etcd.mark_failed()
+                fail_over(self.etcd)
                 self._report_error(err)
-                self._stop.wait(backoff * (0.5 + random.random()))
-                backoff = min(self.max_backoff, backoff * 2)
+                self._stop.wait(self._backoff * (0.5 + random.random()))
+                self._backoff = min(self.max_backoff, self._backoff * 2)
         self.connected.clear()
 
     def _stream_once(self) -> None:
@@ -157,7 +161,7 @@ class Watcher:
             create.start_revision = self.last_revision + 1
         outbox: queue.Queue = queue.Queue()
         last_heard = [time.monotonic()]
-        stub = etcdrpc.WatchStub(self.etcd.channel())
+        stub = etcdrpc.WatchStub(usable_channel(self.etcd))
         call = stub.Watch(self._requests(create, outbox, last_heard),
                           **with_require_leader(self.etcd.call_kwargs))
         with self._call_lock:
@@ -212,6 +216,7 @@ class Watcher:
             raise _StreamDead(f"etcd cancelled the watch: {response.cancel_reason or 'no reason given'}")
         if response.created:
             self.connected.set()
+            self._backoff = _FIRST_BACKOFF  # the next outage starts with a quick retry
             if self.last_revision is None:
                 # Watching "from now": everything up to here is history.
                 self.last_revision = response.header.revision
@@ -220,9 +225,9 @@ class Watcher:
             events = [self._event(e) for e in response.events]
             self.last_revision = max(self.last_revision or 0, max(e.mod_revision for e in events))
             self._deliver(events)
-        elif response.header.revision and self.connected.is_set():
-            # A progress notification: etcd has sent every event up to this revision.
-            self.last_revision = max(self.last_revision or 0, response.header.revision)
+        # Otherwise a progress notification: it proves the link is alive. Its
+        # revision is not trusted as "all delivered" (etcd < 3.5.8 could send it
+        # ahead of pending events), so last_revision moves with events only.
 
     @staticmethod
     def _event(raw) -> WatchEvent:
@@ -236,8 +241,11 @@ class Watcher:
             for e in events:
                 if e.type == "put":
                     self._known[e.key] = e.mod_revision
+                    self._deleted.discard(e.key)
                 else:
                     self._known.pop(e.key, None)
+                    if not self.prefix:
+                        self._deleted.add(e.key)
         if self.on_events is None:
             return
         try:
@@ -262,8 +270,12 @@ class Watcher:
                 log.exception("watch %s: on_reset raised", self.key)
         else:
             after = self.last_revision or 0
-            events = [WatchEvent("delete", k, None, 0, revision, 0)
-                      for k in sorted(set(self._known) - set(current))]
+            gone = set(self._known) - set(current)
+            if not self.prefix and self.key not in current and self.key not in self._deleted:
+                # We may never have seen this key's put (it predates start_revision):
+                # for one key, "absent now" is enough to say it was deleted.
+                gone.add(self.key)
+            events = [WatchEvent("delete", k, None, 0, revision, 0) for k in sorted(gone)]
             events += [WatchEvent("put", kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.lease)
                        for kv in current.values() if kv.mod_revision > after]
             if events:

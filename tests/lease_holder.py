@@ -27,7 +27,7 @@ import time
 
 from lease.client import connect
 from lease.election import Election, fenced_txn
-from lease.errors import BatonError, EtcdError, NotLeader
+from lease.errors import BatonError, EtcdError, LeaseLost, NotLeader
 from lease.session import Session
 
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--renew-deadline", type=float, default=None)
     p.add_argument("--keepalive", type=float, default=None)
     p.add_argument("--ca", default=None)
-    p.add_argument("--timeout", type=float, default=1.0)
+    p.add_argument("--timeout", type=float, default=2.0)
     p.add_argument("--fence-key", default=None)
     p.add_argument("--write-every", type=float, default=0.1)
     args = p.parse_args(argv)
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         etcd = connect(args.etcd, timeout=args.timeout, ca_cert=args.ca)
         session = Session(etcd, ttl=args.ttl, renew_deadline=args.renew_deadline,
                           keepalive_interval=args.keepalive,
-                          on_lost=lambda reason: (say("lost", reason=reason), lost.set())).start()
+                          on_lost=lambda: (say("lost", reason=session.lost_reason), lost.set())).start()
     except BatonError as exc:
         say("error", message=str(exc))
         return 2
@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not election.wait_for_vacancy_and_campaign(args.value, lost, poll=1.0):
             return 3
+    except LeaseLost:
+        return 3  # already reported by on_lost
     except BatonError as exc:
         say("error", message=str(exc))
         return 3

@@ -7,7 +7,6 @@ asserted as such; everything else waits with generous deadlines.
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import pytest
 from lease.client import Etcd, connect
 from lease.election import Election, LeaderInfo
 from lease.session import Session
+from lease.watcher import Watcher
 from tests.harness.wait import wait_until
 from tests.lease_holder import Holder
 
@@ -103,13 +103,14 @@ def test_observer_sees_the_leader_key_vanish_within_ttl_plus_1s_after_sigkill(ta
         obs.stop()
 
 
-def test_paused_holder_is_fenced_out_and_reports_leadership_lost(etcd, keys, holders):
+def test_paused_holder_is_fenced_out_and_reports_leadership_lost(target, keys, holders):
+    etcd = target.etcd
     fence_key = keys.root + "fenced"
-    holder = holders(",".join(etcd.config.endpoints), keys.leader, "--fence-key", fence_key)
+    holder = holders(target.urls, keys.leader, "--fence-key", fence_key, *target.holder_args)
     won = holder.wait_for("leader", timeout=15)
     assert holder.wait_for("fenced", timeout=10)["ok"] is True
     obs = Observer(etcd, keys.leader)
-    successor = holders(",".join(etcd.config.endpoints), keys.leader, "--value", "successor")
+    successor = holders(target.urls, keys.leader, "--value", "successor", *target.holder_args)
     successor.wait_for("session", timeout=15)
     try:
         holder.signal(signal.SIGSTOP)
@@ -204,7 +205,13 @@ def test_killing_the_member_the_client_uses_keeps_session_and_leadership(etcd_cl
     won = holder.wait_for("leader", timeout=15)
     assert holder.wait_for("fenced", timeout=10)["ok"] is True
     survivors = connect(",".join(m.client_url for m in etcd_cluster.members if m is not victim), timeout=2.0)
+    # A watcher in this process that also talks to the victim first.
+    watching = connect(_urls_starting_with(etcd_cluster, victim), timeout=1.0)
+    writes: list[int] = []
+    watcher = Watcher(watching, fence_key, on_events=lambda evs: writes.extend(
+        int(e.value) for e in evs if e.type == "put")).start()
     try:
+        wait_until(lambda: writes, timeout=10, message="watcher sees the holder's writes")
         before = int(survivors.get(fence_key)[0])
         victim.kill()
         killed_at = time.monotonic()
@@ -214,7 +221,12 @@ def test_killing_the_member_the_client_uses_keeps_session_and_leadership(etcd_cl
         info = Election(survivors, keys.leader, None).leader()
         assert info is not None and info.epoch == won["epoch"]
         assert [e for e in holder.events if e["event"] in ("lost", "exit")] == []
+        latest = int(survivors.get(fence_key)[0])
+        wait_until(lambda: writes[-1] >= latest, timeout=10, message="watcher resumed on another member")
+        assert writes == sorted(writes) and len(writes) == len(set(writes)), "events lost order or repeated"
     finally:
+        watcher.stop()
+        watching.close()
         survivors.close()
 
 
@@ -236,6 +248,9 @@ def test_quorum_loss_stops_everyone_and_a_new_election_works_after(etcd_cluster,
     # Without quorum nobody can become leader: the other campaigner loses its own session instead.
     waiting.wait_for("lost", timeout=RENEW_DEADLINE + 10)
     assert not [e for e in waiting.events if e["event"] == "leader"]
+    # Starting without quorum is one clear sentence too.
+    late = holders(urls, keys.leader, "--timeout", "0.5")
+    assert late.wait_for("error", timeout=15)["message"].startswith("cannot start a session")
 
     for m in victims:
         m.start()

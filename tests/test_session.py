@@ -64,7 +64,7 @@ def test_renewal_call_never_outlives_the_loss_deadline():
 # -- against a real etcd -------------------------------------------------------------
 def test_session_keeps_the_lease_past_its_ttl_and_close_revokes(etcd):
     lost_calls = []
-    s = Session(etcd, ttl=TTL, healthy=lambda: True, on_lost=lost_calls.append).start()
+    s = Session(etcd, ttl=TTL, healthy=lambda: True, on_lost=lambda: lost_calls.append(1)).start()
     t0 = time.monotonic()
     assert 0 < s.time_left() <= TTL
     assert s.last_renewal_latency is not None and s.last_renewal_latency > 0
@@ -83,13 +83,13 @@ def test_unhealthy_owner_loses_the_lease_within_renew_deadline(etcd):
     healthy.set()
     lost_at = []
     s = Session(etcd, ttl=TTL, healthy=healthy.is_set,
-                on_lost=lambda reason: lost_at.append((time.monotonic(), reason))).start()
+                on_lost=lambda: lost_at.append((time.monotonic(), s.lost_reason))).start()
     try:
         wait_until(lambda: s.last_renewal_latency is not None, timeout=5)
         wedged_at = time.monotonic()
         healthy.clear()
         assert s.lost.wait(RENEW_DEADLINE + 5)
-        at, reason = lost_at[0]
+        at, reason = wait_until(lambda: lost_at, timeout=5)[0]  # on_lost runs just after `lost` is set
         assert at - wedged_at <= RENEW_DEADLINE + SCHED, f"loss reported {at - wedged_at:.2f} s after the wedge"
         assert "unhealthy" in reason
         # The session gives the lease back so a successor need not wait for expiry.
@@ -126,13 +126,13 @@ def test_heartbeats_keep_the_session_and_silence_loses_it(etcd):
 
 def test_revoked_lease_is_reported_lost_at_the_next_renewal(etcd):
     reasons = []
-    s = Session(etcd, ttl=TTL, healthy=lambda: True, on_lost=reasons.append).start()
+    s = Session(etcd, ttl=TTL, healthy=lambda: True, on_lost=lambda: reasons.append(s.lost_reason)).start()
     try:
         etcd.lease_revoke(s.lease_id)
         revoked_at = time.monotonic()
         assert s.lost.wait(5)
         assert time.monotonic() - revoked_at <= s.keepalive_interval + SCHED
-        assert reasons == ["etcd says the lease no longer exists"]
+        assert wait_until(lambda: reasons, timeout=5) == ["etcd says the lease no longer exists"]
         assert s.time_left() == 0.0
     finally:
         s.close()
@@ -147,3 +147,25 @@ def test_unreachable_etcd_at_start_is_one_clear_sentence():
     assert message.startswith("cannot start a session: no etcd endpoint of http://127.0.0.1:")
     assert "\n" not in message and "Traceback" not in message
     s.close()  # never raises, even though nothing was granted
+
+
+def test_hung_etcd_cannot_hold_the_session_past_renew_deadline(tmp_path):
+    """etcd frozen (SIGSTOP) and a client timeout longer than the ttl: each
+    renewal's own deadline still ends at renew_deadline, so loss is on time."""
+    from tests.harness.etcd import start_single
+
+    member = start_single(tmp_path)
+    etcd = connect(member.client_url, timeout=5.0)
+    s = Session(etcd, ttl=TTL, healthy=lambda: True).start()
+    try:
+        wait_until(lambda: s.time_left() > 0, timeout=5)
+        member.pause()
+        frozen_at = time.monotonic()
+        assert s.lost.wait(RENEW_DEADLINE + 10)
+        assert time.monotonic() - frozen_at <= RENEW_DEADLINE + SCHED
+        assert "renewals failing" in s.lost_reason
+    finally:
+        member.resume()
+        s.close()
+        etcd.close()
+        member.stop()

@@ -4,8 +4,6 @@ from __future__ import annotations
 import threading
 from urllib.parse import urlsplit
 
-import pytest
-
 from lease.client import connect
 from lease.watcher import KV, WatchEvent, Watcher
 from tests.harness.etcd import start_single
@@ -90,6 +88,20 @@ def test_compacted_start_revision_resyncs_with_synthesized_events(etcd, keys):
         etcd.put(keys.root + "after", "y")
         wait_until(lambda: rec.has(("put", keys.root + "after", b"y")), timeout=5)
         assert ("put", keys.root + "kept", b"old") not in rec.summary()
+    finally:
+        w.stop()
+
+
+def test_compaction_hiding_a_delete_of_a_key_seen_before_the_watch_synthesizes_it(etcd, keys):
+    etcd.put(keys.leader, "old leader")
+    start = etcd.revision() + 1
+    etcd.delete(keys.leader)
+    etcd.put(keys.root + "later", "x")
+    etcd.compact(etcd.revision())
+    rec = Recorder()
+    w = Watcher(etcd, keys.leader, start_revision=start, on_events=rec.on_events).start()
+    try:
+        wait_until(lambda: rec.has(("delete", keys.leader, None)), timeout=10)
     finally:
         w.stop()
 
