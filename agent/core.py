@@ -16,6 +16,7 @@ by a leader change.
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from typing import Callable
@@ -59,7 +60,7 @@ class Agent:
     def __init__(self, config: AgentConfig, *, etcd: Etcd | None = None, lease: AgentLease | None = None,
                  runner_factory: Callable[[Callable[[TaskResult], None]], object] | None = None,
                  results: ResultBuffer | None = None, loop_interval: float | None = None,
-                 watch_options: dict | None = None):
+                 watch_options: dict | None = None, wake: threading.Event | None = None):
         self.config = config
         self.keys = Keys(config.cluster)
         self._owns_etcd = etcd is None
@@ -81,23 +82,27 @@ class Agent:
         self._link: CoordinatorLink | None = None
         self._following = False
         self._next_follow_try = 0.0
-        self._wake = threading.Event()
+        # Set whenever something happened that the loop must look at; the
+        # bench pool passes one event shared by all its agents.
+        self._wake = wake if wake is not None else threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._old_links: list[CoordinatorLink] = []
 
     # -- lifecycle --------------------------------------------------------------------
-    def start(self) -> "Agent":
-        """Load results an earlier run left, then start the main loop. etcd
-        need not be reachable yet: the loop keeps trying."""
+    def start(self, run_loop: bool = True) -> "Agent":
+        """Load results an earlier run left, then start the main loop (unless
+        run_loop is False: then the owner calls tick() itself, as the bench
+        pool does). etcd need not be reachable yet: the loop keeps trying."""
         loaded = self.results.load()
         if loaded:
             log.info("%d unacknowledged result(s) from an earlier run will be delivered", len(loaded))
         mark_seen = getattr(self.runner, "mark_seen", None)
         if mark_seen is not None:
             mark_seen(r.task for r in loaded)
-        self._thread = threading.Thread(target=self._loop, name=f"agent {self.config.name}", daemon=True)
-        self._thread.start()
+        if run_loop:
+            self._thread = threading.Thread(target=self._loop, name=f"agent {self.config.name}", daemon=True)
+            self._thread.start()
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -126,9 +131,8 @@ class Agent:
             self.etcd.close()
 
     def run(self) -> None:
-        """Start and block until SIGTERM or SIGINT (main thread only), then stop."""
-        import signal
-
+        """Start and block until SIGTERM or SIGINT (main thread only), then
+        stop: running tasks are killed and will run again elsewhere."""
         def on_signal(signum, _frame):
             log.info("received %s; stopping", signal.Signals(signum).name)
             self._stopping.set()
@@ -170,9 +174,15 @@ class Agent:
             self._wake.clear()
 
     def tick(self) -> None:
-        """One turn: lease, leader watch, link, presence."""
+        """One turn: lease, leader watch and link, then presence."""
         if self._owns_lease:
             self.lease.tick()
+        self.tick_link()
+        self.tick_presence()
+
+    def tick_link(self) -> None:
+        """Follow the leader key: start watching it if not yet, and make the
+        link match it. No etcd I/O once the watch runs."""
         if not self._following and time.monotonic() >= self._next_follow_try:
             try:
                 self.follower.start()
@@ -181,12 +191,18 @@ class Agent:
                 log.warning("cannot read the leader key yet: %s", exc)
                 self._next_follow_try = time.monotonic() + 1.0
         self._reconcile_link(self.follower.current)
+        self._old_links = [old for old in self._old_links if old.alive]
+
+    def tick_presence(self) -> None:
+        """Write the presence key if its value or the lease changed (one etcd write at most)."""
         self.presence.sync(self._presence_value())
-        self._old_links = [old for old in self._old_links if old._thread.is_alive()]
 
     def _reconcile_link(self, leader: LeaderView | None) -> None:
         with self.lock:
             link = self._link
+            if link is not None and not link.alive:
+                log.error("the stream to %s ended unexpectedly; opening a new one", link.leader)
+                self._link = link = None
             if link is not None and (leader is None or link.leader.identity != leader.identity):
                 log.info("leader is now %s: closing the stream to %s; running tasks continue",
                          leader or "nobody", link.leader)

@@ -19,9 +19,10 @@ from lease.errors import BatonError, ConfigError
 __all__ = ["Agent", "AgentConfig", "add_arguments", "config_from_args", "main"]
 
 
-def add_arguments(parser: argparse.ArgumentParser, etcd_options: bool = True) -> None:
-    """The agent's options. etcd_options=False when the CLI adds --etcd and
-    --cluster itself (it does for every command)."""
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the agent's options to parser. --etcd, --cluster and the etcd TLS
+    options are added only if the parser does not have them yet (the `baton`
+    CLI adds them to every command)."""
     parser.add_argument("--name", required=True, help="this agent's name (unique in the cluster)")
     parser.add_argument("--cores", type=int, default=None, help="cores to offer (default: all)")
     parser.add_argument("--group", default="default", help="agent group (default: default)")
@@ -34,11 +35,19 @@ def add_arguments(parser: argparse.ArgumentParser, etcd_options: bool = True) ->
     parser.add_argument("--lease-ttl", type=int, default=10, help="presence lease TTL in seconds (default 10)")
     parser.add_argument("--task-timeout", type=float, default=3600.0,
                         help="timeout for tasks that set none, in seconds (default 3600)")
-    if etcd_options:
+    known = parser._option_string_actions  # argparse has no public "has option"
+    if "--etcd" not in known:
         parser.add_argument("--etcd", default=None,
                             help="etcd URL[,URL...] (default: $BATON_ETCD, else http://127.0.0.1:2379)")
+    if "--cluster" not in known:
         parser.add_argument("--cluster", default=os.environ.get("BATON_CLUSTER", "default"))
-    parser.add_argument("--etcd-ca", default=None, help="CA certificate for https etcd endpoints")
+    if "--etcd-ca" not in known:
+        parser.add_argument("--etcd-ca", default=None, help="CA certificate for https etcd endpoints")
+    if "--etcd-cert" not in known:
+        parser.add_argument("--etcd-cert", default=os.environ.get("BATON_ETCD_CERT"),
+                            help="client certificate for etcd")
+    if "--etcd-key" not in known:
+        parser.add_argument("--etcd-key", default=os.environ.get("BATON_ETCD_KEY"), help="client key for etcd")
 
 
 def read_token(path: str | None) -> str | None:
@@ -55,9 +64,12 @@ def read_token(path: str | None) -> str | None:
     return os.environ.get("BATON_AGENT_TOKEN") or None
 
 
-def config_from_args(args: argparse.Namespace) -> AgentConfig:
-    """Build the validated config; raises ConfigError with one sentence."""
-    etcd = EtcdConfig.from_urls(getattr(args, "etcd", None), ca_cert=getattr(args, "etcd_ca", None))
+def config_from_args(args: argparse.Namespace, etcd: EtcdConfig | None = None) -> AgentConfig:
+    """Build the validated config; raises ConfigError with one sentence.
+    `etcd` lets a caller pass an EtcdConfig it built from its own options."""
+    if etcd is None:
+        etcd = EtcdConfig.from_urls(getattr(args, "etcd", None), ca_cert=getattr(args, "etcd_ca", None),
+                                    cert=getattr(args, "etcd_cert", None), key=getattr(args, "etcd_key", None))
     kw = {}
     if args.cores is not None:
         kw["cores"] = args.cores

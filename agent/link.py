@@ -92,6 +92,11 @@ class CoordinatorLink:
         self._thread.join(timeout)
 
     @property
+    def alive(self) -> bool:
+        """The link's thread still runs (a closed link may take a moment to end)."""
+        return self._thread.is_alive()
+
+    @property
     def closed(self) -> bool:
         return self._closed.is_set()
 

@@ -84,8 +84,6 @@ class ResultBuffer:
 
     def ack(self, ref: TaskRef) -> bool:
         """Forget the result (memory and disk). False if it was not buffered."""
-        with self._lock:
-            known = self._results.pop(ref, None) is not None
         if self.directory is not None:
             try:
                 os.unlink(os.path.join(self.directory, _file_name(ref)))
@@ -93,7 +91,8 @@ class ResultBuffer:
                 pass
             except OSError as exc:
                 log.error("could not remove the acknowledged result file of %s: %s", ref, exc)
-        return known
+        with self._lock:
+            return self._results.pop(ref, None) is not None
 
     def get(self, ref: TaskRef) -> TaskResult | None:
         with self._lock:

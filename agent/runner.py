@@ -95,8 +95,9 @@ class OutputTail:
 
 
 def build_dir_name(build_id: str) -> str:
-    """The build id as one safe directory name; raises ValueError otherwise."""
-    if not build_id or build_id in (".", "..") or "/" in build_id or "\0" in build_id:
+    """The build id as one safe directory name; raises ValueError otherwise.
+    Names starting with "." are refused: they are the agent's own (.results)."""
+    if not build_id or build_id.startswith(".") or "/" in build_id or "\0" in build_id:
         raise ValueError(f"build id {build_id!r} cannot be used as a directory name")
     return build_id
 

@@ -117,9 +117,10 @@ def test_spawn_failure_is_a_result_not_a_crash(tmp_path, results):
     assert r.error.startswith("could not start the task:")
 
     r_ = Runner(str(tmp_path / "w"), results)
-    r_.start(ref(build=".."), "true")
-    r = results.next()
-    assert r.exit_code == -1 and "cannot be used as a directory name" in r.error
+    for bad in ("..", ".results", "a/b"):
+        r_.start(ref(build=bad), "true")
+        r = results.next()
+        assert r.exit_code == -1 and "cannot be used as a directory name" in r.error
 
 
 def test_a_task_attempt_never_runs_twice(runner, results, tmp_path):

@@ -1,0 +1,180 @@
+"""A bench-only pool: many agents in one process, for the throughput and
+failover benchmarks (200 agents; 50 x 4 cores). Not for production.
+
+Each pool agent is a real `agent.core.Agent`: its own presence key
+`agents/<name>`, its own watch of the leader key and its own decision about
+it, its own gRPC channel and Connect stream, the same protocol code as a
+real agent. What is shared or simplified, on purpose:
+
+- one etcd client for all agents;
+- ONE lease for all presence keys (a shared AgentLease, ticked by the pool's
+  loop): if it is lost, every pool agent's key disappears at once and all
+  re-register on the new lease. A real agent has its own lease;
+- two threads turn every agent instead of one thread per agent: one
+  follows the leader key and opens/closes streams (`Agent.tick_link`, woken
+  by one shared event), one ticks the shared lease and writes presence keys
+  (`Agent.tick_presence`), so slow etcd writes never delay a failover;
+- tasks complete at once with exit code 0 and no process (`InstantRunner`);
+- results are buffered in memory only (no `<workdir>/.results/`);
+- the leader watches ask etcd for progress every 2 s instead of 0.5 s, so
+  200 watches do not load the shared etcd more than the coordinators do.
+
+Run from a benchmark: `AgentPool(urls, cluster, count=200, cores=1).start()`,
+or as a process: `python -m agent.pool --count 200 --cores 1 --etcd URL --cluster C`.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from typing import Callable, Iterable
+
+from agent.config import AgentConfig
+from agent.core import Agent
+from agent.presence import AgentLease
+from agent.results import ResultBuffer
+from agent.runner import TaskRef, TaskResult
+from lease.client import EtcdConfig, connect
+
+log = logging.getLogger(__name__)
+
+_WATCH_OPTIONS = {"progress_interval": 2.0, "liveness_timeout": 6.0}
+
+
+class InstantRunner:
+    """Completes every task at once with exit code 0; never runs a process.
+    Like the real Runner, it runs a (build, task, attempt) at most once."""
+
+    def __init__(self, on_result: Callable[[TaskResult], None]):
+        self.on_result = on_result
+        self.completed = 0
+        self._seen: set[TaskRef] = set()
+        self._lock = threading.Lock()
+
+    def start(self, ref: TaskRef, cmd: str, timeout: float = 0.0, env: dict | None = None) -> bool:
+        with self._lock:
+            if ref in self._seen:
+                return False
+            self._seen.add(ref)
+            self.completed += 1
+        self.on_result(TaskResult(ref, 0, 0.0, b"", ""))
+        return True
+
+    def mark_seen(self, refs: Iterable[TaskRef]) -> None:
+        with self._lock:
+            self._seen.update(refs)
+
+    def cancel(self, ref: TaskRef) -> bool:
+        return False
+
+    def running(self) -> list[TaskRef]:
+        return []
+
+    def stop(self, timeout: float = 0.0) -> None:
+        pass
+
+
+class AgentPool:
+    """`count` agents named `<prefix>1..N` with `cores` each; see the module doc."""
+
+    def __init__(self, etcd: str | EtcdConfig, cluster: str, count: int, cores: int = 4, lease_ttl: int = 10,
+                 name_prefix: str = "bench-agent-", group: str = "bench", agent_token: str | None = None,
+                 grpc_ca: str | None = None, tick_interval: float = 0.25):
+        etcd_config = etcd if isinstance(etcd, EtcdConfig) else EtcdConfig.from_urls(etcd)
+        self.etcd = connect(etcd_config)
+        self.lease = AgentLease(self.etcd, ttl=lease_ttl)
+        self.tick_interval = min(tick_interval, self.lease.renew_deadline / 4)
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.agents: list[Agent] = []
+        for i in range(1, count + 1):
+            config = AgentConfig(name=f"{name_prefix}{i}", cores=cores, group=group, workdir="/nonexistent",
+                                 etcd=etcd_config, cluster=cluster, agent_token=agent_token, grpc_ca=grpc_ca,
+                                 lease_ttl=lease_ttl)
+            self.agents.append(Agent(config, etcd=self.etcd, lease=self.lease, runner_factory=InstantRunner,
+                                     results=ResultBuffer(None), watch_options=_WATCH_OPTIONS, wake=self._wake))
+
+    def start(self) -> "AgentPool":
+        for agent in self.agents:
+            agent.start(run_loop=False)
+        self._threads = [threading.Thread(target=self._link_loop, name="agent pool links", daemon=True),
+                         threading.Thread(target=self._presence_loop, name="agent pool presence", daemon=True)]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop every agent, then revoke the shared lease (every key left goes with it)."""
+        self._stopping.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(10)
+        for agent in self.agents:
+            agent.stop()
+        self.lease.close()
+        self.etcd.close()
+
+    def connected(self) -> int:
+        """How many pool agents have a welcomed stream right now."""
+        return sum(1 for a in self.agents if a.connected_to is not None)
+
+    def completed(self) -> int:
+        """Assignments completed so far, over all agents."""
+        return sum(a.runner.completed for a in self.agents)
+
+    def _link_loop(self) -> None:
+        """Reacts to leader changes for every agent (no etcd I/O): after a
+        failover every agent dials the new leader without waiting for the
+        presence writes."""
+        while not self._stopping.is_set():
+            self._each(Agent.tick_link)
+            self._wake.wait(self.tick_interval)
+            self._wake.clear()
+
+    def _presence_loop(self) -> None:
+        """Keeps the shared lease alive and the presence keys up to date."""
+        while not self._stopping.is_set():
+            self.lease.tick()
+            # A pass over 200 agents (200 presence writes after a failover)
+            # can take longer than renew_deadline: heartbeat between agents.
+            self._each(Agent.tick_presence, heartbeat=True)
+            self._stopping.wait(self.tick_interval)
+
+    def _each(self, turn: Callable[[Agent], None], heartbeat: bool = False) -> None:
+        for agent in self.agents:
+            if self._stopping.is_set():
+                return
+            if heartbeat:
+                self.lease.tick()
+            try:
+                turn(agent)
+            except Exception:  # noqa: BLE001 - one agent's failure must not stop the others
+                log.exception("pool agent %s: loop turn failed", agent.config.name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m agent.pool", description="Bench-only pool of agents.")
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--cores", type=int, default=4)
+    parser.add_argument("--prefix", default="bench-agent-")
+    parser.add_argument("--etcd", default=None)
+    parser.add_argument("--cluster", default="default")
+    parser.add_argument("--lease-ttl", type=int, default=10)
+    parser.add_argument("--agent-token", default=None)
+    parser.add_argument("--log-level", default="WARNING")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    pool = AgentPool(EtcdConfig.from_urls(args.etcd), args.cluster, args.count, args.cores, args.lease_ttl,
+                     name_prefix=args.prefix, agent_token=args.agent_token).start()
+    stop = threading.Event()
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, lambda *_: stop.set())
+    stop.wait()
+    pool.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
