@@ -78,7 +78,7 @@ class Coordinator:
         self._last_other_leader: ha.Leader | None = None  # who led before us, to name the takeover
         self._ready = False
         self._leader_name: str | None = None
-        self._registered_lease: int | None = None
+        self._registered: tuple[int, bool] | None = None  # (lease, ready) last written
         self.takeovers = 0
         self.admin_password: str | None = None
 
@@ -96,6 +96,7 @@ class Coordinator:
                                agent_token=self.config.agent_token, on_not_leader=self._on_not_leader)
         self._start_grpc()
         self._new_session()
+        self._ensure_registered()
         for key, prefix in ((self.keys.leader, False), (self.keys.coordinators, True),
                             (self.keys.settings, False), (self.keys.switchover, False)):
             w = Watcher(self.etcd, key, prefix=prefix, on_events=self._on_watch, on_error=self._on_watch_error)
@@ -310,13 +311,15 @@ class Coordinator:
 
     def _ensure_registered(self) -> None:
         """coordinators/<name> under the current lease: how the others know we are here and ready.
-        Done from the cycle, so a failed attempt is simply retried next cycle."""
-        if self._ready and self._registered_lease != self.session.lease_id:
+        Written at once at start (ready false: the primary lists a new backup within a second),
+        again when ready, and from the cycle, so a failed attempt is simply retried."""
+        registration = (self.session.lease_id, self._ready)
+        if self._registered != registration:
             value = {"name": self.config.name, "role": self.config.role, "primary": self.config.primary,
                      "grpc": self.grpc_address, "web": self.web_address, "version": VERSION,
-                     "ready": True, "host": socket.gethostname()}
+                     "ready": self._ready, "host": socket.gethostname()}
             self.etcd.put(self.keys.coordinator(self.config.name), encode(value), lease=self.session.lease_id)
-            self._registered_lease = self.session.lease_id
+            self._registered = registration
 
     def _on_lease_lost(self) -> None:
         # Runs on the session thread: stop acting now, before the lease can expire

@@ -205,3 +205,14 @@ def test_selected_backup_is_deselected_and_the_clock_survives_a_primary_restart(
     # Had the restart reset the clock, deselection would come 8 s after p1 led again.
     assert at < relead_at + 8 - 1, "the deselection clock restarted with the primary"
     assert state_of(cluster, "b2").get("acting") is False
+
+
+def test_a_new_backup_is_listed_and_selectable_at_once(make_cluster):
+    cluster = make_cluster(agents=0, backups=0)
+    started = time.monotonic()
+    cluster.add_coordinator("b7", "backup")
+    wait_until(lambda: "b7" in [c["name"] for c in cluster.api("p1").status()["coordinators"]], 10,
+               message="b7 in the primary's list")
+    print(f"b7 listed by p1 {time.monotonic() - started:.2f} s after its process was started")
+    cluster.api("p1").select_backup("b7")
+    assert cluster.api("p1").status()["selected_backup"] == "b7"
