@@ -13,8 +13,9 @@ import sys
 
 from agent.config import AgentConfig
 from agent.core import Agent
+from coordinator.config import read_token
 from lease.client import EtcdConfig
-from lease.errors import BatonError, ConfigError
+from lease.errors import BatonError
 
 __all__ = ["Agent", "AgentConfig", "add_arguments", "config_from_args", "main"]
 
@@ -48,20 +49,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             help="client certificate for etcd")
     if "--etcd-key" not in known:
         parser.add_argument("--etcd-key", default=os.environ.get("BATON_ETCD_KEY"), help="client key for etcd")
-
-
-def read_token(path: str | None) -> str | None:
-    """The token from the file, else $BATON_AGENT_TOKEN, else None. ConfigError if the file is unreadable."""
-    if path:
-        try:
-            with open(path, encoding="utf-8") as f:
-                token = f.read().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read the agent token file {path!r}: {exc.strerror}") from None
-        if not token:
-            raise ConfigError(f"the agent token file {path!r} is empty")
-        return token
-    return os.environ.get("BATON_AGENT_TOKEN") or None
 
 
 def config_from_args(args: argparse.Namespace, etcd: EtcdConfig | None = None) -> AgentConfig:

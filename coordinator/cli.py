@@ -149,21 +149,8 @@ def etcd_config(args):
                                 cert=args.etcd_cert, key=args.etcd_key)
 
 
-def read_token(path: str | None) -> str | None:
-    if path:
-        try:
-            with open(path) as f:
-                token = f.read().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read the agent token file {path!r}: {exc.strerror}") from None
-        if not token:
-            raise ConfigError(f"the agent token file {path!r} is empty")
-        return token
-    return os.environ.get("BATON_AGENT_TOKEN") or None
-
-
 def cmd_coordinator(args) -> int:
-    from coordinator.config import CoordinatorConfig, Timings
+    from coordinator.config import CoordinatorConfig, Timings, read_token
     from coordinator.daemon import run_coordinator
 
     timings = Timings(ttl=args.ttl, renew_deadline=args.renew_deadline,

@@ -7,6 +7,7 @@ ttl > renew_deadline > keepalive_interval > 0.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 
 from lease.client import EtcdConfig
@@ -14,6 +15,21 @@ from lease.errors import ConfigError
 from lease.session import validate_timings as validate_lease_timings  # the one copy of rule 3
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def read_token(path: str | None) -> str | None:
+    """The cluster token shared by agents and coordinators: from the file, else
+    $BATON_AGENT_TOKEN, else None. ConfigError if the file is unreadable or empty."""
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                token = f.read().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the agent token file {path!r}: {exc.strerror}") from None
+        if not token:
+            raise ConfigError(f"the agent token file {path!r} is empty")
+        return token
+    return os.environ.get("BATON_AGENT_TOKEN") or None
 
 
 def check_name(kind: str, name: str) -> str:
