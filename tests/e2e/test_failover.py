@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
