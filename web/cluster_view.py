@@ -183,9 +183,10 @@ def agent_rows(snap: Snapshot) -> list[dict]:
 
 # -- coordinators -----------------------------------------------------------------
 
-def coordinator_rows(snap: Snapshot, me: str, my_role: str) -> list[dict]:
-    """Registered coordinators (key present = alive), plus this one and the selected backup
-    when they are not registered (shown as not alive)."""
+def coordinator_rows(snap: Snapshot, me: str, my_role: str, primary: str | None = None) -> list[dict]:
+    """Registered coordinators (key present = alive), plus this one, its primary and the
+    selected backup when they are not registered (shown as not alive: "p1 primary down"
+    is what a user watching a failover expects to see)."""
     rows = {}
     for name, value in snap.coordinators.items():
         rows[name] = {"name": name, "role": value.get("role"), "primary": value.get("primary"),
@@ -194,6 +195,9 @@ def coordinator_rows(snap: Snapshot, me: str, my_role: str) -> list[dict]:
     if me not in rows:
         rows[me] = {"name": me, "role": my_role, "primary": None, "web": None, "grpc": None,
                     "ready": False, "alive": False}
+    if primary and primary not in rows:
+        rows[primary] = {"name": primary, "role": "primary", "primary": primary, "web": None, "grpc": None,
+                         "ready": False, "alive": False}
     selected = snap.settings.selected_backup
     if selected and selected not in rows:
         rows[selected] = {"name": selected, "role": "backup", "primary": None, "web": None, "grpc": None,

@@ -70,7 +70,7 @@ def status_document(snap: Snapshot, auth: Authority, primary: str | None, with_a
         "is_leader": auth.leads, "read_only": not auth.writable,
         "leader": leader, "epoch": snap.epoch, "lease_ttl_left": lease_ttl_left(auth),
         "selected_backup": snap.settings.selected_backup, "settings": snap.settings.to_dict(),
-        "coordinators": coordinator_rows(snap, cfg["BATON_NAME"], cfg["BATON_ROLE"]),
+        "coordinators": coordinator_rows(snap, cfg["BATON_NAME"], cfg["BATON_ROLE"], cfg.get("BATON_PRIMARY") or None),
         "agents": agents if with_agents else None, "agent_summary": agent_summary(agents),
         "builds": build_counts(snap), "events": snap.events,
         "switchover": snap.switchover, "banner": banner(auth, snap, primary),

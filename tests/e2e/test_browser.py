@@ -228,6 +228,7 @@ def test_primary_settings_backup_view_only_and_live_failover(make_cluster, conte
     expect(banner).to_have_text("This is the backup coordinator b1 — view only. "
                                 "It is serving agents now because the primary is unavailable.")
     expect(backup.locator("#coordinators tr", has_text="b1")).to_contain_text("★ leader")
+    expect(backup.locator("#coordinators tr", has_text="p1")).to_contain_text("down")
     assert backup.evaluate("window.__sameDocument === true"), "the page was reloaded"
     cluster.wait_agents(2, timeout=30, coordinator="b1")
     shots.take(backup, "overview-backup-serving")
