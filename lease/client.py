@@ -163,7 +163,10 @@ class Etcd:
                 opts=[("grpc.keepalive_time_ms", 2000), ("grpc.keepalive_timeout_ms", 2000),
                       ("grpc.initial_reconnect_backoff_ms", 100),
                       ("grpc.max_reconnect_backoff_ms", 1000),
-                      ("grpc.min_reconnect_backoff_ms", 100)]))
+                      ("grpc.min_reconnect_backoff_ms", 100),
+                      # A new leader reads the whole cluster prefix at once; gRPC's
+                      # default 4 MiB receive limit is reached after ~20k task records.
+                      ("grpc.max_receive_message_length", 256 * 1024 * 1024)]))
         try:
             self.raw = etcd3.MultiEndpointEtcd3Client(
                 endpoints=endpoints, timeout=config.timeout,

@@ -30,8 +30,10 @@ import grpc
 from coordinator.keys import Keys, decode, encode, prefix_end
 from coordinator.protocol import agent_pb2 as pb
 from coordinator.runtime import scheduler
+from coordinator.runtime.loading import read_snapshot
+from coordinator.runtime.reporting import Reporter
 from coordinator.runtime.service import AgentStream
-from coordinator.runtime.state import (ASSIGNING, FINISHED, RUNNING, Agent, Build, Task)
+from coordinator.runtime.state import ASSIGNING, RUNNING, Agent, Build, Task
 from coordinator.runtime.store import GroupCommit
 from coordinator.settings import Settings
 from lease.errors import NotLeader
@@ -62,14 +64,13 @@ class Dispatcher:
         self._later: list = []            # heap of (when, seq, fn)
         self._seq = itertools.count()
         self._dirty = True                # something changed: run the scheduler
-        self._status_dirty: set[str] = set()
         self._awaiting_hello: set[str] = set()
         self._grace_deadline = 0.0
-        self._last_runtime: Any = None
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
-        self._stop_reason = ""
         self.stats = {"agents_connected": 0, "tasks_dispatched": 0, "queued": 0, "running": 0}
+        self.report = Reporter(etcd, self.store, keys, name, epoch, self.builds, self.finished_builds,
+                               clock, self._events.put, self._after)
 
     # -- lifecycle (called by Runtime) ---------------------------------------------
     def start(self) -> None:
@@ -110,30 +111,16 @@ class Dispatcher:
 
     # -- loading --------------------------------------------------------------------
     def _load(self, kvs: dict[str, Any]) -> None:
-        k = self.keys
-        settings_kv = kvs.get(k.settings)
-        self.settings = Settings.from_json(settings_kv.value if settings_kv else None)
-        for key, kv in kvs.items():
-            if key.startswith(k.agents):
-                self._agent(Keys.name_of(key, k.agents)).present = True
-                self._agent(Keys.name_of(key, k.agents)).info = decode(kv.value) or {}
-            elif key.startswith(k.agent_config):
-                self._apply_config(Keys.name_of(key, k.agent_config), kv.value)
-        statuses = {Keys.name_of(key, k.build_status): decode(kv.value)
-                    for key, kv in kvs.items() if key.startswith(k.build_status)}
-        records: dict[str, dict[str, dict]] = {}
-        for key, kv in kvs.items():
-            if key.startswith(k.tasks):
-                build_id, _, task_id = Keys.name_of(key, k.tasks).partition("/")
-                records.setdefault(build_id, {})[task_id] = decode(kv.value)
-        specs = sorted(((kv.create_revision, key, kv) for key, kv in kvs.items() if key.startswith(k.builds)))
-        for revision, key, kv in specs:
-            build_id = Keys.name_of(key, k.builds)
-            status = statuses.get(build_id) or {}
-            if status.get("state") in FINISHED:
-                self.finished_builds.add(build_id)
-                continue
-            self._add_build(decode(kv.value), revision, records.get(build_id, {}), status)
+        snapshot = read_snapshot(kvs, self.keys)
+        self.settings = snapshot.settings
+        for name, info in snapshot.agents.items():
+            agent = self._agent(name)
+            agent.present, agent.info = True, info
+        for name, raw in snapshot.agent_configs.items():
+            self._apply_config(name, raw)
+        self.finished_builds |= snapshot.finished
+        for b in snapshot.unfinished:
+            self._add_build(b.spec, b.order, b.records, b.status)
         for build in self.builds.values():
             for task in build.tasks.values():
                 if task.state == RUNNING and task.agent:
@@ -149,7 +136,7 @@ class Dispatcher:
         build.started = status.get("started") or build.started
         self.builds[build.id] = build
         self._write_records(writes)
-        self._status_dirty.add(build.id)
+        self.report.dirty.add(build.id)
 
     # -- the loop ---------------------------------------------------------------------
     def _loop(self) -> None:
@@ -167,30 +154,33 @@ class Dispatcher:
                         break
             except queue.Empty:
                 events = []
-            for event in events:
+            for i, event in enumerate(events):
                 if event[0] == "stop":
-                    self._shutdown(event[1], event[2])
+                    self._shutdown(event[1], event[2], events[i + 1:])
                     return
                 try:
                     self._handle(event)
                 except Exception:  # noqa: BLE001 - one bad event must not stop the leader
                     log.exception("dispatcher: handling %s failed", event[0])
             now = self.clock()
-            while self._later and self._later[0][0] <= now:
-                heapq.heappop(self._later)[2]()
-            if self._awaiting_hello and now >= self._grace_deadline:
-                self._grace_expired()
-            if self._dirty and self.dispatching:
-                self._dirty = False
-                self._schedule()
-            self._write_statuses()
-            if now >= next_heartbeat:
-                next_heartbeat = now + HEARTBEAT_EVERY
-                self._heartbeat()
-            if now >= next_runtime:
-                next_runtime = now + RUNTIME_KEY_EVERY
-                self._write_runtime()
-                self._count_tasks()
+            try:
+                while self._later and self._later[0][0] <= now:
+                    heapq.heappop(self._later)[2]()
+                if self._awaiting_hello and now >= self._grace_deadline:
+                    self._grace_expired()
+                if self._dirty and self.dispatching:
+                    self._dirty = False
+                    self._schedule()
+                self.report.write_statuses()
+                if now >= next_heartbeat:
+                    next_heartbeat = now + HEARTBEAT_EVERY
+                    self._heartbeat()
+                if now >= next_runtime:
+                    next_runtime = now + RUNTIME_KEY_EVERY
+                    self.report.write_runtime(self.agents, self.settings.auto_subscribe)
+                    self.stats["queued"], self.stats["running"] = self.report.task_counts()
+            except Exception:  # noqa: BLE001 - a bug must not silently end leadership's work
+                log.exception("dispatcher: loop turn failed")
 
     def _handle(self, event: tuple) -> None:
         kind = event[0]
@@ -207,6 +197,12 @@ class Dispatcher:
             self._assigned(*event[1:])
         elif kind == "recorded":
             self._recorded(*event[1:])
+        elif kind == "final-status":
+            self.report.final_status_written(event[1], event[2])
+        elif kind == "retry-if-failed":
+            self._retry_if_failed(event[1], event[2])
+        elif kind == "runtime-written":
+            self.report.runtime_written(event[1])
         elif kind == "builds":
             self._builds_changed(event[1])
         elif kind == "agents":
@@ -219,21 +215,29 @@ class Dispatcher:
             self.settings = Settings.from_json(event[1][-1].value)
             self._dirty = True
 
-    def _shutdown(self, reason: str, timeout: float) -> None:
+    def _shutdown(self, reason: str, timeout: float, pending: list[tuple]) -> None:
+        """No new work; let in-flight writes land so their acks (and
+        assignments) go out before the Goodbye. Results that arrive now are
+        not recorded: the agents keep them for the next leader."""
         self.dispatching = False
         deadline = self.clock() + timeout
-        # Let in-flight writes land so their acks (and assignments) go out first.
-        while self.clock() < deadline and (self.store.pending() or not self._events.empty()):
+        while pending or (self.clock() < deadline and (self.store.pending() or not self._events.empty())):
+            if pending:
+                event = pending.pop(0)
+            else:
+                try:
+                    event = self._events.get(timeout=0.01)
+                except queue.Empty:
+                    continue
             try:
-                event = self._events.get(timeout=0.01)
-            except queue.Empty:
-                continue
-            if event[0] in ("recorded", "assigned", "gone"):
-                self._handle(event)
-            elif event[0] == "hello":
-                event[1].abort(grpc.StatusCode.FAILED_PRECONDITION, f"not leader: {reason}")
-        self._write_statuses()
-        self._write_runtime()
+                if event[0] in ("recorded", "assigned", "gone", "final-status", "runtime-written"):
+                    self._handle(event)
+                elif event[0] == "hello":
+                    event[1].abort(grpc.StatusCode.FAILED_PRECONDITION, f"not leader: {reason}")
+            except Exception:  # noqa: BLE001 - stopping must finish
+                log.exception("dispatcher: handling %s while stopping failed", event[0])
+        self.report.write_statuses(force=True)
+        self.report.write_runtime(self.agents, self.settings.auto_subscribe)
         self.store.flush(max(0.0, deadline - self.clock()))
         for agent in self.agents.values():
             if agent.stream is not None:
@@ -281,7 +285,7 @@ class Dispatcher:
             if agent.stream is not None and task.sent:
                 agent.stream.send(self._msg(cancel=pb.Cancel(task=_ref(task))))
             self.builds[task.build_id].requeue(task, self.clock())
-            self._status_dirty.add(task.build_id)
+            self.report.dirty.add(task.build_id)
         self._dirty = True
 
     def _grace_expired(self) -> None:
@@ -339,13 +343,19 @@ class Dispatcher:
         self._dirty = True
 
     def _schedule(self) -> None:
+        waiting = [b for b in self.builds.values() if b.ready]
+        if not waiting:
+            return
         auto = self.settings.auto_subscribe
-        free = {a.name: a.free() for a in self.agents.values() if a.eligible(auto)}
+        free = {}
+        for a in self.agents.values():
+            if a.stream is not None and a.cores > len(a.running) and a.eligible(auto):
+                free[a.name] = a.cores - len(a.running)
         total = sum(free.values())
         if not total:
             return
         demands = [scheduler.BuildDemand(b.id, list(itertools.islice(b.ready, total)), b.in_use)
-                   for b in self.builds.values() if b.ready]
+                   for b in waiting]
         now = time.time()
         for p in scheduler.schedule(demands, free, self.settings.max_cores_per_build):
             build = self.builds[p.build_id]
@@ -355,7 +365,7 @@ class Dispatcher:
             future = self.store.submit([self.etcd.ops.put(self.keys.task(*task.key), encode(record))])
             attempt = task.attempt
             future.add_done_callback(lambda f, t=task, a=p.agent, n=attempt: self._events.put(("assigned", t, a, n, f)))
-            self._status_dirty.add(build.id)
+            self.report.dirty.add(build.id)
 
     def _assigned(self, task: Task, agent_name: str, attempt: int, future) -> None:
         if task.state != ASSIGNING or task.attempt != attempt or task.agent != agent_name:
@@ -420,55 +430,23 @@ class Dispatcher:
         for stream, first in waiters:
             stream.send(self._msg(ack=pb.ResultAck(task=_ref(task), recorded=first)))
         self._write_records(build.finished_task(task, record, time.time(), self.clock()))
-        self._status_dirty.add(build.id)
+        self.report.dirty.add(build.id)
         self._dirty = True
 
     def _write_records(self, writes: list[tuple[Task, dict]]) -> None:
+        """Never-run records; retried until durable (or we stop leading)."""
         for i in range(0, len(writes), 100):
             chunk = writes[i:i + 100]
-            self.store.submit([self.etcd.ops.put(self.keys.task(*t.key), encode(rec)) for t, rec in chunk])
+            future = self.store.submit([self.etcd.ops.put(self.keys.task(*t.key), encode(rec)) for t, rec in chunk])
+            future.add_done_callback(lambda f, c=chunk: self._events.put(("retry-if-failed", f, c)))
         for t, _ in writes:
-            self._status_dirty.add(t.build_id)
+            self.report.dirty.add(t.build_id)
 
-    # -- status keys -------------------------------------------------------------------------
-    def _write_statuses(self) -> None:
-        if not self._status_dirty:
-            return
-        now = time.time()
-        for build_id in self._status_dirty:
-            build = self.builds.get(build_id)
-            if build is None:
-                continue
-            status = build.status_record(now)
-            self.store.submit([self.etcd.ops.put(self.keys.status_of_build(build_id), encode(status))],
-                              coalesce=True)
-            if build.over:
-                del self.builds[build_id]
-                self.finished_builds.add(build_id)
-        self._status_dirty.clear()
-
-    def _count_tasks(self) -> None:
-        queued = running = 0
-        for build in self.builds.values():
-            c = build.counts()
-            running += c["running"]
-            queued += c["total"] - c["running"] - c["done"] - c["failed"]
-        self.stats["queued"], self.stats["running"] = queued, running
-
-    def _write_runtime(self) -> None:
-        auto = self.settings.auto_subscribe
-        agents = {}
-        for a in self.agents.values():
-            if a.present or a.stream is not None or a.running:
-                agents[a.name] = {"connected": a.stream is not None, "running": len(a.running),
-                                  "cores": a.cores or int(a.info.get("cores") or 0),
-                                  "state": a.state(auto),
-                                  "builds": sorted({k[0] for k in a.running})}
-        if agents == self._last_runtime:
-            return
-        self._last_runtime = agents
-        value = {"coordinator": self.name, "epoch": self.epoch, "time": time.time(), "agents": agents}
-        self.store.submit([self.etcd.ops.put(self.keys.runtime, encode(value))], coalesce=True)
+    def _retry_if_failed(self, future, writes: list[tuple[Task, dict]]) -> None:
+        error = future.exception()
+        if error is not None and not isinstance(error, NotLeader) and not self._stopped.is_set():
+            log.warning("writing %d never-run task records failed (%s); retrying", len(writes), error)
+            self._after(RETRY_WRITE_AFTER, lambda: self._write_records(writes))
 
     # -- helpers ---------------------------------------------------------------------------------
     def _task(self, key: tuple[str, str]) -> Task | None:

@@ -76,6 +76,8 @@ class Build:
     state: str = "queued"
     started: float | None = None
     finished: float | None = None
+    status_written: float = float("-inf")   # monotonic time of the last build-status write
+    written_state: str | None = None        # the state that write carried
 
     @classmethod
     def from_spec(cls, spec: dict, order: float, records: dict[str, dict], now: float,

@@ -1,11 +1,16 @@
 """Group commit: every state write of the leader, fenced and batched.
 
 Callers `submit(ops)` a list of etcd ops that must commit together and get a
-`concurrent.futures.Future`. One writer thread gathers what is queued for a
-few milliseconds and commits it as one transaction of at most `max_ops` ops
+`concurrent.futures.Future`. Writer threads gather what is queued for a few
+milliseconds and commit it as one transaction of at most `max_ops` ops
 whose only comparison is the fence (the leader key's create revision equals
 our epoch, DESIGN.md section 3 rule 2). A future resolves only once its
-transaction committed.
+transaction committed. Up to `writers` transactions are in flight at once
+(etcd's round trip, not its throughput, is what limits one writer); writes
+of the same key never share or overtake a transaction, so each key's
+writes commit in submission order. Writes of different keys may commit in
+any order: submit a write that depends on another only once that one's
+future resolved.
 
 Failure:
 - the fence comparison fails: the epoch is stale for good (a create revision
@@ -52,7 +57,8 @@ class GroupCommit:
     """Batches fenced writes. Thread-safe; `close()` when done."""
 
     def __init__(self, etcd, fence_compare: Any | Iterable[Any], max_ops: int = 128,
-                 window: float = 0.002, on_not_leader: Callable[[], None] | None = None):
+                 window: float = 0.002, on_not_leader: Callable[[], None] | None = None,
+                 writers: int = 4):
         if not 1 <= max_ops <= 128:
             raise ValueError("max_ops must be between 1 and 128 (etcd's default txn limit)")
         self._etcd = etcd
@@ -65,13 +71,17 @@ class GroupCommit:
         self._coalescable: dict[bytes, _Entry] = {}   # key -> queued single-put entry
         self._in_flight = 0                          # entries taken by the writer, not resolved
         self._queued_ops = 0
+        self._busy_keys: set[bytes] = set()           # keys of transactions in flight
         self._closed = False
         self._failed: NotLeader | None = None
         # Counters for stats and benchmarks.
         self.txns = 0
         self.ops_committed = 0
-        self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
-        self._thread.start()
+        self.txn_seconds: collections.deque[float] = collections.deque(maxlen=10000)  # recent round trips
+        self._threads = [threading.Thread(target=self._run, name=f"group-commit-{i}", daemon=True)
+                         for i in range(writers)]
+        for thread in self._threads:
+            thread.start()
 
     # -- callers ------------------------------------------------------------
     def submit(self, ops: list, coalesce: bool = False) -> Future:
@@ -135,48 +145,72 @@ class GroupCommit:
             self._lock.notify_all()
         for entry in leftover:
             _fail(entry.future, EtcdError("the write queue closed before this write was sent"))
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout)
 
-    # -- writer thread --------------------------------------------------------
-    def _take_batch(self) -> list[_Entry] | None:
+    # -- writer threads -----------------------------------------------------------
+    def _take_batch(self) -> tuple[list[_Entry], set[bytes]] | None:
         with self._lock:
-            while not self._queue and not self._closed:
+            while True:
+                while not self._queue and not self._closed:
+                    self._lock.wait()
+                if self._closed:
+                    return None
+                # Let submissions made at about the same time join this batch.
+                deadline = time.monotonic() + self.window
+                while self._queued_ops < self.max_ops and not self._closed:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._lock.wait(left)
+                batch, keys = self._pick()
+                if batch:
+                    self._in_flight += len(batch)
+                    self._busy_keys |= keys
+                    return batch, keys
+                # Everything queued touches a key a transaction in flight writes: wait for it.
                 self._lock.wait()
-            if self._closed:
-                return None
-            # Let submissions made at about the same time join this batch.
-            deadline = time.monotonic() + self.window
-            while self._queued_ops < self.max_ops and not self._closed:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._lock.wait(left)
-            batch: list[_Entry] = []
-            keys: set[bytes] = set()
-            count = 0
-            while self._queue:
-                entry = self._queue[0]
-                if count + len(entry.ops) > self.max_ops or not keys.isdisjoint(entry.keys):
-                    break
-                self._queue.popleft()
-                self._queued_ops -= len(entry.ops)
-                if len(entry.ops) == 1:
-                    k = next(iter(entry.keys))
-                    if self._coalescable.get(k) is entry:
-                        del self._coalescable[k]
-                batch.append(entry)
-                keys |= entry.keys
-                count += len(entry.ops)
-            self._in_flight += len(batch)
-            return batch
+
+    def _pick(self) -> tuple[list[_Entry], set[bytes]]:
+        """Take up to max_ops ops in queue order, skipping (for now) entries
+        whose keys are written by a transaction in flight or by an entry
+        skipped before them, so each key's writes commit in submission order."""
+        batch: list[_Entry] = []
+        keys: set[bytes] = set()
+        blocked = set(self._busy_keys)
+        skipped: list[_Entry] = []
+        count = 0
+        scanned = 0
+        while self._queue and scanned < 4 * self.max_ops:
+            entry = self._queue[0]
+            if count + len(entry.ops) > self.max_ops:
+                break
+            self._queue.popleft()
+            scanned += 1
+            if not entry.keys.isdisjoint(blocked) or not entry.keys.isdisjoint(keys):
+                blocked |= entry.keys
+                skipped.append(entry)
+                continue
+            self._queued_ops -= len(entry.ops)
+            if len(entry.ops) == 1:
+                k = next(iter(entry.keys))
+                if self._coalescable.get(k) is entry:
+                    del self._coalescable[k]
+            batch.append(entry)
+            keys |= entry.keys
+            count += len(entry.ops)
+        self._queue.extendleft(reversed(skipped))
+        return batch, keys
 
     def _run(self) -> None:
         while True:
-            batch = self._take_batch()
-            if batch is None:
+            taken = self._take_batch()
+            if taken is None:
                 return
+            batch, keys = taken
             error: Exception | None = None
+            sent = time.monotonic()
             try:
                 ok, _ = self._etcd.txn(self._compare, [op for e in batch for op in e.ops], [])
                 if not ok:
@@ -186,13 +220,14 @@ class GroupCommit:
             except Exception as exc:  # noqa: BLE001 - a bug must not kill the writer silently
                 log.exception("group commit: unexpected error")
                 error = EtcdError(f"unexpected error writing to etcd: {exc!r}")
-            if error is None:
-                self.txns += 1
-                self.ops_committed += sum(len(e.ops) for e in batch)
             leftover: list[_Entry] = []
             first = False
-            if isinstance(error, NotLeader):
-                with self._lock:
+            with self._lock:
+                if error is None:
+                    self.txn_seconds.append(time.monotonic() - sent)
+                    self.txns += 1
+                    self.ops_committed += sum(len(e.ops) for e in batch)
+                elif isinstance(error, NotLeader):
                     first = self._failed is None
                     self._failed = error
                     leftover = list(self._queue)
@@ -206,8 +241,9 @@ class GroupCommit:
                     _fail(entry.future, error)
             with self._lock:
                 self._in_flight -= len(batch)
+                self._busy_keys -= keys
                 self._lock.notify_all()
-            if isinstance(error, NotLeader) and first and self.on_not_leader is not None:
+            if first and self.on_not_leader is not None:
                 try:
                     self.on_not_leader()
                 except Exception:  # noqa: BLE001
