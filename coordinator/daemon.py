@@ -79,7 +79,8 @@ class Coordinator:
         self._ready = False
         self._leader_name: str | None = None
         self._registered: tuple[int, bool] | None = None  # (lease, ready) last written
-        self.takeovers = 0
+        self.takeovers = 0   # times this coordinator began to lead
+        self.failovers = 0   # of which as a backup standing in for its primary
         self.admin_password: str | None = None
 
     # -- life cycle --------------------------------------------------------
@@ -230,6 +231,8 @@ class Coordinator:
         previous = self._last_other_leader
         kind, detail = self._takeover_kind(snap, previous)
         self._last_other_leader = None
+        if kind == "failover":
+            self.failovers += 1
         ops = event_ops(self.etcd, self.keys, kind, self.config.name, epoch, detail, now=self.wall)
         if snap.switchover and snap.switchover != self.config.name:
             ops.append(self.etcd.ops.delete(self.keys.switchover))  # a stale request: the baton is here now
@@ -416,6 +419,7 @@ class Coordinator:
             "lease_renewal_latency": self.session.last_renewal_latency if self.session else None,
             "renew_deadline": self.timings.renew_deadline,
             "takeovers": self.takeovers,
+            "failovers": self.failovers,
             "agents_connected": stats.get("agents_connected", 0),
             "tasks_dispatched": stats.get("tasks_dispatched", 0),
             "sentence": self._last_sentence,

@@ -36,6 +36,15 @@ def state_of(cluster, name):
     return read_state(str(cluster.dir / "state" / f"{name}.state.json"), max_age=3600) or {}
 
 
+def metrics_of(cluster, name) -> str:
+    import ssl
+    import urllib.request
+
+    context = ssl.create_default_context(cafile=cluster.ca) if cluster.ca else None
+    with urllib.request.urlopen(cluster.web_urls[name] + "/metrics", timeout=5, context=context) as resp:
+        return resp.read().decode()
+
+
 def events(cluster, via):
     return cluster.api(via).status().get("events", [])
 
@@ -67,6 +76,8 @@ def test_primary_sigkill_mid_build_fails_over_with_tls_and_hands_back(make_clust
     assert state_of(cluster, "b2").get("acting") is False, "the unselected backup stays idle"
     types = [e["type"] for e in events(cluster, "b1")]
     assert "failover" in types
+    metrics = metrics_of(cluster, "b1")
+    assert "baton_is_leader 1" in metrics and "baton_failovers_total 1" in metrics
     cluster.add_coordinator("p1", "primary")
     cluster.wait_leader("p1", timeout=30)
     finish_and_audit(cluster, build_id, since, ids, ran, "p1", "p1")
