@@ -184,7 +184,7 @@ class LocalCluster:
             self.wait_agents(self.n_agents, timeout=30)
             if select_backup and self.n_backups and self.web:
                 self.wait_registered("b1", timeout=30)
-                self.api("p1").select_backup("b1")
+                self.select_backup("b1")
         return self
 
     def _issue_certs(self) -> None:
@@ -325,6 +325,21 @@ class LocalCluster:
             self.api(name).request("GET", "/healthz")  # raises until it answers 200
             return True
         self._wait(answers, timeout, f"{name}'s web UI")
+
+    def select_backup(self, name: str | None, timeout: float = 30) -> None:
+        """Settings › Backup through the primary's API; a busy start-up may answer 503
+        (etcd slow to a new worker) for a moment, so retry until it is saved."""
+        from coordinator.api_client import ApiError
+
+        def saved() -> bool:
+            try:
+                self.api("p1").select_backup(name)
+                return True
+            except ApiError as exc:
+                if exc.status in (0, 403, 503):  # not up, not leading yet, or etcd busy: transient here
+                    return False
+                raise
+        self._wait(saved, timeout, f"backup {name} selected")
 
     def api(self, name: str, user: str = "admin", password: str | None = None):
         from coordinator.api_client import ApiClient
