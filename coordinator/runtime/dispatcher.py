@@ -27,10 +27,10 @@ from typing import Any, Callable
 
 import grpc
 
-from coordinator.keys import Keys, decode, encode, prefix_end
+from coordinator.keys import Keys, decode, encode
 from coordinator.protocol import agent_pb2 as pb
 from coordinator.runtime import scheduler
-from coordinator.runtime.loading import read_snapshot
+from coordinator.runtime.loading import read_snapshot, read_starting_point
 from coordinator.runtime.reporting import Reporter
 from coordinator.runtime.service import AgentStream
 from coordinator.runtime.state import ASSIGNING, RUNNING, Agent, Build, Task
@@ -76,10 +76,7 @@ class Dispatcher:
     def start(self) -> None:
         """Load the snapshot and start the watchers and the loop. Raises
         EtcdUnavailable when etcd cannot be read."""
-        root = self.keys.root
-        resp = self.etcd.range_response(root, prefix_end(root))
-        revision = resp.header.revision
-        kvs = {kv.key.decode(): kv for kv in resp.kvs}
+        kvs, revision = read_starting_point(self.etcd, self.keys)
         self._load(kvs)
         self._grace_deadline = self.clock() + self.grace
         for prefix, kind in ((self.keys.builds, "builds"), (self.keys.agents, "agents"),
