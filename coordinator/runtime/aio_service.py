@@ -128,8 +128,8 @@ class _AioService(agent_pb2_grpc.AgentServiceServicer):
                 elif body == "hello":
                     stream.abort(grpc.StatusCode.INVALID_ARGUMENT, "only the first message may be a Hello")
                     return
-        except (asyncio.CancelledError, grpc.RpcError):
-            return
+        except (asyncio.CancelledError, grpc.RpcError, grpc.aio.AbortError, grpc.aio.UsageError):
+            return  # the stream was ended (by us, the agent or a leadership change): nothing to report
         except Exception:  # noqa: BLE001
             log.exception("agent %s: reading the stream failed", stream.agent)
         stream.end()
