@@ -205,6 +205,10 @@ class CoordinatorLink:
         if code == grpc.StatusCode.FAILED_PRECONDITION:
             log.info("%s refused the stream (%s); reading the leader key again", self.leader.name, detail)
             self._recheck()
+            if detail and detail.startswith("not leader"):
+                # The leader key names it but its runtime is still loading (it won a moment
+                # ago): try again soon, without the growing backoff, so agents arrive at once.
+                return self.min_backoff / 2
             return None
         log.info("stream to %s broke (%s: %s); retrying", self.leader, code.name if code else "?", detail)
         return None
