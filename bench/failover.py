@@ -516,6 +516,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=20, help="failover trials (SIGKILL p1)")
     parser.add_argument("--switchovers", type=int, default=None, help="planned round trips (default: --trials)")
     parser.add_argument("--agents", type=int, default=200)
+    parser.add_argument("--pools", type=int, default=1,
+                        help="pool processes sharing the agents (several interpreters connect faster)")
     parser.add_argument("--ttl", type=int, default=2)
     parser.add_argument("--failback-delay", type=float, default=1.0,
                         help="seconds p1 must be ready before b1 hands back (product default 5)")
@@ -534,7 +536,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="baton-failover-bench-"))
     cluster = LocalCluster(workdir, agents=0, backups=1, ttl=args.ttl, tls=args.tls,
                            failback_delay=args.failback_delay, cluster="bench")
-    pool = monitor = feeder = None
+    pools: list[PoolProcess] = []
+    monitor = feeder = None
     failed = True
     results: dict[str, list[dict]] = {"failover": [], "switchover": [], "switchback": []}
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -546,14 +549,18 @@ def main(argv: list[str] | None = None) -> int:
                                                               "max_cores_per_build": args.max_cores_per_build})
         start_rev = cluster.etcd().revision()
         monitor = Monitor(cluster.etcd(), cluster.keys, args.agents, start_rev)
-        pool = PoolProcess(cluster, args.agents, cores=1, on_link=monitor.on_stream)
+        share, extra = divmod(args.agents, args.pools)
+        for j in range(args.pools):
+            pools.append(PoolProcess(cluster, share + (j < extra), cores=1, on_link=monitor.on_stream,
+                                     prefix=f"bench-agent-{j + 1}-" if args.pools > 1 else "bench-agent-"))
         epoch = cluster.leader()["epoch"]
         try:
             monitor.wait(lambda: monitor.all_agents_on("p1", epoch), 120, f"{args.agents} agents on p1")
         except TimeoutError:
-            print(pool.log_tail(), file=sys.stderr)
+            for pool in pools:
+                print(pool.log_tail(), file=sys.stderr)
             raise
-        print(f"{args.agents} pool agents on p1 after {time.monotonic() - started:.1f} s; "
+        print(f"{args.agents} pool agents ({args.pools} processes) on p1 after {time.monotonic() - started:.1f} s; "
               f"ttl {args.ttl} s, failback_delay {args.failback_delay:g} s, tls {args.tls}", flush=True)
         feeder = Feeder(cluster, monitor, args.build_tasks, args.backlog)
         feeder.start()
@@ -597,13 +604,14 @@ def main(argv: list[str] | None = None) -> int:
             if proc is not None:
                 tail = "\n".join(line[:300] for line in proc.log_tail(20).splitlines())
                 print(f"--- {proc.name} log tail ---\n{tail}", file=sys.stderr)
-        if pool is not None:
+        for pool in pools:
             print(f"--- pool log tail ---\n{pool.log_tail(20)}", file=sys.stderr)
         return 2
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         # Each step on its own: one failing must not leave the others' processes running.
-        for step in (feeder and feeder.stop, pool and pool.stop, monitor and monitor.stop, cluster.stop):
+        for step in (feeder and feeder.stop, *[pool.stop for pool in pools], monitor and monitor.stop,
+                     cluster.stop):
             if step:
                 try:
                     step()
