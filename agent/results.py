@@ -15,10 +15,10 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 
 from agent.runner import TaskRef, TaskResult
+from coordinator.daemon_state import write_json_atomically
 
 log = logging.getLogger(__name__)
 
@@ -107,16 +107,5 @@ class ResultBuffer:
             return len(self._results)
 
     def _write(self, result: TaskResult) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(result.to_json(), f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, os.path.join(self.directory, _file_name(result.task)))
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_json_atomically(os.path.join(self.directory, _file_name(result.task)), result.to_json(),
+                              durable=True)

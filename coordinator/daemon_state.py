@@ -20,14 +20,17 @@ import time
 from typing import Any
 
 
-def write_state(path: str, state: dict[str, Any]) -> None:
-    """Atomically replace the state file (write to a temp file, then rename)."""
-    state = dict(state, updated=time.time())
+def write_json_atomically(path: str, data: Any, durable: bool = False) -> None:
+    """Replace path with data as JSON, all or nothing (a temp file, then rename).
+    durable: fsync before the rename, for what must survive a crash (agent results)."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".state-")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(state, f)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -35,6 +38,11 @@ def write_state(path: str, state: dict[str, Any]) -> None:
         except OSError:
             pass
         raise
+
+
+def write_state(path: str, state: dict[str, Any]) -> None:
+    """Replace the state file, stamped with the time of writing."""
+    write_json_atomically(path, dict(state, updated=time.time()))
 
 
 def read_state(path: str | None, max_age: float, now: float | None = None) -> dict[str, Any] | None:

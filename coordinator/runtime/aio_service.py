@@ -22,7 +22,7 @@ import grpc
 
 from coordinator.protocol import agent_pb2 as pb
 from coordinator.protocol import agent_pb2_grpc
-from coordinator.runtime.service import Leading, _token_ok, stale_epoch
+from coordinator.runtime.service import Leading, _token_ok, handle_agent_message, stale_epoch
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +119,7 @@ class _AioService(agent_pb2_grpc.AgentServiceServicer):
                 message = await context.read()
                 if message is grpc.aio.EOF:
                     break
-                if message.epoch != stream.epoch:
-                    stream.abort(grpc.StatusCode.FAILED_PRECONDITION, stale_epoch(message.epoch, stream.epoch))
-                    return
-                body = message.WhichOneof("body")
-                if body == "result":
-                    post(("result", stream, message.result), stream.epoch)
-                elif body == "hello":
-                    stream.abort(grpc.StatusCode.INVALID_ARGUMENT, "only the first message may be a Hello")
+                if not handle_agent_message(message, stream, post):
                     return
         except (asyncio.CancelledError, grpc.RpcError, grpc.aio.AbortError, grpc.aio.UsageError):
             return  # the stream was ended (by us, the agent or a leadership change): nothing to report

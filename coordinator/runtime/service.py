@@ -39,6 +39,22 @@ def stale_epoch(sent: int, ours: int) -> str:
     return f"stale epoch {sent}; the leader's epoch is {ours}"
 
 
+def handle_agent_message(message: pb.AgentMessage, stream, post: Callable[[tuple, int], bool]) -> bool:
+    """One message after the Hello, for both servers (threaded and asyncio).
+    Returns False when the stream must end (it was aborted: stale epoch, a second Hello)."""
+    if message.epoch != stream.epoch:
+        stream.abort(grpc.StatusCode.FAILED_PRECONDITION, stale_epoch(message.epoch, stream.epoch))
+        return False
+    body = message.WhichOneof("body")
+    if body == "result":
+        post(("result", stream, message.result), stream.epoch)
+    elif body == "hello":
+        stream.abort(grpc.StatusCode.INVALID_ARGUMENT, "only the first message may be a Hello")
+        return False
+    # Heartbeats only keep the stream busy; presence is the agent's lease.
+    return True
+
+
 class AgentStream:
     """One connected agent's stream, as the dispatcher sees it: `send`
     queues a message, `end` says Goodbye and closes, `abort` ends it with a
@@ -127,16 +143,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         post: Callable[[tuple, int], bool] = self._runtime.post
         try:
             for message in request_iterator:
-                if message.epoch != stream.epoch:
-                    stream.abort(grpc.StatusCode.FAILED_PRECONDITION, stale_epoch(message.epoch, stream.epoch))
+                if not handle_agent_message(message, stream, post):
                     return
-                body = message.WhichOneof("body")
-                if body == "result":
-                    post(("result", stream, message.result), stream.epoch)
-                elif body == "hello":
-                    stream.abort(grpc.StatusCode.INVALID_ARGUMENT, "only the first message may be a Hello")
-                    return
-                # Heartbeats only keep the stream busy; presence is the agent's lease.
         except grpc.RpcError:
             pass  # the agent went away or the RPC was cancelled
         except Exception:  # noqa: BLE001
