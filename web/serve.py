@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import subprocess
 import sys
 from typing import Any
@@ -83,9 +84,30 @@ def web_env(config: Any, state_path: str | None, secret_key: str | None = None,
     return env
 
 
+def _die_with_parent() -> None:
+    """In the gunicorn child before exec: get SIGTERM when the coordinator dies.
+
+    A coordinator killed outright (SIGKILL, OOM) must not leave its UI running
+    on the web port: a restarted coordinator could not bind it, and the
+    orphan would serve a dead coordinator's pages. Linux only; elsewhere the
+    supervisor (systemd's control group, the container) cleans up.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 def start_gunicorn(config: Any, state_path: str | None, secret_key: str | None = None,
                    stdout=None, stderr=None) -> subprocess.Popen:
     """Start gunicorn serving this coordinator's UI on config.web; the caller stops it
-    (terminate(), then wait)."""
+    (terminate(), then wait). It also ends by itself when the coordinator process dies.
+    Call from the thread that lives as long as the coordinator (the main thread):
+    the kernel's parent-death signal follows the thread that forked."""
     argv = gunicorn_argv(config.web, config.tls_cert, config.tls_key)
-    return subprocess.Popen(argv, env=web_env(config, state_path, secret_key), stdout=stdout, stderr=stderr)
+    return subprocess.Popen(argv, env=web_env(config, state_path, secret_key), stdout=stdout, stderr=stderr,
+                            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
