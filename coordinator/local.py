@@ -405,7 +405,8 @@ def run_up(args) -> int:
             print(f"  trust the CA:    {cluster.ca}  (e.g. curl --cacert {cluster.ca} ...; or import it in"
                   f" your browser)")
         print(f"  logs:            {cluster.dir / 'logs'}")
-        print("Try: baton build submit examples/hello.yaml --wait "
+        print(f"Try: BATON_USER=admin BATON_PASSWORD={cluster.admin_password} "
+              "baton build submit examples/hello.yaml --wait "
               f"--etcd {cluster.etcd_urls}" + (f" --etcd-ca {cluster.ca} --ca {cluster.ca}" if cluster.tls else ""))
         print("Press Ctrl-C to stop everything.", flush=True)
         while not stop["now"]:
