@@ -359,10 +359,16 @@ class Dispatcher:
             task = build.tasks[p.task_id]
             record = build.assign(task, p.agent, now)
             self.agents[p.agent].running.add(task.key)
-            future = self.store.submit([self.etcd.ops.put(self.keys.task(*task.key), encode(record))])
+            future = self.store.submit([self._task_put(task, record)])
             attempt = task.attempt
             future.add_done_callback(lambda f, t=task, a=p.agent, n=attempt: self._events.put(("assigned", t, a, n, f)))
             self.report.dirty.add(build.id)
+
+    def _task_put(self, task: Task, record: dict):
+        """The put of a task record, signed with who wrote it under which epoch, so an
+        audit of etcd's history can show that no two coordinators wrote under one epoch."""
+        return self.etcd.ops.put(self.keys.task(*task.key),
+                                 encode(dict(record, epoch=self.epoch, coordinator=self.name)))
 
     def _assigned(self, task: Task, agent_name: str, attempt: int, future) -> None:
         if task.state != ASSIGNING or task.attempt != attempt or task.agent != agent_name:
@@ -412,7 +418,7 @@ class Dispatcher:
 
     def _write_result(self, task: Task) -> None:
         record = task.recording[0]
-        future = self.store.submit([self.etcd.ops.put(self.keys.task(*task.key), encode(record))])
+        future = self.store.submit([self._task_put(task, record)])
         future.add_done_callback(lambda f, t=task: self._events.put(("recorded", t, f)))
 
     def _recorded(self, task: Task, future) -> None:
@@ -434,7 +440,7 @@ class Dispatcher:
         """Never-run records; retried until durable (or we stop leading)."""
         for i in range(0, len(writes), 100):
             chunk = writes[i:i + 100]
-            future = self.store.submit([self.etcd.ops.put(self.keys.task(*t.key), encode(rec)) for t, rec in chunk])
+            future = self.store.submit([self._task_put(t, rec) for t, rec in chunk])
             future.add_done_callback(lambda f, c=chunk: self._events.put(("retry-if-failed", f, c)))
         for t, _ in writes:
             self.report.dirty.add(t.build_id)
