@@ -18,8 +18,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import hashlib
 import hmac
+import json
+import os
 import secrets
 import threading
 from typing import Callable
@@ -35,38 +39,62 @@ UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
 
 class LoginThrottle:
-    """Lock a (user, address) pair out after repeated failures."""
+    """Lock a (user, address) pair out after repeated failures.
 
-    def __init__(self, max_failures: int, lockout: float, clock: Callable[[], float]):
+    With `path`, the counts live in a small JSON file under an exclusive
+    flock, shared by every gunicorn worker of the coordinator (otherwise each
+    worker would grant its own max_failures attempts). Without it (tests, a
+    single process) they live in memory.
+    """
+
+    def __init__(self, max_failures: int, lockout: float, clock: Callable[[], float], path: str | None = None):
         self.max_failures = max_failures
         self.lockout = lockout
         self.clock = clock
-        self._failures: dict[tuple[str, str], int] = {}
-        self._locked_until: dict[tuple[str, str], float] = {}
+        self.path = path
+        self._memory: dict[str, list[float]] = {}  # "user\naddress" -> [failures, locked_until]
         self._lock = threading.Lock()
 
-    def seconds_locked(self, user: str, address: str) -> float:
+    @contextlib.contextmanager
+    def _table(self):
+        """The failure table, locked for this thread and (with a file) for every worker."""
         with self._lock:
-            until = self._locked_until.get((user, address), 0.0)
-            left = until - self.clock()
-            if left <= 0 and until:
-                del self._locked_until[(user, address)]
-            return max(0.0, left)
+            if not self.path:
+                yield self._memory
+                return
+            with open(self.path, "a+", encoding="utf-8") as f:
+                fcntl.flock(f, fcntl.LOCK_EX)
+                f.seek(0)
+                try:
+                    table = json.loads(f.read() or "{}")
+                except ValueError:
+                    table = {}
+                yield table
+                f.seek(0)
+                f.truncate()
+                f.write(json.dumps(table))
+
+    def seconds_locked(self, user: str, address: str) -> float:
+        with self._table() as table:
+            entry = table.get(f"{user}\n{address}")
+            return max(0.0, entry[1] - self.clock()) if entry else 0.0
 
     def failed(self, user: str, address: str) -> None:
-        with self._lock:
-            key = (user, address)
-            count = self._failures.get(key, 0) + 1
+        with self._table() as table:
+            if len(table) > 10_000:  # bounded under a spray of names
+                now = self.clock()
+                for key in [k for k, (_, until) in table.items() if until <= now]:
+                    del table[key]
+            key = f"{user}\n{address}"
+            count, until = table.get(key, [0, 0.0])
+            count += 1
             if count >= self.max_failures:
-                self._locked_until[key] = self.clock() + self.lockout
-                count = 0
-            self._failures[key] = count
-            if len(self._failures) > 100_000:  # bounded memory under a spray of names
-                self._failures.clear()
+                until, count = self.clock() + self.lockout, 0
+            table[key] = [count, until]
 
     def succeeded(self, user: str, address: str) -> None:
-        with self._lock:
-            self._failures.pop((user, address), None)
+        with self._table() as table:
+            table.pop(f"{user}\n{address}", None)
 
 
 class _VerifiedCache:
@@ -96,8 +124,11 @@ class _VerifiedCache:
 
 def init_app(app) -> None:
     cfg = app.config
+    state = cfg.get("BATON_DAEMON_STATE")
+    shared = os.path.join(os.path.dirname(os.path.abspath(state)), f"{cfg['BATON_NAME']}.login-failures.json") \
+        if state else None
     app.extensions["baton_throttle"] = LoginThrottle(
-        int(cfg["BATON_LOGIN_MAX_FAILURES"]), float(cfg["BATON_LOGIN_LOCKOUT"]), cfg["BATON_CLOCK"])
+        int(cfg["BATON_LOGIN_MAX_FAILURES"]), float(cfg["BATON_LOGIN_LOCKOUT"]), cfg["BATON_CLOCK"], shared)
     app.extensions["baton_verified"] = _VerifiedCache()
 
 
