@@ -94,11 +94,23 @@ class Dispatcher:
         """Stop dispatching, flush writes (acks go out), Goodbye every stream."""
         self.dispatching = False
         self._events.put(("stop", reason, timeout))
-        if self._thread is not None and self._thread is not threading.current_thread():
+        if self._thread is None:
+            # Never ran (its load failed): refuse the agents that said hello meanwhile.
+            self._refuse_queued(reason)
+        elif self._thread is not threading.current_thread():
             self._thread.join(timeout + 5)
         for w in self._watchers:
             w.stop()
         self.store.close(timeout=1.0)
+
+    def _refuse_queued(self, reason: str) -> None:
+        while True:
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                return
+            if event[0] == "hello":
+                event[1].abort(grpc.StatusCode.FAILED_PRECONDITION, f"not leader: {reason}")
 
     def _not_leader(self) -> None:
         # Called on the group commit's thread: stop handing out work now.

@@ -56,12 +56,16 @@ class Runtime:
                 self.stop("a new epoch began")
             dispatcher = Dispatcher(self.etcd, self.keys, self.name, epoch, self.timings.grace,
                                     self.clock, self._lost_leadership)
+            # Visible before it has loaded: agents that follow the new leader key at once
+            # are accepted, and their hellos wait in the dispatcher's queue until it runs,
+            # instead of being refused "not leader" while it reads its starting point.
+            self._dispatcher = dispatcher
             try:
                 dispatcher.start()
             except BaseException:
+                self._dispatcher = None
                 dispatcher.stop("could not load the cluster state", timeout=0.5)
                 raise
-            self._dispatcher = dispatcher
             log.info("runtime: leading with epoch %s", epoch)
 
     def stop(self, reason: str = "coordinator stopping") -> None:
