@@ -31,8 +31,17 @@ from lease.errors import BatonError, EtcdError, LeaseLost, NotLeader
 from lease.session import Session
 
 
+_say_lock = threading.Lock()
+
+
 def say(event: str, **fields: object) -> None:
-    print(json.dumps({"event": event, "t": time.time(), **fields}), flush=True)
+    """One JSON line per event. The session thread (on_lost) and the main thread both
+    report, so each line is written whole under a lock: print() writes the text and the
+    newline separately, and two threads' lines could otherwise run together."""
+    line = json.dumps({"event": event, "t": time.time(), **fields}) + "\n"
+    with _say_lock:
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
