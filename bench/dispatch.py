@@ -5,8 +5,8 @@
 
 Everything is real: a single-member etcd (started here unless --etcd is
 given), a Session + Election for the epoch, the Runtime served on a gRPC
-server on 127.0.0.1 (`--transport sync`: Runtime.add_to_server on a
-grpc.server, what the daemon does today; `aio`: AioAgentServer), and an agent
+server on 127.0.0.1 (`--transport aio`, the default: AioAgentServer, what the
+daemon serves; `sync`: Runtime.add_to_server on a threaded grpc.server), and an agent
 pool in a child process (grpc.aio, so that it neither shares the
 coordinator's interpreter lock nor eats much of the machine): `--agents`
 agents with `--cores` cores each, one gRPC stream per agent, presence keys
@@ -35,7 +35,6 @@ import queue
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from concurrent import futures
@@ -267,8 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chains", type=int, default=50)
     parser.add_argument("--chain-length", type=int, default=20)
     parser.add_argument("--etcd", default=None, help="use this etcd instead of starting one")
-    parser.add_argument("--transport", choices=("sync", "aio"), default="sync",
-                        help="sync: Runtime.add_to_server on grpc.server (what the daemon does); "
+    parser.add_argument("--transport", choices=("sync", "aio"), default="aio",
+                        help="aio: AioAgentServer (what the daemon serves); sync: Runtime.add_to_server on a threaded grpc.server; "
                              "aio: AioAgentServer")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)

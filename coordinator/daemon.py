@@ -73,7 +73,6 @@ class Coordinator:
         self.web_proc = None
         self._watchers: list[Watcher] = []
         self._last_sentence = ""
-        self._last_decision: ha.Decision | None = None
         self._primary_seen: tuple[int, float] | None = None  # (registration revision, first seen ready)
         self._last_other_leader: ha.Leader | None = None  # who led before us, to name the takeover
         self._ready = False
@@ -173,7 +172,6 @@ class Coordinator:
                 me = self._me(snap)
                 decision = ha.decide(snap, me)
                 self._act(decision, snap)
-                self._last_decision = decision
                 if snap.leader is not None and snap.leader.name != self.config.name:
                     self._last_other_leader = snap.leader
                 self._say(decision.sentence)
@@ -188,8 +186,12 @@ class Coordinator:
         return ha.Me(name=self.config.name, role=self.config.role, primary=self.config.primary,
                      epoch=epoch, acting=acting, now=self.wall(),
                      primary_ready_for=self._primary_ready_for(snap),
-                     failback_delay=snap.settings.failback_delay if snap.settings else self.timings.failback_delay,
+                     failback_delay=self._failback_delay(snap.settings),
                      contact_interval=min(1.0, snap.settings.deselect_after / 10))
+
+    def _failback_delay(self, settings) -> float:
+        """The cluster setting when an admin saved one, else this backup's --failback-delay."""
+        return self.timings.failback_delay if settings.failback_delay is None else settings.failback_delay
 
     def _primary_ready_for(self, snap: ha.Snapshot) -> float | None:
         """How long (by our own clock) our primary has been registered and ready."""
@@ -401,9 +403,6 @@ class Coordinator:
             log.info("%s", sentence)
             self._last_sentence = sentence
 
-    @property
-    def sentence(self) -> str:
-        return self._last_sentence
 
     def _write_state(self, snap: ha.Snapshot | None) -> None:
         stats = self.runtime.stats() if self.runtime is not None else {}

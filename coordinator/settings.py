@@ -18,7 +18,7 @@ class Settings:
     auto_subscribe: bool = True
     max_cores_per_build: int = 0  # 0 means no limit
     deselect_after: float = 3600.0
-    failback_delay: float = 5.0
+    failback_delay: float | None = None  # None: each backup's own --failback-delay
 
     @classmethod
     def from_json(cls, raw: bytes | str | None) -> "Settings":
@@ -55,6 +55,8 @@ def validate_update(changes: Any) -> dict[str, Any]:
         elif key == "max_cores_per_build":
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError("max_cores_per_build must be a whole number >= 0 (0 = no limit)")
+        elif key == "failback_delay" and value is None:
+            pass  # back to each backup's own --failback-delay
         elif key in ("deselect_after", "failback_delay"):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"{key} must be a number of seconds >= 0")

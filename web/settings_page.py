@@ -40,7 +40,8 @@ def save_all():
             "auto_subscribe": request.form.get("auto_subscribe") == "on",
             "max_cores_per_build": _number("max_cores_per_build", int),
             "deselect_after": _number("deselect_after") * 60,  # the form speaks minutes
-            "failback_delay": _number("failback_delay"),
+            # Empty: each backup uses its own --failback-delay.
+            "failback_delay": _number("failback_delay") if request.form.get("failback_delay", "").strip() else None,
         }
         actions.update_settings(etcd_access.client(), etcd_access.keys(), epoch, changes,
                                 current_app.config["BATON_NAME"])
