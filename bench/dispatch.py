@@ -21,7 +21,12 @@ Measured:
 - scheduling latency: `--chains` chains of `--chain-length` tasks (each
   depends on the previous): from the agent receiving the ack of a task's
   dependency (the dependency is durable: the dependant is ready) to an
-  agent receiving the dependant's Assignment; p50/p99.
+  agent receiving the dependant's Assignment; p50/p99. Measured twice:
+  the chains alone, and under that load (as many chains as a fair share of
+  the cores, submitted with `--builds` more throughput builds, which are
+  still running when the chains end). A dependant is usually placed in the
+  same transaction as its dependency's result (dispatcher.py), so this is
+  mostly the coordinator's own turn time, not an etcd round trip.
 
 Targets (issue "Coordinator, agents and builds"): >= 3,000 tasks/s, p99 <=
 20 ms. Exits 1 if one is missed.
@@ -162,6 +167,18 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, int(round(q * len(ordered) + 0.5)) - 1))]
 
 
+def chain_tasks(chains: int, length: int) -> list[dict]:
+    """`chains` chains of `length` no-op tasks, each link depending on the one before."""
+    return [{"id": f"c{c}-{j}", "cmd": "true", "deps": [f"c{c}-{j - 1}"] if j else [], "timeout": 0, "env": {}}
+            for c in range(chains) for j in range(length)]
+
+
+def link_latencies(received: dict, acked: dict, build_id: str, chains: int, length: int) -> list[float]:
+    """For every link after the first: its dependency's ack -> its Assignment."""
+    return [received[(build_id, f"c{c}-{j}")] - acked[(build_id, f"c{c}-{j - 1}")]
+            for c in range(chains) for j in range(1, length)]
+
+
 def run(args) -> dict:
     member = None
     if args.etcd:
@@ -200,8 +217,8 @@ def run(args) -> dict:
         wait_until(lambda: runtime.stats()["agents_connected"] == args.agents, 60, message="agents connected")
 
         # Throughput: independent no-op tasks, more than the cores.
-        build_ids = [f"tp{i}" for i in range(args.builds)]
         tasks = [{"id": f"t{j}", "cmd": "true", "deps": [], "timeout": 0, "env": {}} for j in range(args.tasks)]
+        build_ids = [f"tp{i}" for i in range(args.builds)]
         start = time.monotonic()
         cpu_start = time.process_time()
         for b in build_ids:
@@ -212,23 +229,28 @@ def run(args) -> dict:
         total = args.builds * args.tasks
         throughput = total / elapsed
 
-        # Latency: chains, each link ready when its dependency is durable.
-        chain_tasks = []
-        for c in range(args.chains):
-            for j in range(args.chain_length):
-                deps = [f"c{c}-{j - 1}"] if j else []
-                chain_tasks.append({"id": f"c{c}-{j}", "cmd": "true", "deps": deps, "timeout": 0, "env": {}})
-        submit(etcd, keys, "chains", chain_tasks)
+        # Latency, alone: chains, each link ready when its dependency is durable.
+        submit(etcd, keys, "chains", chain_tasks(args.chains, args.chain_length))
         wait_done(etcd, keys, ["chains"], timeout=600)
+        # Latency under that load: the same chains (as many as their fair share
+        # of the cores) while the throughput builds run again beside them.
+        loaded_chains = min(args.chains, args.agents * args.cores // (args.builds + 1))
+        loaded_ids = [f"load{i}" for i in range(args.builds)]
+        for b in loaded_ids:
+            submit(etcd, keys, b, tasks)
+        submit(etcd, keys, "chains-loaded", chain_tasks(loaded_chains, args.chain_length))
+        wait_done(etcd, keys, ["chains-loaded"], timeout=600)
+        load_statuses = [decode(etcd.get(keys.status_of_build(b))[0]) or {} for b in loaded_ids]
+        overlapped = all(s.get("state") not in ("done", "failed") for s in load_statuses)
+        wait_done(etcd, keys, loaded_ids, timeout=600)
         commands.put("report")
         received, acked, pool_cpu = replies.get(timeout=60)
-        latencies = []
-        for c in range(args.chains):
-            for j in range(1, args.chain_length):
-                ready = acked[("chains", f"c{c}-{j - 1}")]
-                latencies.append(received[("chains", f"c{c}-{j}")] - ready)
+        latencies = link_latencies(received, acked, "chains", args.chains, args.chain_length)
+        loaded = link_latencies(received, acked, "chains-loaded", loaded_chains, args.chain_length)
         txn_times = list(runtime._dispatcher.store.txn_seconds)
-        statuses = [decode(etcd.get(keys.status_of_build(b))[0]) for b in build_ids + ["chains"]]
+        early = runtime.stats()
+        statuses = [decode(etcd.get(keys.status_of_build(b))[0])
+                    for b in build_ids + loaded_ids + ["chains", "chains-loaded"]]
         assert all(s["state"] == "done" and s["done"] == s["total"] for s in statuses), statuses
     finally:
         commands.put("stop")
@@ -252,6 +274,11 @@ def run(args) -> dict:
         "latency_p50_ms": round(statistics.median(latencies) * 1000, 2),
         "latency_p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
         "latency_max_ms": round(max(latencies) * 1000, 2),
+        "released_early": early["released_early"], "placed_early": early["placed_early"],
+        "loaded_chains": loaded_chains, "loaded_overlapped": overlapped,
+        "loaded_latency_p50_ms": round(statistics.median(loaded) * 1000, 2),
+        "loaded_latency_p99_ms": round(percentile(loaded, 0.99) * 1000, 2),
+        "loaded_latency_max_ms": round(max(loaded) * 1000, 2),
         "txn_p50_ms": round(statistics.median(txn_times) * 1000, 2),
         "txn_p99_ms": round(percentile(txn_times, 0.99) * 1000, 2),
     }
@@ -284,9 +311,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scheduling latency (dependency acked -> assignment received), "
               f"{result['latency_samples']} samples: p50 {result['latency_p50_ms']} ms, "
               f"p99 {result['latency_p99_ms']} ms, max {result['latency_max_ms']} ms")
+        print(f"  under load ({result['loaded_chains']} chains beside {args.builds} builds of {args.tasks} tasks, "
+              f"{'still running' if result['loaded_overlapped'] else 'NOT overlapping'} when the chains ended): "
+              f"p50 {result['loaded_latency_p50_ms']} ms, p99 {result['loaded_latency_p99_ms']} ms, "
+              f"max {result['loaded_latency_max_ms']} ms")
+        print(f"dependants released with their dependency's result: {result['released_early']}, "
+              f"placed in the same transaction: {result['placed_early']}")
         print(f"etcd transaction round trips (group commit, last 10000): p50 {result['txn_p50_ms']} ms, "
               f"p99 {result['txn_p99_ms']} ms")
-    ok = result["tasks_per_s"] >= 3000 and result["latency_p99_ms"] <= 20
+    ok = (result["tasks_per_s"] >= 3000 and result["latency_p99_ms"] <= 20
+          and result["loaded_latency_p99_ms"] <= 20)
     if not ok:
         print("target missed: want >= 3000 tasks/s and p99 <= 20 ms", file=sys.stderr)
     return 0 if ok else 1

@@ -276,6 +276,40 @@ def test_dependencies_run_in_order(etcd, keys, farm):
     wait_until(lambda: status(etcd, keys, "b1").get("state") == "done", 10)
 
 
+def test_a_released_dependant_is_marked_running_in_its_dependency_results_transaction(etcd, keys, farm):
+    """The chain's next link needs no second etcd round trip: its running
+    record commits with the result that releases it (never before it), on
+    the agent that ran the dependency, and its Assignment follows the ack."""
+    a1 = farm.agent("a1", cores=1)
+    a2 = farm.agent("a2", cores=2)
+    for a in (a1, a2):
+        a.wait("welcome")
+    submit(etcd, keys, "b1", [{"id": "compile"}, {"id": "link", "deps": ["compile"]}])
+    ran_compile = wait_until(lambda: next((a for a in (a1, a2) if a.assignments()), None), 10)
+    ran_compile.send_result(("b1", "compile", 1))
+    assign = ran_compile.wait("assign", 2)
+    assert assign.task.task_id == "link" and assign.task.attempt == 1
+    kinds = [m.WhichOneof("body") for m in ran_compile.messages]
+    assert kinds.index("ack") < len(kinds) - 1 - kinds[::-1].index("assign")  # ack, then the assignment
+    compile_meta = etcd.get(keys.task("b1", "compile"))[1]
+    link_value, link_meta = etcd.get(keys.task("b1", "link"))
+    assert decode(link_value)["state"] == "running" and decode(link_value)["agent"] == ran_compile.name
+    assert link_meta.mod_revision == compile_meta.mod_revision  # one transaction
+    assert farm.runtime.stats()["placed_early"] == 1
+    ran_compile.send_result(("b1", "link", 1))
+    wait_until(lambda: status(etcd, keys, "b1").get("state") == "done", 10)
+
+
+def test_a_failed_result_releases_nothing_early(etcd, keys, farm):
+    a1 = farm.agent("a1", cores=2)
+    submit(etcd, keys, "b1", [{"id": "compile"}, {"id": "link", "deps": ["compile"]}])
+    a1.wait("assign")
+    a1.send_result(("b1", "compile", 1), exit_code=1)
+    wait_until(lambda: status(etcd, keys, "b1").get("state") == "failed", 10)
+    assert a1.assignments() == [("b1", "compile", 1)]
+    assert farm.runtime.stats()["released_early"] == 0
+
+
 def test_a_failed_task_fails_the_build_and_its_dependants_never_run(etcd, keys, farm):
     a1 = farm.agent("a1", cores=1)
     submit(etcd, keys, "b1", [{"id": "compile"}, {"id": "link", "deps": ["compile"]},

@@ -82,3 +82,16 @@ def test_each_task_placed_once():
     out = schedule(builds, {f"a{i}": 4 for i in range(20)})
     assert len(out) == 35
     assert len({(p.build_id, p.task_id) for p in out}) == 35
+
+
+def test_a_preferred_agent_with_a_free_core_gets_the_task():
+    prefer = {("b1", "t1"): "small"}
+    out = schedule([BuildDemand("b1", ["t0", "t1"])], {"big": 4, "small": 1}, prefer=prefer)
+    assert {(p.task_id, p.agent) for p in out} == {("t0", "big"), ("t1", "small")}
+
+
+def test_a_preferred_agent_without_a_free_core_is_ignored_and_counts_stay_right():
+    prefer = {("b1", "t0"): "full", ("b1", "t1"): "a1", ("b1", "t2"): "a1"}
+    out = schedule([BuildDemand("b1", tasks("t", 6))], {"a1": 1, "a2": 2, "full": 0}, prefer=prefer)
+    assert len(out) == 3 and per_agent(out) == {"a1": 1, "a2": 2}
+    assert dict((p.task_id, p.agent) for p in out)["t1"] == "a1"

@@ -7,6 +7,10 @@ rules simple to check:
 
 - a task is marked running (attempt, agent) durably BEFORE its Assignment
   is sent, so a new leader knows who runs what;
+- a dependant that a result is about to release may be placed at once: its
+  running record then goes in the SAME transaction as that result, so it is
+  durable exactly when its dependency is (never before), and the Assignment
+  follows the ResultAck without waiting for a second round trip to etcd;
 - a result counts only for the task's current attempt on its current agent
   (rule 5), and is acknowledged only once durable; duplicates and stale
   results are acknowledged with recorded=false;
@@ -23,7 +27,7 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import grpc
 
@@ -33,7 +37,7 @@ from coordinator.runtime import scheduler
 from coordinator.runtime.loading import read_snapshot, read_starting_point
 from coordinator.runtime.reporting import Reporter
 from coordinator.runtime.service import AgentStream
-from coordinator.runtime.state import ASSIGNING, RUNNING, Agent, Build, Task
+from coordinator.runtime.state import ASSIGNING, DONE, READY, RUNNING, WAITING, Agent, Build, Task
 from coordinator.runtime.store import GroupCommit
 from coordinator.settings import Settings
 from lease.errors import NotLeader
@@ -44,6 +48,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT_EVERY = 1.0
 RUNTIME_KEY_EVERY = 0.5
 RETRY_WRITE_AFTER = 0.5
+MAX_RELEASED_EARLY = 64   # dependants per result placed in its transaction (etcd allows 128 ops)
 
 
 class Dispatcher:
@@ -64,11 +69,13 @@ class Dispatcher:
         self._later: list = []            # heap of (when, seq, fn)
         self._seq = itertools.count()
         self._dirty = True                # something changed: run the scheduler
+        self._results_to_write: list[Task] = []   # results taken this loop turn, written at its end
         self._awaiting_hello: set[str] = set()
         self._grace_deadline = 0.0
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
-        self.stats = {"agents_connected": 0, "tasks_dispatched": 0, "queued": 0, "running": 0}
+        self.stats = {"agents_connected": 0, "tasks_dispatched": 0, "queued": 0, "running": 0,
+                      "released_early": 0, "placed_early": 0}
         self.report = Reporter(etcd, self.store, keys, name, epoch, self.builds, self.finished_builds,
                                clock, self._events.put, self._after)
 
@@ -177,9 +184,7 @@ class Dispatcher:
                     heapq.heappop(self._later)[2]()
                 if self._awaiting_hello and now >= self._grace_deadline:
                     self._grace_expired()
-                if self._dirty and self.dispatching:
-                    self._dirty = False
-                    self._schedule()
+                self._schedule_and_record()
                 self.report.write_statuses()
                 if now >= next_heartbeat:
                     next_heartbeat = now + HEARTBEAT_EVERY
@@ -230,6 +235,9 @@ class Dispatcher:
         not recorded: the agents keep them for the next leader."""
         self.dispatching = False
         deadline = self.clock() + timeout
+        for task in self._results_to_write:   # taken before the stop: their acks can still go out
+            self._write_result(task)
+        self._results_to_write = []
         while pending or (self.clock() < deadline and (self.store.pending() or not self._events.empty())):
             if pending:
                 event = pending.pop(0)
@@ -351,7 +359,41 @@ class Dispatcher:
             self._add_build(decode(e.value), e.create_revision, {}, {})
         self._dirty = True
 
-    def _schedule(self) -> None:
+    def _schedule_and_record(self) -> None:
+        """End of a loop turn: place ready tasks, then write this turn's
+        results, each together with the running records of the dependants it
+        releases that were placed now (see _release_early)."""
+        results, self._results_to_write = self._results_to_write, []
+        early = self._release_early(results) if self.dispatching else {}
+        joined: dict[tuple, list] = {key: [] for key in {t.key for t in early.values()}}
+        if (self._dirty or early) and self.dispatching:
+            self._dirty = False
+            self._schedule(early, joined)
+        self.stats["released_early"] += len(early)
+        self.stats["placed_early"] += sum(len(placed) for placed in joined.values())
+        for key in early:
+            task = self._task(key)
+            if task.state == READY:  # not placed: it waits for the result to be durable, as usual
+                self.builds[task.build_id].hold_back(task)
+        for task in results:
+            self._write_result(task, joined.get(task.key, ()))
+
+    def _release_early(self, results: list[Task]) -> dict[tuple, Task]:
+        """Dependants whose last missing dependency is one of these successful
+        results: made ready now, to be placed only in this turn."""
+        early: dict[tuple, Task] = {}
+        for task in results:
+            if task.recording[0]["state"] != DONE:
+                continue
+            build = self.builds[task.build_id]
+            for dep_id in build.dependants[task.id][:MAX_RELEASED_EARLY]:
+                dep = build.tasks[dep_id]
+                if dep.state == WAITING and dep.waiting_on == 1 and dep.key not in early:
+                    build.release_early(dep, self.clock())
+                    early[dep.key] = task
+        return early
+
+    def _schedule(self, early: dict[tuple, Task], joined: dict[tuple, list]) -> None:
         waiting = [b for b in self.builds.values() if b.ready]
         if not waiting:
             return
@@ -366,14 +408,19 @@ class Dispatcher:
         demands = [scheduler.BuildDemand(b.id, list(itertools.islice(b.ready, total)), b.in_use)
                    for b in waiting]
         now = time.time()
-        for p in scheduler.schedule(demands, free, self.settings.max_cores_per_build):
+        prefer = {key: dependency.agent for key, dependency in early.items()}
+        for p in scheduler.schedule(demands, free, self.settings.max_cores_per_build, prefer):
             build = self.builds[p.build_id]
             task = build.tasks[p.task_id]
             record = build.assign(task, p.agent, now)
             self.agents[p.agent].running.add(task.key)
-            future = self.store.submit([self._task_put(task, record)])
-            attempt = task.attempt
-            future.add_done_callback(lambda f, t=task, a=p.agent, n=attempt: self._events.put(("assigned", t, a, n, f)))
+            dependency = early.get(task.key)
+            if dependency is not None:
+                joined[dependency.key].append((task, p.agent, task.attempt, self._task_put(task, record)))
+            else:
+                future = self.store.submit([self._task_put(task, record)])
+                future.add_done_callback(lambda f, t=task, a=p.agent, n=task.attempt:
+                                         self._events.put(("assigned", t, a, n, f)))
             self.report.dirty.add(build.id)
 
     def _task_put(self, task: Task, record: dict):
@@ -390,9 +437,13 @@ class Dispatcher:
         error = future.exception()
         if error is not None:
             if not isinstance(error, NotLeader):
-                log.warning("task %s/%s: marking it running failed (%s); queued again", *task.key, error)
                 agent.running.discard(task.key)
-                build.unassign(task, self.clock())
+                if task.waiting_on:
+                    # Placed early with its dependency's result, which did not land either.
+                    build.hold_back(task)
+                else:
+                    log.warning("task %s/%s: marking it running failed (%s); queued again", *task.key, error)
+                    build.unassign(task, self.clock())
                 self._dirty = True
             return
         task.state = RUNNING
@@ -422,16 +473,24 @@ class Dispatcher:
         record = task.result_record(ref_exit(result), result.duration,
                                     result.output_tail.decode("utf-8", "replace"), result.error, time.time())
         task.recording = (record, [(stream, True)])
+        self.builds[task.build_id].result_taken(task)
         agent = self.agents.get(stream.agent)
         if agent is not None:
             agent.running.discard(task.key)  # the core is free now; dependants wait for durability
-        self._write_result(task)
+        self._results_to_write.append(task)   # at the end of this turn, see _schedule_and_record
         self._dirty = True
 
-    def _write_result(self, task: Task) -> None:
-        record = task.recording[0]
-        future = self.store.submit([self._task_put(task, record)])
-        future.add_done_callback(lambda f, t=task: self._events.put(("recorded", t, f)))
+    def _write_result(self, task: Task, placed: Iterable[tuple] = ()) -> None:
+        """Write the result (with the running records of dependants placed
+        early: one transaction, so all land or none)."""
+        placed = list(placed)
+        future = self.store.submit([self._task_put(task, task.recording[0])] + [op for *_, op in placed])
+
+        def done(f, placed=placed) -> None:
+            self._events.put(("recorded", task, f))  # first: it makes the dependants ready
+            for dependant, agent, attempt, _ in placed:
+                self._events.put(("assigned", dependant, agent, attempt, f))
+        future.add_done_callback(done)
 
     def _recorded(self, task: Task, future) -> None:
         error = future.exception()

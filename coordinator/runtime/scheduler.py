@@ -10,7 +10,11 @@ holds cores another build could use. Running tasks are never preempted: a
 build over its share just gets nothing until the others catch up.
 
 Each granted core is taken from the agent with the most free cores (ties by
-name), which spreads work over the farm. One task uses one core.
+name), which spreads work over the farm, unless the task names a preferred
+agent with a free core: a dependant released by its dependency's result
+prefers the agent that ran the dependency (its work directory is warm there,
+and its Assignment follows that result's ack on the same stream). One task
+uses one core.
 """
 from __future__ import annotations
 
@@ -37,14 +41,20 @@ class Placement:
 
 
 def schedule(builds: Sequence[BuildDemand], free_cores: Mapping[str, int],
-             max_cores_per_build: int = 0) -> list[Placement]:
+             max_cores_per_build: int = 0,
+             prefer: Mapping[tuple[str, str], str] | None = None) -> list[Placement]:
     """Placements for this round. `builds` in submission order; `free_cores`
-    only for agents that may get work; max_cores_per_build 0 means no cap."""
-    agents = [(-free, name) for name, free in free_cores.items() if free > 0]
-    total_free = sum(-f for f, _ in agents)
-    if not total_free:
+    only for agents that may get work; max_cores_per_build 0 means no cap;
+    `prefer` maps (build id, task id) to the agent that task should go to if
+    it has a free core."""
+    free = {name: n for name, n in free_cores.items() if n > 0}
+    if not free:
         return []
+    prefer = prefer or {}
+    # Most free cores first; an entry is stale (skipped) once its count changed.
+    agents = [(-n, name) for name, n in free.items()]
     heapq.heapify(agents)
+    left = sum(free.values())
     # (cores held, submission order, index into ready, demand)
     candidates = []
     for order, build in enumerate(builds):
@@ -55,13 +65,21 @@ def schedule(builds: Sequence[BuildDemand], free_cores: Mapping[str, int],
             candidates.append((build.in_use, order, 0, limit))
     heapq.heapify(candidates)
     placements: list[Placement] = []
-    while candidates and agents:
+    while candidates and left:
         held, order, taken, limit = heapq.heappop(candidates)
         build = builds[order]
-        neg_free, agent = heapq.heappop(agents)
-        placements.append(Placement(build.build_id, build.ready[taken], agent))
-        if neg_free + 1 < 0:
-            heapq.heappush(agents, (neg_free + 1, agent))
+        task_id = build.ready[taken]
+        agent = prefer.get((build.build_id, task_id))
+        if not free.get(agent):
+            while True:
+                neg_free, agent = heapq.heappop(agents)
+                if free.get(agent) == -neg_free:
+                    break
+        free[agent] -= 1
+        left -= 1
+        if free[agent]:
+            heapq.heappush(agents, (-free[agent], agent))
+        placements.append(Placement(build.build_id, task_id, agent))
         if taken + 1 < limit:
             heapq.heappush(candidates, (held + 1, order, taken + 1, limit))
     return placements

@@ -192,12 +192,32 @@ class Build:
         self.requeue(task, monotonic)
         task.attempt -= 1  # assign() adds one again
 
-    def finished_task(self, task: Task, record: dict, now: float, monotonic: float
-                      ) -> list[tuple[Task, dict]]:
-        """The task's result is durable: free its core, release or fail its
-        dependants. Returns the never-run records to write."""
+    def result_taken(self, task: Task) -> None:
+        """The agent reported the result (now being written): its core is free
+        for the scheduler, e.g. for a dependant placed early."""
         if task.state in HOLDS_CORE:
             self.in_use -= 1
+
+    def release_early(self, task: Task, monotonic: float) -> None:
+        """Make a waiting task, whose one missing dependency's result is being
+        written, ready for this scheduling round only (see hold_back)."""
+        self._make_ready(task, monotonic)
+
+    def hold_back(self, task: Task) -> None:
+        """Undo release_early (not placed, or its running record did not land
+        with its dependency's result): waiting again, attempt as before."""
+        self.ready.pop(task.id, None)
+        if task.state in HOLDS_CORE:
+            self.in_use -= 1
+            task.attempt -= 1
+        task.state, task.agent, task.assigned, task.sent = WAITING, None, None, False
+
+    def finished_task(self, task: Task, record: dict, now: float, monotonic: float
+                      ) -> list[tuple[Task, dict]]:
+        """The task's result is durable: release or fail its dependants.
+        Returns the never-run records to write."""
+        if task.state in HOLDS_CORE and task.recording is None:
+            self.in_use -= 1   # (result_taken freed the core when the result came in)
         task.state, task.record, task.recording = record["state"], record, None
         if task.state == DONE:
             self.n_done += 1
