@@ -88,6 +88,9 @@ class Agent:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._old_links: list[CoordinatorLink] = []
+        # A stream held open to the coordinator the leader names as its successor (on_message).
+        self._standby: CoordinatorLink | None = None
+        self._standby_from: tuple | None = None   # identity of the leader that announced the successor
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self, run_loop: bool = True) -> "Agent":
@@ -114,6 +117,9 @@ class Agent:
             self._thread.join(timeout)
         with self.lock:
             link, self._link = self._link, None
+            standby, self._standby = self._standby, None
+        if standby is not None:
+            self._old_links.append(standby)
         for old in [*self._old_links, *([link] if link else [])]:
             old.close()
         self.follower.stop()
@@ -195,7 +201,7 @@ class Agent:
 
     def tick_presence(self) -> None:
         """Write the presence key if its value or the lease changed (one etcd write at most)."""
-        self.presence.sync(self._presence_value())
+        self.presence.sync(self.presence_value())
 
     def _reconcile_link(self, leader: LeaderView | None) -> None:
         with self.lock:
@@ -209,12 +215,49 @@ class Agent:
                 link.close()
                 self._old_links.append(link)
                 self._link = link = None
+            standby = self._standby
+            if standby is not None and (not standby.alive or (
+                    leader is not None and leader.identity != self._standby_from
+                    and leader.name != standby.leader.name)):
+                self._drop_standby()  # someone else leads now: the coordinator it waits for did not take over
             if link is None and leader is not None and not self._stopping.is_set():
-                self._link = CoordinatorLink(
-                    leader, self, token=self.config.agent_token, root_certificates=self._root_certificates,
-                    agent_name=self.config.name).start()
+                standby, self._standby = self._standby, None
+                if standby is not None and standby.activate(leader):
+                    self._link = standby  # already connected: moving costs one Hello
+                    return
+                if standby is not None:
+                    standby.close()
+                    self._old_links.append(standby)
+                self._link = self._new_link(leader)
 
-    def _presence_value(self) -> dict:
+    def _new_link(self, leader: LeaderView, standby: bool = False) -> CoordinatorLink:
+        return CoordinatorLink(leader, self, token=self.config.agent_token, root_certificates=self._root_certificates,
+                               agent_name=self.config.name, standby=standby).start()
+
+    def _drop_standby(self) -> None:
+        standby, self._standby = self._standby, None
+        if standby is not None:
+            standby.close()
+            self._old_links.append(standby)
+
+    def _stand_by_for(self, successor: agent_pb2.Successor, announced_by: LeaderView) -> None:
+        """The leader expects `successor` to lead after it (its backup, its
+        primary, a switchover's target): open a stream to it now and hold it
+        (a Standby) until the leader key names it."""
+        with self.lock:
+            self._standby_from = announced_by.identity
+            current = self._standby
+            if current is not None and current.alive and (current.leader.name, current.leader.grpc) == (
+                    successor.name, successor.grpc):
+                return
+            self._drop_standby()
+            if self._stopping.is_set() or not successor.grpc:
+                return
+            view = LeaderView(name=successor.name, grpc=successor.grpc, epoch=0)
+            self._standby = self._new_link(view, standby=True)
+
+    def presence_value(self) -> dict:
+        """What agents/<name> should hold now (the UI shows the coordinator it is linked with)."""
         link = self._link
         welcomed = link is not None and link.welcomed
         return {"name": self.config.name, "host": self.config.host, "cores": self.config.cores,
@@ -260,6 +303,10 @@ class Agent:
             self.results.ack(ref_from_proto(msg.ack.task))
         elif kind == "cancel":
             self._drop(ref_from_proto(msg.cancel.task), f"{link.leader.name} cancelled it")
+        elif kind == "successor":
+            log.info("%s names %s as the next leader; holding a stream to it", link.leader.name,
+                     msg.successor.name)
+            self._stand_by_for(msg.successor, link.leader)
 
     def _assign(self, link: CoordinatorLink, assignment: agent_pb2.Assignment) -> None:
         ref = ref_from_proto(assignment.task)

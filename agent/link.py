@@ -10,8 +10,10 @@ agent closes the link when the leader key changes.
 How a stream ends decides what happens next:
 - a coordinator message carrying another epoch than the agent sees: ignored,
   the stream is closed (DESIGN.md rule 4), the leader key is read again;
-- Goodbye, or FAILED_PRECONDITION (not leader / stale epoch): the leader key
-  is read again (the watch may lag), then retry;
+- Goodbye: wait for the leader-key watch (it closes this link when the key
+  changes), retrying after max_backoff if it does not;
+- FAILED_PRECONDITION (not leader / stale epoch): the leader key is read
+  again (the watch may lag), then retry;
 - UNAUTHENTICATED: one clear log sentence, retry every few seconds (the
   operator must fix the token; hammering the coordinator would not help);
 - anything else (coordinator down, network): retry with the short backoff.
@@ -49,12 +51,17 @@ class LinkHandler(Protocol):
 
 class CoordinatorLink:
     """Use: `CoordinatorLink(view, agent, token, ca).start()`, then `close()`.
-    `welcomed` is True while a stream is up and the coordinator said Welcome."""
+    `welcomed` is True while a stream is up and the coordinator said Welcome.
+
+    A standby link (`standby=True`, for a planned handover's successor, whose
+    epoch is not known yet) opens its stream with a Standby message and
+    holds it; `activate(view)` once the leader key names that coordinator
+    sends the Hello on it."""
 
     def __init__(self, leader: LeaderView, handler: LinkHandler, token: str | None = None,
                  root_certificates: bytes | None = None, heartbeat_interval: float = 1.0,
                  min_backoff: float = 0.1, max_backoff: float = 1.0, refused_backoff: float = 5.0,
-                 agent_name: str = ""):
+                 agent_name: str = "", standby: bool = False):
         self.leader = leader
         self.epoch = leader.epoch
         self.handler = handler
@@ -69,6 +76,9 @@ class CoordinatorLink:
         self.coordinator: str | None = None  # the name its Welcome gave
         self.streams_opened = 0
         self._closed = threading.Event()
+        self._active = threading.Event()  # the Hello may go out (at once, unless standing by)
+        if not standby:
+            self._active.set()
         self._outq: queue.Queue | None = None
         self._call = None
         self._call_lock = threading.Lock()
@@ -83,6 +93,7 @@ class CoordinatorLink:
     def close(self) -> None:
         """End the stream and stop reconnecting. Returns at once; never raises."""
         self._closed.set()
+        self._active.set()  # a standing-by request stream sees it is closed and ends
         with self._call_lock:
             call = self._call
         if call is not None:
@@ -99,6 +110,21 @@ class CoordinatorLink:
     @property
     def closed(self) -> bool:
         return self._closed.is_set()
+
+    @property
+    def standing_by(self) -> bool:
+        return not self._active.is_set()
+
+    def activate(self, leader: LeaderView) -> bool:
+        """A standby link becomes the link to `leader`, if that is the
+        coordinator it stands by for: its stream sends the Hello now. False
+        (nothing changed) otherwise, or if the link is closed or gone."""
+        if (not self.standing_by or self.closed or not self.alive
+                or (leader.name, leader.grpc) != (self.leader.name, self.leader.grpc)):
+            return False
+        self.leader, self.epoch = leader, leader.epoch
+        self._active.set()
+        return True
 
     def send(self, message: agent_pb2.AgentMessage) -> bool:
         """Queue a message on the open stream (call with handler.lock held).
@@ -141,12 +167,10 @@ class CoordinatorLink:
         """One stream from Hello to its end. Returns (pause before the next
         attempt or None for the normal backoff, whether a Welcome came)."""
         outq: queue.Queue = queue.Queue()
-        with self.handler.lock:
-            hello = self.message(hello=self.handler.hello())
-            self._outq = outq
+        over = threading.Event()  # this stream ended: its request side must not take over _outq
         metadata = (("authorization", f"Bearer {self.token}"),) if self.token else None
         stub = agent_pb2_grpc.AgentServiceStub(channel)
-        call = stub.Connect(self._requests(hello, outq), metadata=metadata)
+        call = stub.Connect(self._requests(outq, over), metadata=metadata)
         with self._call_lock:
             self._call = call
         if self._closed.is_set():
@@ -171,9 +195,12 @@ class CoordinatorLink:
                     self.handler.on_message(self, msg)
                     self.handler.on_link_state(self)
                 elif kind == "goodbye":
+                    # It stops leading (handover, shutdown): the leader-key watch names the next
+                    # leader within milliseconds and closes this link. Re-reading the key or
+                    # dialling it again now would only load etcd and the old leader at the moment
+                    # the handover needs them; if the watch stays silent, retry after a while.
                     log.info("%s said goodbye: %s", self.leader.name, msg.goodbye.reason or "no reason given")
-                    self._recheck()
-                    return None, welcomed
+                    return self.max_backoff, welcomed
                 else:
                     self.handler.on_message(self, msg)
             return None, welcomed  # the coordinator ended the stream
@@ -183,6 +210,7 @@ class CoordinatorLink:
             return self._after_error(exc), welcomed
         finally:
             with self.handler.lock:
+                over.set()
                 self._outq = None
                 was_welcomed, self.welcomed = self.welcomed, False
             outq.put(_END)
@@ -219,9 +247,17 @@ class CoordinatorLink:
         except Exception as exc:  # noqa: BLE001 - the watch will tell us later anyway
             log.info("could not re-read the leader key: %s", exc)
 
-    def _requests(self, hello: agent_pb2.AgentMessage, outq: queue.Queue):
-        """The request side of the stream: the Hello, then queued messages,
-        with a heartbeat at least every heartbeat_interval."""
+    def _requests(self, outq: queue.Queue, over: threading.Event):
+        """The request side of the stream: (Standby, wait for activate(),) the
+        Hello, then queued messages, with a heartbeat at least every heartbeat_interval."""
+        if self.standing_by:
+            yield agent_pb2.AgentMessage(epoch=0, standby=agent_pb2.Standby(name=self.agent_name))
+            self._active.wait()
+        with self.handler.lock:  # no result can slip between this snapshot and the queue taking results
+            if self._closed.is_set() or over.is_set():
+                return
+            hello = self.message(hello=self.handler.hello())
+            self._outq = outq
         yield hello
         next_beat = time.monotonic() + self.heartbeat_interval
         while True:

@@ -12,8 +12,9 @@ real agent. What is shared or simplified, on purpose:
   re-register on the new lease. A real agent has its own lease;
 - two threads turn every agent instead of one thread per agent: one
   follows the leader key and opens/closes streams (`Agent.tick_link`, woken
-  by one shared event), one ticks the shared lease and writes presence keys
-  (`Agent.tick_presence`), so slow etcd writes never delay a failover;
+  by one shared event), one ticks the shared lease and writes the presence
+  keys that changed, many per transaction, so slow etcd writes never delay
+  a failover;
 - tasks complete at once with exit code 0 and no process (`InstantRunner`);
 - results are buffered in memory only (no `<workdir>/.results/`);
 - the leader watches ask etcd for progress every 2 s instead of 0.5 s, so
@@ -36,10 +37,13 @@ from agent.presence import AgentLease
 from agent.results import ResultBuffer
 from agent.runner import TaskRef, TaskResult
 from lease.client import EtcdConfig, connect
+from lease.errors import EtcdError
 
 log = logging.getLogger(__name__)
 
 _WATCH_OPTIONS = {"progress_interval": 2.0, "liveness_timeout": 6.0}
+PRESENCE_BATCH = 100    # presence puts per etcd transaction
+PRESENCE_POLL = 0.05    # s between looks for changed presence values (no etcd I/O when none changed)
 
 
 class InstantRunner:
@@ -134,20 +138,31 @@ class AgentPool:
             self._wake.clear()
 
     def _presence_loop(self) -> None:
-        """Keeps the shared lease alive and the presence keys up to date."""
+        """Keeps the shared lease alive and the presence keys up to date: the
+        keys that changed (e.g. after every agent moved to a new leader) are
+        written in transactions of up to PRESENCE_BATCH puts, not one by one."""
         while not self._stopping.is_set():
             self.lease.tick()
-            # A pass over 200 agents (200 presence writes after a failover)
-            # can take longer than renew_deadline: heartbeat between agents.
-            self._each(Agent.tick_presence, heartbeat=True)
-            self._stopping.wait(self.tick_interval)
+            changes = [(agent, wanted) for agent in self.agents
+                       if (wanted := agent.presence.wanted(agent.presence_value())) is not None]
+            for i in range(0, len(changes), PRESENCE_BATCH):
+                chunk = changes[i:i + PRESENCE_BATCH]
+                ops = [self.etcd.ops.put(agent.presence.key, value, lease=lease) for agent, (value, lease) in chunk]
+                try:
+                    self.etcd.txn([], ops, [])
+                except EtcdError as exc:
+                    for agent, _ in chunk:
+                        agent.presence.write_failed(exc)
+                    continue
+                for agent, wanted in chunk:
+                    agent.presence.written(wanted)
+                self.lease.tick()
+            self._stopping.wait(PRESENCE_POLL)
 
-    def _each(self, turn: Callable[[Agent], None], heartbeat: bool = False) -> None:
+    def _each(self, turn: Callable[[Agent], None]) -> None:
         for agent in self.agents:
             if self._stopping.is_set():
                 return
-            if heartbeat:
-                self.lease.tick()
             try:
                 turn(agent)
             except Exception:  # noqa: BLE001 - one agent's failure must not stop the others

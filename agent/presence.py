@@ -106,26 +106,38 @@ class Presence:
     def sync(self, value: dict[str, Any]) -> bool:
         """Make the key hold value with the current lease. Returns True when it
         does. A failed write is logged and retried on a later call."""
+        wanted = self.wanted(value)
+        if wanted is None:
+            return self.registered
+        try:
+            self.etcd.put(self.key, wanted[0], lease=wanted[1])
+        except EtcdError as exc:
+            self.write_failed(exc)
+            return False
+        self.written(wanted)
+        return True
+
+    def wanted(self, value: dict[str, Any]) -> tuple[bytes, int] | None:
+        """(encoded value, lease) to write now, or None when there is nothing to
+        write (already written, no lease, or waiting to retry). For callers that
+        batch many agents' writes (the bench pool): then written() or write_failed()."""
         lease_id = self.lease.lease_id
         if lease_id is None:
             self._written = None
-            return False
+            return None
         wanted = (encode(value), lease_id)
-        if wanted == self._written:
-            return True
-        now = self._clock()
-        if now < self._next_try:
-            return False
-        try:
-            self.etcd.put(self.key, wanted[0], lease=lease_id)
-        except EtcdError as exc:
-            log.warning("could not write presence %s: %s", self.key, exc)
-            self._next_try = now + self.retry_interval
-            return False
-        if self._written is None or self._written[1] != lease_id:
+        if wanted == self._written or self._clock() < self._next_try:
+            return None
+        return wanted
+
+    def written(self, wanted: tuple[bytes, int]) -> None:
+        if self._written is None or self._written[1] != wanted[1]:
             log.info("registered as %s", self.key)
         self._written = wanted
-        return True
+
+    def write_failed(self, exc: Exception) -> None:
+        log.warning("could not write presence %s: %s", self.key, exc)
+        self._next_try = self._clock() + self.retry_interval
 
     def withdraw(self) -> None:
         """Delete the key (for a shared lease that outlives this agent). Never raises."""

@@ -8,6 +8,7 @@ registered coordinator) unless --url is given.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import ssl
@@ -77,6 +78,10 @@ class ApiClient:
         except (urllib.error.URLError, OSError) as err:
             reason = getattr(err, "reason", err)
             raise ApiError(0, f"cannot reach {self.base_url}: {reason}") from None
+        except http.client.HTTPException as err:
+            # e.g. the coordinator died mid-answer (IncompleteRead): the request may or may not have taken effect.
+            raise ApiError(0, f"{self.base_url} broke off its answer ({type(err).__name__}); "
+                              "the request may or may not have been applied") from None
         return json.loads(payload) if payload else None
 
     def status(self) -> dict:

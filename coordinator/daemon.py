@@ -144,6 +144,7 @@ class Coordinator:
         with self._lock:
             if self.runtime is not None:
                 self.runtime.stop("coordinator shutting down")
+                self.runtime.keep_warm(False)
             if self.election is not None and self.election.is_leader:
                 try:
                     self.election.resign()
@@ -172,6 +173,8 @@ class Coordinator:
                 me = self._me(snap)
                 decision = ha.decide(snap, me)
                 self._act(decision, snap)
+                self.runtime.keep_warm(self._may_lead_next(snap))
+                self.runtime.announce_successor(self._successor(snap))
                 if snap.leader is not None and snap.leader.name != self.config.name:
                     self._last_other_leader = snap.leader
                 self._say(decision.sentence)
@@ -188,6 +191,26 @@ class Coordinator:
                      primary_ready_for=self._primary_ready_for(snap),
                      failback_delay=self._failback_delay(snap.settings),
                      contact_interval=min(1.0, snap.settings.deselect_after / 10))
+
+    def _successor(self, snap: ha.Snapshot) -> tuple[str, str] | None:
+        """Who would lead after us: a switchover's target, else the selected
+        backup (we are the primary) or our primary (we are a backup)."""
+        me = self.config.name
+        if snap.switchover and snap.switchover != me:
+            target = snap.switchover
+        elif self.config.role == "primary":
+            target = snap.settings.selected_backup
+        else:
+            target = self.config.primary
+        peer = snap.coordinators.get(target) if target else None
+        return (target, peer.grpc) if peer is not None and peer.grpc else None
+
+    def _may_lead_next(self, snap: ha.Snapshot) -> bool:
+        """Keep a takeover's starting point warm (runtime/mirror.py) only where
+        one can come: the primary, the selected backup, a switchover's target."""
+        me = self.config.name
+        return (self.config.role == "primary" or snap.settings.selected_backup == me
+                or snap.switchover == me)
 
     def _failback_delay(self, settings) -> float:
         """The cluster setting when an admin saved one, else this backup's --failback-delay."""
@@ -239,6 +262,9 @@ class Coordinator:
         if snap.switchover and snap.switchover != self.config.name:
             ops.append(self.etcd.ops.delete(self.keys.switchover))  # a stale request: the baton is here now
         try:
+            # Serve first (agents are already dialling us); the records below are fenced by
+            # the same epoch, so writing them a few milliseconds later changes nothing.
+            self.runtime.start(epoch)
             self._fenced(ops)
             if self.config.role == "primary":
                 from coordinator.users import ensure_admin
@@ -249,7 +275,6 @@ class Coordinator:
                     self.admin_password = password
                     if not os.environ.get("BATON_ADMIN_PASSWORD"):
                         log.warning("created user 'admin' with password %s (shown once)", password)
-            self.runtime.start(epoch)
         except NotLeader:
             self._step_down("lost the leader key while taking up leadership")
             return
@@ -268,7 +293,7 @@ class Coordinator:
     def _hand_over(self, d: ha.Decision, snap: ha.Snapshot) -> None:
         """Clean handover: stop dispatching, flush, record, resign (a fenced delete)."""
         reason = "handback" if d.action == ha.HANDBACK else "switchover"
-        self.runtime.stop(f"{reason} to {d.target}")
+        self.runtime.stop(f"{reason} to {d.target}", successor=self._successor(snap))
         try:
             self._fenced(event_ops(self.etcd, self.keys, reason if reason == "handback" else "resign",
                                    self.config.name, self.election.epoch,

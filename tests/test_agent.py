@@ -271,6 +271,47 @@ def test_buffers_a_result_while_no_leader_exists_and_delivers_it_to_the_next(etc
     wait_until(lambda: len(agent.results) == 0 and not saved[0].exists(), 10, message="ack removed the file")
 
 
+def test_a_planned_handover_moves_the_agent_over_the_stream_it_opened_ahead(etcd, keys, agents, coordinators,
+                                                                           tmp_path):
+    """The old leader names its successor before its Goodbye; the agent dials
+    it and holds a Standby stream, which carries its Hello (with the task
+    still running and a result finished meanwhile) once the key names it."""
+    agent = agents("a1")
+    p1, b1 = coordinators("p1"), coordinators("b1")
+    p1.lead()
+    flag, quick = tmp_path / "release", tmp_path / "quick"
+    submit(etcd, keys, "b1", ("long", gated(flag)), ("short", gated(quick)))
+    wait_until(lambda: len(agent.runner.running()) == 2, 20, message="both tasks running on the agent")
+
+    p1.runtime.stop("switchover to b1", successor=("b1", b1.grpc))
+    standby = wait_until(lambda: agent._standby, 10, message="a stream opened ahead to the successor")
+    assert standby.standing_by and standby.leader.grpc == b1.grpc
+    quick.touch()  # finishes while nobody leads: buffered, then sent in the Hello to b1
+    wait_until(lambda: len(agent.results) == 1, 10, message="result buffered")
+    p1.election.resign()
+    epoch = b1.lead()
+    wait_until(lambda: agent.connected_to == "b1", 10, message="agent connected to b1")
+    assert agent.link is standby and standby.streams_opened == 1 and standby.epoch == epoch
+    rec = wait_until(lambda: finished(etcd, keys, "b1", "short"), 20, message="b1 recorded the buffered result")
+    assert rec["attempt"] == 1 and rec["coordinator"] == "b1"
+    flag.touch()
+    rec = wait_until(lambda: finished(etcd, keys, "b1", "long"), 20)
+    assert rec["state"] == "done" and rec["attempt"] == 1, "the running task was kept, not run again"
+
+
+def test_a_standby_stream_is_dropped_when_someone_else_leads(etcd, keys, agents, coordinators):
+    agent = agents("a1")
+    p1, b1, b2 = coordinators("p1"), coordinators("b1"), coordinators("b2")
+    p1.lead()
+    wait_until(lambda: agent.connected_to == "p1", 10)
+    p1.runtime.stop("switchover to b1", successor=("b1", b1.grpc))
+    standby = wait_until(lambda: agent._standby, 10, message="a stream opened ahead to the successor")
+    p1.election.resign()
+    b2.lead()
+    wait_until(lambda: agent.connected_to == "b2", 10, message="agent follows the key, not the announcement")
+    wait_until(lambda: standby.closed and agent._standby is None, 10, message="standby stream closed")
+
+
 # -- epoch fencing against a coordinator that misbehaves on purpose ------------------------
 
 class ScriptedCoordinator(agent_pb2_grpc.AgentServiceServicer):

@@ -22,7 +22,8 @@ import grpc
 
 from coordinator.protocol import agent_pb2 as pb
 from coordinator.protocol import agent_pb2_grpc
-from coordinator.runtime.service import Leading, _token_ok, handle_agent_message, stale_epoch
+from coordinator.runtime.service import (STARTING_UP_WAIT, Leading, _token_ok, handle_agent_message,
+                                         stale_epoch)
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +84,21 @@ class _AioService(agent_pb2_grpc.AgentServiceServicer):
         rt = self._runtime
         if rt.agent_token is not None and not _token_ok(context, rt.agent_token):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong agent token")
+        first = await context.read()
+        if first is not grpc.aio.EOF and first.WhichOneof("body") == "standby":
+            first = await context.read()  # held until the agent's Hello: it moves here at a handover
+        if first is grpc.aio.EOF:
+            return
         epoch = rt.epoch
+        if epoch is None and first.epoch > 0:
+            # The agent already sees a leader key naming us: we won and are starting up.
+            deadline = asyncio.get_running_loop().time() + STARTING_UP_WAIT
+            while epoch is None and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.005)
+                epoch = rt.epoch
         if epoch is None:
             message = await asyncio.get_running_loop().run_in_executor(None, rt.not_leader_message)
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, message)
-        first = await context.read()
-        if first is grpc.aio.EOF:
-            return
         if first.epoch != epoch:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, stale_epoch(first.epoch, epoch))
         if first.WhichOneof("body") != "hello" or not first.hello.name:

@@ -70,6 +70,9 @@ class Dispatcher:
         self._seq = itertools.count()
         self._dirty = True                # something changed: run the scheduler
         self._results_to_write: list[Task] = []   # results taken this loop turn, written at its end
+        # (name, gRPC address) of the coordinator expected to lead next, announced to every agent
+        # so that each holds a Standby stream to it (agent/link.py) and moving there costs one Hello.
+        self._successor: tuple[str, str] | None = None
         self._awaiting_hello: set[str] = set()
         self._grace_deadline = 0.0
         self._thread: threading.Thread | None = None
@@ -80,12 +83,19 @@ class Dispatcher:
                                clock, self._events.put, self._after)
 
     # -- lifecycle (called by Runtime) ---------------------------------------------
-    def start(self) -> None:
-        """Load the snapshot and start the watchers and the loop. Raises
-        EtcdUnavailable when etcd cannot be read."""
-        kvs, revision = read_starting_point(self.etcd, self.keys)
+    def start(self, starting_point: tuple[dict[str, Any], int] | None = None) -> None:
+        """Load the starting point (given by a warm Mirror, or read from etcd
+        now) and start the watchers and the loop. Raises EtcdUnavailable when
+        etcd cannot be read."""
+        began = self.clock()
+        source = "kept warm"
+        if starting_point is None:
+            starting_point, source = read_starting_point(self.etcd, self.keys), "read"
+        kvs, revision = starting_point
+        read = self.clock()
         self._load(kvs)
-        self._grace_deadline = self.clock() + self.grace
+        loaded = self.clock()
+        self._grace_deadline = loaded + self.grace
         for prefix, kind in ((self.keys.builds, "builds"), (self.keys.agents, "agents"),
                              (self.keys.agent_config, "agent-config"), (self.keys.settings, "settings")):
             watcher = Watcher(self.etcd, prefix, prefix=kind != "settings", start_revision=revision + 1,
@@ -93,14 +103,21 @@ class Dispatcher:
             self._watchers.append(watcher.start())
         self._thread = threading.Thread(target=self._loop, name=f"dispatcher epoch {self.epoch}", daemon=True)
         self._thread.start()
+        log.info("epoch %s: starting point %s in %.0f ms (%d keys at revision %d), loaded in %.0f ms "
+                 "(%d unfinished builds), watching after %.0f ms", self.epoch, source, (read - began) * 1000,
+                 len(kvs), revision, (loaded - read) * 1000, len(self.builds), (self.clock() - began) * 1000)
 
     def post(self, event: tuple) -> None:
+        if event[0] == "result" and not self.dispatching:
+            return  # not recorded once we stop leading (the agent keeps it); would only delay the stop
         self._events.put(event)
 
-    def stop(self, reason: str, timeout: float) -> None:
-        """Stop dispatching, flush writes (acks go out), Goodbye every stream."""
+    def stop(self, reason: str, timeout: float, successor: tuple[str, str] | None = None) -> None:
+        """Stop dispatching, flush writes (acks go out), Goodbye every stream.
+        successor (name, gRPC address): a planned handover's next leader,
+        announced to every agent first so that they can dial it meanwhile."""
         self.dispatching = False
-        self._events.put(("stop", reason, timeout))
+        self._events.put(("stop", reason, timeout, successor))
         if self._thread is None:
             # Never ran (its load failed): refuse the agents that said hello meanwhile.
             self._refuse_queued(reason)
@@ -172,7 +189,7 @@ class Dispatcher:
                 events = []
             for i, event in enumerate(events):
                 if event[0] == "stop":
-                    self._shutdown(event[1], event[2], events[i + 1:])
+                    self._shutdown(event[1], event[2], events[i + 1:], event[3])
                     return
                 try:
                     self._handle(event)
@@ -225,16 +242,25 @@ class Dispatcher:
             for e in event[1]:
                 self._apply_config(Keys.name_of(e.key, self.keys.agent_config), e.value)
             self._dirty = True
+        elif kind == "successor":
+            if event[1] != self._successor:
+                self._successor = event[1]
+                if event[1] is not None:
+                    self._send_all(self._successor_msg())
         elif kind == "settings":
             self.settings = Settings.from_json(event[1][-1].value)
             self._dirty = True
 
-    def _shutdown(self, reason: str, timeout: float, pending: list[tuple]) -> None:
+    def _shutdown(self, reason: str, timeout: float, pending: list[tuple],
+                  successor: tuple[str, str] | None = None) -> None:
         """No new work; let in-flight writes land so their acks (and
         assignments) go out before the Goodbye. Results that arrive now are
         not recorded: the agents keep them for the next leader."""
         self.dispatching = False
         deadline = self.clock() + timeout
+        if successor is not None and successor != self._successor:
+            self._successor = successor
+            self._send_all(self._successor_msg())
         for task in self._results_to_write:   # taken before the stop: their acks can still go out
             self._write_result(task)
         self._results_to_write = []
@@ -335,6 +361,8 @@ class Dispatcher:
             if task is not None and task.attempt == result.task.attempt and task.agent == agent.name:
                 keep.add(task.key)
         stream.send(self._msg(welcome=pb.Welcome(coordinator=self.name, cancel=cancel)))
+        if self._successor is not None:
+            stream.send(self._successor_msg())
         # What we believe runs there but the agent neither runs nor finished is lost.
         self._lose_tasks(agent, "the agent's hello does not list it", keep=keep)
         for result in hello.results:
@@ -523,6 +551,15 @@ class Dispatcher:
             self._after(RETRY_WRITE_AFTER, lambda: self._write_records(writes))
 
     # -- helpers ---------------------------------------------------------------------------------
+    def _successor_msg(self) -> pb.CoordinatorMessage:
+        name, address = self._successor
+        return self._msg(successor=pb.Successor(name=name, grpc=address))
+
+    def _send_all(self, message: pb.CoordinatorMessage) -> None:
+        for agent in self.agents.values():
+            if agent.stream is not None:
+                agent.stream.send(message)
+
     def _task(self, key: tuple[str, str]) -> Task | None:
         build = self.builds.get(key[0])
         return None if build is None else build.tasks.get(key[1])

@@ -21,10 +21,13 @@ from coordinator.config import Timings
 from coordinator.keys import Keys, decode
 from coordinator.protocol import agent_pb2_grpc
 from coordinator.runtime.dispatcher import Dispatcher
+from coordinator.runtime.mirror import Mirror
 from coordinator.runtime.service import AgentService
 from lease.errors import EtcdError
 
 log = logging.getLogger(__name__)
+
+MIRROR_CATCH_UP = 0.5   # s a takeover waits for the warm mirror to reach its epoch before reading etcd
 
 
 class Runtime:
@@ -42,7 +45,9 @@ class Runtime:
         self.on_not_leader = on_not_leader
         self.servicer = AgentService(self)
         self._lock = threading.RLock()
+        self._started = threading.Condition()   # notified when an epoch begins
         self._dispatcher: Dispatcher | None = None
+        self._mirror: Mirror | None = None
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self, epoch: int) -> None:
@@ -60,27 +65,66 @@ class Runtime:
             # are accepted, and their hellos wait in the dispatcher's queue until it runs,
             # instead of being refused "not leader" while it reads its starting point.
             self._dispatcher = dispatcher
+            with self._started:
+                self._started.notify_all()
+            mirror, self._mirror = self._mirror, None
             try:
-                dispatcher.start()
+                # The old leader's writes all precede our epoch's revision.
+                warm = mirror.snapshot(at_least=epoch, timeout=MIRROR_CATCH_UP) if mirror is not None else None
+                dispatcher.start(warm)
             except BaseException:
                 self._dispatcher = None
                 dispatcher.stop("could not load the cluster state", timeout=0.5)
                 raise
+            finally:
+                if mirror is not None:  # a leader does not need it: its own writes are the state
+                    threading.Thread(target=mirror.stop, name="stop mirror", daemon=True).start()
             log.info("runtime: leading with epoch %s", epoch)
 
-    def stop(self, reason: str = "coordinator stopping") -> None:
+    def announce_successor(self, successor: tuple[str, str] | None) -> None:
+        """(name, gRPC address) of the coordinator expected to lead after this
+        one (the selected backup, the primary, a switchover's target): the
+        agents keep a Standby stream to it. No-op when not leading."""
+        dispatcher = self._dispatcher
+        if dispatcher is not None:
+            dispatcher.post(("successor", successor))
+
+    def keep_warm(self, wanted: bool) -> None:
+        """While not leading, keep (wanted) or drop a Mirror of the starting
+        point, so that taking over does not have to read it. Cheap to call
+        every HA cycle; restarts a mirror whose first read failed."""
+        with self._lock:
+            mirror = self._mirror
+            if wanted and self._dispatcher is None:
+                if mirror is None or not mirror.alive:
+                    self._mirror = Mirror(self.etcd, self.keys).start()
+                return
+            self._mirror = None
+        if mirror is not None:
+            mirror.stop()
+
+    def stop(self, reason: str = "coordinator stopping", successor: tuple[str, str] | None = None) -> None:
         """Stop dispatching, flush writes, send Goodbye(reason) to every agent
-        and close the streams. Safe to call twice and when not started."""
+        and close the streams. successor (name, gRPC address): the next
+        leader of a planned handover, announced to the agents first. Safe to
+        call twice and when not started."""
         with self._lock:
             dispatcher, self._dispatcher = self._dispatcher, None
             if dispatcher is not None:
-                dispatcher.stop(reason, timeout=self.timings.renew_deadline)
-                log.info("runtime: stopped (%s)", reason)
+                began = self.clock()
+                dispatcher.stop(reason, timeout=self.timings.renew_deadline, successor=successor)
+                log.info("runtime: stopped (%s) in %.0f ms", reason, (self.clock() - began) * 1000)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every write queued so far is resolved. True if it was."""
         dispatcher = self._dispatcher
         return True if dispatcher is None else dispatcher.store.flush(timeout)
+
+    def wait_leading(self, timeout: float) -> int | None:
+        """The epoch, once this runtime leads (waiting up to timeout), else None."""
+        with self._started:
+            self._started.wait_for(lambda: self.epoch is not None, timeout)
+        return self.epoch
 
     @property
     def epoch(self) -> int | None:

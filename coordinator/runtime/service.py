@@ -28,6 +28,7 @@ from coordinator.protocol import agent_pb2_grpc
 log = logging.getLogger(__name__)
 
 _END = object()
+STARTING_UP_WAIT = 1.0  # s a Hello may wait for a coordinator that just won to start leading
 
 
 class _Abort:
@@ -105,6 +106,8 @@ class Leading(Protocol):
 
     def not_leader_message(self) -> str: ...
 
+    def wait_leading(self, timeout: float) -> int | None: ...
+
     def post(self, event: tuple, epoch: int) -> bool: ...
 
 
@@ -119,13 +122,18 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         rt = self._runtime
         if rt.agent_token is not None and not _token_ok(context, rt.agent_token):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong agent token")
-        epoch = rt.epoch
-        if epoch is None:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, rt.not_leader_message())
         try:
             first = next(request_iterator)
+            if first.WhichOneof("body") == "standby":
+                first = next(request_iterator)  # held until the agent's Hello: it moves here at a handover
         except (StopIteration, grpc.RpcError):
             return
+        epoch = rt.epoch
+        if epoch is None and first.epoch > 0:
+            # The agent already sees a leader key naming us: we won and are starting up.
+            epoch = rt.wait_leading(STARTING_UP_WAIT)
+        if epoch is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, rt.not_leader_message())
         if first.epoch != epoch:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, stale_epoch(first.epoch, epoch))
         if first.WhichOneof("body") != "hello" or not first.hello.name:

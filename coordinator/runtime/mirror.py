@@ -1,0 +1,152 @@
+"""A warm copy of a new leader's starting point, kept while not leading.
+
+A takeover used to begin by reading the starting point from etcd
+(loading.read_starting_point): under the load of 200 agents dialling the new
+leader at that very moment, that read took 300-450 ms of a 2-core machine
+(bench/failover.py). A coordinator that may lead next (the primary while it
+does not lead, the selected backup, a switchover's target) keeps a
+`Mirror` instead: one read, then a watch of the cluster prefix applying the
+same selection as read_starting_point (agents, agent-config, build-status,
+settings, builds/ and the task records of unfinished builds; the values of
+finished builds are dropped as soon as their build-status says so).
+
+`snapshot(at_least)` returns (key -> KV, revision) exactly as
+read_starting_point would have read it at that revision, once the mirror
+has applied every event up to `at_least` (the new leader passes its epoch:
+the old leader's writes all come before it), or None if it has not caught
+up within the timeout; the caller then reads etcd as before.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Callable
+
+from coordinator.keys import Keys, decode
+from coordinator.runtime.loading import read_starting_point
+from coordinator.runtime.state import FINISHED
+from lease.errors import EtcdError
+from lease.watcher import KV, WatchEvent, Watcher
+
+log = logging.getLogger(__name__)
+
+
+class Mirror:
+    """`Mirror(etcd, keys).start()` (returns at once; the first read runs on
+    its own thread), `snapshot(at_least, timeout)`, `stop()`."""
+
+    def __init__(self, etcd, keys: Keys, watch: Callable[..., Watcher] = Watcher):
+        self.etcd, self.keys = etcd, keys
+        self._watch = watch
+        self._changed = threading.Condition()
+        self._other: dict[str, Any] = {}                   # every kept key but task records
+        self._tasks: dict[str, dict[str, Any]] = {}        # build id -> task key -> KV
+        self._finished: set[str] = set()
+        self.revision = 0                                  # every event up to here is applied
+        self.failed: Exception | None = None               # the first read failed: start again later
+        self._watcher: Watcher | None = None
+        self._stopped = threading.Event()
+
+    # -- lifecycle --------------------------------------------------------------------
+    def start(self) -> "Mirror":
+        threading.Thread(target=self._fill_and_watch, name="starting-point mirror", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stopped.set()
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.stop()
+        with self._changed:
+            self._changed.notify_all()
+
+    @property
+    def alive(self) -> bool:
+        return self.failed is None and not self._stopped.is_set()
+
+    def snapshot(self, at_least: int, timeout: float) -> tuple[dict[str, Any], int] | None:
+        """A copy of the starting point at revision >= at_least, or None."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: self.revision >= at_least or not self.alive, timeout):
+                return None
+            if not self.alive:
+                return None
+            kvs = dict(self._other)
+            for records in self._tasks.values():
+                kvs.update(records)
+            return kvs, self.revision
+
+    # -- filling and following ---------------------------------------------------------
+    def _fill_and_watch(self) -> None:
+        try:
+            kvs, revision = read_starting_point(self.etcd, self.keys)
+        except EtcdError as exc:
+            self.failed = exc
+            log.info("could not read the starting point to keep it warm (%s); will try again", exc)
+            return
+        with self._changed:
+            self._reset(kvs, revision)
+        if self._stopped.is_set():
+            return
+        self._watcher = self._watch(self.etcd, self.keys.root, prefix=True, start_revision=revision + 1,
+                                    on_events=self._apply, on_reset=self._reset_after_compaction)
+        self._watcher.start()
+        if self._stopped.is_set():  # stop() ran between the check and the assignment
+            self._watcher.stop()
+
+    def _reset(self, kvs: dict[str, Any], revision: int) -> None:
+        self._other.clear()
+        self._tasks.clear()
+        self._finished.clear()
+        # Statuses first, so that a finished build's spec and records are never kept.
+        for key in sorted(kvs, key=lambda k: not k.startswith(self.keys.build_status)):
+            self._put(key, kvs[key])
+        self.revision = revision
+        self._changed.notify_all()
+
+    def _reset_after_compaction(self, kvs: dict[str, KV], revision: int) -> None:
+        with self._changed:
+            self._reset(kvs, revision)
+
+    def _apply(self, events: list[WatchEvent]) -> None:
+        with self._changed:
+            for e in events:
+                if e.type == "put":
+                    self._put(e.key, e)
+                else:
+                    self._delete(e.key)
+            self.revision = max(self.revision, max(e.mod_revision for e in events))
+            self._changed.notify_all()
+
+    def _put(self, key: str, kv: Any) -> None:
+        k = self.keys
+        if key.startswith(k.tasks):
+            build_id = Keys.name_of(key, k.tasks).partition("/")[0]
+            if build_id not in self._finished:
+                self._tasks.setdefault(build_id, {})[key] = kv
+        elif key.startswith(k.build_status):
+            self._other[key] = kv
+            build_id = Keys.name_of(key, k.build_status)
+            if (decode(kv.value) or {}).get("state") in FINISHED and build_id not in self._finished:
+                self._finished.add(build_id)
+                self._tasks.pop(build_id, None)
+                spec = self._other.get(k.build(build_id))
+                if spec is not None:
+                    self._other[k.build(build_id)] = _keys_only(spec)
+        elif key.startswith(k.builds):
+            build_id = Keys.name_of(key, k.builds)
+            self._other[key] = _keys_only(kv) if build_id in self._finished else kv
+        elif key.startswith((k.agents, k.agent_config)) or key == k.settings:
+            self._other[key] = kv
+
+    def _delete(self, key: str) -> None:
+        if key.startswith(self.keys.tasks):
+            build_id = Keys.name_of(key, self.keys.tasks).partition("/")[0]
+            self._tasks.get(build_id, {}).pop(key, None)
+        else:
+            self._other.pop(key, None)
+
+
+def _keys_only(kv: Any) -> KV:
+    """What read_starting_point keeps of a finished build's spec: its key and revisions."""
+    return KV(kv.key if isinstance(kv.key, str) else kv.key.decode(), b"", kv.create_revision, kv.mod_revision, 0)
