@@ -54,7 +54,6 @@ import os
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -66,7 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from coordinator.api_client import ApiError  # noqa: E402
 from coordinator.keys import Keys, decode  # noqa: E402
-from coordinator.local import LocalCluster  # noqa: E402
+from coordinator.local import LocalCluster, Proc  # noqa: E402
 from lease.watcher import Watcher  # noqa: E402
 
 TARGET_AGENTS_P99 = 2.8      # s, failover (b)
@@ -110,58 +109,35 @@ pool.stop()
 class PoolProcess:
     """agent.pool.AgentPool in a child process (its own interpreter lock), with
     the cluster's agent token and, with TLS, its CA for etcd and gRPC.
-    (`python -m agent.pool` has no CA options, hence this small launcher.)"""
+    (`python -m agent.pool` has no CA options, hence this small launcher.)
+    The process is a coordinator.local.Proc: `stop()`, `log_tail()`, `alive`."""
 
     def __init__(self, cluster: LocalCluster, count: int, cores: int = 1, on_link=None,
                  prefix: str = "bench-agent-"):
         """on_link(t, agent, coordinator, epoch), if given, is called (on a reader thread) whenever
         an agent's stream is welcomed or lost (coordinator and epoch None), t on time.monotonic()."""
-        self.log_path = cluster.dir / "logs" / f"pool-{prefix.strip('-')}.log"
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-c", _POOL_CHILD, cluster.etcd_urls, cluster.ca or "", cluster.cluster,
                 str(count), str(cores), cluster.agent_token, "report" if on_link else "quiet", prefix]
         root = str(Path(__file__).resolve().parent.parent)
-        env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        with open(self.log_path, "ab") as log:
-            self.popen = subprocess.Popen(argv, stdout=subprocess.PIPE if on_link else log, stderr=log,
-                                          stdin=subprocess.DEVNULL, env=env, start_new_session=True, cwd=root)
+        self.proc = Proc(f"pool-{prefix.strip('-')}", argv, cluster.dir / "logs" / f"pool-{prefix.strip('-')}.log",
+                         env={"PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")})
+        self.proc.start(pipe_stdout=bool(on_link))
+        self.log_tail = self.proc.log_tail
         if on_link:
             threading.Thread(target=self._read_links, args=(on_link,), name="pool links", daemon=True).start()
 
     def _read_links(self, on_link) -> None:
-        for line in self.popen.stdout:
+        for line in self.proc.popen.stdout:
             t, name, coordinator, epoch = line.decode().split()
             on_link(float(t), name, None if coordinator == "-" else coordinator,
                     None if epoch == "-" else int(epoch))
 
     @property
-    def pid(self) -> int:
-        return self.popen.pid
-
     def alive(self) -> bool:
-        return self.popen.poll() is None
+        return self.proc.alive
 
     def stop(self, timeout: float = 20) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            self.popen.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        self.proc.stop(timeout)  # 200 agents take a while to close their streams and revoke the lease
 
 
 def p99(values: list[float]) -> float:

@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"only {connected} of {args.agents} agents connected after {args.timeout:g} s")
             for pool in pools:
-                if not pool.alive():
+                if not pool.alive:
                     raise RuntimeError(f"an agent pool exited:\n{pool.log_tail()}")
             time.sleep(0.5)
             connected = agents_on(cluster, "p1", epoch)

@@ -66,11 +66,13 @@ class Proc:
     env: dict[str, str] = field(default_factory=dict)
     popen: subprocess.Popen | None = None
 
-    def start(self) -> "Proc":
+    def start(self, pipe_stdout: bool = False) -> "Proc":
+        """pipe_stdout: stdout goes to `popen.stdout` (for a reader), stderr alone to the log."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         env = dict(os.environ, **self.env)
-        self.popen = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+        self.popen = subprocess.Popen(self.argv, stdout=subprocess.PIPE if pipe_stdout else log,
+                                      stderr=log if pipe_stdout else subprocess.STDOUT, env=env,
                                       start_new_session=True, stdin=subprocess.DEVNULL)
         log.close()
         return self
