@@ -29,7 +29,7 @@ from typing import Protocol
 import grpc
 
 from agent.leader import LeaderView
-from coordinator.protocol import agent_pb2, agent_pb2_grpc
+from coordinator.protocol import agent_pb2, agent_pb2_grpc, unbatched
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ class CoordinatorLink:
         self.streams_opened += 1
         welcomed = False
         try:
-            for msg in call:
+            for msg in (m for received in call for m in unbatched(received)):
                 seen = self.handler.seen_epoch()
                 if msg.epoch != self.epoch or msg.epoch != seen:
                     log.warning("ignoring a message from %s for epoch %d (this agent sees epoch %s); "
@@ -273,3 +273,4 @@ class CoordinatorLink:
             if item is _END:
                 return
             yield item
+

@@ -17,6 +17,7 @@ import pytest
 from coordinator.config import Timings
 from coordinator.keys import decode, encode
 from coordinator.protocol import agent_pb2 as pb
+from coordinator.protocol import unbatched
 from coordinator.protocol import agent_pb2_grpc
 from coordinator.runtime.aio_service import AioAgentServer
 from coordinator.runtime.runtime import Runtime
@@ -68,7 +69,8 @@ class StubAgent:
         metadata = [("authorization", f"Bearer {token}")] if token else []
         self.call = agent_pb2_grpc.AgentServiceStub(self.channel).Connect(
             iter(self.requests.get, None), metadata=metadata)
-        self.messages: list[pb.CoordinatorMessage] = []
+        self.messages: list[pb.CoordinatorMessage] = []   # one per body, Batches unpacked
+        self.received: list[pb.CoordinatorMessage] = []   # as they came off the stream
         self.error: grpc.RpcError | None = None
         self.ended = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
@@ -76,7 +78,8 @@ class StubAgent:
     def _read(self):
         try:
             for message in self.call:
-                self.messages.append(message)
+                self.received.append(message)
+                self.messages.extend(unbatched(message))
         except grpc.RpcError as exc:
             self.error = exc
         finally:
@@ -298,6 +301,20 @@ def test_a_released_dependant_is_marked_running_in_its_dependency_results_transa
     assert farm.runtime.stats()["placed_early"] == 1
     ran_compile.send_result(("b1", "link", 1))
     wait_until(lambda: status(etcd, keys, "b1").get("state") == "done", 10)
+
+
+def test_the_ack_and_the_assignment_it_released_travel_in_one_message(etcd, keys, farm, request):
+    if "aio" not in request.node.callspec.id:
+        pytest.skip("only the asyncio server (what the daemon serves) batches")
+    a1 = farm.agent("a1", cores=1)
+    a1.wait("welcome")
+    submit(etcd, keys, "b1", [{"id": "compile"}, {"id": "link", "deps": ["compile"]}])
+    a1.wait("assign")
+    a1.send_result(("b1", "compile", 1))
+    a1.wait("assign", 2)
+    batch = next(m for m in a1.received if m.WhichOneof("body") == "batch")
+    assert [m.WhichOneof("body") for m in batch.batch.messages] == ["ack", "assign"]
+    assert batch.epoch == farm.runtime.epoch and all(m.epoch == batch.epoch for m in batch.batch.messages)
 
 
 def test_a_failed_result_releases_nothing_early(etcd, keys, farm):

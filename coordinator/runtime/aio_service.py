@@ -45,7 +45,10 @@ class AioAgentStream:
         self._wake_scheduled = False
 
     def _put(self, item) -> None:
-        self._pending.append(item)
+        self._put_all((item,))
+
+    def _put_all(self, items) -> None:
+        self._pending.extend(items)  # atomic: a drain takes all of them or none
         if not self._wake_scheduled:
             self._wake_scheduled = True
             try:
@@ -61,6 +64,11 @@ class AioAgentStream:
     def send(self, message: pb.CoordinatorMessage) -> None:
         if not self.closed:
             self._put(message)
+
+    def send_all(self, messages: list[pb.CoordinatorMessage]) -> None:
+        """Several messages that go out in one write (a Batch)."""
+        if not self.closed:
+            self._put_all(messages)
 
     def end(self, goodbye: str | None = None) -> None:
         if self.closed:
@@ -110,12 +118,20 @@ class _AioService(agent_pb2_grpc.AgentServiceServicer):
         reader = asyncio.ensure_future(self._read(stream, context))
         try:
             while True:
-                item = await stream._outbox.get()
-                if item is _END:
-                    return
-                if isinstance(item, tuple):
-                    await context.abort(*item)
-                await context.write(item)
+                # Everything queued goes out in one write: an ack and the Assignment it released
+                # arrive together, and a busy stream costs fewer writes.
+                items = [await stream._outbox.get()]
+                while not stream._outbox.empty():
+                    items.append(stream._outbox.get_nowait())
+                last = next((i for i, item in enumerate(items) if item is _END or isinstance(item, tuple)), None)
+                messages = items if last is None else items[:last]
+                if messages:
+                    await context.write(messages[0] if len(messages) == 1 else
+                                        pb.CoordinatorMessage(epoch=epoch, batch=pb.Batch(messages=messages)))
+                if last is not None:
+                    if items[last] is _END:
+                        return
+                    await context.abort(*items[last])
         finally:
             reader.cancel()
             rt.post(("gone", stream), epoch)

@@ -70,6 +70,7 @@ class Dispatcher:
         self._seq = itertools.count()
         self._dirty = True                # something changed: run the scheduler
         self._results_to_write: list[Task] = []   # results taken this loop turn, written at its end
+        self._outgoing: dict[Any, list] = {}      # stream -> messages sent this loop turn (see _send)
         # (name, gRPC address) of the coordinator expected to lead next, announced to every agent
         # so that each holds a Standby stream to it (agent/link.py) and moving there costs one Hello.
         self._successor: tuple[str, str] | None = None
@@ -210,6 +211,7 @@ class Dispatcher:
                     next_runtime = now + RUNTIME_KEY_EVERY
                     self.report.write_runtime(self.agents, self.settings.auto_subscribe)
                     self.stats["queued"], self.stats["running"] = self.report.task_counts()
+                self._flush_outgoing()
             except Exception:  # noqa: BLE001 - a bug must not silently end leadership's work
                 log.exception("dispatcher: loop turn failed")
 
@@ -279,9 +281,11 @@ class Dispatcher:
                     event[1].abort(grpc.StatusCode.FAILED_PRECONDITION, f"not leader: {reason}")
             except Exception:  # noqa: BLE001 - stopping must finish
                 log.exception("dispatcher: handling %s while stopping failed", event[0])
+            self._flush_outgoing()
         self.report.write_statuses(force=True)
         self.report.write_runtime(self.agents, self.settings.auto_subscribe)
         self.store.flush(max(0.0, deadline - self.clock()))
+        self._flush_outgoing()
         for agent in self.agents.values():
             if agent.stream is not None:
                 agent.stream.end(reason)
@@ -326,7 +330,7 @@ class Dispatcher:
             log.info("task %s/%s attempt %s on %s: %s; it runs again", *key, task.attempt, agent.name, why)
             agent.running.discard(key)
             if agent.stream is not None and task.sent:
-                agent.stream.send(self._msg(cancel=pb.Cancel(task=_ref(task))))
+                self._send(agent.stream, self._msg(cancel=pb.Cancel(task=_ref(task))))
             self.builds[task.build_id].requeue(task, self.clock())
             self.report.dirty.add(task.build_id)
         self._dirty = True
@@ -342,7 +346,7 @@ class Dispatcher:
             return
         agent = self._agent(hello.name)
         if agent.stream is not None and agent.stream is not stream:
-            agent.stream.end("replaced by a newer connection from the same agent")
+            self._end(agent.stream, "replaced by a newer connection from the same agent")
         agent.stream = stream
         agent.cores = hello.cores or int(agent.info.get("cores") or 0)
         self._awaiting_hello.discard(agent.name)
@@ -360,9 +364,9 @@ class Dispatcher:
             task = self._task((result.task.build_id, result.task.task_id))
             if task is not None and task.attempt == result.task.attempt and task.agent == agent.name:
                 keep.add(task.key)
-        stream.send(self._msg(welcome=pb.Welcome(coordinator=self.name, cancel=cancel)))
+        self._send(stream, self._msg(welcome=pb.Welcome(coordinator=self.name, cancel=cancel)))
         if self._successor is not None:
-            stream.send(self._successor_msg())
+            self._send(stream, self._successor_msg())
         # What we believe runs there but the agent neither runs nor finished is lost.
         self._lose_tasks(agent, "the agent's hello does not list it", keep=keep)
         for result in hello.results:
@@ -375,7 +379,7 @@ class Dispatcher:
         for agent in self.agents.values():
             if agent.stream is not None:
                 connected += 1
-                agent.stream.send(beat)
+                self._send(agent.stream, beat)
         self.stats["agents_connected"] = connected
 
     # -- builds and scheduling ---------------------------------------------------------
@@ -483,7 +487,7 @@ class Dispatcher:
             return
         task.sent = True
         self.stats["tasks_dispatched"] += 1
-        agent.stream.send(self._msg(assign=pb.Assignment(task=_ref(task), cmd=task.cmd, timeout=task.timeout,
+        self._send(agent.stream, self._msg(assign=pb.Assignment(task=_ref(task), cmd=task.cmd, timeout=task.timeout,
                                                          env=task.env)))
 
     # -- results ---------------------------------------------------------------------------
@@ -496,7 +500,7 @@ class Dispatcher:
             task.recording[1].append((stream, False))  # a duplicate while the first is being written
             return
         if not current:
-            stream.send(self._msg(ack=pb.ResultAck(task=ref, recorded=False)))
+            self._send(stream, self._msg(ack=pb.ResultAck(task=ref, recorded=False)))
             return
         record = task.result_record(ref_exit(result), result.duration,
                                     result.output_tail.decode("utf-8", "replace"), result.error, time.time())
@@ -513,14 +517,17 @@ class Dispatcher:
         early: one transaction, so all land or none)."""
         placed = list(placed)
         future = self.store.submit([self._task_put(task, task.recording[0])] + [op for *_, op in placed])
+        future.add_done_callback(lambda f: self._events.put(("recorded", task, f, [p[:3] for p in placed])))
 
-        def done(f, placed=placed) -> None:
-            self._events.put(("recorded", task, f))  # first: it makes the dependants ready
-            for dependant, agent, attempt, _ in placed:
-                self._events.put(("assigned", dependant, agent, attempt, f))
-        future.add_done_callback(done)
+    def _recorded(self, task: Task, future, placed: list[tuple] = ()) -> None:
+        """The result's write resolved; so did the running records of the dependants
+        placed with it (dependant, agent, attempt), handled right after in the same
+        turn, so the ack and their Assignments go out together."""
+        self._record_result(task, future)
+        for dependant, agent, attempt in placed:
+            self._assigned(dependant, agent, attempt, future)
 
-    def _recorded(self, task: Task, future) -> None:
+    def _record_result(self, task: Task, future) -> None:
         error = future.exception()
         if error is not None:
             if not isinstance(error, NotLeader) and not self._stopped.is_set():
@@ -530,7 +537,7 @@ class Dispatcher:
         record, waiters = task.recording
         build = self.builds[task.build_id]
         for stream, first in waiters:
-            stream.send(self._msg(ack=pb.ResultAck(task=_ref(task), recorded=first)))
+            self._send(stream, self._msg(ack=pb.ResultAck(task=_ref(task), recorded=first)))
         self._write_records(build.finished_task(task, record, time.time(), self.clock()))
         self.report.dirty.add(build.id)
         self._dirty = True
@@ -551,6 +558,27 @@ class Dispatcher:
             self._after(RETRY_WRITE_AFTER, lambda: self._write_records(writes))
 
     # -- helpers ---------------------------------------------------------------------------------
+    def _send(self, stream, message: pb.CoordinatorMessage) -> None:
+        """Queue a message for the end of this loop turn: then each stream gets
+        all of its messages at once (one write: an ack and the Assignment it
+        released travel together, see aio_service)."""
+        queued = self._outgoing.get(stream)
+        if queued is None:
+            self._outgoing[stream] = [message]
+        else:
+            queued.append(message)
+
+    def _flush_outgoing(self) -> None:
+        outgoing, self._outgoing = self._outgoing, {}
+        for stream, messages in outgoing.items():
+            stream.send_all(messages)
+
+    def _end(self, stream, reason: str) -> None:
+        messages = self._outgoing.pop(stream, None)
+        if messages:
+            stream.send_all(messages)
+        stream.end(reason)
+
     def _successor_msg(self) -> pb.CoordinatorMessage:
         name, address = self._successor
         return self._msg(successor=pb.Successor(name=name, grpc=address))
@@ -558,7 +586,7 @@ class Dispatcher:
     def _send_all(self, message: pb.CoordinatorMessage) -> None:
         for agent in self.agents.values():
             if agent.stream is not None:
-                agent.stream.send(message)
+                self._send(agent.stream, message)
 
     def _task(self, key: tuple[str, str]) -> Task | None:
         build = self.builds.get(key[0])

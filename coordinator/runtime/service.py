@@ -72,6 +72,10 @@ class AgentStream:
         if not self.closed:
             self._outbox.put(message)
 
+    def send_all(self, messages: list[pb.CoordinatorMessage]) -> None:
+        for message in messages:
+            self.send(message)
+
     def end(self, goodbye: str | None = None) -> None:
         if self.closed:
             return
