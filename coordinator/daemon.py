@@ -294,13 +294,10 @@ class Coordinator:
         """Clean handover: stop dispatching, flush, record, resign (a fenced delete)."""
         reason = "handback" if d.action == ha.HANDBACK else "switchover"
         self.runtime.stop(f"{reason} to {d.target}", successor=self._successor(snap))
-        try:
-            self._fenced(event_ops(self.etcd, self.keys, reason if reason == "handback" else "resign",
-                                   self.config.name, self.election.epoch,
-                                   f"{self.config.name} hands the baton to {d.target} ({reason})", now=self.wall))
-            self.election.resign()
-        except NotLeader:
-            pass
+        # The event and the resignation in one fenced transaction: one round trip less in the handover.
+        self.election.resign(last_ops=event_ops(
+            self.etcd, self.keys, reason if reason == "handback" else "resign", self.config.name,
+            self.election.epoch, f"{self.config.name} hands the baton to {d.target} ({reason})", now=self.wall))
         self._step_down(f"{reason} to {d.target}")
 
     def _deselect(self, d: ha.Decision, snap: ha.Snapshot) -> None:

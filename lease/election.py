@@ -109,12 +109,13 @@ class Election:
         self._check_session()
         self.fenced_txn([self.etcd.ops.put(self.key, value, lease=self.session.lease_id)])
 
-    def resign(self) -> None:
-        """Delete the leader key if it is still ours (fenced); no-op if we do not lead."""
+    def resign(self, last_ops: Iterable = ()) -> None:
+        """Delete the leader key if it is still ours (fenced); no-op if we do not lead.
+        last_ops (e.g. recording the handover) commit in the same transaction."""
         if self._epoch is None:
             return
         try:
-            fenced_txn(self.etcd, self.key, self._epoch, [self.etcd.ops.delete(self.key)])
+            fenced_txn(self.etcd, self.key, self._epoch, [*last_ops, self.etcd.ops.delete(self.key)])
         except NotLeader:
             pass
         finally:

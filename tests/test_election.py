@@ -138,3 +138,22 @@ def test_waiting_campaigner_takes_over_when_the_leader_resigns(etcd, sessions, l
     finally:
         stop.set()
         t.join(5)
+
+
+def test_resign_commits_its_last_ops_with_the_delete_and_only_while_leading(etcd, sessions, leader_key, keys):
+    note = keys.root + "handover-note"
+    a = Election(etcd, leader_key, sessions())
+    assert a.campaign("a")
+    a.resign(last_ops=[etcd.ops.put(note, b"a handed over")])
+    value, note_meta = etcd.get(note)
+    assert value == b"a handed over" and etcd.get(leader_key)[0] is None
+    assert note_meta.mod_revision == etcd.revision()  # the delete and the note: one transaction
+
+    b = Election(etcd, leader_key, sessions())
+    assert a.campaign("a")
+    stale_epoch = a.epoch
+    a.session.close()  # the key goes with the lease; b leads
+    wait_until(lambda: b.campaign("b"), 10, message="b to lead")
+    a._epoch = stale_epoch  # a still believes it leads
+    a.resign(last_ops=[etcd.ops.put(note, b"stale")])
+    assert etcd.get(note)[0] == b"a handed over" and b.leader().value == b"b"

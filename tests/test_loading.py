@@ -25,3 +25,12 @@ def test_starting_point_skips_finished_builds_history(etcd, keys):
     assert snap.unfinished[0].records == {"t0": {"state": "running", "attempt": 1, "agent": "a1"}}
     assert set(snap.agents) == {"a1"} and snap.settings.max_cores_per_build == 3
 
+
+
+def test_a_key_that_is_not_json_does_not_stop_a_takeover(etcd, keys):
+    etcd.put(keys.build("bad"), b"{not json")
+    etcd.put(keys.build("good"), encode({"id": "good", "name": "good", "tasks": [{"id": "t0", "cmd": "true"}]}))
+    etcd.put(keys.task("good", "t0"), b"garbage")
+    snap = read_snapshot(read_starting_point(etcd, keys)[0], keys)
+    assert [b.spec for b in snap.unfinished][0] is None  # the dispatcher logs and skips a spec it cannot read
+    assert snap.unfinished[1].spec["id"] == "good" and snap.unfinished[1].records == {"t0": None}

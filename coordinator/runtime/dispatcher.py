@@ -124,6 +124,11 @@ class Dispatcher:
             self._refuse_queued(reason)
         elif self._thread is not threading.current_thread():
             self._thread.join(timeout + 5)
+        # Writes are flushed and the agents told; joining the watcher and writer threads
+        # need not hold up a handover (the next leader waits for our resignation).
+        threading.Thread(target=self._release, name=f"release epoch {self.epoch}", daemon=True).start()
+
+    def _release(self) -> None:
         for w in self._watchers:
             w.stop()
         self.store.close(timeout=1.0)

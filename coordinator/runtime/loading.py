@@ -8,11 +8,14 @@ done or failed are finished and not loaded again.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any, Mapping
 
 from coordinator.keys import Keys, decode, prefix_end
 from coordinator.runtime.state import FINISHED
 from coordinator.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -33,30 +36,48 @@ class ClusterSnapshot:
 
 
 def read_snapshot(kvs: Mapping[str, Any], keys: Keys) -> ClusterSnapshot:
-    """kvs: key -> KV with .value and .create_revision (etcd's range response)."""
+    """kvs: key -> KV with .value and .create_revision (etcd's range response,
+    or a warm Mirror's entries, which also carry the value already .decoded)."""
     settings_kv = kvs.get(keys.settings)
     agents, configs, statuses, records, specs = {}, {}, {}, {}, []
     for key, kv in kvs.items():
         if key.startswith(keys.agents):
-            agents[Keys.name_of(key, keys.agents)] = decode(kv.value) or {}
+            agents[Keys.name_of(key, keys.agents)] = decoded(kv) or {}
         elif key.startswith(keys.agent_config):
             configs[Keys.name_of(key, keys.agent_config)] = kv.value
         elif key.startswith(keys.build_status):
-            statuses[Keys.name_of(key, keys.build_status)] = decode(kv.value) or {}
+            statuses[Keys.name_of(key, keys.build_status)] = decoded(kv) or {}
         elif key.startswith(keys.tasks):
             build_id, _, task_id = Keys.name_of(key, keys.tasks).partition("/")
-            records.setdefault(build_id, {})[task_id] = decode(kv.value)
+            records.setdefault(build_id, {})[task_id] = decoded(kv)
         elif key.startswith(keys.builds):
-            specs.append((kv.create_revision, Keys.name_of(key, keys.builds), kv.value))
+            specs.append((kv.create_revision, Keys.name_of(key, keys.builds), kv))
     unfinished, finished = [], set()
-    for order, build_id, raw in sorted(specs):
+    for order, build_id, kv in sorted(specs, key=lambda spec: spec[:2]):
         status = statuses.get(build_id, {})
         if status.get("state") in FINISHED:
             finished.add(build_id)
         else:
-            unfinished.append(UnfinishedBuild(decode(raw), order, records.get(build_id, {}), status))
+            unfinished.append(UnfinishedBuild(decoded(kv), order, records.get(build_id, {}), status))
     return ClusterSnapshot(Settings.from_json(settings_kv.value if settings_kv else None),
                            agents, configs, unfinished, finished)
+
+
+def decoded(kv: Any) -> Any:
+    """A KV's JSON value: decoded now, or as a warm Mirror decoded it when it
+    arrived. A value that is not JSON (written by hand, not by Baton) counts
+    as missing, so one bad key cannot stop a takeover."""
+    value = getattr(kv, "decoded", _NOT_YET)
+    if value is not _NOT_YET:
+        return value
+    try:
+        return decode(kv.value)
+    except ValueError:
+        log.error("%s does not hold JSON; ignored", kv.key.decode() if isinstance(kv.key, bytes) else kv.key)
+        return None
+
+
+_NOT_YET = object()
 
 
 def read_starting_point(etcd, keys: Keys) -> tuple[dict[str, Any], int]:
@@ -77,7 +98,7 @@ def read_starting_point(etcd, keys: Keys) -> tuple[dict[str, Any], int]:
     kvs.update({kv.key.decode(): kv for kv in settings.kvs})
     specs = etcd.range_response(k.builds, prefix_end(k.builds), revision=revision, keys_only=True)
     finished = {Keys.name_of(key, k.build_status) for key, kv in kvs.items()
-                if key.startswith(k.build_status) and (decode(kv.value) or {}).get("state") in FINISHED}
+                if key.startswith(k.build_status) and (decoded(kv) or {}).get("state") in FINISHED}
     for kv in specs.kvs:
         key = kv.key.decode()
         build_id = Keys.name_of(key, k.builds)

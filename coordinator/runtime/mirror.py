@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
-from coordinator.keys import Keys, decode
-from coordinator.runtime.loading import read_starting_point
+from coordinator.keys import Keys
+from coordinator.runtime.loading import decoded, read_starting_point
 from coordinator.runtime.state import FINISHED
 from lease.errors import EtcdError
 from lease.watcher import KV, WatchEvent, Watcher
@@ -123,11 +123,11 @@ class Mirror:
         if key.startswith(k.tasks):
             build_id = Keys.name_of(key, k.tasks).partition("/")[0]
             if build_id not in self._finished:
-                self._tasks.setdefault(build_id, {})[key] = kv
+                self._tasks.setdefault(build_id, {})[key] = _decoded(key, kv)
         elif key.startswith(k.build_status):
-            self._other[key] = kv
+            kv = self._other[key] = _decoded(key, kv)
             build_id = Keys.name_of(key, k.build_status)
-            if (decode(kv.value) or {}).get("state") in FINISHED and build_id not in self._finished:
+            if (kv.decoded or {}).get("state") in FINISHED and build_id not in self._finished:
                 self._finished.add(build_id)
                 self._tasks.pop(build_id, None)
                 spec = self._other.get(k.build(build_id))
@@ -135,8 +135,10 @@ class Mirror:
                     self._other[k.build(build_id)] = _keys_only(spec)
         elif key.startswith(k.builds):
             build_id = Keys.name_of(key, k.builds)
-            self._other[key] = _keys_only(kv) if build_id in self._finished else kv
-        elif key.startswith((k.agents, k.agent_config)) or key == k.settings:
+            self._other[key] = _keys_only(kv) if build_id in self._finished else _decoded(key, kv)
+        elif key.startswith(k.agents):
+            self._other[key] = _decoded(key, kv)
+        elif key.startswith(k.agent_config) or key == k.settings:
             self._other[key] = kv
 
     def _delete(self, key: str) -> None:
@@ -145,6 +147,20 @@ class Mirror:
             self._tasks.get(build_id, {}).pop(key, None)
         else:
             self._other.pop(key, None)
+
+
+class _Decoded(NamedTuple):
+    """A kept key-value with its JSON value decoded as it arrived, so that a
+    takeover (loading.read_snapshot) does not decode thousands of records."""
+    key: str
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    decoded: Any
+
+
+def _decoded(key: str, kv: Any) -> _Decoded:
+    return _Decoded(key, kv.value, kv.create_revision, kv.mod_revision, decoded(kv))
 
 
 def _keys_only(kv: Any) -> KV:
