@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from coordinator.local import LocalCluster  # noqa: E402
+from lease.errors import EtcdUnavailable  # noqa: E402
 from failover import PoolProcess  # noqa: E402
 
 TARGET_MB = 300.0
@@ -130,7 +131,10 @@ def main(argv: list[str] | None = None) -> int:
                 if not pool.alive:
                     raise RuntimeError(f"an agent pool exited:\n{pool.log_tail()}")
             time.sleep(0.5)
-            connected = agents_on(cluster, "p1", epoch)
+            try:
+                connected = agents_on(cluster, "p1", epoch)
+            except EtcdUnavailable:
+                pass  # 1,000 agents starting at once can keep etcd too busy to answer in time: ask again
         took = time.monotonic() - started
         print(f"{args.agents} agents connected to p1 in {took:.1f} s", flush=True)
         loaded = sample(pid, args.samples, args.settle)

@@ -1,10 +1,10 @@
-"""Read the cluster as the HA loop sees it: one transaction, one revision.
+"""Read the cluster as the HA loop sees it: one revision.
 
 Reads the leader key, the registered coordinators, the settings, the
-switchover request and the backups' contact clocks in a single etcd
-transaction of range reads, so the snapshot is consistent and costs one round
-trip per HA cycle. Build and task keys are not read here (the runtime owns
-them).
+switchover request and the backups' contact clocks at one etcd revision
+(Etcd.read_together: range reads pinned to the first one's revision, not a
+read-only transaction, which can crash etcd < 3.5.5), so the snapshot is
+consistent. Build and task keys are not read here (the runtime owns them).
 """
 from __future__ import annotations
 
@@ -15,14 +15,13 @@ from coordinator.settings import Settings
 
 def read_snapshot(etcd, keys: Keys) -> Snapshot:
     """One consistent snapshot. Raises lease.errors.EtcdUnavailable when etcd cannot answer."""
-    gets = [
-        etcd.ops.get(keys.leader),
-        etcd.ops.get(keys.coordinators, prefix_end(keys.coordinators)),
-        etcd.ops.get(keys.settings),
-        etcd.ops.get(keys.switchover),
-        etcd.ops.get(keys.backup_contact, prefix_end(keys.backup_contact)),
-    ]
-    _, (leader_kvs, coord_kvs, settings_kvs, switch_kvs, contact_kvs) = etcd.txn([], gets)
+    leader_kvs, coord_kvs, settings_kvs, switch_kvs, contact_kvs = etcd.read_together([
+        (keys.leader, None),
+        (keys.coordinators, prefix_end(keys.coordinators)),
+        (keys.settings, None),
+        (keys.switchover, None),
+        (keys.backup_contact, prefix_end(keys.backup_contact)),
+    ])
 
     leader = None
     revision = 0

@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 
 import etcd3
 import etcd3.exceptions
+import etcd3.transactions
+from etcd3.client import KVMetadata
 import grpc
 
 from lease.errors import ConfigError, EtcdAuthError, EtcdError, EtcdUnavailable
@@ -224,6 +226,29 @@ class Etcd:
         return self.raw.get_range_response(key, range_end, **kw)
 
     @_mapped(retry=True)
+    def read_together(self, ranges: Sequence[tuple[str, str | None]]) -> list[list[tuple[bytes, Any]]]:
+        """Several reads at one revision, each a key (range_end None) or [key,
+        range_end): for each, its (value, metadata) pairs, metadata with key,
+        create_revision, mod_revision, lease_id and response_header (the first
+        read's, so .revision is the snapshot's revision for all).
+
+        Range reads pinned to the first one's revision, not a read-only
+        transaction: etcd before 3.5.5 panics, and the member dies, when a
+        read-only transaction's client deadline expires while etcd runs it
+        (etcd-io/etcd#14110; a loaded machine is enough). Costs one round trip
+        per range."""
+        results, header = [], None
+        for key, range_end in ranges:
+            pinned = {} if header is None else {"revision": header.revision}
+            if range_end is None:
+                resp = self.raw.get_response(key, **pinned)
+            else:
+                resp = self.raw.get_range_response(key, range_end, **pinned)
+            header = header or resp.header
+            results.append([(kv.value, KVMetadata(kv, header)) for kv in resp.kvs])
+        return results
+
+    @_mapped(retry=True)
     def revision(self) -> int:
         """The store's current revision."""
         return self.raw.get_response("\0").header.revision
@@ -247,8 +272,13 @@ class Etcd:
 
     @_mapped(retry=False)
     def txn(self, compare: Iterable, success: Iterable = (), failure: Iterable = ()) -> tuple[bool, list]:
-        """One transaction: (succeeded, responses)."""
-        return self.raw.transaction(compare=list(compare), success=list(success), failure=list(failure))
+        """One transaction: (succeeded, responses). It must write something:
+        a read-only transaction can crash etcd < 3.5.5 (see read_together)."""
+        success, failure = list(success), list(failure)
+        if all(isinstance(op, etcd3.transactions.Get) for op in success + failure):
+            raise ValueError("a read-only etcd transaction can crash etcd < 3.5.5 when its deadline "
+                             "expires (etcd-io/etcd#14110); use read_together")
+        return self.raw.transaction(compare=list(compare), success=success, failure=failure)
 
     @_mapped(retry=False)
     def compact(self, revision: int) -> None:

@@ -1,8 +1,9 @@
 """What the UI shows, read from etcd in a bounded number of round trips.
 
-`read_snapshot` makes two: one transaction holding three range reads (so
-agents, agent-config, build-status, coordinators, leader, runtime, settings
-and switchover come from the same revision), and one read of the newest
+`read_snapshot` reads agents, agent-config, build-status, coordinators,
+leader, runtime, settings and switchover in range reads pinned to the first
+one's revision (not a read-only transaction, which can crash etcd < 3.5.5:
+lease.client.Etcd.read_together), and the newest
 events (a descending range with a limit, because events accumulate). The
 builds/ specs (up to 10,000 tasks each) are never range-read: a build's
 list entry comes from build-status/<id>, and its name from the immutable
@@ -279,16 +280,15 @@ def build_rows(etcd, keys: Keys, snap: Snapshot, cache: SpecCache) -> list[dict]
 
 def build_detail(etcd, keys: Keys, build_id: str, states: set[str] | None = None, limit: int | None = None,
                  offset: int = 0) -> dict | None:
-    """A build with its tasks' states, from one consistent transaction; None if unknown.
+    """A build with its tasks' states, read at one revision; None if unknown.
 
     `states` keeps only tasks in those states and `offset`/`limit` page through
     them (a build may have 10,000 tasks); "matching" says how many there are.
     """
-    get = etcd.ops.get
     tasks_prefix = keys.build_tasks(build_id)
-    _, (spec_kvs, status_kvs, task_kvs) = etcd.txn([], [
-        get(keys.build(build_id)), get(keys.status_of_build(build_id)),
-        get(tasks_prefix, prefix_end(tasks_prefix))])
+    spec_kvs, status_kvs, task_kvs = etcd.read_together([
+        (keys.build(build_id), None), (keys.status_of_build(build_id), None),
+        (tasks_prefix, prefix_end(tasks_prefix))])
     if not spec_kvs:
         return None
     spec = _value(spec_kvs[0][0]) or {}
