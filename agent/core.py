@@ -21,6 +21,7 @@ import threading
 import time
 from typing import Callable
 
+from agent.channels import Channels
 from agent.config import AgentConfig, agent_version
 from agent.leader import LeaderFollower, LeaderView
 from agent.link import CoordinatorLink
@@ -53,14 +54,16 @@ class Agent:
     """`Agent(config).start()` ... `stop()`, or `run()` from the CLI.
 
     The keyword arguments exist for the bench pool (agent.pool): a shared
-    etcd client, a shared lease, a runner that does not spawn processes, a
-    memory-only result buffer, and a slower loop (it has no lease to tick).
+    etcd client, a shared lease, shared gRPC channels, a runner that does not
+    spawn processes, a memory-only result buffer, and a slower loop (it has
+    no lease to tick).
     """
 
     def __init__(self, config: AgentConfig, *, etcd: Etcd | None = None, lease: AgentLease | None = None,
                  runner_factory: Callable[[Callable[[TaskResult], None]], object] | None = None,
                  results: ResultBuffer | None = None, loop_interval: float | None = None,
-                 watch_options: dict | None = None, wake: threading.Event | None = None):
+                 watch_options: dict | None = None, wake: threading.Event | None = None,
+                 channels: Channels | None = None):
         self.config = config
         self.keys = Keys(config.cluster)
         self._owns_etcd = etcd is None
@@ -75,7 +78,8 @@ class Agent:
             self.runner = runner_factory(self._on_result)
         self.follower = LeaderFollower(self.etcd, self.keys.leader, self._on_leader_change, watch_options)
         self.version = agent_version()
-        self._root_certificates = config.root_certificates()
+        self._owns_channels = channels is None
+        self.channels = channels if channels is not None else Channels(config.root_certificates())
         # Heartbeat the session well within its renew_deadline.
         self.loop_interval = loop_interval or min(0.25, self.lease.renew_deadline / 4)
         self.lock = threading.RLock()
@@ -83,7 +87,8 @@ class Agent:
         self._following = False
         self._next_follow_try = 0.0
         # Set whenever something happened that the loop must look at; the
-        # bench pool passes one event shared by all its agents.
+        # bench pool, which turns its agents itself, passes one wake-up (anything
+        # with set()) shared by all of them.
         self._wake = wake if wake is not None else threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -129,6 +134,8 @@ class Agent:
         for old in [*self._old_links, *([link] if link else [])]:
             old.join(2.0)
         self._old_links.clear()
+        if self._owns_channels:
+            self.channels.close()
         if self._owns_lease:
             self.lease.close()
         else:
@@ -212,9 +219,17 @@ class Agent:
             if link is not None and (leader is None or link.leader.identity != leader.identity):
                 log.info("leader is now %s: closing the stream to %s; running tasks continue",
                          leader or "nobody", link.leader)
+                self._link = None
+                self._link_to(leader)  # first: the Hello to the new leader goes out before the old stream ends
                 link.close()
                 self._old_links.append(link)
-                self._link = link = None
+                return
+            self._link_to(leader)
+
+    def _link_to(self, leader: LeaderView | None) -> None:
+        """Open the link to `leader` (over its standby stream if we hold one) if there is none."""
+        with self.lock:
+            link = self._link
             standby = self._standby
             if standby is not None and (not standby.alive or (
                     leader is not None and leader.identity != self._standby_from
@@ -231,7 +246,7 @@ class Agent:
                 self._link = self._new_link(leader)
 
     def _new_link(self, leader: LeaderView, standby: bool = False) -> CoordinatorLink:
-        return CoordinatorLink(leader, self, token=self.config.agent_token, root_certificates=self._root_certificates,
+        return CoordinatorLink(leader, self, self.channels, token=self.config.agent_token,
                                agent_name=self.config.name, standby=standby).start()
 
     def _drop_standby(self) -> None:

@@ -8,10 +8,11 @@ the stream breaks opens it again after a short backoff (100 ms doubling to
 agent closes the link when the leader key changes.
 
 How a stream ends decides what happens next:
-- a coordinator message carrying another epoch than the agent sees: ignored,
+- Goodbye, or any message of the link's epoch once the agent sees another
+  (the leader key moved on): wait for the leader-key watch (it closes this
+  link), retrying after max_backoff if it does not;
+- a coordinator message carrying another epoch than the link's: ignored,
   the stream is closed (DESIGN.md rule 4), the leader key is read again;
-- Goodbye: wait for the leader-key watch (it closes this link when the key
-  changes), retrying after max_backoff if it does not;
 - FAILED_PRECONDITION (not leader / stale epoch): the leader key is read
   again (the watch may lag), then retry;
 - UNAUTHENTICATED: one clear log sentence, retry every few seconds (the
@@ -28,6 +29,7 @@ from typing import Protocol
 
 import grpc
 
+from agent.channels import Channels
 from agent.leader import LeaderView
 from coordinator.protocol import agent_pb2, agent_pb2_grpc, unbatched
 
@@ -50,7 +52,7 @@ class LinkHandler(Protocol):
 
 
 class CoordinatorLink:
-    """Use: `CoordinatorLink(view, agent, token, ca).start()`, then `close()`.
+    """Use: `CoordinatorLink(view, agent, channels, token).start()`, then `close()`.
     `welcomed` is True while a stream is up and the coordinator said Welcome.
 
     A standby link (`standby=True`, for a planned handover's successor, whose
@@ -58,15 +60,15 @@ class CoordinatorLink:
     holds it; `activate(view)` once the leader key names that coordinator
     sends the Hello on it."""
 
-    def __init__(self, leader: LeaderView, handler: LinkHandler, token: str | None = None,
-                 root_certificates: bytes | None = None, heartbeat_interval: float = 1.0,
+    def __init__(self, leader: LeaderView, handler: LinkHandler, channels: Channels, token: str | None = None,
+                 heartbeat_interval: float = 1.0,
                  min_backoff: float = 0.1, max_backoff: float = 1.0, refused_backoff: float = 5.0,
                  agent_name: str = "", standby: bool = False):
         self.leader = leader
         self.epoch = leader.epoch
         self.handler = handler
         self.token = token
-        self.root_certificates = root_certificates
+        self.channels = channels
         self.heartbeat_interval = heartbeat_interval
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff
@@ -140,13 +142,10 @@ class CoordinatorLink:
 
     # -- the stream loop -------------------------------------------------------------
     def _run(self) -> None:
-        options = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
-                   ("grpc.max_reconnect_backoff_ms", 1000)]
-        if self.root_certificates is not None:
-            creds = grpc.ssl_channel_credentials(root_certificates=self.root_certificates)
-            channel = grpc.secure_channel(self.leader.grpc, creds, options=options)
-        else:
-            channel = grpc.insecure_channel(self.leader.grpc, options=options)
+        try:
+            channel = self.channels.get(self.leader.grpc)
+        except ValueError:
+            return  # the agent is stopping
         backoff = self.min_backoff
         try:
             while not self._closed.is_set():
@@ -160,8 +159,6 @@ class CoordinatorLink:
                 self._closed.wait(pause)
         except Exception:  # noqa: BLE001 - a bug here must not leave the agent silently unlinked
             log.exception("link to %s failed", self.leader)
-        finally:
-            channel.close()
 
     def _stream_once(self, channel: grpc.Channel) -> tuple[float | None, bool]:
         """One stream from Hello to its end. Returns (pause before the next
@@ -179,13 +176,23 @@ class CoordinatorLink:
         welcomed = False
         try:
             for msg in (m for received in call for m in unbatched(received)):
+                kind = msg.WhichOneof("body")
                 seen = self.handler.seen_epoch()
+                if msg.epoch == self.epoch and (kind == "goodbye" or seen != self.epoch):
+                    # Our coordinator says goodbye, or the leader key has moved on from it (a
+                    # handover resigns before the goodbyes): this link is over, and the watch
+                    # that told us so closes it. Re-reading the key or dialling again now would
+                    # only load etcd and the old leader while the handover needs them; if the
+                    # watch stays silent, retry after a while.
+                    if kind == "goodbye":
+                        log.info("%s said goodbye: %s", self.leader.name,
+                                 msg.goodbye.reason or "no reason given")
+                    return self.max_backoff, welcomed
                 if msg.epoch != self.epoch or msg.epoch != seen:
                     log.warning("ignoring a message from %s for epoch %d (this agent sees epoch %s); "
                                 "closing the stream", self.leader.name, msg.epoch, seen)
                     self._recheck()
                     return None, welcomed
-                kind = msg.WhichOneof("body")
                 if kind == "welcome":
                     welcomed = True
                     self.welcomed = True
@@ -194,13 +201,6 @@ class CoordinatorLink:
                     log.info("connected to %s", self.leader)
                     self.handler.on_message(self, msg)
                     self.handler.on_link_state(self)
-                elif kind == "goodbye":
-                    # It stops leading (handover, shutdown): the leader-key watch names the next
-                    # leader within milliseconds and closes this link. Re-reading the key or
-                    # dialling it again now would only load etcd and the old leader at the moment
-                    # the handover needs them; if the watch stays silent, retry after a while.
-                    log.info("%s said goodbye: %s", self.leader.name, msg.goodbye.reason or "no reason given")
-                    return self.max_backoff, welcomed
                 else:
                     self.handler.on_message(self, msg)
             return None, welcomed  # the coordinator ended the stream

@@ -6,7 +6,8 @@ Each pool agent is a real `agent.core.Agent`: its own presence key
 it, its own gRPC channel and Connect stream, the same protocol code as a
 real agent. What is shared or simplified, on purpose:
 
-- one etcd client for all agents;
+- one etcd client for all agents, and one gRPC channel per coordinator
+  (agent.channels; each agent still has its own streams);
 - ONE lease for all presence keys (a shared AgentLease, ticked by the pool's
   loop): if it is lost, every pool agent's key disappears at once and all
   re-register on the new lease. A real agent has its own lease;
@@ -15,7 +16,8 @@ real agent. What is shared or simplified, on purpose:
   by one shared event), one ticks the shared lease and writes the presence
   keys that changed, many per transaction, so slow etcd writes never delay
   a failover;
-- tasks complete at once with exit code 0 and no process (`InstantRunner`);
+- tasks run no process: each ends with exit code 0 at once, or `task_seconds`
+  after it started (`PretendRunner`, one clock thread for the whole pool);
 - results are buffered in memory only (no `<workdir>/.results/`);
 - the leader watches ask etcd for progress every 2 s instead of 0.5 s, so
   200 watches do not load the shared etcd more than the coordinators do.
@@ -26,11 +28,15 @@ or as a process: `python -m agent.pool --count 200 --cores 1 --etcd URL --cluste
 from __future__ import annotations
 
 import argparse
+import heapq
+import itertools
 import logging
 import signal
 import threading
+import time
 from typing import Callable, Iterable
 
+from agent.channels import Channels
 from agent.config import AgentConfig
 from agent.core import Agent
 from agent.presence import AgentLease
@@ -46,14 +52,63 @@ PRESENCE_BATCH = 100    # presence puts per etcd transaction
 PRESENCE_POLL = 0.05    # s between looks for changed presence values (no etcd I/O when none changed)
 
 
-class InstantRunner:
-    """Completes every task at once with exit code 0; never runs a process.
-    Like the real Runner, it runs a (build, task, attempt) at most once."""
+class _Wake:
+    """A pool agent's wake-up (a link welcomed or lost, the leader key
+    changed): turns the link loop and has the presence loop look at once,
+    not at its next poll, so that a move shows in agents/ without delay."""
 
-    def __init__(self, on_result: Callable[[TaskResult], None]):
+    def __init__(self, *events: threading.Event):
+        self.events = events
+
+    def set(self) -> None:
+        for event in self.events:
+            event.set()
+
+
+class TaskClock:
+    """One thread that ends the pool's pretend tasks when they are due
+    (a heap of deadlines; not a timer thread per task)."""
+
+    def __init__(self):
+        self._due: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def call_at(self, when: float, fn: Callable[[], None]) -> None:
+        with self._changed:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="pool task clock", daemon=True)
+                self._thread.start()
+            heapq.heappush(self._due, (when, next(self._seq), fn))
+            self._changed.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._due or self._due[0][0] > time.monotonic():
+                    self._changed.wait(self._due[0][0] - time.monotonic() if self._due else None)
+                _, _, fn = heapq.heappop(self._due)
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - one agent's failure must not stop the others' tasks
+                log.exception("pool task clock: a task's end failed")
+
+
+class PretendRunner:
+    """Runs no process: every task ends `seconds` after it started (at once
+    for 0) with exit code 0. Like the real Runner, it runs a (build, task,
+    attempt) at most once, lists what runs (for the Hello at a move) and
+    reports no result for a cancelled task."""
+
+    def __init__(self, on_result: Callable[[TaskResult], None], seconds: float = 0.0,
+                 clock: TaskClock | None = None):
         self.on_result = on_result
+        self.seconds = seconds
+        self.clock = clock
         self.completed = 0
         self._seen: set[TaskRef] = set()
+        self._running: set[TaskRef] = set()
         self._lock = threading.Lock()
 
     def start(self, ref: TaskRef, cmd: str, timeout: float = 0.0, env: dict | None = None) -> bool:
@@ -61,22 +116,42 @@ class InstantRunner:
             if ref in self._seen:
                 return False
             self._seen.add(ref)
-            self.completed += 1
-        self.on_result(TaskResult(ref, 0, 0.0, b"", ""))
+            if self.seconds <= 0 or self.clock is None:
+                self.completed += 1
+            else:
+                self._running.add(ref)
+        if ref not in self._running:
+            self.on_result(TaskResult(ref, 0, 0.0, b"", ""))
+        else:
+            self.clock.call_at(time.monotonic() + self.seconds, lambda: self._end(ref))
         return True
+
+    def _end(self, ref: TaskRef) -> None:
+        with self._lock:
+            if ref not in self._running:
+                return  # cancelled meanwhile
+            self._running.discard(ref)
+            self.completed += 1
+        self.on_result(TaskResult(ref, 0, self.seconds, b"", ""))
 
     def mark_seen(self, refs: Iterable[TaskRef]) -> None:
         with self._lock:
             self._seen.update(refs)
 
     def cancel(self, ref: TaskRef) -> bool:
-        return False
+        with self._lock:
+            if ref not in self._running:
+                return False
+            self._running.discard(ref)
+            return True
 
     def running(self) -> list[TaskRef]:
-        return []
+        with self._lock:
+            return list(self._running)
 
     def stop(self, timeout: float = 0.0) -> None:
-        pass
+        with self._lock:
+            self._running.clear()  # as a stopped agent's killed tasks: no results
 
 
 class AgentPool:
@@ -84,21 +159,25 @@ class AgentPool:
 
     def __init__(self, etcd: str | EtcdConfig, cluster: str, count: int, cores: int = 4, lease_ttl: int = 10,
                  name_prefix: str = "bench-agent-", group: str = "bench", agent_token: str | None = None,
-                 grpc_ca: str | None = None, tick_interval: float = 0.25):
+                 grpc_ca: str | None = None, tick_interval: float = 0.25, task_seconds: float = 0.0):
         etcd_config = etcd if isinstance(etcd, EtcdConfig) else EtcdConfig.from_urls(etcd)
         self.etcd = connect(etcd_config)
         self.lease = AgentLease(self.etcd, ttl=lease_ttl)
         self.tick_interval = min(tick_interval, self.lease.renew_deadline / 4)
         self._wake = threading.Event()
+        self._presence_due = threading.Event()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.agents: list[Agent] = []
-        for i in range(1, count + 1):
-            config = AgentConfig(name=f"{name_prefix}{i}", cores=cores, group=group, workdir="/nonexistent",
-                                 etcd=etcd_config, cluster=cluster, agent_token=agent_token, grpc_ca=grpc_ca,
-                                 lease_ttl=lease_ttl)
-            self.agents.append(Agent(config, etcd=self.etcd, lease=self.lease, runner_factory=InstantRunner,
-                                     results=ResultBuffer(None), watch_options=_WATCH_OPTIONS, wake=self._wake))
+        configs = [AgentConfig(name=f"{name_prefix}{i}", cores=cores, group=group, workdir="/nonexistent",
+                               etcd=etcd_config, cluster=cluster, agent_token=agent_token, grpc_ca=grpc_ca,
+                               lease_ttl=lease_ttl) for i in range(1, count + 1)]
+        self.channels = Channels(configs[0].root_certificates() if configs else None)
+        clock = TaskClock()
+        self.agents = [Agent(config, etcd=self.etcd, lease=self.lease,
+                             runner_factory=lambda on_result: PretendRunner(on_result, task_seconds, clock),
+                             results=ResultBuffer(None), watch_options=_WATCH_OPTIONS,
+                             wake=_Wake(self._wake, self._presence_due),
+                             channels=self.channels) for config in configs]
 
     def start(self) -> "AgentPool":
         for agent in self.agents:
@@ -113,10 +192,12 @@ class AgentPool:
         """Stop every agent, then revoke the shared lease (every key left goes with it)."""
         self._stopping.set()
         self._wake.set()
+        self._presence_due.set()
         for thread in self._threads:
             thread.join(10)
         for agent in self.agents:
             agent.stop()
+        self.channels.close()
         self.lease.close()
         self.etcd.close()
 
@@ -157,7 +238,8 @@ class AgentPool:
                 for agent, wanted in chunk:
                     agent.presence.written(wanted)
                 self.lease.tick()
-            self._stopping.wait(PRESENCE_POLL)
+            self._presence_due.wait(PRESENCE_POLL)
+            self._presence_due.clear()
 
     def _each(self, turn: Callable[[Agent], None]) -> None:
         for agent in self.agents:
@@ -177,12 +259,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--etcd", default=None)
     parser.add_argument("--cluster", default="default")
     parser.add_argument("--lease-ttl", type=int, default=10)
+    parser.add_argument("--task-seconds", type=float, default=0.0, help="how long each pretend task runs")
     parser.add_argument("--agent-token", default=None)
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     pool = AgentPool(EtcdConfig.from_urls(args.etcd), args.cluster, args.count, args.cores, args.lease_ttl,
-                     name_prefix=args.prefix, agent_token=args.agent_token).start()
+                     name_prefix=args.prefix, agent_token=args.agent_token, task_seconds=args.task_seconds).start()
     stop = threading.Event()
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, lambda *_: stop.set())

@@ -1,20 +1,24 @@
 """How long does a whole cluster take to move to the backup, and back?
 
-    python bench/failover.py [--trials 20] [--agents 200] [--switchovers 20] [--ttl 2]
+    python bench/failover.py [--trials 20] [--agents 200] [--pools 4] [--switchovers 20] [--ttl 2]
                              [--failback-delay 1] [--build-tasks 1000] [--backlog 3000]
-                             [--max-cores-per-build 4] [--tls] [--dir DIR] [--json]
+                             [--task-seconds 1] [--max-cores-per-build 0] [--tls] [--dir DIR] [--json]
 
 Everything is real and started here (coordinator.local.LocalCluster): a
 single-member etcd, the primary p1 and the selected backup b1 as processes
 with their web UIs, and `--agents` pool agents (agent.pool, 1 core each, in
-one child process). A feeder thread keeps about `--backlog` no-op tasks
+`--pools` child processes). A feeder thread keeps about `--backlog` tasks
 queued, in builds of `--build-tasks`, through p1's JSON API, so that there is
-always work when a coordinator takes over. The cluster setting
-max_cores_per_build (`--max-cores-per-build`, 4) keeps the build running at a
-moderate rate: at full dispatch speed the pool process (200 agents, one
-interpreter) and etcd saturate a 2-core machine, and the pool's shared lease
-expires (every agent key vanishes), which measures the harness, not the
-product. The limit is lifted for the final audit.
+always work when a coordinator takes over.
+
+The load, by default, is what a busy farm looks like: every agent runs a task
+at every moment (each pretend task takes `--task-seconds`, 1 s; no process is
+spawned), about 200 tasks/s, so a move always carries running tasks in the
+agents' Hellos. `--task-seconds 0 --max-cores-per-build 4` is the stress
+setting earlier runs used: no-op tasks at ~1,100/s, which keep the 2-core
+machine ~85 % busy before any handover (the cluster setting
+max_cores_per_build keeps that from saturating it outright; the limit is
+lifted for the final audit).
 
 Each failover trial SIGKILLs the leading p1 and measures from the kill:
   (a) b1 leads: the leader key is put naming b1 (its create revision is the
@@ -75,28 +79,31 @@ _POOL_CHILD = r"""
 import logging, signal, sys, threading
 from agent.pool import AgentPool
 from lease.client import EtcdConfig
-urls, ca, cluster, count, cores, token, mode, prefix = sys.argv[1:9]
+urls, ca, cluster, count, cores, token, mode, prefix, task_seconds = sys.argv[1:10]
 logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 stop = threading.Event()
 for s in (signal.SIGTERM, signal.SIGINT):
     signal.signal(s, lambda *_: stop.set())
 pool = AgentPool(EtcdConfig.from_urls(urls, ca_cert=ca or None), cluster, int(count), int(cores),
-                 agent_token=token, grpc_ca=ca or None, name_prefix=prefix).start()
+                 agent_token=token, grpc_ca=ca or None, name_prefix=prefix,
+                 task_seconds=float(task_seconds)).start()
 print("pool started", file=sys.stderr, flush=True)
 if mode == "report":
-    # Every 5 ms: which agents' streams are welcomed, by whom, under which epoch.
+    # Every 5 ms: which agents' streams are welcomed, by whom, under which epoch, and
+    # to whom each holds a standby stream (the successor its leader named).
     # CLOCK_MONOTONIC is one clock for the whole machine, so the parent can compare.
     import time
     last = {}
     while not stop.wait(0.005):
         lines = []
         for agent in pool.agents:
-            link = agent._link
-            state = (link.leader.name, link.epoch) if link is not None and link.welcomed else None
-            if last.get(agent.config.name, 0) != state:
+            link, standby = agent._link, agent._standby
+            state = ((link.leader.name, link.epoch) if link is not None and link.welcomed else ("-", "-"),
+                     standby.leader.name if standby is not None and standby.alive and standby.streams_opened
+                     else "-")
+            if last.get(agent.config.name) != state:
                 last[agent.config.name] = state
-                lines.append(f"{time.monotonic():.6f} {agent.config.name} " +
-                             (f"{state[0]} {state[1]}" if state else "- -"))
+                lines.append(f"{time.monotonic():.6f} {agent.config.name} {state[0][0]} {state[0][1]} {state[1]}")
         if lines:
             sys.stdout.write("\n".join(lines) + "\n")
             sys.stdout.flush()
@@ -113,11 +120,13 @@ class PoolProcess:
     The process is a coordinator.local.Proc: `stop()`, `log_tail()`, `alive`."""
 
     def __init__(self, cluster: LocalCluster, count: int, cores: int = 1, on_link=None,
-                 prefix: str = "bench-agent-"):
-        """on_link(t, agent, coordinator, epoch), if given, is called (on a reader thread) whenever
-        an agent's stream is welcomed or lost (coordinator and epoch None), t on time.monotonic()."""
+                 prefix: str = "bench-agent-", task_seconds: float = 0.0):
+        """on_link(t, agent, coordinator, epoch, standby), if given, is called (on a reader thread)
+        whenever an agent's stream is welcomed or lost (coordinator and epoch None) or its standby
+        stream changes (standby: the coordinator it stands by for, or None); t on time.monotonic()."""
         argv = [sys.executable, "-c", _POOL_CHILD, cluster.etcd_urls, cluster.ca or "", cluster.cluster,
-                str(count), str(cores), cluster.agent_token, "report" if on_link else "quiet", prefix]
+                str(count), str(cores), cluster.agent_token, "report" if on_link else "quiet", prefix,
+                str(task_seconds)]
         root = str(Path(__file__).resolve().parent.parent)
         self.proc = Proc(f"pool-{prefix.strip('-')}", argv, cluster.dir / "logs" / f"pool-{prefix.strip('-')}.log",
                          env={"PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")})
@@ -128,9 +137,9 @@ class PoolProcess:
 
     def _read_links(self, on_link) -> None:
         for line in self.proc.popen.stdout:
-            t, name, coordinator, epoch = line.decode().split()
+            t, name, coordinator, epoch, standby = line.decode().split()
             on_link(float(t), name, None if coordinator == "-" else coordinator,
-                    None if epoch == "-" else int(epoch))
+                    None if epoch == "-" else int(epoch), None if standby == "-" else standby)
 
     @property
     def alive(self) -> bool:
@@ -182,6 +191,7 @@ class Monitor:
         self.leader_log: list[tuple[float, str, str | None, int]] = []  # (t, put|delete, name, epoch)
         self.keys_view = Links(n_agents)     # from agents/<name> in etcd
         self.streams = Links(n_agents)       # from the pool's welcomed streams (on_link)
+        self.standby: dict[str, str | None] = {}  # agent -> coordinator it holds a standby stream to
         self.running_revs: list[int] = []                    # revisions of "running" task puts, ascending
         self.running_times: list[float] = []
         self.finals: Counter = Counter()                     # task key -> final records written
@@ -228,9 +238,11 @@ class Monitor:
         link = (record.get("coordinator"), record.get("epoch")) if record else None
         self.keys_view.set(agent, link, now)
 
-    def on_stream(self, t: float, agent: str, coordinator: str | None, epoch: int | None) -> None:
+    def on_stream(self, t: float, agent: str, coordinator: str | None, epoch: int | None,
+                  standby: str | None = None) -> None:
         with self.changed:
             self.streams.set(agent, (coordinator, epoch), t)
+            self.standby[agent] = standby
             self.changed.notify_all()
 
     def _on_agents(self, events) -> None:
@@ -285,6 +297,11 @@ class Monitor:
         """When every agents/<name> first named (name, epoch)."""
         return self.keys_view.all_on.get((name, epoch))
 
+    def all_standing_by_for(self, name: str) -> bool:
+        """Every pool agent holds a standby stream to `name` (the successor its leader named)."""
+        return (len(self.standby) >= self.n_agents
+                and all(standby == name for standby in self.standby.values()))
+
     def all_streams_on(self, name: str, epoch: int):
         """When every pool agent's stream was first welcomed by (name, epoch)."""
         return self.streams.all_on.get((name, epoch))
@@ -334,7 +351,9 @@ def coordinator_ready(cluster: LocalCluster, name: str) -> bool:
 
 
 def wait_steady(cluster: LocalCluster, monitor: Monitor, leader: str, timeout: float = 60) -> int:
-    """leader leads, every agent is on it, both coordinators are registered and ready; returns the epoch."""
+    """leader leads, every agent is on it, both coordinators are registered and ready, and every
+    agent holds a standby stream to the other one (the leader names it as its successor once the
+    agents have moved; a planned handover before that works, over new streams); returns the epoch."""
     deadline = time.monotonic() + timeout
     monitor.wait(lambda: monitor.leader and monitor.leader[0] == leader, timeout, f"{leader} to lead")
     epoch = monitor.leader[1]
@@ -344,6 +363,9 @@ def wait_steady(cluster: LocalCluster, monitor: Monitor, leader: str, timeout: f
         if time.monotonic() > deadline:
             raise TimeoutError("p1 and b1 to be registered and ready")
         time.sleep(0.05)
+    other = "b1" if leader == "p1" else "p1"
+    monitor.wait(lambda: monitor.all_standing_by_for(other), max(1.0, deadline - time.monotonic()),
+                 f"every agent to stand by for {other}")
     return epoch
 
 
@@ -469,7 +491,8 @@ def report(args, results: dict, check: dict | None, elapsed: float, builds: int,
     if args.json:
         print(json.dumps({"rows": rows, "audit": check, "trials": results, "elapsed": elapsed,
                           "misses": misses}, indent=2))
-    print(f"\n{args.agents} agents (1 core), ttl {args.ttl} s, tls {args.tls}, max_cores_per_build "
+    print(f"\n{args.agents} agents (1 core) in {args.pools} processes, tasks of {args.task_seconds:g} s, "
+          f"ttl {args.ttl} s, tls {args.tls}, max_cores_per_build "
           f"{args.max_cores_per_build}; {len(fo)} failovers, "
           f"{len(so)} switchover round trips; {builds} builds of {args.build_tasks} tasks; "
           f"{elapsed:.0f} s in all")
@@ -492,16 +515,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=20, help="failover trials (SIGKILL p1)")
     parser.add_argument("--switchovers", type=int, default=None, help="planned round trips (default: --trials)")
     parser.add_argument("--agents", type=int, default=200)
-    parser.add_argument("--pools", type=int, default=1,
+    parser.add_argument("--pools", type=int, default=4,
                         help="pool processes sharing the agents (several interpreters connect faster)")
     parser.add_argument("--ttl", type=int, default=2)
     parser.add_argument("--failback-delay", type=float, default=1.0,
                         help="seconds p1 must be ready before b1 hands back (product default 5)")
     parser.add_argument("--build-tasks", type=int, default=1000)
     parser.add_argument("--backlog", type=int, default=3000)
-    parser.add_argument("--max-cores-per-build", type=int, default=4,
-                        help="cluster setting during the trials, so that the build runs without saturating"
-                             " the machine (0: no limit, dispatch at full speed)")
+    parser.add_argument("--task-seconds", type=float, default=1.0,
+                        help="how long each (pretend) task runs on its agent; 0: it ends at once")
+    parser.add_argument("--max-cores-per-build", type=int, default=0,
+                        help="cluster setting during the trials (0: no limit); with --task-seconds 0,"
+                             " 4 keeps no-op tasks from saturating the machine")
     parser.add_argument("--tls", action="store_true", help="TLS on every link (default off, for speed)")
     parser.add_argument("--dir", default=None, help="cluster directory (logs); kept")
     parser.add_argument("--timeout", type=float, default=60.0, help="per step")
@@ -528,7 +553,8 @@ def main(argv: list[str] | None = None) -> int:
         share, extra = divmod(args.agents, args.pools)
         for j in range(args.pools):
             pools.append(PoolProcess(cluster, share + (j < extra), cores=1, on_link=monitor.on_stream,
-                                     prefix=f"bench-agent-{j + 1}-" if args.pools > 1 else "bench-agent-"))
+                                     prefix=f"bench-agent-{j + 1}-" if args.pools > 1 else "bench-agent-",
+                                     task_seconds=args.task_seconds))
         epoch = cluster.leader()["epoch"]
         try:
             monitor.wait(lambda: monitor.all_agents_on("p1", epoch), 120, f"{args.agents} agents on p1")

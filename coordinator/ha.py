@@ -65,6 +65,7 @@ class Snapshot:
     contact: Mapping[str, float] = dataclasses.field(default_factory=dict)  # backup -> last seen (unix s)
     revision: int = 0
     settings_revision: int = 0  # mod revision of the settings key (0: never saved), for compare-and-set
+    switchover_revision: int = 0  # mod revision of the switchover request (0: none)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -40,8 +40,10 @@ def read_snapshot(etcd, keys: Keys) -> Snapshot:
     settings = Settings.from_json(settings_kvs[0][0]) if settings_kvs else Settings()
     settings_revision = settings_kvs[0][1].mod_revision if settings_kvs else 0
     switchover = (decode(switch_kvs[0][0]) or {}).get("target") if switch_kvs else None
+    switchover_revision = switch_kvs[0][1].mod_revision if switch_kvs else 0
     contact = {}
     for value, meta in contact_kvs:
         contact[Keys.name_of(meta.key, keys.backup_contact)] = float((decode(value) or {}).get("last_seen", 0))
     return Snapshot(leader=leader, coordinators=peers, settings=settings, switchover=switchover,
-                    contact=contact, revision=revision, settings_revision=settings_revision)
+                    contact=contact, revision=revision, settings_revision=settings_revision,
+                    switchover_revision=switchover_revision)

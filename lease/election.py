@@ -80,8 +80,10 @@ class Election:
         is the authority; this is for deciding whether to try."""
         return self._epoch is not None and not self.session.lost.is_set()
 
-    def campaign(self, value: bytes | str) -> bool:
-        """One attempt: create the leader key with our lease if nobody holds it.
+    def campaign(self, value: bytes | str, also: Iterable = ()) -> bool:
+        """One attempt: create the leader key with our lease if nobody holds it
+        (and every compare in `also` holds: a caller's condition checked in the
+        same transaction, e.g. that a switchover request is unchanged).
 
         Returns True when we lead (also when the key already carries our own
         lease, e.g. after a retried campaign whose write went through).
@@ -90,7 +92,7 @@ class Election:
         self._check_session()
         lease = self.session.lease_id
         ok, responses = self.etcd.txn(
-            [self.etcd.ops.create(self.key) == 0],
+            [self.etcd.ops.create(self.key) == 0, *also],
             [self.etcd.ops.put(self.key, value, lease=lease)],
             [self.etcd.ops.get(self.key)])
         if ok:

@@ -20,7 +20,10 @@ import grpc
 import pytest
 
 from agent.config import AgentConfig
+from agent.channels import Channels
 from agent.core import Agent
+from agent.leader import LeaderView
+from agent.link import CoordinatorLink
 from agent.daemon import add_arguments, config_from_args
 from agent.pool import AgentPool
 from agent.runner import TaskRef
@@ -404,6 +407,58 @@ def test_messages_for_another_epoch_are_ignored_and_close_the_stream(agents, tmp
     assert agent.results.get(TaskRef("b1", "fresh", 1)) is not None, "no ack came: the result stays buffered"
 
 
+class LinkOwner:
+    """The little a CoordinatorLink needs from its agent, with a leader view the test moves."""
+
+    def __init__(self, epoch: int):
+        self.lock = threading.RLock()
+        self.seen = epoch
+        self.rereads = 0
+        self.messages: list[str] = []
+
+    def hello(self) -> pb.Hello:
+        return pb.Hello(name="a1", cores=1)
+
+    def seen_epoch(self) -> int | None:
+        return self.seen
+
+    def on_message(self, link, message) -> None:
+        self.messages.append(message.WhichOneof("body"))
+
+    def on_link_state(self, link) -> None:
+        pass
+
+    def recheck_leader(self) -> None:
+        self.rereads += 1
+
+
+@pytest.mark.parametrize("last", ["goodbye", "assignment after the key moved on"])
+def test_the_old_leaders_last_words_end_the_stream_without_rereading_the_key(scripted, etcd, keys, last):
+    """A planned handover resigns before its Goodbyes: by the time they arrive the agent
+    may already see the new leader (or no leader). 200 agents re-reading the leader key
+    then would load etcd at the moment the handover needs it: the stream just ends."""
+    servicer, epoch = scripted
+    leader = LeaderView.parse(etcd.get(keys.leader)[0], epoch)
+    owner = LinkOwner(epoch)
+    servicer.scripts.put([coord(epoch, welcome=pb.Welcome(coordinator="odd"))])
+    channels = Channels()
+    link = CoordinatorLink(leader, owner, channels, max_backoff=30).start()
+    try:
+        wait_until(lambda: link.welcomed, 10, message="welcomed")
+        if last == "goodbye":
+            servicer.inject.put(coord(epoch, goodbye=pb.Goodbye(reason="switchover to b1")))
+        else:
+            owner.seen = None  # the leader key was deleted: a handover is under way
+            servicer.inject.put(assign(epoch, "late", "true"))
+        wait_until(lambda: servicer.streams_ended >= 1, 10, message="the stream ended")
+        assert owner.rereads == 0 and owner.messages == ["welcome"]
+        assert not link.welcomed and link.streams_opened == 1, "no new stream before max_backoff"
+    finally:
+        link.close()
+        link.join()
+        channels.close()
+
+
 def test_welcome_cancels_tasks_and_an_attempt_never_runs_twice(agents, tmp_path, scripted):
     servicer, epoch = scripted
     counter, pidfile = tmp_path / "runs", tmp_path / "pid"
@@ -501,6 +556,7 @@ def test_pool_agents_each_register_connect_and_complete_work(etcd, etcd_url, key
         wait_until(lambda: {decode(v)["epoch"] for v, _ in etcd.get_prefix(keys.agents)} == {epoch}, 10,
                    message="every pool agent's presence names the epoch")
         assert pool.completed() == 12
+        assert len(pool.channels._channels) == 1, "one gRPC channel to p1 for the pool, a stream per agent"
     finally:
         pool.stop()
     assert etcd.get_prefix(keys.agents) == []

@@ -157,3 +157,18 @@ def test_resign_commits_its_last_ops_with_the_delete_and_only_while_leading(etcd
     a._epoch = stale_epoch  # a still believes it leads
     a.resign(last_ops=[etcd.ops.put(note, b"stale")])
     assert etcd.get(note)[0] == b"a handed over" and b.leader().value == b"b"
+
+
+def test_a_guarded_campaign_wins_only_while_its_condition_holds(etcd, sessions, leader_key, keys):
+    # The daemon's campaign at a planned handover's resignation: "only while the
+    # switchover request still names me", checked in the campaign's transaction.
+    request = keys.root + "switchover-request"
+    etcd.put(request, b'{"target": "b"}')
+    _, meta = etcd.get(request)
+    b = Election(etcd, leader_key, sessions())
+    etcd.put(request, b'{"target": "c"}')  # changed after b saw it
+    assert b.campaign("b", also=[etcd.ops.mod(request) == meta.mod_revision]) is False
+    assert b.epoch is None and etcd.get(leader_key)[0] is None
+    _, meta = etcd.get(request)
+    assert b.campaign("b", also=[etcd.ops.mod(request) == meta.mod_revision]) is True
+    assert b.leader().value == b"b"

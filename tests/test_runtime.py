@@ -19,6 +19,7 @@ from coordinator.keys import decode, encode
 from coordinator.protocol import agent_pb2 as pb
 from coordinator.protocol import unbatched
 from coordinator.protocol import agent_pb2_grpc
+from coordinator.runtime import dispatcher as dispatcher_module
 from coordinator.runtime.aio_service import AioAgentServer
 from coordinator.runtime.runtime import Runtime
 from lease.election import Election
@@ -469,3 +470,49 @@ def test_max_cores_per_build_limits_a_build_on_a_big_agent(etcd, keys, farm):
     b1_ref = next(a for a in a1.assignments() if a[0] == "b1")
     a1.send_result(b1_ref)
     assert a1.wait("assign", 3).task.build_id == "b1"
+
+
+@pytest.fixture
+def announce_late(monkeypatch):
+    """The successor is otherwise also named ANNOUNCE_SUCCESSOR_AFTER (1 s) after the start."""
+    monkeypatch.setattr(dispatcher_module, "ANNOUNCE_SUCCESSOR_AFTER", 60.0)
+
+
+def test_the_successor_is_named_once_every_present_agent_has_moved_here(announce_late, etcd, keys, farm):
+    """Agents open a standby stream to the successor when they hear its name: not
+    while others are still moving here, which that work would slow down."""
+    etcd.put(keys.agent("a2"), encode({"name": "a2", "cores": 1}))  # present, not connected yet
+    wait_until(lambda: (d := farm.runtime._dispatcher) is not None and "a2" in d.agents and d.agents["a2"].present,
+               10, message="the runtime sees a2 present")
+    farm.runtime.announce_successor(("b1", "127.0.0.1:7999"))
+    a1 = farm.agent("a1", cores=1)
+    a1.wait("welcome")
+    submit(etcd, keys, "b1", [{"id": "t1"}])
+    a1.wait("assign")  # the dispatcher has taken the hello and the announcement by now
+    assert a1.of("successor") == [], "named while a2 has not moved here yet"
+    a2 = farm.agent("a2", cores=1)
+    a2.wait("welcome")
+    for agent in (a1, a2):
+        successor = agent.wait("successor")
+        assert (successor.name, successor.grpc) == ("b1", "127.0.0.1:7999")
+
+
+def test_a_planned_handover_resigns_after_the_writes_land_and_before_the_goodbyes(etcd, keys, farm):
+    a1 = farm.agent("a1", cores=1)
+    submit(etcd, keys, "b1", [{"id": "t1"}])
+    ref = a1.wait("assign").task
+    a1.send_result((ref.build_id, ref.task_id, ref.attempt))
+    a1.wait("ack")
+    dispatcher = farm.runtime._dispatcher
+    seen = {}
+
+    def resign():
+        seen["recorded"] = record(etcd, keys, "b1", "t1")["state"]
+        seen["stream open"] = not dispatcher.agents["a1"].stream.closed
+
+    farm.runtime.stop("switchover to b1", successor=("b1", "127.0.0.1:7999"), before_goodbye=resign)
+    assert seen == {"recorded": "done", "stream open": True}
+    assert a1.wait("goodbye").reason == "switchover to b1"
+    assert a1.wait("successor").name == "b1", "a planned handover names the successor at once"
+    farm.runtime.stop("again", before_goodbye=lambda: seen.update(again=True))
+    assert seen["again"], "the step runs also when the runtime is not started"

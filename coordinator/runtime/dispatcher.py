@@ -49,6 +49,11 @@ HEARTBEAT_EVERY = 1.0
 RUNTIME_KEY_EVERY = 0.5
 RETRY_WRITE_AFTER = 0.5
 MAX_RELEASED_EARLY = 64   # dependants per result placed in its transaction (etcd allows 128 ops)
+# The successor is named once every present agent has said hello here, or this long
+# after taking over, not at once: each agent opens a Standby stream when it hears the
+# name, and 200 agents doing so while others were still moving here slowed the move
+# itself (bench/failover.py). A handover before that still works, over new streams.
+ANNOUNCE_SUCCESSOR_AFTER = 1.0
 
 
 class Dispatcher:
@@ -74,6 +79,7 @@ class Dispatcher:
         # (name, gRPC address) of the coordinator expected to lead next, announced to every agent
         # so that each holds a Standby stream to it (agent/link.py) and moving there costs one Hello.
         self._successor: tuple[str, str] | None = None
+        self._announcing = False          # ANNOUNCE_SUCCESSOR_AFTER has passed
         self._awaiting_hello: set[str] = set()
         self._grace_deadline = 0.0
         self._thread: threading.Thread | None = None
@@ -97,6 +103,7 @@ class Dispatcher:
         self._load(kvs)
         loaded = self.clock()
         self._grace_deadline = loaded + self.grace
+        self._after(ANNOUNCE_SUCCESSOR_AFTER, self._start_announcing)
         for prefix, kind in ((self.keys.builds, "builds"), (self.keys.agents, "agents"),
                              (self.keys.agent_config, "agent-config"), (self.keys.settings, "settings")):
             watcher = Watcher(self.etcd, prefix, prefix=kind != "settings", start_revision=revision + 1,
@@ -113,15 +120,18 @@ class Dispatcher:
             return  # not recorded once we stop leading (the agent keeps it); would only delay the stop
         self._events.put(event)
 
-    def stop(self, reason: str, timeout: float, successor: tuple[str, str] | None = None) -> None:
-        """Stop dispatching, flush writes (acks go out), Goodbye every stream.
+    def stop(self, reason: str, timeout: float, successor: tuple[str, str] | None = None,
+             before_goodbye: Callable[[], None] | None = None) -> None:
+        """Stop dispatching, flush writes (acks go out), run before_goodbye
+        (a planned handover resigns there), Goodbye every stream.
         successor (name, gRPC address): a planned handover's next leader,
         announced to every agent first so that they can dial it meanwhile."""
         self.dispatching = False
-        self._events.put(("stop", reason, timeout, successor))
+        self._events.put(("stop", reason, timeout, successor, before_goodbye))
         if self._thread is None:
             # Never ran (its load failed): refuse the agents that said hello meanwhile.
             self._refuse_queued(reason)
+            _run_step(before_goodbye)
         elif self._thread is not threading.current_thread():
             self._thread.join(timeout + 5)
         # Writes are flushed and the agents told; joining the watcher and writer threads
@@ -195,7 +205,7 @@ class Dispatcher:
                 events = []
             for i, event in enumerate(events):
                 if event[0] == "stop":
-                    self._shutdown(event[1], event[2], events[i + 1:], event[3])
+                    self._shutdown(event[1], event[2], events[i + 1:], event[3], event[4])
                     return
                 try:
                     self._handle(event)
@@ -252,21 +262,27 @@ class Dispatcher:
         elif kind == "successor":
             if event[1] != self._successor:
                 self._successor = event[1]
-                if event[1] is not None:
+                if event[1] is not None and self._announcing:
                     self._send_all(self._successor_msg())
         elif kind == "settings":
             self.settings = Settings.from_json(event[1][-1].value)
             self._dirty = True
 
     def _shutdown(self, reason: str, timeout: float, pending: list[tuple],
-                  successor: tuple[str, str] | None = None) -> None:
+                  successor: tuple[str, str] | None = None,
+                  before_goodbye: Callable[[], None] | None = None) -> None:
         """No new work; let in-flight writes land so their acks (and
         assignments) go out before the Goodbye. Results that arrive now are
-        not recorded: the agents keep them for the next leader."""
+        not recorded: the agents keep them for the next leader.
+
+        before_goodbye runs once the writes have landed and before the
+        Goodbyes: a planned handover resigns there, so that the next leader
+        can start while this process is not yet busy ending 200 streams
+        (the agents move on their leader-key watch, not on the Goodbye)."""
         self.dispatching = False
         deadline = self.clock() + timeout
-        if successor is not None and successor != self._successor:
-            self._successor = successor
+        if successor is not None and (successor != self._successor or not self._announcing):
+            self._successor, self._announcing = successor, True
             self._send_all(self._successor_msg())
         for task in self._results_to_write:   # taken before the stop: their acks can still go out
             self._write_result(task)
@@ -291,6 +307,7 @@ class Dispatcher:
         self.report.write_runtime(self.agents, self.settings.auto_subscribe)
         self.store.flush(max(0.0, deadline - self.clock()))
         self._flush_outgoing()
+        _run_step(before_goodbye)
         for agent in self.agents.values():
             if agent.stream is not None:
                 agent.stream.end(reason)
@@ -370,8 +387,10 @@ class Dispatcher:
             if task is not None and task.attempt == result.task.attempt and task.agent == agent.name:
                 keep.add(task.key)
         self._send(stream, self._msg(welcome=pb.Welcome(coordinator=self.name, cancel=cancel)))
-        if self._successor is not None:
+        if self._successor is not None and self._announcing:
             self._send(stream, self._successor_msg())
+        elif not self._announcing and all(a.stream is not None for a in self.agents.values() if a.present):
+            self._start_announcing()  # the move here is over
         # What we believe runs there but the agent neither runs nor finished is lost.
         self._lose_tasks(agent, "the agent's hello does not list it", keep=keep)
         for result in hello.results:
@@ -584,6 +603,13 @@ class Dispatcher:
             stream.send_all(messages)
         stream.end(reason)
 
+    def _start_announcing(self) -> None:
+        if self._announcing:
+            return
+        self._announcing = True
+        if self._successor is not None:
+            self._send_all(self._successor_msg())
+
     def _successor_msg(self) -> pb.CoordinatorMessage:
         name, address = self._successor
         return self._msg(successor=pb.Successor(name=name, grpc=address))
@@ -602,6 +628,15 @@ class Dispatcher:
 
     def _after(self, delay: float, fn: Callable[[], None]) -> None:
         heapq.heappush(self._later, (self.clock() + delay, next(self._seq), fn))
+
+
+def _run_step(step: Callable[[], None] | None) -> None:
+    if step is None:
+        return
+    try:
+        step()
+    except Exception:  # noqa: BLE001 - stopping must finish; the caller's step logs its own failure
+        log.exception("dispatcher: the step before the goodbyes failed")
 
 
 def _ref(task: Task) -> pb.TaskRef:

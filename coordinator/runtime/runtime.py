@@ -103,17 +103,22 @@ class Runtime:
         if mirror is not None:
             mirror.stop()
 
-    def stop(self, reason: str = "coordinator stopping", successor: tuple[str, str] | None = None) -> None:
-        """Stop dispatching, flush writes, send Goodbye(reason) to every agent
-        and close the streams. successor (name, gRPC address): the next
-        leader of a planned handover, announced to the agents first. Safe to
-        call twice and when not started."""
+    def stop(self, reason: str = "coordinator stopping", successor: tuple[str, str] | None = None,
+             before_goodbye: Callable[[], None] | None = None) -> None:
+        """Stop dispatching, flush writes, run before_goodbye (also when not
+        started), send Goodbye(reason) to every agent and close the streams.
+        successor (name, gRPC address): the next leader of a planned
+        handover, announced to the agents first. Safe to call twice."""
         with self._lock:
             dispatcher, self._dispatcher = self._dispatcher, None
-            if dispatcher is not None:
-                began = self.clock()
-                dispatcher.stop(reason, timeout=self.timings.renew_deadline, successor=successor)
-                log.info("runtime: stopped (%s) in %.0f ms", reason, (self.clock() - began) * 1000)
+            if dispatcher is None:
+                if before_goodbye is not None:
+                    before_goodbye()
+                return
+            began = self.clock()
+            dispatcher.stop(reason, timeout=self.timings.renew_deadline, successor=successor,
+                            before_goodbye=before_goodbye)
+            log.info("runtime: stopped (%s) in %.0f ms", reason, (self.clock() - began) * 1000)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every write queued so far is resolved. True if it was."""

@@ -176,19 +176,27 @@ def test_flapping_primary_loses_no_task(make_cluster, tmp_path):
     finish_and_audit(cluster, build_id, since, ids, ran, "p1", "p1")
 
 
-def test_planned_switchover_and_back(make_cluster, tmp_path):
+def test_planned_switchover_and_back_mid_build_runs_no_task_twice(make_cluster, tmp_path):
     cluster = make_cluster(agents=2, backups=1, cores=2)
-    api = cluster.api("p1")
-    api.switchover()
+    ran = tmp_path / "ran.log"
+    ids, spec = sleepy_build(ran, 16, 0.5)
+    build_id, since = submit(cluster, spec)
+    wait_until(lambda: done_count(cluster, build_id, "p1") >= 2, 60, message="2 tasks done")
+    epoch1 = cluster.leader()["epoch"]
+    cluster.api("p1").switchover()
     cluster.wait_leader("b1", timeout=10)
     cluster.wait_agents(2, timeout=10, coordinator="b1")
+    before = done_count(cluster, build_id, "b1")
+    wait_until(lambda: done_count(cluster, build_id, "b1") > before, 60, message="progress under b1")
     # A planned switchover is not undone by the handback rule.
     assert cluster.leader()["name"] == "b1"
     cluster.api("b1").switchover()
     cluster.wait_leader("p1", timeout=10)
-    cluster.wait_agents(2, timeout=10, coordinator="p1")
-    types = [e["type"] for e in events(cluster, "p1")]
-    assert "switchover" in types
+    assert cluster.leader()["epoch"] > epoch1
+    finish_and_audit(cluster, build_id, since, ids, ran, "p1", "p1")
+    assert set(ran_counts(ran).values()) == {1}, "a planned handover runs no task again"
+    switchovers = [e for e in events(cluster, "p1") if e["type"] == "switchover"]
+    assert {e["coordinator"] for e in switchovers} == {"p1", "b1"}
 
 
 def test_selected_backup_is_deselected_and_the_clock_survives_a_primary_restart(make_cluster):
