@@ -54,7 +54,8 @@ class Agent:
     """`Agent(config).start()` ... `stop()`, or `run()` from the CLI.
 
     The keyword arguments exist for the bench pool (agent.pool): a shared
-    etcd client, a shared lease, shared gRPC channels, a runner that does not
+    etcd client, a shared lease, shared gRPC channels, watches sharing one
+    etcd stream (lease.watch_mux), a runner that does not
     spawn processes, a memory-only result buffer, and a slower loop (it has
     no lease to tick).
     """
@@ -63,7 +64,7 @@ class Agent:
                  runner_factory: Callable[[Callable[[TaskResult], None]], object] | None = None,
                  results: ResultBuffer | None = None, loop_interval: float | None = None,
                  watch_options: dict | None = None, wake: threading.Event | None = None,
-                 channels: Channels | None = None):
+                 channels: Channels | None = None, watch: Callable | None = None):
         self.config = config
         self.keys = Keys(config.cluster)
         self._owns_etcd = etcd is None
@@ -76,7 +77,7 @@ class Agent:
             self.runner = Runner(config.workdir, self._on_result, default_timeout=config.task_timeout)
         else:
             self.runner = runner_factory(self._on_result)
-        self.follower = LeaderFollower(self.etcd, self.keys.leader, self._on_leader_change, watch_options)
+        self.follower = LeaderFollower(self.etcd, self.keys.leader, self._on_leader_change, watch_options, watch)
         self.version = agent_version()
         self._owns_channels = channels is None
         self.channels = channels if channels is not None else Channels(config.root_certificates())

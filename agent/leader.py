@@ -62,11 +62,14 @@ class LeaderFollower:
     """
 
     def __init__(self, etcd: Etcd, key: str, on_change: Callable[[LeaderView | None], None],
-                 watch_options: dict | None = None):
+                 watch_options: dict | None = None, watch: Callable[..., Watcher] | None = None):
+        """watch(key, start_revision=, on_events=): makes the (not started) watch;
+        default a Watcher with watch_options. The bench pool passes a WatchMux's."""
         self.etcd = etcd
         self.key = key
         self.on_change = on_change
         self.watch_options = dict(watch_options or {})
+        self._make_watch = watch or (lambda key, **kw: Watcher(self.etcd, key, **kw, **self.watch_options))
         self._lock = threading.Lock()
         self._view: LeaderView | None = None
         self._revision = 0
@@ -79,8 +82,7 @@ class LeaderFollower:
 
     def start(self) -> "LeaderFollower":
         revision = self.reread()
-        self._watcher = Watcher(self.etcd, self.key, start_revision=revision + 1,
-                                on_events=self._on_events, **self.watch_options).start()
+        self._watcher = self._make_watch(self.key, start_revision=revision + 1, on_events=self._on_events).start()
         return self
 
     def reread(self) -> int:
