@@ -85,10 +85,12 @@ class CoordinatorLink:
         self._call = None
         self._call_lock = threading.Lock()
         self._refused_logged = False
+        self._running = False
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"link {agent_name}->{leader.name}#{leader.epoch}")
 
     def start(self) -> "CoordinatorLink":
+        self._running = True
         self._thread.start()
         return self
 
@@ -106,8 +108,9 @@ class CoordinatorLink:
 
     @property
     def alive(self) -> bool:
-        """The link's thread still runs (a closed link may take a moment to end)."""
-        return self._thread.is_alive()
+        """The link's thread still runs (a closed link may take a moment to end).
+        A flag, not Thread.is_alive(): the agent asks at every turn, for each of its links."""
+        return self._running
 
     @property
     def closed(self) -> bool:
@@ -142,6 +145,12 @@ class CoordinatorLink:
 
     # -- the stream loop -------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._run_streams()
+        finally:
+            self._running = False
+
+    def _run_streams(self) -> None:
         try:
             channel = self.channels.get(self.leader.grpc)
         except ValueError:

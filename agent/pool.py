@@ -239,8 +239,9 @@ class AgentPool:
         with self._due_lock:
             self._due.add(index)
             self._presence_changed.add(index)
-        self._wake.set()
-        self._presence_due.set()
+        for event in (self._wake, self._presence_due):
+            if not event.is_set():  # set() takes a lock and notifies even when set already
+                event.set()
 
     def _presence_loop(self) -> None:
         """Keeps the shared lease alive and the presence keys up to date: the

@@ -89,14 +89,32 @@ pool = AgentPool(EtcdConfig.from_urls(urls, ca_cert=ca or None), cluster, int(co
                  task_seconds=float(task_seconds)).start()
 print("pool started", file=sys.stderr, flush=True)
 if mode == "report":
-    # Every 5 ms: which agents' streams are welcomed, by whom, under which epoch, and
-    # to whom each holds a standby stream (the successor its leader named).
+    # Which agents' streams are welcomed, by whom, under which epoch, and to whom each
+    # holds a standby stream (the successor its leader named): looked at for the agents
+    # whose wake-up was set (a link welcomed or lost) as it happens, for all every 100 ms
+    # (standby streams). Polling all agents every 5 ms took a fifth of the pool's CPU.
     # CLOCK_MONOTONIC is one clock for the whole machine, so the parent can compare.
     import time
-    last = {}
-    while not stop.wait(0.005):
+    last, changed, woke, mark_due, lock = {}, set(), threading.Event(), pool._mark_due, threading.Lock()
+    def on_due(index):
+        mark_due(index)
+        with lock:
+            changed.add(index)
+        woke.set()
+    pool._mark_due = on_due
+    next_sweep = 0.0
+    while not stop.is_set():
+        woke.wait(max(0.0, next_sweep - time.monotonic()))
+        woke.clear()
+        with lock:
+            due, changed = changed, set()
+        if time.monotonic() >= next_sweep:
+            next_sweep = time.monotonic() + 0.1
+            agents = pool.agents
+        else:
+            agents = [pool.agents[i] for i in sorted(due)]
         lines = []
-        for agent in pool.agents:
+        for agent in agents:
             link, standby = agent._link, agent._standby
             state = ((link.leader.name, link.epoch) if link is not None and link.welcomed else ("-", "-"),
                      standby.leader.name if standby is not None and standby.alive and standby.streams_opened

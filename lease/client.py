@@ -235,18 +235,21 @@ class Etcd:
         Range reads pinned to the first one's revision, not a read-only
         transaction: etcd before 3.5.5 panics, and the member dies, when a
         read-only transaction's client deadline expires while etcd runs it
-        (etcd-io/etcd#14110; a loaded machine is enough). Costs one round trip
-        per range."""
-        results, header = [], None
-        for key, range_end in ranges:
-            pinned = {} if header is None else {"revision": header.revision}
-            if range_end is None:
-                resp = self.raw.get_response(key, **pinned)
-            else:
-                resp = self.raw.get_range_response(key, range_end, **pinned)
-            header = header or resp.header
-            results.append([(kv.value, KVMetadata(kv, header)) for kv in resp.kvs])
-        return results
+        (etcd-io/etcd#14110; a loaded machine is enough). Two round trips: the
+        first read, then the others at its revision, all at once (the HA loop
+        reads five ranges every cycle; in a row they took tens of ms under load)."""
+        if not ranges:
+            return []
+        key, range_end = ranges[0]
+        first = (self.raw.get_response(key) if range_end is None
+                 else self.raw.get_range_response(key, range_end))
+        header = first.header
+        raw = self.raw
+        pending = [raw.kvstub.Range.future(raw._build_get_range_request(key, range_end=end, revision=header.revision),
+                                           raw.timeout, credentials=raw.call_credentials, metadata=raw.metadata)
+                   for key, end in ranges[1:]]
+        responses = [first, *(future.result() for future in pending)]
+        return [[(kv.value, KVMetadata(kv, header)) for kv in resp.kvs] for resp in responses]
 
     @_mapped(retry=True)
     def revision(self) -> int:

@@ -54,6 +54,7 @@ MAX_RELEASED_EARLY = 64   # dependants per result placed in its transaction (etc
 # name, and 200 agents doing so while others were still moving here slowed the move
 # itself (bench/failover.py). A handover before that still works, over new streams.
 ANNOUNCE_SUCCESSOR_AFTER = 1.0
+GOODBYE_AFTER_HANDOVER = 0.5   # s after a planned handover's resignation (see _shutdown)
 
 
 class Dispatcher:
@@ -104,13 +105,15 @@ class Dispatcher:
         loaded = self.clock()
         self._grace_deadline = loaded + self.grace
         self._after(ANNOUNCE_SUCCESSOR_AFTER, self._start_announcing)
+        # The loop first: the agents' hellos are waiting. The watchers start from the
+        # starting point's revision, so whatever changed meanwhile still comes.
+        self._thread = threading.Thread(target=self._loop, name=f"dispatcher epoch {self.epoch}", daemon=True)
+        self._thread.start()
         for prefix, kind in ((self.keys.builds, "builds"), (self.keys.agents, "agents"),
                              (self.keys.agent_config, "agent-config"), (self.keys.settings, "settings")):
             watcher = Watcher(self.etcd, prefix, prefix=kind != "settings", start_revision=revision + 1,
                               on_events=lambda events, kind=kind: self._events.put((kind, events)))
             self._watchers.append(watcher.start())
-        self._thread = threading.Thread(target=self._loop, name=f"dispatcher epoch {self.epoch}", daemon=True)
-        self._thread.start()
         log.info("epoch %s: starting point %s in %.0f ms (%d keys at revision %d), loaded in %.0f ms "
                  "(%d unfinished builds), watching after %.0f ms", self.epoch, source, (read - began) * 1000,
                  len(kvs), revision, (loaded - read) * 1000, len(self.builds), (self.clock() - began) * 1000)
@@ -308,10 +311,19 @@ class Dispatcher:
         self.store.flush(max(0.0, deadline - self.clock()))
         self._flush_outgoing()
         _run_step(before_goodbye)
+        streams = [agent.stream for agent in self.agents.values() if agent.stream is not None]
         for agent in self.agents.values():
-            if agent.stream is not None:
-                agent.stream.end(reason)
-                agent.stream = None
+            agent.stream = None
+        if before_goodbye is None:
+            _say_goodbye(streams, reason)
+        else:
+            # A planned handover: the agents are moving to the next leader on their
+            # leader-key watch, and close these streams as they go. Ending 200 streams
+            # here now would take this process's CPU (~100 ms) from the machine while
+            # they move; the Goodbye is only for the stragglers, so it waits a moment.
+            timer = threading.Timer(GOODBYE_AFTER_HANDOVER, _say_goodbye, (streams, reason))
+            timer.daemon = True
+            timer.start()
         self._stopped.set()
 
     # -- agents ---------------------------------------------------------------------------
@@ -628,6 +640,11 @@ class Dispatcher:
 
     def _after(self, delay: float, fn: Callable[[], None]) -> None:
         heapq.heappush(self._later, (self.clock() + delay, next(self._seq), fn))
+
+
+def _say_goodbye(streams: list, reason: str) -> None:
+    for stream in streams:
+        stream.end(reason)
 
 
 def _run_step(step: Callable[[], None] | None) -> None:

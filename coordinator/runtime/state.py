@@ -86,10 +86,13 @@ class Build:
         unknown dependency, a dependency cycle, a failed dependency)."""
         tasks: dict[str, Task] = {}
         for raw in spec.get("tasks") or []:
+            # A takeover builds thousands of these while agents wait for their Welcome:
+            # no generator or comprehension for the usual empty deps and env.
+            deps, env = raw.get("deps"), raw.get("env")
             task = Task(build_id=spec["id"], id=str(raw["id"]), cmd=str(raw.get("cmd", "")),
-                        deps=tuple(str(d) for d in raw.get("deps") or ()),
+                        deps=tuple(map(str, deps)) if deps else (),
                         timeout=float(raw.get("timeout") or 0),
-                        env={str(k): str(v) for k, v in (raw.get("env") or {}).items()})
+                        env={str(k): str(v) for k, v in env.items()} if env else {})
             rec = records.get(task.id)
             if rec:
                 task.attempt = int(rec.get("attempt") or 0)
