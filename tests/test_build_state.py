@@ -51,3 +51,25 @@ def test_the_dependant_placed_with_the_result_keeps_its_core_when_the_result_lan
     compile_.recording = ("record", [])
     build.finished_task(compile_, {"state": DONE, "attempt": 1}, 3.0, 3.0)
     assert link.state == ASSIGNING and link.waiting_on == 0 and build.in_use == 1
+
+
+def test_a_reloaded_build_counts_each_task_once_whatever_its_records_and_dependencies():
+    """What a new leader makes of a build from etcd: done, failed, running, never
+    runnable (unknown dependency, cycle, failed dependency) and ready tasks, each
+    counted once; a build without dependencies takes the quick path to the same."""
+    spec = {"id": "b1", "name": "b1", "tasks": [
+        {"id": "ok", "cmd": "true"}, {"id": "bad", "cmd": "false"}, {"id": "busy", "cmd": "sleep 9"},
+        {"id": "after-bad", "cmd": "true", "deps": ["bad"]}, {"id": "ghost-dep", "cmd": "true", "deps": ["nope"]},
+        {"id": "x", "cmd": "true", "deps": ["y"]}, {"id": "y", "cmd": "true", "deps": ["x"]},
+        {"id": "after-ok", "cmd": "true", "deps": ["ok"]}, {"id": "fresh", "cmd": "true"}]}
+    records = {"ok": {"state": DONE, "attempt": 1}, "bad": {"state": "failed", "attempt": 1},
+               "busy": {"state": "running", "attempt": 2, "agent": "a1"}}
+    build, writes = Build.from_spec(spec, 1, records, 0.0, 0.0)
+    assert sorted(t.id for t, _ in writes) == ["after-bad", "ghost-dep", "x", "y"]
+    assert build.counts() == {"total": 9, "done": 1, "failed": 5, "running": 1}
+    assert set(build.ready) == {"after-ok", "fresh"} and build.state == "running"
+
+    flat = {"id": "b2", "name": "b2", "tasks": [{"id": f"t{i}", "cmd": "true"} for i in range(4)]}
+    build, writes = Build.from_spec(flat, 2, {"t0": {"state": DONE, "attempt": 1}}, 0.0, 0.0)
+    assert writes == [] and build.counts() == {"total": 4, "done": 1, "failed": 0, "running": 0}
+    assert list(build.ready) == ["t1", "t2", "t3"] and build.dependants == {f"t{i}": [] for i in range(4)}

@@ -23,7 +23,7 @@ FINISHED = (DONE, FAILED)
 HOLDS_CORE = (ASSIGNING, RUNNING)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, slots=True)  # slots: a takeover makes thousands at once
 class Task:
     build_id: str
     id: str
@@ -85,6 +85,7 @@ class Build:
         """The build and the records to write now (tasks that can never run:
         unknown dependency, a dependency cycle, a failed dependency)."""
         tasks: dict[str, Task] = {}
+        any_deps = False
         for raw in spec.get("tasks") or []:
             # A takeover builds thousands of these while agents wait for their Welcome:
             # no generator or comprehension for the usual empty deps and env.
@@ -93,6 +94,7 @@ class Build:
                         deps=tuple(map(str, deps)) if deps else (),
                         timeout=float(raw.get("timeout") or 0),
                         env={str(k): str(v) for k, v in env.items()} if env else {})
+            any_deps = any_deps or bool(deps)
             rec = records.get(task.id)
             if rec:
                 task.attempt = int(rec.get("attempt") or 0)
@@ -107,31 +109,43 @@ class Build:
         build = cls(id=spec["id"], name=str(spec.get("name", "")), order=order, tasks=tasks,
                     dependants=dependants)
         writes: list[tuple[Task, dict]] = []
-        for task in tasks.values():
-            for dep in task.deps:
-                if dep in dependants:
-                    dependants[dep].append(task.id)
-        for task in tasks.values():
-            unknown = [d for d in task.deps if d not in tasks]
-            if unknown and task.state not in FINISHED:
-                writes += build._finish_unrun(task, f"unknown dependency {unknown[0]!r}", now)
-        for task_id in build._cycle_members():
-            task = tasks[task_id]
-            if task.state not in FINISHED:
-                writes += build._finish_unrun(task, "dependency cycle", now)
+        if any_deps:  # else no dependants, no unknown dependency, no cycle
+            for task in tasks.values():
+                for dep in task.deps:
+                    if dep in dependants:
+                        dependants[dep].append(task.id)
+            for task in tasks.values():
+                unknown = [d for d in task.deps if d not in tasks]
+                if unknown and task.state not in FINISHED:
+                    writes += build._finish_unrun(task, f"unknown dependency {unknown[0]!r}", now)
+            for task_id in build._cycle_members():
+                task = tasks[task_id]
+                if task.state not in FINISHED:
+                    writes += build._finish_unrun(task, "dependency cycle", now)
         for task in tasks.values():
             if task.state == WAITING:
-                task.waiting_on = sum(1 for d in task.deps if tasks[d].state != DONE)
-                if any(tasks[d].state == FAILED for d in task.deps):
-                    bad = next(d for d in task.deps if tasks[d].state == FAILED)
-                    writes += build._finish_unrun(task, f"dependency {bad!r} failed", now)
-                elif task.waiting_on == 0:
+                if task.deps:
+                    task.waiting_on = sum(1 for d in task.deps if tasks[d].state != DONE)
+                    if any(tasks[d].state == FAILED for d in task.deps):
+                        bad = next(d for d in task.deps if tasks[d].state == FAILED)
+                        writes += build._finish_unrun(task, f"dependency {bad!r} failed", now)
+                        continue
+                if task.waiting_on == 0:
                     build._make_ready(task, monotonic)
             elif task.state == RUNNING:
                 build.in_use += 1
-        build.n_done = sum(1 for t in tasks.values() if t.state == DONE)
-        build.n_failed = sum(1 for t in tasks.values() if t.state == FAILED)
-        if any(t.state != WAITING and t.state != READY for t in tasks.values()):
+        # Counted afresh (_finish_unrun above counted its own): one pass, not three.
+        n_done = n_failed = 0
+        started = False
+        for t in tasks.values():
+            if t.state == DONE:
+                n_done += 1
+            elif t.state == FAILED:
+                n_failed += 1
+            if t.state != WAITING and t.state != READY:
+                started = True
+        build.n_done, build.n_failed = n_done, n_failed
+        if started:
             build.state = "running"
         return build, writes
 
