@@ -49,11 +49,13 @@ HEARTBEAT_EVERY = 1.0
 RUNTIME_KEY_EVERY = 0.5
 RETRY_WRITE_AFTER = 0.5
 MAX_RELEASED_EARLY = 64   # dependants per result placed in its transaction (etcd allows 128 ops)
-# The successor is named once every present agent has said hello here, or this long
-# after taking over, not at once: each agent opens a Standby stream when it hears the
-# name, and 200 agents doing so while others were still moving here slowed the move
-# itself (bench/failover.py). A handover before that still works, over new streams.
+# The successor is named ANNOUNCE_AFTER_MOVE after every present agent has said hello
+# here, or ANNOUNCE_SUCCESSOR_AFTER after taking over, not at once: each agent opens a
+# Standby stream when it hears the name, and 200 agents doing so while others were still
+# moving here (or writing their presence) slowed the move itself (bench/failover.py).
+# A handover before that still works, over new streams.
 ANNOUNCE_SUCCESSOR_AFTER = 1.0
+ANNOUNCE_AFTER_MOVE = 0.2
 GOODBYE_AFTER_HANDOVER = 0.5   # s after a planned handover's resignation (see _shutdown)
 
 
@@ -80,7 +82,8 @@ class Dispatcher:
         # (name, gRPC address) of the coordinator expected to lead next, announced to every agent
         # so that each holds a Standby stream to it (agent/link.py) and moving there costs one Hello.
         self._successor: tuple[str, str] | None = None
-        self._announcing = False          # ANNOUNCE_SUCCESSOR_AFTER has passed
+        self._announcing = False          # the successor may be named (see ANNOUNCE_SUCCESSOR_AFTER)
+        self._announce_due = False        # every present agent has moved here
         self._awaiting_hello: set[str] = set()
         self._grace_deadline = 0.0
         self._thread: threading.Thread | None = None
@@ -401,8 +404,11 @@ class Dispatcher:
         self._send(stream, self._msg(welcome=pb.Welcome(coordinator=self.name, cancel=cancel)))
         if self._successor is not None and self._announcing:
             self._send(stream, self._successor_msg())
-        elif not self._announcing and all(a.stream is not None for a in self.agents.values() if a.present):
-            self._start_announcing()  # the move here is over
+        elif (not self._announcing and not self._announce_due
+              and all(a.stream is not None for a in self.agents.values() if a.present)):
+            # The move here is over; the last agents' presence writes are still under way.
+            self._announce_due = True
+            self._after(ANNOUNCE_AFTER_MOVE, self._start_announcing)
         # What we believe runs there but the agent neither runs nor finished is lost.
         self._lose_tasks(agent, "the agent's hello does not list it", keep=keep)
         for result in hello.results:
