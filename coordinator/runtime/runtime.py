@@ -69,8 +69,10 @@ class Runtime:
                 self._started.notify_all()
             mirror, self._mirror = self._mirror, None
             try:
-                # The old leader's writes all precede our epoch's revision.
-                warm = mirror.snapshot(at_least=epoch, timeout=MIRROR_CATCH_UP) if mirror is not None else None
+                # Every earlier leader's writes precede our epoch's revision (our campaign's
+                # put): the mirror needs every event before it, not the put itself, which
+                # would cost one more watch delivery while the agents wait.
+                warm = mirror.snapshot(at_least=epoch - 1, timeout=MIRROR_CATCH_UP) if mirror is not None else None
                 dispatcher.start(warm)
             except BaseException:
                 self._dispatcher = None
