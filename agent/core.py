@@ -55,9 +55,8 @@ class Agent:
 
     The keyword arguments exist for the bench pool (agent.pool): a shared
     etcd client, a shared lease, shared gRPC channels, watches sharing one
-    etcd stream (lease.watch_mux), a runner that does not
-    spawn processes, a memory-only result buffer, and a slower loop (it has
-    no lease to tick).
+    etcd stream (lease.watch_mux), a runner that does not spawn processes,
+    a memory-only result buffer, and a slower loop (it has no lease to tick).
     """
 
     def __init__(self, config: AgentConfig, *, etcd: Etcd | None = None, lease: AgentLease | None = None,
@@ -88,8 +87,8 @@ class Agent:
         self._following = False
         self._next_follow_try = 0.0
         # Set whenever something happened that the loop must look at; the
-        # bench pool, which turns its agents itself, passes one wake-up (anything
-        # with set()) shared by all of them.
+        # bench pool, which turns its agents itself, passes its own wake-up
+        # (anything with set()) that marks this agent due.
         self._wake = wake if wake is not None else threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None

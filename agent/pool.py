@@ -119,11 +119,12 @@ class PretendRunner:
             if ref in self._seen:
                 return False
             self._seen.add(ref)
-            if self.seconds <= 0 or self.clock is None:
+            at_once = self.seconds <= 0 or self.clock is None
+            if at_once:
                 self.completed += 1
             else:
                 self._running.add(ref)
-        if ref not in self._running:
+        if at_once:
             self.on_result(TaskResult(ref, 0, 0.0, b"", ""))
         else:
             self.clock.call_at(time.monotonic() + self.seconds, lambda: self._end(ref))

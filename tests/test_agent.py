@@ -584,3 +584,21 @@ def test_config_from_args_reads_the_token_file_and_validates(tmp_path, monkeypat
         config_from_args(parser.parse_args(["--name", "a1", "--lease-ttl", "1"]))
     with pytest.raises(ConfigError, match="does not exist"):
         config_from_args(parser.parse_args(["--name", "a1", "--grpc-ca", str(tmp_path / "nope.pem")]))
+
+
+def test_pool_pretend_tasks_run_for_their_time_are_listed_while_running_and_cancel_quietly():
+    from agent.pool import PretendRunner, TaskClock
+
+    results = []
+    runner = PretendRunner(results.append, seconds=1.0, clock=TaskClock())
+    a, b = TaskRef("b1", "a", 1), TaskRef("b1", "b", 1)
+    assert runner.start(a, "true") and runner.start(b, "true")
+    assert not runner.start(a, "true"), "an attempt runs once"
+    assert sorted(runner.running(), key=str) == sorted([a, b], key=str) and results == []
+    assert runner.cancel(b) and not runner.cancel(b)
+    wait_until(lambda: results, 10, message="a ended after its time")
+    assert [r.task for r in results] == [a] and results[0].exit_code == 0
+    assert runner.running() == [] and runner.completed == 1
+    instant = []
+    PretendRunner(instant.append).start(a, "true")
+    assert [r.task for r in instant] == [a], "0 s: ends at once"
