@@ -18,7 +18,7 @@ import threading
 
 import grpc
 
-_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1000)]
 
 
@@ -41,8 +41,8 @@ class Channels:
             channel = self._channels.get(address)
             if channel is None:
                 channel = self._channels[address] = (
-                    grpc.secure_channel(address, self._credentials, options=_OPTIONS)
-                    if self._credentials is not None else grpc.insecure_channel(address, options=_OPTIONS))
+                    grpc.secure_channel(address, self._credentials, options=OPTIONS)
+                    if self._credentials is not None else grpc.insecure_channel(address, options=OPTIONS))
             return channel
 
     def close(self) -> None:

@@ -54,8 +54,8 @@ class Agent:
     """`Agent(config).start()` ... `stop()`, or `run()` from the CLI.
 
     The keyword arguments exist for the bench pool (agent.pool): a shared
-    etcd client, a shared lease, shared gRPC channels, watches sharing one
-    etcd stream (lease.watch_mux), a runner that does not spawn processes,
+    etcd client, a shared lease, links on one event loop (agent.aio_link),
+    watches sharing one etcd stream (lease.watch_mux), a runner that does not spawn processes,
     a memory-only result buffer, and a slower loop (it has no lease to tick).
     """
 
@@ -63,7 +63,8 @@ class Agent:
                  runner_factory: Callable[[Callable[[TaskResult], None]], object] | None = None,
                  results: ResultBuffer | None = None, loop_interval: float | None = None,
                  watch_options: dict | None = None, wake: threading.Event | None = None,
-                 channels: Channels | None = None, watch: Callable | None = None):
+                 channels: Channels | None = None, watch: Callable | None = None,
+                 link_factory: Callable[..., CoordinatorLink] | None = None):
         self.config = config
         self.keys = Keys(config.cluster)
         self._owns_etcd = etcd is None
@@ -80,6 +81,7 @@ class Agent:
         self.version = agent_version()
         self._owns_channels = channels is None
         self.channels = channels if channels is not None else Channels(config.root_certificates())
+        self._link_factory = link_factory
         # Heartbeat the session well within its renew_deadline.
         self.loop_interval = loop_interval or min(0.25, self.lease.renew_deadline / 4)
         self.lock = threading.RLock()
@@ -246,6 +248,9 @@ class Agent:
                 self._link = self._new_link(leader)
 
     def _new_link(self, leader: LeaderView, standby: bool = False) -> CoordinatorLink:
+        if self._link_factory is not None:
+            return self._link_factory(leader, self, token=self.config.agent_token, agent_name=self.config.name,
+                                      standby=standby).start()
         return CoordinatorLink(leader, self, self.channels, token=self.config.agent_token,
                                agent_name=self.config.name, standby=standby).start()
 

@@ -6,8 +6,9 @@ Each pool agent is a real `agent.core.Agent`: its own presence key
 it, its own gRPC channel and Connect stream, the same protocol code as a
 real agent. What is shared or simplified, on purpose:
 
-- one etcd client for all agents, and one gRPC channel per coordinator
-  (agent.channels; each agent still has its own streams);
+- one etcd client for all agents; every agent's links run as tasks on one
+  event loop with one grpc.aio channel per coordinator (agent.aio_link; each
+  agent still has its own streams and follows the same protocol code);
 - ONE lease for all presence keys (a shared AgentLease, ticked by the pool's
   loop): if it is lost, every pool agent's key disappears at once and all
   re-register on the new lease. A real agent has its own lease;
@@ -38,7 +39,7 @@ import threading
 import time
 from typing import Callable, Iterable
 
-from agent.channels import Channels
+from agent.aio_link import AioLinks
 from agent.config import AgentConfig
 from agent.core import Agent
 from agent.presence import AgentLease
@@ -178,14 +179,17 @@ class AgentPool:
         configs = [AgentConfig(name=f"{name_prefix}{i}", cores=cores, group=group, workdir="/nonexistent",
                                etcd=etcd_config, cluster=cluster, agent_token=agent_token, grpc_ca=grpc_ca,
                                lease_ttl=lease_ttl) for i in range(1, count + 1)]
-        self.channels = Channels(configs[0].root_certificates() if configs else None)
+        # Every agent's links (active and standby) as tasks on one event loop, one
+        # grpc.aio channel per coordinator: no thread per link or stream.
+        self.links = AioLinks(configs[0].root_certificates() if configs else None)
         # Each agent's own watch of the leader key, all on one etcd stream read by one thread.
         self.watches = WatchMux(self.etcd, progress_interval=2.0, liveness_timeout=6.0)
         clock = TaskClock()
         self.agents = [Agent(config, etcd=self.etcd, lease=self.lease,
                              runner_factory=lambda on_result: PretendRunner(on_result, task_seconds, clock),
                              results=ResultBuffer(None), watch=self.watches.watch,
-                             wake=_Wake(self, i), channels=self.channels) for i, config in enumerate(configs)]
+                             wake=_Wake(self, i), link_factory=self.links.link)
+                       for i, config in enumerate(configs)]
 
     def start(self) -> "AgentPool":
         for agent in self.agents:
@@ -206,7 +210,7 @@ class AgentPool:
         for agent in self.agents:
             agent.stop()
         self.watches.close()
-        self.channels.close()
+        self.links.close()
         self.lease.close()
         self.etcd.close()
 

@@ -20,6 +20,7 @@ import grpc
 import pytest
 
 from agent.config import AgentConfig
+from agent.aio_link import AioLinks
 from agent.channels import Channels
 from agent.core import Agent
 from agent.leader import LeaderView
@@ -105,16 +106,27 @@ def coordinators(etcd_url, keys):
 def agents(etcd_url, keys, tmp_path):
     made = []
 
-    def make(name: str = "a1", **kw) -> Agent:
+    def make(name: str = "a1", link_factory=None, **kw) -> Agent:
         cfg = AgentConfig(name=name, cores=kw.pop("cores", 2), workdir=str(tmp_path / name),
                           etcd=EtcdConfig.from_urls(etcd_url), cluster=keys.cluster, lease_ttl=TTL, **kw)
-        a = Agent(cfg).start()
+        a = Agent(cfg, link_factory=link_factory).start()
         made.append(a)
         return a
 
     yield make
     for a in made:
         a.stop()
+
+
+@pytest.fixture(params=["threads", "event loop"])
+def link_factory(request):
+    """The agent's threaded links, or the bench pool's links on one event loop (agent.aio_link)."""
+    if request.param == "threads":
+        yield None
+        return
+    links = AioLinks()
+    yield links.link
+    links.close()
 
 
 def presence(etcd, keys, name="a1"):
@@ -228,8 +240,8 @@ def test_lost_session_registers_again_with_a_new_lease(etcd, keys, agents):
 # -- leader changes ------------------------------------------------------------------
 
 def test_follows_the_leader_key_to_a_new_address_and_keeps_running_tasks(etcd, keys, agents, coordinators,
-                                                                         tmp_path):
-    agent = agents("a1")
+                                                                         tmp_path, link_factory):
+    agent = agents("a1", link_factory=link_factory)
     p1, p2 = coordinators("p1"), coordinators("p2")
     assert p1.grpc != p2.grpc
     p1.lead()
@@ -252,8 +264,8 @@ def test_follows_the_leader_key_to_a_new_address_and_keeps_running_tasks(etcd, k
 
 
 def test_buffers_a_result_while_no_leader_exists_and_delivers_it_to_the_next(etcd, keys, agents, coordinators,
-                                                                             tmp_path):
-    agent = agents("a1")
+                                                                             tmp_path, link_factory):
+    agent = agents("a1", link_factory=link_factory)
     p1 = coordinators("p1")
     p1.lead()
     flag = tmp_path / "release"
@@ -275,11 +287,11 @@ def test_buffers_a_result_while_no_leader_exists_and_delivers_it_to_the_next(etc
 
 
 def test_a_planned_handover_moves_the_agent_over_the_stream_it_opened_ahead(etcd, keys, agents, coordinators,
-                                                                           tmp_path):
+                                                                           tmp_path, link_factory):
     """The old leader names its successor before its Goodbye; the agent dials
     it and holds a Standby stream, which carries its Hello (with the task
     still running and a result finished meanwhile) once the key names it."""
-    agent = agents("a1")
+    agent = agents("a1", link_factory=link_factory)
     p1, b1 = coordinators("p1"), coordinators("b1")
     p1.lead()
     flag, quick = tmp_path / "release", tmp_path / "quick"
@@ -302,8 +314,8 @@ def test_a_planned_handover_moves_the_agent_over_the_stream_it_opened_ahead(etcd
     assert rec["state"] == "done" and rec["attempt"] == 1, "the running task was kept, not run again"
 
 
-def test_a_standby_stream_is_dropped_when_someone_else_leads(etcd, keys, agents, coordinators):
-    agent = agents("a1")
+def test_a_standby_stream_is_dropped_when_someone_else_leads(etcd, keys, agents, coordinators, link_factory):
+    agent = agents("a1", link_factory=link_factory)
     p1, b1, b2 = coordinators("p1"), coordinators("b1"), coordinators("b2")
     p1.lead()
     wait_until(lambda: agent.connected_to == "p1", 10)
@@ -389,13 +401,13 @@ def sent(servicer: ScriptedCoordinator, kind: str) -> list:
         return [getattr(m, kind) for m in servicer.received if m.WhichOneof("body") == kind]
 
 
-def test_messages_for_another_epoch_are_ignored_and_close_the_stream(agents, tmp_path, scripted):
+def test_messages_for_another_epoch_are_ignored_and_close_the_stream(agents, tmp_path, scripted, link_factory):
     servicer, epoch = scripted
     bad, good = tmp_path / "bad", tmp_path / "good"
     welcome = coord(epoch, welcome=pb.Welcome(coordinator="odd"))
     servicer.scripts.put([welcome, assign(epoch + 1000, "stale", f"touch {bad}")])
     servicer.scripts.put([welcome, assign(epoch, "fresh", f"touch {good}")])
-    agent = agents("a1")
+    agent = agents("a1", link_factory=link_factory)
     wait_until(good.exists, 20, message="the assignment with the right epoch ran")
     wait_until(lambda: servicer.streams_ended >= 1, 10, message="the agent closed the stream with another epoch")
     assert not bad.exists(), "an assignment for another epoch must never run"
@@ -433,7 +445,8 @@ class LinkOwner:
 
 
 @pytest.mark.parametrize("last", ["goodbye", "assignment after the key moved on"])
-def test_the_old_leaders_last_words_end_the_stream_without_rereading_the_key(scripted, etcd, keys, last):
+def test_the_old_leaders_last_words_end_the_stream_without_rereading_the_key(scripted, etcd, keys, last,
+                                                                            link_factory):
     """A planned handover resigns before its Goodbyes: by the time they arrive the agent
     may already see the new leader (or no leader). 200 agents re-reading the leader key
     then would load etcd at the moment the handover needs it: the stream just ends."""
@@ -442,7 +455,8 @@ def test_the_old_leaders_last_words_end_the_stream_without_rereading_the_key(scr
     owner = LinkOwner(epoch)
     servicer.scripts.put([coord(epoch, welcome=pb.Welcome(coordinator="odd"))])
     channels = Channels()
-    link = CoordinatorLink(leader, owner, channels, max_backoff=30).start()
+    link = (link_factory(leader, owner, max_backoff=30) if link_factory
+            else CoordinatorLink(leader, owner, channels, max_backoff=30)).start()
     try:
         wait_until(lambda: link.welcomed, 10, message="welcomed")
         if last == "goodbye":
@@ -556,7 +570,7 @@ def test_pool_agents_each_register_connect_and_complete_work(etcd, etcd_url, key
         wait_until(lambda: {decode(v)["epoch"] for v, _ in etcd.get_prefix(keys.agents)} == {epoch}, 10,
                    message="every pool agent's presence names the epoch")
         assert pool.completed() == 12
-        assert len(pool.channels._channels) == 1, "one gRPC channel to p1 for the pool, a stream per agent"
+        assert len(pool.links._channels) == 1, "one gRPC channel to p1 for the pool, a stream per agent"
     finally:
         pool.stop()
     assert etcd.get_prefix(keys.agents) == []
