@@ -78,7 +78,6 @@ class AioCoordinatorLink(LinkBase):
         self.links = links
         self._loop = links.loop
         self._wake = asyncio.Event()      # activate() or close(): the loop looks again
-        self._outq: asyncio.Queue | None = None
         self._call = None
         self._future = None
 
@@ -106,17 +105,8 @@ class AioCoordinatorLink(LinkBase):
     def _let_hello_go(self) -> None:
         self._loop.call_soon_threadsafe(self._wake.set)
 
-    def _drop_outq(self) -> None:
-        self._outq = None
-
-    def send(self, message: agent_pb2.AgentMessage) -> bool:
-        """Queue a message on the open stream (call with handler.lock held).
-        False when no stream is open: the caller keeps it for the next Hello."""
-        outq = self._outq
-        if outq is None:
-            return False
+    def _enqueue(self, outq: asyncio.Queue, message: agent_pb2.AgentMessage) -> None:
         self._loop.call_soon_threadsafe(outq.put_nowait, message)
-        return True
 
     def _recheck(self) -> None:
         self._loop.run_in_executor(None, super()._recheck)

@@ -82,6 +82,7 @@ class LinkBase:
         self._refused_logged = False
         self._running = False
         self._stream_welcomed = False   # the current stream got its Welcome
+        self._outq = None               # the open stream's send queue, once its Hello is out
 
     @property
     def alive(self) -> bool:
@@ -157,8 +158,20 @@ class LinkBase:
             log.info("stream to %s closed; running tasks continue", self.leader)
             self.handler.on_link_state(self)
 
-    def _drop_outq(self) -> None:
+    def send(self, message: agent_pb2.AgentMessage) -> bool:
+        """Queue a message on the open stream (call with handler.lock held).
+        False when no stream is open: the caller keeps it for the next Hello."""
+        outq = self._outq
+        if outq is None:
+            return False
+        self._enqueue(outq, message)
+        return True
+
+    def _enqueue(self, outq, message: agent_pb2.AgentMessage) -> None:
         raise NotImplementedError
+
+    def _drop_outq(self) -> None:
+        self._outq = None
 
     def _after_error(self, exc: grpc.RpcError) -> float | None:
         code, detail = exc.code(), exc.details()
@@ -203,7 +216,6 @@ class CoordinatorLink(LinkBase):
         self._active = threading.Event()
         if self._activated:
             self._active.set()
-        self._outq: queue.Queue | None = None
         self._call = None
         self._call_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, daemon=True,
@@ -229,17 +241,8 @@ class CoordinatorLink(LinkBase):
     def _let_hello_go(self) -> None:
         self._active.set()
 
-    def _drop_outq(self) -> None:
-        self._outq = None
-
-    def send(self, message: agent_pb2.AgentMessage) -> bool:
-        """Queue a message on the open stream (call with handler.lock held).
-        False when no stream is open: the caller keeps it for the next Hello."""
-        outq = self._outq
-        if outq is None:
-            return False
+    def _enqueue(self, outq: queue.Queue, message: agent_pb2.AgentMessage) -> None:
         outq.put(message)
-        return True
 
     # -- the stream loop -------------------------------------------------------------
     def _run(self) -> None:
