@@ -108,7 +108,13 @@ class Mirror:
         with self._changed:
             self._reset(kvs, revision)
 
+    def stop_applying(self) -> None:
+        """Ignore events from now on (stop() also joins the watch, which may take a moment)."""
+        self._stopped.set()
+
     def _apply(self, events: list[WatchEvent]) -> None:
+        if self._stopped.is_set():
+            return
         with self._changed:
             for e in events:
                 if e.type == "put":

@@ -73,14 +73,18 @@ class Runtime:
                 # put): the mirror needs every event before it, not the put itself, which
                 # would cost one more watch delivery while the agents wait.
                 warm = mirror.snapshot(at_least=epoch - 1, timeout=MIRROR_CATCH_UP) if mirror is not None else None
+                if mirror is not None:
+                    # A leader does not need it (its own writes are the state); stopped now,
+                    # not after the load, so that it decodes no more events meanwhile.
+                    mirror.stop_applying()
+                    threading.Thread(target=mirror.stop, name="stop mirror", daemon=True).start()
                 dispatcher.start(warm)
             except BaseException:
                 self._dispatcher = None
                 dispatcher.stop("could not load the cluster state", timeout=0.5)
-                raise
-            finally:
-                if mirror is not None:  # a leader does not need it: its own writes are the state
+                if mirror is not None:
                     threading.Thread(target=mirror.stop, name="stop mirror", daemon=True).start()
+                raise
             log.info("runtime: leading with epoch %s", epoch)
 
     def announce_successor(self, successor: tuple[str, str] | None) -> None:
