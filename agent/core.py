@@ -62,7 +62,7 @@ class Agent:
     def __init__(self, config: AgentConfig, *, etcd: Etcd | None = None, lease: AgentLease | None = None,
                  runner_factory: Callable[[Callable[[TaskResult], None]], object] | None = None,
                  results: ResultBuffer | None = None, loop_interval: float | None = None,
-                 watch_options: dict | None = None, wake: threading.Event | None = None,
+                 wake: threading.Event | None = None,
                  channels: Channels | None = None, watch: Callable | None = None,
                  link_factory: Callable[..., CoordinatorLink] | None = None):
         self.config = config
@@ -77,7 +77,7 @@ class Agent:
             self.runner = Runner(config.workdir, self._on_result, default_timeout=config.task_timeout)
         else:
             self.runner = runner_factory(self._on_result)
-        self.follower = LeaderFollower(self.etcd, self.keys.leader, self._on_leader_change, watch_options, watch)
+        self.follower = LeaderFollower(self.etcd, self.keys.leader, self._on_leader_change, watch)
         self.version = agent_version()
         self._owns_channels = channels is None
         self.channels = channels if channels is not None else Channels(config.root_certificates())

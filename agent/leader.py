@@ -62,14 +62,13 @@ class LeaderFollower:
     """
 
     def __init__(self, etcd: Etcd, key: str, on_change: Callable[[LeaderView | None], None],
-                 watch_options: dict | None = None, watch: Callable[..., Watcher] | None = None):
+                 watch: Callable[..., Watcher] | None = None):
         """watch(key, start_revision=, on_events=): makes the (not started) watch;
-        default a Watcher with watch_options. The bench pool passes a WatchMux's."""
+        default a Watcher. The bench pool passes a WatchMux's."""
         self.etcd = etcd
         self.key = key
         self.on_change = on_change
-        self.watch_options = dict(watch_options or {})
-        self._make_watch = watch or (lambda key, **kw: Watcher(self.etcd, key, **kw, **self.watch_options))
+        self._make_watch = watch or (lambda key, **kw: Watcher(self.etcd, key, **kw))
         self._lock = threading.Lock()
         self._view: LeaderView | None = None
         self._revision = 0

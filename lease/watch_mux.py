@@ -25,13 +25,12 @@ import threading
 import time
 from typing import Callable, Iterator
 
-import grpc
 from etcd3 import etcdrpc, utils
 
-from lease.client import Etcd, map_error
-from lease.errors import EtcdError, EtcdUnavailable
+from lease.client import Etcd
+from lease.errors import EtcdUnavailable
 from lease.session import fail_over, usable_channel, with_require_leader
-from lease.watcher import WatchEvent, Watcher
+from lease.watcher import Delivered, WatchEvent, Watcher, read_current, read_stream, silent_too_long, stream_error
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +48,7 @@ class MuxWatch:
         self.last_revision: int | None = None if start_revision is None else start_revision - 1
         self.connected = threading.Event()
         self.compacted = False
-        self._known: dict[str, int] = {}   # key -> mod revision delivered (to synthesize deletes)
+        self._delivered = Delivered(key, prefix)
 
     def start(self) -> "MuxWatch":
         self.mux._add(self)
@@ -69,11 +68,7 @@ class MuxWatch:
 
     def deliver(self, events: list[WatchEvent]) -> None:
         self.last_revision = max(self.last_revision or 0, max(e.mod_revision for e in events))
-        for e in events:
-            if e.type == "put":
-                self._known[e.key] = e.mod_revision
-            else:
-                self._known.pop(e.key, None)
+        self._delivered.note(events)
         if self.on_events is not None:
             try:
                 self.on_events(events)
@@ -82,19 +77,8 @@ class MuxWatch:
 
     def resync(self, etcd: Etcd) -> None:
         """After compaction: read the key(s) now, deliver what changed, resume after the read."""
-        if self.prefix:
-            resp = etcd.range_response(self.key, utils.prefix_range_end(utils.to_bytes(self.key)))
-        else:
-            resp = etcd.range_response(self.key)
-        revision = resp.header.revision
-        current = {kv.key.decode(): kv for kv in resp.kvs}
-        gone = set(self._known) - set(current)
-        if not self.prefix and self.key not in current:
-            gone.add(self.key)  # we may never have seen its put: absent now is enough
-        after = self.last_revision or 0
-        events = [WatchEvent("delete", k, None, 0, revision, 0) for k in sorted(gone)]
-        events += [WatchEvent("put", k, kv.value, kv.create_revision, kv.mod_revision, kv.lease)
-                   for k, kv in current.items() if kv.mod_revision > after]
+        current, revision = read_current(etcd, self.key, self.prefix)
+        events = self._delivered.missed(current, self.last_revision or 0, revision)
         if events:
             self.deliver(events)
         self.last_revision = revision
@@ -123,7 +107,7 @@ class WatchMux:
         self._backoff = _FIRST_BACKOFF
 
     def watch(self, key: str, prefix: bool = False, start_revision: int | None = None,
-              on_events: Callable[[list[WatchEvent]], None] | None = None, **_ignored) -> MuxWatch:
+              on_events: Callable[[list[WatchEvent]], None] | None = None) -> MuxWatch:
         """Watcher's arguments; its tuning options (progress_interval, ...) are the mux's."""
         return MuxWatch(self, key, prefix, start_revision, on_events)
 
@@ -161,8 +145,7 @@ class WatchMux:
             except Exception as exc:  # noqa: BLE001 - every failure is logged and retried
                 if self._closed.is_set():
                     break
-                err = exc if isinstance(exc, EtcdError) else (
-                    map_error(exc) if isinstance(exc, grpc.RpcError) else EtcdUnavailable(str(exc)))
+                err = stream_error(exc)
                 log.warning("watch stream: %s; creating its %d watches again", err, len(self._watches))
                 fail_over(self.etcd)
                 self._closed.wait(self._backoff * (0.5 + random.random()))
@@ -190,16 +173,7 @@ class WatchMux:
         if self._closed.is_set():
             call.cancel()
         try:
-            for response in call:
-                last_heard[0] = time.monotonic()
-                self._handle(response)
-            raise EtcdUnavailable("etcd closed the watch stream")
-        except grpc.RpcError as exc:
-            if self._closed.is_set():
-                return
-            if exc.code() == grpc.StatusCode.CANCELLED and last_heard[0] < 0:
-                raise EtcdUnavailable(f"etcd sent nothing on the watch for {self.liveness_timeout:g} s") from exc
-            raise
+            read_stream(call, self._handle, last_heard, self.liveness_timeout, self._closed.is_set)
         finally:
             with self._lock:
                 self._outbox = None
@@ -222,8 +196,7 @@ class WatchMux:
                 pass
             if self._closed.is_set():
                 return
-            if time.monotonic() - last_heard[0] > self.liveness_timeout:
-                last_heard[0] = -1.0  # tells _stream_once why the call was cancelled
+            if silent_too_long(last_heard, self.liveness_timeout):
                 with self._lock:
                     call = self._call
                 if call is not None:

@@ -61,6 +61,84 @@ class KV:
     lease: int
 
 
+class Delivered:
+    """What a watch has delivered (key -> mod revision; for one key, whether
+    the last event was its delete), so that a re-read after compaction can
+    be turned into the events it missed."""
+
+    def __init__(self, key: str, prefix: bool):
+        self.key, self.prefix = key, prefix
+        self._known: dict[str, int] = {}
+        self._deleted = False
+
+    def note(self, events: list[WatchEvent]) -> None:
+        for e in events:
+            if e.type == "put":
+                self._known[e.key] = e.mod_revision
+                self._deleted = False
+            else:
+                self._known.pop(e.key, None)
+                self._deleted = not self.prefix
+
+    def missed(self, current: dict[str, KV], after: int, revision: int) -> list[WatchEvent]:
+        """The events between what was delivered (up to revision `after`) and `current`,
+        read at `revision`. A prefix watch cannot synthesize deletes of keys it never saw."""
+        gone = set(self._known) - set(current)
+        if not self.prefix and self.key not in current and not self._deleted:
+            # We may never have seen this key's put (it predates start_revision):
+            # for one key, "absent now" is enough to say it was deleted.
+            gone.add(self.key)
+        events = [WatchEvent("delete", k, None, 0, revision, 0) for k in sorted(gone)]
+        events += [WatchEvent("put", kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.lease)
+                   for kv in current.values() if kv.mod_revision > after]
+        return events
+
+
+def read_current(etcd: Etcd, key: str, prefix: bool) -> tuple[dict[str, KV], int]:
+    """The key(s) a watch covers, now: (key -> KV, the read's revision)."""
+    if prefix:
+        resp = etcd.range_response(key, utils.prefix_range_end(utils.to_bytes(key)))
+    else:
+        resp = etcd.range_response(key)
+    current = {kv.key.decode(): KV(kv.key.decode(), kv.value, kv.create_revision, kv.mod_revision, kv.lease)
+               for kv in resp.kvs}
+    return current, resp.header.revision
+
+
+def stream_error(exc: Exception) -> EtcdError:
+    """Why a watch stream broke, in lease.errors terms."""
+    if isinstance(exc, EtcdError):
+        return exc
+    return map_error(exc) if isinstance(exc, grpc.RpcError) else EtcdUnavailable(str(exc))
+
+
+def read_stream(call, handle: Callable, last_heard: list, liveness_timeout: float,
+                stopped: Callable[[], bool]) -> None:
+    """Hand each response of a Watch stream to handle until the stream
+    breaks, then raise why (EtcdUnavailable when etcd ended it or stayed
+    silent, see silent_too_long); return quietly once stopped."""
+    try:
+        for response in call:
+            last_heard[0] = time.monotonic()
+            handle(response)
+        raise EtcdUnavailable("etcd closed the watch stream")
+    except grpc.RpcError as exc:
+        if stopped():
+            return
+        if exc.code() == grpc.StatusCode.CANCELLED and last_heard[0] < 0:
+            raise EtcdUnavailable(f"etcd sent nothing on the watch for {liveness_timeout:g} s") from exc
+        raise
+
+
+def silent_too_long(last_heard: list, liveness_timeout: float) -> bool:
+    """True when nothing came for liveness_timeout (the request side then
+    cancels the call); marks last_heard so that read_stream says why."""
+    if time.monotonic() - last_heard[0] > liveness_timeout:
+        last_heard[0] = -1.0
+        return True
+    return False
+
+
 class _StreamDead(Exception):
     """Internal: the stream must be re-opened (reason in the message)."""
 
@@ -96,12 +174,9 @@ class Watcher:
         self._thread: threading.Thread | None = None
         self._call = None
         self._call_lock = threading.Lock()
-        # Only kept when on_reset is None: key -> mod_revision of what we delivered,
-        # so a re-sync after compaction can synthesize deletes.
-        # A prefix watch cannot synthesize deletes of keys it never saw (those
-        # that existed before start_revision): pass on_reset to get exact state.
-        self._known: dict[str, int] = {}
-        self._deleted: set[str] = set()  # single-key watch: last event was a delete
+        # Only kept when on_reset is None, so that a re-sync after compaction can
+        # synthesize the events it missed (pass on_reset to get the exact state).
+        self._delivered = Delivered(key, prefix)
         self._backoff = _FIRST_BACKOFF
 
     # -- lifecycle ------------------------------------------------------------------
@@ -142,8 +217,7 @@ class Watcher:
                 if self._stop.is_set():
                     break
                 self.connected.clear()
-                err = exc if isinstance(exc, EtcdError) else (
-                    map_error(exc) if isinstance(exc, grpc.RpcError) else EtcdUnavailable(str(exc)))
+                err = stream_error(exc)
                 log.warning("watch %s: %s; retrying from revision %s", self.key, err,
                             None if self.last_revision is None else self.last_revision + 1)
                 fail_over(self.etcd)
@@ -169,16 +243,7 @@ class Watcher:
         if self._stop.is_set():
             call.cancel()
         try:
-            for response in call:
-                last_heard[0] = time.monotonic()
-                self._handle(response)
-            raise _StreamDead("etcd closed the watch stream")
-        except grpc.RpcError as exc:
-            if self._stop.is_set():
-                return
-            if exc.code() == grpc.StatusCode.CANCELLED and last_heard[0] < 0:
-                raise EtcdUnavailable(f"etcd sent nothing on the watch for {self.liveness_timeout:g} s") from exc
-            raise
+            read_stream(call, self._handle, last_heard, self.liveness_timeout, self._stop.is_set)
         finally:
             outbox.put(None)
             with self._call_lock:
@@ -197,8 +262,7 @@ class Watcher:
                 pass
             if self._stop.is_set():
                 return
-            if time.monotonic() - last_heard[0] > self.liveness_timeout:
-                last_heard[0] = -1.0  # tells _stream_once why the call was cancelled
+            if silent_too_long(last_heard, self.liveness_timeout):
                 self._cancel_call()
                 return
             yield etcdrpc.WatchRequest(progress_request=etcdrpc.WatchProgressRequest())
@@ -238,14 +302,7 @@ class Watcher:
 
     def _deliver(self, events: list[WatchEvent]) -> None:
         if self.on_reset is None:
-            for e in events:
-                if e.type == "put":
-                    self._known[e.key] = e.mod_revision
-                    self._deleted.discard(e.key)
-                else:
-                    self._known.pop(e.key, None)
-                    if not self.prefix:
-                        self._deleted.add(e.key)
+            self._delivered.note(events)
         if self.on_events is None:
             return
         try:
@@ -255,29 +312,14 @@ class Watcher:
 
     def _resync(self) -> None:
         """After compaction: read the current state, hand it over, resume after it."""
-        if self.prefix:
-            end = utils.prefix_range_end(utils.to_bytes(self.key))
-            resp = self.etcd.range_response(self.key, end)
-        else:
-            resp = self.etcd.range_response(self.key)
-        revision = resp.header.revision
-        current = {kv.key.decode(): KV(kv.key.decode(), kv.value, kv.create_revision, kv.mod_revision, kv.lease)
-                   for kv in resp.kvs}
+        current, revision = read_current(self.etcd, self.key, self.prefix)
         if self.on_reset is not None:
             try:
                 self.on_reset(current, revision)
             except Exception:  # noqa: BLE001
                 log.exception("watch %s: on_reset raised", self.key)
         else:
-            after = self.last_revision or 0
-            gone = set(self._known) - set(current)
-            if not self.prefix and self.key not in current and self.key not in self._deleted:
-                # We may never have seen this key's put (it predates start_revision):
-                # for one key, "absent now" is enough to say it was deleted.
-                gone.add(self.key)
-            events = [WatchEvent("delete", k, None, 0, revision, 0) for k in sorted(gone)]
-            events += [WatchEvent("put", kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.lease)
-                       for kv in current.values() if kv.mod_revision > after]
+            events = self._delivered.missed(current, self.last_revision or 0, revision)
             if events:
                 self._deliver(events)
         self.last_revision = revision

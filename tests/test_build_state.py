@@ -28,12 +28,18 @@ def test_a_dependant_placed_early_whose_write_failed_waits_again_with_its_attemp
     assert build.in_use == 0 and link.state == READY and link.waiting_on == 0
 
 
-def test_an_unplaced_early_release_is_held_back_and_released_again_when_durable():
+def released_early():
+    """compile ran and its result is taken (not yet durable); link was released early."""
     build, compile_, link = chain()
     build.assign(compile_, "a1", 1.0)
     compile_.state = "running"
     build.result_taken(compile_)
     build.release_early(link, 2.0)
+    return build, compile_, link
+
+
+def test_an_unplaced_early_release_is_held_back_and_released_again_when_durable():
+    build, compile_, link = released_early()
     build.hold_back(link)
     assert link.state == WAITING and "link" not in build.ready and build.in_use == 0
     compile_.recording = ("record", [])
@@ -42,11 +48,7 @@ def test_an_unplaced_early_release_is_held_back_and_released_again_when_durable(
 
 
 def test_the_dependant_placed_with_the_result_keeps_its_core_when_the_result_lands():
-    build, compile_, link = chain()
-    build.assign(compile_, "a1", 1.0)
-    compile_.state = "running"
-    build.result_taken(compile_)
-    build.release_early(link, 2.0)
+    build, compile_, link = released_early()
     build.assign(link, "a1", 2.0)
     compile_.recording = ("record", [])
     build.finished_task(compile_, {"state": DONE, "attempt": 1}, 3.0, 3.0)
