@@ -395,7 +395,7 @@ def test_restart_loads_unfinished_builds_and_keeps_tasks_of_agents_that_return(e
     # a1 comes back in time, still running its task; a2 never returns.
     back = farm.agent("a1", epoch=epoch, cores=1, present=False,
                       running=[pb.TaskRef(build_id=on_a1[0], task_id=on_a1[1], attempt=on_a1[2])])
-    assert list(back.wait("welcome").cancel) == []
+    back.wait("welcome")
     back.send_result(on_a1)
     wait_until(lambda: (on_a1, True) in back.acks(), 10)
     assert record(etcd, keys, *on_a1[:2])["state"] == "done"
@@ -417,6 +417,44 @@ def test_restart_loads_unfinished_builds_and_keeps_tasks_of_agents_that_return(e
     assert record(etcd, keys, *on_a2[:2])["result"]["attempt"] == 2
 
 
+def test_a_hello_is_welcomed_while_the_new_leader_loads_and_settled_after(etcd, keys, farm, leadership,
+                                                                          monkeypatch):
+    """A new leader welcomes at once: the move does not wait for its load (on a busy machine
+    8-180 ms). What the Hello lists is checked once the load is done: a task the
+    leader does not know is cancelled, the one it knows keeps running and its result counts."""
+    a1 = farm.agent("a1", cores=1)
+    submit(etcd, keys, "b1", [{"id": "t1"}])
+    on_a1 = a1.wait("assign")
+    farm.runtime.stop("handover")
+    a1.wait_ended()
+    epoch = leadership.renew()
+    loading, release = threading.Event(), threading.Event()
+    load = dispatcher_module.read_snapshot
+
+    def held_load(kvs, k):
+        loading.set()
+        assert release.wait(15)
+        return load(kvs, k)
+
+    monkeypatch.setattr(dispatcher_module, "read_snapshot", held_load)
+    starting = threading.Thread(target=farm.runtime.start, args=(epoch,))
+    starting.start()
+    try:
+        assert loading.wait(15)
+        back = farm.agent("a1", epoch=epoch, cores=1, present=False,
+                          running=[on_a1.task, pb.TaskRef(build_id="b1", task_id="unknown", attempt=1)])
+        assert back.wait("welcome").coordinator == "c1"
+        assert back.of("cancel") == [] and not back.ended.is_set()
+    finally:
+        release.set()
+        starting.join(15)
+    assert back.wait("cancel").task.task_id == "unknown"
+    back.send_result((on_a1.task.build_id, on_a1.task.task_id, on_a1.task.attempt))
+    wait_until(lambda: back.acks() == [(("b1", "t1", 1), True)], 10)
+    assert record(etcd, keys, "b1", "t1")["state"] == "done"
+    assert back.of("assign") == []
+
+
 def test_a_running_task_the_agent_no_longer_has_is_cancelled_or_rerun(etcd, keys, farm, leadership):
     a1 = farm.agent("a1", cores=1)
     submit(etcd, keys, "b1", [{"id": "t1"}])
@@ -425,7 +463,8 @@ def test_a_running_task_the_agent_no_longer_has_is_cancelled_or_rerun(etcd, keys
     # Reconnects listing a task of an old attempt and not the current one.
     again = farm.agent("a1", cores=1, present=False,
                        running=[pb.TaskRef(build_id="b1", task_id="t1", attempt=9)])
-    assert [(c.task_id, c.attempt) for c in again.wait("welcome").cancel] == [("t1", 9)]
+    again.wait("welcome")
+    assert again.wait("cancel").task.attempt == 9
     assert again.wait("assign").task.attempt == 2
 
 

@@ -122,8 +122,16 @@ class Dispatcher:
                  len(kvs), revision, (loaded - read) * 1000, len(self.builds), (self.clock() - began) * 1000)
 
     def post(self, event: tuple) -> None:
-        if event[0] == "result" and not self.dispatching:
+        kind = event[0]
+        if kind == "result" and not self.dispatching:
             return  # not recorded once we stop leading (the agent keeps it); would only delay the stop
+        if kind == "hello" and self.dispatching:
+            # Welcome at once, on the caller's (gRPC) thread: the stream is this epoch's and
+            # the agent may count itself moved here. What the Hello lists is settled in the
+            # loop, in order, after whatever came before it (tasks it should drop get a
+            # Cancel). A new leader's Hellos arrive while it loads its starting point
+            # (8-180 ms on a busy machine); the move no longer waits for that.
+            event[1].send(self._msg(welcome=pb.Welcome(coordinator=self.name)))
         self._events.put(event)
 
     def stop(self, reason: str, timeout: float, successor: tuple[str, str] | None = None,
@@ -387,7 +395,7 @@ class Dispatcher:
         agent.stream = stream
         agent.cores = hello.cores or int(agent.info.get("cores") or 0)
         self._awaiting_hello.discard(agent.name)
-        keep, cancel = set(), []
+        keep = set()
         for ref in hello.running:
             task = self._task((ref.build_id, ref.task_id))
             if (task is not None and task.state == RUNNING and task.attempt == ref.attempt
@@ -396,12 +404,12 @@ class Dispatcher:
                 keep.add(task.key)
                 agent.running.add(task.key)
             else:
-                cancel.append(pb.TaskRef(build_id=ref.build_id, task_id=ref.task_id, attempt=ref.attempt))
+                self._send(stream, self._msg(cancel=pb.Cancel(
+                    task=pb.TaskRef(build_id=ref.build_id, task_id=ref.task_id, attempt=ref.attempt))))
         for result in hello.results:
             task = self._task((result.task.build_id, result.task.task_id))
             if task is not None and task.attempt == result.task.attempt and task.agent == agent.name:
                 keep.add(task.key)
-        self._send(stream, self._msg(welcome=pb.Welcome(coordinator=self.name, cancel=cancel)))
         if self._successor is not None and self._announcing:
             self._send(stream, self._successor_msg())
         elif (not self._announcing and not self._announce_due
