@@ -35,6 +35,8 @@ from lease.errors import EtcdError
 
 log = logging.getLogger(__name__)
 
+LEADERLESS_HOLD = 1.0   # s a welcomed stream is kept after the leader key is deleted (see _through_the_gap)
+
 
 def ref_from_proto(ref: agent_pb2.TaskRef) -> TaskRef:
     return TaskRef(ref.build_id, ref.task_id, int(ref.attempt))
@@ -98,6 +100,7 @@ class Agent:
         # A stream held open to the coordinator the leader names as its successor (on_message).
         self._standby: CoordinatorLink | None = None
         self._standby_from: tuple | None = None   # identity of the leader that announced the successor
+        self._leaderless_since: float | None = None   # when the leader key was first seen gone
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self, run_loop: bool = True) -> "Agent":
@@ -218,6 +221,8 @@ class Agent:
             if link is not None and not link.alive:
                 log.error("the stream to %s ended unexpectedly; opening a new one", link.leader)
                 self._link = link = None
+            if self._through_the_gap(link, leader):
+                return
             if link is not None and (leader is None or link.leader.identity != leader.identity):
                 log.info("leader is now %s: closing the stream to %s; running tasks continue",
                          leader or "nobody", link.leader)
@@ -227,6 +232,22 @@ class Agent:
                 self._old_links.append(link)
                 return
             self._link_to(leader)
+
+    def _through_the_gap(self, link: CoordinatorLink | None, leader: LeaderView | None) -> bool:
+        """True while the leader key has been gone for less than LEADERLESS_HOLD
+        and our stream is up: keep it for now. A planned handover deletes the
+        key and the next leader's put follows ~0.1 s later; closing the stream
+        at the delete (and writing presence "not linked") made 200 agents do
+        that work, and etcd carry the writes, just when the move needed the
+        machine. Keeping it is safe: the old leader no longer dispatches, and
+        any message it sends now ends the stream (rule 4, LinkBase._take)."""
+        if leader is not None:
+            self._leaderless_since = None
+            return False
+        now = time.monotonic()
+        if self._leaderless_since is None:
+            self._leaderless_since = now
+        return link is not None and link.welcomed and now - self._leaderless_since < LEADERLESS_HOLD
 
     def _link_to(self, leader: LeaderView | None) -> None:
         """Open the link to `leader` (over its standby stream if we hold one) if there is none."""

@@ -22,6 +22,7 @@ import pytest
 from agent.config import AgentConfig
 from agent.aio_link import AioLinks
 from agent.channels import Channels
+from agent import core as agent_core
 from agent.core import Agent
 from agent.leader import LeaderView
 from agent.link import CoordinatorLink
@@ -417,6 +418,37 @@ def test_messages_for_another_epoch_are_ignored_and_close_the_stream(agents, tmp
     hellos = sent(servicer, "hello")
     assert len(hellos) >= 2 and hellos[0].name == "a1" and hellos[0].cores == 2
     assert agent.results.get(TaskRef("b1", "fresh", 1)) is not None, "no ack came: the result stays buffered"
+
+
+@pytest.mark.parametrize("old_leader_speaks", [True, False])
+def test_a_welcomed_stream_outlasts_a_brief_leaderless_gap_but_takes_no_orders(
+        agents, etcd, keys, tmp_path, scripted, link_factory, monkeypatch, old_leader_speaks):
+    """A planned handover deletes the leader key ~0.1 s before the next leader's put: the
+    agent keeps its stream meanwhile (no close, no presence write saying "not linked"),
+    but whatever the old leader sends now ends it (rule 4), and without a new leader the
+    stream is closed after LEADERLESS_HOLD."""
+    monkeypatch.setattr(agent_core, "LEADERLESS_HOLD", 30.0 if old_leader_speaks else 0.2)
+    servicer, epoch = scripted
+    servicer.scripts.put([coord(epoch, welcome=pb.Welcome(coordinator="odd"))])
+    agent = agents("a1", link_factory=link_factory)
+    wait_until(lambda: agent.connected_to == "odd", 10, message="welcomed")
+    wait_until(lambda: (presence(etcd, keys)[0] or {}).get("epoch") == epoch, 10, message="presence names it")
+    link = agent.link
+    etcd.delete(keys.leader)
+    wait_until(lambda: agent.leader is None, 10, message="the agent saw the key go")
+    if old_leader_speaks:
+        agent.tick_link()
+        assert agent.link is link and link.welcomed, "kept through the gap"
+        assert agent.presence_value()["coordinator"] == "odd"
+        bad = tmp_path / "bad"
+        servicer.inject.put(assign(epoch, "late", f"touch {bad}"))
+    wait_until(lambda: agent.link is None, 10, message="the stream closed")
+    wait_until(lambda: servicer.streams_ended >= 1, 10, message="the old leader's stream ended")
+    wait_until(lambda: (presence(etcd, keys)[0] or {}).get("coordinator") is None, 10,
+               message="presence says not linked")
+    if old_leader_speaks:
+        assert not bad.exists(), "an order from a leader the agent no longer sees must never run"
+        assert not agent.runner.running()
 
 
 class LinkOwner:
