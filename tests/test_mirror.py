@@ -77,3 +77,46 @@ def test_a_takeover_starts_from_the_warm_mirror(etcd, keys, caplog):
     finally:
         runtime.stop("test over")
         lead.close()
+
+
+def test_after_leading_the_mirror_refills_later_and_a_takeover_meanwhile_reads_etcd(etcd, keys, caplog,
+                                                                                    monkeypatch):
+    """A coordinator that just handed over does not re-read the whole starting point
+    while the agents move away from it (REFILL_AFTER_LEADING); if it leads again before
+    that, it reads etcd at once instead of waiting for a mirror that has not begun."""
+    import logging
+    import threading
+
+    from coordinator.config import Timings
+    from coordinator.runtime import runtime as runtime_module
+    from coordinator.runtime.runtime import Runtime
+    from tests.test_runtime import Leadership
+
+    monkeypatch.setattr(runtime_module, "REFILL_AFTER_LEADING", 30.0)
+    monkeypatch.setattr(runtime_module, "MIRROR_CATCH_UP", 60.0)
+    runtime = Runtime(etcd, keys, "c1", Timings(ttl=2))
+    lead = Leadership(etcd, keys)
+    try:
+        runtime.start(lead.epoch)
+        runtime.stop("handover")
+        runtime.keep_warm(True)
+        mirror = runtime._mirror
+        assert mirror.alive and mirror.revision == 0, "not read at once after leading"
+        etcd.put(keys.build("b1"), encode(spec("b1", 2)))
+        epoch = lead.renew()
+        with caplog.at_level(logging.INFO, logger="coordinator.runtime.dispatcher"):
+            starting = threading.Thread(target=runtime.start, args=(epoch,), daemon=True)
+            starting.start()
+            starting.join(10)
+            assert not starting.is_alive(), "the takeover waited for a mirror that had not begun"
+        assert any("starting point read" in r.getMessage() for r in caplog.records)
+        assert "b1" in runtime._dispatcher.builds
+        runtime.stop("handover again")
+        monkeypatch.setattr(runtime_module, "REFILL_AFTER_LEADING", 0.2)
+        runtime.keep_warm(True)
+        refilled = runtime._mirror
+        wait_until(lambda: refilled.revision > 0, 10, message="the mirror read once the pause was over")
+    finally:
+        runtime.keep_warm(False)
+        runtime.stop("test over")
+        lead.close()

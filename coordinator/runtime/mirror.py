@@ -46,10 +46,15 @@ class Mirror:
         self.failed: Exception | None = None               # the first read failed: start again later
         self._watcher: Watcher | None = None
         self._stopped = threading.Event()
+        self._filling = threading.Event()   # the first read has begun (start's `after` is over)
 
     # -- lifecycle --------------------------------------------------------------------
-    def start(self) -> "Mirror":
-        threading.Thread(target=self._fill_and_watch, name="starting-point mirror", daemon=True).start()
+    def start(self, after: float = 0.0) -> "Mirror":
+        """Fill (after `after` seconds) and follow, on its own thread."""
+        if after <= 0:
+            self._filling.set()
+        threading.Thread(target=self._fill_and_watch, args=(after,), name="starting-point mirror",
+                         daemon=True).start()
         return self
 
     def stop(self) -> None:
@@ -65,7 +70,10 @@ class Mirror:
         return self.failed is None and not self._stopped.is_set()
 
     def snapshot(self, at_least: int, timeout: float) -> tuple[dict[str, Any], int] | None:
-        """A copy of the starting point at revision >= at_least, or None."""
+        """A copy of the starting point at revision >= at_least, or None (at
+        once if the mirror has not begun its first read: etcd is faster then)."""
+        if not self._filling.is_set():
+            return None
         with self._changed:
             if not self._changed.wait_for(lambda: self.revision >= at_least or not self.alive, timeout):
                 return None
@@ -77,7 +85,11 @@ class Mirror:
             return kvs, self.revision
 
     # -- filling and following ---------------------------------------------------------
-    def _fill_and_watch(self) -> None:
+    def _fill_and_watch(self, after: float) -> None:
+        if after > 0:
+            if self._stopped.wait(after):
+                return
+            self._filling.set()
         try:
             kvs, revision = read_starting_point(self.etcd, self.keys)
         except EtcdError as exc:

@@ -28,6 +28,7 @@ from lease.errors import EtcdError
 log = logging.getLogger(__name__)
 
 MIRROR_CATCH_UP = 0.5   # s a takeover waits for the warm mirror to reach its epoch before reading etcd
+REFILL_AFTER_LEADING = 1.0   # s after leading ends before the warm mirror is read again (see keep_warm)
 
 
 class Runtime:
@@ -48,6 +49,7 @@ class Runtime:
         self._started = threading.Condition()   # notified when an epoch begins
         self._dispatcher: Dispatcher | None = None
         self._mirror: Mirror | None = None
+        self._stopped_at = float("-inf")   # when leading last ended
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self, epoch: int) -> None:
@@ -103,7 +105,11 @@ class Runtime:
             mirror = self._mirror
             if wanted and self._dispatcher is None:
                 if mirror is None or not mirror.alive:
-                    self._mirror = Mirror(self.etcd, self.keys).start()
+                    # Just after leading, not at once: a planned handover's agents are
+                    # moving now, and reading and decoding the whole starting point
+                    # would take the machine (and etcd) from them.
+                    after = max(0.0, self._stopped_at + REFILL_AFTER_LEADING - self.clock())
+                    self._mirror = Mirror(self.etcd, self.keys).start(after=after)
                 return
             self._mirror = None
         if mirror is not None:
@@ -124,6 +130,7 @@ class Runtime:
             began = self.clock()
             dispatcher.stop(reason, timeout=self.timings.renew_deadline, successor=successor,
                             before_goodbye=before_goodbye)
+            self._stopped_at = self.clock()
             log.info("runtime: stopped (%s) in %.0f ms", reason, (self.clock() - began) * 1000)
 
     def flush(self, timeout: float | None = None) -> bool:
