@@ -32,7 +32,8 @@ b1's resign (leader key deleted) to every agent on p1 with p1's new epoch.
 
 Each switchover trial POSTs /api/v1/switchover on the leading p1 and times
 request -> every agent on b1 with b1's epoch, then the same from b1 back to
-p1 (a planned switchover is not undone by the handback rule).
+p1 (a planned switchover is not undone by the handback rule), and also
+request -> the new leader's first dispatch (as (c), no target).
 
 All times are taken in this process from one etcd client's watches
 (lease.watcher.Watcher on the leader key, agents/ and tasks/), so they
@@ -431,8 +432,9 @@ def switchover_trial(cluster: LocalCluster, monitor: Monitor, source: str, targe
     t_streams = monitor.wait(lambda: monitor.all_streams_on(target, epoch), timeout, f"all streams on {target}")
     t_agents = monitor.wait(lambda: monitor.all_agents_on(target, epoch), timeout, f"all agents on {target}")
     first_agent, median_agent = agent_spread(monitor, (target, epoch))
+    t_dispatch = monitor.wait(lambda: monitor.first_running_after(epoch), timeout, f"{target}'s first dispatch")
     return {"answer": answered - asked, "leads": t_lead - asked, "agents": t_agents - asked,
-            "streams": t_streams - asked,
+            "streams": t_streams - asked, "dispatch": t_dispatch - asked,
             "first_agent": first_agent - asked, "median_agent": median_agent - asked}
 
 
@@ -489,9 +491,11 @@ def report(args, results: dict, check: dict | None, elapsed: float, builds: int,
             summary("switchover p1->b1: request -> b1 leads", [r["leads"] for r in so], ttl),
             summary("switchover p1->b1: request -> all agents", [r["agents"] for r in so], ttl),
             summary("  request -> all streams on b1", [r["streams"] for r in so], ttl),
+            summary("  request -> b1's first dispatch", [r["dispatch"] for r in so], ttl),
             summary("switchover b1->p1: request -> p1 leads", [r["leads"] for r in sb], ttl),
             summary("switchover b1->p1: request -> all agents", [r["agents"] for r in sb], ttl),
-            summary("  request -> all streams on p1", [r["streams"] for r in sb], ttl)]
+            summary("  request -> all streams on p1", [r["streams"] for r in sb], ttl),
+            summary("  request -> p1's first dispatch", [r["dispatch"] for r in sb], ttl)]
     by_name = {r["name"]: r for r in rows}
     misses = []
 
@@ -600,7 +604,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"switchover {i + 1:2d}: " + ", ".join(
                 f"{d} agent keys {x['agents'] * 1000:.0f} ms (leads {x['leads'] * 1000:.0f}, streams "
                 f"{x['streams'] * 1000:.0f}, first agent key "
-                f"{x['first_agent'] * 1000:.0f}, median agent {x['median_agent'] * 1000:.0f})"
+                f"{x['first_agent'] * 1000:.0f}, median agent {x['median_agent'] * 1000:.0f}, "
+                f"first dispatch {x['dispatch'] * 1000:.0f})"
                 for d, x in (("p1->b1", r), ("b1->p1", b))), flush=True)
         feeder.stop()
         print(f"waiting for the {feeder.submitted} submitted tasks to finish ...", flush=True)
