@@ -75,3 +75,17 @@ def test_a_reloaded_build_counts_each_task_once_whatever_its_records_and_depende
     build, writes = Build.from_spec(flat, 2, {"t0": {"state": DONE, "attempt": 1}}, 0.0, 0.0)
     assert writes == [] and build.counts() == {"total": 4, "done": 1, "failed": 0, "running": 0}
     assert list(build.ready) == ["t1", "t2", "t3"] and build.dependants == {f"t{i}": [] for i in range(4)}
+
+
+def test_a_task_run_again_goes_first_in_its_builds_queue():
+    """A task whose agent was lost had started: it must not wait behind the rest of a
+    1,000-task build (nor be pushed back again by each takeover that finds it)."""
+    spec = {"id": "b1", "name": "b1", "tasks": [{"id": f"t{i}", "cmd": "true"} for i in range(5)]}
+    build, _ = Build.from_spec(spec, 1, {}, 0.0, 0.0)
+    assert list(build.ready) == ["t0", "t1", "t2", "t3", "t4"]
+    for task_id in ("t0", "t1"):
+        build.assign(build.tasks[task_id], "a1", 1.0)
+        build.tasks[task_id].state = "running"
+    build.requeue(build.tasks["t1"], 2.0)
+    assert list(build.ready) == ["t1", "t2", "t3", "t4"] and build.in_use == 1
+    assert build.tasks["t1"].state == READY and build.tasks["t1"].attempt == 1  # the next assign makes it 2

@@ -14,6 +14,7 @@ recorded result.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import time
 from typing import Any, Iterable
@@ -69,7 +70,8 @@ class Build:
     order: float                     # submission order (create revision of builds/<id>)
     tasks: dict[str, Task]
     dependants: dict[str, list[str]]
-    ready: dict[str, None] = dataclasses.field(default_factory=dict)  # insertion-ordered queue
+    # Tasks in the order they should start; an OrderedDict so that a task run again goes first.
+    ready: collections.OrderedDict[str, None] = dataclasses.field(default_factory=collections.OrderedDict)
     in_use: int = 0                  # tasks holding a core (assigning or running)
     n_done: int = 0
     n_failed: int = 0
@@ -192,6 +194,10 @@ class Build:
             self.in_use -= 1
         task.agent, task.assigned, task.sent = None, None, False
         self._make_ready(task, monotonic)
+        # First in its build's queue, not behind the rest of it: it had started, and a
+        # 1,000-task build would otherwise make it wait for all the others (a takeover
+        # that finds it again, e.g. after a failover, would even push it back each time).
+        self.ready.move_to_end(task.id, last=False)
 
     def assign(self, task: Task, agent: str, now: float) -> dict:
         self.ready.pop(task.id, None)
