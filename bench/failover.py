@@ -395,10 +395,15 @@ def agent_spread(monitor: Monitor, link: tuple) -> tuple[float, float]:
     return times[0], statistics.median(times)
 
 
+def wait_for_queued_work(monitor: Monitor, feeder: Feeder, timeout: float) -> None:
+    """There must be queued work for the first dispatch to time: wait for the feeder's
+    backlog if it fell behind (it submits only while p1 leads)."""
+    monitor.wait(lambda: feeder.outstanding() > min(1000, feeder.backlog // 2), timeout, "queued tasks")
+
+
 def failover_trial(cluster: LocalCluster, monitor: Monitor, feeder: Feeder, timeout: float) -> dict:
     wait_steady(cluster, monitor, "p1")
-    # There must be queued work for (c): wait for the feeder's backlog if it fell behind.
-    monitor.wait(lambda: feeder.outstanding() > min(1000, feeder.backlog // 2), timeout, "queued tasks")
+    wait_for_queued_work(monitor, feeder, timeout)
     index = len(monitor.leader_log)
     killed = time.monotonic()
     cluster.coordinators["p1"].kill()
@@ -420,8 +425,10 @@ def failover_trial(cluster: LocalCluster, monitor: Monitor, feeder: Feeder, time
             "handback_leads": t_p1 - t_resign, "handback": t_back - t_resign}
 
 
-def switchover_trial(cluster: LocalCluster, monitor: Monitor, source: str, target: str, timeout: float) -> dict:
+def switchover_trial(cluster: LocalCluster, monitor: Monitor, feeder: Feeder, source: str, target: str,
+                     timeout: float) -> dict:
     wait_steady(cluster, monitor, source)
+    wait_for_queued_work(monitor, feeder, timeout)
     index = len(monitor.leader_log)
     asked = time.monotonic()
     answer = cluster.api(source).switchover()
@@ -597,9 +604,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['handback_leads'] * 1000:.0f} ms, streams {r['handback_streams'] * 1000:.0f} ms, "
                   f"agent keys {r['handback'] * 1000:.0f} ms after b1 resigned", flush=True)
         for i in range(switchovers):
-            r = switchover_trial(cluster, monitor, "p1", "b1", args.timeout)
+            r = switchover_trial(cluster, monitor, feeder, "p1", "b1", args.timeout)
             results["switchover"].append(r)
-            b = switchover_trial(cluster, monitor, "b1", "p1", args.timeout)
+            b = switchover_trial(cluster, monitor, feeder, "b1", "p1", args.timeout)
             results["switchback"].append(b)
             print(f"switchover {i + 1:2d}: " + ", ".join(
                 f"{d} agent keys {x['agents'] * 1000:.0f} ms (leads {x['leads'] * 1000:.0f}, streams "
