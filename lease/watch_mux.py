@@ -25,12 +25,13 @@ import threading
 import time
 from typing import Callable, Iterator
 
-from etcd3 import etcdrpc, utils
+from etcd3 import etcdrpc
 
 from lease.client import Etcd
 from lease.errors import EtcdUnavailable
 from lease.session import fail_over, usable_channel, with_require_leader
-from lease.watcher import Delivered, WatchEvent, Watcher, read_current, read_stream, silent_too_long, stream_error
+from lease.watcher import (Delivered, WatchEvent, Watcher, create_request, read_current, read_stream,
+                           silent_too_long, stream_error)
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +60,7 @@ class MuxWatch:
         self.connected.clear()
 
     def create_request(self) -> etcdrpc.WatchRequest:
-        create = etcdrpc.WatchCreateRequest(key=utils.to_bytes(self.key), progress_notify=True)
-        if self.prefix:
-            create.range_end = utils.to_bytes(utils.prefix_range_end(utils.to_bytes(self.key)))
-        if self.last_revision is not None:
-            create.start_revision = self.last_revision + 1
-        return etcdrpc.WatchRequest(create_request=create)
+        return create_request(self.key, self.prefix, self.last_revision)
 
     def deliver(self, events: list[WatchEvent]) -> None:
         self.last_revision = max(self.last_revision or 0, max(e.mod_revision for e in events))

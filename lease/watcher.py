@@ -94,6 +94,16 @@ class Delivered:
         return events
 
 
+def create_request(key: str, prefix: bool, last_revision: int | None) -> etcdrpc.WatchRequest:
+    """The request that (re)creates a watch of key (or the prefix) after what it delivered."""
+    create = etcdrpc.WatchCreateRequest(key=utils.to_bytes(key), progress_notify=True)
+    if prefix:
+        create.range_end = utils.to_bytes(utils.prefix_range_end(utils.to_bytes(key)))
+    if last_revision is not None:
+        create.start_revision = last_revision + 1
+    return etcdrpc.WatchRequest(create_request=create)
+
+
 def read_current(etcd: Etcd, key: str, prefix: bool) -> tuple[dict[str, KV], int]:
     """The key(s) a watch covers, now: (key -> KV, the read's revision)."""
     if prefix:
@@ -228,11 +238,7 @@ class Watcher:
 
     def _stream_once(self) -> None:
         """Open one stream, deliver until it breaks. Raises on any break."""
-        create = etcdrpc.WatchCreateRequest(key=utils.to_bytes(self.key), progress_notify=True)
-        if self.prefix:
-            create.range_end = utils.to_bytes(utils.prefix_range_end(utils.to_bytes(self.key)))
-        if self.last_revision is not None:
-            create.start_revision = self.last_revision + 1
+        create = create_request(self.key, self.prefix, self.last_revision)
         outbox: queue.Queue = queue.Queue()
         last_heard = [time.monotonic()]
         stub = etcdrpc.WatchStub(usable_channel(self.etcd))
@@ -250,10 +256,10 @@ class Watcher:
                 self._call = None
             call.cancel()
 
-    def _requests(self, create, outbox: queue.Queue, last_heard: list) -> Iterator:
+    def _requests(self, create: etcdrpc.WatchRequest, outbox: queue.Queue, last_heard: list) -> Iterator:
         """The request side: create, then a progress request every
         progress_interval; cancels the call when etcd stays silent too long."""
-        yield etcdrpc.WatchRequest(create_request=create)
+        yield create
         while True:
             try:
                 if outbox.get(timeout=self.progress_interval) is None:

@@ -70,22 +70,21 @@ class Runtime:
             with self._started:
                 self._started.notify_all()
             mirror, self._mirror = self._mirror, None
-            try:
+            warm = None
+            if mirror is not None:
                 # Every earlier leader's writes precede our epoch's revision (our campaign's
                 # put): the mirror needs every event before it, not the put itself, which
                 # would cost one more watch delivery while the agents wait.
-                warm = mirror.snapshot(at_least=epoch - 1, timeout=MIRROR_CATCH_UP) if mirror is not None else None
-                if mirror is not None:
-                    # A leader does not need it (its own writes are the state); stopped now,
-                    # not after the load, so that it decodes no more events meanwhile.
-                    mirror.stop_applying()
-                    threading.Thread(target=mirror.stop, name="stop mirror", daemon=True).start()
+                warm = mirror.snapshot(at_least=epoch - 1, timeout=MIRROR_CATCH_UP)
+                # A leader does not need it (its own writes are the state); stopped now,
+                # not after the load, so that it decodes no more events meanwhile.
+                mirror.stop_applying()
+                threading.Thread(target=mirror.stop, name="stop mirror", daemon=True).start()
+            try:
                 dispatcher.start(warm)
             except BaseException:
                 self._dispatcher = None
                 dispatcher.stop("could not load the cluster state", timeout=0.5)
-                if mirror is not None:
-                    threading.Thread(target=mirror.stop, name="stop mirror", daemon=True).start()
                 raise
             log.info("runtime: leading with epoch %s", epoch)
 
