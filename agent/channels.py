@@ -6,7 +6,7 @@ link meant a new TCP connection (and TLS handshake) and a new channel
 thread at each move, exactly when the move is on the clock; with a kept
 channel a new link costs one HTTP/2 stream. The standby link to the next
 leader and the link to the current one share a channel when they name the
-same address. The bench pool (agent.pool) shares one `Channels` among its
+same address. The bench pool (bench.pool) shares one `Channels` among its
 agents, as it shares one etcd client.
 
 gRPC reconnects a kept channel by itself (100 ms backoff doubling to 1 s),

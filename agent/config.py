@@ -5,7 +5,7 @@ import dataclasses
 import os
 import socket
 
-from coordinator.config import check_name
+from cluster.names import check_name
 from lease.client import EtcdConfig
 from lease.errors import ConfigError
 from lease.session import validate_timings

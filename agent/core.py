@@ -28,8 +28,8 @@ from agent.link import CoordinatorLink
 from agent.presence import AgentLease, Presence
 from agent.results import ResultBuffer
 from agent.runner import Runner, TaskRef, TaskResult
-from coordinator.keys import Keys
-from coordinator.protocol import agent_pb2
+from cluster.keys import Keys
+from cluster.protocol import agent_pb2
 from lease.client import Etcd, connect
 from lease.errors import EtcdError
 
@@ -55,9 +55,9 @@ def result_to_proto(result: TaskResult) -> agent_pb2.TaskResult:
 class Agent:
     """`Agent(config).start()` ... `stop()`, or `run()` from the CLI.
 
-    The keyword arguments exist for the bench pool (agent.pool): a shared
-    etcd client, a shared lease, links on one event loop (agent.aio_link),
-    watches sharing one etcd stream (lease.watch_mux), a runner that does not spawn processes,
+    The keyword arguments exist for the bench pool (bench.pool): a shared
+    etcd client, a shared lease, links on one event loop (bench.aio_link),
+    watches sharing one etcd stream (bench.watch_mux), a runner that does not spawn processes,
     a memory-only result buffer, and a slower loop (it has no lease to tick).
     """
 

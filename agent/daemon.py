@@ -13,7 +13,7 @@ import sys
 
 from agent.config import AgentConfig
 from agent.core import Agent
-from coordinator.config import read_token
+from cluster.names import read_token
 from lease.client import EtcdConfig
 from lease.errors import BatonError
 

@@ -31,7 +31,7 @@ import grpc
 
 from agent.channels import Channels
 from agent.leader import LeaderView
-from coordinator.protocol import agent_pb2, agent_pb2_grpc, unbatched
+from cluster.protocol import agent_pb2, agent_pb2_grpc, unbatched
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class LinkBase:
     """What every link shares: its leader view and state, standby and
     activation, and what to make of each coordinator message and each way a
     stream can end. Subclasses run the streams: `CoordinatorLink` on threads
-    (the agent), `agent.aio_link.AioCoordinatorLink` on one event loop for
+    (the agent), `bench.aio_link.AioCoordinatorLink` on one event loop for
     many agents (the bench pool)."""
 
     def __init__(self, leader: LeaderView, handler: LinkHandler, token: str | None = None,

@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from coordinator.keys import encode
+from cluster.keys import encode
 from lease.client import Etcd
 from lease.errors import EtcdError
 from lease.session import Session

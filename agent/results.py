@@ -18,7 +18,7 @@ import os
 import threading
 
 from agent.runner import TaskRef, TaskResult
-from coordinator.daemon_state import write_json_atomically
+from cluster.files import write_json_atomically
 
 log = logging.getLogger(__name__)
 

@@ -53,9 +53,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import grpc  # noqa: E402
 
 from coordinator.config import Timings  # noqa: E402
-from coordinator.keys import Keys, decode, encode  # noqa: E402
-from coordinator.protocol import agent_pb2 as pb  # noqa: E402
-from coordinator.protocol import agent_pb2_grpc, unbatched  # noqa: E402
+from cluster.keys import Keys, decode, encode  # noqa: E402
+from cluster.protocol import agent_pb2 as pb  # noqa: E402
+from cluster.protocol import agent_pb2_grpc, unbatched  # noqa: E402
 from coordinator.runtime.aio_service import AioAgentServer  # noqa: E402
 from coordinator.runtime.runtime import Runtime  # noqa: E402
 from lease.client import connect  # noqa: E402

@@ -4,9 +4,9 @@
                              [--failback-delay 1] [--build-tasks 1000] [--backlog 3000]
                              [--task-seconds 1] [--max-cores-per-build 0] [--tls] [--dir DIR] [--json]
 
-Everything is real and started here (coordinator.local.LocalCluster): a
+Everything is real and started here (cli.local.LocalCluster): a
 single-member etcd, the primary p1 and the selected backup b1 as processes
-with their web UIs, and `--agents` pool agents (agent.pool, 1 core each, in
+with their web UIs, and `--agents` pool agents (bench.pool, 1 core each, in
 `--pools` child processes). A feeder thread keeps about `--backlog` tasks
 queued, in builds of `--build-tasks`, through p1's JSON API, so that there is
 always work when a coordinator takes over.
@@ -68,9 +68,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from coordinator.api_client import ApiError  # noqa: E402
-from coordinator.keys import Keys, decode  # noqa: E402
-from coordinator.local import LocalCluster, Proc  # noqa: E402
+from cli.api_client import ApiError  # noqa: E402
+from cluster.keys import Keys, decode  # noqa: E402
+from cli.local import LocalCluster, Proc  # noqa: E402
 from lease.watcher import Watcher  # noqa: E402
 
 TARGET_AGENTS_P99 = 2.8      # s, failover (b)
@@ -78,7 +78,7 @@ TARGET_PLANNED_P99 = 0.300   # s, switchover / handback
 
 _POOL_CHILD = r"""
 import logging, signal, sys, threading
-from agent.pool import AgentPool
+from bench.pool import AgentPool
 from lease.client import EtcdConfig
 urls, ca, cluster, count, cores, token, mode, prefix, task_seconds = sys.argv[1:10]
 logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -133,10 +133,10 @@ pool.stop()
 
 
 class PoolProcess:
-    """agent.pool.AgentPool in a child process (its own interpreter lock), with
+    """bench.pool.AgentPool in a child process (its own interpreter lock), with
     the cluster's agent token and, with TLS, its CA for etcd and gRPC.
-    (`python -m agent.pool` has no CA options, hence this small launcher.)
-    The process is a coordinator.local.Proc: `stop()`, `log_tail()`, `alive`."""
+    (`python -m bench.pool` has no CA options, hence this small launcher.)
+    The process is a cli.local.Proc: `stop()`, `log_tail()`, `alive`."""
 
     def __init__(self, cluster: LocalCluster, count: int, cores: int = 1, on_link=None,
                  prefix: str = "bench-agent-", task_seconds: float = 0.0):

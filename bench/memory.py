@@ -7,7 +7,7 @@ no backup, no real agents), measures the resident set size (VmRSS from
 /proc/<pid>/status) of the coordinator process and, separately, of its
 descendants (the gunicorn master and workers of the web UI), once with no
 agent (the baseline, in the same run) and once `--agents` pool agents
-(agent.pool in a child process, 1 core each, one gRPC stream each) are all
+(bench.pool in a child process, 1 core each, one gRPC stream each) are all
 connected to p1 (every agents/<name> names p1 with its epoch), split over
 `--pools` pool processes (4). Each figure
 is the largest of `--samples` readings taken over `--settle` seconds after
@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from coordinator.local import LocalCluster  # noqa: E402
+from cli.local import LocalCluster  # noqa: E402
 from lease.errors import EtcdUnavailable  # noqa: E402
 from failover import PoolProcess  # noqa: E402
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from coordinator import users  # noqa: E402
-from coordinator.daemon_state import write_state  # noqa: E402
-from coordinator.keys import Keys, encode  # noqa: E402
+from cluster import users  # noqa: E402
+from cluster.daemon_state import write_state  # noqa: E402
+from cluster.keys import Keys, encode  # noqa: E402
 from lease.client import connect  # noqa: E402
 from web import create_app  # noqa: E402
 

@@ -7,43 +7,11 @@ ttl > renew_deadline > keepalive_interval > 0.
 from __future__ import annotations
 
 import dataclasses
-import os
-import re
 
+from cluster.names import check_hostport, check_name
 from lease.client import EtcdConfig
 from lease.errors import ConfigError
 from lease.session import validate_timings as validate_lease_timings  # the one copy of rule 3
-
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-
-
-def read_token(path: str | None) -> str | None:
-    """The cluster token shared by agents and coordinators: from the file, else
-    $BATON_AGENT_TOKEN, else None. ConfigError if the file is unreadable or empty."""
-    if path:
-        try:
-            with open(path, encoding="utf-8") as f:
-                token = f.read().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read the agent token file {path!r}: {exc.strerror}") from None
-        if not token:
-            raise ConfigError(f"the agent token file {path!r} is empty")
-        return token
-    return os.environ.get("BATON_AGENT_TOKEN") or None
-
-
-def check_name(kind: str, name: str) -> str:
-    """Names become etcd key segments and appear in URLs: keep them plain."""
-    if not name or not NAME_RE.match(name):
-        raise ConfigError(f"{kind} name {name!r} must be 1-63 letters, digits, '.', '_' or '-'")
-    return name
-
-
-def check_hostport(what: str, value: str) -> str:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{what} {value!r} must be HOST:PORT")
-    return value
 
 
 @dataclasses.dataclass(frozen=True)

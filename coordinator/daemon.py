@@ -22,15 +22,15 @@ import signal
 import socket
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import grpc
 
 from coordinator import ha
 from coordinator.config import CoordinatorConfig
-from coordinator.daemon_state import write_state
-from coordinator.events import event_ops
-from coordinator.keys import Keys, decode, encode
+from cluster.daemon_state import write_state
+from cluster.events import event_ops
+from cluster.keys import Keys, decode, encode
 from coordinator.runtime.aio_service import AioAgentServer
 from coordinator.runtime.runtime import Runtime
 from coordinator.snapshot import read_snapshot
@@ -48,8 +48,8 @@ VERSION = "0.1.0"
 class Coordinator:
     """A primary or backup coordinator. `start()`, then `run(stop_event)`, then `stop()`."""
 
-    def __init__(self, config: CoordinatorConfig, state_dir: str, *, web: bool = True,
-                 test_hooks: bool = False, startup_wait: float = 30.0, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, config: CoordinatorConfig, state_dir: str, *,
+                 start_ui: Callable[[CoordinatorConfig, str], Any] | None = None, test_hooks: bool = False, startup_wait: float = 30.0, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time):
         self.config = config
         self.keys = Keys(config.cluster)
@@ -59,7 +59,9 @@ class Coordinator:
         self.wall = wall
         self.timings = config.timings
         self.cycle_interval = min(0.5, self.timings.keepalive_interval / 2)
-        self._web_enabled = web
+        # start_ui(config, state_path) starts the web UI and returns its process
+        # (web.serve.start_gunicorn); the daemon does not import the UI.
+        self._start_ui = start_ui
         self._test_hooks = test_hooks
         self.startup_wait = startup_wait
         self._wake = threading.Event()
@@ -108,7 +110,7 @@ class Coordinator:
             w = Watcher(self.etcd, key, prefix=prefix, on_events=self._on_watch, on_error=self._on_watch_error)
             w.start()
             self._watchers.append(w)
-        if self._web_enabled:
+        if self._start_ui is not None:
             self._start_web()
         self._ready = True
         if self._test_hooks:
@@ -318,7 +320,7 @@ class Coordinator:
             self.runtime.start(epoch)
             self._fenced(ops)
             if self.config.role == "primary":
-                from coordinator.users import ensure_admin
+                from cluster.users import ensure_admin
 
                 password = ensure_admin(self.etcd, self.keys, self._fenced,
                                         password=os.environ.get("BATON_ADMIN_PASSWORD"))
@@ -468,9 +470,7 @@ class Coordinator:
             raise ConfigError(f"cannot listen on --grpc {self.config.grpc}: {exc}") from None
 
     def _start_web(self) -> None:
-        from web.serve import start_gunicorn
-
-        self.web_proc = start_gunicorn(self.config, self.state_path)
+        self.web_proc = self._start_ui(self.config, self.state_path)
 
     def _stop_web(self) -> None:
         if self.web_proc is not None and self.web_proc.poll() is None:
@@ -516,12 +516,13 @@ def _switchover_target(raw: bytes | None) -> str | None:
     return data.get("target") if isinstance(data, dict) else None
 
 
-def run_coordinator(config: CoordinatorConfig, state_dir: str, web: bool = True, test_hooks: bool = False) -> int:
+def run_coordinator(config: CoordinatorConfig, state_dir: str,
+                    start_ui: Callable[[CoordinatorConfig, str], Any] | None = None, test_hooks: bool = False) -> int:
     """Run until SIGTERM/SIGINT. Returns the process exit code."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    coordinator = Coordinator(config, state_dir, web=web, test_hooks=test_hooks)
+    coordinator = Coordinator(config, state_dir, start_ui=start_ui, test_hooks=test_hooks)
     try:
         coordinator.start()
     except EtcdUnavailable as exc:

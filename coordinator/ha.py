@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping
 
-from coordinator.settings import Settings
+from cluster.settings import Settings
 
 # Actions, in the words of the domain.
 NONE = "none"

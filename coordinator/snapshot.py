@@ -9,8 +9,8 @@ consistent. Build and task keys are not read here (the runtime owns them).
 from __future__ import annotations
 
 from coordinator.ha import Leader, Peer, Snapshot
-from coordinator.keys import Keys, decode, prefix_end
-from coordinator.settings import Settings
+from cluster.keys import Keys, decode, prefix_end
+from cluster.settings import Settings
 
 
 def read_snapshot(etcd, keys: Keys) -> Snapshot:

@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from coordinator.keys import Keys
+from cluster.keys import Keys
 from lease.client import connect
 from tests.harness.cluster import EtcdCluster
 from tests.harness.etcd import start_single

@@ -20,19 +20,19 @@ import grpc
 import pytest
 
 from agent.config import AgentConfig
-from agent.aio_link import AioLinks
+from bench.aio_link import AioLinks
 from agent.channels import Channels
 from agent import core as agent_core
 from agent.core import Agent
 from agent.leader import LeaderView
 from agent.link import CoordinatorLink
 from agent.daemon import add_arguments, config_from_args
-from agent.pool import AgentPool
+from bench.pool import AgentPool
 from agent.runner import TaskRef
 from coordinator.config import Timings
-from coordinator.keys import decode, encode
-from coordinator.protocol import agent_pb2 as pb
-from coordinator.protocol import agent_pb2_grpc
+from cluster.keys import decode, encode
+from cluster.protocol import agent_pb2 as pb
+from cluster.protocol import agent_pb2_grpc
 from coordinator.runtime.runtime import Runtime
 from lease.client import EtcdConfig, connect
 from lease.election import Election
@@ -121,7 +121,7 @@ def agents(etcd_url, keys, tmp_path):
 
 @pytest.fixture(params=["threads", "event loop"])
 def link_factory(request):
-    """The agent's threaded links, or the bench pool's links on one event loop (agent.aio_link)."""
+    """The agent's threaded links, or the bench pool's links on one event loop (bench.aio_link)."""
     if request.param == "threads":
         yield None
         return
@@ -193,7 +193,7 @@ def test_a_wrong_token_is_refused_and_the_agent_keeps_trying(etcd, keys, agents,
 
 
 def test_tls_to_the_coordinator_with_the_cluster_ca(etcd, keys, agents, coordinators, tmp_path):
-    from coordinator.certs import issue_cert, make_ca
+    from cli.certs import issue_cert, make_ca
 
     ca = make_ca(tmp_path / "ca")
     cert, key = issue_cert(ca, tmp_path / "ca", "p1", ["localhost"])
@@ -633,7 +633,7 @@ def test_config_from_args_reads_the_token_file_and_validates(tmp_path, monkeypat
 
 
 def test_pool_pretend_tasks_run_for_their_time_are_listed_while_running_and_cancel_quietly():
-    from agent.pool import PretendRunner, TaskClock
+    from bench.pool import PretendRunner, TaskClock
 
     results = []
     runner = PretendRunner(results.append, seconds=1.0, clock=TaskClock())

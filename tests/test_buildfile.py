@@ -1,4 +1,4 @@
-"""coordinator.buildfile: valid YAML/JSON builds parse; each kind of bad file is
+"""cluster.buildfile: valid YAML/JSON builds parse; each kind of bad file is
 refused with a sentence that names the problem."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from coordinator.buildfile import (MAX_BUILD_BYTES, MAX_TASKS, BuildFileError, BuildSpec, TaskSpec,
+from cluster.buildfile import (MAX_BUILD_BYTES, MAX_TASKS, BuildFileError, BuildSpec, TaskSpec,
                                    parse_build, topological_order)
 
 HELLO_YAML = """\

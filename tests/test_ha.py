@@ -3,7 +3,7 @@ import pytest
 
 from coordinator import ha
 from coordinator.ha import Leader, Me, Peer, Snapshot, decide
-from coordinator.settings import Settings
+from cluster.settings import Settings
 
 P1 = Peer("p1", "primary", "p1")
 B1 = Peer("b1", "backup", "p1")

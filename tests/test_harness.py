@@ -208,7 +208,7 @@ def test_tls_etcd_needs_a_ca(tls_etcd):
 
 
 def test_tls_etcd_refuses_unknown_ca(tls_etcd, tmp_path, keys):
-    from coordinator.certs import make_ca
+    from cli.certs import make_ca
 
     other = make_ca(tmp_path / "other-ca")
     client = connect(tls_etcd.client_url, timeout=1.0, ca_cert=str(other.cert_path))

@@ -1,5 +1,5 @@
 """A new leader reads its starting point without the history of finished builds."""
-from coordinator.keys import encode
+from cluster.keys import encode
 from coordinator.runtime.loading import read_snapshot, read_starting_point
 
 

@@ -1,6 +1,6 @@
 """The warm mirror of a takeover's starting point, against a real etcd:
 what it holds at a revision is what read_starting_point reads there."""
-from coordinator.keys import encode
+from cluster.keys import encode
 from coordinator.runtime.loading import read_snapshot, read_starting_point
 from coordinator.runtime.mirror import Mirror
 from tests.harness.wait import wait_until

@@ -3,7 +3,7 @@
 Installing Baton needs no compiler, so the stubs are committed; this test
 fails when someone edits the .proto without regenerating them:
 
-    python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. coordinator/protocol/agent.proto
+    python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. cluster/protocol/agent.proto
 """
 import shutil
 from pathlib import Path
@@ -11,7 +11,7 @@ from pathlib import Path
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
-PROTO = Path("coordinator/protocol/agent.proto")
+PROTO = Path("cluster/protocol/agent.proto")
 
 
 def test_committed_stubs_match_the_proto(tmp_path):

@@ -15,10 +15,10 @@ import grpc
 import pytest
 
 from coordinator.config import Timings
-from coordinator.keys import decode, encode
-from coordinator.protocol import agent_pb2 as pb
-from coordinator.protocol import unbatched
-from coordinator.protocol import agent_pb2_grpc
+from cluster.keys import decode, encode
+from cluster.protocol import agent_pb2 as pb
+from cluster.protocol import unbatched
+from cluster.protocol import agent_pb2_grpc
 from coordinator.runtime import dispatcher as dispatcher_module
 from coordinator.runtime.aio_service import AioAgentServer
 from coordinator.runtime.runtime import Runtime

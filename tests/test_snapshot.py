@@ -1,6 +1,6 @@
 """The HA snapshot is read from a real etcd in one transaction."""
-from coordinator.keys import encode
-from coordinator.settings import Settings
+from cluster.keys import encode
+from cluster.settings import Settings
 from coordinator.snapshot import read_snapshot
 
 

@@ -1,4 +1,4 @@
-"""coordinator.users: scrypt records, and fenced user changes against a real etcd."""
+"""cluster.users: scrypt records, and fenced user changes against a real etcd."""
 from __future__ import annotations
 
 import base64
@@ -8,8 +8,8 @@ import unicodedata
 import pytest
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from coordinator import users
-from coordinator.keys import decode
+from cluster import users
+from cluster.keys import decode
 from lease.election import fenced_txn
 from lease.errors import NotLeader
 
@@ -256,7 +256,7 @@ def test_ensure_admin_loses_race_to_another_coordinator(etcd, keys, fence):
     theirs = users.user_record("admin", "their-password")
 
     def racing_fence(ops):
-        from coordinator.keys import encode
+        from cluster.keys import encode
         etcd.put(keys.user("admin"), encode(theirs))
         return fence(ops)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from lease.client import connect
-from lease.watch_mux import WatchMux
+from bench.watch_mux import WatchMux
 from tests.harness.etcd import start_single
 from tests.harness.wait import wait_until
 from tests.test_watcher import Recorder

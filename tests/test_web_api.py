@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from coordinator.keys import encode
+from cluster.keys import encode
 from tests.test_web_support import VIEWER_PW, app, basic, client, clock, cluster  # noqa: F401 (fixtures)
 
 BUILD = {"name": "hello", "tasks": [{"id": "compile-a", "cmd": "cc -c a.c"},

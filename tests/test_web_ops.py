@@ -9,7 +9,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from coordinator.certs import issue_cert, make_ca
+from cli.certs import issue_cert, make_ca
 from coordinator.config import CoordinatorConfig, Timings
 from lease.client import EtcdConfig
 from tests.harness.ports import free_port

@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 import json
 
-from coordinator.keys import encode
+from cluster.keys import encode
 from tests.test_web_support import VIEWER_PW, app, basic, client, clock, cluster, login  # noqa: F401 (fixtures)
 
 

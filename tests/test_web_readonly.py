@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from coordinator.keys import encode
+from cluster.keys import encode
 from tests.test_web_support import VIEWER_PW, app, basic, client, clock, cluster, login  # noqa: F401 (fixtures)
 
 BUILD = json.dumps({"name": "x", "tasks": [{"id": "a", "cmd": "true"}]})

@@ -3,7 +3,7 @@ web's pure logic (throttle, agent states, leadership verdicts).
 
 Leadership is set up like the real daemon does it: a leader key created by a
 transaction comparing its create revision with 0, attached to a lease, and a
-daemon state file written with coordinator.daemon_state.write_state.
+daemon state file written with cluster.daemon_state.write_state.
 """
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import re
 
 import pytest
 
-from coordinator import users as user_store
-from coordinator.daemon_state import write_state
-from coordinator.keys import Keys, encode
-from coordinator.settings import Settings
+from cluster import users as user_store
+from cluster.daemon_state import write_state
+from cluster.keys import Keys, encode
+from cluster.settings import Settings
 from web import create_app
 from web.authority import Authority
 from web.cluster_view import Snapshot, agent_rows

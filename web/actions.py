@@ -11,11 +11,11 @@ import secrets
 import time
 from typing import Any
 
-from coordinator import users as user_store
-from coordinator.buildfile import BuildFileError, parse_build
-from coordinator.config import NAME_RE
-from coordinator.keys import Keys, decode, encode
-from coordinator.settings import Settings, validate_update
+from cluster import users as user_store
+from cluster.buildfile import BuildFileError, parse_build
+from cluster.names import NAME_RE
+from cluster.keys import Keys, decode, encode
+from cluster.settings import Settings, validate_update
 from web.authority import Conflict, fenced_commit
 
 MAX_SETTINGS_RETRIES = 3
@@ -129,7 +129,7 @@ def set_agent_config(etcd, keys: Keys, epoch: int, name: str, changes: Any) -> d
 
 
 def create_user(etcd, keys: Keys, epoch: int, body: Any) -> dict:
-    """Add a user (coordinator.users checks name, role and password, and that the name is free)."""
+    """Add a user (cluster.users checks name, role and password, and that the name is free)."""
     if not isinstance(body, dict):
         raise Invalid("send a JSON object with name, role and password")
     name, role = body.get("name"), body.get("role") or "viewer"

@@ -10,7 +10,7 @@ import json
 
 from flask import Blueprint, current_app, g, jsonify, request
 
-from coordinator import users as user_store
+from cluster import users as user_store
 
 from web import actions, etcd_access
 from web.cluster_view import build_detail, build_rows, read_events

@@ -17,8 +17,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Iterable
 
-from coordinator.daemon_state import read_state
-from coordinator.keys import Keys, decode
+from cluster.daemon_state import read_state
+from cluster.keys import Keys, decode
 from lease.election import TxnConflict, fenced_txn
 
 

@@ -16,9 +16,9 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from coordinator.events import list_events
-from coordinator.keys import Keys, decode, prefix_end
-from coordinator.settings import Settings
+from cluster.events import list_events
+from cluster.keys import Keys, decode, prefix_end
+from cluster.settings import Settings
 
 EVENTS_SHOWN = 20
 

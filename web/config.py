@@ -8,7 +8,7 @@ Keys (all optional in tests except BATON_ETCD and BATON_NAME):
   BATON_NAME            this coordinator's name
   BATON_ROLE            "primary" or "backup"
   BATON_PRIMARY         a backup's primary (else read from coordinators/<name>)
-  BATON_DAEMON_STATE    path of the daemon state file (coordinator/daemon_state.py)
+  BATON_DAEMON_STATE    path of the daemon state file (cluster/daemon_state.py)
   BATON_RENEW_DEADLINE  max age in seconds of that file before it counts as stale
   BATON_HTTPS           "1" when gunicorn serves HTTPS (cookies get the Secure flag)
   SECRET_KEY            signs the session cookie; shared by all gunicorn workers

@@ -12,7 +12,7 @@ import threading
 
 from flask import Flask, current_app
 
-from coordinator.keys import Keys
+from cluster.keys import Keys
 from lease.client import EtcdConfig, connect
 
 _lock = threading.Lock()

@@ -10,7 +10,7 @@ from typing import Callable
 
 from flask import current_app, g, jsonify, redirect, render_template, request, url_for
 
-from coordinator.keys import decode
+from cluster.keys import decode
 from web import etcd_access
 from web.authority import Authority, read_authority
 from web.cluster_view import Snapshot, read_snapshot

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import current_app, g
 
-from coordinator.keys import decode
+from cluster.keys import decode
 from web import etcd_access
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify
 
-from coordinator.daemon_state import read_state
+from cluster.daemon_state import read_state
 from lease.errors import EtcdError
 from web import etcd_access
 from web.guards import authority

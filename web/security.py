@@ -1,6 +1,6 @@
 """Who is asking: HTTP Basic or the UI session, idle expiry, login throttling, CSRF.
 
-- Users live in etcd (coordinator/users.py, scrypt), so the same
+- Users live in etcd (cluster/users.py, scrypt), so the same
   credentials work on every coordinator.
 - The session is Flask's signed cookie holding the user name, a CSRF token
   and a last-seen time; the server ends it after SESSION_IDLE_TIMEOUT of
@@ -30,7 +30,7 @@ from typing import Callable
 
 from flask import current_app, g, request, session
 
-from coordinator import users as user_store
+from cluster import users as user_store
 from web import etcd_access
 
 POLL_HEADER = "X-Baton-Poll"

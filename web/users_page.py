@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, render_template, request, url_for
 
-from coordinator import users as user_store
+from cluster import users as user_store
 from web import actions, etcd_access, forms
 from web.guards import admin_required
 

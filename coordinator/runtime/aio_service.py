@@ -20,8 +20,8 @@ import threading
 
 import grpc
 
-from coordinator.protocol import agent_pb2 as pb
-from coordinator.protocol import agent_pb2_grpc
+from cluster.protocol import agent_pb2 as pb
+from cluster.protocol import agent_pb2_grpc
 from coordinator.runtime.service import (STARTING_UP_WAIT, Leading, _token_ok, handle_agent_message,
                                          stale_epoch)
 

@@ -31,15 +31,15 @@ from typing import Any, Callable, Iterable
 
 import grpc
 
-from coordinator.keys import Keys, decode, encode
-from coordinator.protocol import agent_pb2 as pb
+from cluster.keys import Keys, decode, encode
+from cluster.protocol import agent_pb2 as pb
 from coordinator.runtime import scheduler
 from coordinator.runtime.loading import read_snapshot, read_starting_point
 from coordinator.runtime.reporting import Reporter
 from coordinator.runtime.service import AgentStream
 from coordinator.runtime.state import ASSIGNING, DONE, READY, RUNNING, WAITING, Agent, Build, Task
 from coordinator.runtime.store import GroupCommit
-from coordinator.settings import Settings
+from cluster.settings import Settings
 from lease.errors import NotLeader
 from lease.watcher import Watcher
 

@@ -11,9 +11,9 @@ import dataclasses
 import logging
 from typing import Any, Mapping
 
-from coordinator.keys import Keys, decode, prefix_end
+from cluster.keys import Keys, decode, prefix_end
 from coordinator.runtime.state import FINISHED
-from coordinator.settings import Settings
+from cluster.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import logging
 import threading
 from typing import Any, Callable, NamedTuple
 
-from coordinator.keys import Keys
+from cluster.keys import Keys
 from coordinator.runtime.loading import decoded, read_starting_point
 from coordinator.runtime.state import FINISHED
 from lease.errors import EtcdError

@@ -14,7 +14,7 @@ import logging
 import time
 from typing import Any, Callable
 
-from coordinator.keys import Keys, encode
+from cluster.keys import Keys, encode
 from coordinator.runtime.state import Agent, Build
 from coordinator.runtime.store import GroupCommit
 from lease.errors import NotLeader

@@ -18,8 +18,8 @@ from typing import Callable
 import grpc
 
 from coordinator.config import Timings
-from coordinator.keys import Keys, decode
-from coordinator.protocol import agent_pb2_grpc
+from cluster.keys import Keys, decode
+from cluster.protocol import agent_pb2_grpc
 from coordinator.runtime.dispatcher import Dispatcher
 from coordinator.runtime.mirror import Mirror
 from coordinator.runtime.service import AgentService

@@ -1,4 +1,4 @@
-"""The gRPC side of the agent protocol (coordinator/protocol/agent.proto).
+"""The gRPC side of the agent protocol (cluster/protocol/agent.proto).
 
 `AgentService` is registered on the daemon's gRPC server for the
 coordinator's whole life; it refuses streams while its runtime is not
@@ -22,8 +22,8 @@ from typing import Any, Callable, Iterator, Protocol
 
 import grpc
 
-from coordinator.protocol import agent_pb2 as pb
-from coordinator.protocol import agent_pb2_grpc
+from cluster.protocol import agent_pb2 as pb
+from cluster.protocol import agent_pb2_grpc
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
-"""End-to-end fixtures: whole clusters of real processes (coordinator.local.LocalCluster)."""
+"""End-to-end fixtures: whole clusters of real processes (cli.local.LocalCluster)."""
 from __future__ import annotations
 
 import pytest
 
-from coordinator.local import LocalCluster
+from cli.local import LocalCluster
 
 _clusters_key = pytest.StashKey[list]()
 

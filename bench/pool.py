@@ -7,7 +7,7 @@ it, its own gRPC channel and Connect stream, the same protocol code as a
 real agent. What is shared or simplified, on purpose:
 
 - one etcd client for all agents; every agent's links run as tasks on one
-  event loop with one grpc.aio channel per coordinator (agent.aio_link; each
+  event loop with one grpc.aio channel per coordinator (bench.aio_link; each
   agent still has its own streams and follows the same protocol code);
 - ONE lease for all presence keys (a shared AgentLease, ticked by the pool's
   loop): if it is lost, every pool agent's key disappears at once and all
@@ -22,11 +22,11 @@ real agent. What is shared or simplified, on purpose:
 - results are buffered in memory only (no `<workdir>/.results/`);
 - each agent's watch of the leader key is its own etcd watch, but all of a
   process's watches share one stream and one reading thread
-  (lease.watch_mux), as etcd's Go client shares them; the stream asks etcd
+  (bench.watch_mux), as etcd's Go client shares them; the stream asks etcd
   for progress every 2 s instead of 0.5 s.
 
 Run from a benchmark: `AgentPool(urls, cluster, count=200, cores=1).start()`,
-or as a process: `python -m agent.pool --count 200 --cores 1 --etcd URL --cluster C`.
+or as a process: `python -m bench.pool --count 200 --cores 1 --etcd URL --cluster C`.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ import threading
 import time
 from typing import Callable, Iterable
 
-from agent.aio_link import AioLinks
+from bench.aio_link import AioLinks
 from agent.config import AgentConfig
 from agent.core import Agent
 from agent.presence import AgentLease
@@ -47,7 +47,7 @@ from agent.results import ResultBuffer
 from agent.runner import TaskRef, TaskResult
 from lease.client import EtcdConfig, connect
 from lease.errors import EtcdError
-from lease.watch_mux import WatchMux
+from bench.watch_mux import WatchMux
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +290,7 @@ class AgentPool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agent.pool", description="Bench-only pool of agents.")
+    parser = argparse.ArgumentParser(prog="python -m bench.pool", description="Bench-only pool of agents.")
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--cores", type=int, default=4)
     parser.add_argument("--prefix", default="bench-agent-")

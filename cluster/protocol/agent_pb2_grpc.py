@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from coordinator.protocol import agent_pb2 as coordinator_dot_protocol_dot_agent__pb2
+from cluster.protocol import agent_pb2 as cluster_dot_protocol_dot_agent__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in coordinator/protocol/agent_pb2_grpc.py depends on'
+        + ' but the generated code in cluster/protocol/agent_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,8 +36,8 @@ class AgentServiceStub:
         """
         self.Connect = channel.stream_stream(
                 '/baton.agent.v1.AgentService/Connect',
-                request_serializer=coordinator_dot_protocol_dot_agent__pb2.AgentMessage.SerializeToString,
-                response_deserializer=coordinator_dot_protocol_dot_agent__pb2.CoordinatorMessage.FromString,
+                request_serializer=cluster_dot_protocol_dot_agent__pb2.AgentMessage.SerializeToString,
+                response_deserializer=cluster_dot_protocol_dot_agent__pb2.CoordinatorMessage.FromString,
                 _registered_method=True)
 
 
@@ -58,8 +58,8 @@ def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Connect': grpc.stream_stream_rpc_method_handler(
                     servicer.Connect,
-                    request_deserializer=coordinator_dot_protocol_dot_agent__pb2.AgentMessage.FromString,
-                    response_serializer=coordinator_dot_protocol_dot_agent__pb2.CoordinatorMessage.SerializeToString,
+                    request_deserializer=cluster_dot_protocol_dot_agent__pb2.AgentMessage.FromString,
+                    response_serializer=cluster_dot_protocol_dot_agent__pb2.CoordinatorMessage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -87,8 +87,8 @@ class AgentService:
             request_iterator,
             target,
             '/baton.agent.v1.AgentService/Connect',
-            coordinator_dot_protocol_dot_agent__pb2.AgentMessage.SerializeToString,
-            coordinator_dot_protocol_dot_agent__pb2.CoordinatorMessage.FromString,
+            cluster_dot_protocol_dot_agent__pb2.AgentMessage.SerializeToString,
+            cluster_dot_protocol_dot_agent__pb2.CoordinatorMessage.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from coordinator.keys import Keys, decode, encode, prefix_end
+from cluster.keys import Keys, decode, encode, prefix_end
 
 EVENT_TYPES = ("leader", "failover", "handback", "switchover", "deselection", "resign")
 

@@ -30,8 +30,8 @@ from typing import Any, Callable, Union
 from cryptography.exceptions import InvalidKey
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from coordinator.config import NAME_RE
-from coordinator.keys import Keys, decode, encode
+from cluster.names import NAME_RE
+from cluster.keys import Keys, decode, encode
 from lease.client import Etcd
 from lease.errors import BatonError, NotLeader
 

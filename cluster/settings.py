@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from coordinator.keys import Keys, decode, encode
+from cluster.keys import Keys, decode, encode
 
 _FIELDS = ("selected_backup", "auto_subscribe", "max_cores_per_build", "deselect_after", "failback_delay")
 

@@ -12,7 +12,7 @@ import signal
 import tempfile
 import time
 
-from coordinator.local import LocalCluster
+from cli.local import LocalCluster
 
 
 def demo_build(tasks: int = 24, seconds: float = 1.0) -> dict:
