@@ -23,3 +23,29 @@ def test_committed_stubs_match_the_proto(tmp_path):
         generated = (tmp_path / PROTO.parent / stub).read_text()
         committed = (ROOT / PROTO.parent / stub).read_text()
         assert generated == committed, f"{PROTO.parent / stub} is stale: regenerate it (see this test's docstring)"
+
+
+def _declared_floor(package: str) -> tuple[int, ...]:
+    import re
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for dep in deps:
+        match = re.fullmatch(rf"{re.escape(package)}>=([0-9.]+)(,.*)?", dep.replace(" ", ""))
+        if match:
+            return tuple(int(part) for part in match.group(1).split("."))
+    raise AssertionError(f"pyproject.toml declares no floor for {package}")
+
+
+def test_the_declared_floors_are_what_the_committed_stubs_need():
+    """The stubs refuse an older grpcio or protobuf at import (even `baton --help` would
+    crash): the floors pyproject.toml declares must be at least what they were made for."""
+    import re
+
+    grpc_stub = (ROOT / PROTO.parent / "agent_pb2_grpc.py").read_text()
+    grpc_made_for = re.search(r"GRPC_GENERATED_VERSION = '([0-9.]+)'", grpc_stub).group(1)
+    assert _declared_floor("grpcio") >= tuple(int(p) for p in grpc_made_for.split("."))
+
+    pb_stub = (ROOT / PROTO.parent / "agent_pb2.py").read_text()
+    major, minor, patch = re.search(r"Domain\.PUBLIC,\s*(\d+),\s*(\d+),\s*(\d+),", pb_stub).groups()
+    assert _declared_floor("protobuf") >= (int(major), int(minor), int(patch))
