@@ -43,15 +43,84 @@ def test_healthz(client, cluster, tmp_path):
     assert response.status_code == 503 and "etcd" in response.get_json()["reason"]
 
 
+def _scrape(client) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.mimetype == "text/plain"
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(response.get_data(as_text=True))
+            for sample in family.samples}
+
+
 def test_metrics_from_the_daemon_state_file(client, cluster):
-    body = client.get("/metrics").get_data(as_text=True)
-    values = dict(line.split(" ") for line in body.splitlines() if not line.startswith("#"))
-    assert values == {"baton_is_leader": "1", "baton_epoch": str(cluster.epoch), "baton_failovers_total": "2",
-                      "baton_agents_connected": "3", "baton_tasks_dispatched_total": "17",
-                      "baton_lease_renewal_latency_seconds": "0.004"}
-    assert "# TYPE baton_failovers_total counter" in body
+    values = _scrape(client)
+    assert values[("baton_is_leader", ())] == 1
+    assert values[("baton_epoch", ())] == cluster.epoch
+    assert values[("baton_failovers_total", ())] == 2
+    assert values[("baton_agents_connected", ())] == 3
+    assert values[("baton_tasks_dispatched_total", ())] == 17
+    assert values[("baton_lease_renewal_latency_seconds", ())] == 0.004
+    # From the cluster snapshot: every agent and build state has a line, zero or not.
+    assert values[("baton_builds", (("state", "running"),))] == 0
+    assert values[("baton_agents", (("state", "idle"),))] >= 0
     cluster.write_state("p1", acting=False)
-    assert "baton_is_leader 0" in client.get("/metrics").get_data(as_text=True)
+    assert _scrape(client)[("baton_is_leader", ())] == 0
+
+
+def test_large_counters_and_epochs_are_exact(client, cluster):
+    """%g made 1,234,567 into 1.23457e+06, so neighbouring epochs looked the same."""
+    cluster.write_state("p1", tasks_dispatched=1234567, epoch=123456789)
+    values = _scrape(client)
+    assert values[("baton_tasks_dispatched_total", ())] == 1234567
+    assert values[("baton_epoch", ())] == 123456789
+
+
+def test_histograms_and_process_metrics_come_from_the_daemon(client, cluster):
+    import os
+
+    cluster.write_state("p1", pid=os.getpid(), histograms={"task_duration_seconds": {
+        "buckets": [[0.1, 2], [1.0, 5], ["+Inf", 6]], "sum": 7.5, "count": 6}})
+    values = _scrape(client)
+    assert values[("baton_task_duration_seconds_bucket", (("le", "1.0"),))] == 5
+    assert values[("baton_task_duration_seconds_count", ())] == 6
+    assert values[("baton_task_duration_seconds_sum", ())] == 7.5
+    assert values[("baton_daemon_process_resident_memory_bytes", ())] > 0
+
+
+def test_metrics_survive_an_unreachable_etcd(cluster):
+    dead_etcd = cluster.app("p1", BATON_ETCD=f"http://127.0.0.1:{free_port()}", BATON_ETCD_TIMEOUT=0.5)
+    cluster.write_state("p1")
+    values = _scrape(dead_etcd.test_client())
+    assert values[("baton_tasks_dispatched_total", ())] == 17
+    assert not any(name == "baton_builds" for name, _ in values)
+
+
+def test_livez_does_not_ask_etcd_and_readyz_does(cluster):
+    """A liveness probe that failed during an etcd outage would restart every coordinator."""
+    dead_etcd = cluster.app("p1", BATON_ETCD=f"http://127.0.0.1:{free_port()}", BATON_ETCD_TIMEOUT=0.5,
+                            BATON_LIVENESS_MAX_AGE=30)
+    cluster.write_state("p1")
+    web = dead_etcd.test_client()
+    assert web.get("/livez").status_code == 200
+    assert web.get("/readyz").status_code == 503
+    state = json.loads(open(cluster.state_path("p1")).read())
+    state["updated"] -= 60
+    with open(cluster.state_path("p1"), "w") as f:
+        json.dump(state, f)
+    response = web.get("/livez")
+    assert response.status_code == 503 and "has not reported" in response.get_json()["reason"]
+
+
+def test_backup_endpoint_is_200_only_on_the_selected_backup(cluster):
+    from cluster.keys import encode
+
+    b1 = cluster.app("b1", BATON_ROLE="backup", BATON_PRIMARY="p1").test_client()
+    assert b1.get("/backup").status_code == 503
+    cluster.etcd.put(cluster.keys.settings, encode({"selected_backup": "b1"}))
+    response = b1.get("/backup")
+    assert response.status_code == 200 and response.get_json()["selected_backup"] == "b1"
+    assert cluster.app("p1").test_client().get("/backup").status_code == 503
 
 
 def test_gunicorn_argv():

@@ -10,6 +10,8 @@ Keys (all optional in tests except BATON_ETCD and BATON_NAME):
   BATON_PRIMARY         a backup's primary (else read from coordinators/<name>)
   BATON_DAEMON_STATE    path of the daemon state file (cluster/daemon_state.py)
   BATON_RENEW_DEADLINE  max age in seconds of that file before it counts as stale
+  BATON_LIVENESS_MAX_AGE  max age of that file before /livez says the HA loop is stuck
+                        (default 30 s: longer than any etcd timeout a cycle waits out)
   BATON_HTTPS           "1" when gunicorn serves HTTPS (cookies get the Secure flag)
   SECRET_KEY            signs the session cookie; shared by all gunicorn workers
   SESSION_IDLE_TIMEOUT  seconds of inactivity before a session ends (2700)
@@ -27,7 +29,7 @@ from lease.errors import ConfigError
 
 ENV_KEYS = ("BATON_ETCD", "BATON_ETCD_CA", "BATON_ETCD_CERT", "BATON_ETCD_KEY", "BATON_CLUSTER",
             "BATON_NAME", "BATON_ROLE", "BATON_PRIMARY", "BATON_DAEMON_STATE",
-            "BATON_RENEW_DEADLINE", "BATON_HTTPS", "SECRET_KEY", "SESSION_IDLE_TIMEOUT")
+            "BATON_RENEW_DEADLINE", "BATON_LIVENESS_MAX_AGE", "BATON_HTTPS", "SECRET_KEY", "SESSION_IDLE_TIMEOUT")
 
 DEFAULTS: dict[str, Any] = {
     "BATON_ETCD": "http://127.0.0.1:2379",
@@ -36,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "BATON_PRIMARY": None,
     "BATON_DAEMON_STATE": None,
     "BATON_RENEW_DEADLINE": 6.7,
+    "BATON_LIVENESS_MAX_AGE": 30.0,
     "BATON_HTTPS": False,
     "SESSION_IDLE_TIMEOUT": 45 * 60,
     "BATON_LOGIN_MAX_FAILURES": 5,
@@ -69,8 +72,10 @@ def normalise(config: Mapping[str, Any] | None) -> dict[str, Any]:
     try:
         cfg["BATON_RENEW_DEADLINE"] = float(cfg["BATON_RENEW_DEADLINE"])
         cfg["SESSION_IDLE_TIMEOUT"] = float(cfg["SESSION_IDLE_TIMEOUT"])
+        cfg["BATON_LIVENESS_MAX_AGE"] = float(cfg["BATON_LIVENESS_MAX_AGE"])
     except (TypeError, ValueError):
-        raise ConfigError("BATON_RENEW_DEADLINE and SESSION_IDLE_TIMEOUT must be numbers of seconds") from None
+        raise ConfigError("BATON_RENEW_DEADLINE, BATON_LIVENESS_MAX_AGE and SESSION_IDLE_TIMEOUT must be "
+                          "numbers of seconds") from None
     https = cfg.get("BATON_HTTPS")
     cfg["BATON_HTTPS"] = https is True or str(https).lower() in ("1", "true", "yes")
     if cfg["BATON_ROLE"] == "primary":

@@ -1,15 +1,19 @@
-"""Endpoints for machines: load balancers (/leader), supervisors (/healthz), Prometheus (/metrics).
+"""Endpoints for machines: load balancers (/leader, /backup), supervisors (/livez, /readyz,
+/healthz), Prometheus (/metrics).
 
 No login: they reveal nothing beyond roles and counters.
 """
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from cluster.daemon_state import read_state
 from lease.errors import EtcdError
 from web import etcd_access
-from web.guards import authority
+from web.cluster_view import Snapshot
+from web.guards import authority, snapshot
+from web.metrics import exposition
 
 bp = Blueprint("ops", __name__)
 
@@ -25,9 +29,38 @@ def leader():
     return jsonify(body), (200 if auth.leads else 503)
 
 
+@bp.get("/backup")
+def backup():
+    """200 only on the selected backup (the one that takes over), else 503: for load
+    balancers and monitors that watch the standby."""
+    try:
+        snap = snapshot()
+    except EtcdError as exc:
+        return jsonify({"backup": False, "reason": f"etcd unavailable: {exc}"}), 503
+    name = current_app.config["BATON_NAME"]
+    selected = snap.settings.selected_backup
+    body = {"backup": selected == name, "name": name, "selected_backup": selected}
+    return jsonify(body), (200 if selected == name else 503)
+
+
+@bp.get("/livez")
+def livez():
+    """Liveness, for a supervisor that restarts what is stuck: 200 while this coordinator's
+    HA loop keeps turning (its state file is younger than BATON_LIVENESS_MAX_AGE). It does not
+    ask etcd: during an etcd outage every coordinator is alive and waiting, and restarting
+    them all would help nothing."""
+    cfg = current_app.config
+    max_age = cfg["BATON_LIVENESS_MAX_AGE"]
+    if read_state(cfg.get("BATON_DAEMON_STATE"), max_age=max_age) is None:
+        return jsonify({"ok": False, "reason": f"the HA loop has not reported for {max_age:g} s"}), 503
+    return jsonify({"ok": True})
+
+
+@bp.get("/readyz")
 @bp.get("/healthz")
-def healthz():
-    """200 when etcd answers and our daemon's state file is fresh; else 503 with the reason."""
+def readyz():
+    """Readiness: 200 when etcd answers and our daemon's state file is fresh (within
+    renew_deadline); else 503 with the reason. /healthz is the same check."""
     cfg = current_app.config
     try:
         etcd_access.client().revision()
@@ -41,31 +74,18 @@ def healthz():
     return jsonify({"ok": True})
 
 
-_METRICS = (
-    ("baton_is_leader", "gauge", "1 when this coordinator acts as leader", None),
-    ("baton_epoch", "gauge", "epoch (leader key create revision) this coordinator last acted with", "epoch"),
-    ("baton_failovers_total", "counter", "takeovers by this coordinator", "failovers"),
-    ("baton_agents_connected", "gauge", "agents with a stream to this coordinator", "agents_connected"),
-    ("baton_tasks_dispatched_total", "counter", "tasks this coordinator dispatched", "tasks_dispatched"),
-    ("baton_lease_renewal_latency_seconds", "gauge", "duration of the last lease renewal",
-     "lease_renewal_latency"),
-)
-
-
 @bp.get("/metrics")
 def metrics():
     cfg = current_app.config
     path = cfg.get("BATON_DAEMON_STATE")
-    fresh = read_state(path, max_age=cfg["BATON_RENEW_DEADLINE"])
-    # Counters stay meaningful from an old file; "is leader" only from a fresh one.
-    last = read_state(path, max_age=float("inf")) or {}
-    lines = []
-    for name, kind, help_text, field in _METRICS:
-        if field is None:
-            value = 1 if fresh and fresh.get("acting") else 0
-        else:
-            value = last.get(field)
-            if value is None:
-                value = 0
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {float(value):g}"]
-    return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")
+
+    def state(fresh_only: bool) -> dict | None:
+        return read_state(path, max_age=cfg["BATON_RENEW_DEADLINE"] if fresh_only else float("inf"))
+
+    def cluster() -> Snapshot | None:
+        try:
+            return snapshot()
+        except EtcdError:
+            return None  # the daemon's own figures are still worth scraping
+
+    return Response(exposition(cfg["BATON_NAME"], state, cluster), mimetype=CONTENT_TYPE_LATEST)
