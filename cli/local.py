@@ -400,7 +400,7 @@ def run_up(args) -> int:
     if args.agents < 0 or args.backups < 0:
         raise ConfigError("--agents and --backups must be >= 0")
     cluster = LocalCluster(args.dir, agents=args.agents, backups=args.backups, cores=args.cores, ttl=args.ttl,
-                           tls=not args.no_tls, etcd_urls=args.etcd, cluster=args.cluster,
+                           tls=not args.no_tls, etcd_urls=args.etcd if args.etcd_given else None, cluster=args.cluster,
                            base_port=args.base_port)
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))

@@ -75,9 +75,14 @@ def test_baton_up_runs_a_cluster_that_the_cli_drives_and_ctrl_c_stops(tmp_path):
         assert added.returncode == 0, added.stderr
         viewer = {"BATON_USER": "carol", "BATON_PASSWORD": "carols-password", "BATON_CA": ca}
         refused = baton("backup", "select", "b1", *common, env=viewer)
-        assert refused.returncode == 2 and "403" in refused.stderr
+        assert refused.returncode == 3 and "403" in refused.stderr
         wrong = baton("status", *common, env=dict(env, BATON_PASSWORD="nope"))
-        assert wrong.returncode == 2 and "401" in wrong.stderr
+        assert wrong.returncode == 3 and "401" in wrong.stderr
+        # Options before the verb count as much as after it.
+        before = baton("--etcd", etcd, "build", "--etcd-ca", ca, "show", build["id"], "--json", env=env)
+        assert before.returncode == 0 and json.loads(before.stdout)["state"] == "done", before.stderr
+        elsewhere = baton("--cluster", "another", "build", "show", build["id"], *common, env=env)
+        assert elsewhere.returncode == 4 and "no coordinator" in elsewhere.stderr
     finally:
         up.proc.send_signal(signal.SIGINT)
         up.proc.wait(60)
@@ -89,7 +94,7 @@ def test_baton_up_runs_a_cluster_that_the_cli_drives_and_ctrl_c_stops(tmp_path):
         assert s.connect_ex(("127.0.0.1", port)) != 0
 
 
-def test_bad_configuration_gives_one_sentence_and_exit_2(tmp_path):
+def test_bad_configuration_gives_one_sentence_and_exit_2_and_unreachable_4(tmp_path):
     bad_ttl = baton("coordinator", "--name", "p1", "--role", "primary", "--ttl", "1", "--no-web")
     assert bad_ttl.returncode == 2
     assert "ttl must be a whole number of seconds >= 2" in bad_ttl.stderr
@@ -99,7 +104,7 @@ def test_bad_configuration_gives_one_sentence_and_exit_2(tmp_path):
     bad_url = baton("status", "--etcd", "ftp://x")
     assert bad_url.returncode == 2 and "is not http(s)://host:port" in bad_url.stderr
     unreachable = baton("status", "--etcd", "http://127.0.0.1:1", "--etcd-timeout", "0.5")
-    assert unreachable.returncode == 2 and "etcd unavailable" in unreachable.stderr
+    assert unreachable.returncode == 4 and "etcd unavailable" in unreachable.stderr  # 4: cannot reach
     missing = baton("build", "submit", str(tmp_path / "nope.yaml"), "--etcd", "http://127.0.0.1:1")
     assert missing.returncode == 2 and "cannot read build file" in missing.stderr
 

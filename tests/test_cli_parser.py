@@ -1,0 +1,96 @@
+"""The `baton` command line without a cluster: where options may stand, --version, exit codes."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cli.main import AUTH_ERROR, FAILED, UNREACHABLE, USAGE_ERROR, _fill_defaults, build_parser, exit_code_for
+from tests.harness.ports import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse(*argv):
+    return _fill_defaults(build_parser().parse_args(list(argv)))
+
+
+@pytest.mark.parametrize("argv", [
+    ("--etcd", "https://x:1", "--cluster", "c2", "build", "submit", "f.yaml"),
+    ("build", "--etcd", "https://x:1", "--cluster", "c2", "submit", "f.yaml"),
+    ("build", "submit", "f.yaml", "--etcd", "https://x:1", "--cluster", "c2"),
+    ("--cluster", "c2", "build", "submit", "--etcd", "https://x:1", "f.yaml"),
+])
+def test_options_count_on_either_side_of_the_verb(argv):
+    args = parse(*argv)
+    assert (args.etcd, args.cluster, args.file) == ("https://x:1", "c2", "f.yaml")
+
+
+def test_defaults_come_from_the_environment_then_the_contract(monkeypatch):
+    monkeypatch.delenv("BATON_ETCD", raising=False)
+    monkeypatch.delenv("BATON_CLUSTER", raising=False)
+    args = parse("status")
+    assert (args.etcd, args.cluster, args.url) == ("http://127.0.0.1:2379", "default", None)
+    monkeypatch.setenv("BATON_ETCD", "http://e:2379")
+    assert parse("status").etcd == "http://e:2379"
+    assert parse("status", "--etcd", "http://f:2379").etcd == "http://f:2379"
+
+
+def test_every_option_has_help():
+    parser = build_parser()
+
+    def walk(p):
+        for action in p._actions:
+            if action.option_strings and action.help is None:
+                yield f"{p.prog} {action.option_strings[0]}"
+            for sub in getattr(action, "choices", None) or {}:
+                if isinstance(action.choices, dict):
+                    yield from walk(action.choices[sub])
+
+    assert list(walk(parser)) == []
+
+
+def baton(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=60,
+                          cwd=ROOT, env=dict(os.environ, **(env or {})))
+
+
+def test_version():
+    done = baton("--version")
+    assert done.returncode == 0 and done.stdout.startswith("baton ")
+
+
+def test_an_unreachable_cluster_exits_4_with_one_sentence():
+    done = baton("status", "--etcd", f"http://127.0.0.1:{free_port()}", "--etcd-timeout", "0.5")
+    assert done.returncode == UNREACHABLE, done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1
+    done = baton("status", "--url", f"http://127.0.0.1:{free_port()}")
+    assert done.returncode == UNREACHABLE and "cannot reach" in done.stderr
+
+
+def test_usage_errors_exit_2():
+    assert baton("build", "submit").returncode == USAGE_ERROR
+    assert baton("frobnicate").returncode == USAGE_ERROR
+
+
+def test_exit_codes_tell_causes_apart():
+    from cli.api_client import ApiError
+    from lease.errors import ConfigError, EtcdAuthError, EtcdUnavailable
+
+    assert exit_code_for(ApiError(401, "401: who are you")) == AUTH_ERROR
+    assert exit_code_for(ApiError(403, "403: view only")) == AUTH_ERROR
+    assert exit_code_for(ApiError(0, "cannot reach")) == UNREACHABLE
+    assert exit_code_for(ApiError(400, "400: bad build file")) == USAGE_ERROR
+    assert exit_code_for(ApiError(404, "404: no such build")) == FAILED
+    assert exit_code_for(EtcdUnavailable("down")) == UNREACHABLE
+    assert exit_code_for(EtcdAuthError("bad password")) == AUTH_ERROR
+    assert exit_code_for(ConfigError("bad ttl")) == USAGE_ERROR
+
+
+def test_baton_up_starts_its_own_etcd_unless_told(monkeypatch):
+    monkeypatch.setenv("BATON_ETCD", "http://elsewhere:2379")
+    assert not parse("up").etcd_given
+    assert parse("up", "--etcd", "http://mine:2379").etcd_given
