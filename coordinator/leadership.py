@@ -5,7 +5,7 @@ Campaign (also at once, when a planned handover deletes the leader key),
 take up leadership and write the takeover's records, hand over (a handback
 or a switchover), step down, and the leading primary's writes of the selected
 backup's contact clock and its deselection. Every write is fenced by our
-epoch (DESIGN.md section 3, rule 2), so a coordinator that no longer leads
+epoch (docs/design.md section 3, rule 2), so a coordinator that no longer leads
 changes nothing: the write fails with NotLeader.
 
 Leadership owns the Election (replaced by a fresh one, holding no epoch,
