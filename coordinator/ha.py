@@ -14,12 +14,20 @@ Rules encoded here (DESIGN.md section 1, "Backup coordinators"):
   for failback_delay (unless a switchover asked for the backup to lead);
 - the leading primary keeps the selected backup's contact clock and deselects
   it after deselect_after seconds out of contact.
+
+The Decision also carries what the daemon needs to act without deciding:
+whether to keep a takeover's starting point warm, the successor to announce
+to the agents, and the records of a takeover or handover. The other choices of
+the loop are pure functions here too (the early campaign of a planned
+handover, how long our primary has been ready, the failback delay and the
+contact interval in force). Time is always an argument, never read here.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Mapping
 
+from cluster.records import LeaderRecord
 from cluster.settings import Settings
 
 # Actions, in the words of the domain.
@@ -46,19 +54,10 @@ class Peer:
 
 
 @dataclasses.dataclass(frozen=True)
-class Leader:
-    name: str
-    role: str
-    epoch: int
-    grpc: str = ""
-    web: str = ""
-
-
-@dataclasses.dataclass(frozen=True)
 class Snapshot:
     """What etcd said at one revision."""
 
-    leader: Leader | None
+    leader: LeaderRecord | None
     coordinators: Mapping[str, Peer]
     settings: Settings
     switchover: str | None = None
@@ -81,6 +80,26 @@ class Me:
     primary_ready_for: float | None = None  # backups: seconds our primary has been seen ready
     failback_delay: float = 5.0
     contact_interval: float = 1.0
+    previous_leader: LeaderRecord | None = None  # who led before us (last seen), to name a takeover
+
+
+@dataclasses.dataclass(frozen=True)
+class Takeover:
+    """What a coordinator records as it takes up leadership (one fenced transaction)."""
+
+    kind: str                       # the event type: switchover, failover, handback or leader
+    detail: str
+    clear_switchover: bool = False  # a request naming another coordinator is stale: the baton is here now
+    ensure_admin: bool = False      # the primary creates the first user when there is none
+
+
+@dataclasses.dataclass(frozen=True)
+class Handover:
+    """What a leader records as it resigns to another coordinator."""
+
+    reason: str   # handback or switchover
+    event: str    # the event type: handback or resign
+    detail: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,9 +107,22 @@ class Decision:
     action: str
     sentence: str
     target: str | None = None
+    keep_warm: bool = False                  # keep a takeover's starting point warm (may_lead_next)
+    successor: tuple[str, str] | None = None  # (name, gRPC address) announced to the agents
+    takeover: Takeover | None = None         # for CAMPAIGN and LEAD: the records once we lead
+    handover: Handover | None = None         # for HANDBACK and SWITCHOVER
 
 
 def decide(s: Snapshot, me: Me) -> Decision:
+    """The action of this cycle, with everything the daemon needs to carry it out."""
+    d = _decide(s, me)
+    return dataclasses.replace(
+        d, keep_warm=may_lead_next(s, me), successor=successor(s, me),
+        takeover=takeover(s, me) if d.action in (CAMPAIGN, LEAD) else None,
+        handover=_handover(d, me) if d.action in (HANDBACK, SWITCHOVER) else None)
+
+
+def _decide(s: Snapshot, me: Me) -> Decision:
     leader = s.leader
     i_lead = (leader is not None and leader.name == me.name
               and me.epoch is not None and leader.epoch == me.epoch)
@@ -108,7 +140,7 @@ def decide(s: Snapshot, me: Me) -> Decision:
     return Decision(NONE, f"no action. I am {me.name}, {_role(me)}; {leader.name} leads (epoch {leader.epoch})")
 
 
-def _decide_leading(s: Snapshot, me: Me, leader: Leader) -> Decision:
+def _decide_leading(s: Snapshot, me: Me, leader: LeaderRecord) -> Decision:
     if not me.acting:
         return Decision(LEAD, f"taking up leadership: I am {me.name}, holder of the leader key "
                               f"(epoch {leader.epoch})")
@@ -137,7 +169,7 @@ def _decide_leading(s: Snapshot, me: Me, leader: Leader) -> Decision:
     return Decision(NONE, f"no action. I am {me.name}, the leader with the lease (epoch {leader.epoch})")
 
 
-def _decide_backup_leading(s: Snapshot, me: Me, leader: Leader) -> Decision:
+def _decide_backup_leading(s: Snapshot, me: Me, leader: LeaderRecord) -> Decision:
     if s.switchover == me.name:
         return Decision(NONE, f"no action. I am {me.name}, the backup leading after a switchover "
                               f"(epoch {leader.epoch})")
@@ -176,3 +208,99 @@ def _decide_no_leader(s: Snapshot, me: Me) -> Decision:
 
 def _role(me: Me) -> str:
     return "the primary" if me.role == "primary" else f"a backup of {me.primary}"
+
+
+# -- the loop's other choices, each a pure function -------------------------
+
+def successor(s: Snapshot, me: Me) -> tuple[str, str] | None:
+    """Who would lead after us, as (name, gRPC address): a switchover's target,
+    else the selected backup (we are the primary) or our primary (we are a
+    backup); None when that coordinator is not registered with an address."""
+    if s.switchover and s.switchover != me.name:
+        target = s.switchover
+    elif me.role == "primary":
+        target = s.settings.selected_backup
+    else:
+        target = me.primary
+    peer = s.coordinators.get(target) if target else None
+    return (target, peer.grpc) if peer is not None and peer.grpc else None
+
+
+def may_lead_next(s: Snapshot, me: Me) -> bool:
+    """Keep a takeover's starting point warm (runtime/mirror.py) only where
+    one can come: the primary, the selected backup, a switchover's target."""
+    return me.role == "primary" or s.settings.selected_backup == me.name or s.switchover == me.name
+
+
+def takeover(s: Snapshot, me: Me) -> Takeover:
+    """How our taking up leadership is recorded, named by who led before us."""
+    name, previous = me.name, me.previous_leader
+    if s.switchover == name:
+        kind, detail = "switchover", f"{name} leads after a planned switchover"
+    elif me.role == "backup":
+        kind, detail = "failover", f"{name} took over: the primary {me.primary} is unavailable"
+    elif previous is not None and previous.role == "backup":
+        kind, detail = "handback", f"{name} leads again; {previous.name} handed back"
+    else:
+        kind, detail = "leader", f"{name} leads"
+    return Takeover(kind, detail, clear_switchover=bool(s.switchover and s.switchover != name),
+                    ensure_admin=me.role == "primary")
+
+
+def _handover(d: Decision, me: Me) -> Handover:
+    reason = "handback" if d.action == HANDBACK else "switchover"
+    return Handover(reason, "handback" if reason == "handback" else "resign",
+                    f"{me.name} hands the baton to {d.target} ({reason})")
+
+
+def contact_interval(settings: Settings) -> float:
+    """How often the leading primary records contact with the selected backup:
+    every second, more often when deselect_after is shorter than 10 s."""
+    return min(1.0, settings.deselect_after / 10)
+
+
+def failback_delay(settings: Settings, flag: float) -> float:
+    """The cluster setting when an admin saved one, else this backup's --failback-delay."""
+    return flag if settings.failback_delay is None else settings.failback_delay
+
+
+def primary_ready_since(s: Snapshot, me: Me, since: float | None, now: float) -> float | None:
+    """Since when (by the caller's clock `now`) a backup's primary has been
+    registered and ready: `since` while it stays so, `now` when it just became
+    so, None when it is not (or we are the primary)."""
+    if me.role != "backup":
+        return None
+    peer = s.coordinators.get(me.primary)
+    if peer is None or not peer.ready:
+        return None
+    return now if since is None else since
+
+
+@dataclasses.dataclass(frozen=True)
+class SwitchoverSeen:
+    """The switchover request as a watch or a snapshot saw it."""
+
+    target: str | None   # None: no request
+    mod_revision: int    # of the request (0: none)
+    at_revision: int     # the revision at which it was seen
+
+    def newest(self, other: "SwitchoverSeen | None") -> "SwitchoverSeen":
+        """Of the two, the one seen at the later revision (self on a tie)."""
+        return self if other is None or self.at_revision >= other.at_revision else other
+
+
+def campaign_at_once(seen: SwitchoverSeen | None, me: Me, *, ready: bool, session_lost: bool) -> int | None:
+    """After the leader key was deleted (a planned handover: switchover or
+    handback), whether to campaign before reading a snapshot: only where the
+    rules above say "campaign" whatever else the snapshot held, i.e. for the
+    target of the switchover request we saw, or for the primary when we saw
+    none. Returns the switchover key's mod revision the campaign compares (0:
+    that there is no request), or None: wait for the cycle's snapshot.
+    Reads me.name, role, epoch (we still hold one: no) and acting."""
+    if seen is None or not ready or me.acting or me.epoch is not None or session_lost:
+        return None
+    if seen.target == me.name:
+        return seen.mod_revision
+    if seen.target is None and me.role == "primary":
+        return 0
+    return None

@@ -8,9 +8,10 @@ consistent. Build and task keys are not read here (the runtime owns them).
 """
 from __future__ import annotations
 
-from coordinator.ha import Leader, Peer, Snapshot
 from cluster.keys import Keys, decode, prefix_end
+from cluster.records import LeaderRecord
 from cluster.settings import Settings
+from coordinator.ha import Peer, Snapshot
 
 
 def read_snapshot(etcd, keys: Keys) -> Snapshot:
@@ -26,9 +27,7 @@ def read_snapshot(etcd, keys: Keys) -> Snapshot:
     leader = None
     revision = 0
     for value, meta in leader_kvs:
-        data = decode(value) or {}
-        leader = Leader(name=data.get("name", "?"), role=data.get("role", "?"),
-                        epoch=meta.create_revision, grpc=data.get("grpc", ""), web=data.get("web", ""))
+        leader = LeaderRecord.parse(value, meta.create_revision, meta.lease_id)  # None: names nobody
         revision = meta.response_header.revision
     peers = {}
     for value, meta in coord_kvs:

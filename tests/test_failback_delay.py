@@ -3,6 +3,7 @@ import pytest
 
 from coordinator.config import CoordinatorConfig, Timings
 from coordinator.daemon import Coordinator
+from coordinator.ha import Snapshot
 from cluster.settings import Settings, validate_update
 
 
@@ -15,8 +16,9 @@ def backup(tmp_path, delay):
 def test_backup_flag_applies_until_the_setting_is_saved(tmp_path):
     b1 = backup(tmp_path, 1.5)
     assert Settings().failback_delay is None
-    assert b1._failback_delay(Settings()) == 1.5
-    assert b1._failback_delay(Settings.from_json(b'{"failback_delay": 7}')) == 7
+    assert b1._me(Snapshot(leader=None, coordinators={}, settings=Settings())).failback_delay == 1.5
+    saved = Settings.from_json(b'{"failback_delay": 7}')
+    assert b1._me(Snapshot(leader=None, coordinators={}, settings=saved)).failback_delay == 7
 
 
 @pytest.mark.parametrize("value,ok", [(None, True), (0, True), (2.5, True), (-1, False), ("x", False)])
