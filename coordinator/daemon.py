@@ -35,7 +35,7 @@ from coordinator.runtime.aio_service import AioAgentServer
 from coordinator.runtime.runtime import Runtime
 from coordinator.snapshot import read_snapshot
 from lease.client import connect
-from lease.election import Election, fenced_txn
+from lease.election import Election
 from lease.errors import ConfigError, EtcdError, EtcdUnavailable, NotLeader
 from lease.session import Session
 from lease.watcher import Watcher
@@ -322,7 +322,7 @@ class Coordinator:
             if self.config.role == "primary":
                 from cluster.users import ensure_admin
 
-                password = ensure_admin(self.etcd, self.keys, self._fenced,
+                password = ensure_admin(self.etcd, self.keys, self.election.fence(),
                                         password=os.environ.get("BATON_ADMIN_PASSWORD"))
                 if password is not None:
                     self.admin_password = password
@@ -375,8 +375,7 @@ class Coordinator:
             self.election = Election(self.etcd, self.keys.leader, self.session)
 
     def _fenced(self, ops: list, extra_compare: list | None = None):
-        return fenced_txn(self.etcd, self.keys.leader, self.election.epoch, ops,
-                          extra_compare=extra_compare or ())
+        return self.election.fence().commit(ops, also=extra_compare or ())
 
     # -- session and registration -------------------------------------------
     def _new_session(self) -> None:
