@@ -59,7 +59,7 @@ from cluster.protocol import agent_pb2_grpc, unbatched  # noqa: E402
 from coordinator.runtime.aio_service import AioAgentServer  # noqa: E402
 from coordinator.runtime.runtime import Runtime  # noqa: E402
 from lease.client import connect  # noqa: E402
-from lease.election import Election  # noqa: E402
+from lease.election import Election, Fence  # noqa: E402
 from lease.session import Session  # noqa: E402
 from tests.harness.etcd import start_single  # noqa: E402
 from tests.harness.ports import free_port  # noqa: E402
@@ -135,7 +135,7 @@ def pool_main(*args) -> None:
 # -- measurements -----------------------------------------------------------------------
 def raw_write_rate(etcd, keys: Keys, epoch: int, seconds: float = 2.0) -> float:
     """Sequential fenced 128-put transactions: etcd's batched write rate (ops/s)."""
-    fence = etcd.ops.create(keys.leader) == epoch
+    fence = Fence(etcd, keys.leader, epoch).compare()
     value = encode({"state": "running", "attempt": 1, "agent": "bench-0", "assigned": time.time()})
     ops = 0
     start = time.monotonic()

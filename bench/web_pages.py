@@ -25,6 +25,7 @@ from cluster import users  # noqa: E402
 from cluster.daemon_state import write_state  # noqa: E402
 from cluster.keys import Keys, encode  # noqa: E402
 from lease.client import connect  # noqa: E402
+from lease.election import Fence  # noqa: E402
 from web import create_app  # noqa: E402
 
 TARGET_P95_MS = 50.0
@@ -38,7 +39,7 @@ def seed(etcd, keys: Keys, n_agents: int, n_builds: int, n_tasks: int) -> int:
         {"name": "p1", "role": "primary", "grpc": "h:1", "web": "http://h:8000"}), lease=lease)])
     assert ok, "leader key exists already"
     epoch = etcd.get(keys.leader)[1].create_revision
-    users.add_user(etcd, keys, "admin", "admin", "bench-password", epoch)
+    users.add_user(etcd, keys, "admin", "admin", "bench-password", Fence(etcd, keys.leader, epoch))
     for name, role in (("p1", "primary"), ("b1", "backup"), ("b2", "backup")):
         etcd.put(keys.coordinator(name), encode({"name": name, "role": role, "primary": "p1", "web": f"http://{name}:8000"}),
                  lease=lease)

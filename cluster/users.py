@@ -6,14 +6,12 @@ with each record, so they can be raised later without invalidating old
 passwords (`needs_rehash` says when a record is behind).
 
 Writes are fenced (DESIGN.md section 3, rule 2): every function that
-changes users takes `fence`, which commits a list of ops in a transaction
-that holds only while the caller leads. It is either a callable
-`fence(ops) -> responses` (the daemon's bound lease.election.fenced_txn) or
-the caller's epoch as an int (then lease.election.fenced_txn is used with
-keys.leader). A callable may also return etcd.txn's (succeeded, responses);
-succeeded False then counts as fenced out. Conditions of our own ("the user does not exist yet") ride
-inside the fenced ops as a nested transaction, so any fence works; a lost
-fence raises lease.errors.NotLeader and changes nothing.
+changes users takes a lease.election.Fence (the daemon's Election.fence(),
+or the web's Fence for the epoch it checked) and commits through it.
+Conditions of our own ("the user does not exist yet") ride inside the
+fenced ops as a nested transaction, so a failed condition is told apart
+from a lost fence: a lost fence raises lease.errors.NotLeader and changes
+nothing.
 
 Invalid input raises UserError (a ValueError) with one sentence a user can
 act on.
@@ -25,7 +23,7 @@ import binascii
 import os
 import secrets
 import unicodedata
-from typing import Any, Callable, Union
+from typing import Any
 
 from cryptography.exceptions import InvalidKey
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
@@ -33,7 +31,8 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from cluster.names import NAME_RE
 from cluster.keys import Keys, decode, encode
 from lease.client import Etcd
-from lease.errors import BatonError, NotLeader
+from lease.election import Fence
+from lease.errors import BatonError
 
 ROLES = ("admin", "viewer")
 ADMIN = "admin"
@@ -50,9 +49,6 @@ KEY_BYTES = 32
 # must not make a login cost gigabytes of memory.
 _MAX_SCRYPT_MEMORY = 256 * 1024 * 1024
 _MAX_P = 16
-
-Fence = Union[Callable[[list], Any], int]
-
 
 class UserError(BatonError, ValueError):
     """A user name, role or password is not acceptable, or the change conflicts."""
@@ -205,26 +201,9 @@ def get_user(etcd: Etcd, keys: Keys, name: str) -> dict | None:
     return {**record, "name": name}
 
 
-def _commit(etcd: Etcd, keys: Keys, fence: Fence, ops: list) -> list:
-    if isinstance(fence, int) and not isinstance(fence, bool):
-        from lease.election import fenced_txn
-
-        return fenced_txn(etcd, keys.leader, fence, ops)
-    if not callable(fence):
-        raise TypeError("fence must be a callable committing fenced ops, or the caller's epoch")
-    result = fence(ops)
-    if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], bool):
-        # A plain etcd.txn(...) bound to the leader key: (succeeded, responses).
-        ok, responses = result
-        if not ok:
-            raise NotLeader(f"not leader of {keys.leader}: the fenced transaction failed")
-        return responses
-    return result
-
-
-def _guarded(etcd: Etcd, keys: Keys, fence: Fence, compare: list, ops: list) -> bool:
+def _guarded(etcd: Etcd, fence: Fence, compare: list, ops: list) -> bool:
     """Commit ops only if compare holds, inside the fenced transaction; True if they ran."""
-    responses = _commit(etcd, keys, fence, [etcd.ops.txn(compare, ops, [])])
+    responses = fence.commit([etcd.ops.txn(compare, ops, [])])
     return bool(responses) and bool(responses[0].response_txn.succeeded)
 
 
@@ -233,7 +212,7 @@ def add_user(etcd: Etcd, keys: Keys, name: str, role: str, password: str, fence:
     the name is taken (checked in the same transaction), NotLeader when fenced out."""
     key = keys.user(validate_username(name))
     value = encode(user_record(role, password))
-    if not _guarded(etcd, keys, fence, [etcd.ops.version(key) == 0], [etcd.ops.put(key, value)]):
+    if not _guarded(etcd, fence, [etcd.ops.version(key) == 0], [etcd.ops.put(key, value)]):
         raise UserExists(f"a user named {name} already exists")
 
 
@@ -251,8 +230,7 @@ def set_password(etcd: Etcd, keys: Keys, name: str, password: str, fence: Fence)
     if role not in ROLES:
         raise UserError(f"the record of user {name} is damaged (no valid role); delete and add it again")
     new = {"role": role, "scrypt": hash_password(password)}
-    if not _guarded(etcd, keys, fence, [etcd.ops.mod(key) == meta.mod_revision],
-                                    [etcd.ops.put(key, encode(new))]):
+    if not _guarded(etcd, fence, [etcd.ops.mod(key) == meta.mod_revision], [etcd.ops.put(key, encode(new))]):
         raise UserError(f"user {name} changed meanwhile; try again")
 
 
@@ -280,7 +258,7 @@ def delete_user(etcd: Etcd, keys: Keys, name: str, fence: Fence) -> None:
     # The other admins must still be there, unchanged, when the delete applies.
     compare = [etcd.ops.mod(key) == target_meta.mod_revision]
     compare += [etcd.ops.mod(keys.user(u)) == m.mod_revision for u, m in admins.items()]
-    if not _guarded(etcd, keys, fence, compare, [etcd.ops.delete(key)]):
+    if not _guarded(etcd, fence, compare, [etcd.ops.delete(key)]):
         raise UserError(f"users changed while deleting {name}; try again")
 
 
@@ -299,6 +277,6 @@ def ensure_admin(etcd: Etcd, keys: Keys, fence: Fence, password: str | None = No
         password = os.environ.get("BATON_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
     key = keys.user(ADMIN)
     value = encode(user_record(ADMIN, password))
-    if not _guarded(etcd, keys, fence, [etcd.ops.version(key) == 0], [etcd.ops.put(key, value)]):
+    if not _guarded(etcd, fence, [etcd.ops.version(key) == 0], [etcd.ops.put(key, value)]):
         return None
     return password

@@ -23,7 +23,7 @@ from cluster.keys import Keys, encode
 from cluster.records import LeaderRecord
 from coordinator import ha
 from coordinator.runtime.runtime import Runtime
-from lease.election import Election, fenced_txn
+from lease.election import Election
 from lease.errors import EtcdError, NotLeader
 from lease.session import Session
 
@@ -99,7 +99,7 @@ class Leadership:
             if takeover.ensure_admin:
                 from cluster.users import ensure_admin
 
-                password = ensure_admin(self.etcd, self.keys, self._fenced,
+                password = ensure_admin(self.etcd, self.keys, self.election.fence(),
                                         password=os.environ.get("BATON_ADMIN_PASSWORD"))
                 if password is not None:
                     self.admin_password = password
@@ -143,5 +143,4 @@ class Leadership:
             self.election = Election(self.etcd, self.keys.leader, self.election.session)
 
     def _fenced(self, ops: list, extra_compare: list | None = None):
-        return fenced_txn(self.etcd, self.keys.leader, self.election.epoch, ops,
-                          extra_compare=extra_compare or ())
+        return self.election.fence().commit(ops, also=extra_compare or ())

@@ -6,14 +6,15 @@ with 0 and carries the session's lease (DESIGN.md section 3, rule 1); its
 create revision is the leader's **epoch**. Every write a leader makes is a
 fenced transaction that also compares the leader key's create revision with
 that epoch (rule 2), so a paused or cut-off old leader cannot change
-anything: its transaction fails with NotLeader.
+anything: its transaction fails with NotLeader. That comparison is built in
+one place, Fence; every writer commits through a Fence.
 """
 from __future__ import annotations
 
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from lease.client import Etcd
 from lease.errors import EtcdError, LeaseLost, NotLeader
@@ -32,30 +33,52 @@ class LeaderInfo:
     lease_id: int
 
 
-def fenced_txn(etcd: Etcd, leader_key: str, epoch: int | None, success_ops: Iterable,
-               extra_compare: Iterable = ()) -> list:
-    """Commit success_ops only while the leader key's create revision equals
-    epoch (and every extra comparison holds); returns the op responses.
-
-    Raises NotLeader when the leader key is gone or belongs to another epoch,
-    TxnConflict when we still lead but an extra comparison failed, and
-    EtcdUnavailable when etcd cannot say (then the write may or may not have
-    been applied, like any timed-out write)."""
-    if epoch is None:
-        raise NotLeader(f"not leader of {leader_key}: no epoch")
-    compare = [etcd.ops.create(leader_key) == epoch, *extra_compare]
-    ok, responses = etcd.txn(compare, list(success_ops), [etcd.ops.get(leader_key)])
-    if ok:
-        return responses
-    current = responses[0] if responses else []
-    if current and current[0][1].create_revision == epoch:
-        raise TxnConflict(f"fenced transaction on {leader_key} (epoch {epoch}) failed a comparison")
-    holder = f"epoch {current[0][1].create_revision}" if current else "nobody"
-    raise NotLeader(f"not leader of {leader_key}: epoch {epoch} is over (now {holder})")
-
-
 class TxnConflict(EtcdError):
-    """A fenced transaction's extra comparison failed while we still lead."""
+    """A fenced transaction's extra comparison (`also`) failed while we still lead."""
+
+
+@dataclass(frozen=True)
+class Fence:
+    """The right to write for one epoch: the leader key and the create revision
+    it had when we won (or when a reader checked it). Like etcd's Go
+    Election.Rev(), it is a plain value: Election.fence() makes one while we
+    lead, and a process that only knows the key and the epoch (the web
+    workers, the runtime) builds its own, Fence(etcd, key, epoch).
+
+    Building one without an epoch raises NotLeader (nobody who would write
+    leads)."""
+
+    etcd: Etcd
+    key: str
+    epoch: int
+
+    def __post_init__(self) -> None:
+        if self.epoch is None:
+            raise NotLeader(f"not leader of {self.key}: no epoch")
+
+    def compare(self) -> Any:
+        """The etcd comparison that holds while the fence does: the leader
+        key's create revision is our epoch (docs/design.md section 3, rule 2)."""
+        return self.etcd.ops.create(self.key) == self.epoch
+
+    def commit(self, ops: Iterable, also: Iterable = ()) -> list:
+        """Commit ops in one transaction, only while the fence holds and every
+        comparison in `also` holds; returns the op responses.
+
+        Raises NotLeader when the leader key is gone or belongs to another
+        epoch, TxnConflict when we still lead but a comparison in `also`
+        failed (told apart by reading the leader key in the failure branch of
+        the same transaction), and EtcdUnavailable when etcd cannot say (then
+        the write may or may not have been applied, like any timed-out
+        write)."""
+        ok, responses = self.etcd.txn([self.compare(), *also], list(ops), [self.etcd.ops.get(self.key)])
+        if ok:
+            return responses
+        current = responses[0] if responses else []
+        if current and current[0][1].create_revision == self.epoch:
+            raise TxnConflict(f"fenced transaction on {self.key} (epoch {self.epoch}) failed a comparison")
+        holder = f"epoch {current[0][1].create_revision}" if current else "nobody"
+        raise NotLeader(f"not leader of {self.key}: epoch {self.epoch} is over (now {holder})")
 
 
 class Election:
@@ -106,10 +129,20 @@ class Election:
         self._epoch = None
         return False
 
+    def fence(self) -> Fence:
+        """The fence of our epoch, for committing writes. Raises NotLeader if
+        we do not lead (by our last knowledge)."""
+        return Fence(self.etcd, self.key, self._epoch)
+
     def proclaim(self, value: bytes | str) -> None:
-        """Change the leader key's value, fenced. Raises NotLeader if we no longer lead."""
+        """Change the leader key's value, fenced. Raises NotLeader if we no
+        longer lead; then our epoch is dropped, so is_leader turns False."""
         self._check_session()
-        self.fenced_txn([self.etcd.ops.put(self.key, value, lease=self.session.lease_id)])
+        try:
+            self.fence().commit([self.etcd.ops.put(self.key, value, lease=self.session.lease_id)])
+        except NotLeader:
+            self._epoch = None
+            raise
 
     def resign(self, last_ops: Iterable = ()) -> None:
         """Delete the leader key if it is still ours (fenced); no-op if we do not lead.
@@ -117,7 +150,7 @@ class Election:
         if self._epoch is None:
             return
         try:
-            fenced_txn(self.etcd, self.key, self._epoch, [*last_ops, self.etcd.ops.delete(self.key)])
+            self.fence().commit([*last_ops, self.etcd.ops.delete(self.key)])
         except NotLeader:
             pass
         finally:
@@ -129,17 +162,6 @@ class Election:
         if value is None:
             return None
         return LeaderInfo(value, meta.create_revision, meta.lease_id)
-
-    def fenced_txn(self, success_ops: Iterable, extra_compare: Iterable = ()) -> list:
-        """fenced_txn with our epoch. On NotLeader our epoch is dropped, so
-        is_leader turns False."""
-        try:
-            return fenced_txn(self.etcd, self.key, self._epoch, success_ops, extra_compare)
-        except TxnConflict:
-            raise
-        except NotLeader:
-            self._epoch = None
-            raise
 
     def observe(self, callback: Callable[[LeaderInfo | None], None]) -> Watcher:
         """Call callback(LeaderInfo|None) now and on every change of the leader

@@ -26,7 +26,7 @@ import threading
 import time
 
 from lease.client import connect
-from lease.election import Election, fenced_txn
+from lease.election import Election
 from lease.errors import BatonError, EtcdError, LeaseLost, NotLeader
 from lease.session import Session
 
@@ -87,10 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     except BatonError as exc:
         say("error", message=str(exc))
         return 3
-    # The epoch we won with is used for every write, not election.epoch: the
-    # point is that an old leader's writes bounce whatever it believes.
-    epoch = election.epoch
-    say("leader", epoch=epoch, lease=session.lease_id)
+    # The fence of the epoch we won with is used for every write, not
+    # election.epoch: the point is that an old leader's writes bounce
+    # whatever it believes.
+    fence = election.fence()
+    say("leader", epoch=fence.epoch, lease=session.lease_id)
 
     last_ok: bool | None = None
     counter = 0
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             counter += 1
             fields: dict = {}
             try:
-                fenced_txn(etcd, args.key, epoch, [etcd.ops.put(args.fence_key, str(counter))])
+                fence.commit([etcd.ops.put(args.fence_key, str(counter))])
                 ok = True
             except NotLeader as exc:
                 ok, fields = False, {"error": str(exc)}

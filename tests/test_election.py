@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from lease.election import Election, LeaderInfo, TxnConflict, fenced_txn
+from lease.election import Election, Fence, LeaderInfo, TxnConflict
 from lease.errors import LeaseLost, NotLeader
 from lease.session import Session
 from tests.harness.wait import wait_until
@@ -55,32 +55,65 @@ def test_campaign_wins_only_when_there_is_no_leader(etcd, sessions, leader_key):
     assert b.leader().value == b"b"
 
 
-def test_fenced_txn_commits_only_for_the_current_epoch(etcd, sessions, leader_key, keys):
+def test_fence_commits_only_for_the_current_epoch(etcd, sessions, leader_key, keys):
     data = keys.root + "data"
     a = Election(etcd, leader_key, sessions())
     assert a.campaign("a")
     old_epoch = a.epoch
-    a.fenced_txn([etcd.ops.put(data, "from a")])
+    fence = a.fence()
+    assert fence == Fence(etcd, leader_key, old_epoch)
+    fence.commit([etcd.ops.put(data, "from a")])
     assert etcd.get(data)[0] == b"from a"
 
     # A failing extra comparison while we still lead is a conflict, not a lost leadership.
     with pytest.raises(TxnConflict):
-        a.fenced_txn([etcd.ops.put(data, "x")], extra_compare=[etcd.ops.value(data) == "other"])
-    assert a.is_leader
+        fence.commit([etcd.ops.put(data, "x")], also=[etcd.ops.value(data) == "other"])
+    assert a.is_leader and etcd.get(data)[0] == b"from a"
+    # A holding extra comparison lets the write through.
+    fence.commit([etcd.ops.put(data, "from a, checked")], also=[etcd.ops.value(data) == "from a"])
+    assert etcd.get(data)[0] == b"from a, checked"
 
     # a's key goes (as when its lease expires) and b wins: a's old epoch is now worthless.
     etcd.delete(leader_key)
     b = Election(etcd, leader_key, sessions())
     assert b.campaign("b")
     with pytest.raises(NotLeader, match=f"epoch {old_epoch} is over"):
-        fenced_txn(etcd, leader_key, old_epoch, [etcd.ops.put(data, "stale write")])
+        Fence(etcd, leader_key, old_epoch).commit([etcd.ops.put(data, "stale write")])
+    # Also when only an extra comparison would have failed: the lost fence wins.
+    with pytest.raises(NotLeader):
+        fence.commit([etcd.ops.put(data, "x")], also=[etcd.ops.value(data) == "other"])
     with pytest.raises(NotLeader):
         a.proclaim("still me?")
     assert not a.is_leader
-    assert etcd.get(data)[0] == b"from a"
+    with pytest.raises(NotLeader):
+        a.fence()
+    assert etcd.get(data)[0] == b"from a, checked"
     assert b.leader().value == b"b"
     with pytest.raises(NotLeader):
-        fenced_txn(etcd, leader_key, None, [etcd.ops.put(data, "no epoch")])
+        Fence(etcd, leader_key, None)
+
+
+def test_fence_of_a_resigned_leader_cannot_write(etcd, sessions, leader_key, keys):
+    data = keys.root + "data"
+    a = Election(etcd, leader_key, sessions())
+    assert a.campaign("a")
+    fence = a.fence()
+    a.resign()
+    # Nobody leads: the fence is lost even though no one else holds the key.
+    with pytest.raises(NotLeader, match="now nobody"):
+        fence.commit([etcd.ops.put(data, "after resign")])
+    b = Election(etcd, leader_key, sessions())
+    assert b.campaign("b")
+    with pytest.raises(NotLeader, match=f"now epoch {b.epoch}"):
+        fence.commit([etcd.ops.put(data, "after resign")])
+    # The same session campaigning again gets a new epoch; the old fence stays lost.
+    b.resign()
+    assert a.campaign("a again") and a.epoch != fence.epoch
+    with pytest.raises(NotLeader):
+        fence.commit([etcd.ops.put(data, "after resign")])
+    assert etcd.get(data)[0] is None
+    a.fence().commit([etcd.ops.put(data, "new epoch")])
+    assert etcd.get(data)[0] == b"new epoch"
 
 
 def test_proclaim_changes_the_value_but_not_the_epoch(etcd, sessions, leader_key):

@@ -8,6 +8,7 @@ import pytest
 
 from coordinator.runtime.store import GroupCommit
 from lease.client import connect
+from lease.election import Fence
 from lease.errors import EtcdUnavailable, NotLeader
 from tests.harness.ports import free_port
 
@@ -20,7 +21,7 @@ def become_leader(etcd, keys) -> int:
 
 
 def fence(etcd, keys, epoch):
-    return etcd.ops.create(keys.leader) == epoch
+    return Fence(etcd, keys.leader, epoch)
 
 
 def revisions_under(etcd, prefix):
@@ -144,7 +145,7 @@ def test_flush_waits_for_everything_queued(etcd, keys):
 def test_unreachable_etcd_fails_the_batch_with_etcd_unavailable(keys):
     dead = connect(f"http://127.0.0.1:{free_port()}", timeout=0.5)
     calls = []
-    store = GroupCommit(dead, dead.ops.create(keys.leader) == 5, on_not_leader=lambda: calls.append(1))
+    store = GroupCommit(dead, Fence(dead, keys.leader, 5), on_not_leader=lambda: calls.append(1))
     try:
         future = store.submit([dead.ops.put(keys.root + "x", b"x")])
         with pytest.raises(EtcdUnavailable):

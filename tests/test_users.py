@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from cluster import users
 from cluster.keys import decode
-from lease.election import fenced_txn
+from lease.election import Fence
 from lease.errors import NotLeader
 
 
@@ -23,7 +23,7 @@ def epoch(etcd, keys) -> int:
 
 @pytest.fixture
 def fence(etcd, keys, epoch):
-    return lambda ops: fenced_txn(etcd, keys.leader, epoch, ops)
+    return Fence(etcd, keys.leader, epoch)
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def stale_fence(etcd, keys, epoch):
     """A fence of a leader whose epoch is over: the key was re-created by someone else."""
     etcd.delete(keys.leader)
     etcd.put(keys.leader, b'{"name": "p2"}')
-    return lambda ops: fenced_txn(etcd, keys.leader, epoch, ops)
+    return Fence(etcd, keys.leader, epoch)
 
 
 # -- password records (pure) -------------------------------------------------------
@@ -160,16 +160,11 @@ def test_fenced_out_leader_cannot_add(etcd, keys, stale_fence):
     assert users.get_user(etcd, keys, "mallory") is None
 
 
-def test_epoch_int_and_plain_txn_fences(etcd, keys, epoch):
-    users.add_user(etcd, keys, "by-epoch", "viewer", "long enough", epoch)
-    plain = lambda ops: etcd.txn([etcd.ops.create(keys.leader) == epoch], ops)  # noqa: E731
-    users.add_user(etcd, keys, "by-txn", "viewer", "long enough", plain)
-    assert [u["name"] for u in users.list_users(etcd, keys)] == ["by-epoch", "by-txn"]
+def test_only_the_fence_of_the_current_epoch_adds(etcd, keys, epoch):
+    users.add_user(etcd, keys, "by-epoch", "viewer", "long enough", Fence(etcd, keys.leader, epoch))
+    assert [u["name"] for u in users.list_users(etcd, keys)] == ["by-epoch"]
     with pytest.raises(NotLeader):
-        users.add_user(etcd, keys, "late", "viewer", "long enough", epoch - 1)
-    stale_plain = lambda ops: etcd.txn([etcd.ops.create(keys.leader) == epoch - 1], ops)  # noqa: E731
-    with pytest.raises(NotLeader):
-        users.add_user(etcd, keys, "late", "viewer", "long enough", stale_plain)
+        users.add_user(etcd, keys, "late", "viewer", "long enough", Fence(etcd, keys.leader, epoch - 1))
     assert users.get_user(etcd, keys, "late") is None
 
 
@@ -206,7 +201,7 @@ def test_fenced_out_leader_cannot_delete(etcd, keys, epoch, fence):
     users.add_user(etcd, keys, "alice", "admin", "alice-password", fence)
     users.add_user(etcd, keys, "bob", "viewer", "bob-password", fence)
     with pytest.raises(NotLeader):
-        users.delete_user(etcd, keys, "bob", epoch + 10_000)
+        users.delete_user(etcd, keys, "bob", Fence(etcd, keys.leader, epoch + 10_000))
     assert users.get_user(etcd, keys, "bob") is not None
 
 
@@ -255,11 +250,13 @@ def test_ensure_admin_loses_race_to_another_coordinator(etcd, keys, fence):
     """The other coordinator creates admin between our check and our commit."""
     theirs = users.user_record("admin", "their-password")
 
-    def racing_fence(ops):
-        from cluster.keys import encode
-        etcd.put(keys.user("admin"), encode(theirs))
-        return fence(ops)
+    class RacingFence(Fence):
+        def commit(self, ops, also=()):
+            from cluster.keys import encode
+            etcd.put(keys.user("admin"), encode(theirs))
+            return super().commit(ops, also)
 
+    racing_fence = RacingFence(fence.etcd, fence.key, fence.epoch)
     assert users.ensure_admin(etcd, keys, racing_fence, password="our-password") is None
     assert users.verify_password("their-password", users.get_user(etcd, keys, "admin"))
 

@@ -15,6 +15,7 @@ from cluster import users as user_store
 from cluster.daemon_state import write_state
 from cluster.keys import Keys, encode
 from cluster.settings import Settings
+from lease.election import Fence
 from web import create_app
 from web.authority import Authority
 from web.cluster_view import Snapshot, agent_rows
@@ -85,13 +86,12 @@ class Cluster:
             "web": web or f"http://{name}.test:8000", "version": "test", "ready": True}), lease=lease)
 
     def add_user(self, name: str, role: str, password: str) -> None:
-        epoch = self.epoch
-        if epoch is None:
-            epoch = self.take_leadership("setup")
-            user_store.add_user(self.etcd, self.keys, name, role, password, epoch)
+        leading = self.epoch is not None
+        epoch = self.epoch if leading else self.take_leadership("setup")
+        fence = Fence(self.etcd, self.keys.leader, epoch)
+        user_store.add_user(self.etcd, self.keys, name, role, password, fence)
+        if not leading:
             self.drop_leadership()
-        else:
-            user_store.add_user(self.etcd, self.keys, name, role, password, epoch)
 
     def app(self, name: str = "p1", role: str = "primary", clock=None, **extra):
         # A generous renew deadline: a loaded machine must not make the state file look stale.

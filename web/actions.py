@@ -1,8 +1,9 @@
 """The changes a user can make, shared by the JSON API and the HTML forms.
 
-Each function takes the epoch that the caller checked (guards.writable_required)
-and commits through authority.fenced_commit, so a leadership change between
-check and write raises NotLeader instead of writing. Bad input raises
+Each function takes the Fence of the epoch that the caller checked
+(guards.writable_required, authority.write_fence) and commits through it, so
+a leadership change between check and write raises NotLeader instead of
+writing. Bad input raises
 Invalid with one sentence; nothing is stored then.
 """
 from __future__ import annotations
@@ -16,7 +17,8 @@ from cluster.buildfile import BuildFileError, parse_build
 from cluster.names import NAME_RE
 from cluster.keys import Keys, decode, encode
 from cluster.settings import Settings, validate_update
-from web.authority import Conflict, fenced_commit
+from lease.election import Fence
+from web.authority import Conflict
 
 MAX_SETTINGS_RETRIES = 3
 
@@ -33,7 +35,7 @@ def new_build_id(now: float) -> str:
     return "b-" + time.strftime("%Y%m%d-%H%M%S", time.gmtime(now)) + "-" + secrets.token_hex(3)
 
 
-def submit_build(etcd, keys: Keys, epoch: int, body: bytes | str | dict, user: str, now: float) -> str:
+def submit_build(etcd, keys: Keys, fence: Fence, body: bytes | str | dict, user: str, now: float) -> str:
     """Store a build (spec and queued status) in one fenced transaction; returns its id."""
     if isinstance(body, (bytes, str)) and not body.strip():
         raise Invalid("the build file is empty")
@@ -46,10 +48,10 @@ def submit_build(etcd, keys: Keys, epoch: int, body: bytes | str | dict, user: s
     record = {"id": build_id, "name": spec.name, "submitted": now, "user": user, "tasks": tasks}
     status = {"state": "queued", "total": len(tasks), "done": 0, "failed": 0, "running": 0,
               "name": spec.name, "submitted": now, "user": user, "started": None, "finished": None}
-    fenced_commit(etcd, keys, epoch, [
+    fence.commit([
         etcd.ops.put(keys.build(build_id), encode(record)),
         etcd.ops.put(keys.status_of_build(build_id), encode(status)),
-    ], extra_compare=[etcd.ops.version(keys.build(build_id)) == 0])
+    ], also=[etcd.ops.version(keys.build(build_id)) == 0])
     return build_id
 
 
@@ -65,7 +67,7 @@ def registered_backups(etcd, keys: Keys, primary: str) -> list[str]:
     return sorted(out)
 
 
-def update_settings(etcd, keys: Keys, epoch: int, changes: Any, primary: str) -> Settings:
+def update_settings(etcd, keys: Keys, fence: Fence, changes: Any, primary: str) -> Settings:
     """Validate and save a settings change (merged into the current settings).
 
     selected_backup must be none or a registered backup of this primary;
@@ -89,8 +91,7 @@ def update_settings(etcd, keys: Keys, epoch: int, changes: Any, primary: str) ->
         guard = (etcd.ops.mod(keys.settings) == meta.mod_revision if meta
                  else etcd.ops.version(keys.settings) == 0)
         try:
-            fenced_commit(etcd, keys, epoch, [etcd.ops.put(keys.settings, updated.to_json())],
-                          extra_compare=[guard])
+            fence.commit([etcd.ops.put(keys.settings, updated.to_json())], also=[guard])
             return updated
         except Conflict:
             continue  # the daemon changed settings meanwhile (e.g. a deselection): merge again
@@ -104,7 +105,7 @@ def known_agent(etcd, keys: Keys, name: str) -> bool:
     return name in (runtime.get("agents") or {})
 
 
-def set_agent_config(etcd, keys: Keys, epoch: int, name: str, changes: Any) -> dict:
+def set_agent_config(etcd, keys: Keys, fence: Fence, name: str, changes: Any) -> dict:
     """Merge {disabled?, subscribed?} into agent-config/<name>."""
     if not isinstance(changes, dict) or not changes:
         raise Invalid("send a JSON object with disabled and/or subscribed")
@@ -123,24 +124,23 @@ def set_agent_config(etcd, keys: Keys, epoch: int, name: str, changes: Any) -> d
     config.update(changes)
     guard = (etcd.ops.mod(keys.agent_settings(name)) == meta.mod_revision if meta
              else etcd.ops.version(keys.agent_settings(name)) == 0)
-    fenced_commit(etcd, keys, epoch, [etcd.ops.put(keys.agent_settings(name), encode(config))],
-                  extra_compare=[guard])
+    fence.commit([etcd.ops.put(keys.agent_settings(name), encode(config))], also=[guard])
     return config
 
 
-def create_user(etcd, keys: Keys, epoch: int, body: Any) -> dict:
+def create_user(etcd, keys: Keys, fence: Fence, body: Any) -> dict:
     """Add a user (cluster.users checks name, role and password, and that the name is free)."""
     if not isinstance(body, dict):
         raise Invalid("send a JSON object with name, role and password")
     name, role = body.get("name"), body.get("role") or "viewer"
     try:
-        user_store.add_user(etcd, keys, name, role, body.get("password"), epoch)
+        user_store.add_user(etcd, keys, name, role, body.get("password"), fence)
     except user_store.UserError as exc:
         raise Invalid(str(exc)) from None
     return {"name": name, "role": role}
 
 
-def request_switchover(etcd, keys: Keys, epoch: int, me: str, my_primary: str | None,
+def request_switchover(etcd, keys: Keys, fence: Fence, me: str, my_primary: str | None,
                        selected_backup: str | None, target: str | None) -> str:
     """Write switchover = {target}; the daemons carry out the planned handover."""
     if target is None:
@@ -155,5 +155,5 @@ def request_switchover(etcd, keys: Keys, epoch: int, me: str, my_primary: str | 
         raise Invalid(f"{me} already leads; name another coordinator as target")
     if etcd.get(keys.coordinator(target))[0] is None:
         raise Invalid(f"{target} is not a registered coordinator (it must be running)")
-    fenced_commit(etcd, keys, epoch, [etcd.ops.put(keys.switchover, encode({"target": target}))])
+    fence.commit([etcd.ops.put(keys.switchover, encode({"target": target}))])
     return target

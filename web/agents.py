@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, g, render_template, request, url_for
 
+from lease.election import Fence
 from web import actions, etcd_access, forms
 from web.agent_table import agent_rows_html
 from web.cluster_view import agent_rows
@@ -36,10 +37,10 @@ def index():
 def change(name):
     what = request.form.get("action", "")
 
-    def act(epoch: int) -> str:
+    def act(fence: Fence) -> str:
         if what not in CHANGES:
             raise actions.Invalid(f"unknown agent action {what!r}")
-        actions.set_agent_config(etcd_access.client(), etcd_access.keys(), epoch, name, CHANGES[what])
+        actions.set_agent_config(etcd_access.client(), etcd_access.keys(), fence, name, CHANGES[what])
         return f"Agent {name}: {what}d."
 
     return forms.run(act, url_for("agents.index"))

@@ -13,6 +13,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 from cluster import users as user_store
 
 from web import actions, etcd_access
+from web.authority import write_fence
 from web.cluster_view import build_detail, build_rows, read_events
 from web.guards import (admin_required, authority, login_required, primary_name, read_only_refusal, refuse,
                         snapshot, writable_required)
@@ -50,7 +51,7 @@ def events():
 @admin_required
 @writable_required
 def put_settings():
-    updated = actions.update_settings(etcd_access.client(), etcd_access.keys(), g.epoch, json_body(),
+    updated = actions.update_settings(etcd_access.client(), etcd_access.keys(), g.fence, json_body(),
                                       current_app.config["BATON_NAME"])
     return jsonify({"settings": updated.to_dict()})
 
@@ -74,7 +75,7 @@ def list_builds():
 @writable_required
 def submit_build():
     body = request.get_data(cache=True)
-    build_id = actions.submit_build(etcd_access.client(), etcd_access.keys(), g.epoch, body,
+    build_id = actions.submit_build(etcd_access.client(), etcd_access.keys(), g.fence, body,
                                     g.user["name"], now())
     return jsonify({"id": build_id}), 201
 
@@ -110,7 +111,7 @@ def list_users():
 @admin_required
 @writable_required
 def add_user():
-    user = actions.create_user(etcd_access.client(), etcd_access.keys(), g.epoch, json_body())
+    user = actions.create_user(etcd_access.client(), etcd_access.keys(), g.fence, json_body())
     return jsonify(user), 201
 
 
@@ -118,7 +119,7 @@ def add_user():
 @admin_required
 @writable_required
 def configure_agent(name):
-    config = actions.set_agent_config(etcd_access.client(), etcd_access.keys(), g.epoch, name, json_body())
+    config = actions.set_agent_config(etcd_access.client(), etcd_access.keys(), g.fence, name, json_body())
     return jsonify({"name": name, **config})
 
 
@@ -132,7 +133,8 @@ def switchover():
     if not isinstance(body, dict):
         raise actions.Invalid("send a JSON object, optionally with target")
     snap = snapshot()
-    target = actions.request_switchover(etcd_access.client(), etcd_access.keys(), auth.epoch,
+    fence = write_fence(etcd_access.client(), etcd_access.keys(), auth)
+    target = actions.request_switchover(etcd_access.client(), etcd_access.keys(), fence,
                                         current_app.config["BATON_NAME"], primary_name(),
                                         snap.settings.selected_backup, body.get("target"))
     return jsonify({"target": target}), 202

@@ -15,11 +15,11 @@ read and the write cannot slip through (it raises NotLeader -> 403).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable
+from typing import Any
 
 from cluster.daemon_state import read_state
 from cluster.keys import Keys, decode
-from lease.election import TxnConflict, fenced_txn
+from lease.election import Fence, TxnConflict
 
 
 Conflict = TxnConflict  # an extra comparison failed while we still lead (a concurrent change)
@@ -80,10 +80,11 @@ def read_authority(etcd, keys: Keys, config: dict, leader_kv: tuple[bytes | None
         leader_lease=meta.lease_id if value is not None else None, state=state)
 
 
-def fenced_commit(etcd, keys: Keys, epoch: int | None, ops: list, extra_compare: Iterable = ()) -> list:
-    """Commit ops in one transaction that holds only while the leader key's epoch is `epoch`.
+def write_fence(etcd, keys: Keys, auth: Authority) -> Fence:
+    """The fence for the writes `auth` allowed: the leader key at the epoch it read.
 
-    Raises NotLeader when the leader key changed, Conflict when only an extra
-    comparison failed (someone else changed the same key meanwhile).
+    Its commit raises NotLeader when the leader key changed since, Conflict
+    when only an extra comparison failed (someone else changed the same key
+    meanwhile). Raises NotLeader at once when auth saw no leader.
     """
-    return fenced_txn(etcd, keys.leader, epoch, ops, extra_compare)
+    return Fence(etcd, keys.leader, auth.epoch)

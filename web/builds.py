@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, current_app, g, render_template, request, url_for
 
+from lease.election import Fence
 from web import actions, etcd_access, forms
 from web.cluster_view import build_detail, build_rows
 from web.guards import admin_required, login_required, snapshot
@@ -44,8 +45,8 @@ def submit():
     body = upload.read() if upload and upload.filename else request.form.get("buildfile", "").encode()
     created: list[str] = []
 
-    def act(epoch: int) -> str:
-        build_id = actions.submit_build(etcd_access.client(), etcd_access.keys(), epoch, body,
+    def act(fence: Fence) -> str:
+        build_id = actions.submit_build(etcd_access.client(), etcd_access.keys(), fence, body,
                                         g.user["name"], now())
         created.append(build_id)
         return f"Build {build_id} submitted."

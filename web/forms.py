@@ -6,12 +6,14 @@ from typing import Callable
 from flask import flash, g, redirect
 
 from lease.errors import NotLeader
-from web import actions
+from lease.election import Fence
+from web import actions, etcd_access
+from web.authority import write_fence
 from web.guards import authority, read_only_refusal
 
 
-def run(action: Callable[[int], str], back: str):
-    """Check writability, run action(epoch) -> success sentence, flash it and go back.
+def run(action: Callable[[Fence], str], back: str):
+    """Check writability, run action(fence) -> success sentence, flash it and go back.
 
     Invalid input is flashed as an error; a lost leadership at commit is the
     same 403 page as a view-only coordinator.
@@ -20,7 +22,7 @@ def run(action: Callable[[int], str], back: str):
     if not auth.writable:
         return read_only_refusal(auth)
     try:
-        flash(action(auth.epoch), "ok")
+        flash(action(write_fence(etcd_access.client(), etcd_access.keys(), auth)), "ok")
     except (actions.Invalid, actions.NotFound) as exc:
         flash(str(exc), "error")
     except NotLeader:

@@ -12,7 +12,7 @@ from flask import current_app, g, jsonify, redirect, render_template, request, u
 
 from cluster.keys import decode
 from web import etcd_access
-from web.authority import Authority, read_authority
+from web.authority import Authority, read_authority, write_fence
 from web.cluster_view import Snapshot, read_snapshot
 from web.links import coordinator_web_url
 
@@ -96,12 +96,12 @@ def primary_name() -> str | None:
 
 
 def writable_required(view: Callable) -> Callable:
-    """403 unless this coordinator is a primary that leads right now; sets g.epoch for the commit."""
+    """403 unless this coordinator is a primary that leads right now; sets g.fence for the commit."""
     @functools.wraps(view)
     def wrapped(*args, **kwargs):
         auth = authority()
         if not auth.writable:
             return read_only_refusal(auth)
-        g.epoch = auth.epoch
+        g.fence = write_fence(etcd_access.client(), etcd_access.keys(), auth)
         return view(*args, **kwargs)
     return wrapped

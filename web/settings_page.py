@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, render_template, request, url_for
 
+from lease.election import Fence
 from web import actions, etcd_access, forms
 from web.cluster_view import backups_of
 from web.guards import admin_required, login_required, primary_name, snapshot
@@ -34,7 +35,7 @@ def _number(field: str, kind=float):
 @bp.post("/settings")
 @admin_required
 def save_all():
-    def act(epoch: int) -> str:
+    def act(fence: Fence) -> str:
         changes = {
             "selected_backup": request.form.get("selected_backup") or None,
             "auto_subscribe": request.form.get("auto_subscribe") == "on",
@@ -43,7 +44,7 @@ def save_all():
             # Empty: each backup uses its own --failback-delay.
             "failback_delay": _number("failback_delay") if request.form.get("failback_delay", "").strip() else None,
         }
-        actions.update_settings(etcd_access.client(), etcd_access.keys(), epoch, changes,
+        actions.update_settings(etcd_access.client(), etcd_access.keys(), fence, changes,
                                 current_app.config["BATON_NAME"])
         return "Settings saved."
 

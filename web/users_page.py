@@ -4,6 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, render_template, request, url_for
 
 from cluster import users as user_store
+from lease.election import Fence
 from web import actions, etcd_access, forms
 from web.guards import admin_required
 
@@ -22,8 +23,8 @@ def index():
 def add():
     body = {k: request.form.get(k) for k in ("name", "role", "password")}
 
-    def act(epoch: int) -> str:
-        user = actions.create_user(etcd_access.client(), etcd_access.keys(), epoch, body)
+    def act(fence: Fence) -> str:
+        user = actions.create_user(etcd_access.client(), etcd_access.keys(), fence, body)
         return f"User {user['name']} ({user['role']}) added."
 
     return forms.run(act, url_for("users.index"))

@@ -40,6 +40,7 @@ from coordinator.runtime.service import AgentStream
 from coordinator.runtime.state import ASSIGNING, DONE, READY, RUNNING, WAITING, Agent, Build, Task
 from coordinator.runtime.store import GroupCommit
 from cluster.settings import Settings
+from lease.election import Fence
 from lease.errors import NotLeader
 from lease.watcher import Watcher
 
@@ -67,7 +68,7 @@ class Dispatcher:
         self.clock = clock
         self._on_not_leader = on_not_leader
         self.dispatching = True
-        self.store = GroupCommit(etcd, etcd.ops.create(keys.leader) == epoch, on_not_leader=self._not_leader)
+        self.store = GroupCommit(etcd, Fence(etcd, keys.leader, epoch), on_not_leader=self._not_leader)
         self.settings = Settings()
         self.builds: dict[str, Build] = {}
         self.finished_builds: set[str] = set()

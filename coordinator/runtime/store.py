@@ -3,8 +3,8 @@
 Callers `submit(ops)` a list of etcd ops that must commit together and get a
 `concurrent.futures.Future`. Writer threads gather what is queued for a few
 milliseconds and commit it as one transaction of at most `max_ops` ops
-whose only comparison is the fence (the leader key's create revision equals
-our epoch, DESIGN.md section 3 rule 2). A future resolves only once its
+whose only comparison is the fence's (lease.election.Fence.compare: the
+leader key's create revision equals our epoch, DESIGN.md section 3 rule 2). A future resolves only once its
 transaction committed. Up to `writers` transactions are in flight at once
 (etcd's round trip, not its throughput, is what limits one writer); writes
 of the same key never share or overtake a transaction, so each key's
@@ -32,8 +32,9 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
+from lease.election import Fence
 from lease.errors import EtcdError, EtcdUnavailable, NotLeader
 
 log = logging.getLogger(__name__)
@@ -56,13 +57,13 @@ def _key_of(op: Any) -> bytes:
 class GroupCommit:
     """Batches fenced writes. Thread-safe; `close()` when done."""
 
-    def __init__(self, etcd, fence_compare: Any | Iterable[Any], max_ops: int = 128,
+    def __init__(self, etcd, fence: Fence, max_ops: int = 128,
                  window: float = 0.002, on_not_leader: Callable[[], None] | None = None,
                  writers: int = 4):
         if not 1 <= max_ops <= 128:
             raise ValueError("max_ops must be between 1 and 128 (etcd's default txn limit)")
         self._etcd = etcd
-        self._compare = list(fence_compare) if isinstance(fence_compare, (list, tuple)) else [fence_compare]
+        self._compare = [fence.compare()]
         self.max_ops = max_ops
         self.window = window
         self.on_not_leader = on_not_leader
