@@ -24,7 +24,7 @@ from bench.aio_link import AioLinks
 from agent.channels import Channels
 from agent import core as agent_core
 from agent.core import Agent
-from agent.leader import LeaderView
+from cluster.records import LeaderRecord
 from agent.link import CoordinatorLink
 from agent.daemon import add_arguments, config_from_args
 from bench.pool import AgentPool
@@ -483,7 +483,7 @@ def test_the_old_leaders_last_words_end_the_stream_without_rereading_the_key(scr
     may already see the new leader (or no leader). 200 agents re-reading the leader key
     then would load etcd at the moment the handover needs it: the stream just ends."""
     servicer, epoch = scripted
-    leader = LeaderView.parse(etcd.get(keys.leader)[0], epoch)
+    leader = LeaderRecord.parse(etcd.get(keys.leader)[0], epoch)
     owner = LinkOwner(epoch)
     servicer.scripts.put([coord(epoch, welcome=pb.Welcome(coordinator="odd"))])
     channels = Channels()
