@@ -30,7 +30,7 @@ from agent.results import ResultBuffer
 from agent.runner import Runner, TaskRef, TaskResult
 from cluster.keys import Keys
 from cluster.protocol import agent_pb2
-from cluster.records import LeaderRecord
+from cluster.records import AgentRecord, LeaderRecord
 from lease.client import Etcd, connect
 from lease.errors import EtcdError
 
@@ -298,14 +298,14 @@ class Agent:
             view = LeaderRecord(name=successor.name, role="", epoch=0, grpc=successor.grpc)
             self._standby = self._new_link(view, standby=True)
 
-    def presence_value(self) -> dict:
+    def presence_value(self) -> AgentRecord:
         """What agents/<name> should hold now (the UI shows the coordinator it is linked with)."""
         link = self._link
         welcomed = link is not None and link.welcomed
-        return {"name": self.config.name, "host": self.config.host, "cores": self.config.cores,
-                "group": self.config.group, "version": self.version,
-                "coordinator": link.leader.name if welcomed else None,
-                "epoch": link.epoch if welcomed else None}
+        return AgentRecord(name=self.config.name, host=self.config.host, cores=self.config.cores,
+                           group=self.config.group, version=self.version,
+                           coordinator=link.leader.name if welcomed else None,
+                           epoch=link.epoch if welcomed else None)
 
     def _on_leader_change(self, view: LeaderRecord | None) -> None:
         log.info("leader key: %s", view or "nobody leads")
