@@ -93,8 +93,18 @@ def _parsed(cls, what: str, value, build):
         return None
 
 
+class _Stored:
+    """A record stored whole as its JSON object: every field is a key of the value."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> bytes:
+        return encode(self.to_dict())
+
+
 @dataclasses.dataclass(frozen=True)
-class CoordinatorRecord:
+class CoordinatorRecord(_Stored):
     """coordinators/<name>: a coordinator registered under its session's lease
     (the key is there while it lives), where it serves and whether it is ready."""
 
@@ -118,15 +128,9 @@ class CoordinatorRecord:
             ready_since=None if d.get("ready_since") is None else float(d["ready_since"]),
             host=_text(d.get("host"))))
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> bytes:
-        return encode(self.to_dict())
-
 
 @dataclasses.dataclass(frozen=True)
-class AgentRecord:
+class AgentRecord(_Stored):
     """agents/<name>: an agent's presence under its own lease, with the
     coordinator it is linked with (None while it is not) and that link's epoch."""
 
@@ -146,15 +150,9 @@ class AgentRecord:
             version=_text(d.get("version")), coordinator=_text(d.get("coordinator")),
             epoch=_number(d.get("epoch"))))
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> bytes:
-        return encode(self.to_dict())
-
 
 @dataclasses.dataclass(frozen=True)
-class EventRecord:
+class EventRecord(_Stored):
     """events/<seq>: something the leader did (a failover, a handback...), in
     the same fenced transaction as the act itself."""
 
@@ -170,9 +168,3 @@ class EventRecord:
         return _parsed(cls, "an event", value, lambda d: cls(
             type=str(d["type"]), time=float(d["time"]), coordinator=str(d.get("coordinator") or ""),
             epoch=_number(d.get("epoch")), detail=str(d.get("detail") or "")))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> bytes:
-        return encode(self.to_dict())
