@@ -23,13 +23,14 @@ from typing import Callable
 
 from agent.channels import Channels
 from agent.config import AgentConfig, agent_version
-from agent.leader import LeaderFollower, LeaderView
+from agent.leader import LeaderFollower
 from agent.link import CoordinatorLink
 from agent.presence import AgentLease, Presence
 from agent.results import ResultBuffer
 from agent.runner import Runner, TaskRef, TaskResult
 from cluster.keys import Keys
 from cluster.protocol import agent_pb2
+from cluster.records import AgentRecord, LeaderRecord
 from lease.client import Etcd, connect
 from lease.errors import EtcdError
 
@@ -168,7 +169,7 @@ class Agent:
 
     # -- views for tests and the bench ---------------------------------------------
     @property
-    def leader(self) -> LeaderView | None:
+    def leader(self) -> LeaderRecord | None:
         return self.follower.current
 
     @property
@@ -215,7 +216,7 @@ class Agent:
         """Write the presence key if its value or the lease changed (one etcd write at most)."""
         self.presence.sync(self.presence_value())
 
-    def _reconcile_link(self, leader: LeaderView | None) -> None:
+    def _reconcile_link(self, leader: LeaderRecord | None) -> None:
         with self.lock:
             link = self._link
             if link is not None and not link.alive:
@@ -233,7 +234,7 @@ class Agent:
                 return
             self._link_to(leader)
 
-    def _through_the_gap(self, link: CoordinatorLink | None, leader: LeaderView | None) -> bool:
+    def _through_the_gap(self, link: CoordinatorLink | None, leader: LeaderRecord | None) -> bool:
         """True while the leader key has been gone for less than LEADERLESS_HOLD
         and our stream is up: keep it for now. A planned handover deletes the
         key and the next leader's put follows ~0.1 s later; closing the stream
@@ -249,7 +250,7 @@ class Agent:
             self._leaderless_since = now
         return link is not None and link.welcomed and now - self._leaderless_since < LEADERLESS_HOLD
 
-    def _link_to(self, leader: LeaderView | None) -> None:
+    def _link_to(self, leader: LeaderRecord | None) -> None:
         """Open the link to `leader` (over its standby stream if we hold one) if there is none."""
         with self.lock:
             link = self._link
@@ -268,7 +269,7 @@ class Agent:
                     self._old_links.append(standby)
                 self._link = self._new_link(leader)
 
-    def _new_link(self, leader: LeaderView, standby: bool = False) -> CoordinatorLink:
+    def _new_link(self, leader: LeaderRecord, standby: bool = False) -> CoordinatorLink:
         if self._link_factory is not None:
             return self._link_factory(leader, self, token=self.config.agent_token, agent_name=self.config.name,
                                       standby=standby).start()
@@ -281,7 +282,7 @@ class Agent:
             standby.close()
             self._old_links.append(standby)
 
-    def _stand_by_for(self, successor: agent_pb2.Successor, announced_by: LeaderView) -> None:
+    def _stand_by_for(self, successor: agent_pb2.Successor, announced_by: LeaderRecord) -> None:
         """The leader expects `successor` to lead after it (its backup, its
         primary, a switchover's target): open a stream to it now and hold it
         (a Standby) until the leader key names it."""
@@ -294,19 +295,19 @@ class Agent:
             self._drop_standby()
             if self._stopping.is_set() or not successor.grpc:
                 return
-            view = LeaderView(name=successor.name, grpc=successor.grpc, epoch=0)
+            view = LeaderRecord(name=successor.name, role="", epoch=0, grpc=successor.grpc)
             self._standby = self._new_link(view, standby=True)
 
-    def presence_value(self) -> dict:
+    def presence_value(self) -> AgentRecord:
         """What agents/<name> should hold now (the UI shows the coordinator it is linked with)."""
         link = self._link
         welcomed = link is not None and link.welcomed
-        return {"name": self.config.name, "host": self.config.host, "cores": self.config.cores,
-                "group": self.config.group, "version": self.version,
-                "coordinator": link.leader.name if welcomed else None,
-                "epoch": link.epoch if welcomed else None}
+        return AgentRecord(name=self.config.name, host=self.config.host, cores=self.config.cores,
+                           group=self.config.group, version=self.version,
+                           coordinator=link.leader.name if welcomed else None,
+                           epoch=link.epoch if welcomed else None)
 
-    def _on_leader_change(self, view: LeaderView | None) -> None:
+    def _on_leader_change(self, view: LeaderRecord | None) -> None:
         log.info("leader key: %s", view or "nobody leads")
         self._wake.set()
 

@@ -8,60 +8,37 @@ late watch event can never undo a fresher read.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import threading
 from typing import Callable
 
+from cluster.records import LeaderRecord
 from lease.client import Etcd
 from lease.watcher import WatchEvent, Watcher
 
 log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
-class LeaderView:
-    """The leader key's value and its create revision (the epoch, DESIGN.md rule 4)."""
-
-    name: str
-    grpc: str
-    epoch: int
-    role: str = ""
-    web: str = ""
-
-    @property
-    def identity(self) -> tuple[int, str]:
-        """Two views with the same identity are the same stream target."""
-        return (self.epoch, self.grpc)
-
-    @classmethod
-    def parse(cls, value: bytes | None, epoch: int) -> "LeaderView | None":
-        """None for a missing key; also None (logged) for a value an agent
-        cannot use, e.g. without a gRPC address: then there is no leader to follow."""
-        if value is None:
-            return None
-        try:
-            data = json.loads(value)
-            return cls(name=str(data["name"]), grpc=str(data["grpc"]), epoch=int(epoch),
-                       role=str(data.get("role") or ""), web=str(data.get("web") or ""))
-        except (ValueError, KeyError, TypeError) as exc:
-            log.error("the leader key holds %r, which names no coordinator to connect to (%s)", value, exc)
-            return None
-
-    def __str__(self) -> str:
-        return f"{self.name} at {self.grpc} (epoch {self.epoch})"
+def followable(value: bytes | None, create_revision: int, lease_id: int = 0) -> LeaderRecord | None:
+    """The leader record an agent can follow: None for a missing key, and also
+    None (logged) for a value an agent cannot use, e.g. without a gRPC
+    address: then there is no leader to follow."""
+    record = LeaderRecord.parse(value, create_revision, lease_id)
+    if record is not None and not record.grpc:
+        log.error("the leader key names %s but no gRPC address to connect to", record.name)
+        return None
+    return record
 
 
 class LeaderFollower:
-    """Calls on_change(LeaderView | None) whenever the leader changes.
+    """Calls on_change(LeaderRecord | None) whenever the leader changes.
 
     `start()` reads the key once (raising EtcdUnavailable when etcd cannot be
     reached; call it again later) and then watches it; on_change runs on the
     caller's thread for the first read and on the watcher's thread after that.
     """
 
-    def __init__(self, etcd: Etcd, key: str, on_change: Callable[[LeaderView | None], None],
+    def __init__(self, etcd: Etcd, key: str, on_change: Callable[[LeaderRecord | None], None],
                  watch: Callable[..., Watcher] | None = None):
         """watch(key, start_revision=, on_events=): makes the (not started) watch;
         default a Watcher. The bench pool passes a WatchMux's."""
@@ -70,12 +47,12 @@ class LeaderFollower:
         self.on_change = on_change
         self._make_watch = watch or (lambda key, **kw: Watcher(self.etcd, key, **kw))
         self._lock = threading.Lock()
-        self._view: LeaderView | None = None
+        self._view: LeaderRecord | None = None
         self._revision = 0
         self._watcher: Watcher | None = None
 
     @property
-    def current(self) -> LeaderView | None:
+    def current(self) -> LeaderRecord | None:
         with self._lock:
             return self._view
 
@@ -88,7 +65,7 @@ class LeaderFollower:
         """Read the key now and apply it; returns the read's revision. Raises EtcdError."""
         resp = self.etcd.range_response(self.key)
         kv = resp.kvs[0] if resp.kvs else None
-        view = LeaderView.parse(kv.value, kv.create_revision) if kv else None
+        view = followable(kv.value, kv.create_revision, kv.lease) if kv else None
         self._apply(view, resp.header.revision)
         return resp.header.revision
 
@@ -99,10 +76,10 @@ class LeaderFollower:
 
     def _on_events(self, events: list[WatchEvent]) -> None:
         for e in events:
-            view = LeaderView.parse(e.value, e.create_revision) if e.type == "put" else None
+            view = followable(e.value, e.create_revision, e.lease) if e.type == "put" else None
             self._apply(view, e.mod_revision)
 
-    def _apply(self, view: LeaderView | None, revision: int) -> None:
+    def _apply(self, view: LeaderRecord | None, revision: int) -> None:
         with self._lock:
             if revision <= self._revision:
                 return  # older than what we already know

@@ -30,8 +30,8 @@ from typing import Protocol
 import grpc
 
 from agent.channels import Channels
-from agent.leader import LeaderView
 from cluster.protocol import agent_pb2, agent_pb2_grpc, unbatched
+from cluster.records import LeaderRecord
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class LinkBase:
     (the agent), `bench.aio_link.AioCoordinatorLink` on one event loop for
     many agents (the bench pool)."""
 
-    def __init__(self, leader: LeaderView, handler: LinkHandler, token: str | None = None,
+    def __init__(self, leader: LeaderRecord, handler: LinkHandler, token: str | None = None,
                  heartbeat_interval: float = 1.0,
                  min_backoff: float = 0.1, max_backoff: float = 1.0, refused_backoff: float = 5.0,
                  agent_name: str = "", standby: bool = False):
@@ -98,7 +98,7 @@ class LinkBase:
     def standing_by(self) -> bool:
         return not self._activated
 
-    def activate(self, leader: LeaderView) -> bool:
+    def activate(self, leader: LeaderRecord) -> bool:
         """A standby link becomes the link to `leader`, if that is the
         coordinator it stands by for: its stream sends the Hello now. False
         (nothing changed) otherwise, or if the link is closed or gone."""
@@ -209,7 +209,7 @@ class CoordinatorLink(LinkBase):
     holds it; `activate(view)` once the leader key names that coordinator
     sends the Hello on it. One thread per link (and gRPC's, per stream)."""
 
-    def __init__(self, leader: LeaderView, handler: LinkHandler, channels: Channels, token: str | None = None,
+    def __init__(self, leader: LeaderRecord, handler: LinkHandler, channels: Channels, token: str | None = None,
                  **options):
         super().__init__(leader, handler, token, **options)
         self.channels = channels

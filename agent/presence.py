@@ -15,9 +15,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable
+from typing import Callable
 
-from cluster.keys import encode
+from cluster.records import AgentRecord
 from lease.client import Etcd
 from lease.errors import EtcdError
 from lease.session import Session
@@ -98,13 +98,13 @@ class Presence:
         self._clock = clock
         self._written: tuple[bytes, int] | None = None
         self._next_try = 0.0
-        self._encoded: tuple[dict, bytes] | None = None  # the last value asked for, encoded
+        self._encoded: tuple[AgentRecord, bytes] | None = None  # the last value asked for, encoded
 
     @property
     def registered(self) -> bool:
         return self._written is not None and self._written[1] == self.lease.lease_id
 
-    def sync(self, value: dict[str, Any]) -> bool:
+    def sync(self, value: AgentRecord) -> bool:
         """Make the key hold value with the current lease. Returns True when it
         does. A failed write is logged and retried on a later call."""
         wanted = self.wanted(value)
@@ -118,7 +118,7 @@ class Presence:
         self.written(wanted)
         return True
 
-    def wanted(self, value: dict[str, Any]) -> tuple[bytes, int] | None:
+    def wanted(self, value: AgentRecord) -> tuple[bytes, int] | None:
         """(encoded value, lease) to write now, or None when there is nothing to
         write (already written, no lease, or waiting to retry). For callers that
         batch many agents' writes (the bench pool): then written() or write_failed()."""
@@ -126,10 +126,10 @@ class Presence:
         if lease_id is None:
             self._written = None
             return None
-        # Comparing dicts is cheaper than encoding JSON, and the bench pool asks for
+        # Comparing records is cheaper than encoding JSON, and the bench pool asks for
         # 200 agents' values 20 times a second; encode only a value that changed.
         if self._encoded is None or self._encoded[0] != value:
-            self._encoded = (dict(value), encode(value))
+            self._encoded = (value, value.to_json())
         wanted = (self._encoded[1], lease_id)
         if wanted == self._written or self._clock() < self._next_try:
             return None

@@ -24,9 +24,9 @@ import time
 import grpc
 
 from agent.channels import OPTIONS
-from agent.leader import LeaderView
 from agent.link import _GO_ON, LinkBase, LinkHandler
 from cluster.protocol import agent_pb2, agent_pb2_grpc, unbatched
+from cluster.records import LeaderRecord
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class AioLinks:
         self._thread = threading.Thread(target=self.loop.run_forever, name="agent links loop", daemon=True)
         self._thread.start()
 
-    def link(self, leader: LeaderView, handler: LinkHandler, token: str | None = None,
+    def link(self, leader: LeaderRecord, handler: LinkHandler, token: str | None = None,
              **options) -> "AioCoordinatorLink":
         return AioCoordinatorLink(leader, handler, self, token, **options)
 
@@ -72,7 +72,7 @@ class AioLinks:
 class AioCoordinatorLink(LinkBase):
     """CoordinatorLink's behaviour (see agent.link) as a task on AioLinks' loop."""
 
-    def __init__(self, leader: LeaderView, handler: LinkHandler, links: AioLinks, token: str | None = None,
+    def __init__(self, leader: LeaderRecord, handler: LinkHandler, links: AioLinks, token: str | None = None,
                  **options):
         super().__init__(leader, handler, token, **options)
         self.links = links

@@ -584,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
             pools.append(PoolProcess(cluster, share + (j < extra), cores=1, on_link=monitor.on_stream,
                                      prefix=f"bench-agent-{j + 1}-" if args.pools > 1 else "bench-agent-",
                                      task_seconds=args.task_seconds))
-        epoch = cluster.leader()["epoch"]
+        epoch = cluster.leader().epoch
         try:
             monitor.wait(lambda: monitor.all_agents_on("p1", epoch), 120, f"{args.agents} agents on p1")
         except TimeoutError:

@@ -87,7 +87,7 @@ def sample(pid: int, samples: int, over: float) -> dict:
 
 def agents_on(cluster: LocalCluster, name: str, epoch: int) -> int:
     return sum(1 for rec in cluster.agent_records().values()
-               if rec.get("coordinator") == name and rec.get("epoch") == epoch)
+               if rec.coordinator == name and rec.epoch == epoch)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cluster.start()
         pid = cluster.coordinators["p1"].pid
-        epoch = cluster.leader()["epoch"]
+        epoch = cluster.leader().epoch
         time.sleep(args.settle)  # let the web UI's workers finish starting before the baseline
         base = sample(pid, args.samples, args.settle)
         print(f"0 agents: coordinator {base['coordinator_mb']:.1f} MB, "

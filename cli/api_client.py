@@ -16,7 +16,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from cluster.keys import Keys, decode
+from cluster.keys import Keys
+from cluster.records import CoordinatorRecord, LeaderRecord
 
 
 class ApiError(Exception):
@@ -31,16 +32,16 @@ class ApiError(Exception):
 def find_web_url(etcd, keys: Keys, prefer_leader: bool = True) -> str:
     """The leader's web address, else the primary's, else any coordinator's."""
     if prefer_leader:
-        raw, _ = etcd.get(keys.leader)
-        if raw:
-            web = (decode(raw) or {}).get("web")
-            if web:
-                return web
-    coordinators = [decode(v) or {} for v, _ in etcd.get_prefix(keys.coordinators)]
-    coordinators.sort(key=lambda c: c.get("role") != "primary")
+        raw, meta = etcd.get(keys.leader)
+        leader = LeaderRecord.parse(raw, meta.create_revision) if raw else None
+        if leader and leader.web:
+            return leader.web
+    coordinators = [CoordinatorRecord.parse(v, Keys.name_of(meta.key, keys.coordinators))
+                    for v, meta in etcd.get_prefix(keys.coordinators)]
+    coordinators = sorted((c for c in coordinators if c is not None), key=lambda c: c.role != "primary")
     for c in coordinators:
-        if c.get("web"):
-            return c["web"]
+        if c.web:
+            return c.web
     raise ApiError(0, "no coordinator is registered in etcd for this cluster")
 
 

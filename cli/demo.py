@@ -53,12 +53,12 @@ def run_demo(args) -> int:
             return sum(1 for t in build["tasks"] if t["state"] == "done")
 
         cluster._wait(lambda: done_count("p1") >= 4, 60, "a few tasks to finish")
-        epoch_before = cluster.leader()["epoch"]
+        epoch_before = cluster.leader().epoch
         t_kill = timeline.mark("SIGKILL the primary p1 mid-build")
         cluster.coordinators["p1"].popen.send_signal(signal.SIGKILL)
         cluster.coordinators["p1"].popen.wait()
         cluster.wait_leader("b1", timeout=30)
-        t_lead = timeline.mark(f"b1 leads (epoch {cluster.leader()['epoch']}, was {epoch_before})")
+        t_lead = timeline.mark(f"b1 leads (epoch {cluster.leader().epoch}, was {epoch_before})")
         cluster.wait_agents(args.agents, timeout=30, coordinator="b1")
         t_agents = timeline.mark(f"all {args.agents} agents connected to b1")
         before = done_count("b1")

@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cluster.keys import Keys, decode
+from cluster.keys import Keys
+from cluster.records import AgentRecord, LeaderRecord
 from lease.client import EtcdConfig, connect
 from lease.errors import ConfigError
 
@@ -305,21 +306,24 @@ class LocalCluster:
         return proc
 
     # -- observation ----------------------------------------------------------
-    def leader(self) -> dict | None:
+    def leader(self) -> LeaderRecord | None:
         raw, meta = self.etcd().get(self.keys.leader)
-        if raw is None:
-            return None
-        return dict(decode(raw), epoch=meta.create_revision)
+        return LeaderRecord.parse(raw, meta.create_revision, meta.lease_id) if raw is not None else None
 
-    def agent_records(self) -> dict[str, dict]:
-        return {Keys.name_of(meta.key, self.keys.agents): decode(v)
-                for v, meta in self.etcd().get_prefix(self.keys.agents)}
+    def agent_records(self) -> dict[str, AgentRecord]:
+        records = {}
+        for value, meta in self.etcd().get_prefix(self.keys.agents):
+            name = Keys.name_of(meta.key, self.keys.agents)
+            record = AgentRecord.parse(value, name)
+            if record is not None:
+                records[name] = record
+        return records
 
     def agents_on(self, coordinator: str) -> list[str]:
-        return sorted(n for n, rec in self.agent_records().items() if rec.get("coordinator") == coordinator)
+        return sorted(n for n, rec in self.agent_records().items() if rec.coordinator == coordinator)
 
-    def wait_leader(self, name: str, timeout: float = 30) -> dict:
-        return self._wait(lambda: (lambda l: l if l and l["name"] == name else None)(self.leader()),
+    def wait_leader(self, name: str, timeout: float = 30) -> LeaderRecord:
+        return self._wait(lambda: (lambda l: l if l and l.name == name else None)(self.leader()),
                           timeout, f"{name} to lead")
 
     def wait_registered(self, name: str, timeout: float = 30) -> None:
@@ -330,8 +334,8 @@ class LocalCluster:
         def ready():
             recs = self.agent_records()
             if coordinator:
-                return sum(1 for r in recs.values() if r.get("coordinator") == coordinator) >= count
-            return sum(1 for r in recs.values() if r.get("coordinator")) >= count
+                return sum(1 for r in recs.values() if r.coordinator == coordinator) >= count
+            return sum(1 for r in recs.values() if r.coordinator) >= count
         self._wait(ready, timeout, f"{count} agents connected" + (f" to {coordinator}" if coordinator else ""))
 
     def wait_web(self, name: str, timeout: float = 30) -> None:

@@ -1,8 +1,11 @@
 """The one place that knows the etcd key layout (DESIGN.md section 4).
 
-All keys live under /baton/<cluster>/. Values are UTF-8 JSON objects.
+All keys live under /baton/<cluster>/. Values are UTF-8 JSON objects. The
+leader, coordinators/, agents/ and events/ values are read and written as the
+typed records of cluster.records (one parser each); settings as
+cluster.settings.Settings, users/ by cluster.users.
 
-  coordinators/<name>   {name, role, primary, grpc, web, version, ready, ready_since}
+  coordinators/<name>   {name, role, primary, grpc, web, version, ready, ready_since, host}
                         lease: the coordinator's session
   leader                {name, role, grpc, web}; epoch = the key's create revision
                         lease: the leader's session

@@ -2,14 +2,21 @@
 
 One parser per record, used by every reader, so that a value means the same
 in the HA loop, the agents, the web UI and the command line. A value that
-cannot be read as the record parses to None (the reader treats the key as
-missing and logs it), never to an exception deep inside a caller.
+cannot be read as the record parses to None (logged; the reader treats the
+key as missing), never to an exception deep inside a caller. `to_json` is
+the stored value; `to_dict` the same as plain data (the JSON API).
+
+Settings and users have their own typed records (cluster.settings.Settings,
+cluster.users); builds, their status and tasks are the runtime's.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
+from typing import Any
+
+from cluster.keys import encode
 
 log = logging.getLogger(__name__)
 
@@ -54,3 +61,110 @@ class LeaderRecord:
     def identity(self) -> tuple[int, str]:
         """Two records with the same identity are the same stream target for an agent."""
         return (self.epoch, self.grpc)
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.grpc} (epoch {self.epoch})"
+
+
+def _object(value: bytes | str | dict) -> dict:
+    """The stored JSON object (a dict passes through); ValueError for anything else."""
+    data = json.loads(value) if isinstance(value, (bytes, str)) else value
+    if not isinstance(data, dict):
+        raise ValueError(f"not a JSON object: {type(data).__name__}")
+    return data
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _number(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _parsed(cls, what: str, value, build):
+    """build(dict) as the record, or None (logged) for a missing or unusable value."""
+    if value is None:
+        return None
+    try:
+        return build(_object(value))
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("%s holds %.200r, which is no %s (%s); treated as missing", what, value, cls.__name__, exc)
+        return None
+
+
+class _Stored:
+    """A record stored whole as its JSON object: every field is a key of the value."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> bytes:
+        return encode(self.to_dict())
+
+
+@dataclasses.dataclass(frozen=True)
+class CoordinatorRecord(_Stored):
+    """coordinators/<name>: a coordinator registered under its session's lease
+    (the key is there while it lives), where it serves and whether it is ready."""
+
+    name: str
+    role: str | None = None
+    primary: str | None = None
+    grpc: str | None = None
+    web: str | None = None
+    version: str | None = None
+    ready: bool = False
+    ready_since: float | None = None
+    host: str | None = None
+
+    @classmethod
+    def parse(cls, value: bytes | str | dict | None, name: str) -> "CoordinatorRecord | None":
+        """The record of coordinator `name` (the key's last part, which wins over
+        the value's), or None for a missing or unusable value."""
+        return _parsed(cls, f"coordinators/{name}", value, lambda d: cls(
+            name=name, role=_text(d.get("role")), primary=_text(d.get("primary")), grpc=_text(d.get("grpc")),
+            web=_text(d.get("web")), version=_text(d.get("version")), ready=bool(d.get("ready")),
+            ready_since=None if d.get("ready_since") is None else float(d["ready_since"]),
+            host=_text(d.get("host"))))
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentRecord(_Stored):
+    """agents/<name>: an agent's presence under its own lease, with the
+    coordinator it is linked with (None while it is not) and that link's epoch."""
+
+    name: str
+    host: str | None = None
+    cores: int = 0
+    group: str | None = None
+    version: str | None = None
+    coordinator: str | None = None
+    epoch: int | None = None
+
+    @classmethod
+    def parse(cls, value: bytes | str | dict | None, name: str) -> "AgentRecord | None":
+        """The record of agent `name` (the key's last part), or None for a missing or unusable value."""
+        return _parsed(cls, f"agents/{name}", value, lambda d: cls(
+            name=name, host=_text(d.get("host")), cores=int(d.get("cores") or 0), group=_text(d.get("group")),
+            version=_text(d.get("version")), coordinator=_text(d.get("coordinator")),
+            epoch=_number(d.get("epoch"))))
+
+
+@dataclasses.dataclass(frozen=True)
+class EventRecord(_Stored):
+    """events/<seq>: something the leader did (a failover, a handback...), in
+    the same fenced transaction as the act itself."""
+
+    type: str
+    time: float
+    coordinator: str
+    epoch: int | None = None
+    detail: str = ""
+
+    @classmethod
+    def parse(cls, value: bytes | str | dict | None) -> "EventRecord | None":
+        """The event, or None for a missing or unusable value (no type or time)."""
+        return _parsed(cls, "an event", value, lambda d: cls(
+            type=str(d["type"]), time=float(d["time"]), coordinator=str(d.get("coordinator") or ""),
+            epoch=_number(d.get("epoch")), detail=str(d.get("detail") or "")))

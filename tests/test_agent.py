@@ -24,7 +24,8 @@ from bench.aio_link import AioLinks
 from agent.channels import Channels
 from agent import core as agent_core
 from agent.core import Agent
-from agent.leader import LeaderView
+from agent.leader import followable
+from cluster.records import LeaderRecord
 from agent.link import CoordinatorLink
 from agent.daemon import add_arguments, config_from_args
 from bench.pool import AgentPool
@@ -439,7 +440,7 @@ def test_a_welcomed_stream_outlasts_a_brief_leaderless_gap_but_takes_no_orders(
     if old_leader_speaks:
         agent.tick_link()
         assert agent.link is link and link.welcomed, "kept through the gap"
-        assert agent.presence_value()["coordinator"] == "odd"
+        assert agent.presence_value().coordinator == "odd"
         bad = tmp_path / "bad"
         servicer.inject.put(assign(epoch, "late", f"touch {bad}"))
     wait_until(lambda: agent.link is None, 10, message="the stream closed")
@@ -483,7 +484,7 @@ def test_the_old_leaders_last_words_end_the_stream_without_rereading_the_key(scr
     may already see the new leader (or no leader). 200 agents re-reading the leader key
     then would load etcd at the moment the handover needs it: the stream just ends."""
     servicer, epoch = scripted
-    leader = LeaderView.parse(etcd.get(keys.leader)[0], epoch)
+    leader = LeaderRecord.parse(etcd.get(keys.leader)[0], epoch)
     owner = LinkOwner(epoch)
     servicer.scripts.put([coord(epoch, welcome=pb.Welcome(coordinator="odd"))])
     channels = Channels()
@@ -648,3 +649,11 @@ def test_pool_pretend_tasks_run_for_their_time_are_listed_while_running_and_canc
     instant = []
     PretendRunner(instant.append).start(a, "true")
     assert [r.task for r in instant] == [a], "0 s: ends at once"
+
+
+def test_a_leader_without_a_grpc_address_is_no_leader_an_agent_can_follow(caplog):
+    assert followable(b'{"name": "p1", "grpc": "h:7000"}', 5, 3) == LeaderRecord(
+        name="p1", role="", epoch=5, grpc="h:7000", lease_id=3)
+    assert followable(b'{"name": "p1", "web": "h:8000"}', 5) is None
+    assert "no gRPC address" in caplog.text
+    assert followable(None, 5) is None

@@ -14,6 +14,7 @@ import pytest
 from cluster import users as user_store
 from cluster.daemon_state import write_state
 from cluster.keys import Keys, encode
+from cluster.records import AgentRecord, LeaderRecord
 from cluster.settings import Settings
 from lease.election import Fence
 from web import create_app
@@ -193,6 +194,7 @@ def _snap(**kw) -> Snapshot:
     base = dict(revision=1, leader=None, epoch=None, leader_kv=(None, None), coordinators={}, agents={},
                 agent_config={}, runtime={}, settings=Settings(), switchover=None, build_status={}, events=[])
     base.update(kw)
+    base["agents"] = {name: AgentRecord.parse(value, name) for name, value in base["agents"].items()}
     return Snapshot(**base)
 
 
@@ -222,6 +224,8 @@ def _auth(**kw) -> Authority:
     base = dict(name="p1", role="primary", leader={"name": "p1"}, epoch=7, leader_lease=1,
                 state={"acting": True, "epoch": 7})
     base.update(kw)
+    if base["leader"] is not None:  # the leader key's value, as the record read_authority makes of it
+        base["leader"] = LeaderRecord.parse(encode(base["leader"]), base["epoch"], base["leader_lease"])
     return Authority(**base)
 
 

@@ -16,6 +16,7 @@ from cluster import users as user_store
 from cluster.buildfile import BuildFileError, parse_build
 from cluster.names import NAME_RE
 from cluster.keys import Keys, decode, encode
+from cluster.records import CoordinatorRecord
 from cluster.settings import Settings, validate_update
 from lease.election import Fence
 from web.authority import Conflict
@@ -58,12 +59,9 @@ def submit_build(etcd, keys: Keys, fence: Fence, body: bytes | str | dict, user:
 def registered_backups(etcd, keys: Keys, primary: str) -> list[str]:
     out = []
     for raw, meta in etcd.get_prefix(keys.coordinators):
-        try:
-            value = decode(raw)
-        except ValueError:
-            continue
-        if isinstance(value, dict) and value.get("role") == "backup" and value.get("primary") == primary:
-            out.append(Keys.name_of(meta.key, keys.coordinators))
+        record = CoordinatorRecord.parse(raw, Keys.name_of(meta.key, keys.coordinators))
+        if record is not None and record.role == "backup" and record.primary == primary:
+            out.append(record.name)
     return sorted(out)
 
 

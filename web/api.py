@@ -44,7 +44,7 @@ def status():
 @login_required
 def events():
     limit = min(max(request.args.get("limit", 50, type=int) or 50, 1), 1000)
-    return jsonify({"events": read_events(etcd_access.client(), etcd_access.keys(), limit)})
+    return jsonify({"events": [e.to_dict() for e in read_events(etcd_access.client(), etcd_access.keys(), limit)]})
 
 
 @bp.put("/settings")

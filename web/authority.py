@@ -18,7 +18,8 @@ import dataclasses
 from typing import Any
 
 from cluster.daemon_state import read_state
-from cluster.keys import Keys, decode
+from cluster.keys import Keys
+from cluster.records import LeaderRecord
 from lease.election import Fence, TxnConflict
 
 
@@ -29,7 +30,7 @@ Conflict = TxnConflict  # an extra comparison failed while we still lead (a conc
 class Authority:
     name: str
     role: str
-    leader: dict | None      # the leader key's value
+    leader: LeaderRecord | None  # the leader key (None: missing or naming no coordinator)
     epoch: int | None        # the leader key's create revision
     leader_lease: int | None
     state: dict | None       # the daemon state file, None when missing or stale
@@ -42,7 +43,7 @@ class Authority:
 
     @property
     def leads(self) -> bool:
-        return bool(self.leader and self.leader.get("name") == self.name and self.acting)
+        return bool(self.leader and self.leader.name == self.name and self.acting)
 
     @property
     def writable(self) -> bool:
@@ -50,7 +51,7 @@ class Authority:
 
     @property
     def leader_name(self) -> str | None:
-        return self.leader.get("name") if self.leader else None
+        return self.leader.name if self.leader else None
 
     def refusal(self, primary: str | None = None) -> str:
         """One sentence saying why this coordinator refuses changes and where to go."""
@@ -72,7 +73,7 @@ def read_authority(etcd, keys: Keys, config: dict, leader_kv: tuple[bytes | None
                    now: float | None = None) -> Authority:
     """Read the leader key (unless the caller already has it) and the daemon state file."""
     value, meta = leader_kv if leader_kv is not None else etcd.get(keys.leader)
-    leader = decode(value) if value is not None else None
+    leader = LeaderRecord.parse(value, meta.create_revision, meta.lease_id) if value is not None else None
     state = read_state(config.get("BATON_DAEMON_STATE"), max_age=config["BATON_RENEW_DEADLINE"], now=now)
     return Authority(
         name=config["BATON_NAME"], role=config["BATON_ROLE"], leader=leader,

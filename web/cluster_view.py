@@ -18,6 +18,7 @@ from typing import Any
 
 from cluster.events import list_events
 from cluster.keys import Keys, decode, prefix_end
+from cluster.records import AgentRecord, CoordinatorRecord, EventRecord, LeaderRecord
 from cluster.settings import Settings
 
 EVENTS_SHOWN = 20
@@ -26,17 +27,17 @@ EVENTS_SHOWN = 20
 @dataclasses.dataclass
 class Snapshot:
     revision: int
-    leader: dict | None
+    leader: LeaderRecord | None
     epoch: int | None
     leader_kv: tuple[bytes | None, Any]
-    coordinators: dict[str, dict]
-    agents: dict[str, dict]
+    coordinators: dict[str, CoordinatorRecord]
+    agents: dict[str, AgentRecord]
     agent_config: dict[str, dict]
     runtime: dict
     settings: Settings
     switchover: dict | None
     build_status: dict[str, dict]
-    events: list[dict]
+    events: list[EventRecord]
 
 
 def _value(raw: bytes) -> Any:
@@ -47,8 +48,9 @@ def _value(raw: bytes) -> Any:
 
 
 class DecodeCache:
-    """Decoded values by (key, mod_revision): between two polls most of 1,000
-    agents' keys have not changed, so their JSON is not parsed again.
+    """Decoded values (records under agents/ and coordinators/) by (key,
+    mod_revision): between two polls most of 1,000 agents' keys have not
+    changed, so their JSON is not parsed again.
 
     Values handed out are shared between requests: callers must not mutate them.
     Each snapshot replaces the cache with the keys it saw (no unbounded growth).
@@ -57,7 +59,7 @@ class DecodeCache:
     def __init__(self) -> None:
         self._items: dict[bytes, tuple[int, Any]] = {}
 
-    def decode_all(self, kvs) -> dict[str, Any]:
+    def decode_all(self, kvs, keys: Keys) -> dict[str, Any]:
         old, new = self._items, {}
         out = {}
         for kv in kvs:
@@ -65,11 +67,20 @@ class DecodeCache:
             if hit is not None and hit[0] == kv.mod_revision:
                 value = hit[1]
             else:
-                value = _value(kv.value)
+                value = _read(keys, kv.key.decode(), kv.value)
             new[kv.key] = (kv.mod_revision, value)
             out[kv.key.decode()] = value
         self._items = new  # one assignment: safe with concurrent readers
         return out
+
+
+def _read(keys: Keys, key: str, raw: bytes) -> Any:
+    """The record a key holds (None if unusable), or its decoded JSON."""
+    if key.startswith(keys.agents):
+        return AgentRecord.parse(raw, key[len(keys.agents):])
+    if key.startswith(keys.coordinators):
+        return CoordinatorRecord.parse(raw, key[len(keys.coordinators):])
+    return _value(raw)
 
 
 # The three ranges that make a snapshot (everything under the cluster root except
@@ -94,19 +105,20 @@ def read_snapshot(etcd, keys: Keys, events_limit: int = EVENTS_SHOWN, cache: Dec
     for kv in kvs:
         if kv.key == keys.leader.encode():
             leader_meta = kv
-    values = cache.decode_all(kvs)
+    values = cache.decode_all(kvs, keys)
 
-    buckets: dict[str, dict[str, dict]] = {p: {} for p in (keys.agents, keys.agent_config, keys.build_status,
-                                                            keys.coordinators)}
+    buckets: dict[str, dict[str, Any]] = {p: {} for p in (keys.agents, keys.agent_config, keys.build_status,
+                                                           keys.coordinators)}
     for key, value in values.items():
-        if not isinstance(value, dict):
+        if not isinstance(value, (dict, AgentRecord, CoordinatorRecord)):
             continue
         for prefix, bucket in buckets.items():
             if key.startswith(prefix):
                 bucket[key[len(prefix):]] = value
                 break
 
-    leader = values.get(keys.leader)
+    leader = LeaderRecord.parse(leader_meta.value, leader_meta.create_revision, leader_meta.lease) \
+        if leader_meta is not None else None
     runtime = values.get(keys.runtime)
     settings_value = values.get(keys.settings)
     try:
@@ -116,7 +128,7 @@ def read_snapshot(etcd, keys: Keys, events_limit: int = EVENTS_SHOWN, cache: Dec
         settings = Settings()
     leader_kv = (leader_meta.value, _Meta(leader_meta)) if leader_meta is not None else (None, None)
     return Snapshot(
-        revision=revision, leader=leader if isinstance(leader, dict) else None,
+        revision=revision, leader=leader,
         epoch=leader_meta.create_revision if leader_meta is not None else None,
         leader_kv=leader_kv, coordinators=buckets[keys.coordinators], agents=buckets[keys.agents],
         agent_config=buckets[keys.agent_config], runtime=runtime if isinstance(runtime, dict) else {},
@@ -135,9 +147,9 @@ class _Meta:
         self.lease_id = kv.lease
 
 
-def read_events(etcd, keys: Keys, limit: int = EVENTS_SHOWN) -> list[dict]:
+def read_events(etcd, keys: Keys, limit: int = EVENTS_SHOWN) -> list[EventRecord]:
     """The newest `limit` events, newest first."""
-    return [e for e in list_events(etcd, keys, max(1, int(limit))) if isinstance(e, dict)]
+    return list_events(etcd, keys, max(1, int(limit)))
 
 
 # -- agents ---------------------------------------------------------------------
@@ -155,7 +167,7 @@ def agent_rows(snap: Snapshot) -> list[dict]:
         presence = snap.agents.get(name)
         conf = snap.agent_config.get(name) or {}
         run = live.get(name) or {}
-        cores = int((presence or {}).get("cores") or run.get("cores") or 0)
+        cores = int((presence.cores if presence else 0) or run.get("cores") or 0)
         running = int(run.get("running") or 0)
         # The same rule the leader's dispatcher applies (runtime/state.py Agent.state):
         # with auto-subscribe on every agent is subscribed; otherwise only those an
@@ -174,8 +186,9 @@ def agent_rows(snap: Snapshot) -> list[dict]:
             state = "idle"
         rows.append({
             "name": name, "state": state.split(" ")[0], "label": state, "cores": cores,
-            "running": running, "host": (presence or {}).get("host"), "group": (presence or {}).get("group"),
-            "coordinator": (presence or {}).get("coordinator"), "connected": bool(run.get("connected")),
+            "running": running, "host": presence.host if presence else None,
+            "group": presence.group if presence else None,
+            "coordinator": presence.coordinator if presence else None, "connected": bool(run.get("connected")),
             "builds": list(run.get("builds") or []), "disabled": disabled, "subscribed": bool(subscribed),
             "admin_subscribed": conf.get("subscribed") is True,
         })
@@ -189,10 +202,9 @@ def coordinator_rows(snap: Snapshot, me: str, my_role: str, primary: str | None 
     selected backup when they are not registered (shown as not alive: "p1 primary down"
     is what a user watching a failover expects to see)."""
     rows = {}
-    for name, value in snap.coordinators.items():
-        rows[name] = {"name": name, "role": value.get("role"), "primary": value.get("primary"),
-                      "web": value.get("web"), "grpc": value.get("grpc"), "ready": bool(value.get("ready")),
-                      "alive": True}
+    for name, c in snap.coordinators.items():
+        rows[name] = {"name": name, "role": c.role, "primary": c.primary, "web": c.web, "grpc": c.grpc,
+                      "ready": c.ready, "alive": True}
     if me not in rows:
         rows[me] = {"name": me, "role": my_role, "primary": None, "web": None, "grpc": None,
                     "ready": False, "alive": False}
@@ -203,7 +215,7 @@ def coordinator_rows(snap: Snapshot, me: str, my_role: str, primary: str | None 
     if selected and selected not in rows:
         rows[selected] = {"name": selected, "role": "backup", "primary": None, "web": None, "grpc": None,
                           "ready": False, "alive": False}
-    leader = (snap.leader or {}).get("name")
+    leader = snap.leader.name if snap.leader else None
     for row in rows.values():
         row["leader"] = row["name"] == leader
         row["selected"] = row["name"] == selected
@@ -212,8 +224,7 @@ def coordinator_rows(snap: Snapshot, me: str, my_role: str, primary: str | None 
 
 def backups_of(snap: Snapshot, primary: str) -> list[str]:
     """Registered backups whose primary is `primary` (the Settings › Backup choices)."""
-    return sorted(name for name, v in snap.coordinators.items()
-                  if v.get("role") == "backup" and v.get("primary") == primary)
+    return sorted(name for name, c in snap.coordinators.items() if c.role == "backup" and c.primary == primary)
 
 
 # -- builds -------------------------------------------------------------------------

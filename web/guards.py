@@ -10,7 +10,7 @@ from typing import Callable
 
 from flask import current_app, g, jsonify, redirect, render_template, request, url_for
 
-from cluster.keys import decode
+from cluster.records import CoordinatorRecord
 from web import etcd_access
 from web.authority import Authority, read_authority, write_fence
 from web.cluster_view import Snapshot, read_snapshot
@@ -80,7 +80,7 @@ def read_only_refusal(auth: Authority):
         target_web = coordinator_web_url(target) if target else None
     else:
         target = leader
-        target_web = coordinator_web_url(leader, (auth.leader or {}).get("web")) if leader else None
+        target_web = coordinator_web_url(leader, auth.leader.web if auth.leader else None) if leader else None
     return refuse(403, auth.refusal(primary_name()), leader=leader, leader_web=target_web,
                   coordinator=target)
 
@@ -91,8 +91,8 @@ def primary_name() -> str | None:
     if cfg.get("BATON_PRIMARY"):
         return cfg["BATON_PRIMARY"]
     raw, _ = etcd_access.client().get(etcd_access.keys().coordinator(cfg["BATON_NAME"]))
-    value = decode(raw) if raw else None
-    return (value or {}).get("primary")
+    record = CoordinatorRecord.parse(raw, cfg["BATON_NAME"])
+    return record.primary if record else None
 
 
 def writable_required(view: Callable) -> Callable:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import current_app, g
 
-from cluster.keys import decode
+from cluster.records import CoordinatorRecord
 from web import etcd_access
 
 
@@ -25,7 +25,7 @@ def coordinator_web_url(name: str | None, known: str | None = None) -> str | Non
         return as_url(known)
     snap = g.get("snapshot")
     if snap is not None and name in snap.coordinators:
-        return as_url(snap.coordinators[name].get("web"))
+        return as_url(snap.coordinators[name].web)
     raw, _ = etcd_access.client().get(etcd_access.keys().coordinator(name))
-    value = decode(raw) if raw else None
-    return as_url((value or {}).get("web"))
+    record = CoordinatorRecord.parse(raw, name)
+    return as_url(record.web if record else None)

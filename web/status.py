@@ -37,7 +37,7 @@ def banner(auth: Authority, snap: Snapshot, primary: str | None) -> dict | None:
         return None
     if leader and leader != me:
         return {"text": f"{leader} is serving agents — this coordinator ({me}) is view only.",
-                "link": coordinator_web_url(leader, (snap.leader or {}).get("web")),
+                "link": coordinator_web_url(leader, snap.leader.web if snap.leader else None),
                 "link_text": f"Go to {leader}"}
     if leader == me:
         return {"text": f"{me} is not acting as leader right now (its lease is not being renewed) — view only.",
@@ -63,8 +63,8 @@ def status_document(snap: Snapshot, auth: Authority, primary: str | None, with_a
     agents = agent_rows(snap)
     leader = None
     if snap.leader:
-        leader = {"name": snap.leader.get("name"), "epoch": snap.epoch, "role": snap.leader.get("role"),
-                  "web": as_url(snap.leader.get("web"))}
+        leader = {"name": snap.leader.name, "epoch": snap.epoch, "role": snap.leader.role or None,
+                  "web": as_url(snap.leader.web)}
     return {
         "name": cfg["BATON_NAME"], "role": cfg["BATON_ROLE"], "primary": primary,
         "is_leader": auth.leads, "read_only": not auth.writable,
@@ -72,6 +72,6 @@ def status_document(snap: Snapshot, auth: Authority, primary: str | None, with_a
         "selected_backup": snap.settings.selected_backup, "settings": snap.settings.to_dict(),
         "coordinators": coordinator_rows(snap, cfg["BATON_NAME"], cfg["BATON_ROLE"], cfg.get("BATON_PRIMARY") or None),
         "agents": agents if with_agents else None, "agent_summary": agent_summary(agents),
-        "builds": build_counts(snap), "events": snap.events,
+        "builds": build_counts(snap), "events": [e.to_dict() for e in snap.events],
         "switchover": snap.switchover, "banner": banner(auth, snap, primary),
     }

@@ -18,8 +18,9 @@ from typing import Callable
 import grpc
 
 from coordinator.config import Timings
-from cluster.keys import Keys, decode
+from cluster.keys import Keys
 from cluster.protocol import agent_pb2_grpc
+from cluster.records import LeaderRecord
 from coordinator.runtime.dispatcher import Dispatcher
 from coordinator.runtime.mirror import Mirror
 from coordinator.runtime.service import AgentService
@@ -172,10 +173,11 @@ class Runtime:
 
     def not_leader_message(self) -> str:
         try:
-            leader = decode(self.etcd.get(self.keys.leader)[0]) or {}
-        except (EtcdError, ValueError):
-            leader = {}
-        name = leader.get("name")
+            value, meta = self.etcd.get(self.keys.leader)
+        except EtcdError:
+            value, meta = None, None
+        leader = LeaderRecord.parse(value, meta.create_revision if meta else 0)
+        name = leader.name if leader else None
         return f"not leader; leader is {name}" if name and name != self.name else "not leader"
 
     def _lost_leadership(self) -> None:

@@ -36,8 +36,8 @@ def assert_exactly_once(cluster, build_id, since, task_ids):
     # coordinator that took the leader key at that epoch (as its takeover event says).
     writers = history.writers_by_epoch()
     assert writers, "task records carry no epoch"
-    holders = {e["epoch"]: e["coordinator"] for e in list_events(cluster.etcd(), cluster.keys, limit=1000)
-               if e["type"] in ("leader", "failover", "handback", "switchover")}
+    holders = {e.epoch: e.coordinator for e in list_events(cluster.etcd(), cluster.keys, limit=1000)
+               if e.type in ("leader", "failover", "handback", "switchover")}
     for epoch, names in writers.items():
         assert names == {holders.get(epoch)}, f"epoch {epoch} written by {names}, held by {holders.get(epoch)}"
     return history
@@ -86,10 +86,10 @@ def test_coordinator_restart_mid_build_loses_nothing(make_cluster, tmp_path):
     build_id, since = submit(cluster, spec)
     wait_until(lambda: sum(t["state"] == "done" for t in cluster.api("p1").build(build_id)["tasks"]) >= 3,
                60, message="three tasks done")
-    epoch = cluster.leader()["epoch"]
+    epoch = cluster.leader().epoch
     cluster.coordinators["p1"].kill()
     cluster.add_coordinator("p1", "primary")
-    wait_until(lambda: (cluster.leader() or {}).get("epoch", epoch) != epoch, 30, message="a new epoch")
+    wait_until(lambda: (lambda l: l is not None and l.epoch != epoch)(cluster.leader()), 30, message="a new epoch")
     build = wait_build(cluster, build_id)
     assert build["state"] == "done"
     # Agents kept running their tasks and reported them to the restarted

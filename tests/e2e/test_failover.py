@@ -56,7 +56,7 @@ def finish_and_audit(cluster, build_id, since, ids, ran, via, leader):
     assert set(counts) == set(ids), "every task ran"
     history = assert_exactly_once(cluster, build_id, since, ids)
     cluster.wait_agents(len(cluster.agents), timeout=30, coordinator=leader)
-    assert cluster.leader()["name"] == leader
+    assert cluster.leader().name == leader
     return build, history
 
 
@@ -66,10 +66,10 @@ def test_primary_sigkill_mid_build_fails_over_with_tls_and_hands_back(make_clust
     ids, spec = sleepy_build(ran, 24, 1.0)
     build_id, since = submit(cluster, spec)
     wait_until(lambda: done_count(cluster, build_id, "p1") >= 3, 60, message="3 tasks done")
-    epoch1 = cluster.leader()["epoch"]
+    epoch1 = cluster.leader().epoch
     cluster.coordinators["p1"].kill()
     cluster.wait_leader("b1", timeout=20)
-    assert cluster.leader()["epoch"] > epoch1
+    assert cluster.leader().epoch > epoch1
     cluster.wait_agents(3, timeout=20, coordinator="b1")
     before = done_count(cluster, build_id, "b1")
     wait_until(lambda: done_count(cluster, build_id, "b1") > before, 60, message="progress under b1")
@@ -90,7 +90,7 @@ def test_paused_primary_writes_nothing_after_waking_and_gets_the_baton_back(make
     ids, spec = sleepy_build(ran, 24, 1.0)
     build_id, since = submit(cluster, spec)
     wait_until(lambda: done_count(cluster, build_id, "p1") >= 3, 60, message="3 tasks done")
-    epoch1 = cluster.leader()["epoch"]
+    epoch1 = cluster.leader().epoch
     p1 = cluster.coordinators["p1"]
     p1.pause()
     cluster.wait_leader("b1", timeout=20)
@@ -182,17 +182,17 @@ def test_planned_switchover_and_back_mid_build_runs_no_task_twice(make_cluster, 
     ids, spec = sleepy_build(ran, 16, 0.5)
     build_id, since = submit(cluster, spec)
     wait_until(lambda: done_count(cluster, build_id, "p1") >= 2, 60, message="2 tasks done")
-    epoch1 = cluster.leader()["epoch"]
+    epoch1 = cluster.leader().epoch
     cluster.api("p1").switchover()
     cluster.wait_leader("b1", timeout=10)
     cluster.wait_agents(2, timeout=10, coordinator="b1")
     before = done_count(cluster, build_id, "b1")
     wait_until(lambda: done_count(cluster, build_id, "b1") > before, 60, message="progress under b1")
     # A planned switchover is not undone by the handback rule.
-    assert cluster.leader()["name"] == "b1"
+    assert cluster.leader().name == "b1"
     cluster.api("b1").switchover()
     cluster.wait_leader("p1", timeout=10)
-    assert cluster.leader()["epoch"] > epoch1
+    assert cluster.leader().epoch > epoch1
     finish_and_audit(cluster, build_id, since, ids, ran, "p1", "p1")
     assert set(ran_counts(ran).values()) == {1}, "a planned handover runs no task again"
     switchovers = [e for e in events(cluster, "p1") if e["type"] == "switchover"]
@@ -208,9 +208,9 @@ def test_selected_backup_is_deselected_and_the_clock_survives_a_primary_restart(
     wait_until(lambda: cluster.etcd().get(cluster.keys.coordinator("b1"))[0] is None, 10,
                message="b1's registration to expire")
     gone_at = time.time()
-    epoch = cluster.leader()["epoch"]
+    epoch = cluster.leader().epoch
     cluster.restart_coordinator("p1")
-    wait_until(lambda: (lambda l: l and l["name"] == "p1" and l["epoch"] != epoch)(cluster.leader()), 20,
+    wait_until(lambda: (lambda l: l and l.name == "p1" and l.epoch != epoch)(cluster.leader()), 20,
                message="the restarted p1 to lead")
     cluster.wait_web("p1")
     relead_at = time.time()
