@@ -288,7 +288,7 @@ class Agent:
     info: dict = dataclasses.field(default_factory=dict)
     disabled: bool = False
     subscribed: bool | None = None   # None: not decided by an admin
-    stream: Any = None               # service.AgentStream once the hello was handled
+    stream: Any = None               # its agent_protocol.AgentStream once the hello was handled
     cores: int = 0
     running: set = dataclasses.field(default_factory=set)   # task keys holding a core here
 
