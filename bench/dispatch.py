@@ -25,7 +25,7 @@ Measured:
   the chains alone, and under that load (as many chains as a fair share of
   the cores, submitted with `--builds` more throughput builds, which are
   still running when the chains end). A dependant is usually placed in the
-  same transaction as its dependency's result (dispatcher.py), and the ack
+  same transaction as its dependency's result (results.py), and the ack
   and that Assignment usually travel in one Batch message, so this is
   mostly 0: the dependant is assigned the moment its dependency is durable.
   For the whole hop, the bench also prints result sent -> next Assignment
