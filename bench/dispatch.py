@@ -6,7 +6,7 @@
 Everything is real: a single-member etcd (started here unless --etcd is
 given), a Session + Election for the epoch, the Runtime served on a gRPC
 server on 127.0.0.1 (`--transport aio`, the default: AioAgentServer, what the
-daemon serves; `sync`: Runtime.add_to_server on a threaded grpc.server), and an agent
+daemon serves; `sync`: bench/sync_service.py on a threaded grpc.server), and an agent
 pool in a child process (grpc.aio, so that it neither shares the
 coordinator's interpreter lock nor eats much of the machine): `--agents`
 agents with `--cores` cores each, one gRPC stream per agent, presence keys
@@ -25,7 +25,7 @@ Measured:
   the chains alone, and under that load (as many chains as a fair share of
   the cores, submitted with `--builds` more throughput builds, which are
   still running when the chains end). A dependant is usually placed in the
-  same transaction as its dependency's result (dispatcher.py), and the ack
+  same transaction as its dependency's result (results.py), and the ack
   and that Assignment usually travel in one Batch message, so this is
   mostly 0: the dependant is assigned the moment its dependency is durable.
   For the whole hop, the bench also prints result sent -> next Assignment
@@ -56,6 +56,7 @@ from coordinator.config import Timings  # noqa: E402
 from cluster.keys import Keys, decode, encode  # noqa: E402
 from cluster.protocol import agent_pb2 as pb  # noqa: E402
 from cluster.protocol import agent_pb2_grpc, unbatched  # noqa: E402
+from bench.sync_service import add_to_server  # noqa: E402
 from coordinator.runtime.aio_service import AioAgentServer  # noqa: E402
 from coordinator.runtime.runtime import Runtime  # noqa: E402
 from lease.client import connect  # noqa: E402
@@ -208,7 +209,7 @@ def run(args) -> dict:
         server.start()
     else:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=args.agents + 16))
-        runtime.add_to_server(server)
+        add_to_server(runtime, server)
         server.add_insecure_port(f"127.0.0.1:{port}")
         server.start()
     runtime.start(epoch)
@@ -307,8 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chain-length", type=int, default=20)
     parser.add_argument("--etcd", default=None, help="use this etcd instead of starting one")
     parser.add_argument("--transport", choices=("sync", "aio"), default="aio",
-                        help="aio: AioAgentServer (what the daemon serves); sync: Runtime.add_to_server on a threaded grpc.server; "
-                             "aio: AioAgentServer")
+                        help="aio: AioAgentServer (what the daemon serves); "
+                             "sync: bench/sync_service.py on a threaded grpc.server")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     result = run(args)

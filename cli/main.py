@@ -13,7 +13,6 @@ import getpass
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 

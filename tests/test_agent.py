@@ -29,6 +29,7 @@ from cluster.records import LeaderRecord
 from agent.link import CoordinatorLink
 from agent.daemon import add_arguments, config_from_args
 from bench.pool import AgentPool
+from bench.sync_service import add_to_server
 from agent.runner import TaskRef
 from coordinator.config import Timings
 from cluster.keys import decode, encode
@@ -63,7 +64,7 @@ class Coordinator:
             creds = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
             self.port = self.server.add_secure_port("127.0.0.1:0", creds)
         self.runtime = Runtime(self.etcd, keys, name, Timings(ttl=TTL), agent_token=token)
-        self.runtime.add_to_server(self.server)
+        add_to_server(self.runtime, self.server)
         self.server.start()
         self.session = Session(self.etcd, ttl=TTL, healthy=lambda: True).start()
         self.election = Election(self.etcd, keys.leader, self.session)

@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from coordinator.config import Timings
+from bench.sync_service import add_to_server
 from cluster.keys import decode, encode
 from cluster.protocol import agent_pb2 as pb
 from cluster.protocol import unbatched
@@ -123,8 +124,8 @@ def leadership(etcd, keys):
 
 @pytest.fixture(params=["sync", "aio"])
 def farm(request, etcd, keys, leadership):
-    """A started runtime served on a real gRPC server (the daemon's sync
-    server via add_to_server, or AioAgentServer); yields a helper."""
+    """A started runtime served on a real gRPC server (the threaded one of
+    bench/sync_service.py, or AioAgentServer, the daemon's); yields a helper."""
     lost = []
     runtime = Runtime(etcd, keys, "c1", Timings(ttl=2, grace=1.5), agent_token=TOKEN,
                       on_not_leader=lambda: lost.append(1))
@@ -134,7 +135,7 @@ def farm(request, etcd, keys, leadership):
         server.start()
     else:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
-        runtime.add_to_server(server)
+        add_to_server(runtime, server)
         server.add_insecure_port(f"127.0.0.1:{port}")
         server.start()
     runtime.start(leadership.epoch)

@@ -1,15 +1,15 @@
-"""The agent protocol on grpc.aio: the same rules as service.py, cheaper.
+"""The agent protocol (its rules: agent_protocol.py) on grpc.aio: what the daemon serves.
 
-The sync server spends two threads and several thread hand-offs per message
-(one handler thread per stream plus a reader thread). `AioAgentServer` runs a
-grpc.aio server on one event loop in its own thread: every stream is two
-coroutines, and the dispatcher hands messages over with one
-`call_soon_threadsafe` per message. Same checks and refusals as
-`service.AgentService` (token -> UNAUTHENTICATED, not leading / another
-epoch -> FAILED_PRECONDITION).
+A threaded server (bench/sync_service.py) spends two threads and several
+thread hand-offs per message (one handler thread per stream plus a reader
+thread). `AioAgentServer` runs a grpc.aio server on one event loop in its
+own thread: every stream is two coroutines, and the dispatcher hands
+messages over with one `call_soon_threadsafe` per message. Refusals as in
+agent_protocol (token -> UNAUTHENTICATED, not leading / another epoch ->
+FAILED_PRECONDITION).
 
-Use instead of a sync server: `AioAgentServer(runtime, "127.0.0.1:7000",
-credentials=None).start()` -> bound port; `stop(grace)`.
+`AioAgentServer(runtime, "127.0.0.1:7000", credentials=None).start()` ->
+bound port; `stop(grace)`.
 """
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ import grpc
 
 from cluster.protocol import agent_pb2 as pb
 from cluster.protocol import agent_pb2_grpc
-from coordinator.runtime.service import (STARTING_UP_WAIT, Leading, _token_ok, handle_agent_message,
-                                         stale_epoch)
+from coordinator.runtime.agent_protocol import (STARTING_UP_WAIT, Leading, handle_agent_message, stale_epoch,
+                                                token_ok)
+from coordinator.runtime.inbox import HelloReceived, StreamGone
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ _END = object()
 
 
 class AioAgentStream:
-    """The dispatcher's handle on one aio stream; thread-safe like AgentStream."""
+    """The dispatcher's handle on one aio stream (an agent_protocol.AgentStream)."""
 
     def __init__(self, agent: str, epoch: int, loop: asyncio.AbstractEventLoop):
         self.agent = agent
@@ -90,7 +91,7 @@ class _AioService(agent_pb2_grpc.AgentServiceServicer):
 
     async def Connect(self, request_iterator, context: grpc.aio.ServicerContext):
         rt = self._runtime
-        if rt.agent_token is not None and not _token_ok(context, rt.agent_token):
+        if rt.agent_token is not None and not token_ok(context, rt.agent_token):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong agent token")
         first = await context.read()
         if first is not grpc.aio.EOF and first.WhichOneof("body") == "standby":
@@ -113,7 +114,7 @@ class _AioService(agent_pb2_grpc.AgentServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "the first message must be a Hello with the agent's name")
         stream = AioAgentStream(first.hello.name, epoch, asyncio.get_running_loop())
-        if not rt.post(("hello", stream, first.hello), epoch):
+        if not rt.post(HelloReceived(stream, first.hello), epoch):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not leader")
         reader = asyncio.ensure_future(self._read(stream, context))
         try:
@@ -134,7 +135,7 @@ class _AioService(agent_pb2_grpc.AgentServiceServicer):
                     await context.abort(*items[last])
         finally:
             reader.cancel()
-            rt.post(("gone", stream), epoch)
+            rt.post(StreamGone(stream), epoch)
             stream.closed = True
 
     async def _read(self, stream: AioAgentStream, context) -> None:

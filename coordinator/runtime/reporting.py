@@ -15,6 +15,7 @@ import time
 from typing import Any, Callable
 
 from cluster.keys import Keys, encode
+from coordinator.runtime.inbox import Event, FinalStatusWritten, RuntimeKeyWritten
 from coordinator.runtime.state import Agent, Build
 from coordinator.runtime.store import GroupCommit
 from lease.errors import NotLeader
@@ -28,7 +29,7 @@ RETRY_AFTER = 0.5
 class Reporter:
     def __init__(self, etcd, store: GroupCommit, keys: Keys, name: str, epoch: int,
                  builds: dict[str, Build], finished_builds: set[str], clock: Callable[[], float],
-                 post: Callable[[tuple], None], after: Callable[[float, Callable[[], None]], None]):
+                 post: Callable[[Event], None], after: Callable[[float, Callable[[], None]], None]):
         self.etcd, self.store, self.keys, self.name, self.epoch = etcd, store, keys, name, epoch
         self.builds, self.finished_builds = builds, finished_builds
         self.clock, self.post, self.after = clock, post, after
@@ -52,12 +53,12 @@ class Reporter:
             future = self.store.submit([self.etcd.ops.put(self.keys.status_of_build(build_id), encode(status))],
                                        coalesce=True)
             if build.over:
-                future.add_done_callback(lambda f, b=build_id: self.post(("final-status", b, f)))
+                future.add_done_callback(lambda f, b=build_id: self.post(FinalStatusWritten(b, f)))
         self.dirty = later
 
-    def final_status_written(self, build_id: str, future) -> None:
-        """(event) The final status write of a build resolved."""
-        error = future.exception()
+    def final_status_written(self, event: FinalStatusWritten) -> None:
+        """The final status write of a build resolved."""
+        build_id, error = event.build_id, event.future.exception()
         if error is None:
             if self.builds.pop(build_id, None) is not None:
                 self.finished_builds.add(build_id)
@@ -79,11 +80,11 @@ class Reporter:
         self._last_agents = view
         value = {"coordinator": self.name, "epoch": self.epoch, "time": time.time(), "agents": view}
         future = self.store.submit([self.etcd.ops.put(self.keys.runtime, encode(value))], coalesce=True)
-        future.add_done_callback(lambda f: self.post(("runtime-written", f)))
+        future.add_done_callback(lambda f: self.post(RuntimeKeyWritten(f)))
 
-    def runtime_written(self, future) -> None:
-        """(event) A runtime key write resolved; after a failure write it again next tick."""
-        if future.exception() is not None:
+    def runtime_written(self, event: RuntimeKeyWritten) -> None:
+        """A runtime key write resolved; after a failure write it again next tick."""
+        if event.future.exception() is not None:
             self._last_agents = None
 
     def task_counts(self) -> tuple[int, int]:

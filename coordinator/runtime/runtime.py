@@ -1,9 +1,9 @@
 """The leader's work, switched on and off by the HA loop.
 
-`Runtime` is built once per coordinator. Its `servicer` is registered on the
-daemon's gRPC server for the process's whole life and refuses agents while
-the runtime is not started. `start(epoch)` begins one epoch of leadership (a
-`Dispatcher`: load unfinished builds, watch, schedule, record); `stop(reason)`
+`Runtime` is built once per coordinator. The daemon's agent server
+(aio_service.AioAgentServer) serves it for the process's whole life and
+refuses agents while it is not started. `start(epoch)` begins one epoch of
+leadership (a `Dispatcher`: load unfinished builds, watch, schedule, record); `stop(reason)`
 ends it cleanly (flush, Goodbye to every agent). A fenced write that fails
 with NotLeader stops dispatching at once and calls `on_not_leader`; the
 daemon is expected to call `stop()` then.
@@ -15,15 +15,12 @@ import threading
 import time
 from typing import Callable
 
-import grpc
-
-from coordinator.config import Timings
 from cluster.keys import Keys
-from cluster.protocol import agent_pb2_grpc
 from cluster.records import LeaderRecord
+from coordinator.config import Timings
 from coordinator.runtime.dispatcher import Dispatcher
 from coordinator.runtime.mirror import Mirror
-from coordinator.runtime.service import AgentService
+from coordinator.runtime.inbox import Event, SuccessorNamed
 from lease.errors import EtcdError
 
 log = logging.getLogger(__name__)
@@ -45,7 +42,6 @@ class Runtime:
         self.agent_token = agent_token or None
         self.clock = clock
         self.on_not_leader = on_not_leader
-        self.servicer = AgentService(self)
         self._lock = threading.RLock()
         self._started = threading.Condition()   # notified when an epoch begins
         self._dispatcher: Dispatcher | None = None
@@ -95,7 +91,7 @@ class Runtime:
         agents keep a Standby stream to it. No-op when not leading."""
         dispatcher = self._dispatcher
         if dispatcher is not None:
-            dispatcher.post(("successor", successor))
+            dispatcher.post(SuccessorNamed(successor))
 
     def keep_warm(self, wanted: bool) -> None:
         """While not leading, keep (wanted) or drop a Mirror of the starting
@@ -159,11 +155,8 @@ class Runtime:
             return {"agents_connected": 0, "tasks_dispatched": 0, "queued": 0, "running": 0}
         return dict(dispatcher.stats)
 
-    def add_to_server(self, server: grpc.Server) -> None:
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(self.servicer, server)
-
-    # -- for the servicer ----------------------------------------------------------------
-    def post(self, event: tuple, epoch: int) -> bool:
+    # -- for the agent server (agent_protocol.Leading) ------------------------------------
+    def post(self, event: Event, epoch: int) -> bool:
         """Hand an agent's event to the dispatcher of that epoch; False if it is gone."""
         dispatcher = self._dispatcher
         if dispatcher is None or dispatcher.epoch != epoch:

@@ -37,7 +37,9 @@ class Task:
     agent: str | None = None
     assigned: float | None = None      # wall clock of the current attempt's assignment
     sent: bool = False                 # the Assignment went out on a stream
-    recording: Any = None              # Future of the result write in flight, if any
+    # While the result is being written: (its record, [(stream, first)]), the streams to ack
+    # once it is durable; first is False for duplicates of it (acked with recorded=false).
+    recording: Any = None
     record: dict | None = None         # the finished record, once durable
     ready_at: float = 0.0              # monotonic time it became ready (for latency stats)
     waiting_on: int = 0
@@ -286,7 +288,7 @@ class Agent:
     info: dict = dataclasses.field(default_factory=dict)
     disabled: bool = False
     subscribed: bool | None = None   # None: not decided by an admin
-    stream: Any = None               # service.AgentStream once the hello was handled
+    stream: Any = None               # its agent_protocol.AgentStream once the hello was handled
     cores: int = 0
     running: set = dataclasses.field(default_factory=set)   # task keys holding a core here
 

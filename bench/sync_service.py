@@ -1,34 +1,32 @@
-"""The gRPC side of the agent protocol (cluster/protocol/agent.proto).
+"""The agent protocol on a threaded grpc.server: for tests and
+`bench/dispatch.py --transport sync` only (the daemon serves
+coordinator/runtime/aio_service.py, about half the CPU per task).
 
-`AgentService` is registered on the daemon's gRPC server for the
-coordinator's whole life; it refuses streams while its runtime is not
-leading. Each accepted stream becomes an `AgentStream`: the handler thread
-yields what the dispatcher puts in the stream's outbox, and a reader thread
-turns the agent's messages into dispatcher events. Nothing here decides
-anything about tasks; it checks the token and the epoch (rule 4) and passes
-messages on.
-
-Refusals: a wrong or missing token -> UNAUTHENTICATED; not leading ->
-FAILED_PRECONDITION "not leader..."; a message carrying another epoch ->
-FAILED_PRECONDITION "stale epoch E; the leader's epoch is X".
+`add_to_server(runtime, server)` registers an `AgentService` for a Runtime
+on a `grpc.server(ThreadPoolExecutor(...))`, whose pool must have more
+workers than agents. Each accepted stream becomes an `AgentStream`: the
+handler thread yields what the dispatcher puts in the stream's outbox, and a
+reader thread turns the agent's messages into dispatcher events. The rules
+(token, epoch, refusals) are coordinator/runtime/agent_protocol.py's.
 """
 from __future__ import annotations
 
-import hmac
 import logging
 import queue
 import threading
-from typing import Any, Callable, Iterator, Protocol
+from typing import Callable, Iterator
 
 import grpc
 
 from cluster.protocol import agent_pb2 as pb
 from cluster.protocol import agent_pb2_grpc
+from coordinator.runtime.agent_protocol import (STARTING_UP_WAIT, Leading, handle_agent_message, stale_epoch,
+                                                token_ok)
+from coordinator.runtime.inbox import Event, HelloReceived, StreamGone
 
 log = logging.getLogger(__name__)
 
 _END = object()
-STARTING_UP_WAIT = 1.0  # s a Hello may wait for a coordinator that just won to start leading
 
 
 class _Abort:
@@ -36,28 +34,8 @@ class _Abort:
         self.code, self.details = code, details
 
 
-def stale_epoch(sent: int, ours: int) -> str:
-    return f"stale epoch {sent}; the leader's epoch is {ours}"
-
-
-def handle_agent_message(message: pb.AgentMessage, stream, post: Callable[[tuple, int], bool]) -> bool:
-    """One message after the Hello, for both servers (threaded and asyncio).
-    Returns False when the stream must end (it was aborted: stale epoch, a second Hello)."""
-    if message.epoch != stream.epoch:
-        stream.abort(grpc.StatusCode.FAILED_PRECONDITION, stale_epoch(message.epoch, stream.epoch))
-        return False
-    body = message.WhichOneof("body")
-    if body == "result":
-        post(("result", stream, message.result), stream.epoch)
-    elif body == "hello":
-        stream.abort(grpc.StatusCode.INVALID_ARGUMENT, "only the first message may be a Hello")
-        return False
-    # Heartbeats only keep the stream busy; presence is the agent's lease.
-    return True
-
-
 class AgentStream:
-    """One connected agent's stream, as the dispatcher sees it: `send`
+    """One connected agent's stream (an agent_protocol.AgentStream): `send`
     queues a message, `end` says Goodbye and closes, `abort` ends it with a
     gRPC error. All three are safe from any thread and after the end."""
 
@@ -99,22 +77,6 @@ class AgentStream:
             yield item
 
 
-class Leading(Protocol):
-    """What the servicer needs from the runtime."""
-
-    name: str
-    agent_token: str | None
-
-    @property
-    def epoch(self) -> int | None: ...
-
-    def not_leader_message(self) -> str: ...
-
-    def wait_leading(self, timeout: float) -> int | None: ...
-
-    def post(self, event: tuple, epoch: int) -> bool: ...
-
-
 class AgentService(agent_pb2_grpc.AgentServiceServicer):
     """Connect: the one RPC. One handler thread per stream (the server's
     pool must have more workers than agents) plus one reader thread."""
@@ -124,7 +86,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
 
     def Connect(self, request_iterator: Iterator[pb.AgentMessage], context: grpc.ServicerContext):
         rt = self._runtime
-        if rt.agent_token is not None and not _token_ok(context, rt.agent_token):
+        if rt.agent_token is not None and not token_ok(context, rt.agent_token):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong agent token")
         try:
             first = next(request_iterator)
@@ -143,7 +105,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         if first.WhichOneof("body") != "hello" or not first.hello.name:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be a Hello with the agent's name")
         stream = AgentStream(first.hello.name, epoch, context.peer())
-        if not rt.post(("hello", stream, first.hello), epoch):
+        if not rt.post(HelloReceived(stream, first.hello), epoch):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, rt.not_leader_message())
         context.add_callback(stream.end)  # the RPC ended (agent gone): unblock the handler
         reader = threading.Thread(target=self._read, args=(stream, request_iterator),
@@ -152,7 +114,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         yield from stream.messages(context)
 
     def _read(self, stream: AgentStream, request_iterator: Iterator[pb.AgentMessage]) -> None:
-        post: Callable[[tuple, int], bool] = self._runtime.post
+        post: Callable[[Event, int], bool] = self._runtime.post
         try:
             for message in request_iterator:
                 if not handle_agent_message(message, stream, post):
@@ -162,16 +124,10 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         except Exception:  # noqa: BLE001
             log.exception("agent %s: reading the stream failed", stream.agent)
         finally:
-            post(("gone", stream), stream.epoch)
+            post(StreamGone(stream), stream.epoch)
             stream.end()
 
 
-def _token_ok(context: grpc.ServicerContext, token: str) -> bool:
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization" and isinstance(value, str):
-            return hmac.compare_digest(value.encode(), f"Bearer {token}".encode())
-    return False
-
-
-def message(epoch: int, **body: Any) -> pb.CoordinatorMessage:
-    return pb.CoordinatorMessage(epoch=epoch, **body)
+def add_to_server(runtime: Leading, server: grpc.Server) -> None:
+    """Serve the agent protocol for runtime on a threaded gRPC server."""
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentService(runtime), server)
