@@ -29,11 +29,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench.pool_process import PoolProcess  # noqa: E402
 from cli.local import LocalCluster  # noqa: E402
 from lease.errors import EtcdUnavailable  # noqa: E402
-from failover import PoolProcess  # noqa: E402
 
 TARGET_MB = 300.0
 

@@ -26,7 +26,8 @@ real agent. What is shared or simplified, on purpose:
   for progress every 2 s instead of 0.5 s.
 
 Run from a benchmark: `AgentPool(urls, cluster, count=200, cores=1).start()`,
-or as a process: `python -m bench.pool --count 200 --cores 1 --etcd URL --cluster C`.
+or as a process: `python -m bench.pool --count 200 --cores 1 --etcd URL --cluster C`
+(bench.pool_process.PoolProcess starts one so from a benchmark).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ import heapq
 import itertools
 import logging
 import signal
+import sys
 import threading
 import time
 from typing import Callable, Iterable
@@ -289,6 +291,48 @@ class AgentPool:
                 log.exception("pool agent %s: loop turn failed", agent.config.name)
 
 
+def report_links(pool: AgentPool, stop: threading.Event, out=sys.stdout) -> None:
+    """Until `stop`: one line "<monotonic time> <agent> <coordinator> <epoch> <standby>" on
+    `out` whenever an agent's welcomed stream or its standby stream changes ("-" for none;
+    the standby is the successor its leader named), for bench.pool_process's reader.
+
+    Looks at the agents whose wake-up was set (a link welcomed or lost) as it happens,
+    at all of them every 100 ms (standby streams): polling all agents every 5 ms took a
+    fifth of the pool's CPU. CLOCK_MONOTONIC is one clock for the whole machine, so the
+    parent process can compare the times with its own."""
+    last, changed, woke, mark_due, lock = {}, set(), threading.Event(), pool._mark_due, threading.Lock()
+
+    def on_due(index):
+        mark_due(index)
+        with lock:
+            changed.add(index)
+        woke.set()
+    pool._mark_due = on_due  # the agents' wake-ups call pool._mark_due: see them too
+    next_sweep = 0.0
+    while not stop.is_set():
+        woke.wait(max(0.0, next_sweep - time.monotonic()))
+        woke.clear()
+        with lock:
+            due, changed = changed, set()
+        if time.monotonic() >= next_sweep:
+            next_sweep = time.monotonic() + 0.1
+            agents = pool.agents
+        else:
+            agents = [pool.agents[i] for i in sorted(due)]
+        lines = []
+        for agent in agents:
+            link, standby = agent._link, agent._standby
+            state = ((link.leader.name, link.epoch) if link is not None and link.welcomed else ("-", "-"),
+                     standby.leader.name if standby is not None and standby.alive and standby.streams_opened
+                     else "-")
+            if last.get(agent.config.name) != state:
+                last[agent.config.name] = state
+                lines.append(f"{time.monotonic():.6f} {agent.config.name} {state[0][0]} {state[0][1]} {state[1]}")
+        if lines:
+            out.write("\n".join(lines) + "\n")
+            out.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.pool", description="Bench-only pool of agents.")
     parser.add_argument("--count", type=int, required=True)
@@ -299,15 +343,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lease-ttl", type=int, default=10)
     parser.add_argument("--task-seconds", type=float, default=0.0, help="how long each pretend task runs")
     parser.add_argument("--agent-token", default=None)
+    parser.add_argument("--ca", default=None, help="CA certificate for etcd and the coordinators' gRPC (TLS)")
+    parser.add_argument("--report-links", action="store_true",
+                        help="print every change of an agent's streams on stdout (see report_links)")
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    pool = AgentPool(EtcdConfig.from_urls(args.etcd), args.cluster, args.count, args.cores, args.lease_ttl,
-                     name_prefix=args.prefix, agent_token=args.agent_token, task_seconds=args.task_seconds).start()
     stop = threading.Event()
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, lambda *_: stop.set())
-    stop.wait()
+    pool = AgentPool(EtcdConfig.from_urls(args.etcd, ca_cert=args.ca), args.cluster, args.count, args.cores,
+                     args.lease_ttl, name_prefix=args.prefix, agent_token=args.agent_token, grpc_ca=args.ca,
+                     task_seconds=args.task_seconds).start()
+    print("pool started", file=sys.stderr, flush=True)
+    if args.report_links:
+        report_links(pool, stop)
+    else:
+        stop.wait()
     pool.stop()
     return 0
 
