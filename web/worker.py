@@ -23,6 +23,7 @@ unreader); tests/e2e/test_web_process.py runs it under the real server.
 """
 from __future__ import annotations
 
+import errno
 import selectors
 import ssl
 import time
@@ -37,7 +38,7 @@ HEADER_TIMEOUT = 10.0
 # that one address cannot use up worker_connections with idle sockets.
 MAX_HEADS_PER_ADDRESS = 64
 _READ = 64 * 1024
-_HEAD_END = b"\r\n\r\n"
+_HEAD_ENDS = (b"\r\n\r\n", b"\n\n")  # the parser decides whether a bare LF is acceptable
 
 
 class HeaderGuardWorker(ThreadWorker):
@@ -55,10 +56,10 @@ class HeaderGuardWorker(ThreadWorker):
     def accept(self, listener):
         try:
             client_sock, client_addr = listener.accept()
-        except BlockingIOError:
-            return
-        except OSError:
-            return
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                return
+            raise  # as gthread does: out of file descriptors is the arbiter's business
         self.nr_conns += 1
         conn = TConn(self.cfg, client_sock, client_addr, listener.getsockname())  # non-blocking now
         if self.cfg.is_ssl:
@@ -106,7 +107,7 @@ class HeaderGuardWorker(ThreadWorker):
                     self._drop(conn)
                     return
                 conn.head += data
-                if _HEAD_END in conn.head or len(conn.head) > self._head_limit:
+                if any(end in conn.head for end in _HEAD_ENDS) or len(conn.head) > self._head_limit:
                     break
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, InterruptedError):
             return  # more later; a TLS write-wait during the handshake is retried on the next read

@@ -13,6 +13,7 @@ import pytest
 
 from cli.local import port_free
 from tests.harness.wait import wait_until
+from web.worker import HEADER_TIMEOUT
 
 pytestmark = pytest.mark.slow
 
@@ -82,6 +83,9 @@ def test_slow_clients_do_not_take_the_ui_offline(make_cluster, tls):
         wait_until(healthz, 8, interval=0.2, message="/healthz to answer while 40 slow clients dribble headers")
         assert cluster.api("p1").status()["name"] == "p1"
         assert not any(c.closed.is_set() for c in slow), "the slow clients were still connected"
+        # And a head that never ends is not kept forever.
+        wait_until(lambda: all(c.closed.is_set() for c in slow), HEADER_TIMEOUT + 10,
+                   message="the server to close the slow clients after its header deadline")
     finally:
         stop.set()
         for client in slow:
