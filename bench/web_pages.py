@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=200, help="measured requests per route")
     parser.add_argument("--etcd", help="etcd URL (default: start a private etcd)")
     parser.add_argument("--gunicorn", action="store_true",
-                        help="also measure over HTTP against real gunicorn (2 gthread workers)")
+                        help="also measure over HTTP against real gunicorn (2 gthread-based workers)")
     args = parser.parse_args(argv)
 
     member = None

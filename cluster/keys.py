@@ -30,11 +30,23 @@ cluster.settings.Settings, users/ by cluster.users.
                         the task has not been assigned yet (queued)
   users/<name>          {role, scrypt: {salt, hash, n, r, p}}
   events/<seq>          {type, time, coordinator, epoch, detail}; seq sorts by time
+  throttle/address/<address>, throttle/login/<address>/<user>   [failures, locked_until]
+                        login throttling shared by every coordinator (web/throttle.py);
+                        lease: the counting window or the lockout
+  web-sessions/<user>/<id>  {coordinator, created, password}: a UI session that
+                        logout, a password change or the user's deletion ends
+                        (web/sessions.py); lease: the session's longest life
+
+throttle/ and web-sessions/ are written by the web app of any coordinator,
+leading or not, without a fence: they are not cluster state (no decision of
+a leader reads them), and a backup must count failed logins and end sessions
+too. They sort outside the ranges the UI's snapshot and a takeover read.
 """
 from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import quote
 
 
 def prefix_end(prefix: str) -> str:
@@ -64,6 +76,8 @@ class Keys:
         self.users = self.root + "users/"
         self.events = self.root + "events/"
         self.backup_contact = self.root + "backup-contact/"
+        self.throttle = self.root + "throttle/"
+        self.web_sessions = self.root + "web-sessions/"
 
     def coordinator(self, name: str) -> str:
         return self.coordinators + name
@@ -94,6 +108,19 @@ class Keys:
 
     def contact(self, backup: str) -> str:
         return self.backup_contact + backup
+
+    def throttle_address(self, address: str) -> str:
+        return f"{self.throttle}address/{quote(address, safe='')}"
+
+    def throttle_login(self, address: str, user: str) -> str:
+        # Any typed name ends up here: quoted, so that it stays one key segment.
+        return f"{self.throttle}login/{quote(address, safe='')}/{quote(user[:256], safe='')}"
+
+    def user_sessions(self, user: str) -> str:
+        return f"{self.web_sessions}{user}/"
+
+    def web_session(self, user: str, session_id: str) -> str:
+        return f"{self.web_sessions}{user}/{session_id}"
 
     @staticmethod
     def name_of(key: bytes | str, prefix: str) -> str:

@@ -68,9 +68,8 @@ def _install_hooks(app: Flask) -> None:
             return refuse(429, "too many failed logins from this address; try again in a minute")
         if g.auth_error == 401:
             return refuse(401, "wrong user name or password")
-        if not security.csrf_ok():
-            return refuse(400, "the form's security token is missing or out of date; reload the page and try again")
-        return None
+        refusal = security.write_refusal()
+        return refuse(*refusal) if refusal else None
 
     @app.after_request
     def headers(response):

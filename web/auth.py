@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from flask import Blueprint, redirect, render_template, request, session, url_for
+from flask import Blueprint, redirect, render_template, request, url_for
 
-from web.security import check_password, client_address, start_session, throttle
+from web.security import check_password, client_address, end_session, start_session, throttle
 
 bp = Blueprint("auth", __name__)
 
@@ -33,9 +33,9 @@ def login():
         locked = throttle().seconds_locked(name, address)
         if locked > 0:
             error, status = f"Too many failed logins; try again in {int(locked) + 1} seconds.", 429
-        elif name and check_password(name, password) is not None:
+        elif name and (record := check_password(name, password)) is not None:
             throttle().succeeded(name, address)
-            start_session(name)
+            start_session(name, record)
             return redirect(_safe_next(request.form.get("next")))
         else:
             throttle().failed(name, address)
@@ -45,5 +45,5 @@ def login():
 
 @bp.post("/logout")
 def logout():
-    session.clear()
+    end_session()
     return redirect(url_for("auth.login"))

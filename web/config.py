@@ -17,6 +17,7 @@ Keys (all optional in tests except BATON_ETCD and BATON_NAME):
   SESSION_IDLE_TIMEOUT  seconds of inactivity before a session ends (2700)
   BATON_CLOCK           callable returning unix time (tests inject one)
   BATON_LOGIN_MAX_FAILURES / BATON_LOGIN_LOCKOUT  throttling (5 failures -> 60 s)
+  BATON_LOGIN_MAX_FAILURES_PER_ADDRESS  failures from one address, any names (20)
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "SESSION_IDLE_TIMEOUT": 45 * 60,
     "BATON_LOGIN_MAX_FAILURES": 5,
     "BATON_LOGIN_LOCKOUT": 60.0,
+    "BATON_LOGIN_MAX_FAILURES_PER_ADDRESS": 20,
     "BATON_ETCD_TIMEOUT": 2.0,
     "MAX_CONTENT_LENGTH": 1024 * 1024,
 }

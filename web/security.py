@@ -1,100 +1,48 @@
-"""Who is asking: HTTP Basic or the UI session, idle expiry, login throttling, CSRF.
+"""Who is asking and may they: HTTP Basic or the UI session, idle expiry, login
+throttling, and the checks every write passes (same site, JSON, CSRF).
 
 - Users live in etcd (cluster/users.py, scrypt), so the same
   credentials work on every coordinator.
-- The session is Flask's signed cookie holding the user name, a CSRF token
-  and a last-seen time; the server ends it after SESSION_IDLE_TIMEOUT of
-  inactivity, judged with the injected clock. The pages' own polling
+- The session is Flask's signed cookie holding the user name, a CSRF token,
+  a last-seen time and the id of the session's record in etcd
+  (web/sessions.py: logout, a password change or the user's deletion end
+  it on every worker and coordinator); the server ends it after
+  SESSION_IDLE_TIMEOUT of inactivity, judged with the injected clock. The pages' own polling
   (header X-Baton-Poll) does not count as activity, so an open tab left
   alone still expires.
-- Failed logins (form or Basic) are counted per user name and client
-  address; after BATON_LOGIN_MAX_FAILURES the pair is locked out for
-  BATON_LOGIN_LOCKOUT seconds (429). Counters live in each worker's
-  memory: with 2 workers an attacker gets at most twice the attempts.
-- Every POST/PUT/PATCH/DELETE made with the session carries the session's
-  CSRF token (form field csrf_token or header X-CSRF-Token); Basic-auth API
-  calls are exempt (a browser never sends them on its own).
+- Failed logins (form or Basic) are counted in etcd for the whole cluster,
+  per (user name, address) and per address (web/throttle.py): 429 while
+  locked out.
+- Every POST/PUT/PATCH/DELETE (write_refusal) is refused when it names
+  another site in Origin or Referer (403): a page elsewhere can make the
+  browser send the session cookie and cached Basic credentials, but not
+  hide where it comes from. API writes must be JSON (a build may also be
+  YAML), 415 otherwise: the content types a cross-site form can send
+  without the browser asking us first (CORS) are exactly the others. An
+  API write without credentials gets 401 before anything else. Writes made
+  with the session carry its CSRF token (form field csrf_token or header
+  X-CSRF-Token); Basic-auth calls need none (the checks above suffice).
 """
 from __future__ import annotations
 
 import base64
-import contextlib
-import fcntl
 import hashlib
 import hmac
-import json
-import os
 import secrets
 import threading
-from typing import Callable
+from urllib.parse import urlsplit
 
 from flask import current_app, g, request, session
 
 from cluster import users as user_store
-from web import etcd_access
+from web import etcd_access, sessions
+from web.throttle import EtcdCounts, LoginThrottle
+
+__all__ = ["LoginThrottle", "identify", "start_session", "end_session", "write_refusal", "csrf_token"]
 
 POLL_HEADER = "X-Baton-Poll"
 CSRF_HEADER = "X-CSRF-Token"
 UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
-
-
-class LoginThrottle:
-    """Lock a (user, address) pair out after repeated failures.
-
-    With `path`, the counts live in a small JSON file under an exclusive
-    flock, shared by every gunicorn worker of the coordinator (otherwise each
-    worker would grant its own max_failures attempts). Without it (tests, a
-    single process) they live in memory.
-    """
-
-    def __init__(self, max_failures: int, lockout: float, clock: Callable[[], float], path: str | None = None):
-        self.max_failures = max_failures
-        self.lockout = lockout
-        self.clock = clock
-        self.path = path
-        self._memory: dict[str, list[float]] = {}  # "user\naddress" -> [failures, locked_until]
-        self._lock = threading.Lock()
-
-    @contextlib.contextmanager
-    def _table(self):
-        """The failure table, locked for this thread and (with a file) for every worker."""
-        with self._lock:
-            if not self.path:
-                yield self._memory
-                return
-            with open(self.path, "a+", encoding="utf-8") as f:
-                fcntl.flock(f, fcntl.LOCK_EX)
-                f.seek(0)
-                try:
-                    table = json.loads(f.read() or "{}")
-                except ValueError:
-                    table = {}
-                yield table
-                f.seek(0)
-                f.truncate()
-                f.write(json.dumps(table))
-
-    def seconds_locked(self, user: str, address: str) -> float:
-        with self._table() as table:
-            entry = table.get(f"{user}\n{address}")
-            return max(0.0, entry[1] - self.clock()) if entry else 0.0
-
-    def failed(self, user: str, address: str) -> None:
-        with self._table() as table:
-            if len(table) > 10_000:  # bounded under a spray of names
-                now = self.clock()
-                for key in [k for k, (_, until) in table.items() if until <= now]:
-                    del table[key]
-            key = f"{user}\n{address}"
-            count, until = table.get(key, [0, 0.0])
-            count += 1
-            if count >= self.max_failures:
-                until, count = self.clock() + self.lockout, 0
-            table[key] = [count, until]
-
-    def succeeded(self, user: str, address: str) -> None:
-        with self._table() as table:
-            table.pop(f"{user}\n{address}", None)
 
 
 class _VerifiedCache:
@@ -124,11 +72,10 @@ class _VerifiedCache:
 
 def init_app(app) -> None:
     cfg = app.config
-    state = cfg.get("BATON_DAEMON_STATE")
-    shared = os.path.join(os.path.dirname(os.path.abspath(state)), f"{cfg['BATON_NAME']}.login-failures.json") \
-        if state else None
     app.extensions["baton_throttle"] = LoginThrottle(
-        int(cfg["BATON_LOGIN_MAX_FAILURES"]), float(cfg["BATON_LOGIN_LOCKOUT"]), cfg["BATON_CLOCK"], shared)
+        int(cfg["BATON_LOGIN_MAX_FAILURES"]), float(cfg["BATON_LOGIN_LOCKOUT"]), cfg["BATON_CLOCK"],
+        EtcdCounts(lambda: etcd_access.client(app)), int(cfg["BATON_LOGIN_MAX_FAILURES_PER_ADDRESS"]),
+        etcd_access.keys(app))
     app.extensions["baton_verified"] = _VerifiedCache()
 
 
@@ -209,25 +156,44 @@ def identify() -> None:
     timeout = current_app.config["SESSION_IDLE_TIMEOUT"]
     t = now()
     if t - float(session.get("last_seen", 0)) > timeout:
-        session.clear()
+        end_session()
         g.session_expired = True
         return
     record = lookup_user(name)
-    if record is None:  # the user was removed: the session dies with it
-        session.clear()
+    etcd, keys = etcd_access.client(), etcd_access.keys()
+    valid, meta = sessions.session_valid(etcd, keys, name, session.get("sid"), record)
+    if not valid:  # logged out elsewhere, password changed, user removed
+        end_session(meta is not None)
         return
     if not request.headers.get(POLL_HEADER):
         session["last_seen"] = t
+        if t - float(session.get("renewed", 0)) > _lifetime() / 4:
+            sessions.renew(etcd, meta)
+            session["renewed"] = t
     g.user, g.via = {"name": name, "role": record.get("role", "viewer")}, "session"
 
 
-def start_session(name: str) -> None:
-    """A fresh session (new CSRF token) for a user who just logged in."""
+def _lifetime() -> float:
+    return current_app.permanent_session_lifetime.total_seconds()
+
+
+def start_session(name: str, record: dict) -> None:
+    """A fresh session (new id and CSRF token) for a user who just logged in."""
     session.clear()
+    t = now()
+    session["sid"] = sessions.open_session(etcd_access.client(), etcd_access.keys(), name, record,
+                                           current_app.config["BATON_NAME"], t, _lifetime())
     session["user"] = name
-    session["last_seen"] = now()
+    session["last_seen"] = session["renewed"] = t
     session["csrf"] = secrets.token_urlsafe(32)
     session.permanent = True
+
+
+def end_session(forget_record: bool = True) -> None:
+    """Log out: the session's record goes (so copies of the cookie die too), then the cookie."""
+    if forget_record and session.get("sid"):
+        sessions.close_session(etcd_access.client(), etcd_access.keys(), session.get("user"), session.get("sid"))
+    session.clear()
 
 
 def csrf_token() -> str:
@@ -235,6 +201,60 @@ def csrf_token() -> str:
     if not token:
         token = session["csrf"] = secrets.token_urlsafe(32)
     return token
+
+
+JSON_TYPES = ("application/json",)
+# The build API also takes the YAML form of a build file (the CLI sends it as such).
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
+
+
+def write_refusal() -> tuple[int, str] | None:
+    """(status, sentence) when this write must be refused before it runs, else None.
+
+    Call after identify(). Order: an API write without credentials is 401
+    (the client should authenticate, whatever else is wrong); a write from
+    another site 403; an API body that is not JSON 415; a session write
+    without its CSRF token 400.
+    """
+    if request.method not in UNSAFE_METHODS:
+        return None
+    api = request.path.startswith("/api/")
+    if api and g.user is None:
+        return 401, "log in first: send HTTP Basic credentials of a Baton user"
+    foreign = foreign_origin()
+    if foreign:
+        return 403, f"this request comes from another site ({foreign}); Baton takes changes only from its own pages"
+    if api and not _acceptable_body():
+        return 415, "send the request body as application/json"
+    if not csrf_ok():
+        return 400, "the form's security token is missing or out of date; reload the page and try again"
+    return None
+
+
+def own_origin() -> str:
+    return f"{request.scheme}://{request.host}".lower()
+
+
+def foreign_origin() -> str | None:
+    """The other site a write comes from (Origin, else Referer), or None when it names
+    this coordinator or nothing (the CLI and other non-browser clients send neither)."""
+    origin = request.headers.get("Origin")
+    if origin is None and request.referrer:
+        parts = urlsplit(request.referrer)
+        origin = f"{parts.scheme}://{parts.netloc}"
+    if origin is None:
+        return None
+    # "null" (a sandboxed frame, a file: page, some redirects) is never our own page.
+    return None if origin.strip().lower() == own_origin() else origin.strip()[:100]
+
+
+def _acceptable_body() -> bool:
+    """An API write's body is JSON (or YAML for a build); an empty body needs no type."""
+    if request.mimetype in JSON_TYPES:
+        return True
+    if request.mimetype in YAML_TYPES and request.endpoint == "api.submit_build":
+        return True
+    return not request.mimetype and not request.content_length and not request.get_data(cache=True)
 
 
 def csrf_ok() -> bool:

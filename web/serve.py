@@ -1,7 +1,9 @@
 """Running the web app under gunicorn, as the coordinator daemon does.
 
 `gunicorn_argv` builds the command line (bind HOST:PORT, HTTPS when the
-coordinator has a certificate, 2 gthread workers), `web_env` the
+coordinator has a certificate, 2 workers of 8 threads each: gthread workers
+that read request heads in their event loop under a deadline, so that slow
+clients cannot occupy the threads, web/worker.py), `web_env` the
 environment carrying the app's config (web/config.py), and
 `start_gunicorn` starts it as a child process. Workers import web.wsgi,
 which builds the app from that environment; each worker connects to etcd
@@ -22,6 +24,7 @@ from typing import Any
 
 WORKERS = 2
 THREADS = 8
+WORKER_CLASS = "web.worker.HeaderGuardWorker"
 
 
 def secret_key_for(state_path: str | None) -> str:
@@ -49,7 +52,7 @@ def gunicorn_argv(bind: str, certfile: str | None = None, keyfile: str | None = 
     if bool(certfile) != bool(keyfile):
         raise ValueError("certfile and keyfile must be given together")
     argv = [python or sys.executable, "-m", "gunicorn", "--bind", bind,
-            "--workers", str(workers), "--worker-class", "gthread", "--threads", str(threads),
+            "--workers", str(workers), "--worker-class", WORKER_CLASS, "--threads", str(threads),
             "--timeout", "30", "--graceful-timeout", "5",
             # No access log: every open page polls once a second.
             "--error-logfile", "-", "--log-level", "warning"]
