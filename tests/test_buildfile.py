@@ -363,3 +363,7 @@ def test_the_path_survives_the_filename_prefix():
     with pytest.raises(BuildFileError) as info:
         parse_build(build({"id": "a", "cmd": "x"}, {"id": "b", "cmd": "y", "deps": "a"}), filename="f.yaml")
     assert str(info.value).startswith("f.yaml: ") and info.value.path == "tasks[1].deps"
+
+
+def test_a_yaml_value_its_constructor_refuses_is_a_build_file_error():
+    refused("name: 2024-13-01\ntasks: [{id: a, cmd: x}]\n", "not valid YAML", "month")
