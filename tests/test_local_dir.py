@@ -20,22 +20,22 @@ def test_the_kept_password_is_used_again(tmp_path):
     assert cluster.admin_password == "kept-one" and cluster.agent_token == "token-1"
 
 
-def test_another_password_than_the_kept_one_is_refused(tmp_path):
+def kept_password(tmp_path):
     (tmp_path / "admin-password").write_text("kept-one")
-    cluster = LocalCluster(tmp_path, admin_password="another", tls=False)
-    try:
-        with pytest.raises(ConfigError, match="another admin password"):
-            cluster.start(wait=False)
-        assert cluster.etcd_proc is None and not cluster.coordinators
-    finally:
-        cluster.stop()
+    return {"admin_password": "another"}
 
 
-def test_a_cluster_without_a_kept_password_is_refused(tmp_path):
+def etcd_data_without_a_kept_password(tmp_path):
     (tmp_path / "etcd").mkdir()
-    cluster = LocalCluster(tmp_path, tls=False)
+    return {}
+
+
+@pytest.mark.parametrize("prepare, words", [(kept_password, "another admin password"),
+                                            (etcd_data_without_a_kept_password, "admin password is not kept")])
+def test_a_password_that_cannot_log_in_is_refused_before_anything_starts(tmp_path, prepare, words):
+    cluster = LocalCluster(tmp_path, tls=False, **prepare(tmp_path))
     try:
-        with pytest.raises(ConfigError, match="admin password is not kept"):
+        with pytest.raises(ConfigError, match=words):
             cluster.start(wait=False)
         assert cluster.etcd_proc is None and not cluster.coordinators
     finally:
