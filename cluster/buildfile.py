@@ -409,6 +409,8 @@ def _cycle_sentence(deps_of: dict[str, list[str]]) -> str:
     cycle = path[position[node]:]
     # Report in dependency order: a needs b needs c ... needs a; a long
     # cycle (up to MAX_TASKS ids) is cut so the sentence stays readable.
-    shown = cycle + [cycle[0]] if len(cycle) <= 20 else cycle[:10] + [f"... {len(cycle) - 12} more"] + cycle[-2:] + [cycle[0]]
+    shown = cycle + [cycle[0]]
+    if len(cycle) > 20:
+        shown = shown[:10] + [f"... {len(cycle) - 12} more"] + shown[-3:]
     return ("the tasks form a dependency cycle: " + " -> ".join(shown)
             + " (each depends on the next)")

@@ -367,3 +367,12 @@ def test_the_path_survives_the_filename_prefix():
 
 def test_a_yaml_value_its_constructor_refuses_is_a_build_file_error():
     refused("name: 2024-13-01\ntasks: [{id: a, cmd: x}]\n", "not valid YAML", "month")
+
+
+def test_a_long_cycle_is_named_in_a_short_sentence():
+    n = 5000
+    tasks = [{"id": f"t{i}", "cmd": "x", "deps": [f"t{(i + 1) % n}"]} for i in range(n)]
+    message = refused(build(*tasks), "cycle", f"{n - 12} more", "(at tasks)")
+    assert len(message) < 400
+    cycle = message.split("cycle: ")[1].split(" (")[0].split(" -> ")
+    assert cycle[0] == cycle[-1] and len(cycle) == 14
