@@ -75,6 +75,8 @@ class ApiClient:
                 message = parsed.get("error") or str(parsed)
             except ValueError:
                 parsed, message = None, payload.decode(errors="replace")[:200] or err.reason
+            if err.code == 413:  # the server's limit (1 MiB for builds): say so in the words users search for
+                message = f"the request is too large for the server ({message})"
             raise ApiError(err.code, f"{err.code}: {message}", parsed) from None
         except (urllib.error.URLError, OSError) as err:
             reason = getattr(err, "reason", err)

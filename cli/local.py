@@ -5,6 +5,14 @@ selected) and N agents, each its own process with its own log under
 --dir, TLS on every link by default (a local CA issues certificates that
 name "localhost"). The same class drives `baton demo`, the end-to-end tests
 and the benchmarks, so what they exercise is what users run.
+
+A directory is one cluster: started again on the same --dir it reuses the
+etcd data, the certificates, the agent token and the admin password, which
+it keeps in <dir>/admin-password (mode 0600) because etcd only stores its
+hash and the coordinator creates the admin user only once.
+
+(Over 400 lines: one class starts, watches and stops every kind of process
+of the local cluster, and the tests and benchmarks drive it as one.)
 """
 from __future__ import annotations
 
@@ -25,6 +33,24 @@ from lease.client import EtcdConfig, connect
 from lease.errors import ConfigError
 
 HOST = "localhost"  # certificates name the host, not its IP address
+ADMIN_PASSWORD_FILE = "admin-password"
+AGENT_TOKEN_FILE = "agent-token"
+
+
+def read_secret(path: Path) -> str | None:
+    """A secret kept in the cluster directory, or None when there is none (yet)."""
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def write_secret(path: Path, secret: str) -> None:
+    """Write a secret readable by its owner only, never for a moment by others."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        os.fchmod(f.fileno(), 0o600)  # it may have existed with a wider mode
+        f.write(secret)
 
 
 def find_etcd() -> str:
@@ -159,8 +185,11 @@ class LocalCluster:
         self.cluster = cluster
         self.keys = Keys(cluster)
         self.ports = PortPicker(base_port)
-        self.admin_password = admin_password or os.environ.get("BATON_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
-        self.agent_token = agent_token or secrets.token_urlsafe(24)
+        # A password given (argument or environment) must match the directory's; else the kept one.
+        self._given_password = admin_password or os.environ.get("BATON_ADMIN_PASSWORD") or None
+        self.admin_password = (self._given_password or read_secret(self.dir / ADMIN_PASSWORD_FILE)
+                               or secrets.token_urlsafe(12))
+        self.agent_token = agent_token or read_secret(self.dir / AGENT_TOKEN_FILE) or secrets.token_urlsafe(24)
         self.failback_delay = failback_delay
         self.grace = grace
         self.coordinator_args = tuple(coordinator_args)
@@ -181,11 +210,10 @@ class LocalCluster:
     # -- set-up -------------------------------------------------------------
     def start(self, wait: bool = True, select_backup: bool = True) -> "LocalCluster":
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._keep_admin_password()
         if self.tls:
             self._issue_certs()
-        token_file = self.dir / "agent-token"
-        token_file.write_text(self.agent_token)
-        token_file.chmod(0o600)
+        write_secret(self.dir / AGENT_TOKEN_FILE, self.agent_token)
         if not self._external_etcd:
             self._start_etcd()
         self.add_coordinator("p1", "primary")
@@ -203,6 +231,20 @@ class LocalCluster:
                 self.wait_registered("b1", timeout=30)
                 self.select_backup("b1")
         return self
+
+    def _keep_admin_password(self) -> None:
+        """Keep the admin password with the cluster's data, or refuse a directory whose
+        cluster has another one (its admin would be locked out by the login throttle)."""
+        path = self.dir / ADMIN_PASSWORD_FILE
+        kept = read_secret(path)
+        if kept is None:
+            if not self._external_etcd and (self.dir / "etcd").exists() and not self._given_password:
+                raise ConfigError(f"{self.dir} holds a cluster whose admin password is not kept in {path}: "
+                                  "set BATON_ADMIN_PASSWORD to that password, or use another --dir")
+            write_secret(path, self.admin_password)
+        elif kept != self.admin_password:
+            raise ConfigError(f"{self.dir} holds a cluster with another admin password (kept in {path}): "
+                              "unset BATON_ADMIN_PASSWORD to use it, or use another --dir")
 
     def _issue_certs(self) -> None:
         from cli import certs

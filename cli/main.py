@@ -307,11 +307,15 @@ def cmd_switchover(args) -> int:
 
 def cmd_build(args) -> int:
     if args.build_command == "submit":
+        from cluster.buildfile import MAX_BUILD_BYTES
+
         try:
             with open(args.file, "rb") as f:
-                text = f.read()
+                text = f.read(MAX_BUILD_BYTES + 1)  # no more: the server refuses it anyway
         except OSError as exc:
             raise ConfigError(f"cannot read build file {args.file!r}: {exc.strerror}") from None
+        if len(text) > MAX_BUILD_BYTES:
+            raise ConfigError(f"build file {args.file!r} is too large: the limit is {MAX_BUILD_BYTES} bytes (1 MiB)")
         client = _client(args)
         build_id = client.submit_build(text, args.file)["id"]
         if not args.wait:

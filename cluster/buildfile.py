@@ -14,8 +14,12 @@ A build file is YAML or JSON:
 
 `parse_build` accepts the file's bytes or text, or an already-decoded dict
 (the web API's JSON body), and returns a `BuildSpec` or raises
-`BuildFileError` with one sentence naming the problem, so the CLI and the
-web API can show it to the user as is. Everything the coordinator relies
+`BuildFileError` with one sentence naming the problem and the path of the
+field (`tasks[3].deps`), so the CLI and the web API can show it to the user
+as is. A value quoted in a message is cut short (cluster.untrusted.quote),
+YAML aliases that would expand past the size limit are refused before
+anything walks the expansion, and a number too long to convert is refused
+where it stands. Everything the coordinator relies
 on later is checked here: task ids are plain names (they become etcd key
 segments and directory names), every dependency exists, there is no cycle,
 and the whole spec fits into one etcd value (the web API stores it as one
@@ -32,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from cluster.untrusted import AliasBomb, HugeNumber, int_or_huge, load_yaml, quote
 from lease.errors import BatonError
 
 MAX_BUILD_BYTES = 1024 * 1024
@@ -42,12 +47,19 @@ TASK_KEYS = frozenset({"id", "cmd", "deps", "timeout", "env"})
 
 _ID_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# The C parser is ~10x faster on a 1 MiB file and as safe as safe_load.
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# Units (one per YAML node plus its text) an alias-free file under 1 MiB
+# stays well below; only aliases reach it.
+MAX_EXPANDED_UNITS = 4 * MAX_BUILD_BYTES
 
 
 class BuildFileError(BatonError, ValueError):
-    """The build file is invalid; the message is one sentence naming the problem."""
+    """The build file is invalid; the message is one sentence naming the problem,
+    followed by "(at <path>)" when one field is at fault (`path`, e.g. "tasks[3].deps")."""
+
+    def __init__(self, problem: str, path: str | None = None):
+        super().__init__(f"{problem} (at {path})" if path else problem)
+        self.problem = problem
+        self.path = path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +111,7 @@ def parse_build(data: bytes | str | dict, filename: str | None = None) -> BuildS
     except BuildFileError as exc:
         if not where:
             raise
-        raise BuildFileError(where + str(exc)) from None
+        raise BuildFileError(where + exc.problem, exc.path) from None
 
 
 def topological_order(spec: BuildSpec) -> list[str]:
@@ -127,7 +139,7 @@ def topological_order(spec: BuildSpec) -> list[str]:
                 heapq.heappush(ready, index[nxt])
     if len(order) != len(spec.tasks):
         stuck = {t.id: t.deps for t in spec.tasks if waiting[t.id] > 0}
-        raise BuildFileError(_cycle_sentence(stuck))
+        raise BuildFileError(_cycle_sentence(stuck), "tasks")
     return order
 
 
@@ -153,17 +165,25 @@ def _load(data: bytes | str) -> Any:
     if not text.strip():
         raise BuildFileError("the build file is empty")
     try:
-        return json.loads(text)
+        return json.loads(text, parse_int=int_or_huge)
     except (json.JSONDecodeError, RecursionError) as json_exc:
         json_error = json_exc
     try:
-        return yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
+        return load_yaml(text, MAX_EXPANDED_UNITS)
+    except AliasBomb as exc:
+        if exc.recursive:
+            raise BuildFileError("the build file refers to itself through a YAML alias "
+                                 "(an anchor used inside its own value)") from None
+        raise BuildFileError(f"the build is larger than the limit of {MAX_BUILD_BYTES} bytes "
+                             "(1 MiB) once its YAML aliases are expanded") from None
     except yaml.YAMLError as exc:
         if text.lstrip()[:1] in ("{", "[") and isinstance(json_error, json.JSONDecodeError):
             # It was meant to be JSON: JSON's message is the helpful one.
             raise BuildFileError(f"the build file is not valid JSON: {json_error.msg} "
                                  f"at line {json_error.lineno}, column {json_error.colno}") from None
         raise BuildFileError(f"the build file is not valid YAML: {_yaml_problem(exc)}") from None
+    except ValueError as exc:  # a constructor's own refusal, e.g. the date 2024-13-01
+        raise BuildFileError(f"the build file is not valid YAML: {str(exc)[:200]}") from None
     except RecursionError:
         raise BuildFileError("the build file is nested too deeply to read") from None
 
@@ -197,6 +217,8 @@ def _kind(value: Any) -> str:
     """What a YAML/JSON value is, in words a build-file author uses."""
     if isinstance(value, bool):
         return "true/false"
+    if isinstance(value, HugeNumber):
+        return f"a number of {value.digits} digits"
     if isinstance(value, (int, float)):
         return "a number"
     if isinstance(value, str):
@@ -215,10 +237,16 @@ def _plain_name(value: Any) -> str | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return str(value)
+        # Longer than any id or name may be, and str() refuses past 4,300 digits.
+        return str(value) if value.bit_length() <= 1000 else None
     if isinstance(value, str):
         return value
     return None
+
+
+def _field(base: str, key: Any) -> str:
+    """base.key for a key that reads as a name, else base (the key is quoted in the sentence)."""
+    return f"{base}.{key}" if isinstance(key, str) and _ENV_NAME_RE.match(key) and len(key) <= 64 else base
 
 
 def _validate(doc: Any) -> BuildSpec:
@@ -227,74 +255,82 @@ def _validate(doc: Any) -> BuildSpec:
         raise BuildFileError(f"a build file must be a mapping with 'name' and 'tasks', but it is {kind}")
     budget = _Budget()
 
-    name = _plain_name(doc.get("name"))
+    raw_name = doc.get("name")
+    name = _plain_name(raw_name)
     if name is None or not name.strip():
-        raise BuildFileError("the build has no name: add 'name: <text>'")
+        given = "" if raw_name is None or isinstance(raw_name, str) else f" (it is {_kind(raw_name)})"
+        raise BuildFileError(f"the build has no name{given}: add 'name: <text>'", "name")
     name = name.strip()
     if len(name) > MAX_NAME_LENGTH:
-        raise BuildFileError(f"the build name is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}")
+        raise BuildFileError(f"the build name is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}",
+                             "name")
     budget.spend(len(name) + 32)
 
     raw_tasks = doc.get("tasks")
     if raw_tasks is None:
-        raise BuildFileError("the build has no tasks: add 'tasks:' with a list of tasks")
+        raise BuildFileError("the build has no tasks: add 'tasks:' with a list of tasks", "tasks")
     if not isinstance(raw_tasks, list):
-        raise BuildFileError(f"'tasks' must be a list of tasks, not {_kind(raw_tasks)}")
+        raise BuildFileError(f"'tasks' must be a list of tasks, not {_kind(raw_tasks)}", "tasks")
     if not raw_tasks:
-        raise BuildFileError("the build's task list is empty")
+        raise BuildFileError("the build's task list is empty", "tasks")
     if len(raw_tasks) > MAX_TASKS:
-        raise BuildFileError(f"the build has {len(raw_tasks)} tasks; the limit is {MAX_TASKS}")
+        raise BuildFileError(f"the build has {len(raw_tasks)} tasks; the limit is {MAX_TASKS}", "tasks")
 
     tasks: list[TaskSpec] = []
     seen: set[str] = set()
-    for position, raw in enumerate(raw_tasks, start=1):
-        task = _validate_task(raw, position, budget)
+    for index, raw in enumerate(raw_tasks):
+        task = _validate_task(raw, index, budget)
         if task.id in seen:
-            raise BuildFileError(f"task id {task.id!r} is used by more than one task")
+            raise BuildFileError(f"task id {task.id!r} is used by more than one task", f"tasks[{index}].id")
         seen.add(task.id)
         tasks.append(task)
 
-    for task in tasks:
+    for index, task in enumerate(tasks):
         for dep in task.deps:
             if dep not in seen:
-                raise BuildFileError(f"task {task.id!r} depends on {dep!r}, which is not a task of this build")
+                at = [_plain_name(d) for d in raw_tasks[index]["deps"]].index(dep)
+                raise BuildFileError(f"task {task.id!r} depends on {quote(dep)}, which is not a task of this "
+                                     "build", f"tasks[{index}].deps[{at}]")
     spec = BuildSpec(name=name, tasks=tasks)
     topological_order(spec)  # raises on a cycle, naming its tasks
     return spec
 
 
-def _validate_task(raw: Any, position: int, budget: _Budget) -> TaskSpec:
+def _validate_task(raw: Any, index: int, budget: _Budget) -> TaskSpec:
+    at = f"tasks[{index}]"
     if not isinstance(raw, dict):
-        raise BuildFileError(f"task #{position} must be a mapping with 'id' and 'cmd', "
-                             f"not {_kind(raw)}")
-    task_id = _check_id(raw.get("id"), f"task #{position}")
+        raise BuildFileError(f"task #{index + 1} must be a mapping with 'id' and 'cmd', "
+                             f"not {_kind(raw)}", at)
+    task_id = _check_id(raw.get("id"), f"task #{index + 1}", f"{at}.id")
     label = f"task {task_id!r}"
-    unknown = sorted(str(k) for k in raw if k not in TASK_KEYS)
+    unknown = [k for k in raw if k not in TASK_KEYS]
     if unknown:
         raise BuildFileError(f"{label} has unknown key{'s' if len(unknown) > 1 else ''} "
-                             f"{', '.join(repr(k) for k in unknown)}; allowed are "
-                             f"{', '.join(sorted(TASK_KEYS))}")
+                             f"{', '.join(sorted(quote(k) for k in unknown[:10]))}; allowed are "
+                             f"{', '.join(sorted(TASK_KEYS))}", _field(at, unknown[0]))
 
     cmd = raw.get("cmd")
     if not isinstance(cmd, str) or not cmd.strip():
         what = "is empty" if isinstance(cmd, str) or cmd is None else f"is {_kind(cmd)}"
-        raise BuildFileError(f"{label} needs a shell command in 'cmd' (text), but it {what}")
+        raise BuildFileError(f"{label} needs a shell command in 'cmd' (text), but it {what}", f"{at}.cmd")
     budget.spend(len(task_id) + len(cmd.encode()) + 64)
 
     raw_deps = raw.get("deps", [])
     if raw_deps is None:
         raw_deps = []
     if not isinstance(raw_deps, list):
-        raise BuildFileError(f"{label}: 'deps' must be a list of task ids, not {_kind(raw_deps)}")
+        raise BuildFileError(f"{label}: 'deps' must be a list of task ids, not {_kind(raw_deps)}", f"{at}.deps")
     budget.spend(4 * len(raw_deps))  # before walking it: the list may be an alias
     deps: list[str] = []
     listed: set[str] = set()
-    for dep in raw_deps:
+    for position, dep in enumerate(raw_deps):
         dep_id = _plain_name(dep)
         if dep_id is None:
-            raise BuildFileError(f"{label}: every entry of 'deps' must be a task id, not {dep!r}")
+            raise BuildFileError(f"{label}: every entry of 'deps' must be a task id, not {quote(dep)}",
+                                 f"{at}.deps[{position}]")
         if dep_id == task_id:
-            raise BuildFileError(f"task {task_id!r} depends on itself (a cycle: {task_id} -> {task_id})")
+            raise BuildFileError(f"task {task_id!r} depends on itself (a cycle: {task_id} -> {task_id})",
+                                 f"{at}.deps[{position}]")
         if dep_id not in listed:
             listed.add(dep_id)
             deps.append(dep_id)
@@ -302,42 +338,57 @@ def _validate_task(raw: Any, position: int, budget: _Budget) -> TaskSpec:
 
     timeout = raw.get("timeout")
     if timeout is not None:
-        if (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                or not math.isfinite(timeout) or timeout <= 0):
-            raise BuildFileError(f"{label}: 'timeout' must be a positive number of seconds, not {timeout!r}")
+        if not _positive_seconds(timeout):
+            raise BuildFileError(f"{label}: 'timeout' must be a positive number of seconds, not {quote(timeout)}",
+                                 f"{at}.timeout")
         timeout = float(timeout)
 
-    env = _check_env(raw.get("env"), label, budget)
+    env = _check_env(raw.get("env"), label, f"{at}.env", budget)
     return TaskSpec(id=task_id, cmd=cmd, deps=deps, timeout=timeout, env=env)
 
 
-def _check_id(value: Any, label: str) -> str:
+def _finite(value: Any) -> bool:
+    """A real number (no bool) that converts to a finite float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int past the float range
+        return False
+
+
+def _positive_seconds(value: Any) -> bool:
+    return _finite(value) and value > 0
+
+
+def _check_id(value: Any, label: str, at: str) -> str:
     task_id = _plain_name(value)
     if value is None or (isinstance(value, str) and not value.strip()):
-        raise BuildFileError(f"{label} has no id: add 'id: <name>'")
+        raise BuildFileError(f"{label} has no id: add 'id: <name>'", at)
     if task_id is None:
-        raise BuildFileError(f"{label} has id {value!r}; an id must be a name (text)")
+        raise BuildFileError(f"{label} has id {quote(value)}; an id must be a name (text)", at)
     if len(task_id) > MAX_ID_LENGTH:
-        raise BuildFileError(f"{label} has an id of {len(task_id)} characters; the limit is {MAX_ID_LENGTH}")
+        raise BuildFileError(f"{label} has an id of {len(task_id)} characters; the limit is {MAX_ID_LENGTH}", at)
     if not _ID_RE.match(task_id) or set(task_id) == {"."}:
         raise BuildFileError(f"{label} has id {task_id!r}; ids may only use letters, digits, '.', '_' "
-                             "and '-' (and not only dots)")
+                             "and '-' (and not only dots)", at)
     return task_id
 
 
-def _check_env(raw: Any, label: str, budget: _Budget) -> dict[str, str]:
+def _check_env(raw: Any, label: str, at: str, budget: _Budget) -> dict[str, str]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
         raise BuildFileError(f"{label}: 'env' must be a mapping of variable names to values, "
-                             f"not {_kind(raw)}")
+                             f"not {_kind(raw)}", at)
     env: dict[str, str] = {}
     for key, value in raw.items():
         if not isinstance(key, str) or not _ENV_NAME_RE.match(key):
-            raise BuildFileError(f"{label}: {key!r} is not a valid environment variable name")
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise BuildFileError(f"{label}: environment variable {key} must be text or a number, "
-                                 f"not {_kind(value)}")
+            raise BuildFileError(f"{label}: {quote(key)} is not a valid environment variable name", at)
+        if not isinstance(value, str) and not _finite(value):
+            what = quote(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _kind(value)
+            raise BuildFileError(f"{label}: environment variable {key} must be text or a number, not {what}",
+                                 _field(at, key))
         env[key] = str(value)
         budget.spend(len(key) + len(env[key].encode()) + 6)
     return env
@@ -356,6 +407,10 @@ def _cycle_sentence(deps_of: dict[str, list[str]]) -> str:
         path.append(node)
         node = next(d for d in deps_of[node] if d in deps_of)
     cycle = path[position[node]:]
-    # Report in dependency order: a needs b needs c ... needs a.
-    return ("the tasks form a dependency cycle: " + " -> ".join(cycle + [cycle[0]])
+    # Report in dependency order: a needs b needs c ... needs a; a long
+    # cycle (up to MAX_TASKS ids) is cut so the sentence stays readable.
+    shown = cycle + [cycle[0]]
+    if len(cycle) > 20:
+        shown = shown[:10] + [f"... {len(cycle) - 12} more"] + shown[-3:]
+    return ("the tasks form a dependency cycle: " + " -> ".join(shown)
             + " (each depends on the next)")

@@ -1,15 +1,23 @@
 """The cluster settings (Settings › General), stored as one etcd key.
 
 The leading primary is the only writer (a fenced txn); everyone reads.
+Every number is finite and in range, whether a user sends it
+(validate_update) or it is read back (from_json): a NaN failback_delay
+would stop every handback, and a stored NaN makes /api/v1/status invalid
+JSON.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 from cluster.keys import Keys, decode, encode
 
 _FIELDS = ("selected_backup", "auto_subscribe", "max_cores_per_build", "deselect_after", "failback_delay")
+MAX_SECONDS = 365 * 24 * 3600  # a year: longer is a mistake, not a setting
+MAX_CORES = 1_000_000
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,7 +31,18 @@ class Settings:
     @classmethod
     def from_json(cls, raw: bytes | str | None) -> "Settings":
         data = decode(raw) or {}
-        return cls(**{k: data[k] for k in _FIELDS if k in data})
+        if not isinstance(data, dict):
+            log.warning("stored settings are not a JSON object; using the defaults")
+            return cls()
+        values: dict[str, Any] = {}
+        for key in _FIELDS:
+            if key in data:
+                try:
+                    values.update(validate_update({key: data[key]}))
+                except ValueError as exc:
+                    # Written by an older version or by hand: the default is safer than the value.
+                    log.warning("stored setting ignored, using its default: %s", exc)
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -53,18 +72,26 @@ def validate_update(changes: Any) -> dict[str, Any]:
             if not isinstance(value, bool):
                 raise ValueError("auto_subscribe must be true or false")
         elif key == "max_cores_per_build":
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError("max_cores_per_build must be a whole number >= 0 (0 = no limit)")
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_CORES:
+                raise ValueError(f"max_cores_per_build must be a whole number from 0 to {MAX_CORES} "
+                                 "(0 = no limit)")
         elif key == "failback_delay" and value is None:
             pass  # back to each backup's own --failback-delay
         elif key in ("deselect_after", "failback_delay"):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"{key} must be a number of seconds >= 0")
+            if not _seconds_in_range(value):
+                raise ValueError(f"{key} must be a number of seconds from 0 to {MAX_SECONDS} (a year)")
             if key == "deselect_after" and value < 1:
                 raise ValueError("deselect_after must be at least 1 second")
             value = float(value)
         out[key] = value
     return out
+
+
+def _seconds_in_range(value: Any) -> bool:
+    """A real number (no bool, no NaN or infinity) from 0 to MAX_SECONDS."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return 0 <= value <= MAX_SECONDS  # False for NaN too: every comparison with NaN is
 
 
 def read_settings(etcd, keys: Keys) -> tuple[Settings, int]:

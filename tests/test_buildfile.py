@@ -270,3 +270,109 @@ def test_yaml_alias_expansion_is_bounded():
 def test_decoded_json_that_is_not_a_mapping():
     refused([{"id": "a", "cmd": "x"}], "must be a mapping", "it is a list")
     refused(None, "must be a mapping", "empty")
+
+
+# -- hostile input: errors stay small, cheap and name the field -------------------------
+
+def alias_bomb(levels: int, width: int = 9) -> list[str]:
+    """YAML lines defining a0..a<levels-1>, each a list of `width` copies of the one before."""
+    lines = [f"a0: &a0 [{', '.join(['x'] * width)}]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * width)}]" for i in range(1, levels)]
+    return lines
+
+
+def test_billion_laughs_is_refused_cheaply_with_a_short_message():
+    top = "*a8"
+    text = "\n".join(alias_bomb(9) + ["name: x", f"tasks: [{{id: t, cmd: x, deps: [{top}]}}]"]) + "\n"
+    assert len(text) < 600
+    message = refused(text, "1 MiB", "expanded")
+    assert len(message) < 300
+
+
+@pytest.mark.parametrize("field, path", [
+    ("name: *a4\ntasks: [{id: t, cmd: x}]", "name"),
+    ("name: x\ntasks: [{id: *a4, cmd: x}]", "tasks[0].id"),
+    ("name: x\ntasks: [{id: t, cmd: *a4}]", "tasks[0].cmd"),
+    ("name: x\ntasks: [{id: u, cmd: x}, {id: t, cmd: x, deps: [u, *a4]}]", "tasks[1].deps[1]"),
+    ("name: x\ntasks: [{id: t, cmd: x, timeout: *a4}]", "tasks[0].timeout"),
+    ("name: x\ntasks: [{id: t, cmd: x, env: {A: *a4}}]", "tasks[0].env.A"),
+])
+def test_large_values_are_not_echoed_and_the_path_is_named(field, path):
+    # 9**5 = 59,049 copies: small enough to get past the expansion limit,
+    # large enough that echoing it would make a 300 KB message.
+    text = "\n".join(alias_bomb(5)) + "\n" + field + "\n"
+    message = refused(text, f"(at {path})")
+    assert len(message) < 400, message[:400]
+
+
+@pytest.mark.parametrize("task, path", [
+    ({"id": "a", "cmd": "x", "env": {"1" + "x" * 100_000: "v"}}, "tasks[0].env"),
+    ({"id": "a", "cmd": "x", "y" * 100_000: 1}, "tasks[0]"),
+    ({"id": "a", "cmd": "x", "deps": [{"id": "y" * 100_000}]}, "tasks[0].deps[0]"),
+    ({"id": 10 ** 5000, "cmd": "x"}, "tasks[0].id"),
+    ({"id": "a", "cmd": "x", "env": {"A": 10 ** 5000}}, "tasks[0].env.A"),
+])
+def test_long_keys_and_values_are_not_echoed(task, path):
+    message = refused(build(task), f"(at {path})")
+    assert len(message) < 400, message[:400]
+
+
+def test_a_recursive_alias_is_refused():
+    refused("name: x\ntasks: [{id: t, cmd: x, deps: &d [u, *d]}]\n", "refers to itself")
+
+
+@pytest.mark.parametrize("template, path", [
+    ('{{"name": "x", "tasks": [{{"id": "t", "cmd": "x", "timeout": {n}}}]}}', "tasks[0].timeout"),
+    ('{{"name": "x", "tasks": [{{"id": {n}, "cmd": "x"}}]}}', "tasks[0].id"),
+    ("name: x\ntasks: [{{id: t, cmd: x, env: {{A: {n}}}}}]\n", "tasks[0].env.A"),
+    ("name: x\ntasks: [{{id: t, cmd: x, timeout: {n}}}]\n", "tasks[0].timeout"),
+    ("name: {n}\ntasks: [{{id: t, cmd: x}}]\n", "name"),
+])
+def test_a_number_with_5001_digits_is_a_build_file_error(template, path):
+    text = template.format(n="9" * 5001)
+    message = refused(text, "5001 digits", f"(at {path})")
+    assert len(message) < 300
+    refused(text.encode(), "5001 digits")
+
+
+def test_a_timeout_too_large_for_a_float_is_refused():
+    refused(build({"id": "slow", "cmd": "x", "timeout": 10 ** 400}), "task 'slow'", "(at tasks[0].timeout)")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_env_numbers_must_be_finite(value):
+    refused(build({"id": "a", "cmd": "x", "env": {"A": value}}), "(at tasks[0].env.A)")
+
+
+@pytest.mark.parametrize("doc, path", [
+    (build("make all"), "tasks[0]"),
+    (build({"id": "a", "cmd": "x"}, {"cmd": "x"}), "tasks[1].id"),
+    (build({"id": "a", "cmd": "x"}, {"id": "b", "cmd": "y", "deps": "a"}), "tasks[1].deps"),
+    (build({"id": "a", "cmd": "x"}, {"id": "b", "cmd": "y", "deps": ["a", "zz"]}), "tasks[1].deps[1]"),
+    (build({"id": "a", "cmd": "x"}, {"id": "a", "cmd": "z"}), "tasks[1].id"),
+    (build({"id": "a", "cmd": "x", "retries": 3}), "tasks[0].retries"),
+    (build({"id": "a", "cmd": "x", "env": ["A=1"]}), "tasks[0].env"),
+    ({"name": "x", "tasks": {"a": "make"}}, "tasks"),
+    ({"tasks": [{"id": "a", "cmd": "x"}]}, "name"),
+])
+def test_errors_name_the_path_of_the_field(doc, path):
+    refused(doc, f"(at {path})")
+
+
+def test_the_path_survives_the_filename_prefix():
+    with pytest.raises(BuildFileError) as info:
+        parse_build(build({"id": "a", "cmd": "x"}, {"id": "b", "cmd": "y", "deps": "a"}), filename="f.yaml")
+    assert str(info.value).startswith("f.yaml: ") and info.value.path == "tasks[1].deps"
+
+
+def test_a_yaml_value_its_constructor_refuses_is_a_build_file_error():
+    refused("name: 2024-13-01\ntasks: [{id: a, cmd: x}]\n", "not valid YAML", "month")
+
+
+def test_a_long_cycle_is_named_in_a_short_sentence():
+    n = 5000
+    tasks = [{"id": f"t{i}", "cmd": "x", "deps": [f"t{(i + 1) % n}"]} for i in range(n)]
+    message = refused(build(*tasks), "cycle", f"{n - 12} more", "(at tasks)")
+    assert len(message) < 400
+    cycle = message.split("cycle: ")[1].split(" (")[0].split(" -> ")
+    assert cycle[0] == cycle[-1] and len(cycle) == 14

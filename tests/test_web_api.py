@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from cluster.keys import encode
 from tests.test_web_support import VIEWER_PW, app, basic, client, clock, cluster  # noqa: F401 (fixtures)
 
@@ -241,3 +243,27 @@ def test_build_tasks_can_be_filtered_and_paged(client, cluster):
     page = client.get(f"/api/v1/builds/{build_id}?limit=5&offset=10", headers=basic()).get_json()
     assert [t["id"] for t in page["tasks"]] == ["t10", "t11"] and page["matching"] == 12
     assert client.get(f"/api/v1/builds/{build_id}?limit=-1", headers=basic()).status_code == 400
+
+
+def test_a_number_with_5001_digits_in_a_build_is_a_400_naming_the_field(client, cluster):
+    huge = "9" * 5001
+    bodies = [('{"name": "x", "tasks": [{"id": "a", "cmd": "true", "timeout": %s}]}' % huge, "application/json"),
+              ("name: x\ntasks: [{id: a, cmd: 'true', timeout: %s}]\n" % huge, "application/yaml")]
+    for body, ctype in bodies:
+        response = client.post("/api/v1/builds", data=body, headers=basic(), content_type=ctype)
+        assert response.status_code == 400, response.data[:300]
+        error = response.get_json()["error"]
+        assert "5001 digits" in error and "tasks[0].timeout" in error and len(error) < 300, error
+    assert stored_builds(cluster) == []
+
+
+def test_settings_refuse_nan_infinity_and_huge_numbers_and_status_stays_json(client, cluster):
+    for body in ('{"failback_delay": NaN}', '{"deselect_after": Infinity}', '{"failback_delay": -Infinity}',
+                 '{"max_cores_per_build": %s}' % ("9" * 5001)):
+        response = client.put("/api/v1/settings", data=body, headers=basic(), content_type="application/json")
+        assert response.status_code == 400, body
+        error = response.get_json()["error"]
+        assert "set_int_max_str_digits" not in error and len(error) < 200, error
+    assert cluster.etcd.get(cluster.keys.settings)[0] is None  # nothing stored
+    status = client.get("/api/v1/status", headers=basic())
+    json.loads(status.data, parse_constant=lambda name: pytest.fail(f"{name} in /api/v1/status"))

@@ -116,6 +116,18 @@ def test_settings_save_all(client, cluster):
     assert json.loads(cluster.etcd.get(cluster.keys.settings)[0]) == stored
 
 
+def test_settings_form_refuses_nan_infinity_and_does_not_echo_long_input(client, cluster):
+    token = login(client)
+    fields = {"csrf_token": token, "selected_backup": "", "max_cores_per_build": "1", "deselect_after": "30",
+              "failback_delay": "5"}
+    for field, value, words in [("failback_delay", "nan", "failback_delay"),
+                                ("deselect_after", "inf", "deselect_after"),
+                                ("max_cores_per_build", "9" * 50_000, "max cores per build must be a number")]:
+        page = text(client.post("/settings", data=dict(fields, **{field: value}), follow_redirects=True))
+        assert words in page and "9" * 200 not in page, field
+    assert cluster.etcd.get(cluster.keys.settings)[0] is None
+
+
 def test_users_page_lists_and_adds(client, cluster):
     token = login(client)
     page = text(client.get("/users"))

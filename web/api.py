@@ -6,11 +6,10 @@ which the leading coordinator of either role accepts.
 """
 from __future__ import annotations
 
-import json
-
 from flask import Blueprint, current_app, g, jsonify, request
 
 from cluster import users as user_store
+from cluster.untrusted import load_json
 
 from web import actions, etcd_access
 from web.authority import write_fence
@@ -24,10 +23,11 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 
 def json_body():
-    """The request's JSON object, or raise Invalid with a sentence."""
+    """The request's JSON object, or raise Invalid with a sentence (NaN, Infinity and
+    numbers of more than 100 digits are refused as well: see cluster.untrusted)."""
     raw = request.get_data(cache=True)
     try:
-        return json.loads(raw or b"null")
+        return load_json(raw or b"null")
     except ValueError as exc:
         raise actions.Invalid(f"the request body is not valid JSON: {exc}") from None
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, render_template, request, url_for
 
+from cluster.untrusted import quote
 from lease.election import Fence
 from web import actions, etcd_access, forms
 from web.cluster_view import backups_of
@@ -29,7 +30,7 @@ def _number(field: str, kind=float):
     try:
         return kind(raw)
     except ValueError:
-        raise actions.Invalid(f"{field.replace('_', ' ')} must be a number, got {raw!r}") from None
+        raise actions.Invalid(f"{field.replace('_', ' ')} must be a number, got {quote(raw)}") from None
 
 
 @bp.post("/settings")

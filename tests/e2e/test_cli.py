@@ -26,10 +26,13 @@ def baton(*args, env=None, input=None, timeout=60):
 class Up:
     """`baton up` in the background, its output collected line by line."""
 
-    def __init__(self, tmp: Path, *args: str):
+    def __init__(self, tmp: Path, *args: str, password: str | None = "correct-horse-1"):
+        env = {k: v for k, v in os.environ.items() if k != "BATON_ADMIN_PASSWORD"}
+        if password is not None:
+            env["BATON_ADMIN_PASSWORD"] = password
         self.proc = subprocess.Popen([sys.executable, "-m", "cli", "up", "--dir", str(tmp), *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                                     env=dict(os.environ, BATON_ADMIN_PASSWORD="correct-horse-1"))
+                                     env=env)
         self.lines: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -113,3 +116,52 @@ def test_demo_runs_a_failover_and_exits_0(tmp_path):
     demo = baton("demo", "--dir", str(tmp_path / "demo"), "--agents", "2", timeout=240)
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "kill -> backup leads" in demo.stdout and "all done exactly once: True" in demo.stdout
+
+
+def test_baton_up_again_on_the_same_directory_reuses_its_cluster(tmp_path):
+    """The second `baton up` keeps the admin password (kept in the directory, mode 0600),
+    the certificates and the etcd data: the earlier build is still there."""
+    directory = tmp_path / "up"
+
+    def start() -> tuple[Up, dict]:
+        up = Up(directory, "--agents", "1", "--backups", "0", "--ttl", "2", password=None)
+        wait_until(lambda: "Press Ctrl-C" in up.text or up.proc.poll() is not None, 90,
+                   message="baton up to be ready")
+        assert up.proc.poll() is None, up.text
+        found = {"password": re.search(r"log in as:\s+admin / (\S+)", up.text).group(1),
+                 "etcd": re.search(r"etcd:\s+(\S+)", up.text).group(1),
+                 "ca": re.search(r"trust the CA:\s+(\S+)", up.text).group(1)}
+        return up, found
+
+    def stop(up: Up) -> None:
+        up.proc.send_signal(signal.SIGINT)
+        up.proc.wait(60)
+        assert up.proc.returncode == 0, up.text
+
+    def cli(found: dict, *args: str, timeout: float = 60):
+        env = {"BATON_USER": "admin", "BATON_PASSWORD": found["password"], "BATON_CA": found["ca"]}
+        return baton(*args, "--etcd", found["etcd"], "--etcd-ca", found["ca"], env=env, timeout=timeout)
+
+    up, first = start()
+    try:
+        built = cli(first, "build", "submit", str(ROOT / "examples" / "hello.yaml"), "--wait", "--json",
+                    timeout=120)
+        assert built.returncode == 0, built.stderr
+        build_id = json.loads(built.stdout)["id"]
+    finally:
+        stop(up)
+    kept = directory / "admin-password"
+    assert kept.read_text().strip() == first["password"]
+    assert kept.stat().st_mode & 0o777 == 0o600
+    ca_before = Path(first["ca"]).read_bytes()
+
+    up, second = start()
+    try:
+        assert second["password"] == first["password"], up.text
+        assert Path(second["ca"]).read_bytes() == ca_before
+        status = cli(second, "status", "--json")
+        assert status.returncode == 0, status.stderr
+        shown = cli(second, "build", "show", build_id)
+        assert shown.returncode == 0 and "done" in shown.stdout, shown.stderr
+    finally:
+        stop(up)
