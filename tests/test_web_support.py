@@ -86,6 +86,11 @@ class Cluster:
             "name": name, "role": role, "primary": primary, "grpc": "127.0.0.1:1",
             "web": web or f"http://{name}.test:8000", "version": "test", "ready": True}), lease=lease)
 
+    @property
+    def fence(self) -> Fence:
+        """The fence of the test's leader (cluster.epoch)."""
+        return Fence(self.etcd, self.keys.leader, self.epoch)
+
     def add_user(self, name: str, role: str, password: str) -> None:
         leading = self.epoch is not None
         epoch = self.epoch if leading else self.take_leadership("setup")

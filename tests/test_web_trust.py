@@ -100,14 +100,14 @@ def test_logout_ends_a_copied_session_cookie(client, app, cluster, clock):
 def test_password_change_ends_the_users_sessions(client, app, cluster):
     login(client, "viewer", VIEWER_PW)
     assert client.get("/").status_code == 200
-    user_store.set_password(cluster.etcd, cluster.keys, "viewer", "another-secret-2", cluster.epoch)
+    user_store.set_password(cluster.etcd, cluster.keys, "viewer", "another-secret-2", cluster.fence)
     assert client.get("/").status_code == 302
 
 
 def test_deleting_a_user_ends_its_sessions_even_if_the_name_comes_back(client, app, cluster):
     login(client, "viewer", VIEWER_PW)
-    user_store.delete_user(cluster.etcd, cluster.keys, "viewer", cluster.epoch)
-    user_store.add_user(cluster.etcd, cluster.keys, "viewer", "viewer", VIEWER_PW, cluster.epoch)
+    user_store.delete_user(cluster.etcd, cluster.keys, "viewer", cluster.fence)
+    user_store.add_user(cluster.etcd, cluster.keys, "viewer", "viewer", VIEWER_PW, cluster.fence)
     assert client.get("/").status_code == 302
 
 
