@@ -12,7 +12,7 @@ How a stream ends decides what happens next:
   (the leader key moved on): wait for the leader-key watch (it closes this
   link), retrying after max_backoff if it does not;
 - a coordinator message carrying another epoch than the link's: ignored,
-  the stream is closed (DESIGN.md rule 4), the leader key is read again;
+  the stream is closed (docs/design.md section 3, rule 4), the leader key is read again;
 - FAILED_PRECONDITION (not leader / stale epoch): the leader key is read
   again (the watch may lag), then retry;
 - UNAUTHENTICATED: one clear log sentence, retry every few seconds (the

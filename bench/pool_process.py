@@ -7,14 +7,15 @@ import sys
 import threading
 from pathlib import Path
 
-from cli.local import LocalCluster, Proc
+from cli.local import LocalCluster
+from cli.processes import Proc
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 class PoolProcess:
     """`count` pool agents in their own interpreter (its own interpreter lock).
-    The process is a cli.local.Proc: `stop()`, `log_tail()`, `alive`."""
+    The process is a cli.processes.Proc: `stop()`, `log_tail()`, `alive`."""
 
     def __init__(self, cluster: LocalCluster, count: int, cores: int = 1, on_link=None,
                  prefix: str = "bench-agent-", task_seconds: float = 0.0):

@@ -1,7 +1,7 @@
 """A small HTTP client for the coordinator's JSON API, used by the `baton` CLI.
 
 Commands that change settings, users or builds go through the leading
-primary's API with a user's credentials (DESIGN.md section 5), never around
+primary's API with a user's credentials (docs/design.md section 5), never around
 it. The client finds the web address in etcd (the leader key, else any
 registered coordinator) unless --url is given.
 """

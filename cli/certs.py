@@ -1,6 +1,6 @@
 """A small certificate authority, so encryption works without outside tools.
 
-DESIGN.md: "Certificates name the coordinator's host name, not its IP
+docs/design.md section 1: "Certificates name the coordinator's host name, not its IP
 address; Baton can issue them." `make_ca` creates a local CA (ca.pem and
 ca-key.pem); `issue_cert` signs ECDSA P-256 certificates whose
 SubjectAltName carries the host names (and, only when asked, IP addresses),

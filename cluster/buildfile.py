@@ -1,4 +1,4 @@
-"""Build files: parse, validate and order a build's tasks (DESIGN.md section 5).
+"""Build files: parse, validate and order a build's tasks (docs/design.md section 5).
 
 A build file is YAML or JSON:
 

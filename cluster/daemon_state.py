@@ -5,7 +5,7 @@ workers read it to learn whether their coordinator is *acting* as leader
 right now (lease renewed within renew_deadline, runtime dispatching) and to
 serve /metrics. A file, not etcd, because it is local to one coordinator and
 changes every cycle. A file older than max_age counts as "not acting": a
-wedged daemon makes its own UI view-only (DESIGN.md section 3, rule 3).
+wedged daemon makes its own UI view-only (docs/design.md section 3, rule 3).
 
 Fields: name, role, acting (bool), epoch (int|None), leader (name|None),
 updated (unix time), lease_ttl_left (s), lease_renewal_latency (s),

@@ -1,4 +1,4 @@
-"""The one place that knows the etcd key layout (DESIGN.md section 4).
+"""The one place that knows the etcd key layout (docs/design.md section 4).
 
 All keys live under /baton/<cluster>/. Values are UTF-8 JSON objects. The
 leader, coordinators/, agents/ and events/ values are read and written as the

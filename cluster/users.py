@@ -5,7 +5,7 @@ A user is `users/<name>` = {"role": "admin"|"viewer", "scrypt": {"n", "r",
 with each record, so they can be raised later without invalidating old
 passwords (`needs_rehash` says when a record is behind).
 
-Writes are fenced (DESIGN.md section 3, rule 2): every function that
+Writes are fenced (docs/design.md section 3, rule 2): every function that
 changes users takes a lease.election.Fence (the daemon's Election.fence(),
 or the web's Fence for the epoch it checked) and commits through it.
 Conditions of our own ("the user does not exist yet") ride inside the

@@ -1,7 +1,7 @@
 """Coordinator configuration: one object, validated when it is built.
 
 A bad value is refused at start with a sentence naming the rule it breaks
-(DESIGN.md section 3, rule 3): ttl >= 2 (etcd's smallest TTL) and
+(docs/design.md section 3, rule 3): ttl >= 2 (etcd's smallest TTL) and
 ttl > renew_deadline > keepalive_interval > 0.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from lease.session import validate_timings as validate_lease_timings  # the one 
 
 @dataclasses.dataclass(frozen=True)
 class Timings:
-    """Lease and failover timings in seconds (DESIGN.md section 6)."""
+    """Lease and failover timings in seconds (docs/design.md section 6)."""
 
     ttl: int = 10
     keepalive_interval: float | None = None  # default ttl/3

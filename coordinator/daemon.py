@@ -6,7 +6,7 @@ One loop per coordinator (primary or backup):
 
 Each cycle has one sentence, logged when it changes. The loop also ticks the
 session's heartbeat, so the lease is renewed only while this loop is alive
-(DESIGN.md section 3, rule 6): a wedged loop loses leadership like a dead
+(docs/design.md section 3, rule 6): a wedged loop loses leadership like a dead
 process. The session thread reports loss on its own after renew_deadline
 and stops the runtime at once, whatever the loop is doing (rule 3).
 

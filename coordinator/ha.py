@@ -5,7 +5,7 @@ coordinator.snapshot), decides from it alone, and says in one sentence what
 it is doing. The daemon acts on the Decision and logs the sentence when it
 changes; tests call `decide` with plain data.
 
-Rules encoded here (DESIGN.md section 1, "Backup coordinators"):
+Rules encoded here (docs/design.md section 1, "Backup coordinators"):
 - the primary campaigns whenever there is no leader (unless a planned
   switchover to a registered coordinator is in progress);
 - a backup campaigns only if it is the selected backup and its primary is not

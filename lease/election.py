@@ -2,7 +2,7 @@
 
 The election borrows a Session (it never grants or renews a lease). The
 leader key is created only by a transaction comparing its create revision
-with 0 and carries the session's lease (DESIGN.md section 3, rule 1); its
+with 0 and carries the session's lease (docs/design.md section 3, rule 1); its
 create revision is the leader's **epoch**. Every write a leader makes is a
 fenced transaction that also compares the leader key's create revision with
 that epoch (rule 2), so a paused or cut-off old leader cannot change

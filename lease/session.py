@@ -3,7 +3,7 @@
 The keep-alive runs in the session's own thread, but it renews only while the
 owner says it is healthy (a `healthy` callable, or `heartbeat()` ticks younger
 than renew_deadline), so a wedged owner loses its lease like a dead one
-(DESIGN.md section 3, rule 6).
+(docs/design.md section 3, rule 6).
 
 Loss is reported (the `lost` Event, then `on_lost()` once; `lost_reason`
 says why) as soon as either renewals have failed for renew_deadline, or etcd

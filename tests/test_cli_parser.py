@@ -8,14 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import AUTH_ERROR, FAILED, UNREACHABLE, USAGE_ERROR, _fill_defaults, build_parser, exit_code_for
+from cli.main import AUTH_ERROR, FAILED, UNREACHABLE, USAGE_ERROR, exit_code_for
+from cli.parser import build_parser, fill_defaults
 from tests.harness.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse(*argv):
-    return _fill_defaults(build_parser().parse_args(list(argv)))
+    return fill_defaults(build_parser().parse_args(list(argv)))
 
 
 @pytest.mark.parametrize("argv", [
@@ -94,3 +95,23 @@ def test_baton_up_starts_its_own_etcd_unless_told(monkeypatch):
     monkeypatch.setenv("BATON_ETCD", "http://elsewhere:2379")
     assert not parse("up").etcd_given
     assert parse("up", "--etcd", "http://mine:2379").etcd_given
+
+
+def test_every_port_of_a_base_port_cluster_lies_in_its_hundred():
+    """--base-port gave gRPC and web the same first port, and the web ports fell back to random ones."""
+    from cli.processes import PortPicker
+
+    base = free_port()
+    base = base - base % 100 if base % 100 < 60 else base  # any base; the test only needs a free range
+    picker = PortPicker(base)
+    picked = [picker.pick(preferred) for preferred in (2379, 2380, 7000, 8000, 7001, 8001, 7002, 8002)]
+    assert len(set(picked)) == len(picked)
+    assert all(base <= port < base + 100 for port in picked), picked
+
+
+def test_a_base_port_out_of_range_is_refused():
+    from cli.processes import PortPicker
+    from lease.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--base-port"):
+        PortPicker(65500)

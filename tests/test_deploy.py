@@ -223,7 +223,7 @@ def test_coordinator_grpc_and_ui_use_tls_and_agents_verify_it(services):
         f = flags(svc["command"][1:])
         cert, key = cert_path(name)
         assert (f["--tls-cert"], f["--tls-key"], f["--tls-ca"]) == (cert, key, "/certs/ca.pem")
-        # Only the primary creates the admin user (DESIGN.md section 5); nobody else holds it.
+        # Only the primary creates the admin user (docs/design.md section 5); nobody else holds it.
         if f["--role"] == "primary":
             assert svc["environment"]["BATON_ADMIN_PASSWORD"] == TEST_ENV["BATON_ADMIN_PASSWORD"]
         else:

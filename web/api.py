@@ -1,4 +1,4 @@
-"""The JSON API (/api/v1), DESIGN.md section 5. HTTP Basic or the UI session.
+"""The JSON API (/api/v1), docs/design.md section 5. HTTP Basic or the UI session.
 
 Reads work on every coordinator; writes only on the primary that leads
 (403 naming the coordinator to use otherwise), except POST /switchover,

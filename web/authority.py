@@ -4,7 +4,7 @@ A coordinator *leads* when the leader key names it AND its own daemon says,
 through the daemon state file (fresh within renew_deadline), that it is
 acting as leader with the epoch of that same key. It is *writable* when it
 leads and is a primary: a backup's UI is view only even while it serves
-agents (DESIGN.md section 1). The one exception, a planned switchover, only
+agents (docs/design.md section 1). The one exception, a planned switchover, only
 needs `leads`.
 
 The check happens on every write request and is then enforced again by the

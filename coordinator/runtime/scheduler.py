@@ -1,6 +1,6 @@
 """Which ready task runs on which free core: a pure function of plain data.
 
-Fair share (DESIGN.md section 1): the cores are split evenly between the
+Fair share (docs/design.md section 1): the cores are split evenly between the
 builds that have work. Cores are handed out one at a time to the build that
 holds the fewest (cores in use + cores granted in this round), ties going to
 the build submitted first; a build with no ready task left, or at its

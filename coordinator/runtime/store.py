@@ -4,7 +4,7 @@ Callers `submit(ops)` a list of etcd ops that must commit together and get a
 `concurrent.futures.Future`. Writer threads gather what is queued for a few
 milliseconds and commit it as one transaction of at most `max_ops` ops
 whose only comparison is the fence's (lease.election.Fence.compare: the
-leader key's create revision equals our epoch, DESIGN.md section 3 rule 2). A future resolves only once its
+leader key's create revision equals our epoch, docs/design.md section 3 rule 2). A future resolves only once its
 transaction committed. Up to `writers` transactions are in flight at once
 (etcd's round trip, not its throughput, is what limits one writer); writes
 of the same key never share or overtake a transaction, so each key's

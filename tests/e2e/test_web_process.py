@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from cli.local import port_free
+from cli.processes import port_free
 from tests.harness.wait import wait_until
 from web.worker import HEADER_TIMEOUT
 

@@ -10,7 +10,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cli.local import find_etcd
+from cli.processes import find_etcd
 from tests.harness.ports import free_port
 from tests.harness.wait import wait_until
 
