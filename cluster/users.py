@@ -23,7 +23,7 @@ import binascii
 import os
 import secrets
 import unicodedata
-from typing import Any
+from typing import Any, Iterator
 
 from cryptography.exceptions import InvalidKey
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
@@ -173,16 +173,19 @@ def user_record(role: str, password: str) -> dict:
 
 def list_users(etcd: Etcd, keys: Keys) -> list[dict]:
     """[{"name", "role"}] sorted by name; no hashes (safe to show)."""
-    users = []
+    users = [{"name": name, "role": role} for name, role, _ in _roles(etcd, keys)]
+    return sorted(users, key=lambda u: u["name"])
+
+
+def _roles(etcd: Etcd, keys: Keys) -> Iterator[tuple[str, str | None, Any]]:
+    """(name, role or None for an unreadable record, key metadata) of every user."""
     for raw, meta in etcd.get_prefix(keys.users):
-        name = Keys.name_of(meta.key, keys.users)
         try:
             record = decode(raw)
         except ValueError:
             record = None
         role = record.get("role") if isinstance(record, dict) else None
-        users.append({"name": name, "role": role})
-    return sorted(users, key=lambda u: u["name"])
+        yield Keys.name_of(meta.key, keys.users), role, meta
 
 
 def get_user(etcd: Etcd, keys: Keys, name: str) -> dict | None:
@@ -240,13 +243,7 @@ def delete_user(etcd: Etcd, keys: Keys, name: str, fence: Fence) -> None:
     key = keys.user(validate_username(name))
     admins = {}
     target_meta, target_role = None, None
-    for raw, meta in etcd.get_prefix(keys.users):
-        user = Keys.name_of(meta.key, keys.users)
-        try:
-            record = decode(raw)
-        except ValueError:
-            record = None
-        role = record.get("role") if isinstance(record, dict) else None
+    for user, role, meta in _roles(etcd, keys):
         if user == name:
             target_meta, target_role = meta, role
         elif role == ADMIN:
