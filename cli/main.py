@@ -217,9 +217,16 @@ def cmd_demo(args) -> int:
     return run_demo(args)
 
 
+def cmd_run(args) -> int:
+    from cli.run import run
+
+    command = args.build_command[1:] if args.build_command[:1] == ["--"] else args.build_command
+    return run(command, local_only=args.local_only, max_remote=args.max_remote, as_json=args.json)
+
+
 COMMANDS = {"coordinator": cmd_coordinator, "agent": cmd_agent, "etcd": cmd_etcd, "status": cmd_status,
             "backup": cmd_backup, "switchover": cmd_switchover, "build": cmd_build, "user": cmd_user,
-            "certs": cmd_certs, "up": cmd_up, "demo": cmd_demo}
+            "certs": cmd_certs, "up": cmd_up, "demo": cmd_demo, "run": cmd_run}
 
 
 def exit_code_for(exc: BaseException) -> int:
@@ -245,6 +252,12 @@ def exit_code_for(exc: BaseException) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["cc"]:
+        # A compiler's arguments are not baton's options: no parser.
+        from cli.cc import main as cc_main
+
+        return cc_main(argv[1:])
     parser = build_parser()
     args = fill_defaults(parser.parse_args(argv))
     if not args.command:

@@ -167,6 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("name", help="the user's name")
     u.add_argument("--role", choices=("admin", "viewer"), required=True, help="admin (may change) or viewer")
 
+    p = sub.add_parser("run", help="run a build command (make, ninja, cmake --build) with its compiles on the farm")
+    p.add_argument("--max-remote", type=int, default=None, help="at most this many jobs remote at once")
+    p.add_argument("--local-only", action="store_true", help="compile everything here")
+    p.add_argument("--json", action="store_true", help="print the build id and counts as JSON")
+    p.add_argument("build_command", nargs=argparse.REMAINDER, metavar="-- COMMAND...", help="the build command")
+
+    sub.add_parser("cc", help="one compile of a build (COMPILER ARGS...; put first on PATH by baton run)",
+                   add_help=False)
+
     p = sub.add_parser("certs", help="issue TLS certificates (a local CA)")
     csub = p.add_subparsers(dest="certs_command", metavar="ACTION", parser_class=_Parser)
     c = csub.add_parser("ca", help="create a CA in DIR")

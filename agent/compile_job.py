@@ -1,0 +1,196 @@
+"""A helper's half of a distributed compile: the initiator's files in, an object out.
+
+The initiator sends the compile's own command line, its working directory
+and every file the compile reads (the source and each header, system headers
+included, by absolute path); the helper lays those files out under a fresh
+job root at the same paths, runs the same compiler there with the same
+flags, and returns the object, the diagnostics and the exit code. Because the
+compiler sees the same file contents at the same paths (only under a
+prefix that `-ffile-prefix-map` removes and that GCC does not record in the
+debug info's producer string), the object is byte-identical to a local one,
+`-g` included, and diagnostics are the local ones once the prefix is taken
+out. (Full preprocessing was tried first: macro expansion moves columns, so
+debug line tables differ; `-fdirectives-only` is recorded in the producer.)
+
+A compiler is identified by the hash of its files (the driver, cc1 or
+cc1plus, and as), so a helper never compiles with a different compiler that
+merely has the same name (`compiler_identity`).
+
+Nothing of the job is trusted: flags are checked again here (only those of
+`ALLOWED`), every path is mapped into the job root and a path that leaves it
+is refused, the compiler's own include directories are replaced by the
+shipped copies (`-nostdinc`), sizes and time are bounded, the environment is
+clean, and the caller runs it as an unprivileged user when it can.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from typing import Callable, Mapping
+
+MAX_INPUT_BYTES = 64 * 1024 * 1024      # all files of one job; larger ones compile on the initiator
+MAX_OBJECT_BYTES = 256 * 1024 * 1024
+MAX_DIAGNOSTICS = 1024 * 1024
+MAX_ARGS = 4096
+CLEAN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+
+# Flags a helper compiles with. Path-valued ones are mapped into the job root.
+PATH_VALUED = ("-I", "-isystem", "-idirafter", "-iquote", "-include", "-imacros")
+PLAIN_PREFIXES = ("-D", "-U", "-O", "-g", "-f", "-m", "-W", "-std=", "-ansi", "-pedantic", "-w", "-pipe",
+                  "-pthread", "-nostdinc", "-undef", "-trigraphs")
+REFUSED_PREFIXES = ("-fplugin", "-fprofile", "-fauto-profile", "-fdump", "-fsave-optimization-record",
+                    "-fopt-info", "-fstack-usage", "-fcallgraph-info", "-ftest-coverage", "-fcoverage",
+                    "-fdebug-prefix-map", "-ffile-prefix-map", "-fmacro-prefix-map", "-flto", "-Wa,", "-Wl,",
+                    "-Wp,", "-march=native", "-mtune=native", "-mcpu=native", "-fsanitize-blacklist",
+                    "-fsanitize-ignorelist", "-fdiagnostics-format=sarif", "-fbranch-probabilities",
+                    "-fcreate-profile", "-save-temps", "-specs", "-wrapper", "-B", "-dump", "-print")
+
+
+class JobRefused(ValueError):
+    """The job asks for something a helper does not do; the initiator compiles it itself."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileJob:
+    """What the initiator sends: the compile as it would run there."""
+
+    args: tuple[str, ...]          # the flags, without -c, -o and the source
+    source: str                    # the source path as the command names it
+    cwd: str                       # the initiator's working directory (absolute)
+    files: Mapping[str, bytes]     # absolute path -> content, every file the compile reads
+    system_dirs: tuple[str, ...]   # the compiler's own include directories, in search order
+
+
+@dataclasses.dataclass(frozen=True)
+class JobResult:
+    exit_code: int
+    object: bytes          # empty when the compile failed
+    diagnostics: bytes     # the compiler's stderr, with the initiator's paths
+
+
+def compiler_files(compiler: str) -> list[str]:
+    """The files that make up a GCC or Clang compiler: its driver and the programs it runs."""
+    driver = shutil.which(compiler)
+    if driver is None:
+        raise FileNotFoundError(f"no compiler {compiler!r} on PATH")
+    files = [os.path.realpath(driver)]
+    for prog in ("cc1", "cc1plus", "as"):
+        try:
+            found = subprocess.run([driver, f"-print-prog-name={prog}"], capture_output=True, text=True,
+                                   timeout=10, env=CLEAN_ENV).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        path = shutil.which(found) if found and not os.path.isabs(found) else found
+        if path and os.path.isfile(path):
+            files.append(os.path.realpath(path))
+    return files
+
+
+def compiler_identity(compiler: str) -> str:
+    """sha256 over the compiler's files (names and contents, in order)."""
+    digest = hashlib.sha256()
+    for path in compiler_files(compiler):
+        digest.update(os.path.basename(path).encode() + b"\0")
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _inside(root: str, path: str) -> str:
+    """root + path, refused when the path (made absolute against nothing) leaves root."""
+    if not os.path.isabs(path):
+        raise JobRefused(f"{path[:80]!r} is not an absolute path")
+    mapped = os.path.normpath(root + os.path.normpath(path))
+    if mapped != root and not mapped.startswith(root + os.sep):
+        raise JobRefused(f"{path[:80]!r} leaves the job")
+    return mapped
+
+
+def _relative_ok(path: str) -> None:
+    if os.path.isabs(path):
+        return
+    if ".." in path.split(os.sep):
+        raise JobRefused(f"{path[:80]!r} climbs out of the working directory")
+
+
+def map_args(job: CompileJob, root: str) -> list[str]:
+    """The job's flags with every path inside `root`; JobRefused for anything else."""
+    if len(job.args) > MAX_ARGS:
+        raise JobRefused("too many arguments")
+    out: list[str] = []
+    args = list(job.args)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith(REFUSED_PREFIXES):
+            raise JobRefused(f"a helper does not compile with {arg[:80]!r}")
+        if arg in ("-D", "-U", "--param"):
+            if i + 1 >= len(args):
+                raise JobRefused(f"{arg} without a value")
+            out += [arg, args[i + 1]]
+            i += 2
+            continue
+        if arg in PATH_VALUED:
+            if i + 1 >= len(args):
+                raise JobRefused(f"{arg} without a value")
+            flag, value = arg, args[i + 1]
+            i += 1
+        else:
+            flag = next((p for p in PATH_VALUED if arg.startswith(p)), None)
+            value = arg[len(flag):] if flag else None
+        if flag is not None:
+            _relative_ok(value)
+            out.append(flag + (_inside(root, value) if os.path.isabs(value) else value))
+        elif arg.startswith(PLAIN_PREFIXES):
+            out.append(arg)
+        else:
+            raise JobRefused(f"a helper does not compile with {arg[:80]!r}")
+        i += 1
+    return out
+
+
+def run_compile(compiler: str, job: CompileJob, workdir: str | None = None, timeout: float = 600.0,
+                preexec: Callable[[], None] | None = None, user: str | int | None = None) -> JobResult:
+    """Compile `job` with `compiler` under a fresh job root; JobRefused for what a helper
+    does not take. `user`: run the compiler as this (unprivileged) user."""
+    if not os.path.isabs(job.cwd):
+        raise JobRefused("the working directory must be absolute")
+    if sum(len(v) for v in job.files.values()) > MAX_INPUT_BYTES:
+        raise JobRefused(f"the job's files exceed {MAX_INPUT_BYTES} bytes")
+    with tempfile.TemporaryDirectory(prefix="baton-job-", dir=workdir) as tmp:
+        os.chmod(tmp, 0o755)
+        root = os.path.join(tmp, "root")
+        for path, content in job.files.items():
+            target = _inside(root, path)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "wb") as f:
+                f.write(content)
+        cwd = _inside(root, job.cwd)
+        os.makedirs(cwd, exist_ok=True)
+        _relative_ok(job.source)
+        source = _inside(root, job.source) if os.path.isabs(job.source) else job.source
+        out_dir = os.path.join(tmp, "out")
+        os.makedirs(out_dir)
+        obj = os.path.join(out_dir, "job.o")
+        if user is not None:
+            shutil.chown(out_dir, user=user)
+        argv = [compiler, "-nostdinc", *[f"-isystem{_inside(root, d)}" for d in job.system_dirs],
+                f"-ffile-prefix-map={root}=", *map_args(job, root), "-c", source, "-o", obj]
+        try:
+            done = subprocess.run(argv, cwd=cwd, env=CLEAN_ENV, stdin=subprocess.DEVNULL, capture_output=True,
+                                  timeout=timeout, preexec_fn=preexec, user=user)
+        except subprocess.TimeoutExpired:
+            return JobResult(124, b"", b"baton: the compile timed out on the helper\n")
+        diagnostics = done.stderr[:MAX_DIAGNOSTICS].replace(root.encode(), b"")
+        if done.returncode != 0:
+            return JobResult(done.returncode, b"", diagnostics)
+        size = os.path.getsize(obj)
+        if size > MAX_OBJECT_BYTES:
+            raise JobRefused(f"the object is {size} bytes, over {MAX_OBJECT_BYTES}")
+        with open(obj, "rb") as f:
+            return JobResult(0, f.read(), diagnostics)

@@ -1,0 +1,99 @@
+"""`baton cc COMPILER ARGS...`: one compiler invocation of a build.
+
+Run once per compile, hundreds of times a build, so it starts fast: it
+imports only the standard library and the pure argument rules until it
+knows a job could go remote. Outside `baton run` it becomes the real
+compiler at once (`os.execv`): a tree configured under `baton run` (CMake
+records the wrapper's path) keeps building without it.
+
+Under `baton run` ($BATON_RUN_DIR set) each invocation is a job: it runs
+here or on a helper, and its record (source, helper or "local", started,
+finished, duration, exit code, why local) is appended to the run's job log,
+one JSON line written with a single O_APPEND write, so that concurrent jobs
+never interleave. Until helper grants are served by the leader, every job
+compiles here; the record says why (docs/design.md section 8).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+RUN_DIR_ENV = "BATON_RUN_DIR"
+WRAPPER_DIR_ENV = "BATON_WRAPPER_DIR"
+JOBS_LOG = "jobs.jsonl"
+COMPILER_NAMES = ("cc", "gcc", "g++", "c++", "clang", "clang++")
+
+
+def wrapper_dir() -> str:
+    """The fixed directory of the compiler wrappers (CMake records the path it finds)."""
+    explicit = os.environ.get(WRAPPER_DIR_ENV)
+    if explicit:
+        return os.path.abspath(explicit)
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "baton", "wrappers")
+
+
+def real_compiler(name: str, path: str | None = None) -> str:
+    """`name` on PATH, skipping the wrapper directory (else the wrapper would call itself)."""
+    if os.sep in name:
+        return name
+    skip = os.path.realpath(wrapper_dir())
+    for directory in (path if path is not None else os.environ.get("PATH", "")).split(os.pathsep):
+        if not directory or os.path.realpath(directory) == skip:
+            continue
+        candidate = os.path.join(directory, name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise FileNotFoundError(f"baton cc: no compiler named {name!r} on PATH")
+
+
+def record(run_dir: str, job: dict) -> None:
+    """Append one job record to the run's log in a single write."""
+    line = (json.dumps(job, separators=(",", ":")) + "\n").encode()
+    fd = os.open(os.path.join(run_dir, JOBS_LOG), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def compile_locally(argv: list[str]) -> int:
+    import subprocess
+
+    return subprocess.run(argv).returncode
+
+
+def main(args: list[str]) -> int:
+    if not args:
+        print("usage: baton cc COMPILER ARGS...", file=sys.stderr)
+        return 2
+    try:
+        compiler = real_compiler(args[0])
+    except FileNotFoundError as exc:
+        print(exc, file=sys.stderr)
+        return 127
+    argv = [compiler, *args[1:]]
+    run_dir = os.environ.get(RUN_DIR_ENV)
+    if not run_dir:
+        os.execv(compiler, argv)  # outside `baton run`: the compiler itself, nothing in between
+    from cli.cc_args import Local, plan
+
+    decided = plan(argv)
+    started = time.time()
+    if isinstance(decided, Local):
+        source, why = None, decided.reason
+    else:
+        source, why = decided.source, "no helper cores are granted yet"
+    code = compile_locally(argv)
+    finished = time.time()
+    if "-c" in argv:  # a compile; links and other steps are not jobs
+        record(run_dir, {"source": source, "helper": "local", "started": round(started, 3),
+                         "finished": round(finished, 3), "duration": round(finished - started, 3),
+                         "exit_code": code, "why_local": why, "compiler": os.path.basename(compiler)})
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

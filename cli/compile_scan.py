@@ -1,0 +1,87 @@
+"""The initiator's half of a distributed compile: scan, then pack the job.
+
+`scan(plan, cwd)` runs the compile's own preprocessor once with `-E -H` and
+the output thrown away: that writes the dependency file exactly as the
+compile would (make and ninja read it) and names, on stderr, every header the
+compile reads. `pack` turns the plan and those files into the
+`agent.compile_job.CompileJob` a helper compiles at the same paths.
+
+The compiler's own include directories come from `compiler -E -v` once per
+compiler (they name where the system headers are; the helper compiles with
+`-nostdinc` and the shipped copies). GCC also includes `stdc-predef.h` from
+them without naming it in `-H`, so it is shipped when present.
+
+What a scan cannot see: a `__has_include` probe of a header that is then
+not included. Such a build compiles remotely as if that header were
+missing; `baton run --local-only` is the way out (documented in
+docs/design.md section 8).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import re
+import subprocess
+
+from agent.compile_job import CompileJob
+from cli.cc_args import RemotePlan
+
+_HEADER_LINE = re.compile(rb"^\.+ (.+)$")
+PREINCLUDED = ("stdc-predef.h",)
+
+
+class ScanFailed(Exception):
+    """The scan did not succeed (a missing header, a #error): the compile runs locally and
+    says so itself, with the compiler's own words."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Scan:
+    headers: tuple[str, ...]     # absolute, normalised, in the order first read
+
+
+@functools.lru_cache(maxsize=8)
+def system_dirs(compiler: str, language: str) -> tuple[str, ...]:
+    """The directories `compiler` searches for <...> includes, in order."""
+    done = subprocess.run([compiler, "-x", language, "-E", "-v", "-"], input=b"", capture_output=True,
+                          timeout=30)
+    text = done.stderr.decode(errors="replace")
+    try:
+        listed = text.split("#include <...> search starts here:", 1)[1].split("End of search list.", 1)[0]
+    except IndexError:
+        raise ScanFailed(f"{compiler} does not list its include directories") from None
+    return tuple(os.path.normpath(line.strip()) for line in listed.strip().splitlines() if line.strip())
+
+
+def scan(plan: RemotePlan, cwd: str, timeout: float = 600.0) -> Scan:
+    """Run the compile's preprocessor once; ScanFailed when it fails."""
+    done = subprocess.run(plan.scan_argv(), cwd=cwd, capture_output=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        raise ScanFailed(done.stderr.decode(errors="replace")[-2000:])
+    seen: dict[str, None] = {}
+    for line in done.stderr.splitlines():
+        match = _HEADER_LINE.match(line)
+        if match:
+            path = os.path.normpath(os.path.join(cwd, os.fsdecode(match.group(1))))
+            seen.setdefault(path, None)
+    return Scan(headers=tuple(seen))
+
+
+def pack(plan: RemotePlan, cwd: str, found: Scan) -> CompileJob:
+    """The job for a helper: the flags, the source and every file the compile reads."""
+    dirs = system_dirs(plan.compiler, plan.language)
+    paths = [os.path.normpath(os.path.join(cwd, plan.source)), *found.headers]
+    for directory in dirs:
+        for name in PREINCLUDED:
+            candidate = os.path.join(directory, name)
+            if os.path.isfile(candidate):
+                paths.append(candidate)
+                break
+    files = {}
+    for path in paths:
+        with open(path, "rb") as f:
+            files[path] = f.read()
+    return CompileJob(args=plan.flags, source=plan.source, cwd=os.path.abspath(cwd), files=files,
+                      system_dirs=dirs)

@@ -1,0 +1,101 @@
+"""`baton run [--max-remote N] [--local-only] [--json] -- COMMAND...`: a real build.
+
+COMMAND (make, ninja, `cmake --build`) runs here, as it would without
+Baton, with the compiler wrappers first on PATH and CC/CXX naming them, so
+that its compiles reach `baton cc` (cli/cc.py). The wrapper directory has a
+fixed path (cli.cc.wrapper_dir), so a tree configured under `baton run`
+keeps building under the next one. `baton run` prints the build's id when
+it starts (one line on stderr), exits with COMMAND's exit code, and ends
+with one summary line: jobs remote/local, helper cores used, wall time.
+
+Not yet here (docs/design.md section 8): registering the build with the
+cluster and asking the leader for helper cores. Until then every job
+compiles locally and its record says so.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+from cli.cc import COMPILER_NAMES, JOBS_LOG, RUN_DIR_ENV, wrapper_dir
+
+WRAPPER = """#!/bin/sh
+# Written by `baton run`: hands this compile to `baton cc` (outside `baton run`
+# it runs the real {name} at once).
+exec {python} -m cli.cc {name} "$@"
+"""
+
+
+def install_wrappers(directory: str | None = None, python: str | None = None) -> str:
+    """Write (or refresh) the wrapper scripts; returns the directory."""
+    directory = directory or wrapper_dir()
+    os.makedirs(directory, exist_ok=True)
+    python = python or sys.executable
+    for name in COMPILER_NAMES:
+        path = os.path.join(directory, name)
+        text = WRAPPER.format(name=name, python=shlex.quote(python))
+        try:
+            with open(path, encoding="utf-8") as f:
+                if f.read() == text:
+                    continue
+        except OSError:
+            pass
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, path)
+    return directory
+
+
+def read_jobs(run_dir: str) -> list[dict]:
+    try:
+        with open(os.path.join(run_dir, JOBS_LOG), encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def summary(jobs: list[dict], wall: float) -> dict:
+    remote = [j for j in jobs if j.get("helper") not in (None, "local")]
+    return {"jobs": len(jobs), "remote": len(remote), "local": len(jobs) - len(remote),
+            "helper_cores": len({(j["helper"], j.get("core")) for j in remote}),
+            "failed": sum(1 for j in jobs if j.get("exit_code")), "wall": round(wall, 2)}
+
+
+def run(command: list[str], *, local_only: bool = False, max_remote: int | None = None,
+        as_json: bool = False, python: str | None = None) -> int:
+    if not command:
+        print("baton run: give the build command after --, e.g. baton run -- make -j8", file=sys.stderr)
+        return 2
+    build_id = uuid.uuid4().hex[:12]
+    wrappers = install_wrappers(python=python)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=f"baton-run-{build_id}-") as run_dir:
+        env = dict(os.environ, PATH=wrappers + os.pathsep + os.environ.get("PATH", ""),
+                   CC=os.path.join(wrappers, "cc"), CXX=os.path.join(wrappers, "c++"),
+                   BATON_RUN_ID=build_id, **{RUN_DIR_ENV: run_dir})
+        if local_only or max_remote == 0:
+            env["BATON_RUN_LOCAL_ONLY"] = "1"
+        print(f"baton run: build {build_id}", file=sys.stderr, flush=True)
+        try:
+            code = subprocess.run(command, env=env).returncode
+        except FileNotFoundError:
+            print(f"baton run: {command[0]}: command not found", file=sys.stderr)
+            code = 127
+        except KeyboardInterrupt:
+            code = 130
+        jobs = read_jobs(run_dir)
+    figures = summary(jobs, time.monotonic() - started)
+    if as_json:
+        print(json.dumps({"id": build_id, "exit_code": code, **figures}))
+    print(f"baton run: {figures['jobs']} jobs ({figures['remote']} remote, {figures['local']} local), "
+          f"{figures['helper_cores']} helper cores, wall {figures['wall']:.1f} s, exit {code}",
+          file=sys.stderr)
+    return code

@@ -1,0 +1,101 @@
+"""`baton run` and `baton cc` around real build tools (make, CMake + Ninja), as a
+developer runs them: exit codes, the build id and summary lines, job records,
+and a CMake tree configured under `baton run` that keeps building without it."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(not (shutil.which("gcc") and shutil.which("make")), reason="needs gcc and make")
+
+MAKEFILE = """\
+all: app
+app: main.o util.o
+\t$(CC) main.o util.o -o app
+%.o: %.c
+\t$(CC) -O2 -g -MD -c $< -o $@
+-include *.d
+"""
+
+
+def baton(*args, cwd, env):
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.fixture
+def env(tmp_path):
+    return dict(os.environ, PYTHONPATH=str(ROOT), BATON_WRAPPER_DIR=str(tmp_path / "wrappers"))
+
+
+@pytest.fixture
+def make_project(tmp_path):
+    src = tmp_path / "proj"
+    src.mkdir()
+    (src / "Makefile").write_text(MAKEFILE)
+    (src / "util.h").write_text("int util(void);\n")
+    (src / "main.c").write_text('#include <stdio.h>\n#include "util.h"\nint main(void) { printf("%d\\n", util()); '
+                                "return 0; }\n")
+    (src / "util.c").write_text('#include "util.h"\nint util(void) { return 42; }\n')
+    return src
+
+
+def test_a_make_build_runs_and_its_compiles_are_jobs(make_project, env):
+    done = baton("run", "--json", "--", "make", "-j2", cwd=make_project, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines()[0].startswith("baton run: build ")
+    figures = json.loads(done.stdout.splitlines()[-1])
+    assert (figures["jobs"], figures["local"], figures["exit_code"]) == (2, 2, 0)
+    assert "2 jobs (0 remote, 2 local)" in done.stderr.splitlines()[-1]
+    assert subprocess.run(["./app"], cwd=make_project, capture_output=True, text=True).stdout == "42\n"
+    assert (make_project / "main.d").read_text().startswith("main.o: main.c")
+
+
+def test_a_compile_error_fails_the_build_with_makes_exit_code_and_the_compilers_words(make_project, env):
+    (make_project / "util.c").write_text("int util(void) { return nope; }\n")
+    done = baton("run", "--", "make", cwd=make_project, env=env)
+    plain = subprocess.run(["make"], cwd=make_project, capture_output=True, text=True)
+    assert done.returncode == plain.returncode == 2
+    for out in (done.stderr, plain.stderr):  # quotes depend on the locale
+        assert "nope" in out and "undeclared" in out
+    assert "exit 2" in done.stderr.splitlines()[-1]
+
+
+def test_baton_cc_outside_baton_run_is_the_compiler_itself(make_project, env, tmp_path):
+    env = {k: v for k, v in env.items() if k != "BATON_RUN_DIR"}
+    done = baton("cc", "gcc", "-O2", "-g", "-c", "util.c", "-o", "wrapped.o", cwd=make_project, env=env)
+    assert done.returncode == 0, done.stderr
+    subprocess.run(["gcc", "-O2", "-g", "-c", "util.c", "-o", "plain.o"], cwd=make_project, check=True)
+    assert (make_project / "wrapped.o").read_bytes() == (make_project / "plain.o").read_bytes()
+
+
+@pytest.mark.skipif(not (shutil.which("cmake") and shutil.which("ninja")), reason="needs cmake and ninja")
+def test_a_cmake_tree_configured_under_baton_run_keeps_building_without_it(make_project, env, tmp_path):
+    (make_project / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.13)\nproject(p C)\nadd_executable(app main.c util.c)\n")
+    build = tmp_path / "build"
+    configured = baton("run", "--", "cmake", "-S", str(make_project), "-B", str(build), "-G", "Ninja",
+                       cwd=tmp_path, env=env)
+    assert configured.returncode == 0, configured.stderr
+    cache = (build / "CMakeCache.txt").read_text()
+    assert f"CMAKE_C_COMPILER:FILEPATH={tmp_path / 'wrappers' / 'cc'}" in cache
+    built = baton("run", "--json", "--", "cmake", "--build", str(build), cwd=tmp_path, env=env)
+    assert built.returncode == 0, built.stderr
+    assert json.loads(built.stdout.splitlines()[-1])["jobs"] == 2
+    (make_project / "util.c").write_text('#include "util.h"\nint util(void) { return 7; }\n')
+    outside = subprocess.run(["cmake", "--build", str(build)], cwd=tmp_path, env=env, capture_output=True,
+                             text=True)
+    assert outside.returncode == 0, outside.stderr
+    assert subprocess.run([str(build / "app")], capture_output=True, text=True).stdout == "7\n"
+
+
+def test_baton_run_without_a_command_is_a_usage_error(tmp_path, env):
+    done = baton("run", cwd=tmp_path, env=env)
+    assert done.returncode == 2 and "baton run -- make" in done.stderr

@@ -1,0 +1,137 @@
+"""A distributed compile's two halves with the real compiler, no network: the
+initiator's scan and pack (cli.compile_scan) and the helper's compile
+(agent.compile_job), checked against a local compile of the same command."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agent.compile_job import (CompileJob, JobRefused, compiler_identity, map_args, run_compile)
+from cli.cc_args import RemotePlan, plan
+from cli.compile_scan import ScanFailed, pack, scan
+
+pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A small C project: an include directory, a macro, a header with a macro that moves columns."""
+    (tmp_path / "include").mkdir()
+    (tmp_path / "src").mkdir()
+    (tmp_path / "obj").mkdir()
+    (tmp_path / "include" / "lib.h").write_text(
+        "#pragma once\n#include <stdio.h>\n#define TWICE(x) ((x) + (x))\nint lib(int);\n")
+    (tmp_path / "src" / "lib.c").write_text(
+        '#include "lib.h"\nint lib(int a) { return TWICE(a) + printf("%s:%d\\n", __FILE__, __LINE__); }\n')
+    (tmp_path / "src" / "bad.c").write_text('#include "lib.h"\nint bad(void) { return undefined_name; }\n')
+    (tmp_path / "src" / "warn.c").write_text('#include "lib.h"\nint warn(void) { int unused; return 1; }\n')
+    return tmp_path
+
+
+def local_compile(argv, cwd):
+    return subprocess.run(argv, cwd=cwd, capture_output=True)
+
+
+def split_compile(argv, cwd, **kw):
+    """Scan and pack here, compile as a helper would, write the object where the command says."""
+    p = plan(argv)
+    assert isinstance(p, RemotePlan), p
+    result = run_compile(argv[0], pack(p, str(cwd), scan(p, str(cwd))), **kw)
+    if result.exit_code == 0:
+        (Path(cwd) / p.output).write_bytes(result.object)
+    return result
+
+
+FLAGS = ["-O2", "-g", "-Wall", "-fdiagnostics-color=never", "-Iinclude", f"-I{os.sep}usr{os.sep}include", "-DX=1"]
+
+
+def test_objects_and_dependency_files_are_byte_identical_to_local_ones(project):
+    argv = ["gcc", *FLAGS, "-MD", "-c", "src/lib.c", "-o", "obj/lib.o"]
+    assert local_compile(argv, project).returncode == 0
+    local_obj, local_dep = (project / "obj/lib.o").read_bytes(), (project / "obj/lib.d").read_bytes()
+    (project / "obj/lib.o").unlink()
+    (project / "obj/lib.d").unlink()
+    result = split_compile(argv, project)
+    assert result.exit_code == 0 and result.diagnostics == b""
+    assert (project / "obj/lib.o").read_bytes() == local_obj      # -g: debug info names our paths
+    assert (project / "obj/lib.d").read_bytes() == local_dep      # written by the scan, as make reads it
+
+
+def test_a_compile_error_fails_with_the_same_diagnostics_and_exit_code(project):
+    argv = ["gcc", *FLAGS, "-c", "src/bad.c", "-o", "obj/bad.o"]
+    local = local_compile(argv, project)
+    result = split_compile(argv, project)
+    assert local.returncode != 0 and result.exit_code == local.returncode
+    assert result.diagnostics == local.stderr and b"undefined_name" in result.diagnostics
+
+
+def test_warnings_are_the_local_ones(project):
+    argv = ["gcc", *FLAGS, "-c", "src/warn.c", "-o", "obj/warn.o"]
+    local = local_compile(argv, project)
+    result = split_compile(argv, project)
+    assert b"unused" in local.stderr and result.diagnostics == local.stderr
+
+
+def test_a_missing_header_fails_the_scan_so_the_compile_runs_locally(project):
+    (project / "src" / "missing.c").write_text('#include "nowhere.h"\n')
+    p = plan(["gcc", "-c", "src/missing.c"])
+    with pytest.raises(ScanFailed, match="nowhere.h"):
+        scan(p, str(project))
+
+
+@pytest.mark.parametrize("flag", ["-fplugin=/tmp/evil.so", "-B/tmp", "-specs=/tmp/x", "-Wl,-evil",
+                                  "-fdebug-prefix-map=/=/x", "--frobnicate", "-o", "/etc/passwd"])
+def test_a_helper_refuses_flags_that_reach_beyond_the_job(flag, tmp_path):
+    job = CompileJob(args=(flag,), source="a.c", cwd="/w", files={"/w/a.c": b"int x;\n"}, system_dirs=())
+    with pytest.raises(JobRefused):
+        map_args(job, str(tmp_path))
+
+
+@pytest.mark.parametrize("path", ["-I../../../etc", "-Isub/../../..", "-include../secret.h"])
+def test_a_helper_refuses_paths_that_leave_the_job(path, tmp_path):
+    job = CompileJob(args=(path,), source="a.c", cwd="/w", files={"/w/a.c": b"int x;\n"}, system_dirs=())
+    with pytest.raises(JobRefused):
+        run_compile("gcc", job, workdir=str(tmp_path))
+
+
+def test_a_source_path_that_climbs_is_refused_and_absolute_paths_stay_in_the_job(tmp_path):
+    job = CompileJob(args=(), source="../../etc/shadow.c", cwd="/w", files={}, system_dirs=())
+    with pytest.raises(JobRefused):
+        run_compile("gcc", job, workdir=str(tmp_path))
+    # An absolute path cannot climb above "/": "/w/../../../x.c" is the job's own /x.c.
+    contained = CompileJob(args=("-I/w/../../inc",), source="/w/../../../x.c", cwd="/w", system_dirs=(),
+                           files={"/w/../../../x.c": b'#include "y.h"\nint x = Y;\n', "/inc/y.h": b"#define Y 1\n"})
+    assert run_compile("gcc", contained, workdir=str(tmp_path)).exit_code == 0
+    assert not os.path.exists("/x.c") and not os.path.exists("/inc/y.h")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to an unprivileged user needs root")
+def test_a_job_that_includes_a_secret_of_the_helper_cannot_read_it(tmp_path):
+    secret = tmp_path / "agent-key.pem"
+    secret.write_text("THE-AGENT-KEY\n")
+    secret.chmod(0o600)
+    job = CompileJob(args=(), source="a.c", cwd="/w", system_dirs=(),
+                     files={"/w/a.c": f'#include "{secret}"\n'.encode()})
+    result = run_compile("gcc", job, workdir=str(tmp_path), user="nobody")
+    assert result.exit_code != 0 and b"THE-AGENT-KEY" not in result.diagnostics
+    assert b"Permission denied" in result.diagnostics
+
+
+def test_an_oversized_job_is_refused_before_anything_is_written(tmp_path):
+    huge = CompileJob(args=(), source="a.c", cwd="/w", system_dirs=(),
+                      files={"/w/a.c": b"/*" + b" " * (100 * 1024 * 1024) + b"*/"})
+    with pytest.raises(JobRefused, match="exceed"):
+        run_compile("gcc", huge, workdir=str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_different_compiler_under_the_same_name_has_another_identity(tmp_path):
+    fake = tmp_path / "gcc"
+    fake.write_text("#!/bin/sh\nexec /usr/bin/gcc \"$@\"\n")
+    fake.chmod(0o755)
+    assert compiler_identity("gcc") != compiler_identity(str(fake))
+    assert compiler_identity("gcc") == compiler_identity("gcc")
