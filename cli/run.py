@@ -25,11 +25,27 @@ import uuid
 
 from cli.cc import COMPILER_NAMES, JOBS_LOG, RUN_DIR_ENV, wrapper_dir
 
+# Outside `baton run` the wrapper is the compiler on PATH (found by the shell,
+# skipping the wrapper directory): no Python at all. Inside, Python without
+# `site` (-S: its .pth files cost ~35 ms a start) runs `baton cc`.
 WRAPPER = """#!/bin/sh
-# Written by `baton run`: hands this compile to `baton cc` (outside `baton run`
-# it runs the real {name} at once).
-exec {python} -m cli.cc {name} "$@"
+# Written by `baton run`: hands this compile to `baton cc`; outside `baton run`
+# it is the {name} on PATH.
+if [ -z "${{BATON_RUN_DIR:-}}" ]; then
+  set -f
+  IFS=:
+  for dir in $PATH; do
+    if [ -n "$dir" ] && [ "$dir" != {wrappers} ] && [ -f "$dir/{name}" ] && [ -x "$dir/{name}" ]; then
+      unset IFS
+      exec "$dir/{name}" "$@"
+    fi
+  done
+  echo "baton cc: no compiler named {name} on PATH" >&2
+  exit 127
+fi
+exec {python} -S -c 'import sys; sys.path.insert(0, sys.argv[1]); from cli.cc import main; sys.exit(main(sys.argv[2:]))' {root} {name} "$@"
 """
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where the `cli` package lives
 
 
 def install_wrappers(directory: str | None = None, python: str | None = None) -> str:
@@ -39,7 +55,8 @@ def install_wrappers(directory: str | None = None, python: str | None = None) ->
     python = python or sys.executable
     for name in COMPILER_NAMES:
         path = os.path.join(directory, name)
-        text = WRAPPER.format(name=name, python=shlex.quote(python))
+        text = WRAPPER.format(name=name, python=shlex.quote(python), wrappers=shlex.quote(directory),
+                              root=shlex.quote(ROOT))
         try:
             with open(path, encoding="utf-8") as f:
                 if f.read() == text:

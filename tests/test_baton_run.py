@@ -99,3 +99,13 @@ def test_a_cmake_tree_configured_under_baton_run_keeps_building_without_it(make_
 def test_baton_run_without_a_command_is_a_usage_error(tmp_path, env):
     done = baton("run", cwd=tmp_path, env=env)
     assert done.returncode == 2 and "baton run -- make" in done.stderr
+
+
+def test_the_example_project_builds_under_baton_run_and_its_program_runs(env, tmp_path):
+    project = tmp_path / "greet"
+    shutil.copytree(ROOT / "examples" / "greet", project)
+    done = baton("run", "--json", "--", "make", "-j8", cwd=project, env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["jobs"] == 3
+    ran = subprocess.run(["./greet"], cwd=project, capture_output=True, text=True)
+    assert ran.stdout == "hello from the farm (16 letters)\n"
