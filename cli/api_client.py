@@ -1,8 +1,9 @@
 """A small HTTP client for the coordinator's JSON API, used by the `baton` CLI.
 
-Commands that change settings, users or builds go through the leading
-primary's API with a user's credentials (docs/design.md section 5), never around
-it. The client finds the web address in etcd (the leader key, else any
+Commands that change settings or users go through the leading primary's API,
+builds and their cancellation through the coordinator serving agents (the
+leader, whatever its role), with a user's credentials (docs/design.md
+section 5), never around it. The client finds the web address in etcd (the leader key, else any
 registered coordinator) unless --url is given.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import os
 import ssl
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -102,6 +104,12 @@ class ApiClient:
 
     def build(self, build_id: str) -> dict:
         return self.request("GET", f"/api/v1/builds/{build_id}")
+
+    def builds(self) -> list[dict]:
+        return self.request("GET", "/api/v1/builds")["builds"]
+
+    def cancel_build(self, build_id: str) -> dict:
+        return self.request("POST", f"/api/v1/builds/{urllib.parse.quote(build_id, safe='')}/cancel", {})
 
     def add_user(self, name: str, role: str, password: str) -> dict:
         return self.request("POST", "/api/v1/users", {"name": name, "role": role, "password": password})

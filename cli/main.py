@@ -16,6 +16,7 @@ import sys
 import time
 
 from cli.parser import build_parser, fill_defaults
+from cluster.records import BUILD_ENDED
 from lease.errors import BatonError, ConfigError
 
 # Exit codes (docs/design.md section 5).
@@ -111,7 +112,7 @@ def cmd_status(args) -> int:
               f"-> {a.get('coordinator') or '-'}")
     b = status.get("builds", {})
     print(f"builds:          {b.get('queued', 0)} queued, {b.get('running', 0)} running, "
-          f"{b.get('done', 0)} done, {b.get('failed', 0)} failed")
+          f"{b.get('done', 0)} done, {b.get('failed', 0)} failed, {b.get('cancelled', 0)} cancelled")
     events = status.get("events") or []
     if events:
         print("recent events:")
@@ -137,6 +138,8 @@ def cmd_switchover(args) -> int:
 
 
 def cmd_build(args) -> int:
+    if args.build_command in BUILD_VERBS:
+        return BUILD_VERBS[args.build_command](args)
     if args.build_command == "submit":
         from cluster.buildfile import MAX_BUILD_BYTES
 
@@ -154,7 +157,7 @@ def cmd_build(args) -> int:
             return 0
         deadline = time.monotonic() + args.timeout
         build = client.build(build_id)
-        while build["state"] not in ("done", "failed"):
+        while build["state"] not in BUILD_ENDED:
             if time.monotonic() > deadline:
                 raise ConfigError(f"build {build_id} did not end within {args.timeout:g} s")
             time.sleep(0.5)
@@ -172,7 +175,33 @@ def cmd_build(args) -> int:
             print(f"  {t['id']:<24} {t['state']:<8} attempt {t.get('attempt', 0)} "
                   f"agent {t.get('agent') or '-'} exit {t.get('exit_code') if t.get('exit_code') is not None else '-'}")
         return 0
-    raise ConfigError("usage: baton build submit FILE | baton build show ID")
+    raise ConfigError("usage: baton build submit FILE | list | show ID | cancel ID")
+
+
+def cmd_build_list(args) -> int:
+    """`baton build list`: a table of builds, newest first (the API's order)."""
+    builds = _client(args).builds()
+    if args.json:
+        print(json.dumps(builds, indent=2))
+        return OK
+    rows = [(b["id"], b.get("name") or "", b["state"], f"{int(b.get('done') or 0)}/{int(b.get('total') or 0)}",
+             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(b["submitted"])) if b.get("submitted") else "-")
+            for b in builds]
+    header = ("ID", "NAME", "STATE", "DONE", "SUBMITTED")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+    return OK
+
+
+def cmd_build_cancel(args) -> int:
+    """`baton build cancel ID`: sent to the coordinator serving agents (the leader)."""
+    answer = _client(args).cancel_build(args.id)
+    print(f"{args.id}: cancel {answer.get('cancel', 'requested')}; its running tasks are being stopped")
+    return OK
+
+
+BUILD_VERBS = {"list": cmd_build_list, "cancel": cmd_build_cancel}
 
 
 def cmd_user(args) -> int:

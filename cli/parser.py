@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("switchover", help="planned handover to the selected backup (and back)", api=True)
     p.add_argument("--to", help="coordinator to hand over to (default: the other side)")
 
-    p = sub.add_parser("build", help="submit and show builds", api=True)
+    p = sub.add_parser("build", help="submit, list, show and cancel builds", api=True)
     bsub = p.add_subparsers(dest="build_command", metavar="ACTION", parser_class=_Parser)
     s = bsub.add_parser("submit", help="submit a build file (YAML or JSON)", api=True)
     s.add_argument("file", help="the build file")
@@ -160,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = bsub.add_parser("show", help="show a build", api=True)
     s.add_argument("id", help="the build's id")
     s.add_argument("--json", action="store_true", help="print the API's JSON document")
+    s = bsub.add_parser("list", help="list builds, newest first (id, name, state, done/total, submitted)", api=True)
+    s.add_argument("--json", action="store_true", help="print the API's JSON document")
+    s = bsub.add_parser("cancel", help="cancel a build: its queued tasks never start, running ones are stopped",
+                        api=True)
+    s.add_argument("id", help="the build's id")
 
     p = sub.add_parser("user", help="manage users", api=True)
     usub = p.add_subparsers(dest="user_command", metavar="ACTION", parser_class=_Parser)

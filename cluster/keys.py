@@ -22,12 +22,17 @@ cluster.settings.Settings, users/ by cluster.users.
   builds/<id>           {id, name, submitted, user, tasks: [{id, cmd, deps, timeout}]}
                         the spec as submitted, written once by the web API (one
                         fenced put, so a build appears whole or not at all)
-  build-status/<id>     {state: queued|running|done|failed, total, done, failed,
-                         running, started, finished}: written by the leader
+  build-status/<id>     {state: queued|running|done|failed|cancelled, total, done,
+                         failed, running, started, finished}: written by the leader
+                        (cancelled once a cancelled build's every task has ended)
+  build-cancel/<id>     {user, time}: a cancellation asked for, written once by the
+                        web API (fenced) where agents are served; the leader acts on
+                        it (coordinator/runtime/cancelling.py), also after a failover
   tasks/<id>/<task>     {state: running|done|failed, attempt, agent, assigned,
                          result: {exit_code, duration, output_tail, agent,
                          attempt, error}}: written by the leader; no key means
-                        the task has not been assigned yet (queued)
+                        the task has not been assigned yet (queued). A cancelled
+                        build's unfinished tasks end failed with error "cancelled"
   users/<name>          {role, scrypt: {salt, hash, n, r, p}}
   events/<seq>          {type, time, coordinator, epoch, detail}; seq sorts by time
   throttle/address/<address>, throttle/login/<address>/<user>   [failures, locked_until]
@@ -72,6 +77,7 @@ class Keys:
         self.agent_config = self.root + "agent-config/"
         self.builds = self.root + "builds/"
         self.build_status = self.root + "build-status/"
+        self.build_cancels = self.root + "build-cancel/"   # sorts before build-status/ and builds/
         self.tasks = self.root + "tasks/"
         self.users = self.root + "users/"
         self.events = self.root + "events/"
@@ -93,6 +99,9 @@ class Keys:
 
     def status_of_build(self, build_id: str) -> str:
         return self.build_status + build_id
+
+    def cancel_of_build(self, build_id: str) -> str:
+        return self.build_cancels + build_id
 
     def build_tasks(self, build_id: str) -> str:
         return f"{self.tasks}{build_id}/"

@@ -20,6 +20,10 @@ from cluster.keys import encode
 
 log = logging.getLogger(__name__)
 
+# The states of build-status/<id> (cluster/keys.py); a build in BUILD_ENDED never changes again.
+BUILD_STATES = ("queued", "running", "done", "failed", "cancelled")
+BUILD_ENDED = ("done", "failed", "cancelled")
+
 
 @dataclasses.dataclass(frozen=True)
 class LeaderRecord:

@@ -89,3 +89,29 @@ def test_a_task_run_again_goes_first_in_its_builds_queue():
     build.requeue(build.tasks["t1"], 2.0)
     assert list(build.ready) == ["t1", "t2", "t3", "t4"] and build.in_use == 1
     assert build.tasks["t1"].state == READY and build.tasks["t1"].attempt == 1  # the next assign makes it 2
+
+
+def test_cancel_ends_every_task_once_except_those_whose_end_is_in_flight():
+    """Queued and running tasks end cancelled at once; a task being assigned ends when its
+    running record resolves; a task whose result is being written ends with that result."""
+    spec = {"id": "b1", "name": "b1", "tasks": [{"id": t, "cmd": "x"} for t in ("run", "assign", "result", "queued")]
+            + [{"id": "later", "cmd": "x", "deps": ["run"]}]}
+    build, _ = Build.from_spec(spec, 1, {}, 0.0, 0.0)
+    t = build.tasks
+    for name in ("run", "assign", "result"):
+        build.assign(t[name], "a1", 1.0)
+    t["run"].state = t["result"].state = "running"
+    build.result_taken(t["result"])
+    t["result"].recording = ({"state": DONE}, [])
+    writes, stop = build.cancel(5.0)
+    assert sorted(task.id for task, _ in writes) == ["later", "queued", "run"]
+    assert stop == [t["run"]] and not build.ready
+    ran = dict((task.id, rec) for task, rec in writes)["run"]
+    assert ran["state"] == "failed" and ran["result"]["error"] == "cancelled" and ran["agent"] == "a1"
+    assert ran["result"]["duration"] == 4.0 and ran["attempt"] == 1
+    assert dict((task.id, rec) for task, rec in writes)["queued"]["agent"] is None
+    assert t["assign"].state == ASSIGNING and build.in_use == 1
+    assert [task.id for task, _ in build.end_assigning(t["assign"], 6.0)] == ["assign"]
+    build.finished_task(t["result"], {"state": DONE, "attempt": 1}, 6.0, 6.0)
+    assert build.counts() == {"total": 5, "done": 1, "failed": 4, "running": 0}
+    assert build.status_record(7.0)["state"] == "cancelled" and build.over

@@ -13,6 +13,8 @@ def test_starting_point_skips_finished_builds_history(etcd, keys):
     etcd.put(keys.task("new", "t0"), encode({"state": "running", "attempt": 1, "agent": "a1"}))
     etcd.put(keys.agent("a1"), encode({"name": "a1", "cores": 2}))
     etcd.put(keys.settings, encode({"max_cores_per_build": 3}))
+    etcd.put(keys.cancel_of_build("new"), encode({"user": "admin", "time": 1}))
+    etcd.put(keys.cancel_of_build("old"), encode({"user": "admin", "time": 1}))   # came too late
 
     kvs, revision = read_starting_point(etcd, keys)
     assert not any(k.startswith(keys.build_tasks("old")) for k in kvs), "finished build's tasks were read"
@@ -24,6 +26,7 @@ def test_starting_point_skips_finished_builds_history(etcd, keys):
     assert [b.spec["id"] for b in snap.unfinished] == ["new"]
     assert snap.unfinished[0].records == {"t0": {"state": "running", "attempt": 1, "agent": "a1"}}
     assert set(snap.agents) == {"a1"} and snap.settings.max_cores_per_build == 3
+    assert snap.cancels == {"new"}, "a new leader finishes the cancellations of unfinished builds"
 
 
 

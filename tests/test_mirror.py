@@ -12,7 +12,7 @@ def spec(build_id, n=3):
 
 def same_starting_point(a, b, keys):
     sa, sb = read_snapshot(a, keys), read_snapshot(b, keys)
-    assert sa.finished == sb.finished
+    assert sa.finished == sb.finished and sa.cancels == sb.cancels
     assert [(u.spec, u.order, u.records, u.status) for u in sa.unfinished] == \
            [(u.spec, u.order, u.records, u.status) for u in sb.unfinished]
     assert sa.agents == sb.agents and sa.agent_configs == sb.agent_configs and sa.settings == sb.settings
@@ -32,6 +32,7 @@ def test_the_mirror_follows_writes_and_drops_finished_builds(etcd, keys):
         etcd.put(keys.task("old", "t1"), encode({"state": "done", "attempt": 1}))  # late, of a finished build
         etcd.put(keys.settings, encode({"max_cores_per_build": 3}))
         etcd.put(keys.agent_settings("a2"), encode({"disabled": True}))
+        etcd.put(keys.cancel_of_build("new"), encode({"user": "admin", "time": 1}))
         etcd.delete(keys.agent("a1"))
         revision = etcd.revision()
 
@@ -42,6 +43,7 @@ def test_the_mirror_follows_writes_and_drops_finished_builds(etcd, keys):
         assert kvs[keys.build("old")].value == b"", "a finished build's spec was kept"
         read, _ = read_starting_point(etcd, keys)
         same_starting_point(kvs, read, keys)
+        assert read_snapshot(kvs, keys).cancels == {"new"}, "a cancellation asked for is kept"
         assert mirror.snapshot(at_least=revision + 1000, timeout=0.2) is None, "never ahead of etcd"
     finally:
         mirror.stop()

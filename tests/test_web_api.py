@@ -36,7 +36,7 @@ def test_status_shape(client, cluster):
     agent = status["agents"][0]
     assert (agent["name"], agent["state"], agent["label"], agent["cores"], agent["coordinator"]) == \
         ("a1", "busy", "busy 2/4", 4, "p1")
-    assert status["builds"] == {"queued": 0, "running": 0, "done": 0, "failed": 0}
+    assert status["builds"] == {"queued": 0, "running": 0, "done": 0, "failed": 0, "cancelled": 0}
     assert status["events"][0]["type"] == "failover"
     assert status["lease_ttl_left"] == 9.5  # the daemon's figure while we lead
     assert status["banner"] is None

@@ -244,3 +244,16 @@ def test_authority_writable_only_for_acting_leading_primary():
     assert backup.leads and not backup.writable                             # a backup is view only
     assert "backup coordinator b1" in backup.refusal("p1")
     assert "b1 is" in _auth(leader={"name": "b1"}).refusal()
+
+
+def test_authority_builds_where_agents_are_served_changes_only_on_the_leading_primary():
+    backup = _auth(name="b1", role="backup", leader={"name": "b1"})
+    assert backup.accepts_builds and not backup.writable
+    assert backup.target(work=True, primary="p1") == "b1" and backup.target(work=False, primary="p1") == "p1"
+    idle = _auth(name="b1", role="backup", leader={"name": "p1"})
+    assert not idle.accepts_builds and idle.target(work=True, primary="p1") == "p1"
+    assert "go to p1" in idle.build_refusal()
+    assert not _auth(state=None).accepts_builds                             # our daemon does not act
+    primary_out = _auth(leader={"name": "b1"})
+    assert primary_out.target(work=True, primary="p1") == "b1" and primary_out.target(work=False, primary="p1") == "p1"
+    assert _auth(leader=None, epoch=None).target(work=True, primary="p1") is None

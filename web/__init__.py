@@ -1,8 +1,9 @@
 """Baton's web UI and JSON API: `create_app(config) -> Flask`.
 
 One blueprint per area (auth, overview, agents, builds, settings, users,
-api, ops). The app reads the cluster from etcd and writes only when this
-coordinator is the primary that leads (web/authority.py); it never decides
+api, ops). The app reads the cluster from etcd and writes only where
+web/authority.py allows: builds and cancellations on the coordinator serving
+agents, every other change on the primary that leads; it never decides
 leadership itself. The etcd client is created per worker process on first
 use (web/etcd_access.py), never at import time: gRPC does not survive fork().
 """
@@ -85,11 +86,13 @@ def _install_hooks(app: Flask) -> None:
         from web.status import banner
         ctx = {"me": app.config["BATON_NAME"], "my_role": app.config["BATON_ROLE"],
                "user": g.get("user"), "csrf_token": security.csrf_token, "banner": None, "writable": False,
+               "accepts_builds": False,
                "fmt_time": _fmt_time, "fmt_duration": _fmt_duration}
         if g.get("user"):
             try:
                 auth = authority()
                 ctx["writable"] = auth.writable
+                ctx["accepts_builds"] = auth.accepts_builds
                 ctx["banner"] = banner(auth, snapshot(), primary_name())
             except EtcdError:
                 ctx["banner"] = {"text": "etcd does not answer — the data shown may be incomplete.",
@@ -128,13 +131,17 @@ def _install_error_handlers(app: Flask) -> None:
     def not_found(exc):
         return refuse(404, str(exc))
 
+    @app.errorhandler(actions.Ended)
+    def ended(exc):
+        return refuse(409, str(exc))
+
     @app.errorhandler(NotLeader)
     def lost_leadership(exc):
         # The check passed but the commit's fence did not: leadership moved.
         g.pop("authority", None)
         g.pop("snapshot", None)
         try:
-            return read_only_refusal(authority())
+            return read_only_refusal(authority(), g.get("work", False))
         except EtcdError:
             return refuse(403, "this coordinator no longer leads; try the coordinator that serves agents")
 

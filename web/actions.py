@@ -16,7 +16,7 @@ from cluster import users as user_store
 from cluster.buildfile import BuildFileError, parse_build
 from cluster.names import NAME_RE
 from cluster.keys import Keys, decode, encode
-from cluster.records import CoordinatorRecord
+from cluster.records import BUILD_ENDED, CoordinatorRecord
 from cluster.settings import Settings, validate_update
 from lease.election import Fence
 from web.authority import Conflict
@@ -30,6 +30,10 @@ class Invalid(ValueError):
 
 class NotFound(LookupError):
     """The named thing does not exist (404)."""
+
+
+class Ended(RuntimeError):
+    """The request comes too late: the thing it would change has ended (409)."""
 
 
 def new_build_id(now: float) -> str:
@@ -54,6 +58,29 @@ def submit_build(etcd, keys: Keys, fence: Fence, body: bytes | str | dict, user:
         etcd.ops.put(keys.status_of_build(build_id), encode(status)),
     ], also=[etcd.ops.version(keys.build(build_id)) == 0])
     return build_id
+
+
+def cancel_build(etcd, keys: Keys, fence: Fence, build_id: str, user: str, now: float) -> bool:
+    """Ask the leader to cancel a build: one fenced put of build-cancel/<id>, which the
+    runtime acts on (coordinator/runtime/cancelling.py), a later leader too. Returns
+    False when a cancellation was already asked for (nothing written).
+
+    Raises NotFound for an unknown build, Ended for one that has ended. A build
+    that ends between this check and the leader reading the request stays as it ended.
+    """
+    if etcd.get(keys.build(build_id))[0] is None:
+        raise NotFound(f"no build {build_id}")
+    status = decode(etcd.get(keys.status_of_build(build_id))[0]) or {}
+    if status.get("state") in BUILD_ENDED:
+        raise Ended(f"build {build_id} has already ended ({status['state']}); there is nothing to cancel")
+    if etcd.get(keys.cancel_of_build(build_id))[0] is not None:
+        return False
+    try:
+        fence.commit([etcd.ops.put(keys.cancel_of_build(build_id), encode({"user": user, "time": now}))],
+                     also=[etcd.ops.version(keys.cancel_of_build(build_id)) == 0])
+    except Conflict:
+        return False  # someone else asked at the same moment
+    return True
 
 
 def registered_backups(etcd, keys: Keys, primary: str) -> list[str]:

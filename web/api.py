@@ -1,8 +1,10 @@
 """The JSON API (/api/v1), docs/design.md section 5. HTTP Basic or the UI session.
 
-Reads work on every coordinator; writes only on the primary that leads
-(403 naming the coordinator to use otherwise), except POST /switchover,
-which the leading coordinator of either role accepts.
+Reads work on every coordinator. Builds and their cancellation are work,
+accepted by the coordinator that serves agents whatever its role; every
+other write only by the primary that leads (403 naming the coordinator to
+use otherwise: web/authority.py). POST /switchover is accepted by the
+leading coordinator of either role.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from web import actions, etcd_access
 from web.authority import write_fence
 from web.cluster_view import build_detail, build_rows, read_events
 from web.guards import (admin_required, authority, login_required, primary_name, read_only_refusal, refuse,
-                        snapshot, writable_required)
+                        serving_required, snapshot, writable_required)
 from web.security import now
 from web.status import status_document
 
@@ -72,7 +74,7 @@ def list_builds():
 
 @bp.post("/builds")
 @admin_required
-@writable_required
+@serving_required
 def submit_build():
     body = request.get_data(cache=True)
     build_id = actions.submit_build(etcd_access.client(), etcd_access.keys(), g.fence, body,
@@ -98,6 +100,15 @@ def show_build(build_id):
     if detail is None:
         return refuse(404, f"no build {build_id}")
     return jsonify(detail)
+
+
+@bp.post("/builds/<build_id>/cancel")
+@admin_required
+@serving_required
+def cancel_build(build_id):
+    asked = actions.cancel_build(etcd_access.client(), etcd_access.keys(), g.fence, build_id,
+                                 g.user["name"], now())
+    return jsonify({"id": build_id, "cancel": "requested" if asked else "already requested"}), 202
 
 
 @bp.get("/users")

@@ -2,10 +2,17 @@
 
 A coordinator *leads* when the leader key names it AND its own daemon says,
 through the daemon state file (fresh within renew_deadline), that it is
-acting as leader with the epoch of that same key. It is *writable* when it
-leads and is a primary: a backup's UI is view only even while it serves
-agents (docs/design.md section 1). The one exception, a planned switchover, only
-needs `leads`.
+acting as leader with the epoch of that same key. Two kinds of write follow
+(docs/design.md section 1, "Builds are work, not changes"):
+
+- work (new builds, cancelling a build): accepted where the coordinator
+  leads, whatever its role, so that a backup serving agents during a
+  primary outage still takes builds (`accepts_builds`);
+- changes (settings, users, agent configuration): only where it leads and is
+  a primary (`writable`). A planned switchover only needs `leads`.
+
+A refusal names the coordinator to use (`target`): for work the one that
+serves agents, for changes the primary.
 
 The check happens on every write request and is then enforced again by the
 commit itself: every write is a transaction comparing the leader key's create
@@ -47,7 +54,20 @@ class Authority:
 
     @property
     def writable(self) -> bool:
+        """Settings, users and agent configuration may change here now."""
         return self.leads and self.role == "primary"
+
+    @property
+    def accepts_builds(self) -> bool:
+        """New builds and cancellations are accepted here now (the coordinator serving agents)."""
+        return self.leads
+
+    def target(self, work: bool, primary: str | None) -> str | None:
+        """The coordinator to send a refused write to: for work the leader (None when
+        nobody leads), for changes the primary (this one, when it is the primary)."""
+        if work:
+            return self.leader_name
+        return (primary or None) if self.role == "backup" else self.name
 
     @property
     def leader_name(self) -> str | None:
@@ -60,12 +80,24 @@ class Authority:
             target = primary or "the primary"
             if leader == self.name:
                 return (f"This is the backup coordinator {self.name}; it serves agents while the primary "
-                        f"is unavailable but accepts no changes. Make changes on {target} once it is back.")
+                        f"is unavailable and accepts builds, but settings, users and agent configuration "
+                        f"change only on the primary. Make this change on {target} once it is back.")
             return f"This is the backup coordinator {self.name}; it is view only. Make changes on {target}."
         if leader is None:
             return "No coordinator leads right now; try again in a few seconds."
         if leader != self.name:
-            return f"{self.name} is not serving agents right now ({leader} is); it is view only until it leads again."
+            return (f"{self.name} is not serving agents right now ({leader} is); settings, users and agent "
+                    f"configuration change only on the leading primary, so here once {self.name} leads again.")
+        return f"{self.name} is not acting as leader right now (its lease is not being renewed); try again shortly."
+
+    def build_refusal(self) -> str:
+        """One sentence saying why this coordinator refuses builds and cancellations, and where to go."""
+        leader = self.leader_name
+        if leader is None:
+            return "No coordinator is serving agents right now; submit builds again in a few seconds."
+        if leader != self.name:
+            return (f"{self.name} is not serving agents right now; builds and cancellations go to "
+                    f"{leader}, which is.")
         return f"{self.name} is not acting as leader right now (its lease is not being renewed); try again shortly."
 
 

@@ -1,4 +1,8 @@
-"""Builds: list with progress, one build's tasks, submitting a build file."""
+"""Builds: list with progress, one build's tasks, submitting a build file, cancelling a build.
+
+Submitting and cancelling are work, not changes: the coordinator serving
+agents accepts them whatever its role (forms.run(work=True), web/authority.py).
+"""
 from __future__ import annotations
 
 from flask import Blueprint, abort, current_app, g, render_template, request, url_for
@@ -51,7 +55,23 @@ def submit():
         created.append(build_id)
         return f"Build {build_id} submitted."
 
-    response = forms.run(act, url_for("builds.index"))
+    response = forms.run(act, url_for("builds.index"), work=True)
     if created and response.status_code == 302:
         response.headers["Location"] = url_for("builds.show", build_id=created[0])
     return response
+
+
+@bp.post("/builds/<build_id>/cancel")
+@admin_required
+def cancel(build_id):
+    def act(fence: Fence) -> str:
+        try:
+            asked = actions.cancel_build(etcd_access.client(), etcd_access.keys(), fence, build_id,
+                                         g.user["name"], now())
+        except actions.Ended as exc:
+            raise actions.Invalid(str(exc)) from None   # flashed on the page it came from
+        return f"Build {build_id}: cancelling." if asked else f"Build {build_id} is already being cancelled."
+
+    back = request.form.get("back") == "list"
+    return forms.run(act, url_for("builds.index") if back else url_for("builds.show", build_id=build_id),
+                     work=True)

@@ -18,6 +18,7 @@ from typing import Any
 
 from cluster.events import list_events
 from cluster.keys import Keys, decode, prefix_end
+from cluster import records
 from cluster.records import AgentRecord, CoordinatorRecord, EventRecord, LeaderRecord
 from cluster.settings import Settings
 
@@ -38,6 +39,7 @@ class Snapshot:
     switchover: dict | None
     build_status: dict[str, dict]
     events: list[EventRecord]
+    build_cancels: dict[str, dict] = dataclasses.field(default_factory=dict)  # build-cancel/<id>
 
 
 def _value(raw: bytes) -> Any:
@@ -86,7 +88,7 @@ def _read(keys: Keys, key: str, raw: bytes) -> Any:
 # The three ranges that make a snapshot (everything under the cluster root except
 # builds/ (large specs), events/ (read newest-first with a limit), tasks/ and users/).
 def _ranges(keys: Keys) -> list[tuple[str, str]]:
-    return [(keys.root, keys.builds),            # agent-config/ agents/ backup-contact/ build-status/
+    return [(keys.root, keys.builds),            # agent-config/ agents/ backup-contact/ build-cancel/ build-status/
             (keys.coordinators, keys.events),    # coordinators/
             (keys.leader, keys.tasks)]           # leader runtime settings switchover
 
@@ -108,7 +110,7 @@ def read_snapshot(etcd, keys: Keys, events_limit: int = EVENTS_SHOWN, cache: Dec
     values = cache.decode_all(kvs, keys)
 
     buckets: dict[str, dict[str, Any]] = {p: {} for p in (keys.agents, keys.agent_config, keys.build_status,
-                                                           keys.coordinators)}
+                                                           keys.build_cancels, keys.coordinators)}
     for key, value in values.items():
         if not isinstance(value, (dict, AgentRecord, CoordinatorRecord)):
             continue
@@ -133,7 +135,8 @@ def read_snapshot(etcd, keys: Keys, events_limit: int = EVENTS_SHOWN, cache: Dec
         leader_kv=leader_kv, coordinators=buckets[keys.coordinators], agents=buckets[keys.agents],
         agent_config=buckets[keys.agent_config], runtime=runtime if isinstance(runtime, dict) else {},
         settings=settings, switchover=values.get(keys.switchover),
-        build_status=buckets[keys.build_status], events=read_events(etcd, keys, events_limit))
+        build_status=buckets[keys.build_status], events=read_events(etcd, keys, events_limit),
+        build_cancels=buckets[keys.build_cancels])
 
 
 class _Meta:
@@ -229,7 +232,7 @@ def backups_of(snap: Snapshot, primary: str) -> list[str]:
 
 # -- builds -------------------------------------------------------------------------
 
-BUILD_STATES = ("queued", "running", "done", "failed")
+BUILD_STATES = records.BUILD_STATES
 
 
 def build_counts(snap: Snapshot) -> dict[str, int]:
@@ -276,8 +279,10 @@ def build_rows(etcd, keys: Keys, snap: Snapshot, cache: SpecCache) -> list[dict]
         total = int(info.get("total") or 0)
         done = int(status.get("done") or 0)
         failed = int(status.get("failed") or 0)
+        state = status.get("state", "queued")
         rows.append({
-            "id": build_id, "name": info.get("name") or build_id, "state": status.get("state", "queued"),
+            "id": build_id, "name": info.get("name") or build_id, "state": state,
+            "ended": state in records.BUILD_ENDED, "cancelling": build_id in snap.build_cancels,
             "submitted": info.get("submitted"), "user": info.get("user"), "total": total, "done": done,
             "failed": failed, "running": int(status.get("running") or 0),
             "started": status.get("started"), "finished": status.get("finished"),
@@ -297,21 +302,22 @@ def build_detail(etcd, keys: Keys, build_id: str, states: set[str] | None = None
     them (a build may have 10,000 tasks); "matching" says how many there are.
     """
     tasks_prefix = keys.build_tasks(build_id)
-    spec_kvs, status_kvs, task_kvs = etcd.read_together([
+    spec_kvs, status_kvs, cancel_kvs, task_kvs = etcd.read_together([
         (keys.build(build_id), None), (keys.status_of_build(build_id), None),
-        (tasks_prefix, prefix_end(tasks_prefix))])
+        (keys.cancel_of_build(build_id), None), (tasks_prefix, prefix_end(tasks_prefix))])
     if not spec_kvs:
         return None
     spec = _value(spec_kvs[0][0]) or {}
     status = (_value(status_kvs[0][0]) if status_kvs else None) or {}
-    records = {}
+    cancel = (_value(cancel_kvs[0][0]) if cancel_kvs else None) or None
+    task_records = {}
     for value, meta in task_kvs:
         record = _value(value)
         if isinstance(record, dict):
-            records[Keys.name_of(meta.key, tasks_prefix)] = record
+            task_records[Keys.name_of(meta.key, tasks_prefix)] = record
     tasks = []
     for task in spec.get("tasks") or []:
-        record = records.get(task.get("id")) or {}
+        record = task_records.get(task.get("id")) or {}
         result = record.get("result") or {}
         tasks.append({
             "id": task.get("id"), "cmd": task.get("cmd"), "deps": task.get("deps") or [],
@@ -328,7 +334,8 @@ def build_detail(etcd, keys: Keys, build_id: str, states: set[str] | None = None
         tasks = [t for t in tasks if t["state"] in states]
     matching = len(tasks)
     tasks = tasks[offset:offset + limit] if limit is not None else tasks[offset:]
-    return {"id": build_id, "name": spec.get("name"), "state": status.get("state", "queued"),
-            "submitted": spec.get("submitted"), "user": spec.get("user"), "started": status.get("started"),
+    state = status.get("state", "queued")
+    return {"id": build_id, "name": spec.get("name"), "state": state, "ended": state in records.BUILD_ENDED,
+            "cancel": cancel if isinstance(cancel, dict) else None, "submitted": spec.get("submitted"), "user": spec.get("user"), "started": status.get("started"),
             "finished": status.get("finished"), "total": total, "counts": counts, "matching": matching,
             "offset": offset, "tasks": tasks}

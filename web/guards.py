@@ -1,4 +1,4 @@
-"""Refusals and the checks in front of views: logged in, admin, writable.
+"""Refusals and the checks in front of views: logged in, admin, writable, serving.
 
 A refusal is JSON for /api/ paths ({"error": sentence, ...}) and an HTML
 page for the UI, always with one sentence a user can act on.
@@ -71,18 +71,20 @@ def snapshot() -> Snapshot:
     return g.snapshot
 
 
-def read_only_refusal(auth: Authority):
-    """The 403 for a write on a coordinator that may not write now, naming where to go."""
-    cfg = current_app.config
-    leader = auth.leader_name
-    if cfg["BATON_ROLE"] == "backup":
-        target = primary_name()
-        target_web = coordinator_web_url(target) if target else None
+def read_only_refusal(auth: Authority, work: bool = False):
+    """The 403 for a write on a coordinator that may not make it now, naming where to go:
+    for work (builds, cancellations) the coordinator serving agents, for changes the primary."""
+    primary = primary_name()
+    target = auth.target(work, primary)
+    if target is None:
+        target_web = None
+    elif target == auth.leader_name:
+        target_web = coordinator_web_url(target, auth.leader.web if auth.leader else None)
     else:
-        target = leader
-        target_web = coordinator_web_url(leader, auth.leader.web if auth.leader else None) if leader else None
-    return refuse(403, auth.refusal(primary_name()), leader=leader, leader_web=target_web,
-                  coordinator=target)
+        target_web = coordinator_web_url(target)
+    sentence = auth.build_refusal() if work else auth.refusal(primary)
+    return refuse(403, sentence, leader=auth.leader_name, coordinator=target, coordinator_web=target_web,
+                  leader_web=target_web)
 
 
 def primary_name() -> str | None:
@@ -97,11 +99,26 @@ def primary_name() -> str | None:
 
 def writable_required(view: Callable) -> Callable:
     """403 unless this coordinator is a primary that leads right now; sets g.fence for the commit."""
+    return _fenced(view, work=False)
+
+
+def serving_required(view: Callable) -> Callable:
+    """403 unless this coordinator serves agents right now (either role: builds are work,
+    not changes, docs/design.md section 1); sets g.fence for the commit."""
+    return _fenced(view, work=True)
+
+
+def may_write(auth: Authority, work: bool) -> bool:
+    return auth.accepts_builds if work else auth.writable
+
+
+def _fenced(view: Callable, work: bool) -> Callable:
     @functools.wraps(view)
     def wrapped(*args, **kwargs):
         auth = authority()
-        if not auth.writable:
-            return read_only_refusal(auth)
+        if not may_write(auth, work):
+            return read_only_refusal(auth, work)
         g.fence = write_fence(etcd_access.client(), etcd_access.keys(), auth)
+        g.work = work
         return view(*args, **kwargs)
     return wrapped

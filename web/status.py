@@ -25,18 +25,26 @@ def lease_ttl_left(auth: Authority) -> float | None:
 
 
 def banner(auth: Authority, snap: Snapshot, primary: str | None) -> dict | None:
-    """What the view-only banner says (None on a writable primary)."""
+    """What the banner says where this coordinator does not take every write (None on
+    the leading primary): which writes it takes (builds and cancellations where it
+    serves agents, docs/design.md section 1) and where the others go."""
     me = auth.name
     leader = auth.leader_name
     if auth.role == "backup":
-        text = f"This is the backup coordinator {me} — view only."
-        if leader == me:
-            text += " It is serving agents now because the primary is unavailable."
+        if leader == me and auth.accepts_builds:
+            text = (f"This is the backup coordinator {me}, serving agents now because the primary is "
+                    f"unavailable. It accepts builds and their cancellation; settings, users and agent "
+                    f"configuration change only on the primary {primary or '(unknown)'}.")
+        else:
+            text = f"This is the backup coordinator {me} — view only."
+            if leader and leader not in (me, primary):
+                text += f" Builds go to {leader}, which serves agents."
         return {"text": text, "link": coordinator_web_url(primary), "link_text": f"Go to the primary {primary}"}
     if auth.writable:
         return None
     if leader and leader != me:
-        return {"text": f"{leader} is serving agents — this coordinator ({me}) is view only.",
+        return {"text": f"{leader} is serving agents — this coordinator ({me}) is view only. Builds go to "
+                        f"{leader}; settings, users and agent configuration change here once {me} leads again.",
                 "link": coordinator_web_url(leader, snap.leader.web if snap.leader else None),
                 "link_text": f"Go to {leader}"}
     if leader == me:
@@ -67,7 +75,7 @@ def status_document(snap: Snapshot, auth: Authority, primary: str | None, with_a
                   "web": as_url(snap.leader.web)}
     return {
         "name": cfg["BATON_NAME"], "role": cfg["BATON_ROLE"], "primary": primary,
-        "is_leader": auth.leads, "read_only": not auth.writable,
+        "is_leader": auth.leads, "read_only": not auth.writable, "accepts_builds": auth.accepts_builds,
         "leader": leader, "epoch": snap.epoch, "lease_ttl_left": lease_ttl_left(auth),
         "selected_backup": snap.settings.selected_backup, "settings": snap.settings.to_dict(),
         "coordinators": coordinator_rows(snap, cfg["BATON_NAME"], cfg["BATON_ROLE"], cfg.get("BATON_PRIMARY") or None),

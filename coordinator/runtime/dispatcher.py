@@ -13,6 +13,7 @@ handled by one method. That keeps the rules simple to check. Its parts:
 - results.py (`ResultRecording`): placing tasks, taking results, early
   release, and the rule that a record is durable before the agent hears of
   it;
+- cancelling.py (`BuildCancelling`): acting on build-cancel/<id>;
 - outbox.py (`Outbox`): the messages of one loop turn, one write per stream.
 
 A failed fenced write (NotLeader) stops dispatching at once.
@@ -34,6 +35,7 @@ from cluster.protocol import agent_pb2 as pb
 from cluster.settings import Settings
 from coordinator.runtime import inbox
 from coordinator.runtime.agents import AgentRoster
+from coordinator.runtime.cancelling import BuildCancelling
 from coordinator.runtime.loading import read_snapshot, read_starting_point
 from coordinator.runtime.outbox import Outbox
 from coordinator.runtime.reporting import Reporter
@@ -55,7 +57,7 @@ _WHILE_STOPPING = (inbox.ResultWritten, inbox.RunningWritten, inbox.StreamGone, 
                    inbox.RuntimeKeyWritten)
 
 
-class Dispatcher(AgentRoster, ResultRecording):
+class Dispatcher(AgentRoster, ResultRecording, BuildCancelling):
     def __init__(self, etcd, keys: Keys, name: str, epoch: int, grace: float,
                  clock: Callable[[], float], on_not_leader: Callable[[], None]):
         self.etcd, self.keys, self.name, self.epoch = etcd, keys, name, epoch
@@ -67,6 +69,7 @@ class Dispatcher(AgentRoster, ResultRecording):
         self.settings = Settings()
         self.builds: dict[str, Build] = {}
         self.finished_builds: set[str] = set()
+        self._cancels_waiting: set[str] = set()
         self.agents: dict[str, Agent] = {}
         self.outbox = Outbox(epoch)
         self._events: queue.SimpleQueue = queue.SimpleQueue()
@@ -98,6 +101,7 @@ class Dispatcher(AgentRoster, ResultRecording):
             inbox.FinalStatusWritten: self.report.final_status_written,
             inbox.RuntimeKeyWritten: self.report.runtime_written,
             inbox.BuildsChanged: self._on_builds_changed,
+            inbox.CancelsChanged: self._on_cancels_changed,
             inbox.AgentsChanged: self._on_agents_changed,
             inbox.AgentConfigChanged: self._on_agent_config_changed,
             inbox.SettingsChanged: self._on_settings_changed,
@@ -123,7 +127,8 @@ class Dispatcher(AgentRoster, ResultRecording):
         # starting point's revision, so whatever changed meanwhile still comes.
         self._thread = threading.Thread(target=self._loop, name=f"dispatcher epoch {self.epoch}", daemon=True)
         self._thread.start()
-        for prefix, changed in ((self.keys.builds, inbox.BuildsChanged), (self.keys.agents, inbox.AgentsChanged),
+        for prefix, changed in ((self.keys.builds, inbox.BuildsChanged),
+                                (self.keys.build_cancels, inbox.CancelsChanged), (self.keys.agents, inbox.AgentsChanged),
                                 (self.keys.agent_config, inbox.AgentConfigChanged),
                                 (self.keys.settings, inbox.SettingsChanged)):
             watcher = Watcher(self.etcd, prefix, prefix=changed is not inbox.SettingsChanged,
@@ -196,6 +201,7 @@ class Dispatcher(AgentRoster, ResultRecording):
         for name, raw in snapshot.agent_configs.items():
             self._apply_config(name, raw)
         self.finished_builds |= snapshot.finished
+        self._cancels_waiting |= snapshot.cancels
         for b in snapshot.unfinished:
             self._add_build(b.spec, b.order, b.records, b.status)
         for build in self.builds.values():
@@ -214,6 +220,7 @@ class Dispatcher(AgentRoster, ResultRecording):
         self.builds[build.id] = build
         self._write_records(writes)
         self.report.dirty.add(build.id)
+        self._cancel_if_asked(build)   # before _load counts its running tasks: a cancelled one runs no more
 
     def _on_builds_changed(self, event: inbox.BuildsChanged) -> None:
         for e in event.events:

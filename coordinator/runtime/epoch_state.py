@@ -30,6 +30,8 @@ class EpochState:
     store: GroupCommit                 # fenced writes, batched
     settings: Settings
     builds: dict[str, Build]           # unfinished, or finished but the final status not yet durable
+    finished_builds: set[str]          # ended, final status durable: never loaded again
+    _cancels_waiting: set[str]         # build-cancel/<id> seen before builds/<id> (cancelling.py)
     agents: dict[str, Agent]
     outbox: Outbox
     report: Reporter

@@ -62,6 +62,11 @@ class BuildsChanged(Event):
 
 
 @_event
+class CancelsChanged(Event):
+    events: list
+
+
+@_event
 class AgentsChanged(Event):
     events: list
 

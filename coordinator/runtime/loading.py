@@ -3,7 +3,9 @@
 `read_starting_point` does the etcd reads (all at one revision, skipping the
 history of finished builds); `read_snapshot` is pure: it sorts those
 key-values into what the dispatcher needs. Builds whose build-status says
-done or failed are finished and not loaded again.
+done, failed or cancelled are finished and not loaded again; the
+cancellations asked for (build-cancel/<id>) are read with the rest, so a new
+leader finishes cancelling what its predecessor had begun.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import logging
 from typing import Any, Mapping
 
 from cluster.keys import Keys, decode, prefix_end
-from coordinator.runtime.state import FINISHED
+from cluster.records import BUILD_ENDED
 from cluster.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,13 +35,14 @@ class ClusterSnapshot:
     agent_configs: dict[str, bytes]  # name -> agent-config/<name> raw value
     unfinished: list[UnfinishedBuild]
     finished: set[str]
+    cancels: set[str] = dataclasses.field(default_factory=set)   # build ids with build-cancel/<id>
 
 
 def read_snapshot(kvs: Mapping[str, Any], keys: Keys) -> ClusterSnapshot:
     """kvs: key -> KV with .value and .create_revision (etcd's range response,
     or a warm Mirror's entries, which also carry the value already .decoded)."""
     settings_kv = kvs.get(keys.settings)
-    agents, configs, statuses, records, specs = {}, {}, {}, {}, []
+    agents, configs, statuses, records, specs, cancels = {}, {}, {}, {}, [], set()
     for key, kv in kvs.items():
         if key.startswith(keys.agents):
             agents[Keys.name_of(key, keys.agents)] = decoded(kv) or {}
@@ -47,6 +50,8 @@ def read_snapshot(kvs: Mapping[str, Any], keys: Keys) -> ClusterSnapshot:
             configs[Keys.name_of(key, keys.agent_config)] = kv.value
         elif key.startswith(keys.build_status):
             statuses[Keys.name_of(key, keys.build_status)] = decoded(kv) or {}
+        elif key.startswith(keys.build_cancels):
+            cancels.add(Keys.name_of(key, keys.build_cancels))
         elif key.startswith(keys.tasks):
             build_id, _, task_id = Keys.name_of(key, keys.tasks).partition("/")
             records.setdefault(build_id, {})[task_id] = decoded(kv)
@@ -55,12 +60,12 @@ def read_snapshot(kvs: Mapping[str, Any], keys: Keys) -> ClusterSnapshot:
     unfinished, finished = [], set()
     for order, build_id, kv in sorted(specs, key=lambda spec: spec[:2]):
         status = statuses.get(build_id, {})
-        if status.get("state") in FINISHED:
+        if status.get("state") in BUILD_ENDED:
             finished.add(build_id)
         else:
             unfinished.append(UnfinishedBuild(decoded(kv), order, records.get(build_id, {}), status))
     return ClusterSnapshot(Settings.from_json(settings_kv.value if settings_kv else None),
-                           agents, configs, unfinished, finished)
+                           agents, configs, unfinished, finished, cancels - finished)
 
 
 def decoded(kv: Any) -> Any:
@@ -88,17 +93,18 @@ def read_starting_point(etcd, keys: Keys) -> tuple[dict[str, Any], int]:
     (a whole-prefix read grew to 20 MB and seconds in the failover
     benchmark). Reads: agents, agent-config and build-status in one range;
     settings; builds/ keys only; then spec and task records of each
-    unfinished build, all at the first read's revision.
+    unfinished build, all at the first read's revision. (The first range also
+    holds build-cancel/.)
     """
     k = keys
-    first = etcd.range_response(k.root, k.builds)  # agent-config/, agents/, backup-contact/, build-status/
+    first = etcd.range_response(k.root, k.builds)  # agent-config/ agents/ backup-contact/ build-cancel/ build-status/
     revision = first.header.revision
     kvs = {kv.key.decode(): kv for kv in first.kvs}
     settings = etcd.range_response(k.settings, revision=revision)
     kvs.update({kv.key.decode(): kv for kv in settings.kvs})
     specs = etcd.range_response(k.builds, prefix_end(k.builds), revision=revision, keys_only=True)
     finished = {Keys.name_of(key, k.build_status) for key, kv in kvs.items()
-                if key.startswith(k.build_status) and (decoded(kv) or {}).get("state") in FINISHED}
+                if key.startswith(k.build_status) and (decoded(kv) or {}).get("state") in BUILD_ENDED}
     for kv in specs.kvs:
         key = kv.key.decode()
         build_id = Keys.name_of(key, k.builds)

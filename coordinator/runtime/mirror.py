@@ -7,7 +7,7 @@ leader at that very moment, that read took 300-450 ms of a 2-core machine
 does not lead, the selected backup, a switchover's target) keeps a
 `Mirror` instead: one read, then a watch of the cluster prefix applying the
 same selection as read_starting_point (agents, agent-config, build-status,
-settings, builds/ and the task records of unfinished builds; the values of
+build-cancel, settings, builds/ and the task records of unfinished builds; the values of
 finished builds are dropped as soon as their build-status says so).
 
 `snapshot(at_least)` returns (key -> KV, revision) exactly as
@@ -24,7 +24,7 @@ from typing import Any, Callable, NamedTuple
 
 from cluster.keys import Keys
 from coordinator.runtime.loading import decoded, read_starting_point
-from coordinator.runtime.state import FINISHED
+from cluster.records import BUILD_ENDED
 from lease.errors import EtcdError
 from lease.watcher import KV, WatchEvent, Watcher
 
@@ -145,7 +145,7 @@ class Mirror:
         elif key.startswith(k.build_status):
             kv = self._other[key] = _decoded(key, kv)
             build_id = Keys.name_of(key, k.build_status)
-            if (kv.decoded or {}).get("state") in FINISHED and build_id not in self._finished:
+            if (kv.decoded or {}).get("state") in BUILD_ENDED and build_id not in self._finished:
                 self._finished.add(build_id)
                 self._tasks.pop(build_id, None)
                 spec = self._other.get(k.build(build_id))
@@ -156,7 +156,7 @@ class Mirror:
             self._other[key] = _keys_only(kv) if build_id in self._finished else _decoded(key, kv)
         elif key.startswith(k.agents):
             self._other[key] = _decoded(key, kv)
-        elif key.startswith(k.agent_config) or key == k.settings:
+        elif key.startswith(k.agent_config) or key.startswith(k.build_cancels) or key == k.settings:
             self._other[key] = kv
 
     def _delete(self, key: str) -> None:

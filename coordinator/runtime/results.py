@@ -121,6 +121,12 @@ class ResultRecording(EpochState):
         agent = self.agents[agent_name]
         build = self.builds.get(task.build_id)
         error = future.exception()
+        if build.cancelled and not isinstance(error, NotLeader):
+            # Cancelled while its running record was in flight: it ends here, never sent.
+            agent.running.discard(task.key)
+            self._write_records(build.end_assigning(task, time.time()))
+            self._dirty = True
+            return
         if error is not None:
             if not isinstance(error, NotLeader):
                 agent.running.discard(task.key)

@@ -10,7 +10,8 @@ Task states: waiting (dependencies not done), ready (queued, may start),
 assigning (running record being written), running, done, failed. A task
 whose dependency failed never runs: it is recorded failed with the error
 "not run: dependency X failed" so that every task ends exactly once with a
-recorded result.
+recorded result. A cancelled build's tasks that have not ended end failed
+with the error "cancelled" (see Build.cancel), and the build ends `cancelled`.
 """
 from __future__ import annotations
 
@@ -19,9 +20,12 @@ import dataclasses
 import time
 from typing import Any, Iterable
 
+from cluster.records import BUILD_ENDED
+
 WAITING, READY, ASSIGNING, RUNNING, DONE, FAILED = "waiting", "ready", "assigning", "running", "done", "failed"
 FINISHED = (DONE, FAILED)
 HOLDS_CORE = (ASSIGNING, RUNNING)
+CANCELLED = "cancelled"   # a cancelled build's state, and the error of the tasks it ended
 
 
 @dataclasses.dataclass(eq=False, slots=True)  # slots: a takeover makes thousands at once
@@ -59,6 +63,16 @@ class Task:
                 "result": {"exit_code": exit_code, "duration": duration, "output_tail": output_tail,
                            "agent": self.agent, "attempt": self.attempt, "error": error}}
 
+    def cancelled_record(self, now: float) -> dict:
+        """The end of a task of a cancelled build: never started, or stopped on its agent."""
+        ran = self.state in HOLDS_CORE
+        agent = self.agent if ran else None
+        duration = max(0.0, now - self.assigned) if ran and self.assigned else 0.0
+        return {"state": FAILED, "attempt": self.attempt, "agent": agent, "assigned": self.assigned if ran else None,
+                "finished": now,
+                "result": {"exit_code": None, "duration": duration, "output_tail": "", "agent": agent,
+                           "attempt": self.attempt, "error": CANCELLED}}
+
     def not_run_record(self, reason: str, now: float) -> dict:
         return {"state": FAILED, "attempt": self.attempt, "agent": None, "assigned": None, "finished": now,
                 "result": {"exit_code": None, "duration": 0.0, "output_tail": "", "agent": None,
@@ -80,6 +94,7 @@ class Build:
     state: str = "queued"
     started: float | None = None
     finished: float | None = None
+    cancelled: bool = False          # build-cancel/<id> asked for it: it ends `cancelled`
     status_written: float = float("-inf")   # monotonic time of the last build-status write
     written_state: str | None = None        # the state that write carried
 
@@ -259,6 +274,37 @@ class Build:
                 writes += self._finish_unrun(dep, f"dependency {task.id!r} failed", now)
         return writes
 
+    def cancel(self, now: float) -> tuple[list[tuple[Task, dict]], list[Task]]:
+        """Cancel the build: every task that has not ended ends now, recorded failed with
+        the error "cancelled", except a task whose result is being written (it ends with
+        that result) and one being assigned (its running record is in flight: see
+        end_assigning). Returns (the records to write, the running tasks whose agents
+        must stop them)."""
+        self.cancelled = True
+        writes: list[tuple[Task, dict]] = []
+        stop: list[Task] = []
+        for task in self.tasks.values():
+            if task.state in FINISHED or task.state == ASSIGNING or task.recording is not None:
+                continue
+            if task.state == RUNNING:
+                stop.append(task)
+            writes.append((task, self._end_cancelled(task, now)))
+        return writes, stop
+
+    def end_assigning(self, task: Task, now: float) -> list[tuple[Task, dict]]:
+        """A task of a cancelled build whose running record has now landed (or failed to):
+        it ends cancelled, never sent to its agent."""
+        return [(task, self._end_cancelled(task, now))]
+
+    def _end_cancelled(self, task: Task, now: float) -> dict:
+        if task.state in HOLDS_CORE:
+            self.in_use -= 1
+        self.ready.pop(task.id, None)
+        task.record = task.cancelled_record(now)
+        task.state, task.sent = FAILED, False
+        self.n_failed += 1
+        return task.record
+
     # -- status ---------------------------------------------------------------
     def counts(self) -> dict[str, int]:
         return {"total": len(self.tasks), "done": self.n_done, "failed": self.n_failed, "running": self.in_use}
@@ -266,7 +312,7 @@ class Build:
     def status_record(self, now: float) -> dict:
         c = self.counts()
         if c["done"] + c["failed"] == c["total"]:
-            self.state = "failed" if c["failed"] else "done"
+            self.state = CANCELLED if self.cancelled else "failed" if c["failed"] else "done"
             if self.finished is None:
                 self.finished = now
             if self.started is None:
@@ -275,7 +321,7 @@ class Build:
 
     @property
     def over(self) -> bool:
-        return self.state in FINISHED
+        return self.state in BUILD_ENDED
 
 
 @dataclasses.dataclass(eq=False)

@@ -11,6 +11,7 @@ all real processes, served over HTTPS):
    (with a link to the primary), the controls are disabled, and a forced POST
    with the page's own CSRF token is refused with 403;
 4. SIGKILL the primary: the backup's open overview shows b1 serving agents
+   (its build form enabled, its settings still not)
    without a reload (live.js polls).
 
 Screenshots of the main pages are written into the test's tmp directory; with
@@ -225,11 +226,17 @@ def test_primary_settings_backup_view_only_and_live_failover(make_cluster, conte
     backup.evaluate("window.__sameDocument = true")
     cluster.coordinators["p1"].kill()
     expect(backup.locator("#leader-name")).to_have_text("b1", timeout=30 * MS)
-    expect(banner).to_have_text("This is the backup coordinator b1 — view only. "
-                                "It is serving agents now because the primary is unavailable.")
+    # Builds are work, not changes (docs/design.md section 1): the serving backup takes builds.
+    expect(banner).to_have_text("This is the backup coordinator b1, serving agents now because the primary is "
+                                "unavailable. It accepts builds and their cancellation; settings, users and "
+                                "agent configuration change only on the primary p1.")
     expect(backup.locator("#coordinators tr", has_text="b1")).to_contain_text("★ leader")
     expect(backup.locator("#coordinators tr", has_text="p1")).to_contain_text("down")
     assert backup.evaluate("window.__sameDocument === true"), "the page was reloaded"
     cluster.wait_agents(2, timeout=30, coordinator="b1")
     shots.take(backup, "overview-backup-serving")
+    backup.goto(b1 + "/builds")
+    expect(backup.get_by_role("button", name="Submit build")).to_be_enabled()
+    backup.goto(b1 + "/settings")
+    expect(backup.get_by_role("button", name="Save All")).to_be_disabled()
     shots.publish()

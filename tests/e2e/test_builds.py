@@ -1,15 +1,22 @@
 """Builds on one coordinator, end to end: real etcd, coordinator, agents and API."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
+from cli.api_client import ApiError
 from cluster.events import list_events
+from cluster.records import BUILD_ENDED
 from tests.harness.audit import TaskHistory
 from tests.harness.wait import wait_until
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def submit(cluster, spec, via="p1"):
@@ -21,8 +28,17 @@ def submit(cluster, spec, via="p1"):
 def wait_build(cluster, build_id, via="p1", timeout=120):
     def ended():
         build = cluster.api(via).build(build_id)
-        return build if build["state"] in ("done", "failed") else None
+        return build if build["state"] in BUILD_ENDED else None
     return wait_until(ended, timeout, interval=0.2, message=f"build {build_id} to end")
+
+
+def baton_cli(cluster, *args, timeout=120):
+    """The `baton` command as a user runs it against this cluster (it finds the leader in etcd)."""
+    env = dict(os.environ, BATON_USER="admin", BATON_PASSWORD=cluster.admin_password)
+    if cluster.ca:
+        env["BATON_CA"] = cluster.ca
+    return subprocess.run([sys.executable, "-m", "cli", *args, *cluster._etcd_args()], capture_output=True,
+                          text=True, env=env, timeout=timeout, cwd=ROOT)
 
 
 def ran_counts(path):
@@ -98,3 +114,56 @@ def test_coordinator_restart_mid_build_loses_nothing(make_cluster, tmp_path):
     # still runs only once.)
     assert ran_counts(ran) == Counter({t: 1 for t in ids})
     assert_exactly_once(cluster, build_id, since, ids)
+
+
+def process_gone(pid: int) -> bool:
+    """True once the process has exited (a zombie counts as gone: it runs nothing)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_cancelled_build_stops_its_running_tasks_and_the_next_build_runs(make_cluster, tmp_path):
+    cluster = make_cluster(agents=2, backups=0, cores=2)
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    ids = [f"long{i}" for i in range(6)]
+    # exec: the task's shell becomes the sleep, so the pid written is the process to watch.
+    spec = {"name": "long", "tasks": [{"id": t, "cmd": f"echo $$ > {pids}/{t}; exec sleep 30"} for t in ids]
+            + [{"id": "after", "cmd": "true", "deps": ["long0"]}]}
+    build_id, since = submit(cluster, spec)
+
+    def four_running():
+        running = [t for t in cluster.api("p1").build(build_id)["tasks"] if t["state"] == "running"]
+        started = [p for p in pids.iterdir() if p.read_text().strip()]
+        return len(running) == 4 and len(started) == 4 and started
+    started = wait_until(four_running, 60, message="four tasks running on the two agents")
+    running_pids = [int(p.read_text()) for p in started]
+    assert not any(process_gone(pid) for pid in running_pids)
+
+    cancelled = baton_cli(cluster, "build", "cancel", build_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert f"{build_id}: cancel requested" in cancelled.stdout
+    wait_until(lambda: all(process_gone(pid) for pid in running_pids), 20,
+               message="the cancelled tasks' processes are gone from the agents")
+    build = wait_build(cluster, build_id, timeout=30)
+    assert build["state"] == "cancelled"
+    assert {(t["state"], t["error"]) for t in build["tasks"]} == {("failed", "cancelled")}
+    assert sorted(p.name for p in pids.iterdir()) == sorted(p.name for p in started), "queued tasks never started"
+    assert_exactly_once(cluster, build_id, since, ids + ["after"])
+    with pytest.raises(ApiError) as again:
+        cluster.api("p1").cancel_build(build_id)
+    assert again.value.status == 409 and "already ended (cancelled)" in str(again.value)
+    listed = baton_cli(cluster, "build", "list")
+    assert listed.returncode == 0 and any(line.split()[:3] == [build_id, "long", "cancelled"]
+                                          for line in listed.stdout.splitlines()), listed.stdout
+
+    ran = tmp_path / "ran.log"
+    later_ids = [f"quick{i}" for i in range(4)]
+    later, since = submit(cluster, {"name": "later", "tasks": [{"id": t, "cmd": f"echo {t} >> {ran}"}
+                                                                 for t in later_ids]})
+    assert wait_build(cluster, later)["state"] == "done"
+    assert ran_counts(ran) == Counter({t: 1 for t in later_ids})
+    assert_exactly_once(cluster, later, since, later_ids)

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from cluster.daemon_state import read_state
-from tests.e2e.test_builds import assert_exactly_once, ran_counts, submit, wait_build
+from cli.api_client import ApiError
+from tests.e2e.test_builds import assert_exactly_once, baton_cli, ran_counts, submit, wait_build
 from tests.harness.wait import holds_for, wait_until
 
 pytestmark = pytest.mark.slow
@@ -234,3 +235,42 @@ def test_a_new_backup_is_listed_and_selectable_at_once(make_cluster):
     print(f"b7 listed by p1 {time.monotonic() - started:.2f} s after its process was started")
     cluster.api("p1").select_backup("b7")
     assert cluster.api("p1").status()["selected_backup"] == "b7"
+
+
+def test_builds_submitted_while_the_backup_serves_complete_and_survive_the_handback(make_cluster, tmp_path):
+    """Builds are work, not changes (docs/design.md section 1): with the primary SIGKILLed, the
+    serving backup takes builds through the API and the CLI and runs them; settings stay
+    primary-only; after the handback the builds' records are as the backup left them."""
+    cluster = make_cluster(agents=2, backups=1, cores=2, failback_delay=1.0, grace=4)
+    cluster.wait_agents(2, timeout=30, coordinator="p1")
+    cluster.coordinators["p1"].kill()
+    cluster.wait_leader("b1", timeout=20)
+    cluster.wait_agents(2, timeout=20, coordinator="b1")
+    ran = tmp_path / "ran.log"
+    ids, spec = sleepy_build(ran, 6, 0.5, name="outage")
+    build_id, since = submit(cluster, spec, via="b1")
+    with pytest.raises(ApiError) as refused:
+        cluster.api("b1").select_backup(None)
+    assert refused.value.status == 403 and refused.value.body["coordinator"] == "p1"
+    cli_ran = tmp_path / "cli-ran.log"
+    cli_ids, cli_spec = sleepy_build(cli_ran, 3, 0.2, name="bycli")
+    spec_file = tmp_path / "build.json"
+    spec_file.write_text(json.dumps(cli_spec))
+    cli_since = cluster.etcd().revision()
+    waited = baton_cli(cluster, "build", "submit", str(spec_file), "--wait", "--json")
+    assert waited.returncode == 0, waited.stderr
+    cli_build = json.loads(waited.stdout)
+    assert cli_build["state"] == "done"
+    build = wait_build(cluster, build_id, via="b1")
+    assert build["state"] == "done"
+    assert ran_counts(ran) == {t: 1 for t in ids} and ran_counts(cli_ran) == {t: 1 for t in cli_ids}
+    before = {b: cluster.api("b1").build(b) for b in (build_id, cli_build["id"])}
+
+    cluster.add_coordinator("p1", "primary")
+    cluster.wait_leader("p1", timeout=30)
+    cluster.wait_agents(2, timeout=30, coordinator="p1")
+    for b, seen in before.items():
+        after = cluster.api("p1").build(b)
+        assert (after["state"], after["tasks"]) == (seen["state"], seen["tasks"]), b
+    assert_exactly_once(cluster, build_id, since, ids)
+    assert_exactly_once(cluster, cli_build["id"], cli_since, cli_ids)

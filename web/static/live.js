@@ -51,14 +51,28 @@
     link.hidden = !b.link;
     if (b.link) { link.href = b.link; link.textContent = b.link_text; }
   }
-  function updateWritable(readOnly) {
-    var writable = !readOnly && body.dataset.admin === "true";
-    if ((body.dataset.writable === "true") === writable) return;
+  function updateWritable(readOnly, acceptsBuilds) {
+    // Controls follow the server's view (the server refuses anyway). Forms of class
+    // "work" (builds, cancelling) follow accepts_builds: the coordinator serving agents
+    // takes them whatever its role; every other form follows read_only.
+    var admin = body.dataset.admin === "true";
+    var writable = !readOnly && admin;
+    var serving = !!acceptsBuilds && admin;
+    if ((body.dataset.writable === "true") === writable && (body.dataset.serving === "true") === serving) return;
     body.dataset.writable = writable ? "true" : "false";
-    // Controls follow the server's view (the server refuses anyway).
+    body.dataset.serving = serving ? "true" : "false";
     document.querySelectorAll("main form button, main form fieldset, main form textarea, main form input[type=file]").forEach(function (c) {
-      c.disabled = !writable;
+      var work = c.closest("form.work");
+      c.disabled = work ? !serving || c.dataset.cancelling === "true" : !writable;
     });
+  }
+  function cancelForm(buildId, cancelling) {
+    var serving = body.dataset.serving === "true";
+    return el("form", {className: "work", method: "post", action: "/builds/" + encodeURIComponent(buildId) + "/cancel"}, [
+      el("input", {type: "hidden", name: "csrf_token", value: csrf}),
+      el("input", {type: "hidden", name: "back", value: "list"}),
+      el("button", {type: "submit", disabled: !serving || cancelling, "data-cancelling": cancelling ? "true" : null,
+                    text: cancelling ? "Cancelling…" : "Cancel"})]);
   }
 
   function stateSpan(state, label) { return el("span", {className: "state state-" + state, text: label || state}); }
@@ -101,14 +115,17 @@
       }), "No agents have registered yet.", 8);
     },
     builds: function (data) {
+      var admin = body.dataset.admin === "true";
       replaceRows(document.getElementById("builds"), data.builds.map(function (b) {
         var bar = el("div", {className: "bar"}, [el("div", {className: "fill", style: "width: " + b.done_pct + "%"})]);
         if (b.failed) bar.appendChild(el("div", {className: "fail", style: "width: " + b.failed_pct + "%"}));
-        return el("tr", {}, [el("td", {}, [el("a", {href: "/builds/" + encodeURIComponent(b.id), text: b.id})]), td(b.name),
+        var cells = [el("td", {}, [el("a", {href: "/builds/" + encodeURIComponent(b.id), text: b.id})]), td(b.name),
           el("td", {}, [stateSpan(b.state)]),
           el("td", {}, [bar, el("span", {className: "small", text: (b.done + b.failed) + "/" + b.total + (b.failed ? ", " + b.failed + " failed" : "")})]),
-          td(fmtTime(b.submitted)), td(b.user || "")]);
-      }), "No builds yet.", 6);
+          td(fmtTime(b.submitted)), td(b.user || "")];
+        if (admin) cells.push(el("td", {className: "actions"}, b.ended ? [] : [cancelForm(b.id, b.cancelling)]));
+        return el("tr", {}, cells);
+      }), "No builds yet.", admin ? 7 : 6);
     },
     build: function (b) {
       var st = document.getElementById("build-state");
@@ -123,7 +140,13 @@
       }), "No tasks to show.", 7);
       var more = document.getElementById("tasks-more");
       if (more) more.hidden = b.matching <= b.tasks.length;
-      if (b.state === "done" || b.state === "failed") finished = true;
+      var cancel = document.getElementById("cancel-build");
+      if (cancel && b.ended) cancel.hidden = true;
+      else if (cancel && b.cancel) {
+        var button = cancel.querySelector("button");
+        button.disabled = true; button.dataset.cancelling = "true"; button.textContent = "Cancelling…";
+      }
+      if (b.ended) finished = true;
     }
   };
 
@@ -154,7 +177,7 @@
       })
       .then(function (data) {
         if (!data) return;
-        if ("banner" in data) { updateBanner(data.banner); updateWritable(data.read_only); }
+        if ("banner" in data) { updateBanner(data.banner); updateWritable(data.read_only, data.accepts_builds); }
         if (render) render(data);
       })
       .catch(function () { /* a missed poll is retried on the next tick */ })
