@@ -3,7 +3,8 @@
 An embedded single-member etcd, a primary, M backups (the first one
 selected) and N agents, each its own process with its own log under
 --dir, TLS on every link by default (a local CA issues certificates that
-name "localhost"). The same class drives `baton demo`, the end-to-end tests
+name "localhost", and each agent its own client certificate naming it,
+certs/agent-<name>.pem: the coordinators accept its Hello only for that name). The same class drives `baton demo`, the end-to-end tests
 and the benchmarks, so what they exercise is what users run.
 
 A directory is one cluster: started again on the same --dir it reuses the
