@@ -26,8 +26,13 @@ class Channels:
     """`get(address)` the channel to a coordinator's gRPC address (made on
     first use); `close()` closes them all (their streams end)."""
 
-    def __init__(self, root_certificates: bytes | None = None):
-        self._credentials = (grpc.ssl_channel_credentials(root_certificates=root_certificates)
+    def __init__(self, root_certificates: bytes | None = None, client: tuple[bytes, bytes] | None = None):
+        """root_certificates: the CA that signs the coordinators' certificates (None:
+        plaintext); client: this agent's (private key, certificate) PEM, which the
+        coordinators require with TLS on (docs/design.md section 9)."""
+        key, chain = client or (None, None)
+        self._credentials = (grpc.ssl_channel_credentials(root_certificates=root_certificates,
+                                                          private_key=key, certificate_chain=chain)
                              if root_certificates is not None else None)
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()

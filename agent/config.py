@@ -32,6 +32,10 @@ class AgentConfig:
     cluster: str = "default"
     agent_token: str | None = None      # the cluster token; None sends none
     grpc_ca: str | None = None          # CA file for TLS to coordinators; None = plaintext
+    # This agent's client certificate and key (cli/certs.py issue_agent_cert): with TLS on,
+    # coordinators accept a Hello only for the name it carries (docs/design.md section 9).
+    tls_cert: str | None = None
+    tls_key: str | None = None
     lease_ttl: int = 10
     task_timeout: float = 3600.0        # for assignments that give none
     host: str = dataclasses.field(default_factory=socket.gethostname)
@@ -48,13 +52,28 @@ class AgentConfig:
             raise ConfigError(f"task timeout must be > 0 seconds, got {self.task_timeout}")
         if self.grpc_ca is not None and not os.path.isfile(self.grpc_ca):
             raise ConfigError(f"gRPC CA certificate {self.grpc_ca!r} does not exist")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("--tls-cert and --tls-key must be given together")
+        if self.tls_cert and self.grpc_ca is None:
+            raise ConfigError("--tls-cert needs --grpc-ca (the client certificate is for TLS to the coordinators)")
+        for what, path in (("certificate", self.tls_cert), ("key", self.tls_key)):
+            if path is not None and not os.path.isfile(path):
+                raise ConfigError(f"the agent's TLS {what} {path!r} does not exist")
         if self.agent_token is not None and not self.agent_token.strip():
             raise ConfigError("the agent token is empty")
         workdir = self.workdir or f"baton-agent-{self.name}"
         object.__setattr__(self, "workdir", os.path.abspath(workdir))
 
     def root_certificates(self) -> bytes | None:
-        if self.grpc_ca is None:
-            return None
-        with open(self.grpc_ca, "rb") as f:
-            return f.read()
+        return _read(self.grpc_ca)
+
+    def client_certificate(self) -> tuple[bytes, bytes] | None:
+        """(private key, certificate chain) PEM for TLS to the coordinators, or None."""
+        return (_read(self.tls_key), _read(self.tls_cert)) if self.tls_cert else None
+
+
+def _read(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    with open(path, "rb") as f:
+        return f.read()

@@ -83,7 +83,7 @@ class Agent:
         self.follower = LeaderFollower(self.etcd, self.keys.leader, self._on_leader_change, watch)
         self.version = agent_version()
         self._owns_channels = channels is None
-        self.channels = channels if channels is not None else Channels(config.root_certificates())
+        self.channels = channels if channels is not None else Channels(config.root_certificates(), config.client_certificate())
         self._link_factory = link_factory
         # Heartbeat the session well within its renew_deadline.
         self.loop_interval = loop_interval or min(0.25, self.lease.renew_deadline / 4)

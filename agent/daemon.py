@@ -33,6 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="file holding the cluster token (default: $BATON_AGENT_TOKEN)")
     parser.add_argument("--grpc-ca", default=None,
                         help="CA certificate for TLS to the coordinators (default: plaintext)")
+    parser.add_argument("--tls-cert", default=None,
+                        help="this agent's client certificate (baton certs agent); coordinators with TLS "
+                             "require it and accept only the name it carries")
+    parser.add_argument("--tls-key", default=None, help="the private key of --tls-cert")
     parser.add_argument("--lease-ttl", type=int, default=10, help="presence lease TTL in seconds (default 10)")
     parser.add_argument("--task-timeout", type=float, default=3600.0,
                         help="timeout for tasks that set none, in seconds (default 3600)")
@@ -63,6 +67,7 @@ def config_from_args(args: argparse.Namespace, etcd: EtcdConfig | None = None) -
     return AgentConfig(name=args.name, group=args.group, workdir=args.workdir, etcd=etcd,
                        cluster=getattr(args, "cluster", None) or "default",
                        agent_token=read_token(args.agent_token_file), grpc_ca=args.grpc_ca,
+                       tls_cert=args.tls_cert, tls_key=args.tls_key,
                        lease_ttl=args.lease_ttl, task_timeout=args.task_timeout, **kw)
 
 

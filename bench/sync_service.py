@@ -14,14 +14,15 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from typing import Callable, Iterator
 
 import grpc
 
 from cluster.protocol import agent_pb2 as pb
 from cluster.protocol import agent_pb2_grpc
-from coordinator.runtime.agent_protocol import (STARTING_UP_WAIT, Leading, handle_agent_message, stale_epoch,
-                                                token_ok)
+from coordinator.runtime.agent_protocol import (STARTING_UP_WAIT, ConnectedAgents, Leading, certificate_agents,
+                                                handle_agent_message, hello_refusal, stale_epoch, token_ok)
 from coordinator.runtime.inbox import Event, HelloReceived, StreamGone
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class AgentStream:
         self.epoch = epoch
         self.peer = peer
         self.closed = False
+        self.heard = time.monotonic()
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
 
     def send(self, message: pb.CoordinatorMessage) -> None:
@@ -83,6 +85,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
 
     def __init__(self, runtime: Leading):
         self._runtime = runtime
+        self._connected = ConnectedAgents()
 
     def Connect(self, request_iterator: Iterator[pb.AgentMessage], context: grpc.ServicerContext):
         rt = self._runtime
@@ -104,10 +107,18 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, stale_epoch(first.epoch, epoch))
         if first.WhichOneof("body") != "hello" or not first.hello.name:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be a Hello with the agent's name")
+        refusal = hello_refusal(first.hello.name, certificate_agents(context))
+        if refusal is not None:
+            context.abort(*refusal)
         stream = AgentStream(first.hello.name, epoch, context.peer())
+        busy = self._connected.admit(stream)
+        if busy is not None:
+            context.abort(grpc.StatusCode.ALREADY_EXISTS, busy)
         if not rt.post(HelloReceived(stream, first.hello), epoch):
+            self._connected.gone(stream)
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, rt.not_leader_message())
-        context.add_callback(stream.end)  # the RPC ended (agent gone): unblock the handler
+        # The RPC ended (agent gone): unblock the handler, and the agent may connect again.
+        context.add_callback(lambda: (stream.end(), self._connected.gone(stream)))
         reader = threading.Thread(target=self._read, args=(stream, request_iterator),
                                   name=f"agent-reader {stream.agent}", daemon=True)
         reader.start()
@@ -126,6 +137,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         finally:
             post(StreamGone(stream), stream.epoch)
             stream.end()
+            self._connected.gone(stream)
 
 
 def add_to_server(runtime: Leading, server: grpc.Server) -> None:

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from cluster.names import AGENT_URI_PREFIX, check_name
 from lease.errors import ConfigError
 
 CA_CERT_FILE = "ca.pem"
@@ -160,6 +161,30 @@ def issue_cert(ca: CA, directory: str | os.PathLike, basename: str, hostnames: l
     alt_names: list[x509.GeneralName] = [x509.DNSName(h) for h in hostnames]
     alt_names += _parse_ips(ips or ())
 
+    return _sign(ca, directory, basename, hostnames[0], alt_names,
+                 [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH], valid_days)
+
+
+def agent_identity(name: str) -> str:
+    """The SubjectAltName URI that names Baton agent `name` in its client certificate."""
+    return f"{AGENT_URI_PREFIX}{name}"
+
+
+def issue_agent_cert(ca: CA, directory: str | os.PathLike, name: str,
+                     valid_days: int = CERT_VALID_DAYS) -> tuple[Path, Path]:
+    """Sign agent `name`'s client certificate (docs/design.md section 9): its
+    common name and SubjectAltNames (DNS `name`, URI `urn:baton:agent:name`)
+    name the agent, and it is good for clientAuth only, so it cannot serve as
+    a coordinator. Writes agent-<name>.pem and agent-<name>-key.pem (0600) in
+    directory; ConfigError when name breaks the naming rules."""
+    check_name("agent", name)
+    return _sign(ca, directory, f"agent-{name}", name,
+                 [x509.DNSName(name), x509.UniformResourceIdentifier(agent_identity(name))],
+                 [ExtendedKeyUsageOID.CLIENT_AUTH], valid_days)
+
+
+def _sign(ca: CA, directory: str | os.PathLike, basename: str, common_name: str,
+          alt_names: list[x509.GeneralName], usages: list, valid_days: int) -> tuple[Path, Path]:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -168,7 +193,7 @@ def issue_cert(ca: CA, directory: str | os.PathLike, basename: str, hostnames: l
     ca_ski = ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .issuer_name(ca.cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -179,8 +204,7 @@ def issue_cert(ca: CA, directory: str | os.PathLike, basename: str, hostnames: l
             digital_signature=True, content_commitment=False, key_encipherment=False,
             data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
             encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                                              ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),

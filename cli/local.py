@@ -3,7 +3,8 @@
 An embedded single-member etcd, a primary, M backups (the first one
 selected) and N agents, each its own process with its own log under
 --dir, TLS on every link by default (a local CA issues certificates that
-name "localhost"). The same class drives `baton demo`, the end-to-end tests
+name "localhost", and each agent its own client certificate naming it,
+certs/agent-<name>.pem: the coordinators accept its Hello only for that name). The same class drives `baton demo`, the end-to-end tests
 and the benchmarks, so what they exercise is what users run.
 
 A directory is one cluster: started again on the same --dir it reuses the
@@ -116,6 +117,16 @@ class LocalCluster:
         if not (self.certs_dir / f"{HOST}.pem").exists():
             certs.issue_cert(ca, self.certs_dir, HOST, [HOST])
 
+    def agent_cert(self, name: str) -> tuple[str, str]:
+        """Agent `name`'s client certificate and key (issued once, kept in certs/): the
+        coordinators accept its Hello only for that name (docs/design.md section 9)."""
+        from cli import certs
+
+        cert, key = self.certs_dir / f"agent-{name}.pem", self.certs_dir / f"agent-{name}-key.pem"
+        if not (cert.exists() and key.exists()):
+            cert, key = certs.issue_agent_cert(certs.load_ca(self.certs_dir), self.certs_dir, name)
+        return str(cert), str(key)
+
     @property
     def ca(self) -> str | None:
         return str(self.certs_dir / "ca.pem") if self.tls else None
@@ -201,7 +212,8 @@ class LocalCluster:
                 "--workdir", str(self.dir / "agents" / name),
                 "--agent-token-file", str(self.dir / "agent-token")] + self._etcd_args()
         if self.tls:
-            argv += ["--grpc-ca", self.ca]
+            cert, key = self.agent_cert(name)
+            argv += ["--grpc-ca", self.ca, "--tls-cert", cert, "--tls-key", key]
         if self.agent_lease_ttl:
             argv += ["--lease-ttl", str(self.agent_lease_ttl)]
         proc = Proc(name, argv, self.dir / "logs" / f"{name}.log").start()

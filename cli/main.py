@@ -225,13 +225,17 @@ def cmd_certs(args) -> int:
         certs.make_ca(args.dir)
         print(os.path.join(args.dir, "ca.pem"))
         return 0
-    if args.certs_command == "issue":
+    if args.certs_command in ("issue", "agent"):
         ca = certs.load_ca(args.dir)
-        cert, key = certs.issue_cert(ca, args.dir, args.out or args.name[0], args.name, ips=args.ip)
+        if args.certs_command == "agent":
+            cert, key = certs.issue_agent_cert(ca, args.dir, args.name)
+        else:
+            cert, key = certs.issue_cert(ca, args.dir, args.out or args.name[0], args.name, ips=args.ip)
         print(cert)
         print(key)
         return 0
-    raise ConfigError("usage: baton certs ca --dir D | baton certs issue --dir D --name HOST")
+    raise ConfigError("usage: baton certs ca --dir D | baton certs issue --dir D --name HOST"
+                      " | baton certs agent --dir D --name AGENT")
 
 
 def cmd_up(args) -> int:

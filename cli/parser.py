@@ -190,4 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--name", action="append", required=True, help="host name (repeatable)")
     c.add_argument("--ip", action="append", default=[], help="IP address to include (repeatable)")
     c.add_argument("--out", help="base name of the files (default: the first --name)")
+    c = csub.add_parser("agent", help="issue agent NAME's client certificate (agent-NAME.pem), signed by the CA in DIR")
+    c.add_argument("--dir", required=True, help="the CA's directory; the certificate goes there too")
+    c.add_argument("--name", required=True, help="the agent's name (what it says in its Hello)")
     return parser

@@ -9,7 +9,8 @@ wedged daemon makes its own UI view-only (docs/design.md section 3, rule 3).
 
 Fields: name, role, acting (bool), epoch (int|None), leader (name|None),
 updated (unix time), lease_ttl_left (s), lease_renewal_latency (s),
-failovers, agents_connected, tasks_dispatched, sentence.
+failovers, agents_connected, tasks_dispatched, store_write_errors (writes
+etcd refused or did not answer, logged by the runtime's store), sentence.
 """
 from __future__ import annotations
 

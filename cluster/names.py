@@ -10,14 +10,24 @@ import re
 from lease.errors import ConfigError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+# An agent's client certificate names it with the SubjectAltName URI
+# urn:baton:agent:<name> (cli/certs.py issues them; docs/design.md section 9).
+AGENT_URI_PREFIX = "urn:baton:agent:"
 
 
 def check_name(kind: str, name: str) -> str:
     """The name if it is 1-63 letters, digits, '.', '_' or '-' (not starting with
     a punctuation mark); ConfigError naming `kind` otherwise."""
     if not name or not NAME_RE.match(name):
-        raise ConfigError(f"{kind} name {name!r} must be 1-63 letters, digits, '.', '_' or '-'")
+        # Never echo a large input: the message goes back over gRPC and into logs.
+        shown = repr(name) if len(name) <= 80 else f"{name[:40]!r}... ({len(name)} characters)"
+        raise ConfigError(f"{kind} name {shown} must be 1-63 letters, digits, '.', '_' or '-'")
     return name
+
+
+def is_name(name: str) -> bool:
+    """Whether name follows check_name's rules (for names read from etcd, which are skipped, not refused)."""
+    return bool(name) and NAME_RE.match(name) is not None
 
 
 def check_hostport(what: str, value: str) -> str:

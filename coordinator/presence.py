@@ -60,5 +60,6 @@ class Presence:
             "failovers": failovers,
             "agents_connected": stats.get("agents_connected", 0),
             "tasks_dispatched": stats.get("tasks_dispatched", 0),
+            "store_write_errors": stats.get("store_write_errors", 0),
             "sentence": sentence,
         })

@@ -34,21 +34,28 @@ def web_address(config: CoordinatorConfig) -> str:
 def start_grpc(config: CoordinatorConfig, runtime: Runtime) -> AioAgentServer:
     """Serve the agents' streams on grpc.aio in its own thread: one event loop
     holds every stream (no thread per agent) at about half the CPU per task
-    of the threaded server (bench/dispatch.py --transport). Raises ConfigError
-    when the address cannot be listened on."""
+    of the threaded server (bench/dispatch.py --transport). With TLS, every
+    agent must show a client certificate signed by --tls-ca, and a Hello is
+    accepted only for the name in it (agent_protocol.certificate_agents).
+    Raises ConfigError when the address cannot be listened on."""
     creds = None
     if config.tls_cert:
-        with open(config.tls_key, "rb") as f:
-            key = f.read()
-        with open(config.tls_cert, "rb") as f:
-            cert = f.read()
-        creds = grpc.ssl_server_credentials([(key, cert)])
+        if not config.tls_ca:
+            raise ConfigError("--tls-cert needs --tls-ca: with TLS on, agents prove their names with "
+                              "client certificates signed by that CA (docs/design.md section 9)")
+        creds = grpc.ssl_server_credentials([(_read(config.tls_key), _read(config.tls_cert))],
+                                            root_certificates=_read(config.tls_ca), require_client_auth=True)
     server = AioAgentServer(runtime, config.grpc, creds)
     try:
         server.start()
     except OSError as exc:
         raise ConfigError(f"cannot listen on --grpc {config.grpc}: {exc}") from None
     return server
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def stop_web(proc) -> None:

@@ -183,3 +183,24 @@ def test_issue_cert_refuses_bad_names(tmp_path, hostnames, ips, message):
     ca = make_ca(tmp_path)
     with pytest.raises(ConfigError, match=message):
         issue_cert(ca, tmp_path, "server", hostnames, ips=ips)
+
+
+def test_an_agent_certificate_names_the_agent_for_client_auth_only(tmp_path):
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    from cli.certs import issue_agent_cert, make_ca
+    from lease.errors import ConfigError
+
+    ca = make_ca(tmp_path)
+    cert_path, key_path = issue_agent_cert(ca, tmp_path, "a1")
+    assert cert_path.name == "agent-a1.pem" and key_path.stat().st_mode & 0o077 == 0
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "a1"
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["urn:baton:agent:a1"]
+    assert san.get_values_for_type(x509.DNSName) == ["a1"]
+    assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.CLIENT_AUTH]
+    with pytest.raises(ConfigError):
+        issue_agent_cert(ca, tmp_path, "../../x")

@@ -166,6 +166,11 @@ def submit(etcd, keys, build_id, tasks):
     etcd.put(keys.build(build_id), encode(spec))
 
 
+def runtime_agents(etcd, keys):
+    """The agents the leader lists in its runtime key."""
+    return sorted((decode(etcd.get(keys.runtime)[0]) or {"agents": {}})["agents"])
+
+
 def record(etcd, keys, build_id, task_id):
     return decode(etcd.get(keys.task(build_id, task_id))[0])
 
@@ -369,16 +374,35 @@ def test_disabled_and_unsubscribed_agents_get_no_tasks(etcd, keys, farm):
     assert a1.of("assign") == []
 
 
-def test_a_second_stream_for_the_same_agent_replaces_the_first(etcd, keys, farm):
+def test_a_second_stream_under_a_live_agents_name_is_refused_and_the_first_keeps_its_work(etcd, keys, farm):
+    # docs/design.md section 9: never a takeover (this test pinned the takeover before).
     old = farm.agent("a1")
     old.wait("welcome")
-    new = farm.agent("a1", present=False)
-    new.wait("welcome")
-    assert old.wait("goodbye").reason.startswith("replaced")
-    old.wait_ended()
+    impostor = farm.agent("a1", present=False)
+    assert impostor.wait_ended().code() == grpc.StatusCode.ALREADY_EXISTS
+    assert impostor.error.details() == "agent a1 is already connected"
+    assert impostor.of("welcome") == []
     submit(etcd, keys, "b1", [{"id": "t1"}])
-    new.wait("assign")
-    assert old.of("assign") == []
+    old.wait("assign")
+    ref = old.assignments()[0]
+    old.send_result(ref)
+    wait_until(lambda: (ref, True) in old.acks(), 10)
+    assert record(etcd, keys, "b1", "t1")["result"]["agent"] == "a1"
+    # Once the first stream is gone the agent may connect again at once.
+    old.close()
+    back = farm.agent("a1", present=False)
+    back.wait("welcome")
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b/c", "\u00e9", "x" * 10_000, "y" * (1_600 * 1024)],
+                         ids=["dots", "slashes", "non-ascii", "10kB", "1.6MiB"])
+def test_a_hello_with_a_name_that_breaks_the_rules_is_refused(etcd, keys, farm, name):
+    bad = farm.agent(name, present=False)
+    assert bad.wait_ended().code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "must be 1-63 letters" in bad.error.details() and len(bad.error.details()) < 200
+    good = farm.agent("a1")
+    good.wait("welcome")
+    wait_until(lambda: runtime_agents(etcd, keys) == ["a1"], 10)
 
 
 def test_restart_loads_unfinished_builds_and_keeps_tasks_of_agents_that_return(etcd, keys, farm, leadership):

@@ -155,3 +155,22 @@ def test_unreachable_etcd_fails_the_batch_with_etcd_unavailable(keys):
         dead.close()
     assert calls == []
 
+
+
+def test_a_write_etcd_refuses_fails_alone_and_is_counted(etcd, keys):
+    # docs/design.md section 9: a value over etcd's request limit (1.5 MiB) used to fail its
+    # whole batch silently (e.g. the runtime key took the task records batched with it).
+    epoch = become_leader(etcd, keys)
+    seen = []
+    store = GroupCommit(etcd, fence(etcd, keys, epoch), window=0.2, on_error=seen.append)
+    try:
+        good = [store.submit([etcd.ops.put(f"{keys.root}small/{i}", b"v")]) for i in range(3)]
+        bad = store.submit([etcd.ops.put(f"{keys.root}huge", b"x" * (1600 * 1024))])
+        for future in good:
+            assert future.result(10) is None
+        with pytest.raises(Exception):
+            bad.result(10)
+        assert etcd.get(f"{keys.root}small/2")[0] == b"v" and etcd.get(f"{keys.root}huge")[0] is None
+        assert store.write_errors == 1 and len(seen) == 1
+    finally:
+        store.close()

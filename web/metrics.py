@@ -30,6 +30,8 @@ STATE_METRICS = (
     ("baton_agents_connected", "gauge", "agents with a stream to this coordinator", "agents_connected"),
     ("baton_tasks_dispatched", "counter", "tasks this coordinator dispatched", "tasks_dispatched"),
     ("baton_tasks_finished", "counter", "task results this coordinator recorded", "tasks_finished"),
+    ("baton_store_write_errors", "counter", "leader writes etcd refused or did not answer (see the log)",
+     "store_write_errors"),
     ("baton_lease_ttl_left_seconds", "gauge", "seconds until this coordinator's lease could expire",
      "lease_ttl_left"),
     ("baton_lease_renewal_latency_seconds", "gauge", "duration of the last lease renewal",

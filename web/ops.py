@@ -60,18 +60,21 @@ def livez():
 @bp.get("/healthz")
 def readyz():
     """Readiness: 200 when etcd answers and our daemon's state file is fresh (within
-    renew_deadline); else 503 with the reason. /healthz is the same check."""
+    renew_deadline); else 503 with the reason. /healthz is the same check. The body
+    also counts the leader writes etcd refused (store_write_errors, see the daemon's
+    log): a coordinator that cannot write a key is still ready, but never silently."""
     cfg = current_app.config
     try:
         etcd_access.client().revision()
     except EtcdError as exc:
         return jsonify({"ok": False, "reason": f"etcd does not answer: {exc}"}), 503
     path = cfg.get("BATON_DAEMON_STATE")
-    if read_state(path, max_age=cfg["BATON_RENEW_DEADLINE"]) is None:
+    state = read_state(path, max_age=cfg["BATON_RENEW_DEADLINE"])
+    if state is None:
         reason = ("no daemon state file configured" if not path else
                   f"the daemon state file {path} is missing or older than {cfg['BATON_RENEW_DEADLINE']} s")
         return jsonify({"ok": False, "reason": reason}), 503
-    return jsonify({"ok": True})
+    return jsonify({"ok": True, "store_write_errors": state.get("store_write_errors", 0)})
 
 
 @bp.get("/metrics")

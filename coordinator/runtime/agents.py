@@ -14,10 +14,11 @@ import time
 import grpc
 
 from cluster.keys import Keys, decode
+from cluster.names import is_name
 from cluster.protocol import agent_pb2 as pb
 from coordinator.runtime import inbox
 from coordinator.runtime.epoch_state import EpochState
-from coordinator.runtime.state import ASSIGNING, RUNNING, Agent, Task
+from coordinator.runtime.state import ASSIGNING, MAX_CORES, RUNNING, Agent, Task, presence_cores
 
 log = logging.getLogger("coordinator.runtime.dispatcher")   # these are the dispatcher's own log lines
 
@@ -41,9 +42,11 @@ class AgentRoster(EpochState):
             return
         agent = self._agent(hello.name)
         if agent.stream is not None and agent.stream is not stream:
-            self.outbox.end(agent.stream, "replaced by a newer connection from the same agent")
+            # The server admitted the new stream (agent_protocol.ConnectedAgents): the old one
+            # is closed or was silent too long, so the agent is dialling again.
+            self.outbox.end(agent.stream, "replaced: the agent connected again after this stream fell silent")
         agent.stream = stream
-        agent.cores = hello.cores or int(agent.info.get("cores") or 0)
+        agent.cores = min(MAX_CORES, max(0, hello.cores) or presence_cores(agent.info))
         self._awaiting_hello.discard(agent.name)
         keep = set()
         for ref in hello.running:
@@ -81,7 +84,11 @@ class AgentRoster(EpochState):
 
     def _on_agents_changed(self, event: inbox.AgentsChanged) -> None:
         for e in event.events:
-            agent = self._agent(Keys.name_of(e.key, self.keys.agents))
+            name = Keys.name_of(e.key, self.keys.agents)
+            if not is_name(name):
+                log.warning("ignored a presence key whose agent name breaks the naming rules: %.80r", name)
+                continue
+            agent = self._agent(name)
             if e.type == "put":
                 agent.present = True
                 agent.info = decode(e.value) or {}
@@ -92,7 +99,9 @@ class AgentRoster(EpochState):
 
     def _on_agent_config_changed(self, event: inbox.AgentConfigChanged) -> None:
         for e in event.events:
-            self._apply_config(Keys.name_of(e.key, self.keys.agent_config), e.value)
+            name = Keys.name_of(e.key, self.keys.agent_config)
+            if is_name(name):
+                self._apply_config(name, e.value)
         self._dirty = True
 
     def _on_successor_named(self, event: inbox.SuccessorNamed) -> None:

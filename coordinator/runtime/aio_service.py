@@ -6,7 +6,9 @@ thread). `AioAgentServer` runs a grpc.aio server on one event loop in its
 own thread: every stream is two coroutines, and the dispatcher hands
 messages over with one `call_soon_threadsafe` per message. Refusals as in
 agent_protocol (token -> UNAUTHENTICATED, not leading / another epoch ->
-FAILED_PRECONDITION).
+FAILED_PRECONDITION, a bad name -> INVALID_ARGUMENT, a name the client
+certificate does not grant -> PERMISSION_DENIED, an agent already connected
+-> ALREADY_EXISTS).
 
 `AioAgentServer(runtime, "127.0.0.1:7000", credentials=None).start()` ->
 bound port; `stop(grace)`.
@@ -17,13 +19,14 @@ import asyncio
 import collections
 import logging
 import threading
+import time
 
 import grpc
 
 from cluster.protocol import agent_pb2 as pb
 from cluster.protocol import agent_pb2_grpc
-from coordinator.runtime.agent_protocol import (STARTING_UP_WAIT, Leading, handle_agent_message, stale_epoch,
-                                                token_ok)
+from coordinator.runtime.agent_protocol import (STARTING_UP_WAIT, ConnectedAgents, Leading, certificate_agents,
+                                                handle_agent_message, hello_refusal, stale_epoch, token_ok)
 from coordinator.runtime.inbox import HelloReceived, StreamGone
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,7 @@ class AioAgentStream:
         self.agent = agent
         self.epoch = epoch
         self.closed = False
+        self.heard = time.monotonic()
         self._loop = loop
         self._outbox: asyncio.Queue = asyncio.Queue()
         # Messages from the dispatcher thread wait here; one loop wake-up
@@ -88,6 +92,7 @@ class AioAgentStream:
 class _AioService(agent_pb2_grpc.AgentServiceServicer):
     def __init__(self, runtime: Leading):
         self._runtime = runtime
+        self._connected = ConnectedAgents()
 
     async def Connect(self, request_iterator, context: grpc.aio.ServicerContext):
         rt = self._runtime
@@ -113,7 +118,20 @@ class _AioService(agent_pb2_grpc.AgentServiceServicer):
         if first.WhichOneof("body") != "hello" or not first.hello.name:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "the first message must be a Hello with the agent's name")
+        refusal = hello_refusal(first.hello.name, certificate_agents(context))
+        if refusal is not None:
+            await context.abort(*refusal)
         stream = AioAgentStream(first.hello.name, epoch, asyncio.get_running_loop())
+        busy = self._connected.admit(stream)
+        if busy is not None:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, busy)
+        try:
+            await self._serve_stream(stream, first, epoch, context)
+        finally:
+            self._connected.gone(stream)
+
+    async def _serve_stream(self, stream: AioAgentStream, first: pb.AgentMessage, epoch: int, context) -> None:
+        rt = self._runtime
         if not rt.post(HelloReceived(stream, first.hello), epoch):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not leader")
         reader = asyncio.ensure_future(self._read(stream, context))

@@ -14,6 +14,7 @@ import logging
 from typing import Any, Mapping
 
 from cluster.keys import Keys, decode, prefix_end
+from cluster.names import is_name
 from cluster.records import BUILD_ENDED
 from cluster.settings import Settings
 
@@ -45,9 +46,13 @@ def read_snapshot(kvs: Mapping[str, Any], keys: Keys) -> ClusterSnapshot:
     agents, configs, statuses, records, specs, cancels = {}, {}, {}, {}, [], set()
     for key, kv in kvs.items():
         if key.startswith(keys.agents):
-            agents[Keys.name_of(key, keys.agents)] = decoded(kv) or {}
+            name = Keys.name_of(key, keys.agents)
+            if is_name(name):  # else not an agent Baton made (docs/design.md section 9); skipped
+                agents[name] = decoded(kv) or {}
         elif key.startswith(keys.agent_config):
-            configs[Keys.name_of(key, keys.agent_config)] = kv.value
+            name = Keys.name_of(key, keys.agent_config)
+            if is_name(name):
+                configs[name] = kv.value
         elif key.startswith(keys.build_status):
             statuses[Keys.name_of(key, keys.build_status)] = decoded(kv) or {}
         elif key.startswith(keys.build_cancels):

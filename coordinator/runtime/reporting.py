@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from cluster.keys import Keys, encode
 from coordinator.runtime.inbox import Event, FinalStatusWritten, RuntimeKeyWritten
-from coordinator.runtime.state import Agent, Build
+from coordinator.runtime.state import Agent, Build, presence_cores
 from coordinator.runtime.store import GroupCommit
 from lease.errors import NotLeader
 
@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 
 STATUS_EVERY = 0.1
 RETRY_AFTER = 0.5
+# The runtime key holds every agent: each one's share is bounded (names by the naming
+# rules, cores by state.MAX_CORES, the builds listed here), so that the key stays far
+# below etcd's request limit (1.5 MiB) however many tasks an agent runs.
+BUILDS_SHOWN = 20
 
 
 class Reporter:
@@ -72,9 +76,9 @@ class Reporter:
         for a in agents.values():
             if a.present or a.stream is not None or a.running:
                 view[a.name] = {"connected": a.stream is not None, "running": len(a.running),
-                                "cores": a.cores or int(a.info.get("cores") or 0),
+                                "cores": a.cores or presence_cores(a.info),
                                 "state": a.state(auto_subscribe),
-                                "builds": sorted({k[0] for k in a.running})}
+                                "builds": sorted({k[0] for k in a.running})[:BUILDS_SHOWN]}
         if view == self._last_agents:
             return
         self._last_agents = view

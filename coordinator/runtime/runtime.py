@@ -47,6 +47,7 @@ class Runtime:
         self._dispatcher: Dispatcher | None = None
         self._mirror: Mirror | None = None
         self._stopped_at = float("-inf")   # when leading last ended
+        self.store_write_errors = 0        # writes etcd refused or did not answer, every epoch
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self, epoch: int) -> None:
@@ -60,6 +61,7 @@ class Runtime:
                 self.stop("a new epoch began")
             dispatcher = Dispatcher(self.etcd, self.keys, self.name, epoch, self.timings.grace,
                                     self.clock, self._lost_leadership)
+            dispatcher.store.on_error = self._write_failed
             # Visible before it has loaded: agents that follow the new leader key at once
             # are accepted, and their hellos wait in the dispatcher's queue until it runs,
             # instead of being refused "not leader" while it reads its starting point.
@@ -152,8 +154,15 @@ class Runtime:
     def stats(self) -> dict:
         dispatcher = self._dispatcher
         if dispatcher is None:
-            return {"agents_connected": 0, "tasks_dispatched": 0, "queued": 0, "running": 0}
-        return dict(dispatcher.stats)
+            stats = {"agents_connected": 0, "tasks_dispatched": 0, "queued": 0, "running": 0}
+        else:
+            stats = dict(dispatcher.stats)
+        stats["store_write_errors"] = self.store_write_errors
+        return stats
+
+    def _write_failed(self, error: Exception) -> None:
+        # Called on a group-commit thread (which logged it); a counter only grows.
+        self.store_write_errors += 1
 
     # -- for the agent server (agent_protocol.Leading) ------------------------------------
     def post(self, event: Event, epoch: int) -> bool:

@@ -26,6 +26,8 @@ WAITING, READY, ASSIGNING, RUNNING, DONE, FAILED = "waiting", "ready", "assignin
 FINISHED = (DONE, FAILED)
 HOLDS_CORE = (ASSIGNING, RUNNING)
 CANCELLED = "cancelled"   # a cancelled build's state, and the error of the tasks it ended
+OUTPUT_TAIL_CHARS = 8192   # of a task's output kept in its record
+ERROR_CHARS = 2000
 
 
 @dataclasses.dataclass(eq=False, slots=True)  # slots: a takeover makes thousands at once
@@ -58,6 +60,9 @@ class Task:
     def result_record(self, exit_code: int | None, duration: float, output_tail: str,
                       error: str, now: float) -> dict:
         failed = bool(error) or exit_code != 0
+        # Bounded whatever the agent sends: the record is one etcd value (agents keep
+        # agent/runner.py's OUTPUT_TAIL_BYTES of output; an error is a sentence).
+        output_tail, error = output_tail[-OUTPUT_TAIL_CHARS:], error[:ERROR_CHARS]
         return {"state": FAILED if failed else DONE, "attempt": self.attempt, "agent": self.agent,
                 "assigned": self.assigned, "finished": now,
                 "result": {"exit_code": exit_code, "duration": duration, "output_tail": output_tail,
@@ -353,6 +358,18 @@ class Agent:
         if not (auto_subscribe or self.subscribed is True):
             return "unsubscribed"
         return f"busy {len(self.running)}/{self.cores}" if self.running else "idle"
+
+
+# What one agent may claim: its cores bound its running set, which the runtime key lists.
+MAX_CORES = 1024
+
+
+def presence_cores(info: Any) -> int:
+    """The cores an agent's presence value (agents/<name>) offers, 0 if it says nothing usable."""
+    try:
+        return min(MAX_CORES, max(0, int(info.get("cores") or 0)))
+    except (AttributeError, TypeError, ValueError):
+        return 0
 
 
 def sorted_builds(builds: Iterable[Build]) -> list[Build]:

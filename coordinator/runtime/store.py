@@ -17,7 +17,14 @@ Failure:
   never comes back), so that batch, everything queued and everything
   submitted later fail with NotLeader, and `on_not_leader` is called once;
 - etcd is unavailable: that batch's futures fail with EtcdUnavailable (the
-  write may or may not have been applied); the caller retries or steps down.
+  write may or may not have been applied); the caller retries or steps down;
+- etcd refuses the transaction (e.g. a value over its request size limit):
+  each submission of the batch is tried again alone, so one bad write does
+  not take the others down with it; the refused one's future fails with
+  the EtcdError.
+Every failed write (not NotLeader) is logged, counted in `write_errors` and
+handed to `on_error`: the daemon shows the count in its state file, /healthz
+and /metrics (store_write_errors), so a refused write is never silent.
 
 Two ops on the same key may not share an etcd transaction, so a batch ends
 before a submission that touches a key the batch already writes. Keys that
@@ -59,7 +66,7 @@ class GroupCommit:
 
     def __init__(self, etcd, fence: Fence, max_ops: int = 128,
                  window: float = 0.002, on_not_leader: Callable[[], None] | None = None,
-                 writers: int = 4):
+                 writers: int = 4, on_error: Callable[[Exception], None] | None = None):
         if not 1 <= max_ops <= 128:
             raise ValueError("max_ops must be between 1 and 128 (etcd's default txn limit)")
         self._etcd = etcd
@@ -67,6 +74,7 @@ class GroupCommit:
         self.max_ops = max_ops
         self.window = window
         self.on_not_leader = on_not_leader
+        self.on_error = on_error
         self._lock = threading.Condition()
         self._queue: collections.deque[_Entry] = collections.deque()
         self._coalescable: dict[bytes, _Entry] = {}   # key -> queued single-put entry
@@ -78,6 +86,7 @@ class GroupCommit:
         # Counters for stats and benchmarks.
         self.txns = 0
         self.ops_committed = 0
+        self.write_errors = 0
         self.txn_seconds: collections.deque[float] = collections.deque(maxlen=10000)  # recent round trips
         self._threads = [threading.Thread(target=self._run, name=f"group-commit-{i}", daemon=True)
                          for i in range(writers)]
@@ -210,36 +219,33 @@ class GroupCommit:
             if taken is None:
                 return
             batch, keys = taken
-            error: Exception | None = None
             sent = time.monotonic()
-            try:
-                ok, _ = self._etcd.txn(self._compare, [op for e in batch for op in e.ops], [])
-                if not ok:
-                    error = NotLeader("the leader key's create revision is no longer our epoch")
-            except EtcdError as exc:
-                error = exc
-            except Exception as exc:  # noqa: BLE001 - a bug must not kill the writer silently
-                log.exception("group commit: unexpected error")
-                error = EtcdError(f"unexpected error writing to etcd: {exc!r}")
+            error = self._commit([op for e in batch for op in e.ops])
+            errors = [error] * len(batch)
+            if (len(batch) > 1 and isinstance(error, EtcdError)
+                    and not isinstance(error, (EtcdUnavailable, NotLeader))):
+                # etcd refused the whole transaction: find the one it refuses (e.g. too large).
+                errors = [self._commit(e.ops) for e in batch]
+                error = next((err for err in errors if isinstance(err, NotLeader)), None)
             leftover: list[_Entry] = []
             first = False
             with self._lock:
                 if error is None:
                     self.txn_seconds.append(time.monotonic() - sent)
                     self.txns += 1
-                    self.ops_committed += sum(len(e.ops) for e in batch)
-                elif isinstance(error, NotLeader):
+                    self.ops_committed += sum(len(e.ops) for e, err in zip(batch, errors) if err is None)
+                if isinstance(error, NotLeader):
                     first = self._failed is None
                     self._failed = error
                     leftover = list(self._queue)
                     self._queue.clear()
                     self._queued_ops = 0
                     self._coalescable.clear()
-            for entry in batch + leftover:
-                if error is None:
+            for entry, err in zip(batch + leftover, errors + [error] * len(leftover)):
+                if err is None:
                     entry.future.set_result(None)
                 else:
-                    _fail(entry.future, error)
+                    _fail(entry.future, err)
             with self._lock:
                 self._in_flight -= len(batch)
                 self._busy_keys -= keys
@@ -249,8 +255,31 @@ class GroupCommit:
                     self.on_not_leader()
                 except Exception:  # noqa: BLE001
                     log.exception("group commit: on_not_leader failed")
-            if isinstance(error, EtcdUnavailable):
-                log.warning("group commit: %s", error)
+            failed = [err for err in errors if err is not None and not isinstance(err, NotLeader)]
+            if failed:
+                self._count_errors(failed)
+
+    def _commit(self, ops: list) -> Exception | None:
+        """One fenced transaction; the error it ended with, or None."""
+        try:
+            ok, _ = self._etcd.txn(self._compare, ops, [])
+            return None if ok else NotLeader("the leader key's create revision is no longer our epoch")
+        except EtcdError as exc:
+            return exc
+        except Exception as exc:  # noqa: BLE001 - a bug must not kill the writer silently
+            log.exception("group commit: unexpected error")
+            return EtcdError(f"unexpected error writing to etcd: {exc!r}")
+
+    def _count_errors(self, failed: list[Exception]) -> None:
+        with self._lock:
+            self.write_errors += len(failed)
+        log.error("group commit: %d write(s) failed: %s", len(failed), failed[0])
+        if self.on_error is not None:
+            for err in failed:
+                try:
+                    self.on_error(err)
+                except Exception:  # noqa: BLE001
+                    log.exception("group commit: on_error failed")
 
 
 def _fail(future: Future, error: Exception) -> None:
