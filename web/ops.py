@@ -63,7 +63,7 @@ def readyz():
     renew_deadline); else 503 with the reason. /healthz is the same check."""
     cfg = current_app.config
     try:
-        etcd_access.client().revision()
+        etcd_access.client().revision(etcd_access.keys().leader)  # readable with the coordinator's role
     except EtcdError as exc:
         return jsonify({"ok": False, "reason": f"etcd does not answer: {exc}"}), 503
     path = cfg.get("BATON_DAEMON_STATE")
