@@ -45,6 +45,13 @@ class Up:
         return "\n".join(self.lines)
 
 
+def etcd_client_files(text: str) -> dict:
+    """The CLI's etcd client certificate and key that `baton up` printed, as environment."""
+    found = re.search(r"etcd for the CLI:\s+--etcd-cert (\S+) --etcd-key (\S+)", text)
+    assert found, text
+    return {"BATON_ETCD_CERT": found.group(1), "BATON_ETCD_KEY": found.group(2)}
+
+
 def test_baton_up_runs_a_cluster_that_the_cli_drives_and_ctrl_c_stops(tmp_path):
     up = Up(tmp_path / "up", "--agents", "2", "--backups", "1", "--ttl", "2")
     try:
@@ -56,7 +63,12 @@ def test_baton_up_runs_a_cluster_that_the_cli_drives_and_ctrl_c_stops(tmp_path):
         assert "admin / correct-horse-1" in up.text
         assert "https://localhost:" in up.text
         common = ["--etcd", etcd, "--etcd-ca", ca]
-        env = {"BATON_USER": "admin", "BATON_PASSWORD": "correct-horse-1", "BATON_CA": ca}
+        # etcd is never open: the CLI has its own read-only client certificate (docs/etcd-auth.md).
+        cli_cert = etcd_client_files(up.text)
+        env = {"BATON_USER": "admin", "BATON_PASSWORD": "correct-horse-1", "BATON_CA": ca, **cli_cert}
+        refused_etcd = baton("status", *common, "--etcd-timeout", "1", env={**env, "BATON_ETCD_CERT": "",
+                                                                         "BATON_ETCD_KEY": ""})
+        assert refused_etcd.returncode == 4 and "etcd unavailable" in refused_etcd.stderr
 
         status = baton("status", "--json", *common, env=env)
         assert status.returncode == 0, status.stderr
@@ -76,7 +88,7 @@ def test_baton_up_runs_a_cluster_that_the_cli_drives_and_ctrl_c_stops(tmp_path):
         assert json.loads(baton("status", "--json", *common, env=env).stdout)["selected_backup"] is None
         added = baton("user", "add", "carol", "--role", "viewer", *common, env=env, input="carols-password\n")
         assert added.returncode == 0, added.stderr
-        viewer = {"BATON_USER": "carol", "BATON_PASSWORD": "carols-password", "BATON_CA": ca}
+        viewer = {"BATON_USER": "carol", "BATON_PASSWORD": "carols-password", "BATON_CA": ca, **cli_cert}
         refused = baton("backup", "select", "b1", *common, env=viewer)
         assert refused.returncode == 3 and "403" in refused.stderr
         wrong = baton("status", *common, env=dict(env, BATON_PASSWORD="nope"))
@@ -130,7 +142,7 @@ def test_baton_up_again_on_the_same_directory_reuses_its_cluster(tmp_path):
         assert up.proc.poll() is None, up.text
         found = {"password": re.search(r"log in as:\s+admin / (\S+)", up.text).group(1),
                  "etcd": re.search(r"etcd:\s+(\S+)", up.text).group(1),
-                 "ca": re.search(r"trust the CA:\s+(\S+)", up.text).group(1)}
+                 "ca": re.search(r"trust the CA:\s+(\S+)", up.text).group(1), **etcd_client_files(up.text)}
         return up, found
 
     def stop(up: Up) -> None:
@@ -139,7 +151,8 @@ def test_baton_up_again_on_the_same_directory_reuses_its_cluster(tmp_path):
         assert up.proc.returncode == 0, up.text
 
     def cli(found: dict, *args: str, timeout: float = 60):
-        env = {"BATON_USER": "admin", "BATON_PASSWORD": found["password"], "BATON_CA": found["ca"]}
+        env = {"BATON_USER": "admin", "BATON_PASSWORD": found["password"], "BATON_CA": found["ca"],
+               "BATON_ETCD_CERT": found["BATON_ETCD_CERT"], "BATON_ETCD_KEY": found["BATON_ETCD_KEY"]}
         return baton(*args, "--etcd", found["etcd"], "--etcd-ca", found["ca"], env=env, timeout=timeout)
 
     up, first = start()
