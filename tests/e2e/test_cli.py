@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from lease.client import connect
+from lease.errors import EtcdAuthError
 from tests.harness.wait import wait_until
 
 pytestmark = pytest.mark.slow
@@ -66,6 +68,16 @@ def test_baton_up_runs_a_cluster_that_the_cli_drives_and_ctrl_c_stops(tmp_path):
         # etcd is never open: the CLI has its own read-only client certificate (docs/etcd-auth.md).
         cli_cert = etcd_client_files(up.text)
         env = {"BATON_USER": "admin", "BATON_PASSWORD": "correct-horse-1", "BATON_CA": ca, **cli_cert}
+        # baton up's own agent certificate reads the leader key but never the users.
+        agent_files = tmp_path / "up" / "certs" / "etcd"
+        agent = connect(etcd, ca_cert=ca, cert=str(agent_files / "agent-a1.pem"),
+                        key=str(agent_files / "agent-a1-key.pem"))
+        try:
+            assert agent.get("/baton/default/leader")[0] is not None
+            with pytest.raises(EtcdAuthError):
+                agent.get("/baton/default/users/admin")
+        finally:
+            agent.close()
         refused_etcd = baton("status", *common, "--etcd-timeout", "1", env={**env, "BATON_ETCD_CERT": "",
                                                                          "BATON_ETCD_KEY": ""})
         assert refused_etcd.returncode == 4 and "etcd unavailable" in refused_etcd.stderr
@@ -97,7 +109,8 @@ def test_baton_up_runs_a_cluster_that_the_cli_drives_and_ctrl_c_stops(tmp_path):
         before = baton("--etcd", etcd, "build", "--etcd-ca", ca, "show", build["id"], "--json", env=env)
         assert before.returncode == 0 and json.loads(before.stdout)["state"] == "done", before.stderr
         elsewhere = baton("--cluster", "another", "build", "show", build["id"], *common, env=env)
-        assert elsewhere.returncode == 4 and "no coordinator" in elsewhere.stderr
+        # The CLI's etcd user may read only its own cluster's leader and coordinators.
+        assert elsewhere.returncode == 3 and "etcd refused the credentials" in elsewhere.stderr
     finally:
         up.proc.send_signal(signal.SIGINT)
         up.proc.wait(60)
