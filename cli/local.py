@@ -11,6 +11,10 @@ A directory is one cluster: started again on the same --dir it reuses the
 etcd data, the certificates, the agent token and the admin password, which
 it keeps in <dir>/admin-password (mode 0600) because etcd only stores its
 hash and the coordinator creates the admin user only once.
+
+With TLS, etcd is never open (docs/etcd-auth.md): it requires a client
+certificate of the cluster's CA and has etcd auth on; every process has its
+own certificate naming its etcd user (cli/etcd_identities.py).
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from cli.etcd_identities import CLI_IDENTITY, ROOT_IDENTITY, EtcdIdentities
 from cli.processes import PortPicker, Proc, find_etcd, read_secret, write_secret
 from cluster.keys import Keys
 from cluster.records import AgentRecord, LeaderRecord
@@ -67,6 +72,9 @@ class LocalCluster:
         self.web_urls: dict[str, str] = {}
         self.grpc_ports: dict[str, int] = {}
         self.certs_dir = self.dir / "certs"
+        # etcd with client certificates and auth whenever we start it with TLS.
+        self.etcd_auth = tls and not etcd_urls
+        self.etcd_identities = EtcdIdentities(self.certs_dir, cluster)
         self._etcd = None
 
     # -- set-up -------------------------------------------------------------
@@ -116,6 +124,8 @@ class LocalCluster:
         ca = certs.load_ca(self.certs_dir)
         if not (self.certs_dir / f"{HOST}.pem").exists():
             certs.issue_cert(ca, self.certs_dir, HOST, [HOST])
+        if self.etcd_auth:
+            self.etcd_identities.issue_base()
 
     def agent_cert(self, name: str) -> tuple[str, str]:
         """Agent `name`'s client certificate and key (issued once, kept in certs/): the
@@ -145,26 +155,33 @@ class LocalCluster:
                 "--initial-cluster", f"etcd={peer_url}", "--log-level", "warn"]
         if self.tls:
             cert, key = self._tls_files()
-            # Clients are authenticated by etcd user/password or not at all locally; a
-            # --trusted-ca-file would make etcd demand a client certificate.
+            # Every client must present a certificate of our CA; its common name is its etcd user.
             argv += ["--cert-file", cert, "--key-file", key,
-                     "--peer-cert-file", cert, "--peer-key-file", key, "--peer-trusted-ca-file", self.ca]
+                     "--peer-cert-file", cert, "--peer-key-file", key, "--peer-trusted-ca-file", self.ca,
+                     "--peer-client-cert-auth", "--trusted-ca-file", self.ca, "--client-cert-auth"]
         self.etcd_urls = url
         self.etcd_proc = Proc("etcd", argv, self.dir / "logs" / "etcd.log").start()
         self._wait(lambda: self.etcd().revision() > 0, 30, "etcd to answer")
+        if self.etcd_auth:
+            self.etcd_identities.set_up(self.etcd())
 
     def etcd_config(self) -> EtcdConfig:
-        return EtcdConfig.from_urls(self.etcd_urls, ca_cert=self.ca)
+        """This class's own client: etcd's root user when etcd auth is on."""
+        cert, key = self.etcd_identities.files(ROOT_IDENTITY) if self.etcd_auth else (None, None)
+        return EtcdConfig.from_urls(self.etcd_urls, ca_cert=self.ca, cert=cert, key=key)
 
     def etcd(self):
         if self._etcd is None:
             self._etcd = connect(self.etcd_config())
         return self._etcd
 
-    def _etcd_args(self, etcd_urls: str | None = None) -> list[str]:
+    def _etcd_args(self, kind: str, name: str, etcd_urls: str | None = None) -> list[str]:
         args = ["--etcd", etcd_urls or self.etcd_urls, "--cluster", self.cluster]
         if self.tls:
             args += ["--etcd-ca", self.ca]
+        if self.etcd_auth:
+            cert, key = self.etcd_identities.process(self.etcd(), kind, name)
+            args += ["--etcd-cert", cert, "--etcd-key", key]
         return args
 
     def coordinator_argv(self, name: str, role: str, etcd_urls: str | None = None) -> list[str]:
@@ -178,7 +195,8 @@ class LocalCluster:
         argv = [sys.executable, "-m", "cli", "coordinator", "--name", name, "--role", role,
                 "--grpc", f"127.0.0.1:{self.grpc_ports[name]}", "--web", f"127.0.0.1:{web_port}",
                 "--advertise", HOST, "--ttl", str(self.ttl), "--state-dir", str(self.dir / "state"),
-                "--agent-token-file", str(self.dir / "agent-token")] + self._etcd_args(etcd_urls)
+                "--agent-token-file", str(self.dir / "agent-token")]
+        argv += self._etcd_args("coordinator", name, etcd_urls)
         if role == "backup":
             argv += ["--primary", "p1"]
         if self.tls:
@@ -210,7 +228,7 @@ class LocalCluster:
     def add_agent(self, name: str, cores: int | None = None) -> Proc:
         argv = [sys.executable, "-m", "agent", "--name", name, "--cores", str(cores or self.cores),
                 "--workdir", str(self.dir / "agents" / name),
-                "--agent-token-file", str(self.dir / "agent-token")] + self._etcd_args()
+                "--agent-token-file", str(self.dir / "agent-token")] + self._etcd_args("agent", name)
         if self.tls:
             cert, key = self.agent_cert(name)
             argv += ["--grpc-ca", self.ca, "--tls-cert", cert, "--tls-key", key]
@@ -334,13 +352,18 @@ def run_up(args) -> int:
         print(f"  agents:          {', '.join(cluster.agents)} ({cluster.cores} cores each)")
         print(f"  selected backup: {'b1' if args.backups else 'none'}")
         print(f"  log in as:       admin / {cluster.admin_password}")
+        etcd_flags = f" --etcd-ca {cluster.ca}" if cluster.tls else ""
         if cluster.tls:
             print(f"  trust the CA:    {cluster.ca}  (e.g. curl --cacert {cluster.ca} ...; or import it in"
                   f" your browser)")
+        if cluster.etcd_auth:
+            cert, key = cluster.etcd_identities.files(CLI_IDENTITY)
+            etcd_flags += f" --etcd-cert {cert} --etcd-key {key}"
+            print(f"  etcd for the CLI: --etcd-cert {cert} --etcd-key {key}")
         print(f"  logs:            {cluster.dir / 'logs'}")
         print(f"Try: BATON_USER=admin BATON_PASSWORD={cluster.admin_password} "
               "baton build submit examples/hello.yaml --wait "
-              f"--etcd {cluster.etcd_urls}" + (f" --etcd-ca {cluster.ca} --ca {cluster.ca}" if cluster.tls else ""))
+              f"--etcd {cluster.etcd_urls}{etcd_flags}" + (f" --ca {cluster.ca}" if cluster.tls else ""))
         print("Press Ctrl-C to stop everything.", flush=True)
         while not stop["now"]:
             time.sleep(0.5)

@@ -123,7 +123,7 @@ class Coordinator:
         deadline = self.clock() + self.startup_wait
         while True:
             try:
-                self.etcd.revision()
+                self.etcd.revision(self.keys.leader)  # a key the coordinator role may read
                 return
             except EtcdUnavailable as exc:
                 if self.clock() >= deadline:

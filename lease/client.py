@@ -252,9 +252,11 @@ class Etcd:
         return [[(kv.value, KVMetadata(kv, header)) for kv in resp.kvs] for resp in responses]
 
     @_mapped(retry=True)
-    def revision(self) -> int:
-        """The store's current revision."""
-        return self.raw.get_response("\0").header.revision
+    def revision(self, key: str = "\0") -> int:
+        """The store's current revision, read with a linearizable get of key. With
+        etcd auth on, pass a key the caller may read (docs/etcd-auth.md): etcd
+        refuses a read outside the caller's permissions even of a missing key."""
+        return self.raw.get_response(key).header.revision
 
     @_mapped(retry=True)
     def status(self) -> Any:

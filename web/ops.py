@@ -65,7 +65,7 @@ def readyz():
     log): a coordinator that cannot write a key is still ready, but never silently."""
     cfg = current_app.config
     try:
-        etcd_access.client().revision()
+        etcd_access.client().revision(etcd_access.keys().leader)  # readable with the coordinator's role
     except EtcdError as exc:
         return jsonify({"ok": False, "reason": f"etcd does not answer: {exc}"}), 503
     path = cfg.get("BATON_DAEMON_STATE")

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from lease.client import connect
+from lease.errors import EtcdAuthError
 from tests.harness.wait import wait_until
 
 pytestmark = pytest.mark.slow
@@ -45,6 +47,13 @@ class Up:
         return "\n".join(self.lines)
 
 
+def etcd_client_files(text: str) -> dict:
+    """The CLI's etcd client certificate and key that `baton up` printed, as environment."""
+    found = re.search(r"etcd for the CLI:\s+--etcd-cert (\S+) --etcd-key (\S+)", text)
+    assert found, text
+    return {"BATON_ETCD_CERT": found.group(1), "BATON_ETCD_KEY": found.group(2)}
+
+
 def test_baton_up_runs_a_cluster_that_the_cli_drives_and_ctrl_c_stops(tmp_path):
     up = Up(tmp_path / "up", "--agents", "2", "--backups", "1", "--ttl", "2")
     try:
@@ -56,7 +65,22 @@ def test_baton_up_runs_a_cluster_that_the_cli_drives_and_ctrl_c_stops(tmp_path):
         assert "admin / correct-horse-1" in up.text
         assert "https://localhost:" in up.text
         common = ["--etcd", etcd, "--etcd-ca", ca]
-        env = {"BATON_USER": "admin", "BATON_PASSWORD": "correct-horse-1", "BATON_CA": ca}
+        # etcd is never open: the CLI has its own read-only client certificate (docs/etcd-auth.md).
+        cli_cert = etcd_client_files(up.text)
+        env = {"BATON_USER": "admin", "BATON_PASSWORD": "correct-horse-1", "BATON_CA": ca, **cli_cert}
+        # baton up's own agent certificate reads the leader key but never the users.
+        agent_files = tmp_path / "up" / "certs" / "etcd"
+        agent = connect(etcd, ca_cert=ca, cert=str(agent_files / "agent-a1.pem"),
+                        key=str(agent_files / "agent-a1-key.pem"))
+        try:
+            assert agent.get("/baton/default/leader")[0] is not None
+            with pytest.raises(EtcdAuthError):
+                agent.get("/baton/default/users/admin")
+        finally:
+            agent.close()
+        refused_etcd = baton("status", *common, "--etcd-timeout", "1", env={**env, "BATON_ETCD_CERT": "",
+                                                                         "BATON_ETCD_KEY": ""})
+        assert refused_etcd.returncode == 4 and "etcd unavailable" in refused_etcd.stderr
 
         status = baton("status", "--json", *common, env=env)
         assert status.returncode == 0, status.stderr
@@ -76,7 +100,7 @@ def test_baton_up_runs_a_cluster_that_the_cli_drives_and_ctrl_c_stops(tmp_path):
         assert json.loads(baton("status", "--json", *common, env=env).stdout)["selected_backup"] is None
         added = baton("user", "add", "carol", "--role", "viewer", *common, env=env, input="carols-password\n")
         assert added.returncode == 0, added.stderr
-        viewer = {"BATON_USER": "carol", "BATON_PASSWORD": "carols-password", "BATON_CA": ca}
+        viewer = {"BATON_USER": "carol", "BATON_PASSWORD": "carols-password", "BATON_CA": ca, **cli_cert}
         refused = baton("backup", "select", "b1", *common, env=viewer)
         assert refused.returncode == 3 and "403" in refused.stderr
         wrong = baton("status", *common, env=dict(env, BATON_PASSWORD="nope"))
@@ -85,7 +109,8 @@ def test_baton_up_runs_a_cluster_that_the_cli_drives_and_ctrl_c_stops(tmp_path):
         before = baton("--etcd", etcd, "build", "--etcd-ca", ca, "show", build["id"], "--json", env=env)
         assert before.returncode == 0 and json.loads(before.stdout)["state"] == "done", before.stderr
         elsewhere = baton("--cluster", "another", "build", "show", build["id"], *common, env=env)
-        assert elsewhere.returncode == 4 and "no coordinator" in elsewhere.stderr
+        # The CLI's etcd user may read only its own cluster's leader and coordinators.
+        assert elsewhere.returncode == 3 and "etcd refused the credentials" in elsewhere.stderr
     finally:
         up.proc.send_signal(signal.SIGINT)
         up.proc.wait(60)
@@ -130,7 +155,7 @@ def test_baton_up_again_on_the_same_directory_reuses_its_cluster(tmp_path):
         assert up.proc.poll() is None, up.text
         found = {"password": re.search(r"log in as:\s+admin / (\S+)", up.text).group(1),
                  "etcd": re.search(r"etcd:\s+(\S+)", up.text).group(1),
-                 "ca": re.search(r"trust the CA:\s+(\S+)", up.text).group(1)}
+                 "ca": re.search(r"trust the CA:\s+(\S+)", up.text).group(1), **etcd_client_files(up.text)}
         return up, found
 
     def stop(up: Up) -> None:
@@ -139,7 +164,8 @@ def test_baton_up_again_on_the_same_directory_reuses_its_cluster(tmp_path):
         assert up.proc.returncode == 0, up.text
 
     def cli(found: dict, *args: str, timeout: float = 60):
-        env = {"BATON_USER": "admin", "BATON_PASSWORD": found["password"], "BATON_CA": found["ca"]}
+        env = {"BATON_USER": "admin", "BATON_PASSWORD": found["password"], "BATON_CA": found["ca"],
+               "BATON_ETCD_CERT": found["BATON_ETCD_CERT"], "BATON_ETCD_KEY": found["BATON_ETCD_KEY"]}
         return baton(*args, "--etcd", found["etcd"], "--etcd-ca", found["ca"], env=env, timeout=timeout)
 
     up, first = start()

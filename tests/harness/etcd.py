@@ -89,6 +89,8 @@ class EtcdMember:
         ctx = None
         if self.tls:
             ctx = ssl.create_default_context(cafile=self.tls["ca"])
+            if self.client_cert_auth:  # the member's own certificate is also a client one
+                ctx.load_cert_chain(self.tls["cert"], self.tls["key"])
 
         def healthy() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
