@@ -250,8 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return OK
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from cluster import logs
+
+    # The daemons name themselves in JSON lines (--log-format json); commands log as text.
+    logs.configure(logging.DEBUG if args.verbose else logging.INFO, getattr(args, "log_format", "text"),
+                   daemon=getattr(args, "name", None) if args.command in ("coordinator", "agent") else None)
     from cli.api_client import ApiError
 
     try:

@@ -133,11 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the daemon keeps its state file (default: $BATON_STATE_DIR/state, else .baton/state)")
     p.add_argument("--no-web", action="store_true", help="do not start the web UI")
     p.add_argument("--test-hooks", action="store_true", help=argparse.SUPPRESS)
+    from cluster.logs import add_log_format
+
+    add_log_format(p)
 
     p = sub.add_parser("agent", help="an agent (build machine)")
     from agent.daemon import add_arguments
 
-    add_arguments(p)  # the agent's own options (--etcd and the other common ones are there already)
+    add_arguments(p)  # the agent's own options, --log-format too (--etcd and the other common ones are there already)
 
     p = sub.add_parser("status", help="who leads, epoch, roles, selected backup, agents", api=True)
     p.add_argument("--json", action="store_true", help="print the API's JSON document")
