@@ -175,17 +175,32 @@ def cmd_build(args) -> int:
     raise ConfigError("usage: baton build submit FILE | baton build show ID")
 
 
-def cmd_user(args) -> int:
-    if args.user_command != "add":
-        raise ConfigError("usage: baton user add NAME --role admin|viewer")
+def _read_password(name: str) -> str:
+    """A new password: typed twice at a prompt on a terminal, else the first line of stdin."""
     if sys.stdin.isatty():
-        password = getpass.getpass(f"password for {args.name}: ")
+        password = getpass.getpass(f"password for {name}: ")
         if getpass.getpass("again: ") != password:
             raise ConfigError("the passwords do not match")
+        return password
+    return sys.stdin.readline().rstrip("\n")
+
+
+def cmd_user(args) -> int:
+    if args.user_command == "add":
+        _client(args).add_user(args.name, args.role, _read_password(args.name))
+        print(f"user {args.name} ({args.role}) added")
+    elif args.user_command == "passwd":
+        _client(args).set_password(args.name, _read_password(args.name))
+        print(f"password of {args.name} changed")
+    elif args.user_command == "delete":
+        _client(args).delete_user(args.name)
+        print(f"user {args.name} deleted")
+    elif args.user_command == "list":
+        users = _client(args).users()
+        print(json.dumps(users, indent=2) if args.json else
+              "\n".join(f"{u['name']:<24} {u.get('role') or '?'}" for u in users))
     else:
-        password = sys.stdin.readline().rstrip("\n")
-    _client(args).add_user(args.name, args.role, password)
-    print(f"user {args.name} ({args.role}) added")
+        raise ConfigError("usage: baton user add|passwd|delete NAME, or baton user list")
     return 0
 
 

@@ -169,6 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     u = usub.add_parser("add", help="add a user (password from a prompt or stdin)", api=True)
     u.add_argument("name", help="the user's name")
     u.add_argument("--role", choices=("admin", "viewer"), required=True, help="admin (may change) or viewer")
+    u = usub.add_parser("passwd", help="set a user's password (from a prompt or stdin); "
+                                       "an admin for anyone, a viewer for themself", api=True)
+    u.add_argument("name", help="the user's name")
+    u = usub.add_parser("delete", help="delete a user (not the last admin)", api=True)
+    u.add_argument("name", help="the user's name")
+    u = usub.add_parser("list", help="list users and their roles", api=True)
+    u.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("certs", help="issue TLS certificates (a local CA)")
     csub = p.add_subparsers(dest="certs_command", metavar="ACTION", parser_class=_Parser)
