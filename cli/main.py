@@ -91,7 +91,7 @@ def _client(args, prefer_leader: bool = True):
             url = find_web_url(etcd, Keys(args.cluster), prefer_leader=prefer_leader)
         finally:
             etcd.close()
-    return ApiClient(url, ca=args.ca)
+    return ApiClient(url, user=args.user, password=args.password, ca=args.ca)
 
 
 def cmd_status(args) -> int:
@@ -261,7 +261,12 @@ def exit_code_for(exc: BaseException) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = fill_defaults(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    try:
+        args = fill_defaults(args)
+    except ConfigError as exc:  # e.g. a --context without context.json
+        print(f"baton {args.command or ''}: {exc}".replace(" :", ":"), file=sys.stderr)
+        return USAGE_ERROR
     if not args.command:
         parser.print_help()
         return OK
