@@ -80,7 +80,7 @@ def cmd_etcd(args) -> int:
 
 
 def _client(args, prefer_leader: bool = True):
-    from cli.api_client import ApiClient, find_web_url
+    from cli.api_client import find_web_url
     from cluster.keys import Keys
     from lease.client import connect
 
@@ -91,6 +91,12 @@ def _client(args, prefer_leader: bool = True):
             url = find_web_url(etcd, Keys(args.cluster), prefer_leader=prefer_leader)
         finally:
             etcd.close()
+    return _api(args, url)
+
+
+def _api(args, url: str):
+    from cli.api_client import ApiClient
+
     return ApiClient(url, user=args.user, password=args.password, ca=args.ca)
 
 
@@ -136,6 +142,24 @@ def cmd_switchover(args) -> int:
     return 0
 
 
+def _follow(args, build_id: str) -> dict:
+    """Wait for the build's end, following the leader through failovers (cli.wait)."""
+    from cli.wait import EtcdDirectory, follow_build
+    from cluster.keys import Keys
+    from lease.client import connect
+
+    def client_for(url: str):
+        return _api(args, url)
+
+    if args.url:  # one coordinator named: read from it alone
+        return follow_build(build_id, lambda: [args.url], client_for, args.timeout)
+    directory = EtcdDirectory(lambda: connect(etcd_config(args)), Keys(args.cluster))
+    try:
+        return follow_build(build_id, directory, client_for, args.timeout)
+    finally:
+        directory.close()
+
+
 def cmd_build(args) -> int:
     if args.build_command == "submit":
         from cluster.buildfile import MAX_BUILD_BYTES
@@ -152,14 +176,7 @@ def cmd_build(args) -> int:
         if not args.wait:
             print(json.dumps({"id": build_id}) if args.json else build_id)
             return 0
-        deadline = time.monotonic() + args.timeout
-        build = client.build(build_id)
-        while build["state"] not in ("done", "failed"):
-            if time.monotonic() > deadline:
-                raise ConfigError(f"build {build_id} did not end within {args.timeout:g} s")
-            time.sleep(0.5)
-            client = _client(args)  # the leader may have changed while we waited
-            build = client.build(build_id)
+        build = _follow(args, build_id)
         print(json.dumps(build, indent=2) if args.json else f"{build_id} {build['state']}")
         return 0 if build["state"] == "done" else 1
     if args.build_command == "show":
