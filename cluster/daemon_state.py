@@ -9,7 +9,9 @@ wedged daemon makes its own UI view-only (docs/design.md section 3, rule 3).
 
 Fields: name, role, acting (bool), epoch (int|None), leader (name|None),
 updated (unix time), lease_ttl_left (s), lease_renewal_latency (s),
-failovers, agents_connected, tasks_dispatched, sentence.
+takeovers, failovers, handovers, agents_connected, tasks_dispatched,
+tasks_finished, histograms ({task_duration_seconds, etcd_txn_seconds}: each
+{"buckets": [[le, cumulative count], ...], "sum", "count"}), pid, sentence.
 """
 from __future__ import annotations
 

@@ -303,6 +303,7 @@ class Coordinator:
             leader=snap.leader.name if snap is not None and snap.leader else None, known=snap is not None,
             session=self.session, renew_deadline=self.timings.renew_deadline,
             takeovers=lead.takeovers if lead else 0, failovers=lead.failovers if lead else 0,
+            handovers=lead.handovers if lead else 0,
             stats=self.runtime.stats() if self.runtime is not None else {}, sentence=self._last_sentence)
 
 

@@ -19,6 +19,7 @@ from cluster.keys import Keys
 from cluster.records import LeaderRecord
 from coordinator.config import Timings
 from coordinator.runtime.dispatcher import Dispatcher
+from coordinator.runtime.metrics import Metrics
 from coordinator.runtime.mirror import Mirror
 from coordinator.runtime.inbox import Event, SuccessorNamed
 from lease.errors import EtcdError
@@ -47,6 +48,7 @@ class Runtime:
         self._dispatcher: Dispatcher | None = None
         self._mirror: Mirror | None = None
         self._stopped_at = float("-inf")   # when leading last ended
+        self.metrics = Metrics()   # for the whole process, across epochs (/metrics)
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self, epoch: int) -> None:
@@ -59,7 +61,7 @@ class Runtime:
                     return
                 self.stop("a new epoch began")
             dispatcher = Dispatcher(self.etcd, self.keys, self.name, epoch, self.timings.grace,
-                                    self.clock, self._lost_leadership)
+                                    self.clock, self._lost_leadership, metrics=self.metrics)
             # Visible before it has loaded: agents that follow the new leader key at once
             # are accepted, and their hellos wait in the dispatcher's queue until it runs,
             # instead of being refused "not leader" while it reads its starting point.
@@ -151,9 +153,10 @@ class Runtime:
 
     def stats(self) -> dict:
         dispatcher = self._dispatcher
+        counts = self.metrics.to_state()
         if dispatcher is None:
-            return {"agents_connected": 0, "tasks_dispatched": 0, "queued": 0, "running": 0}
-        return dict(dispatcher.stats)
+            return {"agents_connected": 0, "tasks_dispatched": 0, "queued": 0, "running": 0, **counts}
+        return {**dispatcher.stats, **counts}
 
     # -- for the agent server (agent_protocol.Leading) ------------------------------------
     def post(self, event: Event, epoch: int) -> bool:
