@@ -13,6 +13,7 @@ import sys
 
 from agent.config import AgentConfig
 from agent.core import Agent
+from cluster import logs
 from cluster.names import read_token
 from lease.client import EtcdConfig
 from lease.errors import BatonError
@@ -40,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lease-ttl", type=int, default=10, help="presence lease TTL in seconds (default 10)")
     parser.add_argument("--task-timeout", type=float, default=3600.0,
                         help="timeout for tasks that set none, in seconds (default 3600)")
+    logs.add_log_format(parser)
     known = parser._option_string_actions  # argparse has no public "has option"
     if "--etcd" not in known:
         parser.add_argument("--etcd", default=None,
@@ -76,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     parser.add_argument("--log-level", default=os.environ.get("BATON_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(args.log_level.upper(), args.log_format, daemon=args.name)
     try:
         config = config_from_args(args)
         agent = Agent(config)

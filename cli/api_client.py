@@ -113,3 +113,13 @@ class ApiClient:
 
     def add_user(self, name: str, role: str, password: str) -> dict:
         return self.request("POST", "/api/v1/users", {"name": name, "role": role, "password": password})
+
+    def users(self) -> list[dict]:
+        return self.request("GET", "/api/v1/users")["users"]
+
+    def set_password(self, name: str, password: str) -> dict:
+        return self.request("PUT", f"/api/v1/users/{urllib.parse.quote(name, safe='')}/password",
+                            {"password": password})
+
+    def delete_user(self, name: str) -> dict:
+        return self.request("DELETE", f"/api/v1/users/{urllib.parse.quote(name, safe='')}")

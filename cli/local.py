@@ -10,7 +10,9 @@ and the benchmarks, so what they exercise is what users run.
 A directory is one cluster: started again on the same --dir it reuses the
 etcd data, the certificates, the agent token and the admin password, which
 it keeps in <dir>/admin-password (mode 0600) because etcd only stores its
-hash and the coordinator creates the admin user only once.
+hash and the coordinator creates the admin user only once. It also writes
+<dir>/context.json (cli.context), so that commands run there find the
+cluster without flags.
 
 With TLS, etcd is never open (docs/etcd-auth.md): it requires a client
 certificate of the cluster's CA and has etcd auth on; every process has its
@@ -26,6 +28,7 @@ import time
 from pathlib import Path
 
 from cli.etcd_identities import CLI_IDENTITY, ROOT_IDENTITY, EtcdIdentities
+from cli.context import CONTEXT_FILE, DEFAULT_DIR, write_context
 from cli.processes import PortPicker, Proc, find_etcd, read_secret, write_secret
 from cluster.keys import Keys
 from cluster.records import AgentRecord, LeaderRecord
@@ -89,6 +92,7 @@ class LocalCluster:
         self.add_coordinator("p1", "primary")
         for i in range(1, self.n_backups + 1):
             self.add_coordinator(f"b{i}", "backup")
+        self.write_context()
         if wait:
             self.wait_leader("p1", timeout=30)
             if self.web:
@@ -136,6 +140,12 @@ class LocalCluster:
         if not (cert.exists() and key.exists()):
             cert, key = certs.issue_agent_cert(certs.load_ca(self.certs_dir), self.certs_dir, name)
         return str(cert), str(key)
+
+    def write_context(self) -> None:
+        """<dir>/context.json, so that commands run there need no flags (cli.context)."""
+        cert, key = self.etcd_identities.files(CLI_IDENTITY) if self.etcd_auth else (None, None)
+        write_context(self.dir, etcd=self.etcd_urls, cluster=self.cluster, etcd_ca=self.ca, ca=self.ca,
+                      etcd_cert=cert, etcd_key=key, user="admin", password_file=self.dir / ADMIN_PASSWORD_FILE)
 
     @property
     def ca(self) -> str | None:
@@ -336,7 +346,7 @@ def run_up(args) -> int:
     """`baton up`: start everything, print where to look, stop all on Ctrl-C."""
     if args.agents < 0 or args.backups < 0:
         raise ConfigError("--agents and --backups must be >= 0")
-    cluster = LocalCluster(args.dir, agents=args.agents, backups=args.backups, cores=args.cores, ttl=args.ttl,
+    cluster = LocalCluster(args.dir or args.context, agents=args.agents, backups=args.backups, cores=args.cores, ttl=args.ttl,
                            tls=not args.no_tls, etcd_urls=args.etcd if args.etcd_given else None, cluster=args.cluster,
                            base_port=args.base_port)
     stop = {"now": False}
@@ -361,9 +371,10 @@ def run_up(args) -> int:
             etcd_flags += f" --etcd-cert {cert} --etcd-key {key}"
             print(f"  etcd for the CLI: --etcd-cert {cert} --etcd-key {key}")
         print(f"  logs:            {cluster.dir / 'logs'}")
-        print(f"Try: BATON_USER=admin BATON_PASSWORD={cluster.admin_password} "
-              "baton build submit examples/hello.yaml --wait "
-              f"--etcd {cluster.etcd_urls}{etcd_flags}" + (f" --ca {cluster.ca}" if cluster.tls else ""))
+        print(f"  context:         {cluster.dir / CONTEXT_FILE}  (endpoints, CAs and the admin's credentials)")
+        here = cluster.dir == (Path.cwd() / DEFAULT_DIR).resolve()
+        print("Try: baton " + ("" if here else f"--context {cluster.dir} ")
+              + "build submit examples/hello.yaml --wait")
         print("Press Ctrl-C to stop everything.", flush=True)
         while not stop["now"]:
             time.sleep(0.5)

@@ -81,7 +81,7 @@ def cmd_etcd(args) -> int:
 
 
 def _client(args, prefer_leader: bool = True):
-    from cli.api_client import ApiClient, find_web_url
+    from cli.api_client import find_web_url
     from cluster.keys import Keys
     from lease.client import connect
 
@@ -92,7 +92,13 @@ def _client(args, prefer_leader: bool = True):
             url = find_web_url(etcd, Keys(args.cluster), prefer_leader=prefer_leader)
         finally:
             etcd.close()
-    return ApiClient(url, ca=args.ca)
+    return _api(args, url)
+
+
+def _api(args, url: str):
+    from cli.api_client import ApiClient
+
+    return ApiClient(url, user=args.user, password=args.password, ca=args.ca)
 
 
 def cmd_status(args) -> int:
@@ -137,6 +143,24 @@ def cmd_switchover(args) -> int:
     return 0
 
 
+def _follow(args, build_id: str) -> dict:
+    """Wait for the build's end, following the leader through failovers (cli.wait)."""
+    from cli.wait import EtcdDirectory, follow_build
+    from cluster.keys import Keys
+    from lease.client import connect
+
+    def client_for(url: str):
+        return _api(args, url)
+
+    if args.url:  # one coordinator named: read from it alone
+        return follow_build(build_id, lambda: [args.url], client_for, args.timeout)
+    directory = EtcdDirectory(lambda: connect(etcd_config(args)), Keys(args.cluster))
+    try:
+        return follow_build(build_id, directory, client_for, args.timeout)
+    finally:
+        directory.close()
+
+
 def cmd_build(args) -> int:
     if args.build_command in BUILD_VERBS:
         return BUILD_VERBS[args.build_command](args)
@@ -155,14 +179,7 @@ def cmd_build(args) -> int:
         if not args.wait:
             print(json.dumps({"id": build_id}) if args.json else build_id)
             return 0
-        deadline = time.monotonic() + args.timeout
-        build = client.build(build_id)
-        while build["state"] not in BUILD_ENDED:
-            if time.monotonic() > deadline:
-                raise ConfigError(f"build {build_id} did not end within {args.timeout:g} s")
-            time.sleep(0.5)
-            client = _client(args)  # the leader may have changed while we waited
-            build = client.build(build_id)
+        build = _follow(args, build_id)
         print(json.dumps(build, indent=2) if args.json else f"{build_id} {build['state']}")
         return 0 if build["state"] == "done" else 1
     if args.build_command == "show":
@@ -204,17 +221,32 @@ def cmd_build_cancel(args) -> int:
 BUILD_VERBS = {"list": cmd_build_list, "cancel": cmd_build_cancel}
 
 
-def cmd_user(args) -> int:
-    if args.user_command != "add":
-        raise ConfigError("usage: baton user add NAME --role admin|viewer")
+def _read_password(name: str) -> str:
+    """A new password: typed twice at a prompt on a terminal, else the first line of stdin."""
     if sys.stdin.isatty():
-        password = getpass.getpass(f"password for {args.name}: ")
+        password = getpass.getpass(f"password for {name}: ")
         if getpass.getpass("again: ") != password:
             raise ConfigError("the passwords do not match")
+        return password
+    return sys.stdin.readline().rstrip("\n")
+
+
+def cmd_user(args) -> int:
+    if args.user_command == "add":
+        _client(args).add_user(args.name, args.role, _read_password(args.name))
+        print(f"user {args.name} ({args.role}) added")
+    elif args.user_command == "passwd":
+        _client(args).set_password(args.name, _read_password(args.name))
+        print(f"password of {args.name} changed")
+    elif args.user_command == "delete":
+        _client(args).delete_user(args.name)
+        print(f"user {args.name} deleted")
+    elif args.user_command == "list":
+        users = _client(args).users()
+        print(json.dumps(users, indent=2) if args.json else
+              "\n".join(f"{u['name']:<24} {u.get('role') or '?'}" for u in users))
     else:
-        password = sys.stdin.readline().rstrip("\n")
-    _client(args).add_user(args.name, args.role, password)
-    print(f"user {args.name} ({args.role}) added")
+        raise ConfigError("usage: baton user add|passwd|delete NAME, or baton user list")
     return 0
 
 
@@ -292,12 +324,20 @@ def main(argv: list[str] | None = None) -> int:
 
         return cc_main(argv[1:])
     parser = build_parser()
-    args = fill_defaults(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    try:
+        args = fill_defaults(args)
+    except ConfigError as exc:  # e.g. a --context without context.json
+        print(f"baton {args.command or ''}: {exc}".replace(" :", ":"), file=sys.stderr)
+        return USAGE_ERROR
     if not args.command:
         parser.print_help()
         return OK
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from cluster import logs
+
+    # The daemons name themselves in JSON lines (--log-format json); commands log as text.
+    logs.configure(logging.DEBUG if args.verbose else logging.INFO, getattr(args, "log_format", "text"),
+                   daemon=getattr(args, "name", None) if args.command in ("coordinator", "agent") else None)
     from cli.api_client import ApiError
 
     try:

@@ -25,17 +25,16 @@ COMMON = (
     (("--etcd-key",), dict(metavar="FILE", env="BATON_ETCD_KEY", default=None, help="client key for etcd")),
     (("--etcd-timeout",), dict(metavar="S", type=float, default=2.0, help="seconds per etcd call")),
     (("-v", "--verbose"), dict(action="store_true", default=False, help="log debug details")),
+    (("--context",), dict(metavar="DIR", env="BATON_CONTEXT", default=".baton",
+                          help="directory of a `baton up` cluster: its context.json gives the etcd "
+                               "endpoints, CAs, cluster and admin credentials not given otherwise "
+                               "(flags win, then environment variables, then the context)")),
 )
 API = (
     (("--url",), dict(metavar="URL", default=None,
                       help="a coordinator's web address (default: the leader's, found in etcd)")),
     (("--ca",), dict(metavar="FILE", env="BATON_CA", default=None, help="CA that signed the UI's certificate")),
 )
-
-
-def _default_of(spec: dict):
-    env = spec.get("env")
-    return os.environ.get(env) or spec["default"] if env else spec["default"]
 
 
 def _help_of(spec: dict) -> str:
@@ -51,13 +50,33 @@ def _add(p: argparse.ArgumentParser, options) -> None:
         p.add_argument(*flags, default=argparse.SUPPRESS, help=_help_of(spec), **kw)
 
 
+# Commands that talk to a running cluster as its client: they read the context
+# (cli.context). The daemons and `baton up` take their options as given.
+CONTEXT_COMMANDS = ("status", "backup", "switchover", "build", "user")
+
+
 def fill_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Options not given: the environment variable, else the context, else the default.
+    Raises ConfigError when a context that was asked for cannot be read."""
+    from cli.context import load_context
+
     # `baton up` starts its own etcd unless --etcd names one (not $BATON_ETCD).
     args.etcd_given = hasattr(args, "etcd")
+    context = load_context(getattr(args, "context", None)) \
+        if getattr(args, "command", None) in CONTEXT_COMMANDS else {}
     for flags, spec in COMMON + API:
         dest = flags[-1].lstrip("-").replace("-", "_")
-        if not hasattr(args, dest):
-            setattr(args, dest, _default_of(spec))
+        if hasattr(args, dest):
+            continue
+        env = spec.get("env")
+        if env and os.environ.get(env):
+            setattr(args, dest, os.environ[env])
+        else:
+            setattr(args, dest, context.get(dest, spec["default"]))
+    # Credentials: $BATON_USER/$BATON_PASSWORD, else the context's user and kept password.
+    args.user = os.environ.get("BATON_USER") or context.get("user")
+    args.password = os.environ.get("BATON_PASSWORD") or (
+        context.get("password") if args.user == context.get("user") else None)
     return args
 
 
@@ -86,7 +105,11 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from cli import __version__
 
-    parser = _Parser(prog="baton", description="Baton: a build-farm coordinator with a hot backup.")
+    parser = _Parser(prog="baton", description="Baton: a build-farm coordinator with a hot backup.",
+                     epilog="Where options come from: a flag, else its environment variable, else the "
+                            "context (context.json in --context DIR, $BATON_CONTEXT or ./.baton, written by "
+                            "`baton up`), else the default. Credentials: $BATON_USER/$BATON_PASSWORD, else "
+                            "the context's admin.")
     parser.add_argument("--version", action="version", version=f"baton {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
@@ -95,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backups", type=int, default=1, help="backup coordinators to start (b1 is selected)")
     p.add_argument("--cores", type=int, default=2, help="cores per agent")
     p.add_argument("--ttl", type=int, default=10, help="lease ttl in seconds")
-    p.add_argument("--dir", default=".baton", help="where data, certificates and logs go")
+    p.add_argument("--dir", default=None,
+                   help="where data, certificates, logs and context.json go (default: the --context directory)")
     p.add_argument("--no-tls", action="store_true", help="plain HTTP and gRPC (TLS is on by default)")
     p.add_argument("--base-port", type=int, default=0,
                    help="first of the 100 ports to use (0: any free ports)")
@@ -133,11 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the daemon keeps its state file (default: $BATON_STATE_DIR/state, else .baton/state)")
     p.add_argument("--no-web", action="store_true", help="do not start the web UI")
     p.add_argument("--test-hooks", action="store_true", help=argparse.SUPPRESS)
+    from cluster.logs import add_log_format
+
+    add_log_format(p)
 
     p = sub.add_parser("agent", help="an agent (build machine)")
     from agent.daemon import add_arguments
 
-    add_arguments(p)  # the agent's own options (--etcd and the other common ones are there already)
+    add_arguments(p)  # the agent's own options, --log-format too (--etcd and the other common ones are there already)
 
     p = sub.add_parser("status", help="who leads, epoch, roles, selected backup, agents", api=True)
     p.add_argument("--json", action="store_true", help="print the API's JSON document")
@@ -171,6 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     u = usub.add_parser("add", help="add a user (password from a prompt or stdin)", api=True)
     u.add_argument("name", help="the user's name")
     u.add_argument("--role", choices=("admin", "viewer"), required=True, help="admin (may change) or viewer")
+    u = usub.add_parser("passwd", help="set a user's password (from a prompt or stdin); "
+                                       "an admin for anyone, a viewer for themself", api=True)
+    u.add_argument("name", help="the user's name")
+    u = usub.add_parser("delete", help="delete a user (not the last admin)", api=True)
+    u.add_argument("name", help="the user's name")
+    u = usub.add_parser("list", help="list users and their roles", api=True)
+    u.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("run", help="run a build command (make, ninja, cmake --build) with its compiles on the farm")
     p.add_argument("--max-remote", type=int, default=None, help="at most this many jobs remote at once")

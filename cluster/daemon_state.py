@@ -9,8 +9,10 @@ wedged daemon makes its own UI view-only (docs/design.md section 3, rule 3).
 
 Fields: name, role, acting (bool), epoch (int|None), leader (name|None),
 updated (unix time), lease_ttl_left (s), lease_renewal_latency (s),
-failovers, agents_connected, tasks_dispatched, store_write_errors (writes
-etcd refused or did not answer, logged by the runtime's store), sentence.
+takeovers, failovers, handovers, agents_connected, tasks_dispatched,
+tasks_finished, store_write_errors (writes etcd refused or did not answer,
+logged by the runtime's store), histograms ({task_duration_seconds, etcd_txn_seconds}: each
+{"buckets": [[le, cumulative count], ...], "sum", "count"}), pid, sentence.
 """
 from __future__ import annotations
 

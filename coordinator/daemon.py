@@ -39,6 +39,7 @@ from coordinator.presence import Presence
 from coordinator.runtime.aio_service import AioAgentServer
 from coordinator.runtime.runtime import Runtime
 from coordinator.snapshot import read_snapshot
+from coordinator.systemd import Notifier
 from lease.client import connect
 from lease.election import Election
 from lease.errors import EtcdError, EtcdUnavailable
@@ -53,7 +54,7 @@ class Coordinator:
     def __init__(self, config: CoordinatorConfig, state_dir: str, *,
                  start_ui: Callable[[CoordinatorConfig, str], Any] | None = None, test_hooks: bool = False,
                  startup_wait: float = 30.0, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time):
+                 wall: Callable[[], float] = time.time, notifier: Notifier | None = None):
         self.config = config
         self.keys = Keys(config.cluster)
         self.state_dir = state_dir
@@ -83,6 +84,8 @@ class Coordinator:
         self._last_sentence = ""
         self._primary_ready_since: float | None = None  # by self.clock; see ha.primary_ready_since
         self._ready = False
+        # systemd (Type=notify, WatchdogSec): a no-op outside systemd ($NOTIFY_SOCKET unset).
+        self.notifier = notifier if notifier is not None else Notifier()
 
     # -- life cycle --------------------------------------------------------
     def start(self) -> None:
@@ -112,6 +115,7 @@ class Coordinator:
             signal.signal(signal.SIGUSR1, lambda *_: self._wedged.set())
         log.info("coordinator %s (%s) started: gRPC %s, web %s", self.config.name, self.config.role,
                  self.grpc_address, self.web_address)
+        self.notifier.ready(f"{self.config.name} ({self.config.role}) started")
 
     def _leader_value(self) -> bytes:
         return encode({"name": self.config.name, "role": self.config.role,
@@ -139,8 +143,12 @@ class Coordinator:
                 return
             try:
                 self.cycle()
+                self._loop_alive()
             except EtcdError as exc:
                 self._say(f"etcd unreachable ({exc}); holding still until it answers")
+                # The loop is alive and holds still: systemd must not restart every
+                # coordinator during an etcd outage (a restart would not bring etcd back).
+                self._loop_alive()
             except Exception:  # noqa: BLE001 - the loop must survive a bug in one cycle
                 log.exception("HA cycle failed")
             self._wake.wait(self.cycle_interval)
@@ -148,6 +156,7 @@ class Coordinator:
 
     def stop(self) -> None:
         """Clean shutdown: stop dispatching, resign, revoke the lease, stop serving."""
+        self.notifier.stopping()
         with self._lock:
             if self.runtime is not None:
                 self.runtime.stop("coordinator shutting down")
@@ -276,7 +285,14 @@ class Coordinator:
     def _say(self, sentence: str) -> None:
         if sentence != self._last_sentence:
             log.info("%s", sentence)
+            self.notifier.status(sentence)
             self._last_sentence = sentence
+
+    def _loop_alive(self) -> None:
+        """systemd's watchdog, fed by a cycle that ran to its end, as the session's
+        heartbeat is: a wedged loop is restarted by systemd as well as losing its lease."""
+        if self.notifier.watchdog_interval is not None:
+            self.notifier.watchdog()
 
     def _write_state(self, snap: ha.Snapshot | None) -> None:
         session_ok = self.session is not None and not self.session.lost.is_set()
@@ -287,6 +303,7 @@ class Coordinator:
             leader=snap.leader.name if snap is not None and snap.leader else None, known=snap is not None,
             session=self.session, renew_deadline=self.timings.renew_deadline,
             takeovers=lead.takeovers if lead else 0, failovers=lead.failovers if lead else 0,
+            handovers=lead.handovers if lead else 0,
             stats=self.runtime.stats() if self.runtime is not None else {}, sentence=self._last_sentence)
 
 

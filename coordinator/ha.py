@@ -156,9 +156,14 @@ def _decide_leading(s: Snapshot, me: Me, leader: LeaderRecord) -> Decision:
     if selected:
         last = s.contact.get(selected)
         if selected in s.coordinators:
+            # Recording contact is routine upkeep every contact_interval, not a change of
+            # course: it says the same sentence as the cycles between, so that the log
+            # (which logs a sentence when it changes) stays quiet while nothing changes.
+            in_contact = (f"leading. I am {me.name}, the leader with the lease (epoch {leader.epoch}); "
+                          f"the selected backup {selected} is in contact")
             if last is None or me.now - last >= me.contact_interval:
-                return Decision(TOUCH_CONTACT, f"the selected backup {selected} is registered; "
-                                               f"recording contact", selected)
+                return Decision(TOUCH_CONTACT, in_contact, selected)
+            return Decision(NONE, in_contact)
         elif last is None:
             return Decision(TOUCH_CONTACT, f"the selected backup {selected} has not been seen; "
                                            f"starting its absence clock", selected)

@@ -44,6 +44,7 @@ class Leadership:
         self.election: Election | None = None
         self.takeovers = 0   # times this coordinator began to lead
         self.failovers = 0   # of which as a backup standing in for its primary
+        self.handovers = 0   # planned handovers (switchover, handback) made as leader
         self.admin_password: str | None = None
         self.previous_leader: LeaderRecord | None = None  # who led before us, to name the takeover
         self.records_due = False   # won early: the takeover's records are written after the snapshot
@@ -119,6 +120,7 @@ class Leadership:
         def resign() -> None:
             self.election.resign(last_ops=event_ops(
                 self.etcd, self.keys, handover.event, self.name, epoch, handover.detail, now=self.wall))
+            self.handovers += 1  # the resignation committed: the baton was handed over
 
         self.runtime.stop(f"{handover.reason} to {d.target}", successor=d.successor, before_goodbye=resign)
         self.step_down(f"{handover.reason} to {d.target}")

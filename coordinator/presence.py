@@ -8,6 +8,7 @@ right now (cluster.daemon_state); it is rewritten every HA cycle.
 """
 from __future__ import annotations
 
+import os
 import socket
 
 from cluster.daemon_state import write_state
@@ -44,7 +45,7 @@ class Presence:
 
     def write_state(self, *, acting: bool, epoch: int | None, leader: str | None, known: bool,
                     session, renew_deadline: float, takeovers: int, failovers: int,
-                    stats: dict, sentence: str) -> None:
+                    stats: dict, sentence: str, handovers: int = 0) -> None:
         """Replace the state file. known: `leader` was read this cycle; else (etcd did
         not answer) the leader we knew is kept."""
         if known:
@@ -58,8 +59,13 @@ class Presence:
             "renew_deadline": renew_deadline,
             "takeovers": takeovers,
             "failovers": failovers,
+            "handovers": handovers,
             "agents_connected": stats.get("agents_connected", 0),
             "tasks_dispatched": stats.get("tasks_dispatched", 0),
             "store_write_errors": stats.get("store_write_errors", 0),
+            "tasks_finished": stats.get("tasks_finished", 0),
+            # Cumulative for the process (coordinator.runtime.metrics); web/metrics.py exposes them.
+            "histograms": stats.get("histograms", {}),
+            "pid": os.getpid(),  # for the daemon's process metrics on /metrics
             "sentence": sentence,
         })

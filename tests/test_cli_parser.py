@@ -115,3 +115,57 @@ def test_a_base_port_out_of_range_is_refused():
 
     with pytest.raises(ConfigError, match="--base-port"):
         PortPicker(65500)
+
+
+@pytest.fixture
+def no_baton_env(monkeypatch):
+    for name in ("BATON_ETCD", "BATON_CLUSTER", "BATON_ETCD_CA", "BATON_CA", "BATON_USER", "BATON_PASSWORD",
+                 "BATON_CONTEXT", "BATON_ETCD_CERT", "BATON_ETCD_KEY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def make_context(directory: Path, with_cli_cert: bool = False) -> None:
+    from cli.context import write_context
+    from cli.processes import write_secret
+
+    (directory / "certs").mkdir(parents=True)
+    write_secret(directory / "admin-password", "kept-password-1")
+    if with_cli_cert:
+        for name in ("cli.pem", "cli-key.pem"):
+            (directory / "certs" / name).write_text("x")
+    write_context(directory, etcd="https://localhost:3379", cluster="c9", etcd_ca=str(directory / "certs/ca.pem"),
+                  ca=str(directory / "certs/ca.pem"), user="admin", password_file=directory / "admin-password")
+
+
+def test_a_context_fills_what_flags_and_environment_do_not_give(tmp_path, monkeypatch, no_baton_env):
+    make_context(tmp_path / "up", with_cli_cert=True)
+    assert (tmp_path / "up" / "context.json").stat().st_mode & 0o777 == 0o600
+    args = parse("status", "--context", str(tmp_path / "up"))
+    assert (args.etcd, args.cluster, args.etcd_ca, args.ca) == (
+        "https://localhost:3379", "c9", str(tmp_path / "up/certs/ca.pem"), str(tmp_path / "up/certs/ca.pem"))
+    assert (args.user, args.password) == ("admin", "kept-password-1")
+    assert args.etcd_cert == str(tmp_path / "up/certs/cli.pem")
+    # Precedence: a flag, then the environment, then the context.
+    assert parse("status", "--context", str(tmp_path / "up"), "--etcd", "https://flag:1").etcd == "https://flag:1"
+    monkeypatch.setenv("BATON_ETCD", "https://env:1")
+    monkeypatch.setenv("BATON_USER", "carol")
+    monkeypatch.setenv("BATON_CONTEXT", str(tmp_path / "up"))
+    args = parse("build", "show", "b-1")
+    assert (args.etcd, args.cluster) == ("https://env:1", "c9")
+    assert (args.user, args.password) == ("carol", None)  # the admin's password is not carol's
+
+
+def test_the_default_context_is_dot_baton_here_and_optional(tmp_path, monkeypatch, no_baton_env):
+    monkeypatch.chdir(tmp_path)
+    assert parse("status").etcd == "http://127.0.0.1:2379"  # no .baton here: the defaults
+    make_context(tmp_path / ".baton")
+    assert parse("status").etcd == "https://localhost:3379"
+    assert parse("status").etcd_cert is None
+    assert parse("coordinator", "--name", "p1", "--role", "primary").etcd == "http://127.0.0.1:2379"
+
+
+def test_a_context_that_was_asked_for_must_exist(tmp_path, no_baton_env):
+    from lease.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="holds no context.json"):
+        parse("status", "--context", str(tmp_path / "nothing"))

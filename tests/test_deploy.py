@@ -620,3 +620,26 @@ def test_the_compose_cluster_runs_with_tls_on_every_link(services, tmp_path):
             assert status(backup)["read_only"] is True
     finally:
         cluster.stop()
+
+
+def test_coordinator_unit_waits_for_ready_and_has_a_watchdog():
+    service = read_unit("baton-coordinator@.service")["Service"]
+    assert (service["Type"], service["NotifyAccess"], service["WatchdogSec"]) == ("notify", "main", "30s")
+    assert "AF_UNIX" in service["RestrictAddressFamilies"]  # the notify socket
+
+
+@pytest.mark.parametrize("unit", ["baton-coordinator@.service", "baton-agent.service"])
+def test_unit_documentation_and_the_files_it_names_exist(unit):
+    """Documentation= names files pip installs (pyproject data-files); comments name files in the repository."""
+    import tomllib
+
+    text = (SYSTEMD / unit).read_text()
+    data_files = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["data-files"]
+    installed = {f"/opt/baton/{target}/{Path(src).name}": src for target, srcs in data_files.items() for src in srcs}
+    docs = re.findall(r"^Documentation=file://(\S+)", text, re.M)
+    assert docs
+    for doc in docs:
+        assert doc in installed, f"{doc} is not installed by pyproject.toml"
+        assert (ROOT / installed[doc]).is_file()
+    for named in re.findall(r"\bdeploy/[\w./@-]+\w", text):
+        assert (ROOT / named).exists(), f"{unit} names {named}, which does not exist"

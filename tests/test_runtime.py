@@ -580,3 +580,35 @@ def test_a_planned_handover_resigns_after_the_writes_land_and_before_the_goodbye
     assert a1.wait("successor").name == "b1", "a planned handover names the successor at once"
     farm.runtime.stop("again", before_goodbye=lambda: seen.update(again=True))
     assert seen["again"], "the step runs also when the runtime is not started"
+
+
+def test_recorded_results_fill_the_duration_histogram_across_epochs(etcd, keys, farm, leadership):
+    a1 = farm.agent("a1", cores=2)
+    submit(etcd, keys, "b1", [{"id": "t1"}, {"id": "t2"}])
+    a1.wait("assign", 2)
+    a1.send_result(("b1", "t1", 1))
+    a1.send_result(("b1", "t2", 1), exit_code=2)
+    wait_until(lambda: len(a1.acks()) == 2, 10)
+    a1.send_result(("b1", "t1", 1))  # a duplicate is not a second result
+    wait_until(lambda: len(a1.acks()) == 3, 10)
+    stats = farm.runtime.stats()
+    durations = stats["histograms"]["task_duration_seconds"]
+    assert stats["tasks_finished"] == 2 and durations["count"] == 2
+    assert durations["sum"] == pytest.approx(0.02)
+    assert dict((le, n) for le, n in durations["buckets"])[0.1] == 2  # 0.01 s each, in the first bucket
+    txns = stats["histograms"]["etcd_txn_seconds"]
+    assert txns["count"] >= 3 and txns["buckets"][-1][1] <= txns["count"]  # running records and results
+    # A new epoch (a new Dispatcher and GroupCommit): the counts go on, never back.
+    farm.runtime.stop("new epoch")
+    farm.runtime.start(leadership.renew())
+    assert farm.runtime.stats()["histograms"]["task_duration_seconds"]["count"] == 2
+    assert farm.runtime.stats()["histograms"]["etcd_txn_seconds"]["count"] >= txns["count"]
+
+
+def test_histogram_buckets_are_cumulative_with_their_upper_bound_included():
+    from coordinator.runtime.metrics import Histogram
+
+    h = Histogram((1, 5))
+    for value in (0.5, 1, 3, 5, 60):
+        h.observe(value)
+    assert h.to_state() == {"buckets": [[1, 2], [5, 4]], "sum": 69.5, "count": 5}

@@ -267,3 +267,44 @@ def test_settings_refuse_nan_infinity_and_huge_numbers_and_status_stays_json(cli
     assert cluster.etcd.get(cluster.keys.settings)[0] is None  # nothing stored
     status = client.get("/api/v1/status", headers=basic())
     json.loads(status.data, parse_constant=lambda name: pytest.fail(f"{name} in /api/v1/status"))
+
+
+def test_admin_changes_a_password_and_deletes_a_user(client, cluster):
+    client.post("/api/v1/users", json={"name": "carol", "role": "viewer", "password": "pw-carol-1"}, headers=basic())
+    changed = client.put("/api/v1/users/carol/password", json={"password": "pw-carol-2"}, headers=basic())
+    assert changed.status_code == 200 and changed.get_json() == {"name": "carol"}
+    assert client.get("/api/v1/status", headers=basic("carol", "pw-carol-1")).status_code == 401
+    assert client.get("/api/v1/status", headers=basic("carol", "pw-carol-2")).status_code == 200
+    assert client.put("/api/v1/users/carol/password", json={"password": "short"},
+                      headers=basic()).status_code == 400
+    assert client.put("/api/v1/users/nobody/password", json={"password": "long-enough"},
+                      headers=basic()).status_code == 404
+    deleted = client.delete("/api/v1/users/carol", headers=basic())
+    assert deleted.status_code == 200 and deleted.get_json() == {"name": "carol", "deleted": True}
+    assert "carol" not in [u["name"] for u in client.get("/api/v1/users", headers=basic()).get_json()["users"]]
+    assert client.delete("/api/v1/users/carol", headers=basic()).status_code == 404
+
+
+def test_the_last_admin_cannot_be_deleted(client, cluster):
+    response = client.delete("/api/v1/users/admin", headers=basic())
+    assert response.status_code == 400 and "last admin" in response.get_json()["error"]
+    assert cluster.etcd.get(cluster.keys.user("admin"))[0] is not None
+
+
+def test_a_viewer_changes_only_their_own_password(client, cluster):
+    own = client.put("/api/v1/users/viewer/password", json={"password": "viewer-secret-2"},
+                     headers=basic("viewer", VIEWER_PW))
+    assert own.status_code == 200
+    other = client.put("/api/v1/users/admin/password", json={"password": "taken-over-1"},
+                       headers=basic("viewer", "viewer-secret-2"))
+    assert other.status_code == 403
+    assert client.delete("/api/v1/users/viewer", headers=basic("viewer", "viewer-secret-2")).status_code == 403
+    assert client.get("/api/v1/status", headers=basic()).status_code == 200  # admin's password unchanged
+
+
+def test_user_changes_are_refused_without_leadership(client, cluster):
+    cluster.drop_leadership()
+    assert client.put("/api/v1/users/viewer/password", json={"password": "viewer-secret-2"},
+                      headers=basic()).status_code == 403
+    assert client.delete("/api/v1/users/viewer", headers=basic()).status_code == 403
+    assert cluster.etcd.get(cluster.keys.user("viewer"))[0] is not None

@@ -165,6 +165,28 @@ def create_user(etcd, keys: Keys, fence: Fence, body: Any) -> dict:
     return {"name": name, "role": role}
 
 
+def change_password(etcd, keys: Keys, fence: Fence, name: str, body: Any) -> None:
+    """Replace a user's password (cluster.users checks it; the role stays)."""
+    if not isinstance(body, dict) or not isinstance(body.get("password"), str):
+        raise Invalid("send a JSON object with the new password")
+    try:
+        user_store.set_password(etcd, keys, name, body["password"], fence)
+    except user_store.UnknownUser as exc:
+        raise NotFound(str(exc)) from None
+    except user_store.UserError as exc:
+        raise Invalid(str(exc)) from None
+
+
+def remove_user(etcd, keys: Keys, fence: Fence, name: str) -> None:
+    """Delete a user; the last admin is refused (cluster.users.delete_user)."""
+    try:
+        user_store.delete_user(etcd, keys, name, fence)
+    except user_store.UnknownUser as exc:
+        raise NotFound(str(exc)) from None
+    except user_store.UserError as exc:
+        raise Invalid(str(exc)) from None
+
+
 def request_switchover(etcd, keys: Keys, fence: Fence, me: str, my_primary: str | None,
                        selected_backup: str | None, target: str | None) -> str:
     """Write switchover = {target}; the daemons carry out the planned handover."""

@@ -126,6 +126,29 @@ def add_user():
     return jsonify(user), 201
 
 
+@bp.put("/users/<name>/password")
+@login_required
+def put_password(name):
+    # An admin sets anyone's password; a viewer only their own.
+    if g.user.get("role") != "admin" and g.user["name"] != name:
+        return refuse(403, f"{g.user['name']} is a viewer; only an admin may change another user's password.")
+    return _put_password(name)
+
+
+@writable_required
+def _put_password(name):
+    actions.change_password(etcd_access.client(), etcd_access.keys(), g.fence, name, json_body())
+    return jsonify({"name": name})
+
+
+@bp.delete("/users/<name>")
+@admin_required
+@writable_required
+def delete_user(name):
+    actions.remove_user(etcd_access.client(), etcd_access.keys(), g.fence, name)
+    return jsonify({"name": name, "deleted": True})
+
+
 @bp.post("/agents/<name>")
 @admin_required
 @writable_required

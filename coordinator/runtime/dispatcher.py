@@ -37,6 +37,7 @@ from coordinator.runtime import inbox
 from coordinator.runtime.agents import AgentRoster
 from coordinator.runtime.cancelling import BuildCancelling
 from coordinator.runtime.loading import read_snapshot, read_starting_point
+from coordinator.runtime.metrics import Metrics
 from coordinator.runtime.outbox import Outbox
 from coordinator.runtime.reporting import Reporter
 from coordinator.runtime.results import ResultRecording
@@ -59,13 +60,15 @@ _WHILE_STOPPING = (inbox.ResultWritten, inbox.RunningWritten, inbox.StreamGone, 
 
 class Dispatcher(AgentRoster, ResultRecording, BuildCancelling):
     def __init__(self, etcd, keys: Keys, name: str, epoch: int, grace: float,
-                 clock: Callable[[], float], on_not_leader: Callable[[], None]):
+                 clock: Callable[[], float], on_not_leader: Callable[[], None], metrics: Metrics | None = None):
         self.etcd, self.keys, self.name, self.epoch = etcd, keys, name, epoch
+        self.metrics = metrics if metrics is not None else Metrics()  # the Runtime's: outlives this epoch
         self.grace = grace
         self.clock = clock
         self._on_not_leader = on_not_leader
         self.dispatching = True
-        self.store = GroupCommit(etcd, Fence(etcd, keys.leader, epoch), on_not_leader=self._not_leader)
+        self.store = GroupCommit(etcd, Fence(etcd, keys.leader, epoch), on_not_leader=self._not_leader,
+                                 observe_txn=self.metrics.etcd_txn.observe)
         self.settings = Settings()
         self.builds: dict[str, Build] = {}
         self.finished_builds: set[str] = set()

@@ -199,6 +199,7 @@ class ResultRecording(EpochState):
                 self._after(RETRY_WRITE_AFTER, lambda: self._write_result(task))
             return  # NotLeader: no ack, the agent keeps the result for the next leader
         record, waiters = task.recording
+        self.metrics.task_finished(record["result"]["duration"])
         build = self.builds[task.build_id]
         for stream, first in waiters:
             self.outbox.send(stream, self.outbox.message(ack=pb.ResultAck(task=task_ref(task), recorded=first)))

@@ -19,6 +19,7 @@ from cluster.keys import Keys
 from cluster.records import LeaderRecord
 from coordinator.config import Timings
 from coordinator.runtime.dispatcher import Dispatcher
+from coordinator.runtime.metrics import Metrics
 from coordinator.runtime.mirror import Mirror
 from coordinator.runtime.inbox import Event, SuccessorNamed
 from lease.errors import EtcdError
@@ -48,6 +49,7 @@ class Runtime:
         self._mirror: Mirror | None = None
         self._stopped_at = float("-inf")   # when leading last ended
         self.store_write_errors = 0        # writes etcd refused or did not answer, every epoch
+        self.metrics = Metrics()   # for the whole process, across epochs (/metrics)
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self, epoch: int) -> None:
@@ -60,7 +62,7 @@ class Runtime:
                     return
                 self.stop("a new epoch began")
             dispatcher = Dispatcher(self.etcd, self.keys, self.name, epoch, self.timings.grace,
-                                    self.clock, self._lost_leadership)
+                                    self.clock, self._lost_leadership, metrics=self.metrics)
             dispatcher.store.on_error = self._write_failed
             # Visible before it has loaded: agents that follow the new leader key at once
             # are accepted, and their hellos wait in the dispatcher's queue until it runs,
@@ -153,12 +155,13 @@ class Runtime:
 
     def stats(self) -> dict:
         dispatcher = self._dispatcher
+        counts = self.metrics.to_state()
         if dispatcher is None:
             stats = {"agents_connected": 0, "tasks_dispatched": 0, "queued": 0, "running": 0}
         else:
             stats = dict(dispatcher.stats)
         stats["store_write_errors"] = self.store_write_errors
-        return stats
+        return {**stats, **counts}
 
     def _write_failed(self, error: Exception) -> None:
         # Called on a group-commit thread (which logged it); a counter only grows.

@@ -66,7 +66,8 @@ class GroupCommit:
 
     def __init__(self, etcd, fence: Fence, max_ops: int = 128,
                  window: float = 0.002, on_not_leader: Callable[[], None] | None = None,
-                 writers: int = 4, on_error: Callable[[Exception], None] | None = None):
+                 writers: int = 4, on_error: Callable[[Exception], None] | None = None,
+                 observe_txn: Callable[[float], None] | None = None):
         if not 1 <= max_ops <= 128:
             raise ValueError("max_ops must be between 1 and 128 (etcd's default txn limit)")
         self._etcd = etcd
@@ -88,6 +89,7 @@ class GroupCommit:
         self.ops_committed = 0
         self.write_errors = 0
         self.txn_seconds: collections.deque[float] = collections.deque(maxlen=10000)  # recent round trips
+        self._observe_txn = observe_txn  # a process-wide histogram (runtime.metrics), called under _lock
         self._threads = [threading.Thread(target=self._run, name=f"group-commit-{i}", daemon=True)
                          for i in range(writers)]
         for thread in self._threads:
@@ -231,7 +233,10 @@ class GroupCommit:
             first = False
             with self._lock:
                 if error is None:
-                    self.txn_seconds.append(time.monotonic() - sent)
+                    took = time.monotonic() - sent
+                    self.txn_seconds.append(took)
+                    if self._observe_txn is not None:
+                        self._observe_txn(took)
                     self.txns += 1
                     self.ops_committed += sum(len(e.ops) for e, err in zip(batch, errors) if err is None)
                 if isinstance(error, NotLeader):

@@ -20,20 +20,34 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def baton(*args, env=None, input=None, timeout=60):
+def baton(*args, env=None, input=None, timeout=60, cwd=ROOT):
     return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True,
-                          env=dict(os.environ, **(env or {})), input=input, timeout=timeout, cwd=ROOT)
+                          env=dict(os.environ, **(env or {})), input=input, timeout=timeout, cwd=cwd)
+
+
+def bare_env() -> dict:
+    """The environment without any BATON_ setting: what a new shell after `baton up` has
+    (PYTHONPATH names this checkout, for commands run in other directories)."""
+    return dict({k: v for k, v in os.environ.items() if not k.startswith("BATON_")}, PYTHONPATH=str(ROOT))
+
+
+def bare(*args, cwd, input=None, timeout=60):
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, env=bare_env(),
+                          input=input, timeout=timeout, cwd=cwd)
 
 
 class Up:
     """`baton up` in the background, its output collected line by line."""
 
-    def __init__(self, tmp: Path, *args: str, password: str | None = "correct-horse-1"):
+    def __init__(self, tmp: Path | None, *args: str, password: str | None = "correct-horse-1", cwd: Path = ROOT):
+        """tmp: the --dir (None: the default, .baton under cwd)."""
         env = {k: v for k, v in os.environ.items() if k != "BATON_ADMIN_PASSWORD"}
+        env["PYTHONPATH"] = str(ROOT)
         if password is not None:
             env["BATON_ADMIN_PASSWORD"] = password
-        self.proc = subprocess.Popen([sys.executable, "-m", "cli", "up", "--dir", str(tmp), *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+        where = ["--dir", str(tmp)] if tmp is not None else []
+        self.proc = subprocess.Popen([sys.executable, "-m", "cli", "up", *where, *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
                                      env=env)
         self.lines: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -191,3 +205,76 @@ def test_baton_up_again_on_the_same_directory_reuses_its_cluster(tmp_path):
         assert shown.returncode == 0 and "done" in shown.stdout, shown.stderr
     finally:
         stop(up)
+
+
+def test_after_baton_up_commands_need_no_flags_and_users_are_managed(tmp_path):
+    """Run where `baton up` keeps its cluster (./.baton), or with --context DIR from
+    anywhere: no --etcd, --etcd-ca, --ca or credentials. Then user passwd/list/delete."""
+    work = tmp_path / "work"
+    work.mkdir()
+    up = Up(None, "--agents", "1", "--backups", "0", "--ttl", "2", cwd=work)
+    try:
+        wait_until(lambda: "Press Ctrl-C" in up.text or up.proc.poll() is not None, 90,
+                   message="baton up to be ready")
+        assert up.proc.poll() is None, up.text
+        assert "Try: baton build submit examples/hello.yaml --wait" in up.text
+        assert (work / ".baton" / "context.json").stat().st_mode & 0o777 == 0o600
+
+        status = bare("status", "--json", cwd=work)
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["leader"]["name"] == "p1"
+        built = bare("build", "submit", str(ROOT / "examples" / "hello.yaml"), "--wait", "--json", cwd=work,
+                     timeout=120)
+        assert built.returncode == 0 and json.loads(built.stdout)["state"] == "done", built.stderr
+        elsewhere = bare("--context", str(work / ".baton"), "build", "show", json.loads(built.stdout)["id"],
+                         cwd=tmp_path)
+        assert elsewhere.returncode == 0 and "done" in elsewhere.stdout, elsewhere.stderr
+
+        assert bare("user", "add", "carol", "--role", "viewer", cwd=work, input="carols-password\n").returncode == 0
+        listed = bare("user", "list", cwd=work)
+        assert listed.returncode == 0 and re.search(r"^carol\s+viewer$", listed.stdout, re.M), listed.stdout
+        changed = bare("user", "passwd", "carol", cwd=work, input="carols-new-password\n")
+        assert changed.returncode == 0, changed.stderr
+        as_carol = dict(bare_env(), BATON_USER="carol", BATON_PASSWORD="carols-new-password")
+        carol = subprocess.run([sys.executable, "-m", "cli", "status"], capture_output=True, text=True,
+                               env=as_carol, cwd=work, timeout=60)
+        assert carol.returncode == 0, carol.stderr  # her own credentials win over the context's
+        assert bare("user", "delete", "carol", cwd=work).returncode == 0
+        assert "carol" not in bare("user", "list", cwd=work).stdout
+        last = bare("user", "delete", "admin", cwd=work)
+        assert last.returncode == 2 and "last admin" in last.stderr
+    finally:
+        up.proc.send_signal(signal.SIGINT)
+        up.proc.wait(60)
+
+
+def test_wait_follows_the_build_through_a_failover_and_a_handback(make_cluster, tmp_path):
+    """SIGKILL the primary while `baton build submit --wait` waits: it keeps waiting
+    on the backup, through the handback, and ends with the build's result."""
+    cluster = make_cluster(agents=2, backups=1, cores=1, failback_delay=1.0, grace=4)
+    steps = [{"id": f"step{i}", "cmd": "sleep 2 && echo step", **({"deps": [f"step{i - 1}"]} if i else {})}
+             for i in range(6)]
+    build_file = tmp_path / "slow.json"
+    build_file.write_text(json.dumps({"name": "slow", "tasks": steps}))
+    waiting = subprocess.Popen([sys.executable, "-m", "cli", "--context", str(cluster.dir), "build", "submit",
+                                str(build_file), "--wait", "--json"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=bare_env(), cwd=tmp_path)
+    try:
+        def running() -> bool:
+            builds = cluster.api("p1").request("GET", "/api/v1/builds")["builds"]
+            return any(b.get("state") == "running" for b in builds)
+        wait_until(running, 60, message="the build to run")
+        cluster.coordinators["p1"].kill()
+        cluster.wait_leader("b1", timeout=30)
+        assert waiting.poll() is None, waiting.communicate()
+        cluster.add_coordinator("p1", "primary")
+        cluster.wait_leader("p1", timeout=60)
+        assert waiting.poll() is None, "the build ended before the handback; make it longer"
+        out, err = waiting.communicate(timeout=120)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+    assert waiting.returncode == 0, err
+    build = json.loads(out)
+    assert build["state"] == "done" and [t["state"] for t in build["tasks"]] == ["done"] * 6
+    assert err == ""  # piped: no progress lines

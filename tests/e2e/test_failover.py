@@ -9,6 +9,7 @@ under the same epoch, and the agents end up on the coordinator that leads.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 from pathlib import Path
@@ -46,6 +47,12 @@ def metrics_of(cluster, name) -> str:
         return resp.read().decode()
 
 
+def metric(text: str, name: str) -> float:
+    """The value of an unlabelled sample in a Prometheus exposition (0 when absent)."""
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
 def events(cluster, via):
     return cluster.api(via).status().get("events", [])
 
@@ -79,10 +86,17 @@ def test_primary_sigkill_mid_build_fails_over_with_tls_and_hands_back(make_clust
     assert "failover" in types
     metrics = metrics_of(cluster, "b1")
     assert "baton_is_leader 1" in metrics and "baton_failovers_total 1" in metrics
+    # Fed by the daemon: tasks b1 recorded, its etcd round trips, its own process.
+    assert metric(metrics, "baton_task_duration_seconds_count") > 0
+    assert metric(metrics, "baton_tasks_finished_total") == metric(metrics, "baton_task_duration_seconds_count")
+    assert metric(metrics, "baton_etcd_txn_seconds_count") > 0
+    assert metric(metrics, "baton_daemon_process_resident_memory_bytes") > 0
     cluster.add_coordinator("p1", "primary")
     cluster.wait_leader("p1", timeout=30)
     finish_and_audit(cluster, build_id, since, ids, ran, "p1", "p1")
     assert "handback" in [e["type"] for e in events(cluster, "p1")]
+    wait_until(lambda: metric(metrics_of(cluster, "b1"), "baton_handbacks_total") == 1, 10,
+               message="b1 counts its handback")
 
 
 def test_paused_primary_writes_nothing_after_waking_and_gets_the_baton_back(make_cluster, tmp_path):
