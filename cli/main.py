@@ -16,7 +16,6 @@ import sys
 import time
 
 from cli.parser import build_parser, fill_defaults
-from cluster.records import BUILD_ENDED
 from lease.errors import BatonError, ConfigError
 
 # Exit codes (docs/design.md section 5).

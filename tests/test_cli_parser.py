@@ -130,11 +130,12 @@ def make_context(directory: Path, with_cli_cert: bool = False) -> None:
 
     (directory / "certs").mkdir(parents=True)
     write_secret(directory / "admin-password", "kept-password-1")
+    cert = key = None
     if with_cli_cert:
-        for name in ("cli.pem", "cli-key.pem"):
-            (directory / "certs" / name).write_text("x")
+        cert, key = str(directory / "certs/cli.pem"), str(directory / "certs/cli-key.pem")
     write_context(directory, etcd="https://localhost:3379", cluster="c9", etcd_ca=str(directory / "certs/ca.pem"),
-                  ca=str(directory / "certs/ca.pem"), user="admin", password_file=directory / "admin-password")
+                  ca=str(directory / "certs/ca.pem"), user="admin", password_file=directory / "admin-password",
+                  etcd_cert=cert, etcd_key=key)
 
 
 def test_a_context_fills_what_flags_and_environment_do_not_give(tmp_path, monkeypatch, no_baton_env):
