@@ -30,8 +30,8 @@ def check_hostport(what: str, value: str) -> str:
 
 # Values that example files and tutorials put where a secret goes; a cluster that
 # starts with one of them is guarded by a secret everybody knows.
-PLACEHOLDERS = frozenset({"changeme", "password", "admin", "secret", "token", "default", "example",
-                          "test", "baton", "letmein", "12345678", "123456789", "qwerty", "passw0rd"})
+PLACEHOLDERS = frozenset({"changeme", "password", "passw0rd", "admin", "secret", "token", "default",
+                          "example", "test", "baton"})
 
 
 def is_placeholder(value: str) -> bool:
