@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 
 from agent.config import AgentConfig
@@ -25,7 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the agent's options to parser. --etcd, --cluster and the etcd TLS
     options are added only if the parser does not have them yet (the `baton`
     CLI adds them to every command)."""
-    parser.add_argument("--name", required=True, help="this agent's name (unique in the cluster)")
+    parser.add_argument("--name", default=None,
+                        help="this agent's name, unique in the cluster (default: $BATON_AGENT_NAME, else "
+                             "this host's name, so each container of `docker compose --scale agent=N` "
+                             "has its own)")
     parser.add_argument("--cores", type=int, default=None, help="cores to offer (default: all)")
     parser.add_argument("--group", default="default", help="agent group (default: default)")
     parser.add_argument("--workdir", default=None,
@@ -66,11 +70,17 @@ def config_from_args(args: argparse.Namespace, etcd: EtcdConfig | None = None) -
     kw = {}
     if args.cores is not None:
         kw["cores"] = args.cores
-    return AgentConfig(name=args.name, group=args.group, workdir=args.workdir, etcd=etcd,
+    return AgentConfig(name=agent_name(args.name), group=args.group, workdir=args.workdir, etcd=etcd,
                        cluster=getattr(args, "cluster", None) or "default",
                        agent_token=read_token(args.agent_token_file), grpc_ca=args.grpc_ca,
                        tls_cert=args.tls_cert, tls_key=args.tls_key,
                        lease_ttl=args.lease_ttl, task_timeout=args.task_timeout, **kw)
+
+
+def agent_name(given: str | None) -> str:
+    """--name, else $BATON_AGENT_NAME, else the host name's first label (a
+    container's host name is its own: compose replicas get distinct names)."""
+    return given or os.environ.get("BATON_AGENT_NAME") or socket.gethostname().split(".")[0]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -65,6 +65,7 @@ class LocalCluster:
         self.coordinator_args = tuple(coordinator_args)
         self.test_hooks = test_hooks
         self.web = web
+        self.initial_backup: str | None = None  # set by start()
         self.agent_lease_ttl = agent_lease_ttl
         self.etcd_for = dict(etcd_for or {})  # coordinator name -> etcd URLs it uses instead
         self.etcd_proc: Proc | None = None
@@ -89,6 +90,9 @@ class LocalCluster:
         write_secret(self.dir / AGENT_TOKEN_FILE, self.agent_token)
         if not self._external_etcd:
             self._start_etcd()
+        # The primary selects b1 itself the first time it leads (--initial-backup, the
+        # same first-start setting docker-compose.yml uses); a later choice stays.
+        self.initial_backup = "b1" if select_backup and self.n_backups and self.web else None
         self.add_coordinator("p1", "primary")
         for i in range(1, self.n_backups + 1):
             self.add_coordinator(f"b{i}", "backup")
@@ -101,9 +105,10 @@ class LocalCluster:
             self.add_agent(f"a{i}")
         if wait:
             self.wait_agents(self.n_agents, timeout=30)
-            if select_backup and self.n_backups and self.web:
+            if self.initial_backup:
                 self.wait_registered("b1", timeout=30)
-                self.select_backup("b1")
+                self._wait(lambda: self.etcd().get(self.keys.settings)[0] is not None, 30,
+                           "the primary's first settings")
         return self
 
     def _keep_admin_password(self) -> None:
@@ -209,6 +214,8 @@ class LocalCluster:
         argv += self._etcd_args("coordinator", name, etcd_urls)
         if role == "backup":
             argv += ["--primary", "p1"]
+        elif self.initial_backup:
+            argv += ["--initial-backup", self.initial_backup]
         if self.tls:
             cert, key = self._tls_files()
             argv += ["--tls-cert", cert, "--tls-key", key, "--tls-ca", self.ca]

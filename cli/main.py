@@ -40,15 +40,16 @@ def cmd_coordinator(args) -> int:
         name=args.name, role=args.role, primary=args.primary, grpc=args.grpc, web=args.web,
         cluster=args.cluster, etcd=etcd_config(args), timings=timings,
         agent_token=read_token(args.agent_token_file), tls_cert=args.tls_cert, tls_key=args.tls_key,
-        tls_ca=args.tls_ca, advertise_host=args.advertise)
+        tls_ca=args.tls_ca, advertise_host=args.advertise, initial_backup=args.initial_backup)
     for path in (args.tls_cert, args.tls_key, args.tls_ca):
         if path and not os.path.isfile(path):
             raise ConfigError(f"TLS file {path!r} does not exist")
-    if os.environ.get("BATON_ADMIN_PASSWORD"):
-        from cluster.users import UserError, validate_password
+    from cluster.users import UserError, admin_password_from_env, validate_password
 
+    admin_password = admin_password_from_env()  # BATON_ADMIN_PASSWORD_FILE or BATON_ADMIN_PASSWORD
+    if admin_password is not None:
         try:
-            validate_password(os.environ["BATON_ADMIN_PASSWORD"])
+            validate_password(admin_password)
         except UserError as exc:
             raise ConfigError(f"BATON_ADMIN_PASSWORD: {exc}") from None
     state_dir = args.state_dir or os.path.join(os.environ.get("BATON_STATE_DIR", ".baton"), "state")

@@ -137,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, help="this coordinator's name (unique in the cluster)")
     p.add_argument("--role", choices=("primary", "backup"), required=True, help="primary, or a backup of --primary")
     p.add_argument("--primary", help="the primary's name (backups only)")
+    p.add_argument("--initial-backup", default=os.environ.get("BATON_INITIAL_BACKUP") or None,
+                   help="primary only: the backup selected the first time this primary leads a cluster "
+                        "that has no settings yet; never overrides a later choice (default: "
+                        "$BATON_INITIAL_BACKUP, else none)")
     p.add_argument("--grpc", default="0.0.0.0:7000", help="HOST:PORT agents connect to")
     p.add_argument("--web", default="0.0.0.0:8000", help="HOST:PORT of the web UI")
     p.add_argument("--advertise", help="host name to publish for agents and links (default: this host's name)")

@@ -38,16 +38,49 @@ def check_hostport(what: str, value: str) -> str:
     return value
 
 
+# Values that example files and tutorials put where a secret goes; a cluster that
+# starts with one of them is guarded by a secret everybody knows.
+PLACEHOLDERS = frozenset({"changeme", "password", "passw0rd", "admin", "secret", "token", "default",
+                          "example", "test", "baton"})
+
+
+def is_placeholder(value: str) -> bool:
+    """True for a known placeholder ("change-me", "password", "admin", "secret", ...),
+    ignoring case and punctuation, and for anything that starts with "change me"."""
+    plain = re.sub(r"[^a-z0-9]", "", value.lower())
+    return plain in PLACEHOLDERS or plain.startswith("changeme")
+
+
+def read_file_secret(what: str, path: str) -> str:
+    """The stripped contents of a secret file; ConfigError if unreadable or empty."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = f.read().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the {what} file {path!r}: {exc.strerror}") from None
+    if not value:
+        raise ConfigError(f"the {what} file {path!r} is empty")
+    return value
+
+
+def env_secret(var: str, what: str) -> str | None:
+    """A secret from the environment: the file named by ${var}_FILE (the form
+    compose and systemd credentials use), else ${var}, else None. ConfigError
+    when both are set (which one counts would be a guess) or the file is bad."""
+    path = os.environ.get(f"{var}_FILE")
+    if path:
+        if os.environ.get(var):
+            raise ConfigError(f"set {var} or {var}_FILE, not both")
+        return read_file_secret(what, path)
+    return os.environ.get(var) or None
+
+
 def read_token(path: str | None) -> str | None:
     """The cluster token shared by agents and coordinators: from the file, else
-    $BATON_AGENT_TOKEN, else None. ConfigError if the file is unreadable or empty."""
-    if path:
-        try:
-            with open(path, encoding="utf-8") as f:
-                token = f.read().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read the agent token file {path!r}: {exc.strerror}") from None
-        if not token:
-            raise ConfigError(f"the agent token file {path!r} is empty")
-        return token
-    return os.environ.get("BATON_AGENT_TOKEN") or None
+    $BATON_AGENT_TOKEN_FILE, else $BATON_AGENT_TOKEN, else None. ConfigError if
+    the file is unreadable or empty, or the token is a placeholder."""
+    token = read_file_secret("agent token", path) if path else env_secret("BATON_AGENT_TOKEN", "agent token")
+    if token is not None and is_placeholder(token):
+        raise ConfigError("the agent token is a placeholder from an example; set a long random one "
+                          "(python3 -c \"import secrets; print(secrets.token_urlsafe(32))\")")
+    return token

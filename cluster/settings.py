@@ -98,3 +98,16 @@ def read_settings(etcd, keys: Keys) -> tuple[Settings, int]:
     """The settings and the key's mod revision (0 when never saved)."""
     raw, meta = etcd.get(keys.settings)
     return Settings.from_json(raw), (meta.mod_revision if meta else 0)
+
+
+def seed_settings(etcd, keys: Keys, fence, changes: dict[str, Any]) -> bool:
+    """First-start settings: store the defaults with `changes` applied, only if
+    the settings key does not exist yet (one fenced transaction that compares
+    the key's version with 0). True if they were stored. Once anyone has saved
+    settings, or a backup was deselected, the key exists and nothing changes:
+    a first-start value never overrides a later choice. ValueError for bad
+    changes, lease.errors.NotLeader when fenced out."""
+    value = Settings().updated(changes).to_json()
+    txn = etcd.ops.txn([etcd.ops.version(keys.settings) == 0], [etcd.ops.put(keys.settings, value)], [])
+    responses = fence.commit([txn])
+    return bool(responses) and bool(responses[0].response_txn.succeeded)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 import secrets
 import unicodedata
 from typing import Any, Iterator
@@ -28,7 +27,7 @@ from typing import Any, Iterator
 from cryptography.exceptions import InvalidKey
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from cluster.names import NAME_RE
+from cluster.names import NAME_RE, env_secret, is_placeholder
 from cluster.keys import Keys, decode, encode
 from lease.client import Etcd
 from lease.election import Fence
@@ -78,7 +77,16 @@ def validate_password(password: Any) -> str:
         raise UserError(f"the password must be at least {MIN_PASSWORD_LENGTH} characters long")
     if len(password) > MAX_PASSWORD_LENGTH:
         raise UserError(f"the password must be at most {MAX_PASSWORD_LENGTH} characters long")
+    if is_placeholder(password):
+        raise UserError("the password is a well-known placeholder (like change-me or password); choose another")
     return password
+
+
+def admin_password_from_env() -> str | None:
+    """The first admin's password the operator gave: the file named by
+    BATON_ADMIN_PASSWORD_FILE (compose secrets, systemd credentials), else
+    BATON_ADMIN_PASSWORD, else None. lease.errors.ConfigError for a bad file."""
+    return env_secret("BATON_ADMIN_PASSWORD", "admin password")
 
 
 def hash_password(password: str) -> dict:
@@ -262,7 +270,7 @@ def delete_user(etcd: Etcd, keys: Keys, name: str, fence: Fence) -> None:
 def ensure_admin(etcd: Etcd, keys: Keys, fence: Fence, password: str | None = None) -> str | None:
     """When no user exists, create "admin" and return the password it set.
 
-    The password is `password`, else BATON_ADMIN_PASSWORD, else a random one
+    The password is `password`, else the operator's (admin_password_from_env), else a random one
     the caller logs once. Returns None when any user exists already, also
     when another coordinator created admin at the same moment: the put is
     conditional on users/admin not existing. Raises UserError for a given
@@ -271,7 +279,7 @@ def ensure_admin(etcd: Etcd, keys: Keys, fence: Fence, password: str | None = No
     if etcd.get_prefix(keys.users, keys_only=True):
         return None
     if password is None:
-        password = os.environ.get("BATON_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
+        password = admin_password_from_env() or secrets.token_urlsafe(12)
     key = keys.user(ADMIN)
     value = encode(user_record(ADMIN, password))
     if not _guarded(etcd, fence, [etcd.ops.version(key) == 0], [etcd.ops.put(key, value)]):

@@ -54,6 +54,9 @@ class CoordinatorConfig:
     tls_key: str | None = None
     tls_ca: str | None = None
     advertise_host: str | None = None  # host name put in etcd for agents/UI links
+    # A primary's first-start setting: the backup selected when it first leads a
+    # cluster that has no settings yet (never overriding a later choice).
+    initial_backup: str | None = None
 
     def __post_init__(self) -> None:
         check_name("coordinator", self.name)
@@ -70,6 +73,12 @@ class CoordinatorConfig:
             object.__setattr__(self, "primary", self.name)
         elif self.primary != self.name:
             raise ConfigError("--primary is only for backups; a primary is its own primary")
+        if self.initial_backup is not None:
+            if self.role != "primary":
+                raise ConfigError("--initial-backup is for the primary (it stores the first settings)")
+            check_name("backup", self.initial_backup)
+            if self.initial_backup == self.name:
+                raise ConfigError("--initial-backup names a backup, not the primary itself")
         check_hostport("--grpc", self.grpc)
         check_hostport("--web", self.web)
         if bool(self.tls_cert) != bool(self.tls_key):

@@ -99,8 +99,9 @@ class Coordinator:
         self._wait_for_etcd()
         self.runtime = Runtime(self.etcd, self.keys, self.config.name, self.timings,
                                agent_token=self.config.agent_token, on_not_leader=self._on_not_leader)
+        initial = {"selected_backup": self.config.initial_backup} if self.config.initial_backup else None
         self.leadership = Leadership(self.etcd, self.keys, self.config.name, self.runtime,
-                                     self._leader_value(), wall=self.wall)
+                                     self._leader_value(), wall=self.wall, initial_settings=initial)
         self.presence = Presence(self.etcd, self.keys, self.config, self.state_path,
                                  grpc=self.grpc_address, web=self.web_address)
         self.watch = HandoverWatch(self.etcd, self.keys, self._wake)

@@ -15,7 +15,6 @@ state file reports. It decides nothing: the records come from the Decision.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Callable
 
 from cluster.events import event_ops
@@ -34,7 +33,7 @@ class Leadership:
     """Acts on the HA decisions for coordinator `name`; `leader_value` is our leader key's value."""
 
     def __init__(self, etcd, keys: Keys, name: str, runtime: Runtime, leader_value: bytes,
-                 wall: Callable[[], float]):
+                 wall: Callable[[], float], initial_settings: dict | None = None):
         self.etcd = etcd
         self.keys = keys
         self.name = name
@@ -46,6 +45,9 @@ class Leadership:
         self.failovers = 0   # of which as a backup standing in for its primary
         self.handovers = 0   # planned handovers (switchover, handback) made as leader
         self.admin_password: str | None = None
+        # Settings the primary stores the first time it leads a cluster that has none
+        # (--initial-backup): cluster.settings.seed_settings never overrides a later choice.
+        self.initial_settings = dict(initial_settings or {})
         self.previous_leader: LeaderRecord | None = None  # who led before us, to name the takeover
         self.records_due = False   # won early: the takeover's records are written after the snapshot
 
@@ -98,14 +100,19 @@ class Leadership:
             self.runtime.start(epoch)
             self._fenced(ops)
             if takeover.ensure_admin:
-                from cluster.users import ensure_admin
+                from cluster.users import admin_password_from_env, ensure_admin
 
-                password = ensure_admin(self.etcd, self.keys, self.election.fence(),
-                                        password=os.environ.get("BATON_ADMIN_PASSWORD"))
+                given = admin_password_from_env()  # checked at start (cli/main.py cmd_coordinator)
+                password = ensure_admin(self.etcd, self.keys, self.election.fence(), password=given)
                 if password is not None:
                     self.admin_password = password
-                    if not os.environ.get("BATON_ADMIN_PASSWORD"):
+                    if given is None:
                         log.warning("created user 'admin' with password %s (shown once)", password)
+            if takeover.ensure_admin and self.initial_settings:  # the primary's first-start duties
+                from cluster.settings import seed_settings
+
+                if seed_settings(self.etcd, self.keys, self.election.fence(), self.initial_settings):
+                    log.info("first start: stored the initial settings %s", self.initial_settings)
         except NotLeader:
             self.step_down("lost the leader key while taking up leadership")
             return

