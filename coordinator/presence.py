@@ -44,7 +44,7 @@ class Presence:
 
     def write_state(self, *, acting: bool, epoch: int | None, leader: str | None, known: bool,
                     session, renew_deadline: float, takeovers: int, failovers: int,
-                    stats: dict, sentence: str) -> None:
+                    stats: dict, sentence: str, revocations: int = 0) -> None:
         """Replace the state file. known: `leader` was read this cycle; else (etcd did
         not answer) the leader we knew is kept."""
         if known:
@@ -58,6 +58,7 @@ class Presence:
             "renew_deadline": renew_deadline,
             "takeovers": takeovers,
             "failovers": failovers,
+            "revocations": revocations,
             "agents_connected": stats.get("agents_connected", 0),
             "tasks_dispatched": stats.get("tasks_dispatched", 0),
             "sentence": sentence,
