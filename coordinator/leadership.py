@@ -71,10 +71,10 @@ class Leadership:
         key and the dead leader's registration with the lease, exactly as at expiry,
         and the takeover that follows by the normal path records why, fenced."""
         r = d.revocation
-        existed = self.etcd.lease_revoke(r.lease_id)
+        if not self.etcd.lease_revoke(r.lease_id):
+            log.info("the lease of %s (epoch %s) had already ended", d.target, r.epoch)
         self.revocations += 1
         self.revoked = r
-        log.warning("%s%s", d.sentence, "" if existed else " (the lease had already ended)")
 
     def campaign(self, takeover: ha.Takeover) -> None:
         if not self.election.campaign(self.leader_value):
