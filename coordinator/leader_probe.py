@@ -13,6 +13,8 @@ and, when that connection ends, connects again at once:
   socket); the probe holds the new connection and reports nothing;
 - refused (ECONNREFUSED): the process is gone; reported as a sighting,
   which coordinator.ha turns into a REVOKE of the leader's lease;
+- reset (a process being torn down resets the connects queued on its
+  listening socket): tried again at once;
 - anything else (a timeout, no route): the host or the network is silent;
   reported as broken but not refused, and the lease decides.
 
@@ -146,6 +148,11 @@ class LeaderProbe:
                 self._wait(None)   # gone for good: nothing more to see until the leader key changes
             else:
                 self._wait(self.retry)
+            return None, broken
+        except (ConnectionResetError, ConnectionAbortedError):
+            # A listening socket torn down with its process resets the connects in its
+            # queue: no evidence either way, but worth another look at once, not in `retry`.
+            self._wait(min(self.retry, 0.01) if broken else self.retry)
             return None, broken
         except (OSError, ValueError) as exc:
             if broken:
