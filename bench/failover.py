@@ -3,6 +3,7 @@
     python bench/failover.py [--trials 20] [--agents 200] [--pools 4] [--switchovers 20] [--ttl 2]
                              [--failback-delay 1] [--build-tasks 1000] [--backlog 3000]
                              [--task-seconds 1] [--max-cores-per-build 0] [--tls] [--dir DIR] [--json]
+                             [--fault kill|stop]
 
 Everything is real and started here (cli.local.LocalCluster): a
 single-member etcd, the primary p1 and the selected backup b1 as processes
@@ -20,14 +21,16 @@ machine ~85 % busy before any handover (the cluster setting
 max_cores_per_build keeps that from saturating it outright; the limit is
 lifted for the final audit).
 
-Each failover trial SIGKILLs the leading p1 and measures from the kill:
+Each failover trial SIGKILLs the leading p1 (`--fault stop`: SIGSTOPs it, as
+a host gone silent looks from b1: no connection ends, nothing is refused;
+the lease decides) and measures from the kill:
   (a) b1 leads: the leader key is put naming b1 (its create revision is the
       new epoch);
   (b) every agent is connected to b1: every agents/<name> value names b1
       with the new epoch;
   (c) b1 dispatches: the first tasks/<build>/<task> put with state
       "running" after the new epoch's revision.
-Then p1 is restarted; b1 hands back after --failback-delay. Timed: from
+Then p1 is restarted (a stopped p1 is killed first); b1 hands back after --failback-delay. Timed: from
 b1's resign (leader key deleted) to every agent on p1 with p1's new epoch.
 
 Each switchover trial POSTs /api/v1/switchover on the leading p1 and times
@@ -72,6 +75,7 @@ from bench.failover_load import Feeder  # noqa: E402
 from bench.failover_monitor import Monitor, audit  # noqa: E402
 from bench.failover_report import report  # noqa: E402
 from bench.pool_process import PoolProcess  # noqa: E402
+from cluster.daemon_state import read_state  # noqa: E402
 from cluster.keys import decode  # noqa: E402
 from cli.local import LocalCluster  # noqa: E402
 
@@ -100,6 +104,12 @@ def wait_steady(cluster: LocalCluster, monitor: Monitor, leader: str, timeout: f
     return epoch
 
 
+def revocations(cluster: LocalCluster, name: str) -> int:
+    """Leases the coordinator revoked (its state file; it never restarts in a run)."""
+    state = read_state(str(cluster.dir / "state" / f"{name}.state.json"), max_age=3600) or {}
+    return int(state.get("revocations") or 0)
+
+
 def agent_spread(monitor: Monitor, link: tuple) -> tuple[float, float]:
     """When the first agent key, and the median one, moved to link (for diagnosis)."""
     with monitor.changed:
@@ -113,17 +123,21 @@ def wait_for_queued_work(monitor: Monitor, feeder: Feeder, timeout: float) -> No
     monitor.wait(lambda: feeder.outstanding() > min(1000, feeder.backlog // 2), timeout, "queued tasks")
 
 
-def failover_trial(cluster: LocalCluster, monitor: Monitor, feeder: Feeder, timeout: float) -> dict:
+def failover_trial(cluster: LocalCluster, monitor: Monitor, feeder: Feeder, timeout: float,
+                   fault: str = "kill") -> dict:
     wait_steady(cluster, monitor, "p1")
     wait_for_queued_work(monitor, feeder, timeout)
     index = len(monitor.leader_log)
     killed = time.monotonic()
-    cluster.coordinators["p1"].kill()
+    p1 = cluster.coordinators["p1"]
+    p1.kill() if fault == "kill" else p1.pause()
     t_lead, epoch = monitor.wait(lambda: monitor.leader_put_after(index, "b1"), timeout, "b1 to lead")
     t_streams = monitor.wait(lambda: monitor.all_streams_on("b1", epoch), timeout, "all streams on b1")
     t_agents = monitor.wait(lambda: monitor.all_agents_on("b1", epoch), timeout, "all agents on b1")
     first_agent, median_agent = agent_spread(monitor, ("b1", epoch))
     t_dispatch = monitor.wait(lambda: monitor.first_running_after(epoch), timeout, "b1's first dispatch")
+    if fault != "kill":
+        p1.kill()   # a stopped process still holds its ports
     index = len(monitor.leader_log)
     cluster.add_coordinator("p1", "primary")
     t_resign = monitor.wait(lambda: monitor.leader_delete_after(index), timeout + cluster.failback_delay,
@@ -178,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", default=None, help="cluster directory (logs); kept")
     parser.add_argument("--timeout", type=float, default=60.0, help="per step")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--fault", choices=("kill", "stop"), default="kill",
+                        help="kill: SIGKILL p1 (its port refuses: b1 revokes p1's lease at once); "
+                             "stop: SIGSTOP p1 (silent, as a lost host: the lease decides)")
     args = parser.parse_args(argv)
     switchovers = args.trials if args.switchovers is None else args.switchovers
 
@@ -214,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         feeder = Feeder(cluster, monitor, args.build_tasks, args.backlog)
         feeder.start()
         for i in range(args.trials):
-            r = failover_trial(cluster, monitor, feeder, args.timeout)
+            r = failover_trial(cluster, monitor, feeder, args.timeout, args.fault)
             results["failover"].append(r)
             print(f"failover {i + 1:2d}: b1 leads {r['leads']:.3f} s, streams on b1 {r['streams']:.3f} s, "
                   f"agent keys on b1 {r['agents']:.3f} s (first {r['first_agent']:.3f}, median "
@@ -240,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         elapsed = time.monotonic() - started
 
         misses = report(args, results, check, elapsed, feeder.builds, monitor.errors)
+        print(f"fault {args.fault}: b1 revoked p1's lease {revocations(cluster, 'b1')} times "
+              f"in {args.trials} failovers (crash detection)")
         failed = False
         return 1 if misses else 0
     except KeyboardInterrupt:

@@ -14,7 +14,8 @@ from typing import Any
 
 from cluster.keys import Keys, decode, encode
 
-_FIELDS = ("selected_backup", "auto_subscribe", "max_cores_per_build", "deselect_after", "failback_delay")
+_FIELDS = ("selected_backup", "auto_subscribe", "max_cores_per_build", "deselect_after", "failback_delay",
+           "crash_detection")
 MAX_SECONDS = 365 * 24 * 3600  # a year: longer is a mistake, not a setting
 MAX_CORES = 1_000_000
 log = logging.getLogger(__name__)
@@ -27,6 +28,9 @@ class Settings:
     max_cores_per_build: int = 0  # 0 means no limit
     deselect_after: float = 3600.0
     failback_delay: float | None = None  # None: each backup's own --failback-delay
+    # The next leader revokes a crashed leader's lease instead of waiting for it to expire
+    # (coordinator/leader_probe.py, docs/design.md section 1, "Crash detection").
+    crash_detection: bool = True
 
     @classmethod
     def from_json(cls, raw: bytes | str | None) -> "Settings":
@@ -68,9 +72,9 @@ def validate_update(changes: Any) -> dict[str, Any]:
                 value = None
             elif not isinstance(value, str):
                 raise ValueError("selected_backup must be a backup's name or null")
-        elif key == "auto_subscribe":
+        elif key in ("auto_subscribe", "crash_detection"):
             if not isinstance(value, bool):
-                raise ValueError("auto_subscribe must be true or false")
+                raise ValueError(f"{key} must be true or false")
         elif key == "max_cores_per_build":
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_CORES:
                 raise ValueError(f"max_cores_per_build must be a whole number from 0 to {MAX_CORES} "

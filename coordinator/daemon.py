@@ -17,8 +17,10 @@ it out. The rest is in modules of one job each: coordinator.leadership (the
 actions: campaign, take up, hand over, step down, contact and deselection;
 owns the Election), coordinator.presence (the registration key and the state
 file), coordinator.handover_watch (the watches that wake the loop and catch
-a planned handover), coordinator.serving (gRPC server, web process,
-advertised addresses).
+a planned handover), coordinator.leader_probe (the coordinator that would
+lead next watches the leader's process, so a crash is taken over in
+milliseconds, not at the lease's expiry), coordinator.serving (gRPC server,
+web process, advertised addresses).
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from cluster.keys import Keys, encode
 from coordinator import ha, serving
 from coordinator.config import CoordinatorConfig
 from coordinator.handover_watch import HandoverWatch
+from coordinator.leader_probe import LeaderProbe
 from coordinator.leadership import Leadership
 from coordinator.presence import Presence
 from coordinator.runtime.aio_service import AioAgentServer
@@ -79,6 +82,7 @@ class Coordinator:
         self.leadership: Leadership | None = None   # the actions; owns the Election
         self.presence: Presence | None = None       # registration key and state file
         self.watch: HandoverWatch | None = None
+        self.probe: LeaderProbe | None = None   # watches the leader's process (ha.probe_target)
         self.grpc_server: AioAgentServer | None = None
         self.web_proc = None
         self._last_sentence = ""
@@ -109,6 +113,8 @@ class Coordinator:
         self._new_session()
         self._ensure_registered()
         self.watch.start()
+        self.probe = LeaderProbe(self._wake.set)
+        self.probe.start()
         if self._start_ui is not None:
             self.web_proc = self._start_ui(self.config, self.state_path)
         self._ready = True
@@ -169,6 +175,8 @@ class Coordinator:
                     pass
             if self.watch is not None:
                 self.watch.stop()
+            if self.probe is not None:
+                self.probe.stop()
             if self.session is not None:
                 self.session.close()
             if self.grpc_server is not None:
@@ -193,8 +201,10 @@ class Coordinator:
                 if lead.records_due:
                     lead.records_due = False
                     lead.take_up(ha.takeover(snap, self._me(snap)))
-                decision = ha.decide(snap, self._me(snap))
+                me = self._me(snap)
+                decision = ha.decide(snap, me)
                 self._act(decision, snap)
+                self.probe.watch(ha.probe_target(snap, me))
                 self.runtime.keep_warm(decision.keep_warm)
                 self.runtime.announce_successor(decision.successor)
                 lead.saw_leader(snap.leader)
@@ -211,7 +221,9 @@ class Coordinator:
                    epoch=self.election.epoch if self.election is not None else None,
                    now=self.wall(), failback_delay=ha.failback_delay(snap.settings, self.timings.failback_delay),
                    contact_interval=ha.contact_interval(snap.settings),
-                   previous_leader=self.leadership.previous_leader if self.leadership else None)
+                   previous_leader=self.leadership.previous_leader if self.leadership else None,
+                   probe=self.probe.result() if self.probe else None,
+                   revoked=self.leadership.revoked_why() if self.leadership else None)
         now = self.clock()
         self._primary_ready_since = ha.primary_ready_since(snap, me, self._primary_ready_since, now)
         ready_for = None if self._primary_ready_since is None else now - self._primary_ready_since
@@ -243,6 +255,9 @@ class Coordinator:
             lead.touch_contact(d.target)
         elif d.action == ha.DESELECT:
             lead.deselect(d, snap)
+        elif d.action == ha.REVOKE:
+            lead.revoke(d)
+            self._wake.set()   # the leader key is gone: decide again at once
 
     @property
     def election(self) -> Election | None:
@@ -305,6 +320,7 @@ class Coordinator:
             session=self.session, renew_deadline=self.timings.renew_deadline,
             takeovers=lead.takeovers if lead else 0, failovers=lead.failovers if lead else 0,
             handovers=lead.handovers if lead else 0,
+            revocations=lead.revocations if lead else 0,
             stats=self.runtime.stats() if self.runtime is not None else {}, sentence=self._last_sentence)
 
 

@@ -13,7 +13,11 @@ Rules encoded here (docs/design.md section 1, "Backup coordinators"):
 - a leading backup hands back once its primary has been registered and ready
   for failback_delay (unless a switchover asked for the backup to lead);
 - the leading primary keeps the selected backup's contact clock and deselects
-  it after deselect_after seconds out of contact.
+  it after deselect_after seconds out of contact;
+- the coordinator that would lead next revokes the leader's lease when the
+  leader's process is gone: its probe's connection to the leader broke and a
+  fresh connect was refused (crash_detection; coordinator.leader_probe). A
+  timeout is no evidence: a silent host is left to the lease.
 
 The Decision also carries what the daemon needs to act without deciding:
 whether to keep a takeover's starting point warm, the successor to announce
@@ -39,6 +43,7 @@ HANDBACK = "handback"          # a leading backup gives the baton back to its pr
 SWITCHOVER = "switchover"      # the leader resigns to the coordinator a switchover names
 TOUCH_CONTACT = "touch_contact"  # record that the selected backup was seen (or start its clock)
 DESELECT = "deselect"
+REVOKE = "revoke"              # the leader's process is gone: revoke its lease (not a state write)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +73,19 @@ class Snapshot:
 
 
 @dataclasses.dataclass(frozen=True)
+class ProbeResult:
+    """What the probe (coordinator.leader_probe) saw of the leader it watched:
+    the leader key's epoch and lease and the gRPC address it connected to."""
+
+    leader_epoch: int
+    lease_id: int
+    address: str
+    broken: bool = False   # the connection it held was closed or reset by the peer
+    refused: bool = False  # and a fresh connect after the break was refused (ECONNREFUSED)
+    detail: str = ""       # e.g. "connection refused at 10.0.0.1:7000"
+
+
+@dataclasses.dataclass(frozen=True)
 class Me:
     """What this coordinator knows about itself at the time of the cycle."""
 
@@ -81,6 +99,8 @@ class Me:
     failback_delay: float = 5.0
     contact_interval: float = 1.0
     previous_leader: LeaderRecord | None = None  # who led before us (last seen), to name a takeover
+    probe: ProbeResult | None = None  # what our probe saw of the leader (None: no evidence)
+    revoked: str | None = None        # why we revoked previous_leader's lease, to name our takeover
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +123,15 @@ class Handover:
 
 
 @dataclasses.dataclass(frozen=True)
+class Revocation:
+    """The lease a REVOKE decision revokes, of the leader holding `epoch`."""
+
+    lease_id: int
+    epoch: int
+    why: str   # "p1's process is gone: connection refused at HOST:PORT; lease revoked"
+
+
+@dataclasses.dataclass(frozen=True)
 class Decision:
     action: str
     sentence: str
@@ -111,6 +140,7 @@ class Decision:
     successor: tuple[str, str] | None = None  # (name, gRPC address) announced to the agents
     takeover: Takeover | None = None         # for CAMPAIGN and LEAD: the records once we lead
     handover: Handover | None = None         # for HANDBACK and SWITCHOVER
+    revocation: Revocation | None = None     # for REVOKE
 
 
 def decide(s: Snapshot, me: Me) -> Decision:
@@ -137,6 +167,9 @@ def _decide(s: Snapshot, me: Me) -> Decision:
     if leader.name == me.name:
         return Decision(NONE, f"no action. I am {me.name}; the leader key still names me from an earlier "
                               f"session (epoch {leader.epoch}); waiting for its lease to expire")
+    gone = _leader_gone(s, me, leader)
+    if gone is not None:
+        return gone
     return Decision(NONE, f"no action. I am {me.name}, {_role(me)}; {leader.name} leads (epoch {leader.epoch})")
 
 
@@ -211,6 +244,36 @@ def _decide_no_leader(s: Snapshot, me: Me) -> Decision:
                               f"the selected backup {me.name}")
 
 
+def _leader_gone(s: Snapshot, me: Me, leader: LeaderRecord) -> Decision | None:
+    """REVOKE when our probe watched this very leader (epoch, lease and address
+    of the snapshot's leader key: a leader restarted as a new session is a new
+    target) and saw its connection break and a fresh connect refused."""
+    p = me.probe
+    if (p is None or not (p.broken and p.refused) or probe_target(s, me) is None
+            or (p.leader_epoch, p.lease_id, p.address) != (leader.epoch, leader.lease_id, leader.grpc)):
+        return None
+    why = f"{leader.name}'s process is gone: {p.detail or f'connection refused at {p.address}'}; lease revoked"
+    return Decision(REVOKE, f"revoking the lease of {leader.name} (epoch {leader.epoch}): its connection broke "
+                            f"and {p.detail or 'a fresh connect was refused'}; I am {me.name} and lead next",
+                    leader.name, revocation=Revocation(leader.lease_id, leader.epoch, why))
+
+
+def probe_target(s: Snapshot, me: Me) -> LeaderRecord | None:
+    """The leader whose process this coordinator watches (coordinator.leader_probe),
+    or None. Only the one that would campaign were the leader's lease gone (its
+    leader key and registration vanish with it) watches: the selected backup
+    while its primary leads, the primary while a backup leads; never a backup
+    that is not selected. Off with the crash_detection setting, and for a
+    leader key without an address or a lease to revoke."""
+    leader = s.leader
+    if (not s.settings.crash_detection or leader is None or leader.name == me.name or me.acting
+            or not leader.grpc or not leader.lease_id):
+        return None
+    rest = {name: peer for name, peer in s.coordinators.items() if name != leader.name}
+    after = _decide_no_leader(dataclasses.replace(s, leader=None, coordinators=rest), me)
+    return leader if after.action == CAMPAIGN else None
+
+
 def _role(me: Me) -> str:
     return "the primary" if me.role == "primary" else f"a backup of {me.primary}"
 
@@ -242,8 +305,12 @@ def takeover(s: Snapshot, me: Me) -> Takeover:
     name, previous = me.name, me.previous_leader
     if s.switchover == name:
         kind, detail = "switchover", f"{name} leads after a planned switchover"
+    elif me.role == "backup" and me.revoked:
+        kind, detail = "failover", f"{name} took over: {me.revoked}"
     elif me.role == "backup":
-        kind, detail = "failover", f"{name} took over: the primary {me.primary} is unavailable"
+        kind, detail = "failover", f"{name} took over: the primary {me.primary} is unavailable (its lease ended)"
+    elif me.revoked:
+        kind, detail = "leader", f"{name} leads: {me.revoked}"
     elif previous is not None and previous.role == "backup":
         kind, detail = "handback", f"{name} leads again; {previous.name} handed back"
     else:

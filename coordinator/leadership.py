@@ -3,8 +3,9 @@ coordinator.ha has decided.
 
 Campaign (also at once, when a planned handover deletes the leader key),
 take up leadership and write the takeover's records, hand over (a handback
-or a switchover), step down, and the leading primary's writes of the selected
-backup's contact clock and its deselection. Every write is fenced by our
+or a switchover), step down, revoke the lease of a leader whose process is
+gone, and the leading primary's writes of the selected backup's contact
+clock and its deselection. Every write is fenced by our
 epoch (docs/design.md section 3, rule 2), so a coordinator that no longer leads
 changes nothing: the write fails with NotLeader.
 
@@ -44,6 +45,8 @@ class Leadership:
         self.takeovers = 0   # times this coordinator began to lead
         self.failovers = 0   # of which as a backup standing in for its primary
         self.handovers = 0   # planned handovers (switchover, handback) made as leader
+        self.revocations = 0  # leases of crashed leaders this coordinator revoked
+        self.revoked: ha.Revocation | None = None  # our last revocation, to name the takeover after it
         self.admin_password: str | None = None
         # Settings the primary stores the first time it leads a cluster that has none
         # (--initial-backup): cluster.settings.seed_settings never overrides a later choice.
@@ -59,6 +62,22 @@ class Leadership:
         """Remember who led while we did not, to name our next takeover."""
         if leader is not None and leader.name != self.name:
             self.previous_leader = leader
+
+    def revoked_why(self) -> str | None:
+        """Why we revoked the lease of the leader we last saw (None: we did not)."""
+        r, previous = self.revoked, self.previous_leader
+        return r.why if r is not None and previous is not None and previous.epoch == r.epoch else None
+
+    def revoke(self, d: ha.Decision) -> None:
+        """The leader's process is gone: end its lease now instead of at its expiry.
+        Not a state write (docs/design.md section 3, rule 2): etcd deletes the leader
+        key and the dead leader's registration with the lease, exactly as at expiry,
+        and the takeover that follows by the normal path records why, fenced."""
+        r = d.revocation
+        if not self.etcd.lease_revoke(r.lease_id):
+            log.info("the lease of %s (epoch %s) had already ended", d.target, r.epoch)
+        self.revocations += 1
+        self.revoked = r
 
     def campaign(self, takeover: ha.Takeover) -> None:
         if not self.election.campaign(self.leader_value):
@@ -89,6 +108,7 @@ class Leadership:
     def take_up(self, takeover: ha.Takeover) -> None:
         epoch = self.election.epoch
         self.previous_leader = None
+        self.revoked = None
         if takeover.kind == "failover":
             self.failovers += 1
         ops = event_ops(self.etcd, self.keys, takeover.kind, self.name, epoch, takeover.detail, now=self.wall)

@@ -45,7 +45,7 @@ class Presence:
 
     def write_state(self, *, acting: bool, epoch: int | None, leader: str | None, known: bool,
                     session, renew_deadline: float, takeovers: int, failovers: int,
-                    stats: dict, sentence: str, handovers: int = 0) -> None:
+                    stats: dict, sentence: str, handovers: int = 0, revocations: int = 0) -> None:
         """Replace the state file. known: `leader` was read this cycle; else (etcd did
         not answer) the leader we knew is kept."""
         if known:
@@ -60,6 +60,7 @@ class Presence:
             "takeovers": takeovers,
             "failovers": failovers,
             "handovers": handovers,
+            "revocations": revocations,
             "agents_connected": stats.get("agents_connected", 0),
             "tasks_dispatched": stats.get("tasks_dispatched", 0),
             "store_write_errors": stats.get("store_write_errors", 0),

@@ -307,8 +307,15 @@ class Etcd:
         return int(self.raw.get_lease_info(lease_id).TTL)
 
     @_mapped(retry=False)
-    def lease_revoke(self, lease_id: int) -> None:
-        self.raw.revoke_lease(lease_id)
+    def lease_revoke(self, lease_id: int) -> bool:
+        """Revoke the lease (its keys go with it); False when it no longer existed."""
+        try:
+            self.raw.revoke_lease(lease_id)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return False
+            raise
+        return True
 
     def close(self) -> None:
         try:

@@ -1,4 +1,6 @@
 """The HA decision with plain data: who campaigns, hands back, deselects."""
+import dataclasses
+
 import pytest
 
 from coordinator import ha
@@ -172,7 +174,7 @@ def test_takeover_is_named_by_how_the_baton_came():
     assert ha.takeover(snap(switchover="b1"), me("b1")) == ha.Takeover(
         "switchover", "b1 leads after a planned switchover")
     assert ha.takeover(snap(peers=(B1,)), me("b1")) == ha.Takeover(
-        "failover", "b1 took over: the primary p1 is unavailable")
+        "failover", "b1 took over: the primary p1 is unavailable (its lease ended)")
     back = ha.takeover(snap(), me("p1", "primary", previous_leader=LeaderRecord("b1", "backup", 9)))
     assert back == ha.Takeover("handback", "p1 leads again; b1 handed back", ensure_admin=True)
     assert ha.takeover(snap(), me("p1", "primary")) == ha.Takeover("leader", "p1 leads", ensure_admin=True)
@@ -239,3 +241,93 @@ def test_no_campaign_at_once_when_not_ready_lost_or_leading(kw):
     ready, lost = kw.pop("ready", True), kw.pop("session_lost", False)
     assert ha.campaign_at_once(ha.SwitchoverSeen("b1", 41, 42), me("b1", **kw),
                                ready=ready, session_lost=lost) is None
+
+
+# -- crash detection: revoke the lease of a leader whose process is gone ------
+
+P1_LEADS = LeaderRecord("p1", "primary", 7, grpc="p1:7000", lease_id=0x71)
+B1_LEADS = LeaderRecord("b1", "backup", 9, grpc="b1:7000", lease_id=0x91)
+
+
+def gone(leader, **kw):
+    """The probe's sighting of `leader`: its connection broke and a fresh connect was refused."""
+    return ha.ProbeResult(leader.epoch, leader.lease_id, leader.grpc, broken=True, refused=True,
+                          detail=f"connection refused at {leader.grpc}", **kw)
+
+
+def crash_snap(leader, crash_detection=True, **kw):
+    s = snap(leader=leader, peers=(P1_AT, B1_AT, B2), **kw)
+    return Snapshot(leader=s.leader, coordinators=s.coordinators, switchover=s.switchover,
+                    settings=Settings(selected_backup="b1", crash_detection=crash_detection))
+
+
+def test_selected_backup_revokes_the_lease_of_a_primary_whose_process_is_gone():
+    d = decide(crash_snap(P1_LEADS), me("b1", probe=gone(P1_LEADS)))
+    assert d.action == ha.REVOKE and d.target == "p1"
+    assert d.revocation == ha.Revocation(
+        0x71, 7, "p1's process is gone: connection refused at p1:7000; lease revoked")
+    assert "revoking the lease of p1 (epoch 7)" in d.sentence
+
+
+def test_primary_revokes_the_lease_of_a_leading_backup_whose_process_is_gone():
+    d = decide(crash_snap(B1_LEADS), me("p1", "primary", probe=gone(B1_LEADS)))
+    assert d.action == ha.REVOKE and d.revocation.lease_id == 0x91
+
+
+def test_only_who_would_lead_next_probes():
+    assert ha.probe_target(crash_snap(P1_LEADS), me("b1")) == P1_LEADS
+    assert ha.probe_target(crash_snap(B1_LEADS), me("p1", "primary")) == B1_LEADS
+    assert ha.probe_target(crash_snap(P1_LEADS), me("b2")) is None, "a backup that is not selected"
+    assert ha.probe_target(crash_snap(P1_LEADS), me("p1", "primary")) is None, "the leader itself"
+    assert ha.probe_target(crash_snap(B1_LEADS), me("b2")) is None, "p1 would lead next, not b2"
+    # A switchover in progress to b2: b2 would campaign too.
+    assert ha.probe_target(crash_snap(P1_LEADS, switchover="b2"), me("b2")) == P1_LEADS
+    no_address = LeaderRecord("p1", "primary", 7, lease_id=0x71)
+    assert ha.probe_target(crash_snap(no_address), me("b1")) is None
+    assert ha.probe_target(crash_snap(LeaderRecord("p1", "primary", 7, grpc="p1:7000")), me("b1")) is None
+
+
+def test_a_backup_that_is_not_selected_never_revokes():
+    d = decide(crash_snap(P1_LEADS), me("b2", probe=gone(P1_LEADS)))
+    assert d.action == ha.NONE
+
+
+def test_a_refused_connect_without_a_broken_connection_is_no_evidence():
+    # E.g. a leader advertising an address that is not its own from here: we never
+    # held a connection to it, so a refusal says nothing about its process.
+    probe = dataclasses.replace(gone(P1_LEADS), broken=False)
+    assert decide(crash_snap(P1_LEADS), me("b1", probe=probe)).action == ha.NONE
+
+
+def test_a_timeout_is_no_evidence_the_lease_decides():
+    # A paused or busy leader still accepts (the kernel does), and a host cut off
+    # by the network times out: neither is refused.
+    probe = dataclasses.replace(gone(P1_LEADS), refused=False, detail="connect to p1:7000 timed out")
+    assert decide(crash_snap(P1_LEADS), me("b1", probe=probe)).action == ha.NONE
+
+
+def test_crash_detection_off_leaves_it_to_the_lease():
+    s = crash_snap(P1_LEADS, crash_detection=False)
+    assert ha.probe_target(s, me("b1")) is None
+    assert decide(s, me("b1", probe=gone(P1_LEADS))).action == ha.NONE
+
+
+def test_a_sighting_of_an_earlier_session_revokes_nothing_of_the_new_one():
+    # p1 died and came back as a new process: a new session, a new lease, a new epoch.
+    # What the probe saw of the old one says nothing of the new one.
+    old = gone(LeaderRecord("p1", "primary", 5, grpc="p1:7000", lease_id=0x55))
+    assert decide(crash_snap(P1_LEADS), me("b1", probe=old)).action == ha.NONE
+    other_lease = dataclasses.replace(gone(P1_LEADS), lease_id=0x55)
+    assert decide(crash_snap(P1_LEADS), me("b1", probe=other_lease)).action == ha.NONE
+    moved = dataclasses.replace(gone(P1_LEADS), address="p1:7001")
+    assert decide(crash_snap(P1_LEADS), me("b1", probe=moved)).action == ha.NONE
+
+
+def test_a_takeover_after_a_revocation_says_why():
+    why = "p1's process is gone: connection refused at p1:7000; lease revoked"
+    assert ha.takeover(snap(peers=(B1,)), me("b1", revoked=why)) == ha.Takeover(
+        "failover", f"b1 took over: {why}")
+    back = ha.takeover(snap(), me("p1", "primary", previous_leader=B1_LEADS,
+                                  revoked="b1's process is gone: connection refused at b1:7000; lease revoked"))
+    assert (back.kind, back.detail) == (
+        "leader", "p1 leads: b1's process is gone: connection refused at b1:7000; lease revoked")

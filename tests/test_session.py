@@ -169,3 +169,12 @@ def test_hung_etcd_cannot_hold_the_session_past_renew_deadline(tmp_path):
         s.close()
         etcd.close()
         member.stop()
+
+
+def test_revoking_a_lease_ends_its_keys_and_a_second_revoke_says_it_was_gone(etcd, keys):
+    # What the next leader does to a crashed leader's lease (coordinator.leadership.revoke).
+    lease = etcd.lease_grant(30)
+    etcd.put(keys.leader, b"{}", lease=lease)
+    assert etcd.lease_revoke(lease) is True
+    assert etcd.get(keys.leader)[0] is None
+    assert etcd.lease_revoke(lease) is False

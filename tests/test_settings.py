@@ -37,3 +37,12 @@ def test_a_stored_value_of_the_wrong_kind_falls_back_to_the_default():
     settings = Settings.from_json(b'{"auto_subscribe": "yes", "selected_backup": "b1", "deselect_after": -3}')
     assert settings.auto_subscribe is True and settings.deselect_after == 3600.0
     assert settings.selected_backup == "b1"
+
+
+def test_crash_detection_is_on_by_default_and_must_be_a_bool():
+    assert Settings().crash_detection is True
+    assert validate_update({"crash_detection": False}) == {"crash_detection": False}
+    with pytest.raises(ValueError, match="crash_detection must be true or false"):
+        validate_update({"crash_detection": "off"})
+    assert Settings.from_json(b'{"crash_detection": 0}').crash_detection is True
+    assert Settings.from_json(b'{"crash_detection": false}').crash_detection is False

@@ -98,13 +98,15 @@ def test_settings_save_all(client, cluster):
     page = text(client.get("/settings"))
     assert '<option value="b1"' in page and '<option value="b2"' in page and "bx" not in page
     assert ">none</option>" in page and "Save All" in page
+    assert 'name="crash_detection" type="checkbox" checked' in page, "crash detection is on by default"
     response = client.post("/settings", data={"csrf_token": token, "selected_backup": "b2", "auto_subscribe": "on",
                                               "max_cores_per_build": "6", "deselect_after": "30",
                                               "failback_delay": "7.5"})
     assert response.status_code == 302
     stored = json.loads(cluster.etcd.get(cluster.keys.settings)[0])
+    # An unchecked box is absent from the form: crash detection turned off.
     assert stored == {"selected_backup": "b2", "auto_subscribe": True, "max_cores_per_build": 6,
-                      "deselect_after": 1800.0, "failback_delay": 7.5}
+                      "deselect_after": 1800.0, "failback_delay": 7.5, "crash_detection": False}
     assert '<option value="b2" selected>' in text(client.get("/settings"))
     bad = client.post("/settings", data={"csrf_token": token, "selected_backup": "", "max_cores_per_build": "many",
                                          "deselect_after": "30", "failback_delay": "5"}, follow_redirects=True)

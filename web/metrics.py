@@ -26,6 +26,9 @@ STATE_METRICS = (
      "epoch"),
     ("baton_takeovers", "counter", "times this coordinator began leading", "takeovers"),
     ("baton_failovers", "counter", "takeovers after the leader was lost (not planned)", "failovers"),
+    ("baton_crash_revocations", "counter",
+     "leases of crashed leaders this coordinator revoked (crash_detection): the leader's connection broke "
+     "and its port refused a new one", "revocations"),
     ("baton_handbacks", "counter", "planned handovers this coordinator made as leader", "handovers"),
     ("baton_agents_connected", "gauge", "agents with a stream to this coordinator", "agents_connected"),
     ("baton_tasks_dispatched", "counter", "tasks this coordinator dispatched", "tasks_dispatched"),

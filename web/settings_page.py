@@ -40,6 +40,7 @@ def save_all():
         changes = {
             "selected_backup": request.form.get("selected_backup") or None,
             "auto_subscribe": request.form.get("auto_subscribe") == "on",
+            "crash_detection": request.form.get("crash_detection") == "on",
             "max_cores_per_build": _number("max_cores_per_build", int),
             "deselect_after": _number("deselect_after") * 60,  # the form speaks minutes
             # Empty: each backup uses its own --failback-delay.
