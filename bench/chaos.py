@@ -57,6 +57,7 @@ class Applied:
     started: float   # monotonic
     ended: float
     outcome: str
+    hit_epoch: int   # the epoch of the leader the fault hit (0: it did not hit the leader)
 
 
 @dataclasses.dataclass
@@ -175,11 +176,14 @@ def run(directory: Path, seed: int, minutes: float, ttl: int = 2, agents: int = 
             if delay > 0:
                 stop.wait(delay)
             started = time.monotonic()
+            holder, epoch = leader_log.at(started)
             try:
+                fault = hands.resolve(fault)
                 outcome = hands.apply(fault)
             except Exception as exc:  # noqa: BLE001 - a fault that could not be applied is reported
                 outcome = f"error: {exc}"
-            applied.append(Applied(fault, started, time.monotonic(), outcome))
+            applied.append(Applied(fault, started, time.monotonic(), outcome,
+                                   epoch if fault.target == holder else 0))
             out(f"  {fault}  [{started - began:6.1f} s] {outcome}")
         hands.heal_all()
         feeder.stop.set()
@@ -187,7 +191,11 @@ def run(directory: Path, seed: int, minutes: float, ttl: int = 2, agents: int = 
         ends = [a.started for a in applied[1:]] + [time.monotonic()]
         leaderless = defaultdict(list)
         for a, end in zip(applied, ends):
-            leaderless[a.fault.kind].append(leader_log.leaderless(a.started, end))
+            # A fault on the leader leaves nobody able to lead until another epoch begins (a
+            # kill: the dead process's key stays until its lease expires) or, for a pause or a
+            # cut, until it is healed and the same leader acts again.
+            until = end if a.fault.kind == "kill-coordinator" else a.started + a.fault.hold
+            leaderless[a.fault.kind].append(leader_log.leaderless(a.started, end, a.hit_epoch, until))
         agent_logs = {name: cluster.dir / "logs" / f"{name}.log" for name in cluster.agents}
         verdict = check_history(cluster.etcd(), cluster.keys, 0, agent_logs=agent_logs,
                                 agents_on_leader=sorted(cluster.agents), timeout=300)
@@ -220,7 +228,8 @@ def report(result: Result, ran: Path, out=print) -> None:
         f"({', '.join(f'{per_kind[k]} {k}' for k in KINDS if per_kind[k])}); {result.failovers} leader changes "
         f"(epochs {len(v.epochs)}); {result.builds_submitted} builds submitted, {v.builds_ended}/{v.builds} ended; "
         f"quiet period {result.quiet_seconds:.0f} s")
-    out("time without a leader after each fault, by kind (until the next fault):")
+    out("time without a leader able to act after each fault, by kind (until the next fault; "
+        "a leader killed, paused or cut off counts as none):")
     for kind in KINDS:
         values = result.leaderless.get(kind, [])
         if not values:

@@ -21,12 +21,13 @@ COORDINATORS = {"p1": "primary", "b1": "backup"}
 class Fault:
     at: float      # seconds after the start of the fault phase (the earliest it is applied)
     kind: str
-    target: str    # p1/b1, an etcd member index m0.., an agent a1.., or "" (switchover: whoever leads)
+    target: str    # leader/standby (the coordinator leading when it is applied, or the other
+                   # one), an etcd member m0.., an agent a1.., or "" (switchover: whoever leads)
     hold: float    # seconds until it is healed (0 for a switchover)
 
     def __str__(self) -> str:
         hold = f" for {self.hold:.1f} s" if self.hold else ""
-        return f"+{self.at:7.1f} s  {self.kind:<18} {self.target or 'leader':<4}{hold}"
+        return f"+{self.at:7.1f} s  {self.kind:<18} {self.target or 'leader':<7}{hold}"
 
 
 def schedule(seed: int, seconds: float, ttl: float, agents: int, members: int) -> list[Fault]:
@@ -38,7 +39,7 @@ def schedule(seed: int, seconds: float, ttl: float, agents: int, members: int) -
     while t < seconds:
         kind = rng.choice(KINDS)
         if kind.endswith("coordinator"):
-            target = rng.choice(sorted(COORDINATORS))
+            target = rng.choice(("leader", "leader", "leader", "standby"))  # mostly where it hurts
         elif kind == "kill-etcd":
             target = f"m{rng.randrange(members)}"
         elif kind == "kill-agent":
@@ -58,8 +59,20 @@ class Hands:
     def __init__(self, cluster, etcd_cluster, proxies: dict, stop: threading.Event):
         self.cluster, self.etcd_cluster, self.proxies, self.stop = cluster, etcd_cluster, proxies, stop
 
+    def coordinator(self, role: str) -> str:
+        """The coordinator that leads now (role "leader"; p1 when nobody does), or the other one."""
+        leader = self.cluster.leader()
+        leading = leader.name if leader is not None and leader.name in COORDINATORS else "p1"
+        return leading if role == "leader" else next(n for n in COORDINATORS if n != leading)
+
+    def resolve(self, fault: Fault) -> Fault:
+        """The fault with its coordinator named (leader/standby as things stand now)."""
+        if fault.kind.endswith("coordinator"):
+            return dataclasses.replace(fault, target=self.coordinator(fault.target))
+        return fault
+
     def apply(self, fault: Fault) -> str:
-        """Apply and heal one fault; returns what happened (e.g. why a switchover was refused)."""
+        """Apply and heal one (resolved) fault; returns what happened (e.g. why a switchover was refused)."""
         c = self.cluster
         if fault.kind == "switchover":
             leader = c.leader()
@@ -131,21 +144,24 @@ class LeaderLog:
         with self._lock:
             self.changes.append((time.monotonic(), holder, epoch))
 
-    def leaderless(self, start: float, end: float) -> float:
-        """Seconds without a leader between start and end."""
+    def at(self, t: float) -> tuple[str | None, int]:
+        """(holder, epoch) in force at monotonic time t, as far as the watch saw."""
         with self._lock:
-            changes = list(self.changes)
-        total, held = 0.0, True
-        since = start
-        for t, holder, _ in changes:
-            if t <= start:
-                held = holder is not None
-                continue
-            if t >= end:
-                break
-            if not held:
-                total += t - since
-            held, since = holder is not None, t
-        if not held:
-            total += end - since
+            seen = [(holder, epoch) for when, holder, epoch in self.changes if when <= t]
+        return seen[-1] if seen else (None, 0)
+
+    def leaderless(self, start: float, end: float, stale_epoch: int = 0, stale_until: float = 0.0) -> float:
+        """Seconds between start and end with nobody able to lead: no leader key, or one that
+        still names `stale_epoch` before `stale_until` (a killed leader's key until its lease
+        expires; a paused or cut-off leader's while the fault holds)."""
+        with self._lock:
+            changes = [c for c in self.changes if c[0] < end]
+        # Cut [start, end) at every change and at stale_until; sum the pieces nobody can lead in.
+        cuts = sorted({start, end, *(t for t, _, _ in changes if t > start),
+                       *([stale_until] if start < stale_until < end else [])})
+        total = 0.0
+        for a, b in zip(cuts, cuts[1:]):
+            holder, epoch = self.at(a)
+            if holder is None or (stale_epoch and epoch == stale_epoch and a < stale_until):
+                total += b - a
         return total
