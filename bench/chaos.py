@@ -137,9 +137,11 @@ def watch_leader(cluster: LocalCluster, log: LeaderLog) -> Watcher:
                    on_events=on_events).start()
 
 
-def settle(cluster: LocalCluster, feeder: Feeder, timeout: float) -> float:
-    """The quiet period: wait until every build ended and every agent is on the leader."""
+def settle(cluster: LocalCluster, feeder: Feeder, timeout: float, at_least: float) -> float:
+    """The quiet period: at least `at_least` seconds (a handback after the last fault has
+    time to happen), then until every build ended and every agent is on the leader."""
     began = time.monotonic()
+    time.sleep(at_least)  # a fixed quiet time, part of the run, not a wait for something
     while time.monotonic() - began < timeout:
         try:
             leader = cluster.leader()
@@ -187,7 +189,7 @@ def run(directory: Path, seed: int, minutes: float, ttl: int = 2, agents: int = 
             out(f"  {fault}  [{started - began:6.1f} s] {outcome}")
         hands.heal_all()
         feeder.stop.set()
-        quiet_for = settle(cluster, feeder, quiet)
+        quiet_for = settle(cluster, feeder, quiet, at_least=3 * ttl)
         ends = [a.started for a in applied[1:]] + [time.monotonic()]
         leaderless = defaultdict(list)
         for a, end in zip(applied, ends):
