@@ -262,14 +262,17 @@ def check_tasks(records: dict, verdict: Verdict) -> dict[tuple[str, str], dict]:
     last: dict[tuple[str, str], dict] = {}
     for (build, task), history in records.items():
         verdict.tasks += 1
-        ended: dict[int, int] = {}
+        ended: dict[int, tuple[int, dict]] = {}
         for revision, value in history:
             attempt = int(value.get("attempt") or 0)
             if attempt in ended:
+                at, first = ended[attempt]
+                same = " (the same record again: a write retried after an ambiguous etcd error)" \
+                    if value == first else ""
                 verdict.problem(f"task {build}/{task} attempt {attempt} written again at revision {revision} "
-                                f"after it ended at revision {ended[attempt]} ({value.get('state')})")
+                                f"after it ended at revision {at} ({value.get('state')}){same}")
             if _is_end(value):
-                ended.setdefault(attempt, revision)
+                ended.setdefault(attempt, (revision, value))
                 verdict.ends[(build, task)] = verdict.ends.get((build, task), 0) + 1
         verdict.attempts_ended += len(ended)
         final = history[-1][1]
