@@ -353,6 +353,9 @@ class Agent:
     def _assign(self, link: CoordinatorLink, assignment: agent_pb2.Assignment) -> None:
         ref = ref_from_proto(assignment.task)
         if self.runner.start(ref, assignment.cmd, assignment.timeout, dict(assignment.env)):
+            # One line per run, which the fault tests' checker reads (bench/history_check.py):
+            # what the agent obeyed, and under which leader's epoch.
+            log.info("running task %s for %s (epoch %d)", ref, link.leader.name, link.epoch)
             return
         with self.lock:
             buffered = self.results.get(ref)

@@ -3,7 +3,8 @@
 Starts a local cluster (ttl 2 s, TLS on), runs a build, SIGKILLs the primary
 mid-build, shows the backup taking over and the agents moving to it, brings
 the primary back and shows the handback, then prints the timeline with the
-measured times and checks that every task ended exactly once.
+measured times and checks that the build and every task in it ended done (the API's view; the
+fault tests' history checker, bench/history_check.py, is what proves "exactly once").
 """
 from __future__ import annotations
 
@@ -82,7 +83,8 @@ def run_demo(args) -> int:
         print(f"  kill -> agents on the backup:  {t_agents - t_kill:5.2f} s")
         print(f"  primary back -> handback:      {t_handback - t_back:5.2f} s  (failback_delay 2 s)")
         print(f"  primary back -> agents home:   {t_home - t_back:5.2f} s")
-        print(f"  tasks: {len(tasks)}, all done exactly once: {ok}; re-run after the failover: {rerun}")
+        done = sum(1 for t in tasks if t["state"] == "done")
+        print(f"  tasks: {len(tasks)}, done: {done}, every task done: {ok}; re-run after the failover: {rerun}")
         print(json.dumps({"build": build_id, "state": build["state"]}))
         return 0 if ok else 1
     finally:

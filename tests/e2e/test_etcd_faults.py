@@ -15,7 +15,7 @@ def test_one_etcd_member_killed_during_a_failover(make_cluster, etcd_cluster, cl
                            failback_delay=1.0, grace=4)
     ran = tmp_path / "ran.log"
     ids, spec = sleepy_build(ran, 20, 1.0)
-    build_id, since = submit(cluster, spec)
+    build_id = submit(cluster, spec)
     wait_until(lambda: done_count(cluster, build_id, "p1") >= 3, 60, message="3 tasks done")
     # Kill the raft leader and the primary together: the failover happens on a 2-member etcd.
     victim = etcd_cluster.members.index(etcd_cluster.leader_member())
@@ -28,7 +28,7 @@ def test_one_etcd_member_killed_during_a_failover(make_cluster, etcd_cluster, cl
     etcd_cluster.restart(victim)
     cluster.add_coordinator("p1", "primary")
     cluster.wait_leader("p1", timeout=30)
-    finish_and_audit(cluster, build_id, since, ids, ran, "p1", "p1")
+    finish_and_audit(cluster, build_id, ids, ran, "p1", "p1")
 
 
 def test_quorum_lost_then_restored(make_cluster, etcd_cluster, cluster_name, tmp_path):
@@ -36,7 +36,7 @@ def test_quorum_lost_then_restored(make_cluster, etcd_cluster, cluster_name, tmp
                            failback_delay=1.0, grace=6)
     ran = tmp_path / "ran.log"
     ids, spec = sleepy_build(ran, 12, 1.0)
-    build_id, since = submit(cluster, spec)
+    build_id = submit(cluster, spec)
     wait_until(lambda: done_count(cluster, build_id, "p1") >= 2, 60, message="2 tasks done")
     etcd_cluster.pause(0)
     etcd_cluster.pause(1)
@@ -51,4 +51,4 @@ def test_quorum_lost_then_restored(make_cluster, etcd_cluster, cluster_name, tmp
     # The cluster recovers on its own: a leader again, and the build completes.
     wait_until(lambda: cluster.leader() is not None, 30, message="a leader after quorum returns")
     cluster.wait_leader("p1", timeout=30)
-    finish_and_audit(cluster, build_id, since, ids, ran, "p1", "p1")
+    finish_and_audit(cluster, build_id, ids, ran, "p1", "p1")

@@ -19,6 +19,7 @@ import pytest
 from cluster.daemon_state import read_state
 from cli.api_client import ApiError
 from tests.e2e.test_builds import assert_exactly_once, baton_cli, ran_counts, submit, wait_build
+from tests.harness.audit import late_writes
 from tests.harness.wait import holds_for, wait_until
 
 pytestmark = pytest.mark.slow
@@ -57,22 +58,22 @@ def events(cluster, via):
     return cluster.api(via).status().get("events", [])
 
 
-def finish_and_audit(cluster, build_id, since, ids, ran, via, leader):
+def finish_and_audit(cluster, build_id, ids, ran, via, leader):
     build = wait_build(cluster, build_id, via=via, timeout=180)
     assert build["state"] == "done", build
     counts = ran_counts(ran)
     assert set(counts) == set(ids), "every task ran"
-    history = assert_exactly_once(cluster, build_id, since, ids)
     cluster.wait_agents(len(cluster.agents), timeout=30, coordinator=leader)
     assert cluster.leader().name == leader
-    return build, history
+    verdict = assert_exactly_once(cluster, build_id, ids)  # also: every agent's last registration is on it
+    return build, verdict
 
 
 def test_primary_sigkill_mid_build_fails_over_with_tls_and_hands_back(make_cluster, tmp_path):
     cluster = make_cluster(agents=3, backups=2, cores=2, tls=True, failback_delay=1.0, grace=4)
     ran = tmp_path / "ran.log"
     ids, spec = sleepy_build(ran, 24, 1.0)
-    build_id, since = submit(cluster, spec)
+    build_id = submit(cluster, spec)
     wait_until(lambda: done_count(cluster, build_id, "p1") >= 3, 60, message="3 tasks done")
     epoch1 = cluster.leader().epoch
     cluster.coordinators["p1"].kill()
@@ -93,7 +94,7 @@ def test_primary_sigkill_mid_build_fails_over_with_tls_and_hands_back(make_clust
     assert metric(metrics, "baton_daemon_process_resident_memory_bytes") > 0
     cluster.add_coordinator("p1", "primary")
     cluster.wait_leader("p1", timeout=30)
-    finish_and_audit(cluster, build_id, since, ids, ran, "p1", "p1")
+    finish_and_audit(cluster, build_id, ids, ran, "p1", "p1")
     assert "handback" in [e["type"] for e in events(cluster, "p1")]
     wait_until(lambda: metric(metrics_of(cluster, "b1"), "baton_handbacks_total") == 1, 10,
                message="b1 counts its handback")
@@ -103,7 +104,7 @@ def test_paused_primary_writes_nothing_after_waking_and_gets_the_baton_back(make
     cluster = make_cluster(agents=3, backups=1, cores=2, failback_delay=1.0, grace=4)
     ran = tmp_path / "ran.log"
     ids, spec = sleepy_build(ran, 24, 1.0)
-    build_id, since = submit(cluster, spec)
+    build_id = submit(cluster, spec)
     wait_until(lambda: done_count(cluster, build_id, "p1") >= 3, 60, message="3 tasks done")
     epoch1 = cluster.leader().epoch
     p1 = cluster.coordinators["p1"]
@@ -114,9 +115,8 @@ def test_paused_primary_writes_nothing_after_waking_and_gets_the_baton_back(make
     p1.resume()
     # Awake again: it must not act on its old epoch; it rejoins and gets the baton back by handback.
     cluster.wait_leader("p1", timeout=30)
-    build, history = finish_and_audit(cluster, build_id, since, ids, ran, "p1", "p1")
-    late = [e for e in history.events if e.type == "put" and e.mod_revision > takeover_rev
-            and (json.loads(e.value).get("epoch") == epoch1)]
+    build, verdict = finish_and_audit(cluster, build_id, ids, ran, "p1", "p1")
+    late = late_writes(verdict, cluster.keys, epoch1, takeover_rev)
     assert late == [], "the paused primary wrote under its old epoch after the backup took over"
 
 
@@ -127,8 +127,9 @@ def test_primary_cut_off_from_etcd_stops_before_its_lease_expires(make_cluster, 
                            etcd_for={"p1": proxy.url("http")}, failback_delay=1.0, grace=4)
     ran = tmp_path / "ran.log"
     ids, spec = sleepy_build(ran, 12, 1.0)
-    build_id, since = submit(cluster, spec)
+    build_id = submit(cluster, spec)
     wait_until(lambda: done_count(cluster, build_id, "p1") >= 2, 60, message="2 tasks done")
+    epoch1 = cluster.leader().epoch
     cut_at = time.monotonic()
     proxy.set_mode("blackhole")
     # The agents can still reach p1, but p1 must stop acting within renew_deadline (< ttl).
@@ -136,18 +137,20 @@ def test_primary_cut_off_from_etcd_stops_before_its_lease_expires(make_cluster, 
                message="p1 to stop acting")
     stopped_after = time.monotonic() - cut_at
     assert stopped_after < cluster.ttl, f"p1 kept acting {stopped_after:.2f}s, past its ttl"
-    cluster.wait_leader("b1", timeout=20)
+    takeover = cluster.wait_leader("b1", timeout=20)
     cluster.wait_agents(2, timeout=20, coordinator="b1")
     proxy.set_mode("pass")
     cluster.wait_leader("p1", timeout=30)
-    finish_and_audit(cluster, build_id, since, ids, ran, "p1", "p1")
+    _, verdict = finish_and_audit(cluster, build_id, ids, ran, "p1", "p1")
+    assert late_writes(verdict, cluster.keys, epoch1, takeover.epoch) == [], \
+        "the cut-off primary wrote under its old epoch after the backup took over"
 
 
 def test_no_failover_when_the_selected_backup_died_first(make_cluster, tmp_path):
     cluster = make_cluster(agents=2, backups=2, cores=2, grace=6)
     ran = tmp_path / "ran.log"
     ids, spec = sleepy_build(ran, 8, 2.0)
-    build_id, since = submit(cluster, spec)
+    build_id = submit(cluster, spec)
     wait_until(lambda: any(t["state"] == "running" for t in cluster.api("p1").build(build_id)["tasks"]), 30,
                message="tasks running")
     cluster.coordinators["b1"].kill()
@@ -160,42 +163,46 @@ def test_no_failover_when_the_selected_backup_died_first(make_cluster, tmp_path)
     # The agents kept running their tasks; the results arrive once p1 returns.
     cluster.add_coordinator("p1", "primary")
     cluster.wait_leader("p1", timeout=20)
-    finish_and_audit(cluster, build_id, since, ids, ran, "p1", "p1")
+    finish_and_audit(cluster, build_id, ids, ran, "p1", "p1")
 
 
 def test_wedged_primary_loop_loses_leadership(make_cluster, tmp_path):
     cluster = make_cluster(agents=2, backups=1, cores=2, test_hooks=True, grace=4)
     ran = tmp_path / "ran.log"
     ids, spec = sleepy_build(ran, 10, 1.0)
-    build_id, since = submit(cluster, spec)
+    build_id = submit(cluster, spec)
     wait_until(lambda: done_count(cluster, build_id, "p1") >= 2, 60, message="2 tasks done")
+    epoch1 = cluster.leader().epoch
     cluster.coordinators["p1"].popen.send_signal(signal.SIGUSR1)  # the HA loop hangs; the process lives
-    cluster.wait_leader("b1", timeout=20)
+    takeover = cluster.wait_leader("b1", timeout=20)
     assert cluster.coordinators["p1"].alive
     cluster.wait_agents(2, timeout=20, coordinator="b1")
-    build = wait_build(cluster, build_id, via="b1", timeout=120)
-    assert build["state"] == "done"
-    assert_exactly_once(cluster, build_id, since, ids)
+    # The deposed p1 stays alive through the rest of the build and the audit: none of its
+    # threads may write under its old epoch after b1 took over.
+    _, verdict = finish_and_audit(cluster, build_id, ids, ran, "b1", "b1")
+    assert cluster.coordinators["p1"].alive
+    assert late_writes(verdict, cluster.keys, epoch1, takeover.epoch) == [], \
+        "the wedged primary wrote under its old epoch after the backup took over"
 
 
 def test_flapping_primary_loses_no_task(make_cluster, tmp_path):
     cluster = make_cluster(agents=3, backups=1, cores=2, failback_delay=0.5, grace=4)
     ran = tmp_path / "ran.log"
     ids, spec = sleepy_build(ran, 40, 1.0)
-    build_id, since = submit(cluster, spec)
+    build_id = submit(cluster, spec)
     for _ in range(3):
         cluster.coordinators["p1"].kill()
         cluster.wait_leader("b1", timeout=20)
         cluster.add_coordinator("p1", "primary")
         cluster.wait_leader("p1", timeout=30)
-    finish_and_audit(cluster, build_id, since, ids, ran, "p1", "p1")
+    finish_and_audit(cluster, build_id, ids, ran, "p1", "p1")
 
 
 def test_planned_switchover_and_back_mid_build_runs_no_task_twice(make_cluster, tmp_path):
     cluster = make_cluster(agents=2, backups=1, cores=2)
     ran = tmp_path / "ran.log"
     ids, spec = sleepy_build(ran, 16, 0.5)
-    build_id, since = submit(cluster, spec)
+    build_id = submit(cluster, spec)
     wait_until(lambda: done_count(cluster, build_id, "p1") >= 2, 60, message="2 tasks done")
     epoch1 = cluster.leader().epoch
     cluster.api("p1").switchover()
@@ -208,7 +215,7 @@ def test_planned_switchover_and_back_mid_build_runs_no_task_twice(make_cluster, 
     cluster.api("b1").switchover()
     cluster.wait_leader("p1", timeout=10)
     assert cluster.leader().epoch > epoch1
-    finish_and_audit(cluster, build_id, since, ids, ran, "p1", "p1")
+    finish_and_audit(cluster, build_id, ids, ran, "p1", "p1")
     assert set(ran_counts(ran).values()) == {1}, "a planned handover runs no task again"
     switchovers = [e for e in events(cluster, "p1") if e["type"] == "switchover"]
     assert {e["coordinator"] for e in switchovers} == {"p1", "b1"}
@@ -262,7 +269,7 @@ def test_builds_submitted_while_the_backup_serves_complete_and_survive_the_handb
     cluster.wait_agents(2, timeout=20, coordinator="b1")
     ran = tmp_path / "ran.log"
     ids, spec = sleepy_build(ran, 6, 0.5, name="outage")
-    build_id, since = submit(cluster, spec, via="b1")
+    build_id = submit(cluster, spec, via="b1")
     with pytest.raises(ApiError) as refused:
         cluster.api("b1").select_backup(None)
     assert refused.value.status == 403 and refused.value.body["coordinator"] == "p1"
@@ -270,7 +277,6 @@ def test_builds_submitted_while_the_backup_serves_complete_and_survive_the_handb
     cli_ids, cli_spec = sleepy_build(cli_ran, 3, 0.2, name="bycli")
     spec_file = tmp_path / "build.json"
     spec_file.write_text(json.dumps(cli_spec))
-    cli_since = cluster.etcd().revision()
     waited = baton_cli(cluster, "build", "submit", str(spec_file), "--wait", "--json")
     assert waited.returncode == 0, waited.stderr
     cli_build = json.loads(waited.stdout)
@@ -286,5 +292,5 @@ def test_builds_submitted_while_the_backup_serves_complete_and_survive_the_handb
     for b, seen in before.items():
         after = cluster.api("p1").build(b)
         assert (after["state"], after["tasks"]) == (seen["state"], seen["tasks"]), b
-    assert_exactly_once(cluster, build_id, since, ids)
-    assert_exactly_once(cluster, cli_build["id"], cli_since, cli_ids)
+    assert_exactly_once(cluster, build_id, ids)
+    assert_exactly_once(cluster, cli_build["id"], cli_ids)

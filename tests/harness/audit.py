@@ -1,68 +1,36 @@
-"""Audits of what a build left in etcd: every task ended exactly once.
+"""The fault tests' audit: bench/history_check.py over a LocalCluster's etcd history.
 
-`TaskHistory` replays the etcd history of a build's task keys (a watch from
-the revision before the build was submitted) and counts, per task, how many
-times a final result was written. Every task of a finished build must have
-exactly one. It also collects which coordinator wrote under which epoch, so
-a test can check that no two coordinators' fenced writes succeeded under the
-same epoch.
+`audit(cluster)` replays the cluster's whole etcd history (from
+`cluster.history_since`, set by tests/e2e/conftest.py when the cluster
+shares an etcd with other tests, else from revision 1), reads every agent's
+log for the runs it started, and fails the test with every problem found:
+a write outside every epoch or under a stale one, two holders of an epoch,
+an attempt ended twice, a build not ended, a run no fenced write assigned,
+an agent not on the leader at the end.
 """
 from __future__ import annotations
 
-import threading
-from collections import Counter, defaultdict
-
-from cluster.keys import Keys, decode
-from lease.watcher import Watcher
-from tests.harness.wait import wait_until
+from bench.history_check import Verdict, json_object, check_history
 
 
-class TaskHistory:
-    def __init__(self, etcd, keys: Keys, build_id: str, since_revision: int):
-        self.etcd, self.keys, self.build_id = etcd, keys, build_id
-        self.since = since_revision
-        self.events: list = []
-        self._lock = threading.Lock()
+def agent_logs(cluster) -> dict:
+    return {name: cluster.dir / "logs" / f"{name}.log" for name in cluster.agents}
 
-    def collect(self, timeout: float = 20.0) -> "TaskHistory":
-        """Replay every write to tasks/<build>/ from since_revision up to now."""
-        until = self.etcd.revision()
-        seen = {"rev": 0}
 
-        def on_events(events):
-            with self._lock:
-                self.events.extend(events)
-                seen["rev"] = max(seen["rev"], max(e.mod_revision for e in events))
+def audit(cluster, builds_must_end: bool = True, agents_on_leader: bool = True) -> Verdict:
+    """Check the cluster's history (bench/history_check.py); assert no problem; return the verdict."""
+    live = [name for name, proc in cluster.agents.items() if proc.alive] if agents_on_leader else []
+    verdict = check_history(cluster.etcd(), cluster.keys, since=getattr(cluster, "history_since", 0),
+                            builds_must_end=builds_must_end, agent_logs=agent_logs(cluster),
+                            agents_on_leader=live)
+    assert verdict.ok, verdict.summary() + "\n" + "\n".join(verdict.problems[:40])
+    assert verdict.epochs, "no epoch in the history"
+    return verdict
 
-        w = Watcher(self.etcd, self.keys.build_tasks(self.build_id), prefix=True,
-                    start_revision=self.since + 1, on_events=on_events)
-        w.start()
-        try:
-            # The last task write is at or before `until`; wait until we have replayed that far.
-            last_task_rev = max((m.mod_revision for _, m in self.etcd.get_prefix(self.keys.build_tasks(self.build_id))),
-                                default=0)
-            wait_until(lambda: seen["rev"] >= min(until, last_task_rev), timeout,
-                       message="task history replayed")
-        finally:
-            w.stop()
-        return self
 
-    def final_writes(self) -> Counter:
-        """task id -> number of writes that recorded a final result (done or failed)."""
-        counts: Counter = Counter()
-        for e in self.events:
-            if e.type != "put":
-                continue
-            value = decode(e.value) or {}
-            if value.get("state") in ("done", "failed") and value.get("result"):
-                counts[Keys.name_of(e.key, self.keys.build_tasks(self.build_id))] += 1
-        return counts
-
-    def writers_by_epoch(self) -> dict[int, set[str]]:
-        """epoch -> coordinators that wrote task records under it (when records carry them)."""
-        out: dict[int, set[str]] = defaultdict(set)
-        for e in self.events:
-            value = decode(e.value) if e.type == "put" else None
-            if value and value.get("epoch") is not None:
-                out[int(value["epoch"])].add(value.get("coordinator", "?"))
-        return dict(out)
+def late_writes(verdict: Verdict, keys, epoch: int, after: int) -> list:
+    """Writes of signed records (tasks/, runtime, events/) carrying `epoch` at revisions
+    after `after` (e.g. the next leader's epoch): a deposed leader's late writes."""
+    signed = (keys.tasks, keys.runtime, keys.events)
+    return [e for e in verdict.events if e.type == "put" and e.key.startswith(signed) and e.mod_revision > after
+            and (json_object(e.value) or {}).get("epoch") == epoch]
