@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from cluster.names import AGENT_URI_PREFIX, check_name
+from cluster.names import AGENT_URI_PREFIX, ANY_AGENT, check_name
 from lease.errors import ConfigError
 
 CA_CERT_FILE = "ca.pem"
@@ -171,15 +171,18 @@ def agent_identity(name: str) -> str:
 
 
 def issue_agent_cert(ca: CA, directory: str | os.PathLike, name: str,
-                     valid_days: int = CERT_VALID_DAYS) -> tuple[Path, Path]:
+                     valid_days: int = CERT_VALID_DAYS, any_name: bool = False) -> tuple[Path, Path]:
     """Sign agent `name`'s client certificate (docs/design.md section 9): its
     common name and SubjectAltNames (DNS `name`, URI `urn:baton:agent:name`)
     name the agent, and it is good for clientAuth only, so it cannot serve as
     a coordinator. Writes agent-<name>.pem and agent-<name>-key.pem (0600) in
-    directory; ConfigError when name breaks the naming rules."""
+    directory; ConfigError when name breaks the naming rules. any_name: the
+    certificate grants every agent name instead (cluster.names.ANY_AGENT),
+    for the replicas of a scaled agent service."""
     check_name("agent", name)
+    identity = agent_identity(ANY_AGENT if any_name else name)  # any_name: a pool certificate
     return _sign(ca, directory, f"agent-{name}", name,
-                 [x509.DNSName(name), x509.UniformResourceIdentifier(agent_identity(name))],
+                 [x509.DNSName(name), x509.UniformResourceIdentifier(identity)],
                  [ExtendedKeyUsageOID.CLIENT_AUTH], valid_days)
 
 

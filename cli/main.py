@@ -260,7 +260,7 @@ def cmd_certs(args) -> int:
     if args.certs_command in ("issue", "agent"):
         ca = certs.load_ca(args.dir)
         if args.certs_command == "agent":
-            cert, key = certs.issue_agent_cert(ca, args.dir, args.name)
+            cert, key = certs.issue_agent_cert(ca, args.dir, args.name, any_name=args.any_name)
         else:
             cert, key = certs.issue_cert(ca, args.dir, args.out or args.name[0], args.name, ips=args.ip)
         print(cert)

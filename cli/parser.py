@@ -231,4 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = csub.add_parser("agent", help="issue agent NAME's client certificate (agent-NAME.pem), signed by the CA in DIR")
     c.add_argument("--dir", required=True, help="the CA's directory; the certificate goes there too")
     c.add_argument("--name", required=True, help="the agent's name (what it says in its Hello)")
+    c.add_argument("--any-name", action="store_true",
+                   help="a pool certificate: it may say Hello under any agent name (scaled replicas); "
+                        "a live agent's name is still never taken over")
     return parser

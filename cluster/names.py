@@ -13,6 +13,11 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 # An agent's client certificate names it with the SubjectAltName URI
 # urn:baton:agent:<name> (cli/certs.py issues them; docs/design.md section 9).
 AGENT_URI_PREFIX = "urn:baton:agent:"
+# The URI of a pool certificate: it may say Hello under any valid agent name
+# (replicas of a scaled service, whose names are their host names). It is
+# weaker than one certificate per agent: any holder may take any free name;
+# a live agent's name is still never taken over.
+ANY_AGENT = "*"
 
 
 def check_name(kind: str, name: str) -> str:

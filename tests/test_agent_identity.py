@@ -50,3 +50,8 @@ def test_hello_refusals():
     assert hello_refusal("a1", frozenset())[0] == grpc.StatusCode.PERMISSION_DENIED
     code, details = hello_refusal("x" * 10_000, None)
     assert code == grpc.StatusCode.INVALID_ARGUMENT and len(details) < 200
+
+
+def test_a_pool_certificate_may_say_hello_under_any_valid_name_but_not_an_invalid_one():
+    assert hello_refusal("3f2a9c1b7d0e", frozenset({"*"})) is None
+    assert hello_refusal("../../x", frozenset({"*"}))[0] == grpc.StatusCode.INVALID_ARGUMENT

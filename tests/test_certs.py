@@ -204,3 +204,15 @@ def test_an_agent_certificate_names_the_agent_for_client_auth_only(tmp_path):
         ExtendedKeyUsageOID.CLIENT_AUTH]
     with pytest.raises(ConfigError):
         issue_agent_cert(ca, tmp_path, "../../x")
+
+
+def test_a_pool_agent_certificate_grants_any_agent_name(tmp_path):
+    from cryptography import x509
+
+    from cli.certs import issue_agent_cert, make_ca
+
+    cert_path, _ = issue_agent_cert(make_ca(tmp_path / "ca"), tmp_path, "agent", any_name=True)
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    uris = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.UniformResourceIdentifier)
+    assert uris == ["urn:baton:agent:*"]

@@ -273,11 +273,12 @@ def test_coordinator_grpc_and_ui_use_tls_and_agents_verify_it(services):
 def test_certs_service_issues_every_certificate_that_is_used(services):
     certs = services["certs"]
     assert certs["entrypoint"] == ["baton-issue-certs"]
-    issued = {spec.split(",")[0] for spec in certs["command"]}
+    hosts = {spec.split(",")[0] for spec in certs["command"]}
+    issued = hosts | {"agent-pool"}  # the agents' gRPC pool certificate, issued by the script itself
     text = json.dumps({n: s for n, s in services.items() if n != "certs"})
     used = set(re.findall(r"/certs/([A-Za-z0-9_.-]+?)(?:-key)?\.pem", text)) - {"ca"}
     assert used == issued, f"used but not issued: {used - issued}; issued but unused: {issued - used}"
-    assert issued == set(services) - {"certs"}, "every service gets its own certificate"
+    assert hosts == set(services) - {"certs"}, "every service gets its own certificate"
     # Only the certs service sees the CA key.
     for name, svc in services.items():
         m = mounts(svc)
@@ -595,7 +596,8 @@ def test_issue_certs_script_names_hosts_and_keeps_the_ca_key_private(tmp_path):
     run("etcd1", "p1,localhost", "a1")
     certs = tmp_path / "certs"
     assert sorted(p.name for p in certs.iterdir()) == sorted(
-        ["ca.pem", "etcd1.pem", "etcd1-key.pem", "p1.pem", "p1-key.pem", "a1.pem", "a1-key.pem"])
+        ["ca.pem", "etcd1.pem", "etcd1-key.pem", "p1.pem", "p1-key.pem", "a1.pem", "a1-key.pem",
+         "agent-pool.pem", "agent-pool-key.pem"])
     ca = x509.load_pem_x509_certificate((certs / "ca.pem").read_bytes())
     p1 = x509.load_pem_x509_certificate((certs / "p1.pem").read_bytes())
     p1.verify_directly_issued_by(ca)

@@ -24,7 +24,7 @@ from typing import Callable, Protocol
 
 import grpc
 
-from cluster.names import AGENT_URI_PREFIX, check_name
+from cluster.names import AGENT_URI_PREFIX, ANY_AGENT, check_name
 from cluster.protocol import agent_pb2 as pb
 from coordinator.runtime.inbox import Event, ResultReceived
 from lease.errors import ConfigError
@@ -106,7 +106,7 @@ def hello_refusal(name: str, granted: frozenset[str] | None) -> tuple[grpc.Statu
         check_name("agent", name)
     except ConfigError as exc:
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if granted is not None and name not in granted:
+    if granted is not None and name not in granted and ANY_AGENT not in granted:
         return (grpc.StatusCode.PERMISSION_DENIED,
                 f"this client certificate does not name agent {name}"
                 + (f" (it names {', '.join(sorted(granted))})" if granted else " (it names no agent)"))

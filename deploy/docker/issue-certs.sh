@@ -58,6 +58,19 @@ for spec in "$@"; do
     chmod 0600 "$CERTS_DIR/$host-key.pem"
 done
 
+# The agents' gRPC client certificate: a pool certificate (any agent name),
+# because the replicas of the scaled `agent` service are named after their
+# container ids, unknown in advance (deploy/README.md, "More agents").
+if [ "${BATON_AGENT_POOL_CERT:-1}" = 1 ]; then
+    if [ "$RENEW" = 1 ] || [ ! -f "$CA_DIR/agent-pool.pem" ]; then
+        echo "certs: issuing agent-pool.pem (any agent name)"
+        baton certs agent --dir "$CA_DIR" --name pool --any-name
+    fi
+    cp "$CA_DIR/agent-pool.pem" "$CA_DIR/agent-pool-key.pem" "$CERTS_DIR/"
+    chmod 0644 "$CERTS_DIR/agent-pool.pem"
+    chmod 0600 "$CERTS_DIR/agent-pool-key.pem"
+fi
+
 cp "$CA_DIR/ca.pem" "$CERTS_DIR/ca.pem"
 chmod 0644 "$CERTS_DIR/ca.pem"
 # Never let the CA key reach the shared volume (e.g. from an older layout).
