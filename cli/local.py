@@ -190,6 +190,16 @@ class LocalCluster:
             self._etcd = connect(self.etcd_config())
         return self._etcd
 
+    def cli_etcd_args(self) -> list[str]:
+        """What a `baton` command needs to reach this cluster's etcd (the CLI's identity)."""
+        args = ["--etcd", self.etcd_urls, "--cluster", self.cluster]
+        if self.tls:
+            args += ["--etcd-ca", self.ca]
+        if self.etcd_auth:
+            cert, key = self.etcd_identities.files(CLI_IDENTITY)
+            args += ["--etcd-cert", cert, "--etcd-key", key]
+        return args
+
     def _etcd_args(self, kind: str, name: str, etcd_urls: str | None = None) -> list[str]:
         args = ["--etcd", etcd_urls or self.etcd_urls, "--cluster", self.cluster]
         if self.tls:

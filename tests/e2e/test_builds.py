@@ -34,7 +34,7 @@ def baton_cli(cluster, *args, timeout=120):
     env = dict(os.environ, BATON_USER="admin", BATON_PASSWORD=cluster.admin_password)
     if cluster.ca:
         env["BATON_CA"] = cluster.ca
-    return subprocess.run([sys.executable, "-m", "cli", *args, *cluster._etcd_args()], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cli", *args, *cluster.cli_etcd_args()], capture_output=True,
                           text=True, env=env, timeout=timeout, cwd=ROOT)
 
 
