@@ -85,10 +85,11 @@ def test_primary_sigkill_mid_build_fails_over_with_tls_and_hands_back(make_clust
     assert state_of(cluster, "b2").get("acting") is False, "the unselected backup stays idle"
     types = [e["type"] for e in events(cluster, "b1")]
     assert "failover" in types
-    metrics = metrics_of(cluster, "b1")
+    # Fed by the daemon through its state file, rewritten every HA cycle: a result b1
+    # just recorded reaches /metrics by the next cycle.
+    metrics = wait_until(lambda: (lambda m: m if metric(m, "baton_task_duration_seconds_count") > 0 else None)(
+        metrics_of(cluster, "b1")), 10, message="b1's task durations on /metrics")
     assert "baton_is_leader 1" in metrics and "baton_failovers_total 1" in metrics
-    # Fed by the daemon: tasks b1 recorded, its etcd round trips, its own process.
-    assert metric(metrics, "baton_task_duration_seconds_count") > 0
     assert metric(metrics, "baton_tasks_finished_total") == metric(metrics, "baton_task_duration_seconds_count")
     assert metric(metrics, "baton_etcd_txn_seconds_count") > 0
     assert metric(metrics, "baton_daemon_process_resident_memory_bytes") > 0
