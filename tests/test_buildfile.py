@@ -376,3 +376,26 @@ def test_a_long_cycle_is_named_in_a_short_sentence():
     assert len(message) < 400
     cycle = message.split("cycle: ")[1].split(" (")[0].split(" -> ")
     assert cycle[0] == cycle[-1] and len(cycle) == 14
+
+
+# -- env: what the agent hands to the task's process (agent/sandbox.py) ------------------
+
+def test_a_build_level_env_reaches_every_task_under_the_tasks_own():
+    spec = parse_build("name: b\nenv: {CC: gcc, MODE: release}\n"
+                       "tasks:\n  - {id: a, cmd: x, env: {CC: clang}}\n  - {id: b, cmd: y}\n")
+    assert spec.env == {"CC": "gcc", "MODE": "release"}
+    assert spec.task_env("a") == {"CC": "clang", "MODE": "release"}
+    assert spec.task_env("b") == {"CC": "gcc", "MODE": "release"}
+    assert parse_build(spec.to_dict()) == spec
+
+
+@pytest.mark.parametrize("env, path, words", [
+    ({"A": "x\0y"}, "env.A", "NUL"),
+    ({"A": "x" * (64 * 1024 + 1)}, "env.A", "longer than the limit"),
+    ({"A" * 257: "x"}, "env", "not a valid environment variable name"),
+    ({"1A": "x"}, "env", "not a valid environment variable name"),
+    ({"A": [1]}, "env.A", "text or a number"),
+])
+def test_env_that_no_process_could_be_given_is_refused(env, path, words):
+    refused({"name": "b", "env": env, "tasks": [{"id": "a", "cmd": "x"}]}, words, f"(at {path})")
+    refused(build({"id": "a", "cmd": "x", "env": env}), words, f"(at tasks[0].{path})")
