@@ -219,10 +219,11 @@ class Runner:
             cwd = sandbox.make_task_dir(self.workdir, build_dir_name(ref.build_id), user)
             tmpdir = sandbox.make_task_dir(os.path.join(self.workdir, sandbox.TMP_DIR), ref.digest(), user)
             env = sandbox.task_environment(task.env, cwd, tmpdir, ref.build_id, ref.task_id, ref.attempt)
+            argv = ["/bin/sh", "-c", task.cmd]
             proc = subprocess.Popen(
-                ["/bin/sh", "-c", task.cmd], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                user.wrap(argv) if user else argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                umask=sandbox.TASK_UMASK, **(user.popen_args() if user else {}))
+                umask=sandbox.TASK_UMASK)
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             log.warning("task %s could not start: %s", ref, exc)
             if tmpdir is not None:

@@ -12,7 +12,7 @@ under `baton up`), so a task gets:
   installed the tools builds use (compilers in /opt, a virtualenv), never a
   secret, and a fixed list would break those builds; else a system default.
 - another user when the agent runs as root (`--task-user`, default
-  `nobody`), with no supplementary groups and umask 077, so files the agent
+  `nobody`; see TaskUser.wrap), with no supplementary groups and umask 077, so files the agent
   keeps with mode 0600/0700 (token, keys, `.results`) are out of its reach.
   An agent that is not root cannot switch users: it runs tasks as itself,
   and asking for another task user is refused at start.
@@ -30,6 +30,7 @@ import os
 import pwd
 import shutil
 import stat
+import sys
 
 from lease.errors import ConfigError
 
@@ -37,6 +38,14 @@ DEFAULT_TASK_USER = "nobody"     # when the agent runs as root
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_LANG = "C.UTF-8"
 TASK_UMASK = 0o077
+# argv: uid gid program args...; exit 126 (as a shell does for "cannot execute") if it cannot.
+_DROP_AND_EXEC = """import os, sys
+try:
+    os.setgroups([]); os.setgid(int(sys.argv[2])); os.setuid(int(sys.argv[1]))
+    os.execv(sys.argv[3], sys.argv[3:])
+except OSError as exc:
+    sys.stderr.write(f"the agent could not start the task as uid {sys.argv[1]}: {exc}\\n"); sys.exit(126)
+"""
 TMP_DIR = ".tmp"                 # <workdir>/.tmp/<one per task attempt>; names starting "." are the agent's
 
 
@@ -48,9 +57,13 @@ class TaskUser:
     uid: int
     gid: int
 
-    def popen_args(self) -> dict:
-        """subprocess.Popen keywords that start the task as this user, with no other groups."""
-        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+    def wrap(self, argv: list[str]) -> list[str]:
+        """argv run as this user, with no other groups: a small Python step drops root, then
+        execs argv. Not subprocess.Popen(user=, group=, extra_groups=): those make it fork()
+        instead of vfork(), which runs gRPC's fork handlers in the child, and those crash
+        it ("Check failed: next_worker->state == KICKED", SIGSEGV) while the agent's
+        streams are busy. The exec keeps the pid, so the process group is still the task's."""
+        return [sys.executable, "-I", "-S", "-c", _DROP_AND_EXEC, str(self.uid), str(self.gid), *argv]
 
 
 def resolve_task_user(name: str | None, euid: int | None = None) -> TaskUser | None:
