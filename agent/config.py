@@ -5,6 +5,7 @@ import dataclasses
 import os
 import socket
 
+from agent.sandbox import TaskUser, resolve_task_user
 from cluster.names import check_name
 from lease.client import EtcdConfig
 from lease.errors import ConfigError
@@ -39,6 +40,8 @@ class AgentConfig:
     lease_ttl: int = 10
     task_timeout: float = 3600.0        # for assignments that give none
     host: str = dataclasses.field(default_factory=socket.gethostname)
+    # Whom tasks run as: None = `nobody` for a root agent, else the agent itself (agent/sandbox.py).
+    task_user: str | None = None
 
     def __post_init__(self) -> None:
         check_name("agent", self.name)
@@ -63,6 +66,11 @@ class AgentConfig:
             raise ConfigError("the agent token is empty")
         workdir = self.workdir or f"baton-agent-{self.name}"
         object.__setattr__(self, "workdir", os.path.abspath(workdir))
+        resolve_task_user(self.task_user)  # refuse a user this agent cannot switch to, now
+
+    def resolved_task_user(self) -> TaskUser | None:
+        """The user tasks run as; None when it is the agent's own."""
+        return resolve_task_user(self.task_user)
 
     def root_certificates(self) -> bytes | None:
         return _read(self.grpc_ca)

@@ -77,7 +77,8 @@ class Agent:
         self.presence = Presence(self.etcd, self.keys.agent(config.name), self.lease)
         self.results = results if results is not None else ResultBuffer.in_workdir(config.workdir)
         if runner_factory is None:
-            self.runner = Runner(config.workdir, self._on_result, default_timeout=config.task_timeout)
+            self.runner = Runner(config.workdir, self._on_result, default_timeout=config.task_timeout,
+                                 task_user=config.resolved_task_user())
         else:
             self.runner = runner_factory(self._on_result)
         self.follower = LeaderFollower(self.etcd, self.keys.leader, self._on_leader_change, watch)

@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task-timeout", type=float, default=3600.0,
                         help="timeout for tasks that set none, in seconds (default 3600)")
     logs.add_log_format(parser)
+    parser.add_argument("--task-user", default=None,
+                        help="user that tasks run as when the agent runs as root (default: nobody); "
+                             "an agent that is not root runs tasks as itself")
     known = parser._option_string_actions  # argparse has no public "has option"
     if "--etcd" not in known:
         parser.add_argument("--etcd", default=None,
@@ -74,7 +77,7 @@ def config_from_args(args: argparse.Namespace, etcd: EtcdConfig | None = None) -
                        cluster=getattr(args, "cluster", None) or "default",
                        agent_token=read_token(args.agent_token_file), grpc_ca=args.grpc_ca,
                        tls_cert=args.tls_cert, tls_key=args.tls_key,
-                       lease_ttl=args.lease_ttl, task_timeout=args.task_timeout, **kw)
+                       lease_ttl=args.lease_ttl, task_timeout=args.task_timeout, task_user=args.task_user, **kw)
 
 
 def agent_name(given: str | None) -> str:
@@ -95,8 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     except BatonError as exc:
         print(f"baton agent: {exc}", file=sys.stderr)
         return 2
-    logging.getLogger("agent").info("agent %s starting: %d cores, work directory %s, etcd %s, cluster %s",
-                                    config.name, config.cores, config.workdir,
+    user = config.resolved_task_user()
+    logging.getLogger("agent").info("agent %s starting: %d cores, work directory %s, tasks run as %s, etcd %s, "
+                                    "cluster %s", config.name, config.cores, config.workdir,
+                                    user.name if user else "the agent's user",
                                     ",".join(config.etcd.endpoints), config.cluster)
     agent.run()
     return 0

@@ -11,7 +11,6 @@ losing it on a restart is better than crashing the agent.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -26,9 +25,7 @@ RESULTS_DIR = ".results"
 
 
 def _file_name(ref: TaskRef) -> str:
-    # Task ids are free text: hash the ref into a safe, fixed-length name.
-    digest = hashlib.sha256(f"{ref.build_id}\0{ref.task_id}\0{ref.attempt}".encode()).hexdigest()
-    return digest[:40] + ".json"
+    return ref.digest() + ".json"
 
 
 class ResultBuffer:
@@ -40,7 +37,9 @@ class ResultBuffer:
         self._lock = threading.Lock()
         self._results: dict[TaskRef, TaskResult] = {}
         if directory is not None:
-            os.makedirs(directory, exist_ok=True)
+            # 0700: tasks (agent/sandbox.py) must not read other tasks' output here.
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            os.chmod(directory, 0o700)
 
     @classmethod
     def in_workdir(cls, workdir: str) -> "ResultBuffer":

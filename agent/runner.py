@@ -3,7 +3,9 @@
 Each task is `/bin/sh -c <cmd>` in the build's work directory
 `<workdir>/<build_id>/`, in a new session (so its own process group), with
 stdin from /dev/null and stdout+stderr combined into one pipe. Only the last
-OUTPUT_TAIL_BYTES of that output are kept, whatever the task prints.
+OUTPUT_TAIL_BYTES of that output are kept, whatever the task prints. Tasks
+are untrusted code: they run with a clean environment and, when the agent
+is root, as the task user (agent/sandbox.py).
 
 What happens at the end of a task:
 - it exits: any process it left behind in its group is killed (a build step's
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import logging
 import os
 import select
@@ -30,6 +33,8 @@ import subprocess
 import threading
 import time
 from typing import Callable, Iterable
+
+from agent import sandbox
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +57,10 @@ class TaskRef:
 
     def __str__(self) -> str:
         return f"{self.build_id}/{self.task_id}#{self.attempt}"
+
+    def digest(self) -> str:
+        """A safe, fixed-length file name for this ref (ids are free text)."""
+        return hashlib.sha256(f"{self.build_id}\0{self.task_id}\0{self.attempt}".encode()).hexdigest()[:40]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,10 +128,15 @@ class Runner:
     on_result is logged, never lost silently."""
 
     def __init__(self, workdir: str, on_result: Callable[[TaskResult], None],
-                 default_timeout: float = 3600.0, clock: Callable[[], float] = time.monotonic):
+                 default_timeout: float = 3600.0, clock: Callable[[], float] = time.monotonic,
+                 task_user: sandbox.TaskUser | None = None):
+        """task_user: whom tasks run as (None: the agent's own user). Creates
+        the work directory; raises ConfigError when the task user cannot reach it."""
         if default_timeout <= 0:
             raise ValueError(f"default task timeout must be > 0 seconds, got {default_timeout}")
         self.workdir = os.path.abspath(workdir)
+        self.task_user = task_user
+        sandbox.prepare_workdir(self.workdir, task_user)
         self.on_result = on_result
         self.default_timeout = default_timeout
         self._clock = clock
@@ -199,20 +213,30 @@ class Runner:
 
     def _execute(self, task: _Task, started: float) -> TaskResult:
         ref = task.ref
+        tmpdir = None
         try:
-            cwd = os.path.join(self.workdir, build_dir_name(ref.build_id))
-            os.makedirs(cwd, exist_ok=True)
-            env = dict(os.environ)
-            env.update(task.env)
-            env.update(BATON_BUILD_ID=ref.build_id, BATON_TASK_ID=ref.task_id,
-                       BATON_TASK_ATTEMPT=str(ref.attempt))
+            user = self.task_user
+            cwd = sandbox.make_task_dir(self.workdir, build_dir_name(ref.build_id), user)
+            tmpdir = sandbox.make_task_dir(os.path.join(self.workdir, sandbox.TMP_DIR), ref.digest(), user)
+            env = sandbox.task_environment(task.env, cwd, tmpdir, ref.build_id, ref.task_id, ref.attempt)
+            argv = ["/bin/sh", "-c", task.cmd]
             proc = subprocess.Popen(
-                ["/bin/sh", "-c", task.cmd], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                user.wrap(argv) if user else argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                umask=sandbox.TASK_UMASK)
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             log.warning("task %s could not start: %s", ref, exc)
+            if tmpdir is not None:
+                sandbox.remove_task_dir(tmpdir)
             return TaskResult(ref, SPAWN_FAILED_EXIT_CODE, self._clock() - started, b"",
                               f"could not start the task: {exc}")
+        try:
+            return self._follow(task, proc, started)
+        finally:
+            sandbox.remove_task_dir(tmpdir)
+
+    def _follow(self, task: _Task, proc: subprocess.Popen, started: float) -> TaskResult:
+        ref = task.ref
         with self._lock:
             task.proc = proc
             if task.cancelled:  # cancel() came while we were spawning

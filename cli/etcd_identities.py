@@ -26,8 +26,9 @@ CLI_IDENTITY = "cli"
 class EtcdIdentities:
     """Client certificates and etcd users for one local cluster."""
 
-    def __init__(self, certs_dir: Path, cluster: str):
+    def __init__(self, certs_dir: Path, cluster: str, ca_dir: Path | None = None):
         self.certs_dir = Path(certs_dir)
+        self.ca_dir = Path(ca_dir) if ca_dir is not None else self.certs_dir  # where the CA's key is
         self.cluster = cluster
         self._set_up: set[str] = set()  # identities whose etcd user and roles exist
 
@@ -39,7 +40,7 @@ class EtcdIdentities:
     def _issue(self, identity: str, user: str) -> tuple[str, str]:
         files = self.files(identity)
         if not os.path.exists(files[0]):  # a directory started again keeps its certificates
-            certs.issue_client_cert(certs.load_ca(self.certs_dir), self.certs_dir / ETCD_CLIENTS_DIR,
+            certs.issue_client_cert(certs.load_ca(self.ca_dir), self.certs_dir / ETCD_CLIENTS_DIR,
                                     identity, user)
         return files
 

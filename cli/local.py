@@ -17,16 +17,25 @@ cluster without flags.
 With TLS, etcd is never open (docs/etcd-auth.md): it requires a client
 certificate of the cluster's CA and has etcd auth on; every process has its
 own certificate naming its etcd user (cli/etcd_identities.py).
+
+Build tasks are untrusted code (docs/design.md section 9), so nothing they
+can reach holds a secret: the cluster directory (token, password, keys,
+etcd data) is mode 0700; the CA that issues certificates lives in <dir>/ca
+(0700), and processes are given only <dir>/certs (ca.pem and their own
+certificate and key); agents work in a sibling directory, <dir>-work/<agent>,
+and run their tasks as `nobody` when `baton up` runs as root.
 """
 from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import sys
 import time
 from pathlib import Path
 
+from agent.sandbox import first_closed_parent, resolve_task_user
 from cli.etcd_identities import CLI_IDENTITY, ROOT_IDENTITY, EtcdIdentities
 from cli.context import CONTEXT_FILE, DEFAULT_DIR, write_context
 from cli.processes import PortPicker, Proc, find_etcd, read_secret, write_secret
@@ -76,15 +85,20 @@ class LocalCluster:
         self.web_urls: dict[str, str] = {}
         self.grpc_ports: dict[str, int] = {}
         self.certs_dir = self.dir / "certs"
+        self.ca_dir = self.dir / "ca"   # the CA's key: read by this process only, never given to another
         # etcd with client certificates and auth whenever we start it with TLS.
         self.etcd_auth = tls and not etcd_urls
-        self.etcd_identities = EtcdIdentities(self.certs_dir, cluster)
+        self.etcd_identities = EtcdIdentities(self.certs_dir, cluster, self.ca_dir)
+        self.work_dir = self.dir.parent / f"{self.dir.name}-work"   # agents' work dirs, outside self.dir
         self._etcd = None
 
     # -- set-up -------------------------------------------------------------
     def start(self, wait: bool = True, select_backup: bool = True) -> "LocalCluster":
         self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o700)
         self._keep_admin_password()
+        if self.n_agents:
+            self._make_work_dir()
         if self.tls:
             self._issue_certs()
         write_secret(self.dir / AGENT_TOKEN_FILE, self.agent_token)
@@ -125,12 +139,30 @@ class LocalCluster:
             raise ConfigError(f"{self.dir} holds a cluster with another admin password (kept in {path}): "
                               "unset BATON_ADMIN_PASSWORD to use it, or use another --dir")
 
+    def _make_work_dir(self) -> None:
+        """The agents' work root, refused in one sentence when the task user
+        cannot reach it (a parent closed to others, e.g. a --dir under /root)."""
+        self.work_dir.mkdir(mode=0o711, exist_ok=True)
+        user = resolve_task_user(None)
+        closed = first_closed_parent(str(self.work_dir), user) if user else None
+        if closed is not None:
+            raise ConfigError(f"build tasks run as {user.name}, who cannot enter {closed}: "
+                              f"use a --dir whose parent others can enter (e.g. under /tmp or /srv)")
+
     def _issue_certs(self) -> None:
         from cli import certs
 
-        if not (self.certs_dir / "ca.pem").exists():
-            certs.make_ca(self.certs_dir)
-        ca = certs.load_ca(self.certs_dir)
+        for directory in (self.ca_dir, self.certs_dir):
+            directory.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(directory, 0o700)
+        if (self.certs_dir / certs.CA_KEY_FILE).exists() and not (self.ca_dir / certs.CA_KEY_FILE).exists():
+            # A directory from before the CA had its own: move its key out of what processes are given.
+            for name in (certs.CA_CERT_FILE, certs.CA_KEY_FILE):
+                os.replace(self.certs_dir / name, self.ca_dir / name)
+        if not (self.ca_dir / certs.CA_CERT_FILE).exists():
+            certs.make_ca(self.ca_dir)
+        ca = certs.load_ca(self.ca_dir)
+        shutil.copyfile(ca.cert_path, self.certs_dir / certs.CA_CERT_FILE)
         if not (self.certs_dir / f"{HOST}.pem").exists():
             certs.issue_cert(ca, self.certs_dir, HOST, [HOST])
         if self.etcd_auth:
@@ -143,7 +175,7 @@ class LocalCluster:
 
         cert, key = self.certs_dir / f"agent-{name}.pem", self.certs_dir / f"agent-{name}-key.pem"
         if not (cert.exists() and key.exists()):
-            cert, key = certs.issue_agent_cert(certs.load_ca(self.certs_dir), self.certs_dir, name)
+            cert, key = certs.issue_agent_cert(certs.load_ca(self.ca_dir), self.certs_dir, name)
         return str(cert), str(key)
 
     def write_context(self) -> None:
@@ -253,8 +285,11 @@ class LocalCluster:
         return self.add_coordinator(name, "primary" if name == "p1" else "backup")
 
     def add_agent(self, name: str, cores: int | None = None) -> Proc:
+        """Start an agent working in <dir>-work/<name>; as root, its tasks run as nobody."""
+        if not self.work_dir.exists():
+            self._make_work_dir()
         argv = [sys.executable, "-m", "agent", "--name", name, "--cores", str(cores or self.cores),
-                "--workdir", str(self.dir / "agents" / name),
+                "--workdir", str(self.work_dir / name),
                 "--agent-token-file", str(self.dir / "agent-token")] + self._etcd_args("agent", name)
         if self.tls:
             cert, key = self.agent_cert(name)

@@ -3,6 +3,7 @@
 A build file is YAML or JSON:
 
     name: hello
+    env: {LANG: C.UTF-8}      # optional, for every task (a task's own env wins)
     tasks:
       - id: compile-a
         cmd: cc -c a.c
@@ -23,7 +24,11 @@ where it stands. Everything the coordinator relies
 on later is checked here: task ids are plain names (they become etcd key
 segments and directory names), every dependency exists, there is no cycle,
 and the whole spec fits into one etcd value (the web API stores it as one
-key; etcd refuses requests over 1.5 MiB).
+key; etcd refuses requests over 1.5 MiB). `env` names are environment
+variable names and every value fits one environment string, since the agent
+hands them to the task's process (agent/sandbox.py).
+
+Over 400 lines: it is the file format's rules, read top to bottom.
 """
 from __future__ import annotations
 
@@ -43,6 +48,9 @@ MAX_BUILD_BYTES = 1024 * 1024
 MAX_TASKS = 10_000
 MAX_ID_LENGTH = 128
 MAX_NAME_LENGTH = 256
+# One environment string must fit execve's limit per string (Linux: 128 KiB).
+MAX_ENV_VALUE_BYTES = 64 * 1024
+MAX_ENV_NAME_LENGTH = 256
 TASK_KEYS = frozenset({"id", "cmd", "deps", "timeout", "env"})
 
 _ID_RE = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -79,13 +87,19 @@ class TaskSpec:
 
 @dataclasses.dataclass(frozen=True)
 class BuildSpec:
-    """A validated build: its name and its tasks in file order."""
+    """A validated build: its name, its tasks in file order, and the env every task gets
+    (under the task's own, see `task_env`)."""
 
     name: str
     tasks: list[TaskSpec]
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "tasks": [t.to_dict() for t in self.tasks]}
+        return {"name": self.name, "env": dict(self.env), "tasks": [t.to_dict() for t in self.tasks]}
+
+    def task_env(self, task_id: str) -> dict[str, str]:
+        """The environment the build file gives one task: the build's env, then the task's."""
+        return {**self.env, **self.task(task_id).env}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"))
@@ -265,6 +279,7 @@ def _validate(doc: Any) -> BuildSpec:
         raise BuildFileError(f"the build name is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}",
                              "name")
     budget.spend(len(name) + 32)
+    env = _check_env(doc.get("env"), "the build", "env", budget)
 
     raw_tasks = doc.get("tasks")
     if raw_tasks is None:
@@ -291,7 +306,7 @@ def _validate(doc: Any) -> BuildSpec:
                 at = [_plain_name(d) for d in raw_tasks[index]["deps"]].index(dep)
                 raise BuildFileError(f"task {task.id!r} depends on {quote(dep)}, which is not a task of this "
                                      "build", f"tasks[{index}].deps[{at}]")
-    spec = BuildSpec(name=name, tasks=tasks)
+    spec = BuildSpec(name=name, tasks=tasks, env=env)
     topological_order(spec)  # raises on a cycle, naming its tasks
     return spec
 
@@ -383,13 +398,20 @@ def _check_env(raw: Any, label: str, at: str, budget: _Budget) -> dict[str, str]
                              f"not {_kind(raw)}", at)
     env: dict[str, str] = {}
     for key, value in raw.items():
-        if not isinstance(key, str) or not _ENV_NAME_RE.match(key):
-            raise BuildFileError(f"{label}: {quote(key)} is not a valid environment variable name", at)
+        if not isinstance(key, str) or not _ENV_NAME_RE.match(key) or len(key) > MAX_ENV_NAME_LENGTH:
+            raise BuildFileError(f"{label}: {quote(key)} is not a valid environment variable name (letters, "
+                                 f"digits and '_', not starting with a digit, at most {MAX_ENV_NAME_LENGTH})", at)
         if not isinstance(value, str) and not _finite(value):
             what = quote(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _kind(value)
             raise BuildFileError(f"{label}: environment variable {key} must be text or a number, not {what}",
                                  _field(at, key))
         env[key] = str(value)
+        if "\0" in env[key]:
+            raise BuildFileError(f"{label}: environment variable {key} contains a NUL character, which "
+                                 "an environment cannot carry", _field(at, key))
+        if len(env[key].encode("utf-8", "surrogatepass")) > MAX_ENV_VALUE_BYTES:
+            raise BuildFileError(f"{label}: environment variable {key} is longer than the limit of "
+                                 f"{MAX_ENV_VALUE_BYTES} bytes", _field(at, key))
         budget.spend(len(key) + len(env[key].encode()) + 6)
     return env
 

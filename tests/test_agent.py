@@ -8,6 +8,7 @@ that misbehaves on purpose) checks the agent's epoch fencing.
 from __future__ import annotations
 
 import os
+import pwd
 import queue
 import signal
 import subprocess
@@ -44,6 +45,7 @@ from tests.harness.wait import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 TTL = 2
+MYSELF = pwd.getpwuid(os.geteuid()).pw_name  # tasks run as the test's own user
 
 
 class Coordinator:
@@ -110,8 +112,11 @@ def agents(etcd_url, keys, tmp_path):
     made = []
 
     def make(name: str = "a1", link_factory=None, **kw) -> Agent:
+        # Tasks here run as the test's own user: they write flags into tmp_path (the task
+        # user's sandbox is tested in tests/test_agent_sandbox.py and tests/e2e/test_sandbox.py).
         cfg = AgentConfig(name=name, cores=kw.pop("cores", 2), workdir=str(tmp_path / name),
-                          etcd=EtcdConfig.from_urls(etcd_url), cluster=keys.cluster, lease_ttl=TTL, **kw)
+                          etcd=EtcdConfig.from_urls(etcd_url), cluster=keys.cluster, lease_ttl=TTL,
+                          task_user=MYSELF, **kw)
         a = Agent(cfg, link_factory=link_factory).start()
         made.append(a)
         return a
@@ -215,7 +220,7 @@ def test_an_agent_started_before_etcd_registers_once_etcd_is_up(keys, tmp_path):
 
     member = EtcdMember(name="late", data_dir=tmp_path / "late")
     cfg = AgentConfig(name="a1", cores=1, workdir=str(tmp_path / "a1"), cluster=keys.cluster, lease_ttl=TTL,
-                      etcd=EtcdConfig.from_urls(member.client_url, timeout=0.5))
+                      etcd=EtcdConfig.from_urls(member.client_url, timeout=0.5), task_user=MYSELF)
     agent = Agent(cfg).start()
     try:
         assert not agent.presence.registered
@@ -541,7 +546,8 @@ def start_agent_process(etcd_url, keys, workdir: Path, name="a1") -> subprocess.
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.Popen(
         [sys.executable, "-m", "agent", "--name", name, "--cores", "2", "--workdir", str(workdir),
-         "--etcd", etcd_url, "--cluster", keys.cluster, "--lease-ttl", str(TTL), "--log-level", "INFO"],
+         "--etcd", etcd_url, "--cluster", keys.cluster, "--lease-ttl", str(TTL), "--log-level", "INFO",
+         "--task-user", MYSELF],
         cwd=str(ROOT), env=env, stdout=subprocess.DEVNULL, stderr=open(workdir.parent / f"{name}.log", "ab"),
         start_new_session=True)
 

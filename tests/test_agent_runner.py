@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import os
 import queue
+import shutil
 
 import pytest
 
 from agent.results import ResultBuffer
 from agent.runner import OUTPUT_TAIL_BYTES, Runner, TaskRef, TaskResult
+from lease.errors import ConfigError
 from tests.harness.wait import wait_until
 
 
@@ -107,10 +109,19 @@ def test_each_build_has_its_own_work_directory(runner, results, tmp_path):
     assert r.exit_code != 0
 
 
-def test_spawn_failure_is_a_result_not_a_crash(tmp_path, results):
+def test_a_work_directory_that_cannot_be_made_is_refused_at_start(tmp_path, results):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the work directory should be")
-    r_ = Runner(str(blocker), results)
+    with pytest.raises(ConfigError, match="cannot create the work directory .*not-a-dir"):
+        Runner(str(blocker), results)
+
+
+def test_spawn_failure_is_a_result_not_a_crash(tmp_path, results):
+    # The work directory existed at start (else the runner refuses, above) and is gone now.
+    work = tmp_path / "gone"
+    r_ = Runner(str(work), results)
+    shutil.rmtree(work)
+    work.write_text("a file where the work directory should be")
     assert r_.start(ref(), "true")
     r = results.next()
     assert r.exit_code == -1

@@ -408,3 +408,26 @@ def test_the_hello_example_really_compiles_and_fails_without_a_compiler(tmp_path
             assert (done.returncode == 0) is ok, (task.id, done.stdout, done.stderr)
             if not ok:
                 assert "cc: not found" in done.stderr, done.stderr
+
+
+# -- env: what the agent hands to the task's process (agent/sandbox.py) ------------------
+
+def test_a_build_level_env_reaches_every_task_under_the_tasks_own():
+    spec = parse_build("name: b\nenv: {CC: gcc, MODE: release}\n"
+                       "tasks:\n  - {id: a, cmd: x, env: {CC: clang}}\n  - {id: b, cmd: y}\n")
+    assert spec.env == {"CC": "gcc", "MODE": "release"}
+    assert spec.task_env("a") == {"CC": "clang", "MODE": "release"}
+    assert spec.task_env("b") == {"CC": "gcc", "MODE": "release"}
+    assert parse_build(spec.to_dict()) == spec
+
+
+@pytest.mark.parametrize("env, path, words", [
+    ({"A": "x\0y"}, "env.A", "NUL"),
+    ({"A": "x" * (64 * 1024 + 1)}, "env.A", "longer than the limit"),
+    ({"A" * 257: "x"}, "env", "not a valid environment variable name"),
+    ({"1A": "x"}, "env", "not a valid environment variable name"),
+    ({"A": [1]}, "env.A", "text or a number"),
+])
+def test_env_that_no_process_could_be_given_is_refused(env, path, words):
+    refused({"name": "b", "env": env, "tasks": [{"id": "a", "cmd": "x"}]}, words, f"(at {path})")
+    refused(build({"id": "a", "cmd": "x", "env": env}), words, f"(at tasks[0].{path})")

@@ -40,3 +40,16 @@ def test_a_password_that_cannot_log_in_is_refused_before_anything_starts(tmp_pat
         assert cluster.etcd_proc is None and not cluster.coordinators
     finally:
         cluster.stop()
+
+
+def test_a_directory_from_before_keeps_its_ca_but_moves_the_key_out_of_what_processes_get(tmp_path):
+    from cli import certs
+
+    old = certs.make_ca(tmp_path / "certs")  # the layout before <dir>/ca existed
+    cluster = LocalCluster(tmp_path)
+    cluster._issue_certs()
+    assert not (tmp_path / "certs" / "ca-key.pem").exists()
+    assert certs.load_ca(tmp_path / "ca").cert == old.cert, "same CA: certificates issued before still verify"
+    assert (tmp_path / "certs" / "ca.pem").read_bytes() == (tmp_path / "ca" / "ca.pem").read_bytes()
+    assert {(p.name, oct(p.stat().st_mode & 0o777)) for p in (tmp_path / "ca", tmp_path / "certs")} == \
+        {("ca", "0o700"), ("certs", "0o700")}

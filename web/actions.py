@@ -49,8 +49,11 @@ def submit_build(etcd, keys: Keys, fence: Fence, body: bytes | str | dict, user:
     except BuildFileError as exc:
         raise Invalid(str(exc)) from None
     build_id = new_build_id(now)
-    tasks = [{"id": t.id, "cmd": t.cmd, "deps": list(t.deps or []), "timeout": t.timeout} for t in spec.tasks]
+    # The tasks as the build file gave them, env included: the agent hands it to the task.
+    tasks = [t.to_dict() for t in spec.tasks]
     record = {"id": build_id, "name": spec.name, "submitted": now, "user": user, "tasks": tasks}
+    if spec.env:
+        record["env"] = dict(spec.env)
     status = {"state": "queued", "total": len(tasks), "done": 0, "failed": 0, "running": 0,
               "name": spec.name, "submitted": now, "user": user, "started": None, "finished": None}
     fence.commit([

@@ -110,14 +110,18 @@ class Build:
         unknown dependency, a dependency cycle, a failed dependency)."""
         tasks: dict[str, Task] = {}
         any_deps = False
+        # The build file's env for every task, under each task's own (cluster/buildfile.py).
+        build_env = {str(k): str(v) for k, v in (spec.get("env") or {}).items()}
         for raw in spec.get("tasks") or []:
             # A takeover builds thousands of these while agents wait for their Welcome:
             # no generator or comprehension for the usual empty deps and env.
             deps, env = raw.get("deps"), raw.get("env")
+            if env or build_env:
+                env = {**build_env, **{str(k): str(v) for k, v in (env or {}).items()}}
             task = Task(build_id=spec["id"], id=str(raw["id"]), cmd=str(raw.get("cmd", "")),
                         deps=tuple(map(str, deps)) if deps else (),
                         timeout=float(raw.get("timeout") or 0),
-                        env={str(k): str(v) for k, v in env.items()} if env else {})
+                        env=env or {})
             any_deps = any_deps or bool(deps)
             rec = records.get(task.id)
             if rec:

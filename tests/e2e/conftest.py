@@ -1,11 +1,30 @@
 """End-to-end fixtures: whole clusters of real processes (cli.local.LocalCluster)."""
 from __future__ import annotations
 
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from cli.local import LocalCluster
 
 _clusters_key = pytest.StashKey[list]()
+_failed_key = pytest.StashKey[bool]()
+
+
+@pytest.fixture
+def tmp_path(request):
+    """A directory build tasks can reach and write (mode 1777, like /tmp): a root agent
+    runs them as nobody (agent/sandbox.py), who cannot enter pytest's own tmp_path
+    (under a 0700 /tmp/pytest-of-root). The cluster directories made in it are 0700."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", request.node.name)[:40]
+    path = Path(tempfile.mkdtemp(prefix=f"baton-e2e-{name}-"))
+    path.chmod(0o1777)
+    yield path
+    if not request.node.stash.get(_failed_key, False):  # a failed test's logs stay for a look
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
@@ -37,6 +56,8 @@ def make_cluster(request, tmp_path):
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
+    if report.failed:
+        item.stash[_failed_key] = True
     if report.when == "call" and report.failed:
         for cluster in item.stash.get(_clusters_key, []):
             procs = [cluster.etcd_proc, *cluster.coordinators.values(), *cluster.agents.values()]
