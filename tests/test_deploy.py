@@ -39,6 +39,7 @@ from cluster.names import is_placeholder
 from tests.harness.compose import (COMPOSE_FILE, ISSUE_CERTS, TEST_SECRETS, ComposeError, ComposeOnLoopback,
                                    baton_services, cert_path, compose_binary, etcd_members, flags,
                                    load_compose, mounts, write_test_secrets)
+from tests.harness.dirs import reachable_dir
 from tests.harness.etcd import etcd_binary
 from tests.harness.ports import free_port
 from tests.harness.wait import wait_until
@@ -622,12 +623,20 @@ def test_issue_certs_script_names_hosts_and_keeps_the_ca_key_private(tmp_path):
 # ---------------------------------------------------------------- the compose cluster, without Docker
 
 @pytest.mark.slow
-def test_the_compose_cluster_selects_its_backup_and_fails_over(compose, tmp_path):
+@pytest.fixture
+def task_reachable_dir(request):
+    """The compose agents run as root here, so their tasks run as nobody (tests/harness/dirs.py)."""
+    path = reachable_dir(request.node.name)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_the_compose_cluster_selects_its_backup_and_fails_over(compose, task_reachable_dir):
     """`docker compose up`, then `docker compose kill p1`: with nobody clicking
     anything, b1 is the selected backup and takes over, with TLS on every link."""
     if not _baton_certs_available():
         pytest.skip("`baton certs` is not available")
-    cluster = ComposeOnLoopback(compose, tmp_path)
+    cluster = ComposeOnLoopback(compose, task_reachable_dir)
     cluster.issue_certs()
     try:
         for group in (["etcd1", "etcd2", "etcd3"], ["p1"]):  # compose's depends_on: healthy first
@@ -641,7 +650,7 @@ def test_the_compose_cluster_selects_its_backup_and_fails_over(compose, tmp_path
         assert len(agents) == compose["services"]["agent"]["deploy"]["replicas"] == 3
         names = {cluster.hostnames[a] for a in agents}
 
-        ctx = ssl.create_default_context(cafile=str(tmp_path / "certs" / "ca.pem"))
+        ctx = ssl.create_default_context(cafile=str(task_reachable_dir / "certs" / "ca.pem"))
         web = {n: f"https://localhost:{cluster.port[(n, 8000)]}" for n in ("p1", "b1", "b2")}
         # The admin password from the secret file is the one the primary gave `admin`.
         auth = base64.b64encode(f"admin:{TEST_SECRETS['admin_password']}".encode()).decode()

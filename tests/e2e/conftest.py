@@ -1,14 +1,12 @@
 """End-to-end fixtures: whole clusters of real processes (cli.local.LocalCluster)."""
 from __future__ import annotations
 
-import re
 import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
 
 from cli.local import LocalCluster
+from tests.harness.dirs import reachable_dir
 
 _clusters_key = pytest.StashKey[list]()
 _failed_key = pytest.StashKey[bool]()
@@ -16,12 +14,8 @@ _failed_key = pytest.StashKey[bool]()
 
 @pytest.fixture
 def tmp_path(request):
-    """A directory build tasks can reach and write (mode 1777, like /tmp): a root agent
-    runs them as nobody (agent/sandbox.py), who cannot enter pytest's own tmp_path
-    (under a 0700 /tmp/pytest-of-root). The cluster directories made in it are 0700."""
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", request.node.name)[:40]
-    path = Path(tempfile.mkdtemp(prefix=f"baton-e2e-{name}-"))
-    path.chmod(0o1777)
+    """A directory build tasks can reach and write (tests/harness/dirs.py)."""
+    path = reachable_dir(request.node.name)
     yield path
     if not request.node.stash.get(_failed_key, False):  # a failed test's logs stay for a look
         shutil.rmtree(path, ignore_errors=True)
