@@ -35,6 +35,7 @@ class AgentConfig:
     lease_ttl: int = 10
     task_timeout: float = 3600.0        # for assignments that give none
     host: str = dataclasses.field(default_factory=socket.gethostname)
+    helper_listen: str | None = None    # HOST:PORT of the Helper service (compile jobs); None: none
 
     def __post_init__(self) -> None:
         check_name("agent", self.name)
@@ -50,6 +51,8 @@ class AgentConfig:
             raise ConfigError(f"gRPC CA certificate {self.grpc_ca!r} does not exist")
         if self.agent_token is not None and not self.agent_token.strip():
             raise ConfigError("the agent token is empty")
+        if self.helper_listen is not None and not self.helper_listen.rpartition(":")[2].isdigit():
+            raise ConfigError(f"--helper-listen wants HOST:PORT, got {self.helper_listen!r}")
         workdir = self.workdir or f"baton-agent-{self.name}"
         object.__setattr__(self, "workdir", os.path.abspath(workdir))
 

@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grpc-ca", default=None,
                         help="CA certificate for TLS to the coordinators (default: plaintext)")
     parser.add_argument("--lease-ttl", type=int, default=10, help="presence lease TTL in seconds (default 10)")
+    parser.add_argument("--helper-listen", default="0.0.0.0:0", metavar="HOST:PORT",
+                        help="where to serve compile jobs of `baton run` builds (default: a free port, "
+                             "advertised with this host's name); 'none' serves none")
     parser.add_argument("--task-timeout", type=float, default=3600.0,
                         help="timeout for tasks that set none, in seconds (default 3600)")
     known = parser._option_string_actions  # argparse has no public "has option"
@@ -63,7 +66,8 @@ def config_from_args(args: argparse.Namespace, etcd: EtcdConfig | None = None) -
     return AgentConfig(name=args.name, group=args.group, workdir=args.workdir, etcd=etcd,
                        cluster=getattr(args, "cluster", None) or "default",
                        agent_token=read_token(args.agent_token_file), grpc_ca=args.grpc_ca,
-                       lease_ttl=args.lease_ttl, task_timeout=args.task_timeout, **kw)
+                       lease_ttl=args.lease_ttl, task_timeout=args.task_timeout,
+                       helper_listen=None if args.helper_listen == "none" else args.helper_listen, **kw)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("agent").info("agent %s starting: %d cores, work directory %s, etcd %s, cluster %s",
                                     config.name, config.cores, config.workdir,
                                     ",".join(config.etcd.endpoints), config.cluster)
-    agent.run()
+    try:
+        agent.run()
+    except BatonError as exc:
+        print(f"baton agent: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
