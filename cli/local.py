@@ -199,7 +199,8 @@ class LocalCluster:
     def add_agent(self, name: str, cores: int | None = None) -> Proc:
         argv = [sys.executable, "-m", "agent", "--name", name, "--cores", str(cores or self.cores),
                 "--workdir", str(self.dir / "agents" / name),
-                "--agent-token-file", str(self.dir / "agent-token")] + self._etcd_args()
+                "--agent-token-file", str(self.dir / "agent-token"), "--helper-listen", "127.0.0.1:0",
+                ] + self._etcd_args()
         if self.tls:
             argv += ["--grpc-ca", self.ca]
         if self.agent_lease_ttl:

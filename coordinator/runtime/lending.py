@@ -74,6 +74,7 @@ class CoreLending(EpochState):
         if want is None:
             want = Want(event.build, event.stream)
             self.wants[want.key] = want
+            self._send_grants(want)   # none yet: the initiator knows it is heard
             log.info("build %s wants helper cores", event.build)
         want.cores = max(0, event.cores)
         changed = False
