@@ -82,39 +82,73 @@ def test_compiles_go_to_the_helpers_and_come_back_byte_identical(make_cluster, t
     assert len(local) == 42
 
 
+class Build:
+    """`baton run --json -- make -j4` in the background; `records()` while it runs."""
+
+    def __init__(self, cluster, src: Path, tmp: Path):
+        self.tmp = tmp
+        env = dict(os.environ, PYTHONPATH=str(ROOT), BATON_WRAPPER_DIR=str(tmp / "wrappers"), TMPDIR=str(tmp))
+        argv = [sys.executable, "-m", "cli", "run", "--json", "--etcd", cluster.etcd_urls, "--cluster",
+                cluster.cluster, "--agent-token-file", str(cluster.dir / "agent-token"), "--", "make", "-j4"]
+        self.proc = subprocess.Popen(argv, cwd=src, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+
+    def records(self) -> list[dict]:
+        found = []
+        for log in glob.glob(str(self.tmp / "baton-run-*" / "jobs.jsonl")):
+            found += [json.loads(line) for line in Path(log).read_text().splitlines() if line.endswith("}")]
+        return found
+
+    def finish(self, watch=lambda: None) -> tuple[dict, list[dict]]:
+        """Wait for the end, calling watch() meanwhile; the summary and the last records seen
+        (the run's records go with its directory)."""
+        seen = self.records()
+        while self.proc.poll() is None:
+            seen = self.records() or seen
+            watch()
+            try:
+                self.proc.wait(0.05)
+            except subprocess.TimeoutExpired:
+                pass
+        out, err = self.proc.communicate(timeout=600)
+        assert self.proc.returncode == 0, err[-3000:]
+        return json.loads(out.splitlines()[-1]), seen
+
+
 def test_a_helper_killed_mid_build_costs_no_job(make_cluster, tmp_path):
     cluster = make_cluster(agents=2, backups=0, cores=1, web=False)
     cluster.wait_agents(2)
     wait_until(lambda: all(r.helper for r in cluster.agent_records().values()), 30, message="helpers advertised")
     src = project(tmp_path / "proj", sources=40, weight=200)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), BATON_WRAPPER_DIR=str(tmp_path / "wrappers"), TMPDIR=str(tmp_path))
-    argv = [sys.executable, "-m", "cli", "run", "--json", "--etcd", cluster.etcd_urls, "--cluster", cluster.cluster,
-            "--agent-token-file", str(cluster.dir / "agent-token"), "--", "make", "-j4"]
-    build = subprocess.Popen(argv, cwd=src, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    def records() -> list[dict]:
-        found = []
-        for log in glob.glob(str(tmp_path / "baton-run-*" / "jobs.jsonl")):
-            found += [json.loads(line) for line in Path(log).read_text().splitlines() if line.endswith("}")]
-        return found
-
-    wait_until(lambda: any(j["helper"] == "a1" for j in records()), 120, message="a job compiled on a1")
+    build = Build(cluster, src, tmp_path)
+    wait_until(lambda: any(j["helper"] == "a1" for j in build.records()), 120, message="a job compiled on a1")
     cluster.agents["a1"].kill()
     killed = time.time()
-    seen = records()
-    while build.poll() is None:   # the run's records go with its directory: keep the last look
-        seen = records() or seen
-        try:
-            build.wait(0.05)
-        except subprocess.TimeoutExpired:
-            pass
-    out, err = build.communicate(timeout=600)
-    assert build.returncode == 0, err[-3000:]
-    figures = json.loads(out.splitlines()[-1])
+    figures, seen = build.finish()
     assert figures["jobs"] == 41 and figures["failed"] == 0
     assert subprocess.run(["./app"], cwd=src, capture_output=True, text=True).stdout == expected(40, 200)
     assert not [j for j in seen if j["helper"] == "a1" and j["started"] > killed + 0.01]
     assert any(j["started"] > killed for j in seen), "the build went on after the kill"
+
+
+def test_the_primary_killed_mid_build_jobs_go_remote_again_once_the_backup_leads(make_cluster, tmp_path):
+    cluster = make_cluster(agents=2, backups=1, cores=1)
+    wait_until(lambda: all(r.helper for r in cluster.agent_records().values()), 30, message="helpers advertised")
+    src = project(tmp_path / "proj", sources=60, weight=200)
+    build = Build(cluster, src, tmp_path)
+    wait_until(lambda: any(j["helper"] != "local" for j in build.records()), 120, message="a remote job")
+    cluster.coordinators["p1"].kill()
+    led = []
+
+    def backup_leads():
+        if not led and (leader := cluster.leader()) is not None and leader.name == "b1":
+            led.append(time.time())
+
+    figures, seen = build.finish(backup_leads)
+    assert figures["jobs"] == 61 and figures["failed"] == 0
+    assert subprocess.run(["./app"], cwd=src, capture_output=True, text=True).stdout == expected(60, 200)
+    assert led, "the backup never led during the build"
+    assert [j for j in seen if j["helper"] != "local" and j["started"] > led[0]], "no remote job under the backup"
 
 
 def test_without_any_coordinator_the_build_compiles_here(make_cluster, tmp_path):
