@@ -18,7 +18,7 @@ from coordinator.runtime.aio_service import AioAgentServer
 from coordinator.runtime.runtime import Runtime
 from tests.harness.ports import free_port
 from tests.harness.wait import wait_until
-from tests.test_runtime import TOKEN, Leadership, StubAgent, submit
+from tests.test_runtime import TOKEN, StubAgent, leadership, submit  # noqa: F401 - leadership: a fixture
 
 
 class Initiator:
@@ -51,13 +51,6 @@ class Initiator:
     def close(self):
         self.requests.put(None)
         self.channel.close()
-
-
-@pytest.fixture
-def leadership(etcd, keys):
-    lead = Leadership(etcd, keys)
-    yield lead
-    lead.close()
 
 
 @pytest.fixture
@@ -167,3 +160,14 @@ def test_a_stream_without_the_cluster_token_is_refused(farm):
     r1 = farm.initiator("r1", 1, token="wrong")
     wait_until(lambda: r1.error is not None, 15)
     assert r1.error.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_max_cores_per_build_caps_a_run_build_and_disabled_agents_lend_nothing(etcd, keys, farm):
+    etcd.put(keys.settings, encode({"max_cores_per_build": 3}))
+    wait_until(lambda: farm.dispatcher.settings.max_cores_per_build == 3, 10)
+    a1, a2 = farm.agent("a1"), farm.agent("a2")
+    r1 = farm.initiator("r1", 8)
+    wait_until(lambda: sum(r1.slots().values()) == 3, 15)
+    etcd.put(keys.agent_settings("a1"), encode({"disabled": True}))
+    wait_until(lambda: "a1" not in r1.slots() and lent_now(a1) == {}, 15, message="a1's lend ended")
+    assert r1.slots() == {"a2": 2} and sum(lent_now(a2).values()) == 2
