@@ -135,6 +135,8 @@ def main(args: list[str]) -> int:
         source, why = None, decided.reason
     elif os.environ.get(LOCAL_ONLY_ENV):
         source, why = decided.source, "baton run --local-only"
+    elif not os.path.exists(os.path.join(run_dir, "cc.sock")):   # cli.ccwire.SOCKET, not imported for this
+        source, why = decided.source, "baton run serves no helper cores"
     else:
         source = decided.source
         helper, code, why = compile_remotely(run_dir, decided)
