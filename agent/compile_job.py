@@ -154,6 +154,21 @@ def map_args(job: CompileJob, root: str) -> list[str]:
     return out
 
 
+def _as_user(argv: list[str], user: str | int | None) -> tuple[list[str], str | int | None]:
+    """Switch users with setpriv(1) when there is one: subprocess's own `user=` cannot
+    vfork, and a fork of a process with busy gRPC threads (a helper) runs gRPC's
+    fork handlers in the child, which abort it (ev_epoll1 "Check failed")."""
+    setpriv = shutil.which("setpriv", path=CLEAN_ENV["PATH"])
+    if user is None or setpriv is None:
+        return argv, user
+    import grp
+    import pwd
+
+    entry = pwd.getpwnam(user) if isinstance(user, str) else pwd.getpwuid(user)
+    group = grp.getgrgid(entry.pw_gid).gr_gid
+    return [setpriv, f"--reuid={entry.pw_uid}", f"--regid={group}", "--clear-groups", "--", *argv], None
+
+
 def run_compile(compiler: str, job: CompileJob, workdir: str | None = None, timeout: float = 600.0,
                 preexec: Callable[[], None] | None = None, user: str | int | None = None) -> JobResult:
     """Compile `job` with `compiler` under a fresh job root; JobRefused for what a helper
@@ -181,6 +196,7 @@ def run_compile(compiler: str, job: CompileJob, workdir: str | None = None, time
             shutil.chown(out_dir, user=user)
         argv = [compiler, "-nostdinc", *[f"-isystem{_inside(root, d)}" for d in job.system_dirs],
                 f"-ffile-prefix-map={root}=", *map_args(job, root), "-c", source, "-o", obj]
+        argv, user = _as_user(argv, user) if preexec is None else (argv, user)
         try:
             done = subprocess.run(argv, cwd=cwd, env=CLEAN_ENV, stdin=subprocess.DEVNULL, capture_output=True,
                                   timeout=timeout, preexec_fn=preexec, user=user)

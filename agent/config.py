@@ -42,6 +42,7 @@ class AgentConfig:
     host: str = dataclasses.field(default_factory=socket.gethostname)
     # Whom tasks run as: None = `nobody` for a root agent, else the agent itself (agent/sandbox.py).
     task_user: str | None = None
+    helper_listen: str | None = None    # HOST:PORT of the Helper service (compile jobs); None: none
 
     def __post_init__(self) -> None:
         check_name("agent", self.name)
@@ -64,6 +65,8 @@ class AgentConfig:
                 raise ConfigError(f"the agent's TLS {what} {path!r} does not exist")
         if self.agent_token is not None and not self.agent_token.strip():
             raise ConfigError("the agent token is empty")
+        if self.helper_listen is not None and not self.helper_listen.rpartition(":")[2].isdigit():
+            raise ConfigError(f"--helper-listen wants HOST:PORT, got {self.helper_listen!r}")
         workdir = self.workdir or f"baton-agent-{self.name}"
         object.__setattr__(self, "workdir", os.path.abspath(workdir))
         resolve_task_user(self.task_user)  # refuse a user this agent cannot switch to, now

@@ -23,6 +23,7 @@ from typing import Callable
 
 from agent.channels import Channels
 from agent.config import AgentConfig, agent_version
+from agent.helper import Grants, HelperServer
 from agent.leader import LeaderFollower
 from agent.link import CoordinatorLink
 from agent.presence import AgentLease, Presence
@@ -32,7 +33,7 @@ from cluster.keys import Keys
 from cluster.protocol import agent_pb2
 from cluster.records import AgentRecord, LeaderRecord
 from lease.client import Etcd, connect
-from lease.errors import EtcdError
+from lease.errors import ConfigError, EtcdError
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,10 @@ class Agent:
         self._standby: CoordinatorLink | None = None
         self._standby_from: tuple | None = None   # identity of the leader that announced the successor
         self._leaderless_since: float | None = None   # when the leader key was first seen gone
+        # Compile jobs on lent cores (agent/helper.py): the grants come on the stream (Lend/Unlend).
+        self.grants = Grants()
+        self.helper: HelperServer | None = None
+        self.helper_address: str | None = None
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self, run_loop: bool = True) -> "Agent":
@@ -115,6 +120,16 @@ class Agent:
         mark_seen = getattr(self.runner, "mark_seen", None)
         if mark_seen is not None:
             mark_seen(r.task for r in loaded)
+        if self.config.helper_listen is not None and self.helper is None:
+            self.helper = HelperServer(self.config.helper_listen, self.grants, self.seen_epoch,
+                                       workers=self.config.cores + 4)
+            try:
+                self.helper.start()
+            except (OSError, RuntimeError) as exc:
+                raise ConfigError(f"cannot serve compile jobs on --helper-listen {self.config.helper_listen}: "
+                                  f"{exc}") from None
+            self.helper_address = self.helper.address(self.config.host)
+            log.info("serving compile jobs on %s", self.helper_address)
         if run_loop:
             self._thread = threading.Thread(target=self._loop, name=f"agent {self.config.name}", daemon=True)
             self._thread.start()
@@ -135,6 +150,8 @@ class Agent:
         for old in [*self._old_links, *([link] if link else [])]:
             old.close()
         self.follower.stop()
+        if self.helper is not None:
+            self.helper.stop()
         stop_runner = getattr(self.runner, "stop", None)
         if stop_runner is not None:
             stop_runner()
@@ -306,10 +323,12 @@ class Agent:
         return AgentRecord(name=self.config.name, host=self.config.host, cores=self.config.cores,
                            group=self.config.group, version=self.version,
                            coordinator=link.leader.name if welcomed else None,
-                           epoch=link.epoch if welcomed else None)
+                           epoch=link.epoch if welcomed else None, helper=self.helper_address)
 
     def _on_leader_change(self, view: LeaderRecord | None) -> None:
         log.info("leader key: %s", view or "nobody leads")
+        if view is not None:
+            self.grants.follow(view.epoch)   # an older leader's grants take no new jobs (rule 4)
         self._wake.set()
 
     # -- LinkHandler ---------------------------------------------------------------
@@ -346,6 +365,10 @@ class Agent:
             self.results.ack(ref_from_proto(msg.ack.task))
         elif kind == "cancel":
             self._drop(ref_from_proto(msg.cancel.task), f"{link.leader.name} cancelled it")
+        elif kind == "lend":
+            self.grants.lend(msg.lend.grant, msg.lend.slots, msg.epoch)
+        elif kind == "unlend":
+            self.grants.unlend(msg.unlend.grant)
         elif kind == "successor":
             log.info("%s names %s as the next leader; holding a stream to it", link.leader.name,
                      msg.successor.name)

@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "require it and accept only the name it carries")
     parser.add_argument("--tls-key", default=None, help="the private key of --tls-cert")
     parser.add_argument("--lease-ttl", type=int, default=10, help="presence lease TTL in seconds (default 10)")
+    parser.add_argument("--helper-listen", default="0.0.0.0:0", metavar="HOST:PORT",
+                        help="where to serve compile jobs of `baton run` builds (default: a free port, "
+                             "advertised with this host's name); 'none' serves none")
     parser.add_argument("--task-timeout", type=float, default=3600.0,
                         help="timeout for tasks that set none, in seconds (default 3600)")
     logs.add_log_format(parser)
@@ -77,7 +80,8 @@ def config_from_args(args: argparse.Namespace, etcd: EtcdConfig | None = None) -
                        cluster=getattr(args, "cluster", None) or "default",
                        agent_token=read_token(args.agent_token_file), grpc_ca=args.grpc_ca,
                        tls_cert=args.tls_cert, tls_key=args.tls_key,
-                       lease_ttl=args.lease_ttl, task_timeout=args.task_timeout, task_user=args.task_user, **kw)
+                       lease_ttl=args.lease_ttl, task_timeout=args.task_timeout, task_user=args.task_user,
+                       helper_listen=None if args.helper_listen == "none" else args.helper_listen, **kw)
 
 
 def agent_name(given: str | None) -> str:
@@ -103,7 +107,11 @@ def main(argv: list[str] | None = None) -> int:
                                     "cluster %s", config.name, config.cores, config.workdir,
                                     user.name if user else "the agent's user",
                                     ",".join(config.etcd.endpoints), config.cluster)
-    agent.run()
+    try:
+        agent.run()
+    except BatonError as exc:
+        print(f"baton agent: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -1,6 +1,6 @@
 """What does Baton's compile path cost, on a real project?
 
-    python bench/compile.py [--runs 30] [--jobs 2] [--cares DIR] [--json]
+    python bench/compile.py [--runs 30] [--jobs 2] [--cares DIR] [--cluster] [--json]
 
 The project is c-ares (its sources ship in the PyPI sdist of pycares,
 deps/c-ares; fetched with `pip download` unless --cares names a tree),
@@ -14,9 +14,12 @@ configured with CMake and Ninja. Measured, side by side in one run:
    compile; the initiator's scan and pack (cli/compile_scan.py); the helper's
    compile of the shipped files (agent/compile_job.py, in-process, no
    network); how many objects and .d files are byte-identical to local ones.
-3. Whole builds: `cmake --build -jN` locally, and under `baton run` (today
-   every job compiles locally: no helper cores are granted yet, so this is
-   the wrapper's overhead on a real build); the ratio to local.
+3. Whole builds: `cmake --build -jN` locally, under `baton run --local-only`
+   (the wrapper's overhead on a real build), and with --cluster under
+   `baton run` on a local cluster (cli.local.LocalCluster: etcd, one
+   coordinator, two agents of one core each serving compile jobs); the
+   ratio to local. On one machine the helpers share its cores, so the figure
+   is the remote path's overhead, not a speed-up.
 
 Prints figures and ratios; exits 1 only if an object differs.
 """
@@ -125,21 +128,31 @@ def halves(build: Path) -> tuple[list[dict], int]:
     return rows, different
 
 
-def builds(source: Path, workdir: Path, env: dict, jobs: int) -> list[dict]:
+def builds(source: Path, workdir: Path, env: dict, jobs: int, cluster=None) -> list[dict]:
     print(f"3. whole builds of c-ares, cmake --build -j{jobs}")
     out = []
     walls = {}
-    for name, runner in (("local", []), ("baton run", [sys.executable, "-m", "cli", "run", "--"])):
-        build = workdir / f"build-{name.replace(' ', '-')}"
-        configure(source, build, env, runner)
+    remote = {}
+    run = [sys.executable, "-m", "cli", "run"]
+    variants = [("local", []), ("baton run --local-only", [*run, "--local-only", "--"])]
+    if cluster is not None:
+        variants.append(("baton run, 2 one-core helpers", [
+            *run, "--json", "--etcd", cluster.etcd_urls, "--cluster", cluster.cluster,
+            "--agent-token-file", str(cluster.dir / "agent-token"), "--"]))
+    for name, runner in variants:
+        build = workdir / f"build-{len(walls)}"
+        configure(source, build, env, [r for r in runner if r != "--json"])
         started = time.perf_counter()
-        subprocess.run([*runner, "cmake", "--build", str(build), f"-j{jobs}"], check=True, env=env,
-                       capture_output=True)
+        done = subprocess.run([*runner, "cmake", "--build", str(build), f"-j{jobs}"], check=True, env=env,
+                              capture_output=True, text=True)
         walls[name] = time.perf_counter() - started
+        if "--json" in runner:
+            figures = json.loads(done.stdout.splitlines()[-1])
+            remote[name] = f"{figures['remote']}/{figures['jobs']} jobs remote"
     for name, wall in walls.items():
         ratio = wall / walls["local"]
-        print(f"  {name:<44} wall {wall:6.2f} s  (x{ratio:.2f} of local)")
-        out.append({"name": name, "wall_s": wall, "ratio": ratio})
+        print(f"  {name:<44} wall {wall:6.2f} s  (x{ratio:.2f} of local)  {remote.get(name, '')}")
+        out.append({"name": name, "wall_s": wall, "ratio": ratio, "remote": remote.get(name)})
     return out
 
 
@@ -148,6 +161,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=30, help="tiny compiles per variant")
     parser.add_argument("--jobs", type=int, default=2, help="parallel jobs of the whole builds")
     parser.add_argument("--cares", default=None, help="a c-ares source tree (default: from pycares' sdist)")
+    parser.add_argument("--cluster", action="store_true",
+                        help="also build with two one-core helper agents of a local cluster")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="baton-bench-compile-") as tmp:
@@ -158,7 +173,17 @@ def main() -> int:
         build = workdir / "build-halves"
         configure(source, build, env, [])
         report["halves"], different = halves(build)
-        report["builds"] = builds(source, workdir, env, args.jobs)
+        cluster = None
+        if args.cluster:
+            from cli.local import LocalCluster
+
+            cluster = LocalCluster(workdir / "cluster", agents=2, backups=0, cores=1, ttl=2, tls=False,
+                                   web=False).start()
+        try:
+            report["builds"] = builds(source, workdir, env, args.jobs, cluster)
+        finally:
+            if cluster is not None:
+                cluster.stop()
     if args.json:
         print(json.dumps(report, indent=2))
     return 1 if different else 0

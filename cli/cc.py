@@ -10,8 +10,14 @@ Under `baton run` ($BATON_RUN_DIR set) each invocation is a job: it runs
 here or on a helper, and its record (source, helper or "local", started,
 finished, duration, exit code, why local) is appended to the run's job log,
 one JSON line written with a single O_APPEND write, so that concurrent jobs
-never interleave. Until helper grants are served by the leader, every job
-compiles here; the record says why (docs/design.md section 8).
+never interleave. A job that may go remote (cli.cc_args.plan) is scanned
+here (cli.compile_scan: that writes the dependency file) and handed to
+`baton run` over the run's socket (cli/ccwire.py; `baton run` forwards it to
+a helper, cli/initiator.py); the object it gets back is written where the
+compile would write it, the diagnostics go to stderr and the compiler's exit
+code is ours. When `baton run` answers "locally" (no leader, no free helper
+core in time, a failed or refusing helper), the compile runs here and the
+record says why (docs/design.md section 8).
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ import time
 RUN_DIR_ENV = "BATON_RUN_DIR"
 WRAPPER_DIR_ENV = "BATON_WRAPPER_DIR"
 JOBS_LOG = "jobs.jsonl"
+LOCAL_ONLY_ENV = "BATON_RUN_LOCAL_ONLY"
 COMPILER_NAMES = ("cc", "gcc", "g++", "c++", "clang", "clang++")
 
 
@@ -65,6 +72,47 @@ def compile_locally(argv: list[str]) -> int:
     return subprocess.run(argv).returncode
 
 
+def compile_remotely(run_dir: str, decided) -> tuple[str | None, int | None, str]:
+    """(helper name, exit code, "") when a helper compiled it, else (None, None, why not)."""
+    import socket
+
+    from cli import ccwire
+    from cli.compile_scan import ScanFailed, pack, scan
+
+    cwd = os.getcwd()
+    try:
+        job = pack(decided, cwd, scan(decided, cwd))
+    except ScanFailed:
+        return None, None, "the scan failed (the compile says why)"
+    except OSError as exc:
+        return None, None, f"cannot pack the job: {exc}"
+    paths = list(job.files)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(os.path.join(run_dir, ccwire.SOCKET))
+            ccwire.send(sock, {"compiler": decided.compiler, "args": list(job.args), "source": job.source,
+                               "cwd": job.cwd, "paths": paths, "system_dirs": list(job.system_dirs)},
+                        [job.files[p] for p in paths])
+            reply, blobs = ccwire.receive(sock)
+    except (OSError, ValueError) as exc:
+        return None, None, f"baton run did not answer: {exc}"
+    if "helper" not in reply:
+        return None, None, reply.get("local") or "baton run said so"
+    obj, diagnostics = blobs
+    code = int(reply["exit_code"])
+    output = os.path.join(cwd, decided.output)
+    if code == 0:
+        tmp = f"{output}.baton-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(obj)
+        os.replace(tmp, output)
+    elif os.path.exists(output):
+        os.unlink(output)   # as the compiler does when it fails
+    sys.stderr.buffer.write(diagnostics)
+    sys.stderr.flush()
+    return reply["helper"], code, ""
+
+
 def main(args: list[str]) -> int:
     if not args:
         print("usage: baton cc COMPILER ARGS...", file=sys.stderr)
@@ -82,16 +130,26 @@ def main(args: list[str]) -> int:
 
     decided = plan(argv)
     started = time.time()
+    helper = code = None
     if isinstance(decided, Local):
         source, why = None, decided.reason
+    elif os.environ.get(LOCAL_ONLY_ENV):
+        source, why = decided.source, "baton run --local-only"
+    elif not os.path.exists(os.path.join(run_dir, "cc.sock")):   # cli.ccwire.SOCKET, not imported for this
+        source, why = decided.source, "baton run serves no helper cores"
     else:
-        source, why = decided.source, "no helper cores are granted yet"
-    code = compile_locally(argv)
+        source = decided.source
+        helper, code, why = compile_remotely(run_dir, decided)
+    if helper is None:
+        code = compile_locally(argv)
     finished = time.time()
     if "-c" in argv:  # a compile; links and other steps are not jobs
-        record(run_dir, {"source": source, "helper": "local", "started": round(started, 3),
-                         "finished": round(finished, 3), "duration": round(finished - started, 3),
-                         "exit_code": code, "why_local": why, "compiler": os.path.basename(compiler)})
+        job = {"source": source, "helper": helper or "local", "started": round(started, 3),
+               "finished": round(finished, 3), "duration": round(finished - started, 3),
+               "exit_code": code, "compiler": os.path.basename(compiler)}
+        if helper is None:
+            job["why_local"] = why
+        record(run_dir, job)
     return code
 
 

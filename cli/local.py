@@ -290,7 +290,8 @@ class LocalCluster:
             self._make_work_dir()
         argv = [sys.executable, "-m", "agent", "--name", name, "--cores", str(cores or self.cores),
                 "--workdir", str(self.work_dir / name),
-                "--agent-token-file", str(self.dir / "agent-token")] + self._etcd_args("agent", name)
+                "--agent-token-file", str(self.dir / "agent-token"), "--helper-listen", "127.0.0.1:0",
+                ] + self._etcd_args("agent", name)
         if self.tls:
             cert, key = self.agent_cert(name)
             argv += ["--grpc-ca", self.ca, "--tls-cert", cert, "--tls-key", key]

@@ -286,7 +286,18 @@ def cmd_run(args) -> int:
     from cli.run import run
 
     command = args.build_command[1:] if args.build_command[:1] == ["--"] else args.build_command
-    return run(command, local_only=args.local_only, max_remote=args.max_remote, as_json=args.json)
+    farm = None
+    if not args.local_only:
+        from cli.initiator import Farm
+        from cluster.names import read_token
+
+        ca = None
+        if args.grpc_ca:
+            with open(args.grpc_ca, "rb") as f:
+                ca = f.read()
+        farm = Farm(etcd=etcd_config(args), cluster=args.cluster, token=read_token(args.agent_token_file),
+                    root_certificates=ca, wait=args.remote_wait)
+    return run(command, local_only=args.local_only, max_remote=args.max_remote, as_json=args.json, farm=farm)
 
 
 COMMANDS = {"coordinator": cmd_coordinator, "agent": cmd_agent, "etcd": cmd_etcd, "status": cmd_status,

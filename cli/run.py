@@ -8,9 +8,11 @@ keeps building under the next one. `baton run` prints the build's id when
 it starts (one line on stderr), exits with COMMAND's exit code, and ends
 with one summary line: jobs remote/local, helper cores used, wall time.
 
+With a cluster to reach (`farm`), it holds the build's helper-core grants
+from the leader and serves the build's `baton cc` processes on a socket in
+the run directory, sending their compiles to helpers (cli/initiator.py).
 Not yet here (docs/design.md section 8): registering the build with the
-cluster and asking the leader for helper cores. Until then every job
-compiles locally and its record says so.
+cluster (the UI and API do not list `run` builds yet).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import tempfile
 import time
 import uuid
 
-from cli.cc import COMPILER_NAMES, JOBS_LOG, RUN_DIR_ENV, wrapper_dir
+from cli.cc import COMPILER_NAMES, JOBS_LOG, LOCAL_ONLY_ENV, RUN_DIR_ENV, wrapper_dir
 
 # Outside `baton run` the wrapper is the compiler on PATH (found by the shell,
 # skipping the wrapper directory): no Python at all. Inside, Python without
@@ -83,11 +85,13 @@ def summary(jobs: list[dict], wall: float) -> dict:
     remote = [j for j in jobs if j.get("helper") not in (None, "local")]
     return {"jobs": len(jobs), "remote": len(remote), "local": len(jobs) - len(remote),
             "helper_cores": len({(j["helper"], j.get("core")) for j in remote}),
+            "helpers": sorted({j["helper"] for j in remote}),
             "failed": sum(1 for j in jobs if j.get("exit_code")), "wall": round(wall, 2)}
 
 
 def run(command: list[str], *, local_only: bool = False, max_remote: int | None = None,
-        as_json: bool = False, python: str | None = None) -> int:
+        as_json: bool = False, python: str | None = None, farm=None) -> int:
+    """`farm`: a cli.initiator.Farm to send compiles to helpers; None compiles everything here."""
     if not command:
         print("baton run: give the build command after --, e.g. baton run -- make -j8", file=sys.stderr)
         return 2
@@ -98,8 +102,13 @@ def run(command: list[str], *, local_only: bool = False, max_remote: int | None 
         env = dict(os.environ, PATH=wrappers + os.pathsep + os.environ.get("PATH", ""),
                    CC=os.path.join(wrappers, "cc"), CXX=os.path.join(wrappers, "c++"),
                    BATON_RUN_ID=build_id, **{RUN_DIR_ENV: run_dir})
-        if local_only or max_remote == 0:
-            env["BATON_RUN_LOCAL_ONLY"] = "1"
+        initiator = None
+        if local_only or max_remote == 0 or farm is None:
+            env[LOCAL_ONLY_ENV] = "1"
+        else:
+            from cli.initiator import Initiator
+
+            initiator = Initiator(farm, build_id, run_dir, max_remote).start()
         print(f"baton run: build {build_id}", file=sys.stderr, flush=True)
         try:
             code = subprocess.run(command, env=env).returncode
@@ -108,6 +117,9 @@ def run(command: list[str], *, local_only: bool = False, max_remote: int | None 
             code = 127
         except KeyboardInterrupt:
             code = 130
+        finally:
+            if initiator is not None:
+                initiator.stop()
         jobs = read_jobs(run_dir)
     figures = summary(jobs, time.monotonic() - started)
     if as_json:

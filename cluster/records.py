@@ -136,7 +136,8 @@ class CoordinatorRecord(_Stored):
 @dataclasses.dataclass(frozen=True)
 class AgentRecord(_Stored):
     """agents/<name>: an agent's presence under its own lease, with the
-    coordinator it is linked with (None while it is not) and that link's epoch."""
+    coordinator it is linked with (None while it is not) and that link's epoch,
+    and where it serves compile jobs."""
 
     name: str
     host: str | None = None
@@ -145,6 +146,7 @@ class AgentRecord(_Stored):
     version: str | None = None
     coordinator: str | None = None
     epoch: int | None = None
+    helper: str | None = None        # host:port of its Helper service (compile.proto), if it serves one
 
     @classmethod
     def parse(cls, value: bytes | str | dict | None, name: str) -> "AgentRecord | None":
@@ -152,7 +154,13 @@ class AgentRecord(_Stored):
         return _parsed(cls, f"agents/{name}", value, lambda d: cls(
             name=name, host=_text(d.get("host")), cores=int(d.get("cores") or 0), group=_text(d.get("group")),
             version=_text(d.get("version")), coordinator=_text(d.get("coordinator")),
-            epoch=_number(d.get("epoch"))))
+            epoch=_number(d.get("epoch")), helper=_text(d.get("helper"))))
+
+    def to_dict(self) -> dict[str, Any]:
+        stored = super().to_dict()
+        if stored["helper"] is None:
+            del stored["helper"]   # the value an agent without a Helper service always wrote
+        return stored
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,28 +1,31 @@
-"""The committed gRPC stubs are what grpcio-tools makes of agent.proto today.
+"""The committed gRPC stubs are what grpcio-tools makes of agent.proto and compile.proto today.
 
 Installing Baton needs no compiler, so the stubs are committed; this test
 fails when someone edits the .proto without regenerating them:
 
     python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. cluster/protocol/agent.proto
+    python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. cluster/protocol/compile.proto
 """
 import shutil
 from pathlib import Path
 
+import pytest
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO = Path("cluster/protocol/agent.proto")
 
 
-def test_committed_stubs_match_the_proto(tmp_path):
-    (tmp_path / PROTO.parent).mkdir(parents=True)
-    shutil.copy(ROOT / PROTO, tmp_path / PROTO)
+@pytest.mark.parametrize("proto", [PROTO, Path("cluster/protocol/compile.proto")], ids=str)
+def test_committed_stubs_match_the_proto(tmp_path, proto):
+    (tmp_path / proto.parent).mkdir(parents=True)
+    shutil.copy(ROOT / proto, tmp_path / proto)
     assert protoc.main(["protoc", f"-I{tmp_path}", f"--python_out={tmp_path}", f"--grpc_python_out={tmp_path}",
-                        str(tmp_path / PROTO)]) == 0
-    for stub in ("agent_pb2.py", "agent_pb2_grpc.py"):
-        generated = (tmp_path / PROTO.parent / stub).read_text()
-        committed = (ROOT / PROTO.parent / stub).read_text()
-        assert generated == committed, f"{PROTO.parent / stub} is stale: regenerate it (see this test's docstring)"
+                        str(tmp_path / proto)]) == 0
+    for stub in (f"{proto.stem}_pb2.py", f"{proto.stem}_pb2_grpc.py"):
+        generated = (tmp_path / proto.parent / stub).read_text()
+        committed = (ROOT / proto.parent / stub).read_text()
+        assert generated == committed, f"{proto.parent / stub} is stale: regenerate it (see this test's docstring)"
 
 
 def _declared_floor(package: str) -> tuple[int, ...]:

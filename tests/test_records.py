@@ -48,6 +48,8 @@ def test_an_agent_record_is_stored_as_the_presence_value_the_agent_always_wrote(
     assert AgentRecord.parse(record.to_json(), "a1") == record
     unlinked = AgentRecord(name="a1", cores=1)
     assert AgentRecord.parse(unlinked.to_json(), "a1") == unlinked
+    helping = AgentRecord(name="a1", cores=1, helper="h:40001")
+    assert AgentRecord.parse(helping.to_json(), "a1") == helping
     assert decode(unlinked.to_json())["coordinator"] is None
 
 

@@ -1,4 +1,4 @@
-"""The agent protocol: agent.proto and its committed stubs (tests/test_protocol.py keeps them in step)."""
+"""The agent protocol (agent.proto) and the compile protocol (compile.proto), with their committed stubs (tests/test_protocol.py keeps them in step)."""
 from __future__ import annotations
 
 

@@ -10,6 +10,10 @@ FAILED_PRECONDITION, a bad name -> INVALID_ARGUMENT, a name the client
 certificate does not grant -> PERMISSION_DENIED, an agent already connected
 -> ALREADY_EXISTS).
 
+The same server serves the Cores service (compile.proto): an initiator of
+a `baton run` build holds one Want stream to the leader for helper cores
+(coordinator/runtime/lending.py), with the cluster token like an agent.
+
 `AioAgentServer(runtime, "127.0.0.1:7000", credentials=None).start()` ->
 bound port; `stop(grace)`.
 """
@@ -24,10 +28,10 @@ import time
 import grpc
 
 from cluster.protocol import agent_pb2 as pb
-from cluster.protocol import agent_pb2_grpc
+from cluster.protocol import agent_pb2_grpc, compile_pb2_grpc
 from coordinator.runtime.agent_protocol import (STARTING_UP_WAIT, ConnectedAgents, Leading, certificate_agents,
                                                 handle_agent_message, hello_refusal, stale_epoch, token_ok)
-from coordinator.runtime.inbox import HelloReceived, StreamGone
+from coordinator.runtime.inbox import CoresGone, CoresWanted, HelloReceived, StreamGone
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +176,50 @@ class _AioService(agent_pb2_grpc.AgentServiceServicer):
         stream.end()
 
 
+class _AioCores(compile_pb2_grpc.CoresServicer):
+    def __init__(self, runtime: Leading):
+        self._runtime = runtime
+
+    async def Want(self, request_iterator, context: grpc.aio.ServicerContext):
+        rt = self._runtime
+        if rt.agent_token is not None and not token_ok(context, rt.agent_token):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong cluster token")
+        first = await context.read()
+        if first is grpc.aio.EOF:
+            return
+        epoch = rt.epoch
+        if epoch is None:
+            message = await asyncio.get_running_loop().run_in_executor(None, rt.not_leader_message)
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, message)
+        if not first.build:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first request must name the build")
+        stream = AioAgentStream(first.build, epoch, asyncio.get_running_loop())
+        if not rt.post(CoresWanted(stream, first.build, first.cores), epoch):
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not leader")
+
+        async def read() -> None:
+            try:
+                while (request := await context.read()) is not grpc.aio.EOF:
+                    rt.post(CoresWanted(stream, first.build, request.cores), epoch)
+            except (asyncio.CancelledError, grpc.RpcError, grpc.aio.AbortError, grpc.aio.UsageError):
+                return
+            stream.end()   # the initiator is done: its grants end
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while True:
+                item = await stream._outbox.get()
+                if item is _END:
+                    return
+                if isinstance(item, tuple):
+                    await context.abort(*item)
+                await context.write(item)
+        finally:
+            reader.cancel()
+            rt.post(CoresGone(stream), epoch)
+            stream.closed = True
+
+
 class AioAgentServer:
     """A grpc.aio server for AgentService on its own thread and event loop."""
 
@@ -211,6 +259,7 @@ class AioAgentServer:
         self._stopped = asyncio.Event()
         server = grpc.aio.server()
         agent_pb2_grpc.add_AgentServiceServicer_to_server(_AioService(self._runtime), server)
+        compile_pb2_grpc.add_CoresServicer_to_server(_AioCores(self._runtime), server)
         if self._credentials is not None:
             self.port = server.add_secure_port(self.address, self._credentials)
         else:

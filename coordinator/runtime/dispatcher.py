@@ -14,6 +14,7 @@ handled by one method. That keeps the rules simple to check. Its parts:
   release, and the rule that a record is durable before the agent hears of
   it;
 - cancelling.py (`BuildCancelling`): acting on build-cancel/<id>;
+- lending.py (`CoreLending`): helper cores lent to `baton run` builds;
 - outbox.py (`Outbox`): the messages of one loop turn, one write per stream.
 
 A failed fenced write (NotLeader) stops dispatching at once.
@@ -36,6 +37,7 @@ from cluster.settings import Settings
 from coordinator.runtime import inbox
 from coordinator.runtime.agents import AgentRoster
 from coordinator.runtime.cancelling import BuildCancelling
+from coordinator.runtime.lending import CoreLending
 from coordinator.runtime.loading import read_snapshot, read_starting_point
 from coordinator.runtime.metrics import Metrics
 from coordinator.runtime.outbox import Outbox
@@ -58,7 +60,7 @@ _WHILE_STOPPING = (inbox.ResultWritten, inbox.RunningWritten, inbox.StreamGone, 
                    inbox.RuntimeKeyWritten)
 
 
-class Dispatcher(AgentRoster, ResultRecording, BuildCancelling):
+class Dispatcher(AgentRoster, ResultRecording, BuildCancelling, CoreLending):
     def __init__(self, etcd, keys: Keys, name: str, epoch: int, grace: float,
                  clock: Callable[[], float], on_not_leader: Callable[[], None], metrics: Metrics | None = None):
         self.etcd, self.keys, self.name, self.epoch = etcd, keys, name, epoch
@@ -74,6 +76,7 @@ class Dispatcher(AgentRoster, ResultRecording, BuildCancelling):
         self.finished_builds: set[str] = set()
         self._cancels_waiting: set[str] = set()
         self.agents: dict[str, Agent] = {}
+        self.wants = {}
         self.outbox = Outbox(epoch)
         self._events: queue.SimpleQueue = queue.SimpleQueue()
         self.post_event: Callable[[inbox.Event], None] = self._events.put
@@ -109,6 +112,8 @@ class Dispatcher(AgentRoster, ResultRecording, BuildCancelling):
             inbox.AgentConfigChanged: self._on_agent_config_changed,
             inbox.SettingsChanged: self._on_settings_changed,
             inbox.SuccessorNamed: self._on_successor_named,
+            inbox.CoresWanted: self._on_cores_wanted,
+            inbox.CoresGone: self._on_cores_gone,
         }
 
     # -- lifecycle (called by Runtime) ---------------------------------------------
@@ -185,7 +190,7 @@ class Dispatcher(AgentRoster, ResultRecording, BuildCancelling):
                 event = self._events.get_nowait()
             except queue.Empty:
                 return
-            if type(event) is inbox.HelloReceived:
+            if type(event) in (inbox.HelloReceived, inbox.CoresWanted):
                 event.stream.abort(grpc.StatusCode.FAILED_PRECONDITION, f"not leader: {reason}")
 
     def _not_leader(self) -> None:
@@ -310,7 +315,7 @@ class Dispatcher(AgentRoster, ResultRecording, BuildCancelling):
             try:
                 if isinstance(event, _WHILE_STOPPING):
                     self._handlers[type(event)](event)
-                elif type(event) is inbox.HelloReceived:
+                elif type(event) in (inbox.HelloReceived, inbox.CoresWanted):
                     event.stream.abort(grpc.StatusCode.FAILED_PRECONDITION, f"not leader: {reason}")
             except Exception:  # noqa: BLE001 - stopping must finish
                 log.exception("dispatcher: handling %s while stopping failed", type(event).__name__)
@@ -320,6 +325,7 @@ class Dispatcher(AgentRoster, ResultRecording, BuildCancelling):
         self.store.flush(max(0.0, deadline - self.clock()))
         self.outbox.flush()
         _run_step(stop.before_goodbye)
+        self._end_lending()
         streams = [agent.stream for agent in self.agents.values() if agent.stream is not None]
         for agent in self.agents.values():
             agent.stream = None

@@ -2,7 +2,7 @@
 of event, each handled by one method of the Dispatcher (its `_handlers`).
 
 Producers: the agent protocol's servers (HelloReceived, ResultReceived,
-StreamGone), the runtime (SuccessorNamed, Stop), the watchers (the four
+StreamGone), the Cores service (CoresWanted, CoresGone), the runtime (SuccessorNamed, Stop), the watchers (the four
 ...Changed), and the completions of the group commit's writes (the
 ...Written events: they run on its writer threads, so they only post).
 """
@@ -37,6 +37,19 @@ class ResultReceived(Event):
 @_event
 class StreamGone(Event):
     """The stream ended (the agent went away, or we ended it)."""
+    stream: Any
+
+
+# -- from the initiators' Cores streams (lending.py) ---------------------------------------
+@_event
+class CoresWanted(Event):
+    stream: Any              # an aio_service.AioAgentStream carrying CoreGrants
+    build: str
+    cores: int
+
+
+@_event
+class CoresGone(Event):
     stream: Any
 
 

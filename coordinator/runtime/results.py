@@ -28,6 +28,7 @@ from coordinator.runtime import inbox, scheduler
 from coordinator.runtime.agent_protocol import AgentStream
 from coordinator.runtime.agents import task_ref
 from coordinator.runtime.epoch_state import EpochState
+from coordinator.runtime.lending import RUN_PREFIX
 from coordinator.runtime.state import ASSIGNING, DONE, READY, RUNNING, WAITING, Task
 from lease.errors import NotLeader
 
@@ -38,7 +39,8 @@ MAX_RELEASED_EARLY = 64   # dependants per result placed in its transaction (etc
 
 
 class ResultRecording(EpochState):
-    """The task records' side of the Dispatcher (see the module docstring)."""
+    """The task records' side of the Dispatcher (see the module docstring). Also
+    uses CoreLending's (lending.py) to share the cores with `baton run` builds."""
 
     # -- placing ready tasks -------------------------------------------------------------
     def _schedule_and_record(self) -> None:
@@ -76,23 +78,28 @@ class ResultRecording(EpochState):
         return early
 
     def _schedule(self, early: dict[tuple, Task], joined: dict[tuple, list]) -> None:
+        self._end_unusable_lends()
         waiting = [b for b in self.builds.values() if b.ready]
-        if not waiting:
+        if not waiting and not self.wants:
             return
         auto = self.settings.auto_subscribe
         free = {}
         for a in self.agents.values():
-            if a.stream is not None and a.cores > len(a.running) and a.eligible(auto):
-                free[a.name] = a.cores - len(a.running)
+            if a.stream is not None and a.free() and a.eligible(auto):
+                free[a.name] = a.free()   # lent cores run no tasks (lending.py)
         total = sum(free.values())
         if not total:
             return
         demands = [scheduler.BuildDemand(b.id, list(itertools.islice(b.ready, total)), b.in_use)
-                   for b in waiting]
+                   for b in waiting] + self._lend_demands(total)
         now = time.time()
         prefer = {key: dependency.agent for key, dependency in early.items()}
         post = self.post_event
+        lends = []
         for p in scheduler.schedule(demands, free, self.settings.max_cores_per_build, prefer):
+            if p.build_id.startswith(RUN_PREFIX):
+                lends.append(p)
+                continue
             build = self.builds[p.build_id]
             task = build.tasks[p.task_id]
             record = build.assign(task, p.agent, now)
@@ -105,6 +112,7 @@ class ResultRecording(EpochState):
                 future.add_done_callback(lambda f, t=task, a=p.agent, n=task.attempt:
                                          post(inbox.RunningWritten(t, a, n, f)))
             self.report.dirty.add(build.id)
+        self._lend(lends)
 
     def _task_put(self, task: Task, record: dict):
         """The put of a task record, signed with who wrote it under which epoch, so an

@@ -346,13 +346,14 @@ class Agent:
     stream: Any = None               # its agent_protocol.AgentStream once the hello was handled
     cores: int = 0
     running: set = dataclasses.field(default_factory=set)   # task keys holding a core here
+    lent: int = 0                    # cores lent to `baton run` builds (lending.py)
 
     def eligible(self, auto_subscribe: bool) -> bool:
         return (self.stream is not None and self.present and not self.disabled
                 and (auto_subscribe or self.subscribed is True))
 
     def free(self) -> int:
-        return max(0, self.cores - len(self.running))
+        return max(0, self.cores - len(self.running) - self.lent)
 
     def state(self, auto_subscribe: bool) -> str:
         if not self.present:

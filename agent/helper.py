@@ -1,0 +1,216 @@
+"""The agent's Helper service: compile jobs of `baton run` builds on lent cores.
+
+The leader lends cores of this agent to a build over the agent's stream
+(agent.proto Lend/Unlend, each under the leader's epoch); the initiator then
+sends compile jobs naming the grant straight here (compile.proto Helper), so
+the coordinator is never in the data path. `Grants` is what the agent holds;
+a job is refused (CompileReply.refused, and the initiator compiles it
+itself) when:
+
+- its grant is not one the agent holds (after a short wait: the initiator
+  may hear of a grant before the agent does), or it carries another epoch
+  than the grant, or an epoch older than the leader key the agent follows
+  (rule 4: a deposed leader's grants end with its epoch; jobs in flight
+  finish);
+- the grant's slots are all busy (at most `slots` jobs at once per grant);
+- this agent has no compiler of that name whose files hash to the job's
+  compiler identity (never a different compiler under the same name);
+- agent.compile_job refuses it (flags, paths, sizes).
+
+The grant id is the job's capability: a random id that only the leader,
+this agent and the initiator know. The service is plaintext gRPC today
+(agents have no server certificate yet; docs/design.md section 8).
+
+Compiles run with a clean environment, as "nobody" when the agent runs as
+root (else as the agent's own user), in a fresh directory under the system
+temp directory (which that user can reach).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import threading
+from concurrent import futures
+from typing import Callable, Iterator
+
+import grpc
+
+from agent.compile_job import CLEAN_ENV, CompileJob, JobRefused, compiler_identity, run_compile
+from cluster.protocol import compile_pb2 as pb
+from cluster.protocol import compile_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE = 80 * 1024 * 1024   # a job's files are bounded at 64 MiB (compile_job.MAX_INPUT_BYTES), plus framing
+GRANT_WAIT = 1.0                 # s a job waits for its grant's Lend, or for a busy slot
+_COMPILER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+TASK_USER_WHEN_ROOT = "nobody"
+
+
+class Refused(Exception):
+    """The helper does not compile this job; the sentence goes back to the initiator."""
+
+
+class _Grant:
+    __slots__ = ("slots", "epoch", "busy")
+
+    def __init__(self, slots: int, epoch: int):
+        self.slots, self.epoch, self.busy = slots, epoch, 0
+
+
+class Grants:
+    """The grants this agent holds. Thread-safe: Lend/Unlend come on the
+    link's thread, jobs on the gRPC server's."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._grants: dict[str, _Grant] = {}
+        self.newest_epoch = 0
+
+    def lend(self, grant: str, slots: int, epoch: int) -> None:
+        with self._cond:
+            held = self._grants.get(grant)
+            if held is None or held.epoch != epoch:
+                self._grants[grant] = _Grant(slots, epoch)
+            else:
+                held.slots = slots
+            self._follow(epoch)
+            self._cond.notify_all()
+
+    def unlend(self, grant: str) -> None:
+        with self._cond:
+            self._grants.pop(grant, None)
+            self._cond.notify_all()
+
+    def follow(self, epoch: int | None) -> None:
+        """A leader of this epoch leads: grants of older epochs take no new jobs."""
+        with self._cond:
+            self._follow(epoch or 0)
+
+    def _follow(self, epoch: int) -> None:
+        if epoch > self.newest_epoch:
+            self.newest_epoch = epoch
+            for name in [n for n, g in self._grants.items() if g.epoch < epoch]:
+                del self._grants[name]
+
+    def slots(self) -> dict[str, int]:
+        with self._cond:
+            return {name: g.slots for name, g in self._grants.items()}
+
+    @contextlib.contextmanager
+    def slot(self, grant: str, epoch: int, wait: float = GRANT_WAIT) -> Iterator[None]:
+        """Hold one of the grant's slots for a job; Refused (with why) when it may not run."""
+        with self._cond:
+            def state() -> str | None:
+                if epoch < self.newest_epoch:
+                    return f"the grant's epoch {epoch} is older than the leader's {self.newest_epoch}"
+                held = self._grants.get(grant)
+                if held is None:
+                    return "this helper holds no such grant"
+                if held.epoch != epoch:
+                    return f"the grant is of epoch {held.epoch}, not {epoch}"
+                if held.busy >= held.slots:
+                    return f"all {held.slots} slots of the grant are busy"
+                return None
+
+            why = state()
+            if why is not None and epoch >= self.newest_epoch:
+                self._cond.wait_for(lambda: state() is None or epoch < self.newest_epoch, wait)
+                why = state()
+            if why is not None:
+                raise Refused(why)
+            held = self._grants[grant]
+            held.busy += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                held.busy -= 1
+                self._cond.notify_all()
+
+
+class Compilers:
+    """The compilers this agent has, by name, with their identities (cached while the files stay)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._known: dict[str, tuple[tuple, str]] = {}
+
+    def matching(self, name: str, identity: str) -> str:
+        """The path of this agent's `name` if its identity is `identity`; Refused otherwise."""
+        if not _COMPILER_NAME.match(name):
+            raise Refused(f"{name[:80]!r} is not a compiler name")
+        path = shutil.which(name, path=CLEAN_ENV["PATH"])
+        if path is None:
+            raise Refused(f"this helper has no {name}")
+        st = os.stat(os.path.realpath(path))
+        stamp = (os.path.realpath(path), st.st_mtime_ns, st.st_size, st.st_ino)
+        with self._lock:
+            known = self._known.get(name)
+        if known is None or known[0] != stamp:
+            known = (stamp, compiler_identity(path))
+            with self._lock:
+                self._known[name] = known
+        if known[1] != identity:
+            raise Refused(f"this helper's {name} is a different compiler")
+        return path
+
+
+class HelperService(compile_pb2_grpc.HelperServicer):
+    def __init__(self, grants: Grants, leader_epoch: Callable[[], int | None], user: str | None = None,
+                 workdir: str | None = None):
+        self.grants = grants
+        self.leader_epoch = leader_epoch
+        self.compilers = Compilers()
+        self.user = user
+        self.workdir = workdir
+
+    def Compile(self, request: pb.CompileRequest, context) -> pb.CompileReply:
+        try:
+            self.grants.follow(self.leader_epoch())
+            with self.grants.slot(request.grant, request.epoch):
+                compiler = self.compilers.matching(request.compiler, request.compiler_identity)
+                job = CompileJob(args=tuple(request.args), source=request.source, cwd=request.cwd,
+                                 files={f.path: f.content for f in request.files},
+                                 system_dirs=tuple(request.system_dirs))
+                result = run_compile(compiler, job, workdir=self.workdir, user=self.user)
+        except (Refused, JobRefused) as exc:
+            log.info("compile job of %s refused: %s", request.source[:200], exc)
+            return pb.CompileReply(refused=str(exc) or type(exc).__name__)
+        return pb.CompileReply(exit_code=result.exit_code, object=result.object, diagnostics=result.diagnostics)
+
+
+class HelperServer:
+    """The Helper service on its own threaded gRPC server: `start()` -> bound port; `stop()`."""
+
+    def __init__(self, listen: str, grants: Grants, leader_epoch: Callable[[], int | None], workers: int):
+        root = hasattr(os, "geteuid") and os.geteuid() == 0
+        self.service = HelperService(grants, leader_epoch, user=TASK_USER_WHEN_ROOT if root else None)
+        self.listen = listen
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="helper"),
+                                   options=[("grpc.max_receive_message_length", MAX_MESSAGE),
+                                            ("grpc.max_send_message_length", MAX_MESSAGE)])
+        compile_pb2_grpc.add_HelperServicer_to_server(self.service, self._server)
+        self.port: int | None = None
+
+    def start(self) -> int:
+        """Raises OSError when the address cannot be listened on."""
+        port = self._server.add_insecure_port(self.listen)
+        if not port:
+            raise OSError(f"cannot listen on {self.listen}")
+        self._server.start()
+        self.port = port
+        return port
+
+    def address(self, host: str) -> str:
+        """host:port as initiators reach it: the listen host, or `host` for a wildcard."""
+        listen_host = self.listen.rpartition(":")[0].strip("[]")
+        if listen_host in ("", "0.0.0.0", "::"):
+            listen_host = host
+        return f"{listen_host}:{self.port}"
+
+    def stop(self, grace: float = 1.0) -> None:
+        self._server.stop(grace).wait(grace + 1)

@@ -1,0 +1,301 @@
+"""The initiator's network half of `baton run` (docs/design.md section 8).
+
+`CoreClient` holds one Cores.Want stream (cluster/protocol/compile.proto) to
+the leader the leader key names (followed with agent.leader.LeaderFollower,
+like agents; TLS with the cluster CA and the cluster token, like agents),
+says how many cores the build could use now (the compiles waiting or
+running remotely, capped by --max-remote; lowered only after it stayed lower
+for a tick, so that grants do not churn), and keeps the grants the leader
+sends. A new leader: the stream moves to it and the old grants end.
+
+`JobServer` serves the build's `baton cc` processes on a unix socket in the
+run directory (framing: cli/ccwire.py): each sends its packed job, the
+server takes a free slot of a grant (waiting up to `wait` seconds), sends
+the job to that helper (Helper.Compile) and returns the object and the
+diagnostics. Anything else — no leader, no free slot in time, a helper that
+fails or refuses — is answered "compile it locally, because ...": never
+worse than local.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+import queue
+import socketserver
+import threading
+import time
+
+import grpc
+
+from agent.compile_job import compiler_identity
+from agent.leader import LeaderFollower
+from cli import ccwire
+from cluster.keys import Keys
+from cluster.protocol import compile_pb2 as pb
+from cluster.protocol import compile_pb2_grpc
+from lease.client import EtcdConfig, connect
+from lease.errors import BatonError
+
+log = logging.getLogger(__name__)
+
+TICK = 0.5                      # s between lowering the cores wanted (see CoreClient._ticker)
+COMPILE_TIMEOUT = 600.0         # s for one job on a helper
+MAX_MESSAGE = 80 * 1024 * 1024  # as agent.helper.MAX_MESSAGE
+
+
+@dataclasses.dataclass(frozen=True)
+class Farm:
+    """How `baton run` reaches the cluster (from the CLI's options)."""
+
+    etcd: EtcdConfig
+    cluster: str = "default"
+    token: str | None = None               # the cluster token (agents' --agent-token-file)
+    root_certificates: bytes | None = None  # the CA of the coordinators' gRPC TLS
+    wait: float = 2.0                      # s a job waits for a free helper core
+
+
+class Initiator:
+    """Both halves for one `baton run`: `start()`, `stop()`, `helpers_used`."""
+
+    def __init__(self, farm: Farm, build: str, run_dir: str, cap: int | None = None):
+        self.cores = CoreClient(farm.etcd, farm.cluster, build, farm.token, farm.root_certificates, cap)
+        self.jobs = JobServer(run_dir, self.cores, farm.wait)
+
+    def start(self) -> "Initiator":
+        self.cores.start()
+        self.jobs.start()
+        return self
+
+    def stop(self) -> None:
+        self.jobs.stop()
+        self.cores.stop()
+
+
+class CoreClient:
+    """`start()`; `acquire(wait)` -> (pb.Grant, "") or (None, why); `release(grant)`; `stop()`."""
+
+    def __init__(self, etcd: EtcdConfig, cluster: str, build: str, token: str | None = None,
+                 root_certificates: bytes | None = None, cap: int | None = None):
+        self.etcd_config, self.keys, self.build = etcd, Keys(cluster), build
+        self.token, self.cap = token, cap
+        self._credentials = (grpc.ssl_channel_credentials(root_certificates=root_certificates)
+                             if root_certificates else None)
+        self._cond = threading.Condition()
+        self._grants: dict[str, pb.Grant] = {}   # grant id -> grant
+        self._busy: dict[str, int] = {}          # grant id -> jobs in flight
+        self._active = 0                         # jobs waiting for a slot or running remotely
+        self._peak = 0                           # most active since the last tick
+        self._sent = -1                          # the cores last asked for
+        self._requests: queue.Queue | None = None
+        self._call = None
+        self._leaderless = True
+        self._leaderless_since = time.monotonic()
+        self._settled = threading.Event()        # the first answer (grants, or that there is no leader)
+        self._stopping = threading.Event()
+        self._changed = threading.Event()
+        self._etcd = None
+        self._follower: LeaderFollower | None = None
+        self.helpers_used: set[str] = set()
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start(self) -> "CoreClient":
+        threading.Thread(target=self._run, name="cores", daemon=True).start()
+        threading.Thread(target=self._ticker, name="cores-ticker", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._changed.set()
+        self._end_call()
+        if self._follower is not None:
+            self._follower.stop()
+        if self._etcd is not None:
+            self._etcd.close()
+
+    def _run(self) -> None:
+        try:
+            self._etcd = connect(self.etcd_config)
+            self._follower = LeaderFollower(self._etcd, self.keys.leader, self._on_leader)
+            self._follower.start()
+        except BatonError as exc:
+            log.info("baton run: no leader to ask for helper cores (%s); compiling here", exc)
+            self._settled.set()
+            return
+        while not self._stopping.is_set():
+            leader = self._follower.current
+            if leader is None:
+                self._set_grants([], leaderless=True)
+                self._changed.wait(1.0)
+                self._changed.clear()
+                continue
+            self._hold_stream(leader)
+            self._set_grants([], leaderless=False)
+            self._changed.wait(0.2)   # a refused or broken stream: try again soon (or on a leader change)
+            self._changed.clear()
+
+    def _on_leader(self, view) -> None:
+        self._end_call()   # the stream is to the old leader: its grants end with its epoch
+        self._changed.set()
+
+    def _end_call(self) -> None:
+        call = self._call
+        if call is not None:
+            call.cancel()
+
+    def _hold_stream(self, leader) -> None:
+        channel = (grpc.secure_channel(leader.grpc, self._credentials) if self._credentials
+                   else grpc.insecure_channel(leader.grpc))
+        requests: queue.Queue = queue.Queue()
+        with self._cond:
+            self._sent = self._wanted()
+            requests.put(pb.CoreRequest(build=self.build, cores=self._sent))
+            self._requests = requests
+        metadata = [("authorization", f"Bearer {self.token}")] if self.token else []
+        try:
+            self._call = compile_pb2_grpc.CoresStub(channel).Want(iter(requests.get, None), metadata=metadata)
+            for reply in self._call:
+                self._set_grants(reply.grants, leaderless=False)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                log.info("baton run: the cores stream to %s ended: %s", leader.name, exc.details())
+        finally:
+            with self._cond:
+                self._requests = None
+            requests.put(None)
+            self._call = None
+            channel.close()
+
+    # -- grants and demand ------------------------------------------------------------------
+    def _set_grants(self, grants, leaderless: bool) -> None:
+        with self._cond:
+            self._grants = {g.grant: g for g in grants}
+            self._busy = {g: self._busy.get(g, 0) for g in self._grants}
+            if leaderless and not self._leaderless:
+                self._leaderless_since = time.monotonic()
+            self._leaderless = leaderless
+            self._cond.notify_all()
+        self._settled.set()
+
+    def _wanted(self) -> int:
+        wanted = max(self._active, self._peak)
+        return wanted if self.cap is None else min(self.cap, wanted)
+
+    def _ask(self) -> None:
+        """With the lock held: send the cores wanted if they changed."""
+        wanted = self._wanted()
+        if wanted != self._sent and self._requests is not None:
+            self._sent = wanted
+            self._requests.put(pb.CoreRequest(build=self.build, cores=wanted))
+
+    def _ticker(self) -> None:
+        while not self._stopping.wait(TICK):
+            with self._cond:
+                self._ask()
+                self._peak = self._active
+
+    def acquire(self, wait: float) -> tuple[pb.Grant | None, str]:
+        """A slot of a grant for one job, or (None, why it compiles locally)."""
+        deadline = time.monotonic() + wait
+        if not self._settled.wait(wait):
+            return None, f"no answer from the cluster within {wait:g} s"
+        with self._cond:
+            self._active += 1
+            self._peak = max(self._peak, self._active)
+            if self.cap is None or self._sent < self.cap:
+                self._ask()
+            while True:
+                free = [g for g in self._grants.values() if self._busy.get(g.grant, 0) < g.slots]
+                if free:
+                    grant = min(free, key=lambda g: self._busy[g.grant] / g.slots)
+                    self._busy[grant.grant] += 1
+                    return grant, ""
+                left = deadline - time.monotonic()
+                why = "no leader" if self._leaderless else f"no free helper core within {wait:g} s"
+                if self._leaderless:   # waiting is worth it only for a leader that is being elected
+                    left = min(left, self._leaderless_since + wait - time.monotonic())
+                if left <= 0 or (self._leaderless and self._follower is None):
+                    self._active -= 1
+                    return None, why
+                self._cond.wait(left)
+
+    def release(self, grant: pb.Grant) -> None:
+        with self._cond:
+            self._active -= 1
+            if grant.grant in self._busy:
+                self._busy[grant.grant] -= 1
+            self._cond.notify_all()
+
+
+@functools.lru_cache(maxsize=32)
+def _identity(compiler: str) -> str:
+    return compiler_identity(compiler)
+
+
+class JobServer:
+    """Serves `baton cc` on `<run_dir>/cc.sock`; `start()`, `stop()`."""
+
+    def __init__(self, run_dir: str, cores: CoreClient, wait: float):
+        self.path = os.path.join(run_dir, ccwire.SOCKET)
+        self.cores, self.wait = cores, wait
+        self._channels: dict[str, grpc.Channel] = {}
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                try:
+                    header, blobs = ccwire.receive(self.request)
+                    reply, out = server.compile(header, blobs)
+                    ccwire.send(self.request, reply, out)
+                except (OSError, ValueError) as exc:
+                    log.warning("baton run: a job from baton cc failed: %s", exc)
+
+        self._server = socketserver.ThreadingUnixStreamServer(self.path, Handler)
+        self._server.daemon_threads = True
+
+    def start(self) -> "JobServer":
+        threading.Thread(target=self._server.serve_forever, name="cc-jobs", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        with self._lock:
+            for channel in self._channels.values():
+                channel.close()
+
+    def _stub(self, address: str) -> compile_pb2_grpc.HelperStub:
+        with self._lock:
+            channel = self._channels.get(address)
+            if channel is None:
+                channel = self._channels[address] = grpc.insecure_channel(
+                    address, options=[("grpc.max_receive_message_length", MAX_MESSAGE),
+                                      ("grpc.max_send_message_length", MAX_MESSAGE)])
+            return compile_pb2_grpc.HelperStub(channel)
+
+    def compile(self, header: dict, blobs: list[bytes]) -> tuple[dict, list[bytes]]:
+        """One job: ({"helper": agent, "exit_code": n}, [object, diagnostics]) or ({"local": why}, [])."""
+        try:
+            identity = _identity(header["compiler"])
+        except (OSError, FileNotFoundError) as exc:
+            return {"local": f"cannot identify the compiler: {exc}"}, []
+        grant, why = self.cores.acquire(self.wait)
+        if grant is None:
+            return {"local": why}, []
+        request = pb.CompileRequest(
+            grant=grant.grant, epoch=grant.epoch, compiler=os.path.basename(header["compiler"]),
+            compiler_identity=identity, args=header["args"], source=header["source"], cwd=header["cwd"],
+            files=[pb.SourceFile(path=p, content=c) for p, c in zip(header["paths"], blobs)],
+            system_dirs=header["system_dirs"])
+        try:
+            reply = self._stub(grant.helper).Compile(request, timeout=COMPILE_TIMEOUT)
+        except grpc.RpcError as exc:
+            return {"local": f"helper {grant.agent} failed: {exc.code().name}"}, []
+        finally:
+            self.cores.release(grant)
+        if reply.refused:
+            return {"local": f"helper {grant.agent} refused: {reply.refused}"}, []
+        self.cores.helpers_used.add(grant.agent)
+        return {"helper": grant.agent, "exit_code": reply.exit_code}, [reply.object, reply.diagnostics]

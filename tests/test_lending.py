@@ -1,0 +1,173 @@
+"""The leader lends helper cores to `baton run` builds (coordinator/runtime/lending.py),
+against a real etcd and real gRPC: the Cores stream of an initiator, and agents'
+streams (tests/test_runtime.StubAgent). One core budget per agent: lent cores
+never run tasks, cores running tasks are never lent."""
+from __future__ import annotations
+
+import queue
+import threading
+
+import grpc
+import pytest
+
+from cluster.keys import encode
+from cluster.protocol import compile_pb2 as cpb
+from cluster.protocol import compile_pb2_grpc
+from coordinator.config import Timings
+from coordinator.runtime.aio_service import AioAgentServer
+from coordinator.runtime.runtime import Runtime
+from tests.harness.ports import free_port
+from tests.harness.wait import wait_until
+from tests.test_runtime import TOKEN, StubAgent, leadership, submit  # noqa: F401 - leadership: a fixture
+
+
+class Initiator:
+    """One Cores.Want stream, as `baton run` holds it."""
+
+    def __init__(self, address, build, cores, token=TOKEN):
+        self.channel = grpc.insecure_channel(address)
+        self.requests: queue.Queue = queue.Queue()
+        self.requests.put(cpb.CoreRequest(build=build, cores=cores))
+        self.build = build
+        self.replies: list[cpb.CoreGrants] = []
+        self.error = None
+        self.call = compile_pb2_grpc.CoresStub(self.channel).Want(
+            iter(self.requests.get, None), metadata=[("authorization", f"Bearer {token}")])
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        try:
+            for reply in self.call:
+                self.replies.append(reply)
+        except grpc.RpcError as exc:
+            self.error = exc
+
+    def want(self, cores):
+        self.requests.put(cpb.CoreRequest(build=self.build, cores=cores))
+
+    def slots(self) -> dict[str, int]:
+        return {g.agent: g.slots for g in self.replies[-1].grants} if self.replies else {}
+
+    def close(self):
+        self.requests.put(None)
+        self.channel.close()
+
+
+@pytest.fixture
+def farm(etcd, keys, leadership):
+    runtime = Runtime(etcd, keys, "c1", Timings(ttl=2, grace=1.5), agent_token=TOKEN)
+    port = free_port()
+    server = AioAgentServer(runtime, f"127.0.0.1:{port}")
+    server.start()
+    runtime.start(leadership.epoch)
+    opened = []
+
+    class Farm:
+        address = f"127.0.0.1:{port}"
+
+        def agent(self, name, cores=2, helper=True):
+            a = StubAgent(etcd, keys, self.address, name, leadership.epoch, cores=cores, present=False)
+            a.lease = etcd.lease_grant(30)
+            etcd.put(keys.agent(name), encode({"name": name, "cores": cores,
+                                                **({"helper": f"{name}:4000"} if helper else {})}), lease=a.lease)
+            a.wait("welcome")
+            opened.append(a)
+            return a
+
+        def initiator(self, build, cores, **kw):
+            i = Initiator(self.address, build, cores, **kw)
+            opened.append(i)
+            return i
+
+        @property
+        def dispatcher(self):
+            return runtime._dispatcher
+
+    yield Farm()
+    for o in opened:
+        o.close()
+    runtime.stop("test over")
+    server.stop(None)
+
+
+def lent_now(agent: StubAgent) -> dict[str, int]:
+    """What the agent was told it lends: grant id -> slots (after every Lend/Unlend so far)."""
+    held: dict[str, int] = {}
+    for m in list(agent.messages):
+        kind = m.WhichOneof("body")
+        if kind == "lend":
+            held[m.lend.grant] = m.lend.slots
+        elif kind == "unlend":
+            held.pop(m.unlend.grant, None)
+    return held
+
+
+def busy(agent: StubAgent) -> int:
+    """Cores of the agent in use: tasks assigned and not yet reported, plus lent slots."""
+    return len(agent.assignments()) - len(agent.acks()) + sum(lent_now(agent).values())
+
+
+def test_lent_cores_run_no_tasks_and_cores_running_tasks_are_not_lent(etcd, keys, farm):
+    a1, a2 = farm.agent("a1"), farm.agent("a2")
+    submit(etcd, keys, "b1", [{"id": f"t{i}"} for i in range(3)])
+    wait_until(lambda: len(a1.assignments()) + len(a2.assignments()) == 3, 15)
+    run = farm.initiator("r1", 4)
+    wait_until(lambda: sum(run.slots().values()) == 1, 15, message="the one free core lent")
+    grant = run.replies[-1].grants[0]
+    assert grant.helper == f"{grant.agent}:4000" and grant.epoch == farm.dispatcher.epoch and len(grant.grant) == 32
+    assert busy(a1) <= 2 and busy(a2) <= 2
+    # A second task build's tasks wait: every core runs a task or is lent.
+    submit(etcd, keys, "b2", [{"id": "u1"}, {"id": "u2"}])
+    done = a1.assignments()[0]
+    a1.send_result(done)
+    a1.wait("ack")
+    # The freed core goes to whichever build has fewer: the run (1) vs b2 (0): b2 gets it.
+    wait_until(lambda: any(b == "b2" for b, _, _ in a1.assignments() + a2.assignments()), 15)
+    assert busy(a1) <= 2 and busy(a2) <= 2
+    assert sum(run.slots().values()) == 1
+    # The initiator needs none: its core goes back and b2's second task gets it.
+    run.want(0)
+    wait_until(lambda: sum(1 for b, _, _ in a1.assignments() + a2.assignments() if b == "b2") == 2, 15)
+    wait_until(lambda: lent_now(a1) == {} and lent_now(a2) == {}, 15)
+    assert run.slots() == {}
+
+
+def test_run_builds_share_the_cores_fairly_and_their_grants_end_with_their_streams(farm):
+    a1, a2 = farm.agent("a1"), farm.agent("a2")
+    r1 = farm.initiator("r1", 8)
+    wait_until(lambda: sum(r1.slots().values()) == 4, 15)
+    assert r1.slots() == {"a1": 2, "a2": 2} and lent_now(a1) and lent_now(a2)
+    r1.want(2)   # gives two back at once
+    wait_until(lambda: sum(r1.slots().values()) == 2, 15)
+    r2 = farm.initiator("r2", 8)
+    wait_until(lambda: sum(r2.slots().values()) == 2, 15)
+    r1.want(8)   # no preemption: r2 keeps its 2, nothing is free
+    assert sum(r2.slots().values()) == 2
+    r2.close()   # its stream ends: its grants end, and r1 gets the cores
+    wait_until(lambda: sum(r1.slots().values()) == 4, 15)
+    assert all(sum(lent_now(a).values()) == 2 for a in (a1, a2))
+
+
+def test_agents_without_a_helper_service_lend_nothing(farm):
+    farm.agent("a1", helper=False)
+    a2 = farm.agent("a2")
+    r1 = farm.initiator("r1", 8)
+    wait_until(lambda: r1.slots() == {"a2": 2}, 15)
+    assert sum(lent_now(a2).values()) == 2
+
+
+def test_a_stream_without_the_cluster_token_is_refused(farm):
+    r1 = farm.initiator("r1", 1, token="wrong")
+    wait_until(lambda: r1.error is not None, 15)
+    assert r1.error.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_max_cores_per_build_caps_a_run_build_and_disabled_agents_lend_nothing(etcd, keys, farm):
+    etcd.put(keys.settings, encode({"max_cores_per_build": 3}))
+    wait_until(lambda: farm.dispatcher.settings.max_cores_per_build == 3, 10)
+    a1, a2 = farm.agent("a1"), farm.agent("a2")
+    r1 = farm.initiator("r1", 8)
+    wait_until(lambda: sum(r1.slots().values()) == 3, 15)
+    etcd.put(keys.agent_settings("a1"), encode({"disabled": True}))
+    wait_until(lambda: "a1" not in r1.slots() and lent_now(a1) == {}, 15, message="a1's lend ended")
+    assert r1.slots() == {"a2": 2} and sum(lent_now(a2).values()) == 2
