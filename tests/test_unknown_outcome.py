@@ -112,3 +112,29 @@ def test_a_result_whose_write_timed_out_after_it_landed_is_recorded_once(etcd, k
     assert verdict.ok, verdict.problems
     ends = [rec for _, rec in task_records(verdict.events, keys)[("b1", "t1")] if rec["state"] == "done"]
     assert len(ends) == 1
+
+
+def test_once_submissions_fill_a_transaction_within_etcds_op_limit(etcd, keys):
+    # etcd counts a nested transaction's ops against the outer one's limit (128): a `once`
+    # submission costs one op more, or a full batch would be refused as too many operations.
+    ok, _ = etcd.txn([etcd.ops.create(keys.leader) == 0], [etcd.ops.put(keys.leader, b'{"name":"t"}')])
+    assert ok
+    seen = []
+    store = GroupCommit(etcd, Fence(etcd, keys.leader, etcd.get(keys.leader)[1].create_revision),
+                        window=0.3, on_error=seen.append)
+    put = etcd.ops.put
+    try:
+        with pytest.raises(ValueError):
+            store.submit([put(f"{keys.root}big/{i}", b"x") for i in range(128)], once=True)
+        # 63 + 65 ops: 128, but 129 for etcd; counted so, they go in two transactions.
+        futures = [store.submit([put(f"{keys.root}flat/{i}", b"x")]) for i in range(63)]
+        futures.append(store.submit([put(f"{keys.root}many/{i}", b"x") for i in range(65)], once=True))
+        futures += [store.submit([put(f"{keys.root}one/{i}", b"x")], once=True) for i in range(40)]
+        for future in futures:
+            assert future.result(10) is None
+    finally:
+        store.close()
+    assert not seen and store.write_errors == 0 and store.already_applied == 0
+    # Batched, not refused and then committed one submission at a time.
+    assert len({meta.mod_revision for _, meta in etcd.get_prefix(keys.root + "flat/")}) == 1
+    assert len(etcd.get_prefix(keys.root + "many/")) == 65
