@@ -13,7 +13,12 @@ rules:
   trip to etcd;
 - a result counts only for the task's current attempt on its current agent
   (rule 5), and is acknowledged only once durable; duplicates and stale
-  results are acknowledged with recorded=false.
+  results are acknowledged with recorded=false;
+- an end record (a result, a never-run or cancelled end) is written with
+  `once=True` (coordinator/runtime/store.py): a write that timed out may
+  have landed, and its retry must not end the attempt a second time.
+  Running records need no such guard: after a failed one the task is placed
+  again with a new record (new time, maybe another agent), never the same.
 """
 from __future__ import annotations
 
@@ -187,7 +192,7 @@ class ResultRecording(EpochState):
         """Write the result (with the running records of dependants placed
         early: one transaction, so all land or none)."""
         placed = list(placed)
-        future = self.store.submit([self._task_put(task, task.recording[0])] + [op for *_, op in placed])
+        future = self.store.submit([self._task_put(task, task.recording[0])] + [op for *_, op in placed], once=True)
         post = self.post_event
         future.add_done_callback(lambda f: post(inbox.ResultWritten(task, f, [p[:3] for p in placed])))
 
@@ -221,7 +226,7 @@ class ResultRecording(EpochState):
         post = self.post_event
         for i in range(0, len(writes), 100):
             chunk = writes[i:i + 100]
-            future = self.store.submit([self._task_put(t, rec) for t, rec in chunk])
+            future = self.store.submit([self._task_put(t, rec) for t, rec in chunk], once=True)
             future.add_done_callback(lambda f, c=chunk: post(inbox.NeverRunWritten(f, c)))
         for t, _ in writes:
             self.report.dirty.add(t.build_id)

@@ -17,7 +17,10 @@ Failure:
   never comes back), so that batch, everything queued and everything
   submitted later fail with NotLeader, and `on_not_leader` is called once;
 - etcd is unavailable: that batch's futures fail with EtcdUnavailable (the
-  write may or may not have been applied); the caller retries or steps down;
+  write may or may not have been applied: its outcome is unknown); the
+  caller retries or steps down. A retry must not apply a write twice (a task
+  record written twice is a task that ended twice, docs/design.md section 3
+  rule 5): submit it with `once=True` (below);
 - etcd refuses the transaction (e.g. a value over its request size limit):
   each submission of the batch is tried again alone, so one bad write does
   not take the others down with it; the refused one's future fails with
@@ -31,6 +34,18 @@ before a submission that touches a key the batch already writes. Keys that
 are rewritten often (build-status, runtime) can be submitted with
 `coalesce=True`: a newer put replaces a still-queued one (last write wins)
 and both callers get the same future.
+
+Writes that must land at most once (the task records: results, never-run
+and cancelled ends) are submitted with `once=True`: the submission goes in
+the batch as a nested transaction that is applied only if its first put's
+key does not already hold that put's value. Each such record is unique (it
+names its attempt, agent, times, epoch and writer), so "already there" means
+an earlier submission of the same ops landed although its caller heard only
+a timeout; the future then resolves as committed, and `already_applied`
+counts it. This holds whichever of the two reaches etcd first (a retry, or
+the first try delayed in the network), at no extra round trip. etcd counts
+a nested transaction's ops against the outer one's limit, so a `once`
+submission costs one op more (at most max_ops - 1 ops).
 """
 from __future__ import annotations
 
@@ -48,12 +63,18 @@ log = logging.getLogger(__name__)
 
 
 class _Entry:
-    __slots__ = ("ops", "future", "keys")
+    __slots__ = ("ops", "future", "keys", "once")
 
-    def __init__(self, ops: list, future: Future):
+    def __init__(self, ops: list, future: Future, once: bool = False):
         self.ops = ops
         self.future = future
         self.keys = {_key_of(op) for op in ops}
+        self.once = once
+
+    @property
+    def cost(self) -> int:
+        """Ops it takes of a transaction's max_ops (see the module docstring)."""
+        return len(self.ops) + self.once
 
 
 def _key_of(op: Any) -> bytes:
@@ -88,6 +109,7 @@ class GroupCommit:
         self.txns = 0
         self.ops_committed = 0
         self.write_errors = 0
+        self.already_applied = 0   # `once` writes found in place (an earlier try had landed)
         self.txn_seconds: collections.deque[float] = collections.deque(maxlen=10000)  # recent round trips
         self._observe_txn = observe_txn  # a process-wide histogram (runtime.metrics), called under _lock
         self._threads = [threading.Thread(target=self._run, name=f"group-commit-{i}", daemon=True)
@@ -96,19 +118,23 @@ class GroupCommit:
             thread.start()
 
     # -- callers ------------------------------------------------------------
-    def submit(self, ops: list, coalesce: bool = False) -> Future:
+    def submit(self, ops: list, coalesce: bool = False, once: bool = False) -> Future:
         """Queue ops that must commit together; the future resolves (None) once
         durable or fails with NotLeader / EtcdUnavailable / EtcdError.
 
         coalesce=True (only for a single put) lets a later put of the same key
-        replace this one while both are still queued."""
+        replace this one while both are still queued. once=True (the first op
+        a put): not applied if the first put's value is already in place, as
+        after a retry of a write whose outcome was unknown (module docstring)."""
         ops = list(ops)
         if not ops:
             raise ValueError("submit needs at least one op")
-        if len(ops) > self.max_ops:
-            raise ValueError(f"{len(ops)} ops cannot commit together (at most {self.max_ops})")
-        if coalesce and len(ops) != 1:
-            raise ValueError("only a single put can be coalesced")
+        if len(ops) + once > self.max_ops:
+            raise ValueError(f"{len(ops)} ops cannot commit together (at most {self.max_ops - once})")
+        if coalesce and (len(ops) != 1 or once):
+            raise ValueError("only a single put can be coalesced, and not with once")
+        if once and not isinstance(ops[0], self._etcd.ops.put):
+            raise ValueError("once needs a put first: its value tells whether the ops landed")
         with self._lock:
             if self._failed is not None:
                 return _failed_future(self._failed)
@@ -120,11 +146,11 @@ class GroupCommit:
                 if queued is not None:
                     queued.ops = ops  # last write wins; same position in the queue
                     return queued.future
-            entry = _Entry(ops, Future())
+            entry = _Entry(ops, Future(), once)
             if coalesce:
                 self._coalescable[_key_of(ops[0])] = entry
             self._queue.append(entry)
-            self._queued_ops += len(ops)
+            self._queued_ops += entry.cost
             self._lock.notify_all()
             return entry.future
 
@@ -196,7 +222,7 @@ class GroupCommit:
         scanned = 0
         while self._queue and scanned < 4 * self.max_ops:
             entry = self._queue[0]
-            if count + len(entry.ops) > self.max_ops:
+            if count + entry.cost > self.max_ops:
                 break
             self._queue.popleft()
             scanned += 1
@@ -204,14 +230,14 @@ class GroupCommit:
                 blocked |= entry.keys
                 skipped.append(entry)
                 continue
-            self._queued_ops -= len(entry.ops)
+            self._queued_ops -= entry.cost
             if len(entry.ops) == 1:
                 k = next(iter(entry.keys))
                 if self._coalescable.get(k) is entry:
                     del self._coalescable[k]
             batch.append(entry)
             keys |= entry.keys
-            count += len(entry.ops)
+            count += entry.cost
         self._queue.extendleft(reversed(skipped))
         return batch, keys
 
@@ -222,12 +248,14 @@ class GroupCommit:
                 return
             batch, keys = taken
             sent = time.monotonic()
-            error = self._commit([op for e in batch for op in e.ops])
+            error, landed = self._commit(batch)
             errors = [error] * len(batch)
             if (len(batch) > 1 and isinstance(error, EtcdError)
                     and not isinstance(error, (EtcdUnavailable, NotLeader))):
                 # etcd refused the whole transaction: find the one it refuses (e.g. too large).
-                errors = [self._commit(e.ops) for e in batch]
+                alone = [self._commit([e]) for e in batch]
+                errors = [err for err, _ in alone]
+                landed = [already for _, found in alone for already in found]
                 error = next((err for err in errors if isinstance(err, NotLeader)), None)
             leftover: list[_Entry] = []
             first = False
@@ -239,6 +267,7 @@ class GroupCommit:
                         self._observe_txn(took)
                     self.txns += 1
                     self.ops_committed += sum(len(e.ops) for e, err in zip(batch, errors) if err is None)
+                    self.already_applied += len(landed)
                 if isinstance(error, NotLeader):
                     first = self._failed is None
                     self._failed = error
@@ -260,20 +289,38 @@ class GroupCommit:
                     self.on_not_leader()
                 except Exception:  # noqa: BLE001
                     log.exception("group commit: on_not_leader failed")
+            if landed:
+                log.info("group commit: %d write(s) had already landed (a retry after an unknown "
+                         "outcome); not applied again", len(landed))
             failed = [err for err in errors if err is not None and not isinstance(err, NotLeader)]
             if failed:
                 self._count_errors(failed)
 
-    def _commit(self, ops: list) -> Exception | None:
-        """One fenced transaction; the error it ended with, or None."""
+    def _commit(self, batch: list[_Entry]) -> tuple[Exception | None, list[_Entry]]:
+        """One fenced transaction of the batch's entries: the error it ended
+        with (or None), and the `once` entries found already in place."""
+        txn = self._etcd.ops
+        ops: list = []
+        guarded: list[tuple[int, _Entry]] = []   # (index of its response, entry)
+        for entry in batch:
+            if entry.once:
+                # Compare "equal" in the guard, ops in its failure branch: etcd fails a value
+                # comparison with a missing key, and the key is missing before its first record.
+                first = entry.ops[0]
+                guarded.append((len(ops), entry))
+                ops.append(txn.txn([txn.value(first.key) == first.value], [], entry.ops))
+            else:
+                ops.extend(entry.ops)
         try:
-            ok, _ = self._etcd.txn(self._compare, ops, [])
-            return None if ok else NotLeader("the leader key's create revision is no longer our epoch")
+            ok, responses = self._etcd.txn(self._compare, ops, [])
         except EtcdError as exc:
-            return exc
+            return exc, []
         except Exception as exc:  # noqa: BLE001 - a bug must not kill the writer silently
             log.exception("group commit: unexpected error")
-            return EtcdError(f"unexpected error writing to etcd: {exc!r}")
+            return EtcdError(f"unexpected error writing to etcd: {exc!r}"), []
+        if not ok:
+            return NotLeader("the leader key's create revision is no longer our epoch"), []
+        return None, [entry for i, entry in guarded if responses[i].response_txn.succeeded]
 
     def _count_errors(self, failed: list[Exception]) -> None:
         with self._lock:

@@ -14,6 +14,10 @@ existing and new connections:
   network partition: the peer finds out only through its own timeouts
   (gRPC keepalive, call deadlines). Bytes that arrived meanwhile are held and
   delivered if the mode goes back to "pass" (TCP would retransmit them).
+- "mute": forward what the client sends, hold what the server answers
+  (delivered if the mode goes back to "pass"). The server acts on requests
+  whose answers the client does not get before its deadline: a write whose
+  outcome is unknown to the client, though it was applied.
 
 Each connection uses two pump threads (one per direction). A pump reads only
 while the mode is "pass", so in "blackhole" the kernel buffers fill and the
@@ -26,7 +30,7 @@ import struct
 import threading
 from typing import Callable
 
-MODES = ("pass", "drop", "blackhole")
+MODES = ("pass", "drop", "blackhole", "mute")
 _CHUNK = 65536
 
 
@@ -81,12 +85,12 @@ class _Link:
             self.upstream = upstream
         threading.Thread(target=self._pump, args=(self.client, upstream), daemon=True,
                          name="proxy-c2u").start()
-        self._pump(upstream, self.client)
+        self._pump(upstream, self.client, replies=True)
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, replies: bool = False) -> None:
         try:
             while True:
-                if self.proxy._wait_pass() != "pass":
+                if self.proxy._wait_pass(replies) != "pass":
                     break
                 data = src.recv(_CHUNK)
                 if not data:
@@ -96,8 +100,8 @@ class _Link:
                     except OSError:
                         pass
                     break
-                # Hold what was read while the link is blackholed.
-                if self.proxy._wait_pass() != "pass":
+                # Hold what was read while the link is blackholed (or muted, for replies).
+                if self.proxy._wait_pass(replies) != "pass":
                     break
                 dst.sendall(data)
         except OSError:
@@ -151,7 +155,7 @@ class TcpProxy:
             return len(self._links)
 
     def set_mode(self, mode: str) -> None:
-        """"pass", "drop" or "blackhole"; takes effect on existing connections at once."""
+        """"pass", "drop", "blackhole" or "mute"; takes effect on existing connections at once."""
         if mode not in MODES:
             raise ValueError(f"proxy mode must be one of {MODES}, got {mode!r}")
         with self._cond:
@@ -181,12 +185,14 @@ class TcpProxy:
         self.close()
 
     # -- internals -------------------------------------------------------------
-    def _wait_pass(self) -> str:
-        """Block while blackholed; return "pass", "drop" or "closed"."""
+    def _wait_pass(self, replies: bool = False) -> str:
+        """Block while blackholed (replies: or muted); return "pass", "drop" or "closed"."""
         with self._cond:
-            while self.mode == "blackhole" and not self._closing:
+            while (self.mode == "blackhole" or (replies and self.mode == "mute")) and not self._closing:
                 self._cond.wait()
-            return "closed" if self._closing else self.mode
+            if self._closing:
+                return "closed"
+            return "pass" if self.mode == "mute" else self.mode
 
     def _forget(self, link: _Link) -> None:
         with self._cond:
