@@ -123,6 +123,7 @@ def test_a_cancelled_build_stops_its_running_tasks_and_the_next_build_runs(make_
     cluster = make_cluster(agents=2, backups=0, cores=2)
     pids = tmp_path / "pids"
     pids.mkdir()
+    pids.chmod(0o1777)  # the tasks run as nobody (agent/sandbox.py)
     ids = [f"long{i}" for i in range(6)]
     # exec: the task's shell becomes the sleep, so the pid written is the process to watch.
     spec = {"name": "long", "tasks": [{"id": t, "cmd": f"echo $$ > {pids}/{t}; exec sleep 30"} for t in ids]
