@@ -208,12 +208,13 @@ def _sign(ca: CA, directory: str | os.PathLike, basename: str, common_name: str,
             data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
             encipher_only=False, decipher_only=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
                        critical=False)
-        .sign(ca.key, hashes.SHA256())
     )
+    if alt_names:  # a client identity (an etcd user) has none
+        cert = cert.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+    cert = cert.sign(ca.key, hashes.SHA256())
     cert_path = directory / f"{basename}.pem"
     key_path = directory / f"{basename}-key.pem"
     _write_private(key_path, _key_pem(key))
@@ -230,23 +231,4 @@ def issue_client_cert(ca: CA, directory: str | os.PathLike, basename: str, commo
         raise ConfigError(f"certificate file name {basename!r} must be a plain file name")
     if not 0 < len(common_name) <= 64:
         raise ConfigError(f"a certificate's common name holds 1-64 characters, not {len(common_name)}")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = _now()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
-        .not_valid_after(min(now + datetime.timedelta(days=valid_days), ca.cert.not_valid_after_utc))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(ca.key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / f"{basename}.pem", directory / f"{basename}-key.pem"
-    _write_private(key_path, _key_pem(key))
-    _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
-    return cert_path, key_path
+    return _sign(ca, directory, basename, common_name, [], [ExtendedKeyUsageOID.CLIENT_AUTH], valid_days)
