@@ -4,6 +4,9 @@ Coordinators here are the real `coordinator.runtime.Runtime` on a real gRPC
 server, made leader with the real lease.Session/Election (the HA loop is not
 involved: the test decides who leads). One scripted servicer (a coordinator
 that misbehaves on purpose) checks the agent's epoch fencing.
+
+(Over 400 lines: the agent's protocol against a scripted coordinator, over both
+link kinds, shares one set of fixtures.)
 """
 from __future__ import annotations
 

@@ -16,6 +16,9 @@ its backup and fails over); the etcd binary checks the ETCD_* settings and
 starts from deploy/etcd/etcd.conf.yml with client-certificate TLS;
 systemd-analyze checks the units; the certificate script runs against the
 real `baton certs`.
+
+(Over 400 lines: one test per promise of the compose file, the Dockerfile and the
+units, which share fixtures; the harness that runs compose is tests/harness/compose.py.)
 """
 from __future__ import annotations
 
