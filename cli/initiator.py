@@ -54,13 +54,15 @@ class Farm:
     token: str | None = None               # the cluster token (agents' --agent-token-file)
     root_certificates: bytes | None = None  # the CA of the coordinators' gRPC TLS
     wait: float = 2.0                      # s a job waits for a free helper core
+    client: tuple[bytes, bytes] | None = None  # (key, certificate): TLS coordinators require one
 
 
 class Initiator:
     """Both halves for one `baton run`: `start()`, `stop()`, `helpers_used`."""
 
     def __init__(self, farm: Farm, build: str, run_dir: str, cap: int | None = None):
-        self.cores = CoreClient(farm.etcd, farm.cluster, build, farm.token, farm.root_certificates, cap)
+        self.cores = CoreClient(farm.etcd, farm.cluster, build, farm.token, farm.root_certificates, cap,
+                                client=farm.client)
         self.jobs = JobServer(run_dir, self.cores, farm.wait)
 
     def start(self) -> "Initiator":
@@ -77,10 +79,13 @@ class CoreClient:
     """`start()`; `acquire(wait)` -> (pb.Grant, "") or (None, why); `release(grant)`; `stop()`."""
 
     def __init__(self, etcd: EtcdConfig, cluster: str, build: str, token: str | None = None,
-                 root_certificates: bytes | None = None, cap: int | None = None):
+                 root_certificates: bytes | None = None, cap: int | None = None,
+                 client: tuple[bytes, bytes] | None = None):
         self.etcd_config, self.keys, self.build = etcd, Keys(cluster), build
         self.token, self.cap = token, cap
-        self._credentials = (grpc.ssl_channel_credentials(root_certificates=root_certificates)
+        key, chain = client if client else (None, None)
+        self._credentials = (grpc.ssl_channel_credentials(root_certificates=root_certificates, private_key=key,
+                                                          certificate_chain=chain)
                              if root_certificates else None)
         self._cond = threading.Condition()
         self._grants: dict[str, pb.Grant] = {}   # grant id -> grant

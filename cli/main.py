@@ -295,8 +295,14 @@ def cmd_run(args) -> int:
         if args.grpc_ca:
             with open(args.grpc_ca, "rb") as f:
                 ca = f.read()
+        client = None
+        if bool(args.tls_cert) != bool(args.tls_key):
+            raise ConfigError("--tls-cert and --tls-key go together")
+        if args.tls_cert:
+            with open(args.tls_key, "rb") as k, open(args.tls_cert, "rb") as c:
+                client = (k.read(), c.read())
         farm = Farm(etcd=etcd_config(args), cluster=args.cluster, token=read_token(args.agent_token_file),
-                    root_certificates=ca, wait=args.remote_wait)
+                    root_certificates=ca, wait=args.remote_wait, client=client)
     return run(command, local_only=args.local_only, max_remote=args.max_remote, as_json=args.json, farm=farm)
 
 

@@ -220,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="file holding the cluster token (default: $BATON_AGENT_TOKEN)")
     p.add_argument("--grpc-ca", default=os.environ.get("BATON_GRPC_CA"),
                    help="CA certificate of the coordinators' gRPC TLS (default: $BATON_GRPC_CA; none: plaintext)")
+    p.add_argument("--tls-cert", default=os.environ.get("BATON_TLS_CERT"),
+                   help="client certificate for TLS coordinators, signed by the cluster CA, e.g. an agent's "
+                        "(default: $BATON_TLS_CERT)")
+    p.add_argument("--tls-key", default=os.environ.get("BATON_TLS_KEY"),
+                   help="the private key of --tls-cert (default: $BATON_TLS_KEY)")
     p.add_argument("build_command", nargs=argparse.REMAINDER, metavar="-- COMMAND...", help="the build command")
 
     sub.add_parser("cc", help="one compile of a build (COMPILER ARGS...; put first on PATH by baton run)",

@@ -52,10 +52,12 @@ def expected(sources: int = 20, weight: int = 20) -> str:
     return f"{sources * sum(3 + k for k in range(weight))}\n"
 
 
-def baton_run(cluster, cwd: Path, tmp: Path, *command: str, wait: float = 5.0) -> tuple[dict, str]:
+def baton_run(cluster, cwd: Path, tmp: Path, *command: str, wait: float = 5.0,
+              options: tuple[str, ...] = ()) -> tuple[dict, str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT), BATON_WRAPPER_DIR=str(tmp / "wrappers"), TMPDIR=str(tmp))
     argv = [sys.executable, "-m", "cli", "run", "--json", "--etcd", cluster.etcd_urls, "--cluster", cluster.cluster,
-            "--agent-token-file", str(cluster.dir / "agent-token"), "--remote-wait", str(wait), "--", *command]
+            "--agent-token-file", str(cluster.dir / "agent-token"), "--remote-wait", str(wait), *options,
+            "--", *command]
     done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.splitlines()[-1]), done.stderr
@@ -80,6 +82,21 @@ def test_compiles_go_to_the_helpers_and_come_back_byte_identical(make_cluster, t
     assert objects(src) == local
     assert subprocess.run(["./app"], cwd=src, capture_output=True, text=True).stdout == expected()
     assert len(local) == 42
+
+
+def test_with_tls_the_initiator_presents_a_client_certificate_and_compiles_go_remote(make_cluster, tmp_path):
+    """TLS coordinators require a CA-signed client certificate on every stream, the
+    initiator's Cores stream too (without one every job compiled locally)."""
+    cluster = make_cluster(agents=2, backups=0, cores=1, web=False, tls=True)
+    cluster.wait_agents(2)
+    wait_until(lambda: all(r.helper for r in cluster.agent_records().values()), 30, message="helpers advertised")
+    src = project(tmp_path / "proj", sources=6)
+    cert, key = cluster.agent_cert("a1")  # any client certificate of the cluster's CA
+    etcd = cluster.cli_etcd_args()[4:]  # --etcd-ca and the CLI's etcd identity
+    figures, stderr = baton_run(cluster, src, tmp_path, "make", "-j4",
+                                options=(*etcd, "--grpc-ca", cluster.ca, "--tls-cert", cert, "--tls-key", key))
+    assert figures["exit_code"] == 0 and figures["remote"] > 0, stderr
+    assert subprocess.run(["./app"], cwd=src, capture_output=True, text=True).stdout == expected(sources=6)
 
 
 class Build:
