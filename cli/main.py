@@ -364,6 +364,10 @@ def main(argv: list[str] | None = None) -> int:
         return exit_code_for(exc)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`baton status | head`): nothing is wrong; say nothing more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return OK
     except Exception as exc:  # noqa: BLE001 - a user sees one sentence; -v shows where it came from
         logging.getLogger("baton").debug("unexpected error", exc_info=True)
         print(f"baton {args.command}: unexpected error: {type(exc).__name__}: {exc}"
