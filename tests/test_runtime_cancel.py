@@ -47,6 +47,10 @@ def test_a_cancel_heard_before_its_build_is_kept_until_the_build_comes(etcd, key
     a1 = farm.agent("a1", cores=1)
     a1.wait("welcome")
     ask_cancel(etcd, keys, "b1")
+    # Builds and cancels come through two watches with no order between them:
+    # the cancel must have been heard before the build is written, or the
+    # build may be heard first and t1 assigned before the cancel stops it.
+    wait_until(lambda: "b1" in farm.runtime._dispatcher._cancels_waiting, 10)
     submit(etcd, keys, "b1", [{"id": "t1"}])
     assert_cancelled(etcd, keys, "b1", ["t1"])
     assert a1.of("assign") == []

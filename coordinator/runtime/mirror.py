@@ -100,11 +100,15 @@ class Mirror:
             self._reset(kvs, revision)
         if self._stopped.is_set():
             return
-        self._watcher = self._watch(self.etcd, self.keys.root, prefix=True, start_revision=revision + 1,
-                                    on_events=self._apply, on_reset=self._reset_after_compaction)
-        self._watcher.start()
-        if self._stopped.is_set():  # stop() ran between the check and the assignment
-            self._watcher.stop()
+        watcher = self._watch(self.etcd, self.keys.root, prefix=True, start_revision=revision + 1,
+                              on_events=self._apply, on_reset=self._reset_after_compaction)
+        self._watcher = watcher
+        watcher.start()
+        # stop() may run between the check above and the assignment (then it
+        # saw no watcher) or after it (then it took the watcher and set None):
+        # stopping our own reference covers both, and Watcher.stop is idempotent.
+        if self._stopped.is_set():
+            watcher.stop()
 
     def _reset(self, kvs: dict[str, Any], revision: int) -> None:
         self._other.clear()
