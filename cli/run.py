@@ -96,6 +96,8 @@ def run(command: list[str], *, local_only: bool = False, max_remote: int | None 
         print("baton run: give the build command after --, e.g. baton run -- make -j8", file=sys.stderr)
         return 2
     build_id = uuid.uuid4().hex[:12]
+    # First, before the initiator's threads can log anything: tools and people read it off the first line.
+    print(f"baton run: build {build_id}", file=sys.stderr, flush=True)
     wrappers = install_wrappers(python=python)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"baton-run-{build_id}-") as run_dir:
@@ -109,7 +111,6 @@ def run(command: list[str], *, local_only: bool = False, max_remote: int | None 
             from cli.initiator import Initiator
 
             initiator = Initiator(farm, build_id, run_dir, max_remote).start()
-        print(f"baton run: build {build_id}", file=sys.stderr, flush=True)
         try:
             code = subprocess.run(command, env=env).returncode
         except FileNotFoundError:

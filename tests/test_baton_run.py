@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +33,12 @@ def baton(*args, cwd, env):
 
 @pytest.fixture
 def env(tmp_path):
-    return dict(os.environ, PYTHONPATH=str(ROOT), BATON_WRAPPER_DIR=str(tmp_path / "wrappers"))
+    # No cluster: etcd is a port bound here and never listened on, so every connect is refused at once
+    # (the default 127.0.0.1:2379 may be some other test's or benchmark's etcd).
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        yield dict(os.environ, PYTHONPATH=str(ROOT), BATON_WRAPPER_DIR=str(tmp_path / "wrappers"),
+                   BATON_ETCD=f"http://127.0.0.1:{closed.getsockname()[1]}")
 
 
 @pytest.fixture
