@@ -157,3 +157,24 @@ def test_a_helper_of_a_tls_cluster_needs_the_agents_certificate(tmp_path):
     with pytest.raises(ConfigError, match="--tls-cert"):
         AgentConfig(name="a1", grpc_ca=str(tmp_path / "ca.pem"), helper_listen="127.0.0.1:0")
     AgentConfig(name="a1", grpc_ca=str(tmp_path / "ca.pem"))   # no Helper service: nothing to serve
+
+
+def test_baton_up_issues_again_an_agent_certificate_made_before_helpers_served_tls(tmp_path):
+    """A `baton up` directory keeps its certificates, but an agent certificate of
+    the clientAuth-only kind cannot serve compile jobs: it is issued again."""
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    from cli import certs
+    from cli.local import LocalCluster
+
+    cluster = LocalCluster(tmp_path / "up", agents=0)
+    ca = make_ca(cluster.ca_dir)
+    certs._sign(ca, cluster.certs_dir, "agent-a1", "a1",   # the kind issue_agent_cert made before
+                [x509.DNSName("a1"), x509.UniformResourceIdentifier("urn:baton:agent:a1")],
+                [ExtendedKeyUsageOID.CLIENT_AUTH], 10)
+    assert not certs.serves_compile_jobs(cluster.certs_dir / "agent-a1.pem")
+    cert, _ = cluster.agent_cert("a1")
+    assert certs.serves_compile_jobs(cert)
+    issued = read(cert)
+    assert read(cluster.agent_cert("a1")[0]) == issued   # a current one is kept
