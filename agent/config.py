@@ -67,6 +67,10 @@ class AgentConfig:
             raise ConfigError("the agent token is empty")
         if self.helper_listen is not None and not self.helper_listen.rpartition(":")[2].isdigit():
             raise ConfigError(f"--helper-listen wants HOST:PORT, got {self.helper_listen!r}")
+        if self.helper_listen is not None and self.grpc_ca is not None and not self.tls_cert:
+            # With TLS on, the Helper service serves only with TLS and this agent's certificate.
+            raise ConfigError("--helper-listen with --grpc-ca needs --tls-cert and --tls-key (the agent's "
+                              "certificate, which its compile-job service serves with), or --helper-listen none")
         workdir = self.workdir or f"baton-agent-{self.name}"
         object.__setattr__(self, "workdir", os.path.abspath(workdir))
         resolve_task_user(self.task_user)  # refuse a user this agent cannot switch to, now
@@ -81,6 +85,12 @@ class AgentConfig:
     def client_certificate(self) -> tuple[bytes, bytes] | None:
         """(private key, certificate chain) PEM for TLS to the coordinators, or None."""
         return (_read(self.tls_key), _read(self.tls_cert)) if self.tls_cert else None
+
+    def helper_tls(self) -> tuple[bytes, bytes, bytes] | None:
+        """(private key, certificate chain, CA) PEM the Helper service serves TLS with, or
+        None for plaintext (the whole cluster runs without TLS; docs/design.md section 8)."""
+        client = self.client_certificate()
+        return (*client, self.root_certificates()) if client else None
 
 
 def _read(path: str | None) -> bytes | None:

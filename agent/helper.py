@@ -17,9 +17,13 @@ itself) when:
   compiler identity (never a different compiler under the same name);
 - agent.compile_job refuses it (flags, paths, sizes).
 
-The grant id is the job's capability: a random id that only the leader,
-this agent and the initiator know. The service is plaintext gRPC today
-(agents have no server certificate yet; docs/design.md section 8).
+Who may send a job: with TLS on (the agent has its certificate, key and the
+cluster's CA), the service serves TLS with the agent's certificate, whose
+server name the initiator checks (cluster.names.agent_server_name), and
+requires a client certificate signed by the cluster's CA before any call,
+so a grant id alone runs nothing. Plaintext only when the whole cluster runs
+without TLS, where the random grant id, known to the leader, this agent and
+the initiator, is all there is (docs/design.md sections 8 and 9).
 
 Compiles run with a clean environment, as "nobody" when the agent runs as
 root (else as the agent's own user), in a fresh directory under the system
@@ -184,9 +188,11 @@ class HelperService(compile_pb2_grpc.HelperServicer):
 
 
 class HelperServer:
-    """The Helper service on its own threaded gRPC server: `start()` -> bound port; `stop()`."""
+    """The Helper service on its own threaded gRPC server: `start()` -> bound port; `stop()`.
+    tls: (private key, certificate chain, CA) PEM (AgentConfig.helper_tls), or None for plaintext."""
 
-    def __init__(self, listen: str, grants: Grants, leader_epoch: Callable[[], int | None], workers: int):
+    def __init__(self, listen: str, grants: Grants, leader_epoch: Callable[[], int | None], workers: int,
+                 tls: tuple[bytes, bytes, bytes] | None = None):
         root = hasattr(os, "geteuid") and os.geteuid() == 0
         self.service = HelperService(grants, leader_epoch, user=TASK_USER_WHEN_ROOT if root else None)
         self.listen = listen
@@ -194,11 +200,18 @@ class HelperServer:
                                    options=[("grpc.max_receive_message_length", MAX_MESSAGE),
                                             ("grpc.max_send_message_length", MAX_MESSAGE)])
         compile_pb2_grpc.add_HelperServicer_to_server(self.service, self._server)
+        self._tls = tls
         self.port: int | None = None
 
     def start(self) -> int:
         """Raises OSError when the address cannot be listened on."""
-        port = self._server.add_insecure_port(self.listen)
+        if self._tls is not None:
+            key, chain, ca = self._tls
+            credentials = grpc.ssl_server_credentials([(key, chain)], root_certificates=ca,
+                                                      require_client_auth=True)
+            port = self._server.add_secure_port(self.listen, credentials)
+        else:
+            port = self._server.add_insecure_port(self.listen)
         if not port:
             raise OSError(f"cannot listen on {self.listen}")
         self._server.start()

@@ -26,7 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from cluster.names import AGENT_URI_PREFIX, ANY_AGENT, check_name
+from cluster.names import (AGENT_DNS_SUFFIX, AGENT_URI_PREFIX, ANY_AGENT, ANY_AGENT_SERVER_NAME,
+                           agent_server_name, check_name)
 from lease.errors import ConfigError
 
 CA_CERT_FILE = "ca.pem"
@@ -172,18 +173,34 @@ def agent_identity(name: str) -> str:
 
 def issue_agent_cert(ca: CA, directory: str | os.PathLike, name: str,
                      valid_days: int = CERT_VALID_DAYS, any_name: bool = False) -> tuple[Path, Path]:
-    """Sign agent `name`'s client certificate (docs/design.md section 9): its
-    common name and SubjectAltNames (DNS `name`, URI `urn:baton:agent:name`)
-    name the agent, and it is good for clientAuth only, so it cannot serve as
-    a coordinator. Writes agent-<name>.pem and agent-<name>-key.pem (0600) in
-    directory; ConfigError when name breaks the naming rules. any_name: the
-    certificate grants every agent name instead (cluster.names.ANY_AGENT),
-    for the replicas of a scaled agent service."""
+    """Sign agent `name`'s certificate (docs/design.md section 9): its common
+    name and SubjectAltNames (URI `urn:baton:agent:name`, which coordinators
+    check of its streams, and DNS `agent_server_name(name)`, which initiators
+    check of its Helper service) name the agent. It is good for clientAuth
+    and serverAuth, but names no host, so it cannot serve as a coordinator.
+    Writes agent-<name>.pem and agent-<name>-key.pem (0600) in directory;
+    ConfigError when name breaks the naming rules. any_name: the certificate
+    grants every agent name instead (cluster.names.ANY_AGENT and
+    ANY_AGENT_SERVER_NAME), for the replicas of a scaled agent service."""
     check_name("agent", name)
     identity = agent_identity(ANY_AGENT if any_name else name)  # any_name: a pool certificate
+    server_name = ANY_AGENT_SERVER_NAME if any_name else agent_server_name(name)
     return _sign(ca, directory, f"agent-{name}", name,
-                 [x509.DNSName(name), x509.UniformResourceIdentifier(identity)],
-                 [ExtendedKeyUsageOID.CLIENT_AUTH], valid_days)
+                 [x509.DNSName(server_name), x509.UniformResourceIdentifier(identity)],
+                 [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH], valid_days)
+
+
+def serves_compile_jobs(cert_path: str | os.PathLike) -> bool:
+    """Whether an agent certificate is one the Helper service can serve with
+    (issued with serverAuth and its server name; older ones were clientAuth only)."""
+    cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    return ExtendedKeyUsageOID.SERVER_AUTH in usages and any(
+        n.endswith(AGENT_DNS_SUFFIX) for n in names.get_values_for_type(x509.DNSName))
 
 
 def _sign(ca: CA, directory: str | os.PathLike, basename: str, common_name: str,

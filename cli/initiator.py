@@ -14,7 +14,11 @@ server takes a free slot of a grant (waiting up to `wait` seconds), sends
 the job to that helper (Helper.Compile) and returns the object and the
 diagnostics. Anything else — no leader, no free slot in time, a helper that
 fails or refuses — is answered "compile it locally, because ...": never
-worse than local.
+worse than local. With the cluster's CA (TLS on), a helper is reached over
+TLS only: it must present a certificate naming the agent the grant is for
+(cluster.names.agent_server_name), and the initiator presents its client
+certificate, which helpers require; one channel per helper serves all of the
+build's jobs there, so the handshake is paid once.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ from agent.compile_job import compiler_identity
 from agent.leader import LeaderFollower
 from cli import ccwire
 from cluster.keys import Keys
+from cluster.names import agent_server_name
 from cluster.protocol import compile_pb2 as pb
 from cluster.protocol import compile_pb2_grpc
 from lease.client import EtcdConfig, connect
@@ -63,7 +68,7 @@ class Initiator:
     def __init__(self, farm: Farm, build: str, run_dir: str, cap: int | None = None):
         self.cores = CoreClient(farm.etcd, farm.cluster, build, farm.token, farm.root_certificates, cap,
                                 client=farm.client)
-        self.jobs = JobServer(run_dir, self.cores, farm.wait)
+        self.jobs = JobServer(run_dir, self.cores, farm.wait, farm.root_certificates, farm.client)
 
     def start(self) -> "Initiator":
         self.cores.start()
@@ -241,10 +246,15 @@ def _identity(compiler: str) -> str:
 class JobServer:
     """Serves `baton cc` on `<run_dir>/cc.sock`; `start()`, `stop()`."""
 
-    def __init__(self, run_dir: str, cores: CoreClient, wait: float):
+    def __init__(self, run_dir: str, cores: CoreClient, wait: float, root_certificates: bytes | None = None,
+                 client: tuple[bytes, bytes] | None = None):
         self.path = os.path.join(run_dir, ccwire.SOCKET)
         self.cores, self.wait = cores, wait
-        self._channels: dict[str, grpc.Channel] = {}
+        key, chain = client if client else (None, None)
+        self._credentials = (grpc.ssl_channel_credentials(root_certificates=root_certificates, private_key=key,
+                                                          certificate_chain=chain)
+                             if root_certificates else None)
+        self._channels: dict[tuple[str, str], grpc.Channel] = {}
         self._lock = threading.Lock()
         server = self
 
@@ -271,13 +281,21 @@ class JobServer:
             for channel in self._channels.values():
                 channel.close()
 
-    def _stub(self, address: str) -> compile_pb2_grpc.HelperStub:
+    def _stub(self, address: str, agent: str) -> compile_pb2_grpc.HelperStub:
+        """The stub of the one channel to agent `agent` at `address` (made on first use).
+        With TLS, gRPC checks the helper's certificate against the agent's server name,
+        not the address: a helper with another agent's certificate fails every call."""
         with self._lock:
-            channel = self._channels.get(address)
+            channel = self._channels.get((address, agent))
             if channel is None:
-                channel = self._channels[address] = grpc.insecure_channel(
-                    address, options=[("grpc.max_receive_message_length", MAX_MESSAGE),
-                                      ("grpc.max_send_message_length", MAX_MESSAGE)])
+                options = [("grpc.max_receive_message_length", MAX_MESSAGE),
+                           ("grpc.max_send_message_length", MAX_MESSAGE)]
+                if self._credentials is None:
+                    channel = grpc.insecure_channel(address, options=options)
+                else:
+                    channel = grpc.secure_channel(address, self._credentials, options=[
+                        *options, ("grpc.ssl_target_name_override", agent_server_name(agent))])
+                self._channels[(address, agent)] = channel
             return compile_pb2_grpc.HelperStub(channel)
 
     def compile(self, header: dict, blobs: list[bytes]) -> tuple[dict, list[bytes]]:
@@ -295,9 +313,11 @@ class JobServer:
             files=[pb.SourceFile(path=p, content=c) for p, c in zip(header["paths"], blobs)],
             system_dirs=header["system_dirs"])
         try:
-            reply = self._stub(grant.helper).Compile(request, timeout=COMPILE_TIMEOUT)
+            reply = self._stub(grant.helper, grant.agent).Compile(request, timeout=COMPILE_TIMEOUT)
         except grpc.RpcError as exc:
-            return {"local": f"helper {grant.agent} failed: {exc.code().name}"}, []
+            # The details say why, e.g. that the helper's certificate names another agent.
+            details = (exc.details() or "")[-300:]
+            return {"local": f"helper {grant.agent} failed: {exc.code().name}" + (f" ({details})" if details else "")}, []
         finally:
             self.cores.release(grant)
         if reply.refused:

@@ -169,12 +169,14 @@ class LocalCluster:
             self.etcd_identities.issue_base()
 
     def agent_cert(self, name: str) -> tuple[str, str]:
-        """Agent `name`'s client certificate and key (issued once, kept in certs/): the
-        coordinators accept its Hello only for that name (docs/design.md section 9)."""
+        """Agent `name`'s certificate and key (issued once, kept in certs/): the
+        coordinators accept its Hello only for that name, and initiators its
+        Helper service only for that name (docs/design.md section 9). One of a
+        directory made before agents served compile jobs with TLS is issued again."""
         from cli import certs
 
         cert, key = self.certs_dir / f"agent-{name}.pem", self.certs_dir / f"agent-{name}-key.pem"
-        if not (cert.exists() and key.exists()):
+        if not (cert.exists() and key.exists() and certs.serves_compile_jobs(cert)):
             cert, key = certs.issue_agent_cert(certs.load_ca(self.ca_dir), self.certs_dir, name)
         return str(cert), str(key)
 

@@ -18,6 +18,21 @@ AGENT_URI_PREFIX = "urn:baton:agent:"
 # weaker than one certificate per agent: any holder may take any free name;
 # a live agent's name is still never taken over.
 ANY_AGENT = "*"
+# The same identity as a DNS name, which is what a TLS client can check of a
+# server's certificate (gRPC verifies a server name, not a URI): the Helper
+# service serves compile jobs with the agent's certificate, and the initiator
+# asks for agent_server_name(agent) of the agent the grant names. The name is
+# hex so that every agent name is one label, and two names that differ only
+# in case (DNS names do not) differ; the suffix is reserved (RFC 2606), so
+# the host certificates of the same CA never name it. A pool certificate
+# carries the wildcard, which matches every agent's.
+AGENT_DNS_SUFFIX = ".agents.baton.invalid"
+ANY_AGENT_SERVER_NAME = f"*{AGENT_DNS_SUFFIX}"
+
+
+def agent_server_name(name: str) -> str:
+    """The DNS name that identifies agent `name` in its certificate (6131.agents.baton.invalid for a1)."""
+    return f"{name.encode().hex()}{AGENT_DNS_SUFFIX}"
 
 
 def check_name(kind: str, name: str) -> str:

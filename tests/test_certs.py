@@ -199,9 +199,11 @@ def test_an_agent_certificate_names_the_agent_for_client_auth_only(tmp_path):
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "a1"
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["urn:baton:agent:a1"]
-    assert san.get_values_for_type(x509.DNSName) == ["a1"]
+    # Its Helper service serves with it (docs/design.md section 8), under a server
+    # name that no host certificate carries: the agent's name in hex, in .invalid.
+    assert san.get_values_for_type(x509.DNSName) == ["6131.agents.baton.invalid"]
     assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
-        ExtendedKeyUsageOID.CLIENT_AUTH]
+        ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
     with pytest.raises(ConfigError):
         issue_agent_cert(ca, tmp_path, "../../x")
 
@@ -216,3 +218,6 @@ def test_a_pool_agent_certificate_grants_any_agent_name(tmp_path):
     uris = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
         x509.UniformResourceIdentifier)
     assert uris == ["urn:baton:agent:*"]
+    dns = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName)
+    assert dns == ["*.agents.baton.invalid"]

@@ -60,11 +60,14 @@ done
 
 # The agents' gRPC client certificate: a pool certificate (any agent name),
 # because the replicas of the scaled `agent` service are named after their
-# container ids, unknown in advance (deploy/README.md, "More agents").
+# container ids, unknown in advance (deploy/README.md, "More agents"). The
+# agents also serve compile jobs with it (TLS); one issued before they did
+# (clientAuth only, no marker) is issued again.
 if [ "${BATON_AGENT_POOL_CERT:-1}" = 1 ]; then
-    if [ "$RENEW" = 1 ] || [ ! -f "$CA_DIR/agent-pool.pem" ]; then
+    if [ "$RENEW" = 1 ] || [ ! -f "$CA_DIR/agent-pool.pem" ] || [ ! -f "$CA_DIR/agent-pool.serves" ]; then
         echo "certs: issuing agent-pool.pem (any agent name)"
         baton certs agent --dir "$CA_DIR" --name pool --any-name
+        : > "$CA_DIR/agent-pool.serves"
     fi
     cp "$CA_DIR/agent-pool.pem" "$CA_DIR/agent-pool-key.pem" "$CERTS_DIR/"
     chmod 0644 "$CERTS_DIR/agent-pool.pem"

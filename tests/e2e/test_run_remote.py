@@ -90,13 +90,53 @@ def test_with_tls_the_initiator_presents_a_client_certificate_and_compiles_go_re
     cluster = make_cluster(agents=2, backups=0, cores=1, web=False, tls=True)
     cluster.wait_agents(2)
     wait_until(lambda: all(r.helper for r in cluster.agent_records().values()), 30, message="helpers advertised")
-    src = project(tmp_path / "proj", sources=6)
     cert, key = cluster.agent_cert("a1")  # any client certificate of the cluster's CA
+    a_grant_alone_runs_nothing(cluster, cert, key, tmp_path)
+    src = project(tmp_path / "proj", sources=6)
     etcd = cluster.cli_etcd_args()[4:]  # --etcd-ca and the CLI's etcd identity
     figures, stderr = baton_run(cluster, src, tmp_path, "make", "-j4",
                                 options=(*etcd, "--grpc-ca", cluster.ca, "--tls-cert", cert, "--tls-key", key))
     assert figures["exit_code"] == 0 and figures["remote"] > 0, stderr
     assert subprocess.run(["./app"], cwd=src, capture_output=True, text=True).stdout == expected(sources=6)
+
+
+def a_grant_alone_runs_nothing(cluster, cert: str, key: str, tmp_path: Path) -> None:
+    """A client that holds a live grant id but no certificate of the cluster's CA
+    cannot run a job on a TLS helper (plaintext or TLS); with one, the same job runs."""
+    import grpc
+
+    from agent.compile_job import compiler_identity
+    from cli.initiator import CoreClient
+    from cluster.names import agent_server_name
+    from cluster.protocol import compile_pb2 as pb
+    from cluster.protocol import compile_pb2_grpc
+
+    ca, client = Path(cluster.ca).read_bytes(), (Path(key).read_bytes(), Path(cert).read_bytes())
+    cores = CoreClient(cluster.etcd_config(), cluster.cluster, "grant-probe", cluster.agent_token, ca,
+                       client=client).start()
+    try:
+        grant, why = cores.acquire(30.0)
+        assert grant is not None, why
+        (tmp_path / "a.c").write_text("int f(void) { return 42; }\n")
+        job = pb.CompileRequest(grant=grant.grant, epoch=grant.epoch, compiler="gcc",
+                                compiler_identity=compiler_identity("gcc"), args=["-O2"], source="a.c",
+                                cwd=str(tmp_path), files=[pb.SourceFile(path=str(tmp_path / "a.c"),
+                                                                        content=b"int f(void) { return 42; }\n")])
+        name = [("grpc.ssl_target_name_override", agent_server_name(grant.agent))]
+
+        def run(channel):
+            with channel:
+                return compile_pb2_grpc.HelperStub(channel).Compile(job, timeout=30)
+
+        for channel in (grpc.insecure_channel(grant.helper),
+                        grpc.secure_channel(grant.helper, grpc.ssl_channel_credentials(ca), options=name)):
+            with pytest.raises(grpc.RpcError) as refused:
+                run(channel)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        reply = run(grpc.secure_channel(grant.helper, grpc.ssl_channel_credentials(ca, *client), options=name))
+        assert (reply.refused, reply.exit_code) == ("", 0)
+    finally:
+        cores.stop()
 
 
 class Build:
