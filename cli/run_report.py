@@ -119,3 +119,19 @@ class RunReport:
     def unacknowledged(self) -> int:
         with self._lock:
             return len(self._unacked)
+
+
+def run_summary(build: dict) -> str:
+    """`baton build show` of a `baton run` build: what ran where, one line per job."""
+    c = build.get("counts") or {}
+    code = build.get("exit_code")
+    lines = [f"{build['id']} run: {build.get('name') or ''}: {build['state']}"
+             + (f" (exit {code}, wall {build.get('wall')} s)" if code is not None else "")
+             + (f" — {build['reason']}" if build.get("reason") else ""),
+             f"  on {build.get('host') or '?'}: {c.get('total', 0)} jobs, {c.get('remote', 0)} remote, "
+             f"{c.get('local', 0)} local, {c.get('failed', 0)} failed"]
+    for j in build.get("jobs", []):
+        where = j["helper"] if not j.get("remote") else f"{j['helper']}/{j.get('core')}"
+        lines.append(f"  {j['seq']:>5} {j.get('source') or '-':<40} {where:<12} {j.get('duration', 0):>7.2f} s "
+                     f"exit {j['exit_code']}" + (f"  ({j['why_local']})" if j.get("why_local") else ""))
+    return "\n".join(lines)
