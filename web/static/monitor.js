@@ -7,6 +7,7 @@
 (function () {
   "use strict";
   var INTERVAL = 1000;
+  var TABLE_ROWS = 25;  // the table lists the newest jobs; the monitor and the API have them all
   var card = document.getElementById("run-build");
   if (!card) return;
   var buildId = card.dataset.runBuild;
@@ -93,14 +94,30 @@
       marks.appendChild(mark);
     });
     box.appendChild(marks);
+    box.appendChild(axis(s));
     setText("monitor-span", lanes(b.host).length - 1 + " helper cores · " + fmtDuration(s.end - s.start) +
       (b.ended ? "" : " so far (live)"));
+  }
+
+  function axis(s) {
+    // Ticks at 1, 2 or 5 × 10^n seconds: about eight over the span.
+    var row = el("div", "axis"), length = s.end - s.start, step = 1;
+    var raw = length / 8, base = Math.pow(10, Math.floor(Math.log10(raw > 0 ? raw : 1)));
+    [1, 2, 5, 10].some(function (m) { step = m * base; return step >= raw; });
+    for (var t = 0; t <= length; t += step) {
+      var tick = el("div", "tick", fmtDuration(t).replace(".00 s", " s"));
+      place(tick, s.start + t, s);
+      row.appendChild(tick);
+    }
+    return row;
   }
 
   function drawTable() {
     var tbody = document.getElementById("jobs");
     if (!tbody) return;
-    var seqs = Object.keys(jobs).map(Number).sort(function (a, b) { return a - b; });
+    var all = Object.keys(jobs).map(Number).sort(function (a, b) { return b - a; });
+    var seqs = all.slice(0, TABLE_ROWS);
+    setText("jobs-shown", all.length > seqs.length ? "The newest " + seqs.length + " of " + all.length + " jobs." : "");
     tbody.textContent = "";
     if (!seqs.length) {
       var empty = el("tr", "empty");
