@@ -5,15 +5,11 @@ deposed leader's writes are refused, a new leader takes the reports sent again,
 and a build whose initiator never comes back ends failed."""
 from __future__ import annotations
 
-import queue
-import threading
-
 import grpc
 import pytest
 
 from cluster.keys import decode, encode
 from cluster.protocol import compile_pb2 as cpb
-from cluster.protocol import compile_pb2_grpc
 from cluster.records import JobRecord
 from coordinator.config import Timings
 from coordinator.runtime.aio_service import AioAgentServer
@@ -21,6 +17,7 @@ from coordinator.runtime.runtime import Runtime
 from lease.election import Election
 from tests.harness.ports import free_port
 from tests.harness.wait import wait_until
+from tests.test_lending import Initiator
 from tests.test_runtime import TOKEN, leadership  # noqa: F401 - leadership: a fixture
 
 START = cpb.RunStart(command=["make", "-j4"], host="builder", started=1000.0)
@@ -33,25 +30,11 @@ def job(seq: int, helper: str = "a1", code: int = 0) -> cpb.JobReport:
                          why_local="" if remote else "no free helper core within 2 s", compiler="gcc")
 
 
-class Reporter:
+class Reporter(Initiator):
     """One Cores.Want stream that reports, as `baton run` does (cli/run_report.py)."""
 
     def __init__(self, address: str, build: str):
-        self.channel = grpc.insecure_channel(address)
-        self.requests: queue.Queue = queue.Queue()
-        self.build = build
-        self.replies: list[cpb.CoreGrants] = []
-        self.error = None
-        self.call = compile_pb2_grpc.CoresStub(self.channel).Want(
-            iter(self.requests.get, None), metadata=[("authorization", f"Bearer {TOKEN}")])
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        try:
-            for reply in self.call:
-                self.replies.append(reply)
-        except grpc.RpcError as exc:
-            self.error = exc
+        super().__init__(address, build, 0)
 
     def send(self, start=None, jobs=(), end=None):
         request = cpb.CoreRequest(build=self.build, cores=0, jobs=list(jobs))
@@ -67,14 +50,11 @@ class Reporter:
     def ended(self) -> bool:
         return any(r.ended for r in list(self.replies))
 
-    def close(self):
-        self.requests.put(None)
-        self.channel.close()
-
 
 @pytest.fixture
 def serve(etcd, keys, leadership):
-    """serve(name) -> (runtime, address): a leading runtime on a real gRPC server."""
+    """(start, reporter): start(name) -> (runtime, address), a leading runtime on a real
+    gRPC server; reporter(address) -> a Reporter whose first job is acknowledged."""
     made = []
 
     def start(name="c1", epoch=None, abandon=30.0):
@@ -87,7 +67,16 @@ def serve(etcd, keys, leadership):
         return runtime, f"127.0.0.1:{port}"
 
     opened = []
-    yield start, opened
+
+    def reporter(address, build="r1", first=(1,)):
+        """A stream that reported the start and the jobs `first`, acknowledged."""
+        run = Reporter(address, build)
+        opened.append(run)
+        run.send(start=START, jobs=[job(seq) for seq in first])
+        wait_until(lambda: run.acked() == set(first), 10, message="the first jobs acknowledged")
+        return run
+
+    yield start, reporter
     for o in opened:
         o.close()
     for runtime, server in made:
@@ -105,14 +94,14 @@ def status(etcd, keys, build) -> dict:
 
 
 def test_a_run_build_and_its_jobs_are_recorded_fenced_and_acknowledged_once_durable(etcd, keys, serve, leadership):
-    start, opened = serve
+    start, reporter = serve
     runtime, address = start()
-    run = Reporter(address, "r1")
-    opened.append(run)
-    run.send(start=START, jobs=[job(1), job(2, "local")])
+    run = reporter(address)
+    run.send(jobs=[job(2, "local")])
     wait_until(lambda: run.acked() == {1, 2}, 10, message="both jobs acknowledged")
     spec = decode(etcd.get(keys.build("r1"))[0])
-    assert (spec["kind"], spec["name"], spec["host"], spec["command"]) == ("run", "make -j4", "builder", ["make", "-j4"])
+    assert (spec["kind"], spec["name"], spec["host"], spec["command"]) == \
+        ("run", "make -j4", "builder", ["make", "-j4"])
     recorded = jobs_in_etcd(etcd, keys, "r1")
     assert recorded[1].helper == "a1" and recorded[1].remote and recorded[1].core == 1
     assert recorded[2].helper == "local" and recorded[2].core is None and recorded[2].why_local
@@ -134,12 +123,9 @@ def test_a_run_build_and_its_jobs_are_recorded_fenced_and_acknowledged_once_dura
 
 
 def test_a_deposed_leaders_job_writes_are_refused(etcd, keys, serve, leadership):
-    start, opened = serve
+    start, reporter = serve
     runtime, address = start()
-    run = Reporter(address, "r1")
-    opened.append(run)
-    run.send(start=START, jobs=[job(1)])
-    wait_until(lambda: run.acked() == {1}, 10)
+    run = reporter(address)
     # Another coordinator leads now (a new epoch); this runtime has not noticed yet.
     etcd.delete(keys.leader)
     other = Election(etcd, keys.leader, leadership.session)
@@ -151,19 +137,15 @@ def test_a_deposed_leaders_job_writes_are_refused(etcd, keys, serve, leadership)
 
 
 def test_the_next_leader_records_the_reports_sent_again(etcd, keys, serve, leadership):
-    start, opened = serve
+    start, reporter = serve
     first, address = start()
-    run = Reporter(address, "r1")
-    opened.append(run)
-    run.send(start=START, jobs=[job(1)])
-    wait_until(lambda: run.acked() == {1}, 10)
+    reporter(address)
     first.stop("failover")
     epoch = leadership.renew()
     second, address2 = start("c2", epoch)
-    again = Reporter(address2, "r1")
-    opened.append(again)
     # Everything not acknowledged, with the start, on the new stream (cli/run_report.py).
-    again.send(start=START, jobs=[job(2), job(3, "local")])
+    again = reporter(address2, first=(2,))
+    again.send(jobs=[job(3, "local")])
     again.send(end=cpb.RunEnd(exit_code=0, wall=2.0, finished=1005.0, jobs=3, remote=2, failed=0))
     wait_until(again.ended, 10, message="the end recorded by the next leader")
     recorded = jobs_in_etcd(etcd, keys, "r1")
@@ -173,26 +155,23 @@ def test_the_next_leader_records_the_reports_sent_again(etcd, keys, serve, leade
 
 
 def test_a_run_build_whose_initiator_never_comes_back_ends_failed(etcd, keys, serve):
-    start, opened = serve
+    start, reporter = serve
     runtime, address = start(abandon=1.0)
-    run = Reporter(address, "r1")
-    run.send(start=START, jobs=[job(1)])
-    wait_until(lambda: run.acked() == {1}, 10)
-    run.close()
+    reporter(address).close()
     wait_until(lambda: status(etcd, keys, "r1").get("state") == "failed", 15, message="abandoned")
     final = status(etcd, keys, "r1")
     assert "not heard from for 1 s" in final["reason"] and final["total"] == 1
 
 
 def test_a_run_build_cannot_take_the_id_of_a_task_build(etcd, keys, serve):
-    start, opened = serve
+    start, reporter = serve
     runtime, address = start()
     etcd.put(keys.build("b1"), encode({"id": "b1", "name": "tasks", "tasks": [{"id": "t1", "cmd": "true"}]}))
     wait_until(lambda: "b1" in runtime._dispatcher.builds, 10)
     run = Reporter(address, "b1")
-    opened.append(run)
     run.send(start=START, jobs=[job(1)])
     wait_until(lambda: run.error is not None, 10)
+    run.close()
     assert run.error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert not list(etcd.get_prefix(keys.build_jobs("b1")))
     assert decode(etcd.get(keys.build("b1"))[0])["name"] == "tasks"

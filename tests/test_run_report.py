@@ -18,7 +18,8 @@ def test_a_job_record_round_trips_with_its_duration():
     record = JobRecord.from_report(job_report(3, REMOTE), epoch=42, coordinator="p1")
     again = JobRecord.parse(record.to_json())
     assert again == record
-    assert (again.seq, again.helper, again.core, again.remote, again.epoch, again.coordinator) == (3, "a1", 1, True, 42, "p1")
+    assert (again.seq, again.helper, again.core, again.remote, again.epoch, again.coordinator) == \
+        (3, "a1", 1, True, 42, "p1")
     assert again.to_dict()["duration"] == 2.5 and not again.failed
 
 

@@ -31,7 +31,8 @@ def store(cluster, jobs=2):
 def test_the_api_serves_a_run_build_with_its_jobs_and_the_events_of_its_span(client, cluster):
     store(cluster)
     build = client.get("/api/v1/builds/r1", headers=basic()).get_json()
-    assert (build["kind"], build["state"], build["host"], build["command"]) == ("run", "running", "builder", ["make", "-j4"])
+    assert (build["kind"], build["state"], build["host"], build["command"]) == \
+        ("run", "running", "builder", ["make", "-j4"])
     assert [(j["seq"], j["helper"], j["core"], j["remote"], j["exit_code"], j["duration"]) for j in build["jobs"]] == \
         [(1, "a1", 0, True, 0, 1.5), (2, "local", None, False, 1, 1.5)]
     assert build["jobs"][1]["why_local"] == "no leader" and build["counts"]["failed"] == 1

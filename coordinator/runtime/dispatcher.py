@@ -245,7 +245,8 @@ class Dispatcher(AgentRoster, ResultRecording, BuildCancelling, CoreLending, Run
     def _on_builds_changed(self, event: inbox.BuildsChanged) -> None:
         for e in event.events:
             build_id = Keys.name_of(e.key, self.keys.builds)
-            if e.type != "put" or build_id in self.builds or build_id in self.finished_builds or build_id in self.runs:
+            if e.type != "put" or build_id in self.builds or build_id in self.finished_builds \
+                    or build_id in self.runs:
                 continue
             spec = decode(e.value)
             if isinstance(spec, dict) and spec.get("kind") == RUN:
