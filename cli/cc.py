@@ -7,8 +7,8 @@ compiler at once (`os.execv`): a tree configured under `baton run` (CMake
 records the wrapper's path) keeps building without it.
 
 Under `baton run` ($BATON_RUN_DIR set) each invocation is a job: it runs
-here or on a helper, and its record (source, helper or "local", started,
-finished, duration, exit code, why local) is appended to the run's job log,
+here or on a helper, and its record (source, helper or "local", the
+helper's slot, started, finished, duration, exit code, why local) is appended to the run's job log,
 one JSON line written with a single O_APPEND write, so that concurrent jobs
 never interleave. A job that may go remote (cli.cc_args.plan) is scanned
 here (cli.compile_scan: that writes the dependency file) and handed to
@@ -72,8 +72,9 @@ def compile_locally(argv: list[str]) -> int:
     return subprocess.run(argv).returncode
 
 
-def compile_remotely(run_dir: str, decided) -> tuple[str | None, int | None, str]:
-    """(helper name, exit code, "") when a helper compiled it, else (None, None, why not)."""
+def compile_remotely(run_dir: str, decided) -> tuple[str | None, int | None, str, int | None]:
+    """(helper name, exit code, "", the slot of the build's grant it ran in) when a helper
+    compiled it, else (None, None, why not, None)."""
     import socket
 
     from cli import ccwire
@@ -83,9 +84,9 @@ def compile_remotely(run_dir: str, decided) -> tuple[str | None, int | None, str
     try:
         job = pack(decided, cwd, scan(decided, cwd))
     except ScanFailed:
-        return None, None, "the scan failed (the compile says why)"
+        return None, None, "the scan failed (the compile says why)", None
     except OSError as exc:
-        return None, None, f"cannot pack the job: {exc}"
+        return None, None, f"cannot pack the job: {exc}", None
     paths = list(job.files)
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -95,9 +96,9 @@ def compile_remotely(run_dir: str, decided) -> tuple[str | None, int | None, str
                         [job.files[p] for p in paths])
             reply, blobs = ccwire.receive(sock)
     except (OSError, ValueError) as exc:
-        return None, None, f"baton run did not answer: {exc}"
+        return None, None, f"baton run did not answer: {exc}", None
     if "helper" not in reply:
-        return None, None, reply.get("local") or "baton run said so"
+        return None, None, reply.get("local") or "baton run said so", None
     obj, diagnostics = blobs
     code = int(reply["exit_code"])
     output = os.path.join(cwd, decided.output)
@@ -110,7 +111,7 @@ def compile_remotely(run_dir: str, decided) -> tuple[str | None, int | None, str
         os.unlink(output)   # as the compiler does when it fails
     sys.stderr.buffer.write(diagnostics)
     sys.stderr.flush()
-    return reply["helper"], code, ""
+    return reply["helper"], code, "", reply.get("core")
 
 
 def main(args: list[str]) -> int:
@@ -130,7 +131,7 @@ def main(args: list[str]) -> int:
 
     decided = plan(argv)
     started = time.time()
-    helper = code = None
+    helper = code = core = None
     if isinstance(decided, Local):
         source, why = None, decided.reason
     elif os.environ.get(LOCAL_ONLY_ENV):
@@ -139,7 +140,7 @@ def main(args: list[str]) -> int:
         source, why = decided.source, "baton run serves no helper cores"
     else:
         source = decided.source
-        helper, code, why = compile_remotely(run_dir, decided)
+        helper, code, why, core = compile_remotely(run_dir, decided)
     if helper is None:
         code = compile_locally(argv)
     finished = time.time()
@@ -149,6 +150,8 @@ def main(args: list[str]) -> int:
                "exit_code": code, "compiler": os.path.basename(compiler)}
         if helper is None:
             job["why_local"] = why
+        elif core is not None:
+            job["core"] = core   # the build monitor's lane on that helper (cli/initiator.py)
         record(run_dir, job)
     return code
 

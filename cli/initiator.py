@@ -6,7 +6,12 @@ like agents; TLS with the cluster CA and the cluster token, like agents),
 says how many cores the build could use now (the compiles waiting or
 running remotely, capped by --max-remote; lowered only after it stayed lower
 for a tick, so that grants do not churn), and keeps the grants the leader
-sends. A new leader: the stream moves to it and the old grants end.
+sends. A new leader: the stream moves to it and the old grants end. On the
+same stream it reports the build's start, its finished jobs and its end
+(cli/run_report.py), sending what the leader has not acknowledged again on
+every new stream; `finish()` sends the end and waits (bounded) until the
+leader has recorded it. It names the slot of a grant each job runs in (the
+build monitor's lane: `acquire_core`).
 
 `JobServer` serves the build's `baton cc` processes on a unix socket in the
 run directory (framing: cli/ccwire.py): each sends its packed job, the
@@ -36,6 +41,7 @@ import grpc
 from agent.compile_job import compiler_identity
 from agent.leader import LeaderFollower
 from cli import ccwire
+from cli.run_report import RunReport
 from cluster.keys import Keys
 from cluster.names import agent_server_name
 from cluster.protocol import compile_pb2 as pb
@@ -47,6 +53,7 @@ log = logging.getLogger(__name__)
 
 TICK = 0.5                      # s between lowering the cores wanted (see CoreClient._ticker)
 COMPILE_TIMEOUT = 600.0         # s for one job on a helper
+FINISH_WAIT = 15.0              # s at the end for the leader to record the build (CoreClient.finish)
 MAX_MESSAGE = 80 * 1024 * 1024  # as agent.helper.MAX_MESSAGE
 
 
@@ -65,9 +72,11 @@ class Farm:
 class Initiator:
     """Both halves for one `baton run`: `start()`, `stop()`, `helpers_used`."""
 
-    def __init__(self, farm: Farm, build: str, run_dir: str, cap: int | None = None):
+    def __init__(self, farm: Farm, build: str, run_dir: str, cap: int | None = None,
+                 command: list[str] | None = None):
+        self.report = RunReport(build, list(command or []), run_dir)
         self.cores = CoreClient(farm.etcd, farm.cluster, build, farm.token, farm.root_certificates, cap,
-                                client=farm.client)
+                                client=farm.client, report=self.report, wait=farm.wait)
         self.jobs = JobServer(run_dir, self.cores, farm.wait, farm.root_certificates, farm.client)
 
     def start(self) -> "Initiator":
@@ -75,19 +84,26 @@ class Initiator:
         self.jobs.start()
         return self
 
+    def finish(self, exit_code: int, wall: float, figures: dict) -> bool:
+        """COMMAND exited: report the end; True once the cluster recorded the build."""
+        return self.cores.finish(exit_code, wall, figures)
+
     def stop(self) -> None:
         self.jobs.stop()
         self.cores.stop()
 
 
 class CoreClient:
-    """`start()`; `acquire(wait)` -> (pb.Grant, "") or (None, why); `release(grant)`; `stop()`."""
+    """`start()`; `acquire(wait)` -> (pb.Grant, "") or (None, why); `acquire_core(wait)` ->
+    (pb.Grant, slot, ""); `release(grant, slot)`; `finish(...)`; `stop()`."""
 
     def __init__(self, etcd: EtcdConfig, cluster: str, build: str, token: str | None = None,
                  root_certificates: bytes | None = None, cap: int | None = None,
-                 client: tuple[bytes, bytes] | None = None):
+                 client: tuple[bytes, bytes] | None = None, report: RunReport | None = None,
+                 wait: float = 2.0):
         self.etcd_config, self.keys, self.build = etcd, Keys(cluster), build
         self.token, self.cap = token, cap
+        self.report, self.wait = report, wait
         key, chain = client if client else (None, None)
         self._credentials = (grpc.ssl_channel_credentials(root_certificates=root_certificates, private_key=key,
                                                           certificate_chain=chain)
@@ -95,6 +111,7 @@ class CoreClient:
         self._cond = threading.Condition()
         self._grants: dict[str, pb.Grant] = {}   # grant id -> grant
         self._busy: dict[str, int] = {}          # grant id -> jobs in flight
+        self._slots: dict[str, set[int]] = {}    # grant id -> the slots those jobs run in
         self._active = 0                         # jobs waiting for a slot or running remotely
         self._peak = 0                           # most active since the last tick
         self._sent = -1                          # the cores last asked for
@@ -160,12 +177,19 @@ class CoreClient:
         requests: queue.Queue = queue.Queue()
         with self._cond:
             self._sent = self._wanted()
-            requests.put(pb.CoreRequest(build=self.build, cores=self._sent))
+            if self.report is None:
+                requests.put(pb.CoreRequest(build=self.build, cores=self._sent))
+            else:   # the start, and every report not yet acknowledged (a new leader's first hearing)
+                self.report.poll()
+                for request in self.report.requests(self._sent):
+                    requests.put(request)
             self._requests = requests
         metadata = [("authorization", f"Bearer {self.token}")] if self.token else []
         try:
             self._call = compile_pb2_grpc.CoresStub(channel).Want(iter(requests.get, None), metadata=metadata)
             for reply in self._call:
+                if self.report is not None:
+                    self.report.acknowledge(reply)   # _set_grants wakes finish()
                 self._set_grants(reply.grants, leaderless=False)
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED:
@@ -182,6 +206,7 @@ class CoreClient:
         with self._cond:
             self._grants = {g.grant: g for g in grants}
             self._busy = {g: self._busy.get(g, 0) for g in self._grants}
+            self._slots = {g: self._slots[g] for g in self._grants if g in self._slots}
             if leaderless and not self._leaderless:
                 self._leaderless_since = time.monotonic()
             self._leaderless = leaderless
@@ -204,12 +229,48 @@ class CoreClient:
             with self._cond:
                 self._ask()
                 self._peak = self._active
+                self._report_jobs()
 
+    def _report_jobs(self) -> None:
+        """With the lock held: send the jobs finished since the last look (acknowledged later)."""
+        if self.report is None:
+            return
+        new = self.report.poll()
+        if new and self._requests is not None:
+            for request in self.report.jobs_request(new, max(self._sent, 0)):
+                self._requests.put(request)
+
+    def finish(self, exit_code: int, wall: float, figures: dict, timeout: float = FINISH_WAIT) -> bool:
+        """Report the end (with the last jobs) and wait until the leader recorded it: at most
+        `timeout` s, and no longer than `wait` s without a leader (none may come)."""
+        if self.report is None:
+            return False
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._report_jobs()
+            end = self.report.finish(exit_code, wall, figures)
+            self._sent = 0   # COMMAND is over: its grants go back
+            if self._requests is not None:
+                self._requests.put(pb.CoreRequest(build=self.build, cores=0, end=end))
+            while not self.report.complete:
+                now = time.monotonic()
+                leaderless = self._leaderless and (self._follower is None or now - self._leaderless_since > self.wait)
+                if now >= deadline or leaderless:
+                    log.info("baton run: the cluster did not record the build's end (%d job reports "
+                             "unacknowledged)", self.report.unacknowledged)
+                    return False
+                self._cond.wait(min(0.1, deadline - now))
+        return True
     def acquire(self, wait: float) -> tuple[pb.Grant | None, str]:
         """A slot of a grant for one job, or (None, why it compiles locally)."""
+        grant, _, why = self.acquire_core(wait)
+        return grant, why
+
+    def acquire_core(self, wait: float) -> tuple[pb.Grant | None, int, str]:
+        """(grant, the slot of it the job takes, "") or (None, -1, why it compiles locally)."""
         deadline = time.monotonic() + wait
         if not self._settled.wait(wait):
-            return None, f"no answer from the cluster within {wait:g} s"
+            return None, -1, f"no answer from the cluster within {wait:g} s"
         with self._cond:
             self._active += 1
             self._peak = max(self._peak, self._active)
@@ -220,19 +281,23 @@ class CoreClient:
                 if free:
                     grant = min(free, key=lambda g: self._busy[g.grant] / g.slots)
                     self._busy[grant.grant] += 1
-                    return grant, ""
+                    taken = self._slots.setdefault(grant.grant, set())
+                    slot = min(set(range(grant.slots)) - taken, default=len(taken))
+                    taken.add(slot)
+                    return grant, slot, ""
                 left = deadline - time.monotonic()
                 why = "no leader" if self._leaderless else f"no free helper core within {wait:g} s"
                 if self._leaderless:   # waiting is worth it only for a leader that is being elected
                     left = min(left, self._leaderless_since + wait - time.monotonic())
                 if left <= 0 or (self._leaderless and self._follower is None):
                     self._active -= 1
-                    return None, why
+                    return None, -1, why
                 self._cond.wait(left)
 
-    def release(self, grant: pb.Grant) -> None:
+    def release(self, grant: pb.Grant, slot: int = -1) -> None:
         with self._cond:
             self._active -= 1
+            self._slots.get(grant.grant, set()).discard(slot)
             if grant.grant in self._busy:
                 self._busy[grant.grant] -= 1
             self._cond.notify_all()
@@ -304,7 +369,7 @@ class JobServer:
             identity = _identity(header["compiler"])
         except (OSError, FileNotFoundError) as exc:
             return {"local": f"cannot identify the compiler: {exc}"}, []
-        grant, why = self.cores.acquire(self.wait)
+        grant, slot, why = self.cores.acquire_core(self.wait)
         if grant is None:
             return {"local": why}, []
         request = pb.CompileRequest(
@@ -319,8 +384,8 @@ class JobServer:
             details = (exc.details() or "")[-300:]
             return {"local": f"helper {grant.agent} failed: {exc.code().name}" + (f" ({details})" if details else "")}, []
         finally:
-            self.cores.release(grant)
+            self.cores.release(grant, slot)
         if reply.refused:
             return {"local": f"helper {grant.agent} refused: {reply.refused}"}, []
         self.cores.helpers_used.add(grant.agent)
-        return {"helper": grant.agent, "exit_code": reply.exit_code}, [reply.object, reply.diagnostics]
+        return {"helper": grant.agent, "exit_code": reply.exit_code, "core": slot}, [reply.object, reply.diagnostics]

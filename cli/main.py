@@ -187,6 +187,11 @@ def cmd_build(args) -> int:
         if args.json:
             print(json.dumps(build, indent=2))
             return 0
+        if build.get("kind") == "run":
+            from cli.run_report import run_summary
+
+            print(run_summary(build))
+            return 0
         print(f"{build['id']} {build.get('name', '')}: {build['state']}")
         for t in build.get("tasks", []):
             print(f"  {t['id']:<24} {t['state']:<8} attempt {t.get('attempt', 0)} "
@@ -201,10 +206,12 @@ def cmd_build_list(args) -> int:
     if args.json:
         print(json.dumps(builds, indent=2))
         return OK
+    # KIND: "tasks" (a build file) or "run" (`baton run`: DONE counts its jobs).
     rows = [(b["id"], b.get("name") or "", b["state"], f"{int(b.get('done') or 0)}/{int(b.get('total') or 0)}",
+             b.get("kind") or "tasks",
              time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(b["submitted"])) if b.get("submitted") else "-")
             for b in builds]
-    header = ("ID", "NAME", "STATE", "DONE", "SUBMITTED")
+    header = ("ID", "NAME", "STATE", "DONE", "KIND", "SUBMITTED")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])

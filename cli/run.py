@@ -10,9 +10,10 @@ with one summary line: jobs remote/local, helper cores used, wall time.
 
 With a cluster to reach (`farm`), it holds the build's helper-core grants
 from the leader and serves the build's `baton cc` processes on a socket in
-the run directory, sending their compiles to helpers (cli/initiator.py).
-Not yet here (docs/design.md section 8): registering the build with the
-cluster (the UI and API do not list `run` builds yet).
+the run directory, sending their compiles to helpers (cli/initiator.py),
+and reports the build to the cluster (its start, jobs and end: the API and
+the UI's build monitor show it as a build of kind `run`, cli/run_report.py);
+at the end it waits at most cli.initiator.FINISH_WAIT s for the record.
 """
 from __future__ import annotations
 
@@ -110,7 +111,7 @@ def run(command: list[str], *, local_only: bool = False, max_remote: int | None 
         else:
             from cli.initiator import Initiator
 
-            initiator = Initiator(farm, build_id, run_dir, max_remote).start()
+            initiator = Initiator(farm, build_id, run_dir, max_remote, command=command).start()
         try:
             code = subprocess.run(command, env=env).returncode
         except FileNotFoundError:
@@ -120,11 +121,17 @@ def run(command: list[str], *, local_only: bool = False, max_remote: int | None 
             code = 130
         finally:
             if initiator is not None:
-                initiator.stop()
+                initiator.jobs.stop()   # COMMAND is over: no more compiles
         jobs = read_jobs(run_dir)
-    figures = summary(jobs, time.monotonic() - started)
+        figures = summary(jobs, time.monotonic() - started)
+        recorded = False
+        if initiator is not None:
+            try:
+                recorded = initiator.finish(code, figures["wall"], figures)
+            finally:
+                initiator.cores.stop()
     if as_json:
-        print(json.dumps({"id": build_id, "exit_code": code, **figures}))
+        print(json.dumps({"id": build_id, "exit_code": code, "recorded": recorded, **figures}))
     print(f"baton run: {figures['jobs']} jobs ({figures['remote']} remote, {figures['local']} local), "
           f"{figures['helper_cores']} helper cores, wall {figures['wall']:.1f} s, exit {code}",
           file=sys.stderr)

@@ -21,10 +21,15 @@ cluster.settings.Settings, users/ by cluster.users.
                          running, builds}}}: the leader's live view, for the UI
   builds/<id>           {id, name, submitted, user, tasks: [{id, cmd, deps, timeout}]}
                         the spec as submitted, written once by the web API (one
-                        fenced put, so a build appears whole or not at all)
+                        fenced put, so a build appears whole or not at all);
+                        a `baton run` build: {id, kind: "run", name, command, host,
+                        submitted} written by the coordinator serving agents when
+                        the initiator reports its start (coordinator/runtime/run_records.py)
   build-status/<id>     {state: queued|running|done|failed|cancelled, total, done,
                          failed, running, started, finished}: written by the leader
-                        (cancelled once a cancelled build's every task has ended)
+                        (cancelled once a cancelled build's every task has ended);
+                        a run build's adds {kind: "run", name, host, remote, local,
+                        exit_code, wall, reason} and counts its jobs as its tasks
   build-cancel/<id>     {user, time}: a cancellation asked for, written once by the
                         web API (fenced) where agents are served; the leader acts on
                         it (coordinator/runtime/cancelling.py), also after a failover
@@ -33,6 +38,10 @@ cluster.settings.Settings, users/ by cluster.users.
                          attempt, error}}: written by the leader; no key means
                         the task has not been assigned yet (queued). A cancelled
                         build's unfinished tasks end failed with error "cancelled"
+  jobs/<id>/<seq>       {seq, source, helper, core, started, finished, duration, exit_code,
+                         remote, why_local, compiler, epoch, coordinator}: one compile of
+                        a run build (cluster.records.JobRecord), written by the leader
+                        once the initiator reports it; seq is zero-padded (sorts in order)
   users/<name>          {role, scrypt: {salt, hash, n, r, p}}
   events/<seq>          {type, time, coordinator, epoch, detail}; seq sorts by time
   throttle/address/<address>, throttle/login/<address>/<user>   [failures, locked_until]
@@ -79,6 +88,7 @@ class Keys:
         self.build_status = self.root + "build-status/"
         self.build_cancels = self.root + "build-cancel/"   # sorts before build-status/ and builds/
         self.tasks = self.root + "tasks/"
+        self.jobs = self.root + "jobs/"   # outside every range a takeover or the UI's snapshot reads
         self.users = self.root + "users/"
         self.events = self.root + "events/"
         self.backup_contact = self.root + "backup-contact/"
@@ -108,6 +118,12 @@ class Keys:
 
     def task(self, build_id: str, task_id: str) -> str:
         return f"{self.tasks}{build_id}/{task_id}"
+
+    def build_jobs(self, build_id: str) -> str:
+        return f"{self.jobs}{build_id}/"
+
+    def job(self, build_id: str, seq: int) -> str:
+        return f"{self.jobs}{build_id}/{seq:08d}"
 
     def user(self, name: str) -> str:
         return self.users + name

@@ -180,3 +180,69 @@ class EventRecord(_Stored):
         return _parsed(cls, "an event", value, lambda d: cls(
             type=str(d["type"]), time=float(d["time"]), coordinator=str(d.get("coordinator") or ""),
             epoch=_number(d.get("epoch")), detail=str(d.get("detail") or "")))
+
+
+# What a coordinator keeps of an initiator's report (coordinator/runtime/run_records.py):
+# the initiator holds the cluster token, but its text is still bounded before it is stored.
+MAX_TEXT = 1024
+RUN = "run"   # the kind of a `baton run` build (builds/<id>, build-status/<id>)
+
+
+def bounded(value: Any, limit: int = MAX_TEXT) -> str:
+    text = "" if value is None else str(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+@dataclasses.dataclass(frozen=True)
+class JobRecord(_Stored):
+    """jobs/<build>/<seq>: one compile of a `baton run` build (docs/design.md
+    section 8): where it ran (`helper` is the agent's name or "local"; `core` the
+    slot of the build's grant on that agent, None for a local job), when, and how
+    it ended; `why_local` says why a job that could have gone remote did not.
+    `epoch` and `coordinator` name the writer (an audit's evidence, as for tasks)."""
+
+    seq: int
+    helper: str
+    started: float
+    finished: float
+    exit_code: int
+    remote: bool = False
+    source: str = ""
+    core: int | None = None
+    why_local: str = ""
+    compiler: str = ""
+    epoch: int | None = None
+    coordinator: str | None = None
+
+    @property
+    def duration(self) -> float:
+        return round(max(0.0, self.finished - self.started), 3)
+
+    @property
+    def failed(self) -> bool:
+        return self.exit_code != 0
+
+    @classmethod
+    def parse(cls, value: bytes | str | dict | None) -> "JobRecord | None":
+        """The job, or None for a missing or unusable value (no seq, helper or times)."""
+        return _parsed(cls, "a job record", value, lambda d: cls(
+            seq=int(d["seq"]), helper=str(d["helper"]), started=float(d["started"]),
+            finished=float(d["finished"]), exit_code=int(d["exit_code"]), remote=bool(d.get("remote")),
+            source=str(d.get("source") or ""), core=_number(d.get("core")), why_local=str(d.get("why_local") or ""),
+            compiler=str(d.get("compiler") or ""), epoch=_number(d.get("epoch")),
+            coordinator=_text(d.get("coordinator"))))
+
+    @classmethod
+    def from_report(cls, report, epoch: int, coordinator: str) -> "JobRecord":
+        """From an initiator's compile_pb2.JobReport (bounded: see MAX_TEXT)."""
+        remote = bool(report.remote)
+        return cls(seq=int(report.seq), helper=bounded(report.helper or "local", 64),
+                   started=float(report.started), finished=max(float(report.finished), float(report.started)),
+                   exit_code=int(report.exit_code), remote=remote, source=bounded(report.source),
+                   core=int(report.core) if remote else None,
+                   why_local="" if remote else bounded(report.why_local),
+                   compiler=bounded(report.compiler, 64), epoch=epoch, coordinator=coordinator)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored value, with the duration (what the API serves)."""
+        return dict(dataclasses.asdict(self), duration=self.duration)

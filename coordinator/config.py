@@ -23,6 +23,9 @@ class Timings:
     renew_deadline: float | None = None      # default 2/3 ttl
     failback_delay: float = 5.0
     grace: float | None = None               # agents' return grace after a leader change; default ttl
+    # A `baton run` build whose initiator has no stream to the leader this long ends failed
+    # (coordinator/runtime/run_records.py); default 6 ttl: a failover and a handback fit in it.
+    run_abandon: float | None = None
 
     def __post_init__(self) -> None:
         if self.keepalive_interval is None:
@@ -31,6 +34,8 @@ class Timings:
             object.__setattr__(self, "renew_deadline", self.ttl * 2 / 3)
         if self.grace is None:
             object.__setattr__(self, "grace", float(self.ttl))
+        if self.run_abandon is None:
+            object.__setattr__(self, "run_abandon", 6.0 * self.ttl)
         validate_lease_timings(self.ttl, self.renew_deadline, self.keepalive_interval)
         if self.failback_delay < 0:
             raise ConfigError(f"failback_delay must be >= 0, got {self.failback_delay}")

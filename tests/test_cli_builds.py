@@ -40,7 +40,7 @@ def test_build_list_shows_a_table_and_json(url, cluster, capsys):
     code, out, err = run(capsys, "build", "list", "--url", url)
     assert code == 0, err
     header, row = out.splitlines()
-    assert header.split() == ["ID", "NAME", "STATE", "DONE", "SUBMITTED"]
+    assert header.split() == ["ID", "NAME", "STATE", "DONE", "KIND", "SUBMITTED"]
     assert row.split()[:4] == [build_id, "firmware", "running", "1/2"]
     code, out, _ = run(capsys, "build", "list", "--json", "--url", url)
     assert code == 0 and [b["id"] for b in json.loads(out)] == [build_id]

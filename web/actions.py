@@ -16,7 +16,7 @@ from cluster import users as user_store
 from cluster.buildfile import BuildFileError, parse_build
 from cluster.names import NAME_RE
 from cluster.keys import Keys, decode, encode
-from cluster.records import BUILD_ENDED, CoordinatorRecord
+from cluster.records import BUILD_ENDED, RUN, CoordinatorRecord
 from cluster.settings import Settings, validate_update
 from lease.election import Fence
 from web.authority import Conflict
@@ -71,8 +71,11 @@ def cancel_build(etcd, keys: Keys, fence: Fence, build_id: str, user: str, now: 
     Raises NotFound for an unknown build, Ended for one that has ended. A build
     that ends between this check and the leader reading the request stays as it ended.
     """
-    if etcd.get(keys.build(build_id))[0] is None:
+    spec = etcd.get(keys.build(build_id))[0]
+    if spec is None:
         raise NotFound(f"no build {build_id}")
+    if (decode(spec) or {}).get("kind") == RUN:   # coordinator/runtime/run_records.py
+        raise Invalid(f"build {build_id} is a `baton run` build: it ends with its command; stop that where it runs")
     status = decode(etcd.get(keys.status_of_build(build_id))[0]) or {}
     if status.get("state") in BUILD_ENDED:
         raise Ended(f"build {build_id} has already ended ({status['state']}); there is nothing to cancel")

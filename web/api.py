@@ -96,7 +96,8 @@ def task_filter() -> tuple[set[str] | None, int | None, int]:
 @login_required
 def show_build(build_id):
     states, limit, offset = task_filter()
-    detail = build_detail(etcd_access.client(), etcd_access.keys(), build_id, states, limit, offset)
+    since = max(request.args.get("since", 0, type=int) or 0, 0)   # a run build's jobs after this seq
+    detail = build_detail(etcd_access.client(), etcd_access.keys(), build_id, states, limit, offset, since)
     if detail is None:
         return refuse(404, f"no build {build_id}")
     return jsonify(detail)

@@ -38,6 +38,8 @@ def show(build_id):
     detail = build_detail(etcd_access.client(), etcd_access.keys(), build_id, {state} if state else None, limit)
     if detail is None:
         abort(404)
+    if detail.get("kind") == "run":   # the build monitor (web/static/monitor.js)
+        return render_template("run_build.html", build=detail, page="run")
     return render_template("build.html", build=detail, page="builds", state=state, show_all=show_all,
                            limit=limit, task_states=TASK_STATES)
 

@@ -21,6 +21,7 @@ from cluster.keys import Keys, decode, prefix_end
 from cluster import records
 from cluster.records import AgentRecord, CoordinatorRecord, EventRecord, LeaderRecord
 from cluster.settings import Settings
+from web import run_view
 
 EVENTS_SHOWN = 20
 
@@ -281,9 +282,11 @@ def build_rows(etcd, keys: Keys, snap: Snapshot, cache: SpecCache) -> list[dict]
         failed = int(status.get("failed") or 0)
         state = status.get("state", "queued")
         rows.append({
-            "id": build_id, "name": info.get("name") or build_id, "state": state,
+            "id": build_id, "kind": status.get("kind") or "tasks", "name": info.get("name") or build_id,
+            "state": state,
             "ended": state in records.BUILD_ENDED, "cancelling": build_id in snap.build_cancels,
-            "submitted": info.get("submitted"), "user": info.get("user"), "total": total, "done": done,
+            "submitted": info.get("submitted"), "user": info.get("user"), "host": status.get("host"),
+            "total": total, "done": done,
             "failed": failed, "running": int(status.get("running") or 0),
             "started": status.get("started"), "finished": status.get("finished"),
             "progress": round(100.0 * (done + failed) / total, 1) if total else 0.0,
@@ -295,11 +298,12 @@ def build_rows(etcd, keys: Keys, snap: Snapshot, cache: SpecCache) -> list[dict]
 
 
 def build_detail(etcd, keys: Keys, build_id: str, states: set[str] | None = None, limit: int | None = None,
-                 offset: int = 0) -> dict | None:
+                 offset: int = 0, since: int = 0) -> dict | None:
     """A build with its tasks' states, read at one revision; None if unknown.
 
     `states` keeps only tasks in those states and `offset`/`limit` page through
     them (a build may have 10,000 tasks); "matching" says how many there are.
+    A `baton run` build has jobs instead (web/run_view.py; `since`: after that seq).
     """
     tasks_prefix = keys.build_tasks(build_id)
     spec_kvs, status_kvs, cancel_kvs, task_kvs = etcd.read_together([
@@ -309,6 +313,8 @@ def build_detail(etcd, keys: Keys, build_id: str, states: set[str] | None = None
         return None
     spec = _value(spec_kvs[0][0]) or {}
     status = (_value(status_kvs[0][0]) if status_kvs else None) or {}
+    if isinstance(spec, dict) and run_view.is_run(spec):
+        return run_view.run_detail(etcd, keys, build_id, spec, status if isinstance(status, dict) else {}, since)
     cancel = (_value(cancel_kvs[0][0]) if cancel_kvs else None) or None
     task_records = {}
     for value, meta in task_kvs:
@@ -335,7 +341,8 @@ def build_detail(etcd, keys: Keys, build_id: str, states: set[str] | None = None
     matching = len(tasks)
     tasks = tasks[offset:offset + limit] if limit is not None else tasks[offset:]
     state = status.get("state", "queued")
-    return {"id": build_id, "name": spec.get("name"), "state": state, "ended": state in records.BUILD_ENDED,
+    return {"id": build_id, "kind": "tasks", "name": spec.get("name"), "state": state,
+            "ended": state in records.BUILD_ENDED,
             "cancel": cancel if isinstance(cancel, dict) else None, "submitted": spec.get("submitted"), "user": spec.get("user"), "started": status.get("started"),
             "finished": status.get("finished"), "total": total, "counts": counts, "matching": matching,
             "offset": offset, "tasks": tasks}

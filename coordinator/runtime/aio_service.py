@@ -12,7 +12,8 @@ certificate does not grant -> PERMISSION_DENIED, an agent already connected
 
 The same server serves the Cores service (compile.proto): an initiator of
 a `baton run` build holds one Want stream to the leader for helper cores
-(coordinator/runtime/lending.py), with the cluster token like an agent.
+(coordinator/runtime/lending.py), with the cluster token like an agent,
+and reports the build's start, jobs and end on it (run_records.py).
 
 `AioAgentServer(runtime, "127.0.0.1:7000", credentials=None).start()` ->
 bound port; `stop(grace)`.
@@ -31,7 +32,7 @@ from cluster.protocol import agent_pb2 as pb
 from cluster.protocol import agent_pb2_grpc, compile_pb2_grpc
 from coordinator.runtime.agent_protocol import (STARTING_UP_WAIT, ConnectedAgents, Leading, certificate_agents,
                                                 handle_agent_message, hello_refusal, stale_epoch, token_ok)
-from coordinator.runtime.inbox import CoresGone, CoresWanted, HelloReceived, StreamGone
+from coordinator.runtime.inbox import CoresGone, CoresWanted, HelloReceived, RunReported, StreamGone
 
 log = logging.getLogger(__name__)
 
@@ -196,11 +197,16 @@ class _AioCores(compile_pb2_grpc.CoresServicer):
         stream = AioAgentStream(first.build, epoch, asyncio.get_running_loop())
         if not rt.post(CoresWanted(stream, first.build, first.cores), epoch):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not leader")
+        if _reports(first):
+            rt.post(RunReported(stream, first), epoch)
 
         async def read() -> None:
             try:
                 while (request := await context.read()) is not grpc.aio.EOF:
                     rt.post(CoresWanted(stream, first.build, request.cores), epoch)
+                    if _reports(request):
+                        request.build = first.build   # one stream, one build
+                        rt.post(RunReported(stream, request), epoch)
             except (asyncio.CancelledError, grpc.RpcError, grpc.aio.AbortError, grpc.aio.UsageError):
                 return
             stream.end()   # the initiator is done: its grants end
@@ -218,6 +224,11 @@ class _AioCores(compile_pb2_grpc.CoresServicer):
             reader.cancel()
             rt.post(CoresGone(stream), epoch)
             stream.closed = True
+
+
+def _reports(request) -> bool:
+    """Whether the request carries a run build's start, jobs or end (run_records.py)."""
+    return request.HasField("start") or bool(request.jobs) or request.HasField("end")
 
 
 class AioAgentServer:

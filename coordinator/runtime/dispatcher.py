@@ -15,6 +15,7 @@ handled by one method. That keeps the rules simple to check. Its parts:
   it;
 - cancelling.py (`BuildCancelling`): acting on build-cancel/<id>;
 - lending.py (`CoreLending`): helper cores lent to `baton run` builds;
+- run_records.py (`RunRecording`): the records of `baton run` builds and their jobs;
 - outbox.py (`Outbox`): the messages of one loop turn, one write per stream.
 
 A failed fenced write (NotLeader) stops dispatching at once.
@@ -43,6 +44,7 @@ from coordinator.runtime.metrics import Metrics
 from coordinator.runtime.outbox import Outbox
 from coordinator.runtime.reporting import Reporter
 from coordinator.runtime.results import ResultRecording
+from coordinator.runtime.run_records import CHECK_EVERY, RUN, RunRecording
 from coordinator.runtime.state import RUNNING, Agent, Build, Task
 from coordinator.runtime.store import GroupCommit
 from lease.election import Fence
@@ -57,12 +59,14 @@ GOODBYE_AFTER_HANDOVER = 0.5   # s after a planned handover's resignation (see _
 
 # Handled while stopping: the writes in flight land (acks go out), the rest waits for the next leader.
 _WHILE_STOPPING = (inbox.ResultWritten, inbox.RunningWritten, inbox.StreamGone, inbox.FinalStatusWritten,
-                   inbox.RuntimeKeyWritten)
+                   inbox.RuntimeKeyWritten, inbox.RunWritten)
+RUN_ABANDON_AFTER = 60.0   # s; the Runtime passes Timings.run_abandon (run_records.py)
 
 
-class Dispatcher(AgentRoster, ResultRecording, BuildCancelling, CoreLending):
+class Dispatcher(AgentRoster, ResultRecording, BuildCancelling, CoreLending, RunRecording):
     def __init__(self, etcd, keys: Keys, name: str, epoch: int, grace: float,
-                 clock: Callable[[], float], on_not_leader: Callable[[], None], metrics: Metrics | None = None):
+                 clock: Callable[[], float], on_not_leader: Callable[[], None], metrics: Metrics | None = None,
+                 run_abandon: float = RUN_ABANDON_AFTER):
         self.etcd, self.keys, self.name, self.epoch = etcd, keys, name, epoch
         self.metrics = metrics if metrics is not None else Metrics()  # the Runtime's: outlives this epoch
         self.grace = grace
@@ -77,6 +81,8 @@ class Dispatcher(AgentRoster, ResultRecording, BuildCancelling, CoreLending):
         self._cancels_waiting: set[str] = set()
         self.agents: dict[str, Agent] = {}
         self.wants = {}
+        self.runs = {}
+        self.abandon_after = run_abandon
         self.outbox = Outbox(epoch)
         self._events: queue.SimpleQueue = queue.SimpleQueue()
         self.post_event: Callable[[inbox.Event], None] = self._events.put
@@ -114,6 +120,8 @@ class Dispatcher(AgentRoster, ResultRecording, BuildCancelling, CoreLending):
             inbox.SuccessorNamed: self._on_successor_named,
             inbox.CoresWanted: self._on_cores_wanted,
             inbox.CoresGone: self._on_cores_gone,
+            inbox.RunReported: self._on_run_reported,
+            inbox.RunWritten: self._on_run_written,
         }
 
     # -- lifecycle (called by Runtime) ---------------------------------------------
@@ -131,6 +139,7 @@ class Dispatcher(AgentRoster, ResultRecording, BuildCancelling, CoreLending):
         loaded = self.clock()
         self._grace_deadline = loaded + self.grace
         self._after(ANNOUNCE_SUCCESSOR_AFTER, self._start_announcing)
+        self._after(CHECK_EVERY, self._watch_runs)
         # The loop first: the agents' hellos are waiting. The watchers start from the
         # starting point's revision, so whatever changed meanwhile still comes.
         self._thread = threading.Thread(target=self._loop, name=f"dispatcher epoch {self.epoch}", daemon=True)
@@ -211,7 +220,10 @@ class Dispatcher(AgentRoster, ResultRecording, BuildCancelling, CoreLending):
         self.finished_builds |= snapshot.finished
         self._cancels_waiting |= snapshot.cancels
         for b in snapshot.unfinished:
-            self._add_build(b.spec, b.order, b.records, b.status)
+            if isinstance(b.spec, dict) and b.spec.get("kind") == RUN:
+                self._load_run(b.spec, b.status)   # its initiator reports to us again (run_records.py)
+            else:
+                self._add_build(b.spec, b.order, b.records, b.status)
         for build in self.builds.values():
             for task in build.tasks.values():
                 if task.state == RUNNING and task.agent:
@@ -233,9 +245,13 @@ class Dispatcher(AgentRoster, ResultRecording, BuildCancelling, CoreLending):
     def _on_builds_changed(self, event: inbox.BuildsChanged) -> None:
         for e in event.events:
             build_id = Keys.name_of(e.key, self.keys.builds)
-            if e.type != "put" or build_id in self.builds or build_id in self.finished_builds:
+            if e.type != "put" or build_id in self.builds or build_id in self.finished_builds \
+                    or build_id in self.runs:
                 continue
-            self._add_build(decode(e.value), e.create_revision, {}, {})
+            spec = decode(e.value)
+            if isinstance(spec, dict) and spec.get("kind") == RUN:
+                continue   # a run build: recorded by the leader itself (run_records.py)
+            self._add_build(spec, e.create_revision, {}, {})
         self._dirty = True
 
     def _on_settings_changed(self, event: inbox.SettingsChanged) -> None:
@@ -275,6 +291,7 @@ class Dispatcher(AgentRoster, ResultRecording, BuildCancelling, CoreLending):
                     self._grace_expired()
                 self._schedule_and_record()
                 self.report.write_statuses()
+                self._write_run_statuses()
                 if now >= next_heartbeat:
                     next_heartbeat = now + HEARTBEAT_EVERY
                     self._heartbeat()

@@ -2,7 +2,7 @@
 of event, each handled by one method of the Dispatcher (its `_handlers`).
 
 Producers: the agent protocol's servers (HelloReceived, ResultReceived,
-StreamGone), the Cores service (CoresWanted, CoresGone), the runtime (SuccessorNamed, Stop), the watchers (the four
+StreamGone), the Cores service (CoresWanted, CoresGone, RunReported), the runtime (SuccessorNamed, Stop), the watchers (the four
 ...Changed), and the completions of the group commit's writes (the
 ...Written events: they run on its writer threads, so they only post).
 """
@@ -51,6 +51,13 @@ class CoresWanted(Event):
 @_event
 class CoresGone(Event):
     stream: Any
+
+
+@_event
+class RunReported(Event):
+    """A request that carries a run build's start, finished jobs or end (run_records.py)."""
+    stream: Any
+    request: Any             # compile_pb2.CoreRequest
 
 
 # -- from the runtime ----------------------------------------------------------------
@@ -129,3 +136,12 @@ class FinalStatusWritten(Event):
 @_event
 class RuntimeKeyWritten(Event):
     future: Future
+
+
+@_event
+class RunWritten(Event):
+    """A run build's start, jobs (cluster.records.JobRecord each) or final status."""
+    build_id: str
+    what: str                # "start", "jobs" or "end"
+    future: Future
+    records: list

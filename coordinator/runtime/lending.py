@@ -93,6 +93,7 @@ class CoreLending(EpochState):
         for agent in list(want.lent):
             self._reduce(want, agent, 0)
         del self.wants[want.key]
+        self._run_stream_gone(want)
         self._dirty = True
 
     # -- for the scheduler (results._schedule) ------------------------------------------
@@ -149,12 +150,16 @@ class CoreLending(EpochState):
         self._dirty = True
 
     def _send_grants(self, want: Want) -> None:
+        want.stream.send(self._grants_message(want))
+
+    def _grants_message(self, want: Want) -> cpb.CoreGrants:
+        """The build's grants as they are now (run_records.py adds its acks to it)."""
         grants = []
         for name, (grant, slots) in sorted(want.lent.items()):
             agent = self.agents[name]
             grants.append(cpb.Grant(agent=name, helper=agent.info.get("helper") or "", slots=slots, grant=grant,
                                     epoch=self.epoch))
-        want.stream.send(cpb.CoreGrants(epoch=self.epoch, grants=grants))
+        return cpb.CoreGrants(epoch=self.epoch, grants=grants)
 
     def _end_lending(self) -> None:
         """Leading ends: the initiators' streams end (they ask the next leader)."""

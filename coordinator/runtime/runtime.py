@@ -62,7 +62,8 @@ class Runtime:
                     return
                 self.stop("a new epoch began")
             dispatcher = Dispatcher(self.etcd, self.keys, self.name, epoch, self.timings.grace,
-                                    self.clock, self._lost_leadership, metrics=self.metrics)
+                                    self.clock, self._lost_leadership, metrics=self.metrics,
+                                    run_abandon=self.timings.run_abandon)
             dispatcher.store.on_error = self._write_failed
             # Visible before it has loaded: agents that follow the new leader key at once
             # are accepted, and their hellos wait in the dispatcher's queue until it runs,

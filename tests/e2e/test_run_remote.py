@@ -1,7 +1,8 @@
 """`baton run` with helpers (docs/design.md section 8), all real: etcd, a
 coordinator, two agents serving compile jobs, make, gcc. Compiles go to the
 agents and come back byte-identical; a helper killed mid-build or no
-coordinator at all costs time, never the build."""
+coordinator at all costs time, never the build. The build and its jobs are
+recorded in the cluster and served by the API, through a failover too."""
 from __future__ import annotations
 
 import glob
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from cluster.records import JobRecord
 from tests.harness.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -139,6 +141,41 @@ def a_grant_alone_runs_nothing(cluster, cert: str, key: str, tmp_path: Path) -> 
         cores.stop()
 
 
+def job_records(cluster, build_id: str) -> list[JobRecord]:
+    """The build's jobs as the leader recorded them in etcd (coordinator/runtime/run_records.py)."""
+    return [r for r in (JobRecord.parse(v) for v, _ in cluster.etcd().get_prefix(cluster.keys.build_jobs(build_id)))
+            if r is not None]
+
+
+def test_the_build_and_its_jobs_are_recorded_and_served_by_the_api(make_cluster, tmp_path):
+    cluster = make_cluster(agents=2, backups=0, cores=1)
+    cluster.wait_agents(2)
+    wait_until(lambda: all(r.helper for r in cluster.agent_records().values()), 30, message="helpers advertised")
+    src = project(tmp_path / "proj", sources=8)
+    figures, stderr = baton_run(cluster, src, tmp_path, "make", "-j4")
+    assert figures["recorded"] and figures["remote"] > 0 and figures["jobs"] == 9, stderr
+    records = job_records(cluster, figures["id"])
+    assert sorted(r.seq for r in records) == list(range(1, 10))
+    remote = [r for r in records if r.remote]
+    assert len(remote) == figures["remote"] and {r.helper for r in remote} <= {"a1", "a2"}
+    assert {r.core for r in remote} == {0}   # one core each: slot 0 of each grant
+    assert all(r.why_local and r.core is None for r in records if not r.remote)
+    assert all(r.finished >= r.started and r.exit_code == 0 and r.source.endswith(".c") for r in records)
+    build = cluster.api("p1").build(figures["id"])
+    assert (build["kind"], build["state"], build["exit_code"], build["host"]) == ("run", "done", 0, os.uname().nodename)
+    assert build["command"] == ["make", "-j4"] and build["counts"]["total"] == 9
+    assert build["counts"]["remote"] == figures["remote"]
+    assert sorted((j["seq"], j["helper"], j["duration"]) for j in build["jobs"]) == \
+        sorted((r.seq, r.helper, r.duration) for r in records)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), BATON_USER="admin", BATON_PASSWORD=cluster.admin_password)
+    shown = subprocess.run([sys.executable, "-m", "cli", "build", "show", figures["id"], *cluster.cli_etcd_args()],
+                           capture_output=True, text=True, env=env, timeout=60)
+    assert shown.returncode == 0 and "run: make -j4: done" in shown.stdout and "s0.c" in shown.stdout, shown.stderr
+    listed = subprocess.run([sys.executable, "-m", "cli", "build", "list", *cluster.cli_etcd_args()],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert any(line.startswith(figures["id"]) and " run " in line for line in listed.stdout.splitlines()), listed.stdout
+
+
 class Build:
     """`baton run --json -- make -j4` in the background; `records()` while it runs."""
 
@@ -206,6 +243,12 @@ def test_the_primary_killed_mid_build_jobs_go_remote_again_once_the_backup_leads
     assert subprocess.run(["./app"], cwd=src, capture_output=True, text=True).stdout == expected(60, 200)
     assert led, "the backup never led during the build"
     assert [j for j in seen if j["helper"] != "local" and j["started"] > led[0]], "no remote job under the backup"
+    # Every job is in the build's record, those the primary had not acknowledged sent again to the backup.
+    records = job_records(cluster, figures["id"])
+    assert sorted(r.seq for r in records) == list(range(1, 62)) and figures["recorded"]
+    assert "b1" in {r.coordinator for r in records}
+    assert [r for r in records if r.remote and r.started > led[0]], "no remote job recorded under the backup"
+    assert cluster.api("b1").build(figures["id"])["state"] == "done"
 
 
 def test_without_any_coordinator_the_build_compiles_here(make_cluster, tmp_path):

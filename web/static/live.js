@@ -119,11 +119,14 @@
       replaceRows(document.getElementById("builds"), data.builds.map(function (b) {
         var bar = el("div", {className: "bar"}, [el("div", {className: "fill", style: "width: " + b.done_pct + "%"})]);
         if (b.failed) bar.appendChild(el("div", {className: "fail", style: "width: " + b.failed_pct + "%"}));
-        var cells = [el("td", {}, [el("a", {href: "/builds/" + encodeURIComponent(b.id), text: b.id})]), td(b.name),
-          el("td", {}, [stateSpan(b.state)]),
-          el("td", {}, [bar, el("span", {className: "small", text: (b.done + b.failed) + "/" + b.total + (b.failed ? ", " + b.failed + " failed" : "")})]),
-          td(fmtTime(b.submitted)), td(b.user || "")];
-        if (admin) cells.push(el("td", {className: "actions"}, b.ended ? [] : [cancelForm(b.id, b.cancelling)]));
+        var run = b.kind === "run";   // a `baton run` build: its jobs, no cancelling here
+        var progress = run ? [el("span", {className: "small", text: b.total + " jobs" + (b.failed ? ", " + b.failed + " failed" : "")})]
+          : [bar, el("span", {className: "small", text: (b.done + b.failed) + "/" + b.total + (b.failed ? ", " + b.failed + " failed" : "")})];
+        var cells = [el("td", {}, [el("a", {href: "/builds/" + encodeURIComponent(b.id), text: b.id})]),
+          el("td", {}, run ? [b.name || "", " ", el("span", {className: "tag", text: "run"})] : [b.name || ""]),
+          el("td", {}, [stateSpan(b.state)]), el("td", {}, progress),
+          td(fmtTime(b.submitted)), td(b.user || b.host || "")];
+        if (admin) cells.push(el("td", {className: "actions"}, b.ended || run ? [] : [cancelForm(b.id, b.cancelling)]));
         return el("tr", {}, cells);
       }), "No builds yet.", admin ? 7 : 6);
     },
@@ -163,6 +166,7 @@
   var sources = {
     overview: "/api/v1/status?agents=none", agents: "/api/v1/status",
     settings: "/api/v1/status?agents=none", users: "/api/v1/status?agents=none",
+    run: "/api/v1/status?agents=none",   // the banner; the build monitor polls its build (monitor.js)
     builds: buildCard ? "/api/v1/builds/" + encodeURIComponent(buildCard.dataset.build) + buildQuery : "/api/v1/builds"
   };
   var url = sources[page];
