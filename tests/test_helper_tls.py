@@ -114,10 +114,10 @@ class OneGrant:
         self.grant = pb.Grant(agent=agent, helper=helper, slots=4, grant="g1", epoch=5)
         self.helpers_used: set[str] = set()
 
-    def acquire(self, wait: float):
-        return self.grant, ""
+    def acquire_core(self, wait: float):
+        return self.grant, 0, ""
 
-    def release(self, grant) -> None:
+    def release(self, grant, slot: int = -1) -> None:
         pass
 
 
