@@ -142,14 +142,14 @@ def test_the_initiator_refuses_a_helper_whose_certificate_names_another_agent(pk
     assert "helper" not in reply
     assert reply["local"].startswith("helper a1 failed") and "a1" in reply["local"], reply
     genuine = serve(*pki.agent("a1"), pki.ca_pem)
-    assert job_through_initiator(tmp_path, pki, genuine, agent="a1") == {"helper": "a1", "exit_code": 0}
+    assert job_through_initiator(tmp_path, pki, genuine, agent="a1") == {"helper": "a1", "exit_code": 0, "core": 0}
 
 
 def test_a_pool_certificate_serves_for_any_agent_name(pki, serve, tmp_path):
     """The compose file's replicas share one pool certificate (deploy/README.md):
     as on the coordinators, it passes for any agent name."""
     pool = serve(*pki.agent("pool", any_name=True), pki.ca_pem)
-    assert job_through_initiator(tmp_path, pki, pool, agent="3f2a9c") == {"helper": "3f2a9c", "exit_code": 0}
+    assert job_through_initiator(tmp_path, pki, pool, agent="3f2a9c") == {"helper": "3f2a9c", "exit_code": 0, "core": 0}
 
 
 def test_a_helper_of_a_tls_cluster_needs_the_agents_certificate(tmp_path):
