@@ -80,15 +80,25 @@ def _settled(future) -> str | None:
     return "committed"
 
 
-def test_a_result_whose_write_timed_out_after_it_landed_is_recorded_once(etcd, keys, muted):
-    proxy, through = muted
+@pytest.fixture
+def leading(etcd, keys, muted):
+    """(runtime, its agent service's address, epoch): a leader whose etcd client is `muted`'s."""
+    _, through = muted
     leadership = Leadership(etcd, keys)
-    epoch = leadership.epoch
     runtime = Runtime(through, keys, "c1", Timings(ttl=2, grace=1.5), agent_token=TOKEN)
     address = f"127.0.0.1:{free_port()}"
     server = AioAgentServer(runtime, address)
     server.start()
-    runtime.start(epoch)
+    runtime.start(leadership.epoch)
+    yield runtime, address, leadership.epoch
+    runtime.stop("test over")
+    server.stop(None)
+    leadership.close()
+
+
+def test_a_result_whose_write_timed_out_after_it_landed_is_recorded_once(etcd, keys, muted, leading):
+    proxy, _ = muted
+    runtime, address, epoch = leading
     agent = StubAgent(etcd, keys, address, "a1", epoch)
     try:
         agent.wait("welcome")
@@ -105,9 +115,6 @@ def test_a_result_whose_write_timed_out_after_it_landed_is_recorded_once(etcd, k
         wait_until(lambda: status(etcd, keys, "b1").get("state") == "done", 15, message="the build to end")
     finally:
         agent.close()
-        runtime.stop("test over")
-        server.stop(None)
-        leadership.close()
     assert len(history_of(etcd, keys.task("b1", "t1"))) == 2   # running, then done: once each
     verdict = check_history(etcd, keys, since=epoch - 1)
     assert verdict.ok, verdict.problems
@@ -115,18 +122,12 @@ def test_a_result_whose_write_timed_out_after_it_landed_is_recorded_once(etcd, k
     assert len(ends) == 1
 
 
-def test_a_running_record_that_landed_unseen_is_not_placed_again_under_its_attempt(etcd, keys, muted):
+def test_a_running_record_that_landed_unseen_is_not_placed_again_under_its_attempt(etcd, keys, muted, leading):
     # An attempt names one placement: were it placed twice (say a1, then a2), a result of
     # the first placement's agent would count for the second's, and the history could no
     # longer tell which run an attempt was.
-    proxy, through = muted
-    leadership = Leadership(etcd, keys)
-    epoch = leadership.epoch
-    runtime = Runtime(through, keys, "c1", Timings(ttl=2, grace=1.5), agent_token=TOKEN)
-    address = f"127.0.0.1:{free_port()}"
-    server = AioAgentServer(runtime, address)
-    server.start()
-    runtime.start(epoch)
+    proxy, _ = muted
+    runtime, address, epoch = leading
     agent = None
     try:
         submit(etcd, keys, "b1", [{"id": "t1"}])
@@ -146,9 +147,6 @@ def test_a_running_record_that_landed_unseen_is_not_placed_again_under_its_attem
     finally:
         if agent is not None:
             agent.close()
-        runtime.stop("test over")
-        server.stop(None)
-        leadership.close()
     verdict = check_history(etcd, keys, since=epoch - 1)
     placed = [(rec["attempt"], rec["agent"]) for _, rec in task_records(verdict.events, keys)[("b1", "t1")]
               if rec["state"] == "running"]
