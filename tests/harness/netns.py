@@ -77,10 +77,26 @@ def _free_subnet() -> ipaddress.IPv4Network:
     raise RuntimeError(f"no free /30 left in {SUBNETS}")
 
 
+def _remove_stale() -> None:
+    """Namespaces of ours whose creator died without closing them (a killed test run): their
+    names go, and with the wire's namespace its veth pairs."""
+    for line in _ip("netns", "list", check=False).stdout.splitlines():
+        name = line.split()[0] if line.strip() else ""
+        parts = name.split("-")
+        if len(parts) >= 3 and parts[0] == "baton" and parts[1].isdigit() and int(parts[1]) != os.getpid():
+            try:
+                os.kill(int(parts[1]), 0)
+            except ProcessLookupError:
+                _ip("netns", "del", name, check=False)
+            except PermissionError:
+                pass
+
+
 class Netns:
     """One namespace, its wire and the veth pairs (module docstring). `close()` removes them."""
 
     def __init__(self):
+        _remove_stale()
         n = next(_count)
         self.name = f"baton-{os.getpid()}-{n}"
         self.wire = f"{self.name}-wire"
