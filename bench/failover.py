@@ -3,7 +3,7 @@
     python bench/failover.py [--trials 20] [--agents 200] [--pools 4] [--switchovers 20] [--ttl 2]
                              [--failback-delay 1] [--build-tasks 1000] [--backlog 3000]
                              [--task-seconds 1] [--max-cores-per-build 0] [--tls] [--dir DIR] [--json]
-                             [--fault kill|stop]
+                             [--fault kill|stop|cut]
 
 Everything is real and started here (cli.local.LocalCluster): a
 single-member etcd, the primary p1 and the selected backup b1 as processes
@@ -23,14 +23,18 @@ lifted for the final audit).
 
 Each failover trial SIGKILLs the leading p1 (`--fault stop`: SIGSTOPs it, as
 a host gone silent looks from b1: no connection ends, nothing is refused;
-the lease decides) and measures from the kill:
+the lease decides; `--fault cut`: p1 runs in its own network namespace,
+tests/harness/netns.py, and the wire to it is cut: its host is gone, packets
+are lost, p1 runs on; the lease decides) and measures from the kill:
   (a) b1 leads: the leader key is put naming b1 (its create revision is the
       new epoch);
   (b) every agent is connected to b1: every agents/<name> value names b1
       with the new epoch;
   (c) b1 dispatches: the first tasks/<build>/<task> put with state
       "running" after the new epoch's revision.
-Then p1 is restarted (a stopped p1 is killed first); b1 hands back after --failback-delay. Timed: from
+Then p1 is restarted (a stopped p1 is killed first; a cut-off p1 is not
+restarted: the wire is healed and p1 rejoins by itself); b1 hands back after
+--failback-delay. Timed: from
 b1's resign (leader key deleted) to every agent on p1 with p1's new epoch.
 
 Each switchover trial POSTs /api/v1/switchover on the leading p1 and times
@@ -48,7 +52,8 @@ history of tasks/ since the start revision; the counts of lost and
 duplicated tasks are printed.
 
 Targets (issue "Backup coordinators", Performance): p99 of (b) <= 2.8 s
-(1.4 x ttl for ttl 2); switchover and handback p99 <= 300 ms. Exits 1 if one
+(1.4 x ttl for ttl 2); with --fault stop or cut (the lease path) ttl + 0.8 s
+(issue 15); switchover and handback p99 <= 300 ms. Exits 1 if one
 is missed or a task was lost or recorded twice. Stops everything it started,
 also on Ctrl-C or an error (process logs stay in --dir, a temporary
 directory by default, removed unless --dir is given or the run fails).
@@ -75,6 +80,7 @@ from bench.failover_load import Feeder  # noqa: E402
 from bench.failover_monitor import Monitor, audit  # noqa: E402
 from bench.failover_report import report  # noqa: E402
 from bench.pool_process import PoolProcess  # noqa: E402
+from tests.harness.netns import NetnsCluster, unavailable as netns_unavailable  # noqa: E402
 from cluster.daemon_state import read_state  # noqa: E402
 from cluster.keys import decode  # noqa: E402
 from cli.local import LocalCluster  # noqa: E402
@@ -130,16 +136,19 @@ def failover_trial(cluster: LocalCluster, monitor: Monitor, feeder: Feeder, time
     index = len(monitor.leader_log)
     killed = time.monotonic()
     p1 = cluster.coordinators["p1"]
-    p1.kill() if fault == "kill" else p1.pause()
+    {"kill": p1.kill, "stop": p1.pause, "cut": lambda: cluster.netns.cut()}[fault]()
     t_lead, epoch = monitor.wait(lambda: monitor.leader_put_after(index, "b1"), timeout, "b1 to lead")
     t_streams = monitor.wait(lambda: monitor.all_streams_on("b1", epoch), timeout, "all streams on b1")
     t_agents = monitor.wait(lambda: monitor.all_agents_on("b1", epoch), timeout, "all agents on b1")
     first_agent, median_agent = agent_spread(monitor, ("b1", epoch))
     t_dispatch = monitor.wait(lambda: monitor.first_running_after(epoch), timeout, "b1's first dispatch")
-    if fault != "kill":
+    if fault == "stop":
         p1.kill()   # a stopped process still holds its ports
     index = len(monitor.leader_log)
-    cluster.add_coordinator("p1", "primary")
+    if fault == "cut":
+        cluster.netns.heal()   # the same p1 rejoins (tests/e2e/test_host_gone.py checks it wrote nothing late)
+    else:
+        cluster.add_coordinator("p1", "primary")
     t_resign = monitor.wait(lambda: monitor.leader_delete_after(index), timeout + cluster.failback_delay,
                             "b1 to hand back")
     t_p1, epoch2 = monitor.wait(lambda: monitor.leader_put_after(index, "p1"), timeout, "p1 to lead again")
@@ -192,15 +201,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", default=None, help="cluster directory (logs); kept")
     parser.add_argument("--timeout", type=float, default=60.0, help="per step")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--fault", choices=("kill", "stop"), default="kill",
+    parser.add_argument("--fault", choices=("kill", "stop", "cut"), default="kill",
                         help="kill: SIGKILL p1 (its port refuses: b1 revokes p1's lease at once); "
-                             "stop: SIGSTOP p1 (silent, as a lost host: the lease decides)")
+                             "stop: SIGSTOP p1 (silent, as a lost host: the lease decides); "
+                             "cut: p1 in its own network namespace, the wire to it cut (its host gone: "
+                             "the lease decides; needs root, no --tls)")
     args = parser.parse_args(argv)
     switchovers = args.trials if args.switchovers is None else args.switchovers
 
+    if args.fault == "cut":
+        why = "--tls: NetnsCluster runs without TLS" if args.tls else netns_unavailable()
+        if why:
+            print(f"--fault cut cannot run here: {why}", file=sys.stderr)
+            return 2
     workdir = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="baton-failover-bench-"))
-    cluster = LocalCluster(workdir, agents=0, backups=1, ttl=args.ttl, tls=args.tls,
-                           failback_delay=args.failback_delay, cluster="bench")
+    make = NetnsCluster if args.fault == "cut" else LocalCluster
+    cluster = make(workdir, agents=0, backups=1, ttl=args.ttl, tls=args.tls,
+                   failback_delay=args.failback_delay, cluster="bench")
     pools: list[PoolProcess] = []
     monitor = feeder = None
     failed = True

@@ -7,6 +7,16 @@ import statistics
 
 TARGET_AGENTS_P99 = 2.8      # s, failover (b)
 TARGET_PLANNED_P99 = 0.300   # s, switchover / handback
+LEASE_PATH_MARGIN = 0.8      # s past the ttl, failover (b) when the lease decides (issue 15)
+
+
+def fault_of(args) -> str:
+    return getattr(args, "fault", "kill")   # callers that predate --fault
+
+
+def agents_target(args) -> float:
+    """p99 of failover (b): a silent p1 (stopped, or its host cut off) is left to its lease."""
+    return TARGET_AGENTS_P99 if fault_of(args) == "kill" else float(args.ttl) + LEASE_PATH_MARGIN
 
 
 def p99(values: list[float]) -> float:
@@ -71,7 +81,7 @@ def report(args, results: dict, check: dict | None, elapsed: float, builds: int,
             unmeasured.append(name)  # no sample: neither met nor missed
         elif row["p99"] > limit:
             misses.append(f"{name}: p99 {row['p99'] * 1000:.0f} ms > {limit * 1000:.0f} ms")
-    target("failover (b) kill -> all agents on b1", TARGET_AGENTS_P99)
+    target("failover (b) kill -> all agents on b1", agents_target(args))
     for name in ("handback: b1 resigns -> all agents on p1", "switchover p1->b1: request -> all agents",
                  "switchover b1->p1: request -> all agents"):
         target(name, TARGET_PLANNED_P99)
@@ -82,7 +92,7 @@ def report(args, results: dict, check: dict | None, elapsed: float, builds: int,
         print(json.dumps({"rows": rows, "audit": check, "trials": results, "elapsed": elapsed,
                           "misses": misses}, indent=2))
     print(f"\n{args.agents} agents (1 core) in {args.pools} processes, tasks of {args.task_seconds:g} s, "
-          f"ttl {args.ttl} s, tls {args.tls}, max_cores_per_build "
+          f"ttl {args.ttl} s, fault {fault_of(args)} (the 'kill' below), tls {args.tls}, max_cores_per_build "
           f"{args.max_cores_per_build}; {len(fo)} failovers, "
           f"{len(so)} switchover round trips; {builds} builds of {args.build_tasks} tasks; "
           f"{elapsed:.0f} s in all")
@@ -93,7 +103,7 @@ def report(args, results: dict, check: dict | None, elapsed: float, builds: int,
               f"{check['lost']} lost, {check['twice']} recorded twice")
     else:
         print("  tasks: not audited (the run did not finish)")
-    print(f"targets: p99 (b) <= {TARGET_AGENTS_P99} s; handback and switchover p99 <= "
+    print(f"targets: p99 (b) <= {agents_target(args):g} s; handback and switchover p99 <= "
           f"{TARGET_PLANNED_P99 * 1000:.0f} ms -> " + targets_verdict(misses, unmeasured, audited=bool(check)))
     if errors:
         print(f"({len(errors)} watch errors, first: {errors[0]})")

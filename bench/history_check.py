@@ -31,8 +31,11 @@ What it checks, and what can be checked per key:
   switchover and backup-contact/ do not say who wrote them (a web worker of
   any coordinator writes some with the leader's fence): for them only "inside
   an epoch" can be checked.
-- Tasks: per (task, attempt) at most one end record (done or failed with a
-  result, or cancelled); no record of an attempt after its end; the last
+- Tasks: per (task, attempt) at most one running record (an attempt names
+  one placement: a running write whose outcome was unknown is followed by a
+  new attempt, coordinator/runtime/state.py `unassign`) and at most one end
+  record (done or failed with a result, or cancelled); no record of an
+  attempt after its end; the last
   record of a task is an end record of its highest attempt. Every build
   (builds/<id>) ended: its last status is done, failed or cancelled, and a
   build that is done has every task of its spec ended done.
@@ -263,8 +266,15 @@ def check_tasks(records: dict, verdict: Verdict) -> dict[tuple[str, str], dict]:
     for (build, task), history in records.items():
         verdict.tasks += 1
         ended: dict[int, tuple[int, dict]] = {}
+        placed: dict[int, tuple[int, dict]] = {}
         for revision, value in history:
             attempt = int(value.get("attempt") or 0)
+            if value.get("state") == "running":
+                if attempt in placed:
+                    at, first = placed[attempt]
+                    verdict.problem(f"task {build}/{task} attempt {attempt} placed again at revision {revision} "
+                                    f"(on {value.get('agent')}), first at revision {at} (on {first.get('agent')})")
+                placed.setdefault(attempt, (revision, value))
             if attempt in ended:
                 at, first = ended[attempt]
                 same = " (the same record again: a write retried after an ambiguous etcd error)" \

@@ -91,6 +91,9 @@ class LocalCluster:
         self.etcd_identities = EtcdIdentities(self.certs_dir, cluster, self.ca_dir)
         self.work_dir = self.dir.parent / f"{self.dir.name}-work"   # agents' work dirs, outside self.dir
         self._etcd = None
+        # Addresses etcd listens on (when started here); a test harness adds one that a
+        # coordinator in another network namespace can reach (tests/harness/netns.py).
+        self.etcd_listen: tuple[str, ...] = ("127.0.0.1",)
 
     # -- set-up -------------------------------------------------------------
     def start(self, wait: bool = True, select_backup: bool = True) -> "LocalCluster":
@@ -197,7 +200,8 @@ class LocalCluster:
         port, peer = self.ports.pick(2379), self.ports.pick(2380)
         scheme = "https" if self.tls else "http"
         url, peer_url = f"{scheme}://{HOST}:{port}", f"{scheme}://{HOST}:{peer}"
-        listen, listen_peer = f"{scheme}://127.0.0.1:{port}", f"{scheme}://127.0.0.1:{peer}"
+        listen = ",".join(f"{scheme}://{host}:{port}" for host in self.etcd_listen)
+        listen_peer = f"{scheme}://127.0.0.1:{peer}"
         argv = [find_etcd(), "--name", "etcd", "--data-dir", str(self.dir / "etcd"),
                 "--listen-client-urls", listen, "--advertise-client-urls", url,
                 "--listen-peer-urls", listen_peer, "--initial-advertise-peer-urls", peer_url,

@@ -10,7 +10,7 @@ def chain():
     return build, build.tasks["compile"], build.tasks["link"]
 
 
-def test_a_dependant_placed_early_whose_write_failed_waits_again_with_its_attempt_unchanged():
+def test_a_dependant_placed_early_whose_write_failed_waits_again_and_its_attempt_is_used_up():
     build, compile_, link = chain()
     build.assign(compile_, "a1", 1.0)
     compile_.state = "running"
@@ -20,12 +20,24 @@ def test_a_dependant_placed_early_whose_write_failed_waits_again_with_its_attemp
     assert link.state == READY and "link" in build.ready
     build.assign(link, "a1", 2.0)
     assert link.state == ASSIGNING and link.attempt == 1 and build.in_use == 1
-    build.hold_back(link)                         # the shared transaction failed
-    assert (link.state, link.attempt, link.agent, build.in_use) == (WAITING, 0, None, 0)
+    build.hold_back(link)                         # the shared transaction failed (or landed unseen)
+    assert (link.state, link.attempt, link.agent, build.in_use) == (WAITING, 1, None, 0)
     assert "link" not in build.ready and link.waiting_on == 1
     compile_.recording = ("record", [])
     build.finished_task(compile_, {"state": DONE, "attempt": 1}, 3.0, 3.0)
     assert build.in_use == 0 and link.state == READY and link.waiting_on == 0
+    build.assign(link, "a2", 4.0)
+    assert link.attempt == 2, "attempt 1 may be in etcd already: never placed twice"
+
+
+def test_a_task_whose_running_record_failed_is_placed_again_under_a_new_attempt():
+    build, compile_, _ = chain()
+    build.assign(compile_, "a1", 1.0)
+    build.unassign(compile_, 1.5)                 # its write failed (or landed unseen)
+    assert (compile_.state, compile_.agent, build.in_use) == (READY, None, 0)
+    assert next(iter(build.ready)) == "compile"
+    build.assign(compile_, "a1", 2.0)
+    assert compile_.attempt == 2
 
 
 def released_early():

@@ -96,6 +96,19 @@ def test_an_attempt_ended_twice_and_a_build_not_ended_are_found(etcd, keys, writ
     assert any("did not end" in p for p in problems)
 
 
+def test_an_attempt_placed_twice_is_found(etcd, keys, writer):
+    # A running write whose outcome was unknown may have landed: the task is placed
+    # again under a new attempt (coordinator/runtime/state.py unassign), never the same one.
+    since = etcd.revision()
+    f1 = writer.lead("p1")
+    writer.task(f1, "p1", "t1", "running", agent="a1")
+    writer.task(f1, "p1", "t1", "running", attempt=2, agent="a2")
+    assert check_history(etcd, keys, since, builds_must_end=False).ok
+    writer.task(f1, "p1", "t1", "running", attempt=2, agent="a1")
+    problems = check_history(etcd, keys, since, builds_must_end=False).problems
+    assert len(problems) == 1 and "attempt 2 placed again" in problems[0]
+
+
 def test_a_writer_other_than_the_holder_is_found(etcd, keys, writer):
     since = etcd.revision()
     f1 = writer.lead("p1")

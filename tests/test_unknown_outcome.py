@@ -23,7 +23,8 @@ from lease.election import Fence
 from lease.errors import EtcdUnavailable
 from tests.harness.ports import free_port
 from tests.harness.wait import wait_until
-from tests.test_runtime import TOKEN, Leadership, StubAgent, record, status, submit
+from cluster.keys import encode
+from tests.test_runtime import TOKEN, Leadership, StubAgent, record, runtime_agents, status, submit
 
 
 @pytest.fixture
@@ -79,15 +80,25 @@ def _settled(future) -> str | None:
     return "committed"
 
 
-def test_a_result_whose_write_timed_out_after_it_landed_is_recorded_once(etcd, keys, muted):
-    proxy, through = muted
+@pytest.fixture
+def leading(etcd, keys, muted):
+    """(runtime, its agent service's address, epoch): a leader whose etcd client is `muted`'s."""
+    _, through = muted
     leadership = Leadership(etcd, keys)
-    epoch = leadership.epoch
     runtime = Runtime(through, keys, "c1", Timings(ttl=2, grace=1.5), agent_token=TOKEN)
     address = f"127.0.0.1:{free_port()}"
     server = AioAgentServer(runtime, address)
     server.start()
-    runtime.start(epoch)
+    runtime.start(leadership.epoch)
+    yield runtime, address, leadership.epoch
+    runtime.stop("test over")
+    server.stop(None)
+    leadership.close()
+
+
+def test_a_result_whose_write_timed_out_after_it_landed_is_recorded_once(etcd, keys, muted, leading):
+    proxy, _ = muted
+    runtime, address, epoch = leading
     agent = StubAgent(etcd, keys, address, "a1", epoch)
     try:
         agent.wait("welcome")
@@ -104,14 +115,46 @@ def test_a_result_whose_write_timed_out_after_it_landed_is_recorded_once(etcd, k
         wait_until(lambda: status(etcd, keys, "b1").get("state") == "done", 15, message="the build to end")
     finally:
         agent.close()
-        runtime.stop("test over")
-        server.stop(None)
-        leadership.close()
     assert len(history_of(etcd, keys.task("b1", "t1"))) == 2   # running, then done: once each
     verdict = check_history(etcd, keys, since=epoch - 1)
     assert verdict.ok, verdict.problems
     ends = [rec for _, rec in task_records(verdict.events, keys)[("b1", "t1")] if rec["state"] == "done"]
     assert len(ends) == 1
+
+
+def test_a_running_record_that_landed_unseen_is_not_placed_again_under_its_attempt(etcd, keys, muted, leading):
+    # An attempt names one placement: were it placed twice (say a1, then a2), a result of
+    # the first placement's agent would count for the second's, and the history could no
+    # longer tell which run an attempt was.
+    proxy, _ = muted
+    runtime, address, epoch = leading
+    agent = None
+    try:
+        submit(etcd, keys, "b1", [{"id": "t1"}])
+        wait_until(lambda: status(etcd, keys, "b1").get("state"), 15, message="the build loaded")
+        etcd.put(keys.agent("a1"), encode({"name": "a1", "cores": 1}), lease=etcd.lease_grant(30))
+        wait_until(lambda: runtime_agents(etcd, keys) == ["a1"], 15, message="a1's presence seen")
+        proxy.set_mode("mute")
+        agent = StubAgent(etcd, keys, address, "a1", epoch, cores=1, present=False)
+        # The running record lands; the leader hears only its own timeout, and places t1 again.
+        wait_until(lambda: (record(etcd, keys, "b1", "t1") or {}).get("state") == "running", 15,
+                   message="the running record in etcd")
+        wait_until(lambda: runtime.store_write_errors >= 1, 15, message="its write to time out")
+        proxy.set_mode("pass")
+        assign = agent.wait("assign", timeout=30)
+        agent.send_result(("b1", "t1", assign.task.attempt))
+        wait_until(lambda: status(etcd, keys, "b1").get("state") == "done", 30, message="the build to end")
+    finally:
+        if agent is not None:
+            agent.close()
+    verdict = check_history(etcd, keys, since=epoch - 1)
+    placed = [(rec["attempt"], rec["agent"]) for _, rec in task_records(verdict.events, keys)[("b1", "t1")]
+              if rec["state"] == "running"]
+    assert len(placed) >= 2, "the first placement's outcome was unknown: t1 was placed again"
+    attempts = [attempt for attempt, _ in placed]
+    assert len(set(attempts)) == len(attempts), f"an attempt placed twice: {placed}"
+    assert assign.task.attempt == attempts[-1], "the agent runs the last placement"
+    assert verdict.ok, verdict.problems
 
 
 def test_once_submissions_fill_a_transaction_within_etcds_op_limit(etcd, keys):

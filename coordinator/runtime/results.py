@@ -18,7 +18,9 @@ rules:
   `once=True` (coordinator/runtime/store.py): a write that timed out may
   have landed, and its retry must not end the attempt a second time.
   Running records need no such guard: after a failed one the task is placed
-  again with a new record (new time, maybe another agent), never the same.
+  again under a new attempt number (state.Build.unassign, hold_back), never
+  the same record, and never the same attempt: the failed one may have
+  landed unseen, and an attempt names one placement (rule 5).
 """
 from __future__ import annotations
 

@@ -236,10 +236,11 @@ class Build:
         return task.running_record()
 
     def unassign(self, task: Task, monotonic: float) -> None:
-        """The running record could not be written, so no agent got the task:
-        queue it again and reuse the attempt number."""
+        """The running record's write failed, so no agent got the task: queue it
+        again. Its attempt number stays used up: the write may have been applied
+        although only a timeout was heard (its outcome unknown, store.py), and an
+        attempt names one placement (docs/design.md section 3 rule 5)."""
         self.requeue(task, monotonic)
-        task.attempt -= 1  # assign() adds one again
 
     def result_taken(self, task: Task) -> None:
         """The agent reported the result (now being written): its core is free
@@ -253,12 +254,12 @@ class Build:
         self._make_ready(task, monotonic)
 
     def hold_back(self, task: Task) -> None:
-        """Undo release_early (not placed, or its running record did not land
-        with its dependency's result): waiting again, attempt as before."""
+        """Undo release_early (not placed, or its running record's write with its
+        dependency's result failed): waiting again. A placement's attempt number
+        stays used up, as in unassign (the write may have landed unseen)."""
         self.ready.pop(task.id, None)
         if task.state in HOLDS_CORE:
             self.in_use -= 1
-            task.attempt -= 1
         task.state, task.agent, task.assigned, task.sent = WAITING, None, None, False
 
     def finished_task(self, task: Task, record: dict, now: float, monotonic: float

@@ -28,11 +28,12 @@ def make_cluster(request, tmp_path):
     clusters: list[LocalCluster] = []
     request.node.stash[_clusters_key] = clusters
 
-    def make(**kw) -> LocalCluster:
+    def make(cluster_class=LocalCluster, **kw) -> LocalCluster:
+        """cluster_class: LocalCluster or a harness's subclass of it (tests/harness/netns.py)."""
         kw.setdefault("ttl", 2)
         kw.setdefault("tls", False)
         kw.setdefault("web", True)
-        cluster = LocalCluster(tmp_path / f"cluster{len(clusters)}", **kw)
+        cluster = cluster_class(tmp_path / f"cluster{len(clusters)}", **kw)
         if kw.get("etcd_urls"):
             # A shared etcd holds other tests' history (and may be compacted by them):
             # the audit (tests/harness/audit.py) starts at this cluster's first revision.
