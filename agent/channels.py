@@ -10,7 +10,9 @@ same address. The bench pool (bench.pool) shares one `Channels` among its
 agents, as it shares one etcd client.
 
 gRPC reconnects a kept channel by itself (100 ms backoff doubling to 1 s),
-so a coordinator that restarts is dialled again without a new channel.
+so a coordinator that restarts is dialled again without a new channel; its
+keepalive pings (cluster/keepalive.py) find a connection to a host that
+dropped off the network without a word, so that one is dialled again too.
 """
 from __future__ import annotations
 
@@ -18,8 +20,11 @@ import threading
 
 import grpc
 
+from cluster.keepalive import CLIENT_OPTIONS
+
+# Keepalive pings find a connection to a host that vanished silently (cluster/keepalive.py).
 OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", 1000)]
+           ("grpc.max_reconnect_backoff_ms", 1000), *CLIENT_OPTIONS]
 
 
 class Channels:

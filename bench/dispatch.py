@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import grpc  # noqa: E402
 
+from cluster.keepalive import SERVER_OPTIONS  # noqa: E402
 from coordinator.config import Timings  # noqa: E402
 from cluster.keys import Keys, decode, encode  # noqa: E402
 from cluster.protocol import agent_pb2 as pb  # noqa: E402
@@ -208,7 +209,7 @@ def run(args) -> dict:
         server = AioAgentServer(runtime, f"127.0.0.1:{port}")
         server.start()
     else:
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=args.agents + 16))
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=args.agents + 16), options=SERVER_OPTIONS)
         add_to_server(runtime, server)
         server.add_insecure_port(f"127.0.0.1:{port}")
         server.start()

@@ -23,6 +23,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from cluster.keepalive import SERVER_OPTIONS
+
 from agent.config import AgentConfig
 from bench.aio_link import AioLinks
 from agent.channels import Channels
@@ -59,7 +61,7 @@ class Coordinator:
         self.name = name
         self.keys = keys
         self.etcd = connect(etcd_url, timeout=2.0)
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=32), options=SERVER_OPTIONS)
         if tls is None:
             self.host = "127.0.0.1"
             self.port = self.server.add_insecure_port("127.0.0.1:0")
@@ -387,7 +389,7 @@ class ScriptedCoordinator(agent_pb2_grpc.AgentServiceServicer):
 def scripted(etcd, keys):
     """A ScriptedCoordinator on a real gRPC server, named by the leader key: (servicer, epoch)."""
     servicer = ScriptedCoordinator()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=SERVER_OPTIONS)
     agent_pb2_grpc.add_AgentServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()

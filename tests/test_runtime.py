@@ -17,6 +17,8 @@ from concurrent import futures
 import grpc
 import pytest
 
+from cluster.keepalive import SERVER_OPTIONS
+
 from coordinator.config import Timings
 from bench.sync_service import add_to_server
 from cluster.keys import decode, encode
@@ -137,7 +139,7 @@ def farm(request, etcd, keys, leadership):
         server = AioAgentServer(runtime, f"127.0.0.1:{port}")
         server.start()
     else:
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=32), options=SERVER_OPTIONS)
         add_to_server(runtime, server)
         server.add_insecure_port(f"127.0.0.1:{port}")
         server.start()

@@ -28,6 +28,7 @@ import time
 
 import grpc
 
+from cluster.keepalive import SERVER_OPTIONS
 from cluster.protocol import agent_pb2 as pb
 from cluster.protocol import agent_pb2_grpc, compile_pb2_grpc
 from coordinator.runtime.agent_protocol import (STARTING_UP_WAIT, ConnectedAgents, Leading, certificate_agents,
@@ -268,7 +269,7 @@ class AioAgentServer:
 
     async def _serve(self, ready: threading.Event) -> None:
         self._stopped = asyncio.Event()
-        server = grpc.aio.server()
+        server = grpc.aio.server(options=SERVER_OPTIONS)   # the agents' keepalive pings are welcome
         agent_pb2_grpc.add_AgentServiceServicer_to_server(_AioService(self._runtime), server)
         compile_pb2_grpc.add_CoresServicer_to_server(_AioCores(self._runtime), server)
         if self._credentials is not None:
