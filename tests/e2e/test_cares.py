@@ -20,6 +20,9 @@ from tests.harness.wait import wait_until
 
 HERE = Path(__file__).resolve().parent
 pytestmark = [
+    pytest.mark.slow,
+    # A real project's two builds on a shared two-core machine: longer than the suite's 120 s default.
+    pytest.mark.timeout(600),
     pytest.mark.skipif(not all(map(shutil.which, ("gcc", "cmake", "ninja"))), reason="needs gcc, cmake and ninja"),
     pytest.mark.skipif(cares.sdist() is None, reason=f"no {cares.ARCHIVE} in {cares.sdist_dir()} "
                        f"(${cares.SDISTS_ENV}): `python3 -m tests.harness.cares fetch` gets it, as .ci/run does"),
