@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -37,6 +38,10 @@ MAX_OBJECT_BYTES = 256 * 1024 * 1024
 MAX_DIAGNOSTICS = 1024 * 1024
 MAX_ARGS = 4096
 CLEAN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+# The initiator's locale variables a job carries: the compiler's messages and quotes follow
+# them ('x' in the C locale, ‘x’ in a UTF-8 one), so diagnostics are the local ones.
+LOCALE_VARS = ("LC_ALL", "LC_CTYPE", "LC_MESSAGES", "LANG", "LANGUAGE")
+_LOCALE_VALUE = re.compile(r"^[A-Za-z0-9_.@:+-]{0,64}$")
 
 # Flags a helper compiles with. Path-valued ones are mapped into the job root.
 PATH_VALUED = ("-I", "-isystem", "-idirafter", "-iquote", "-include", "-imacros")
@@ -169,12 +174,25 @@ def _as_user(argv: list[str], user: str | int | None) -> tuple[list[str], str | 
     return [setpriv, f"--reuid={entry.pw_uid}", f"--regid={group}", "--clear-groups", "--", *argv], None
 
 
+def compile_env(locale: Mapping[str, str] | None) -> dict[str, str]:
+    """The compiler's environment: CLEAN_ENV, or its PATH and the initiator's `locale`."""
+    if not locale:
+        return CLEAN_ENV
+    for name, value in locale.items():
+        if name not in LOCALE_VARS or not _LOCALE_VALUE.match(value):
+            raise JobRefused(f"{name[:40]}={value[:40]!r} is not a locale setting")
+    return {"PATH": CLEAN_ENV["PATH"], **locale}
+
+
 def run_compile(compiler: str, job: CompileJob, workdir: str | None = None, timeout: float = 600.0,
-                preexec: Callable[[], None] | None = None, user: str | int | None = None) -> JobResult:
+                preexec: Callable[[], None] | None = None, user: str | int | None = None,
+                locale: Mapping[str, str] | None = None) -> JobResult:
     """Compile `job` with `compiler` under a fresh job root; JobRefused for what a helper
-    does not take. `user`: run the compiler as this (unprivileged) user."""
+    does not take. `user`: run the compiler as this (unprivileged) user; `locale`: the
+    initiator's locale variables (LOCALE_VARS)."""
     if not os.path.isabs(job.cwd):
         raise JobRefused("the working directory must be absolute")
+    env = compile_env(locale)
     if sum(len(v) for v in job.files.values()) > MAX_INPUT_BYTES:
         raise JobRefused(f"the job's files exceed {MAX_INPUT_BYTES} bytes")
     with tempfile.TemporaryDirectory(prefix="baton-job-", dir=workdir) as tmp:
@@ -198,7 +216,7 @@ def run_compile(compiler: str, job: CompileJob, workdir: str | None = None, time
                 f"-ffile-prefix-map={root}=", *map_args(job, root), "-c", source, "-o", obj]
         argv, user = _as_user(argv, user) if preexec is None else (argv, user)
         try:
-            done = subprocess.run(argv, cwd=cwd, env=CLEAN_ENV, stdin=subprocess.DEVNULL, capture_output=True,
+            done = subprocess.run(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
                                   timeout=timeout, preexec_fn=preexec, user=user)
         except subprocess.TimeoutExpired:
             return JobResult(124, b"", b"baton: the compile timed out on the helper\n")

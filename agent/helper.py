@@ -180,7 +180,8 @@ class HelperService(compile_pb2_grpc.HelperServicer):
                 job = CompileJob(args=tuple(request.args), source=request.source, cwd=request.cwd,
                                  files={f.path: f.content for f in request.files},
                                  system_dirs=tuple(request.system_dirs))
-                result = run_compile(compiler, job, workdir=self.workdir, user=self.user)
+                result = run_compile(compiler, job, workdir=self.workdir, user=self.user,
+                                     locale=dict(request.locale))
         except (Refused, JobRefused) as exc:
             log.info("compile job of %s refused: %s", request.source[:200], exc)
             return pb.CompileReply(refused=str(exc) or type(exc).__name__)

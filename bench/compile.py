@@ -26,11 +26,9 @@ Prints figures and ratios; exits 1 only if an object differs.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
@@ -44,6 +42,7 @@ from agent.compile_job import run_compile  # noqa: E402
 from cli.cc_args import RemotePlan, plan  # noqa: E402
 from cli.compile_scan import pack, scan  # noqa: E402
 from cli.run import install_wrappers  # noqa: E402
+from tests.harness import cares  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,18 +64,14 @@ def row(name: str, values: list[float], base: list[float] | None = None) -> dict
 
 
 def fetch_cares(workdir: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-                    "pycares==5.2.1", "-d", str(workdir)], check=True)
-    archive = glob.glob(str(workdir / "pycares-*.tar.gz"))[0]
-    shutil.unpack_archive(archive, workdir)
-    return Path(glob.glob(str(workdir / "pycares-*" / "deps" / "c-ares"))[0])
+    """The c-ares tree of the pycares sdist (tests/harness/cares.py: the cached one, else pip download)."""
+    return cares.unpack(cares.sdist() or cares.fetch(workdir), workdir)
 
 
 def configure(source: Path, build: Path, env: dict, runner: list[str]) -> None:
-    subprocess.run([*runner, "cmake", "-S", str(source), "-B", str(build), "-G", "Ninja",
-                    "-DCMAKE_BUILD_TYPE=RelWithDebInfo", "-DCARES_STATIC=ON", "-DCARES_SHARED=OFF",
-                    "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON", "-DCMAKE_C_FLAGS=-MD"], check=True, env=env,
-                   capture_output=True)
+    # With c-ares' tools, as the figures in the notes were measured.
+    cares.configure(source, build, env, tuple(runner),
+                    ("-DCARES_BUILD_TOOLS=ON", "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON", "-DCMAKE_C_FLAGS=-MD"))
 
 
 def startup(runs: int, workdir: Path, env: dict) -> list[dict]:

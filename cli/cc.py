@@ -77,6 +77,7 @@ def compile_remotely(run_dir: str, decided) -> tuple[str | None, int | None, str
     compiled it, else (None, None, why not, None)."""
     import socket
 
+    from agent.compile_job import LOCALE_VARS
     from cli import ccwire
     from cli.compile_scan import ScanFailed, pack, scan
 
@@ -88,11 +89,14 @@ def compile_remotely(run_dir: str, decided) -> tuple[str | None, int | None, str
     except OSError as exc:
         return None, None, f"cannot pack the job: {exc}", None
     paths = list(job.files)
+    # The compiler's words follow the locale; none set is the C locale, not the helper's default.
+    locale = {name: os.environ[name] for name in LOCALE_VARS if os.environ.get(name)} or {"LANG": "C"}
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.connect(os.path.join(run_dir, ccwire.SOCKET))
             ccwire.send(sock, {"compiler": decided.compiler, "args": list(job.args), "source": job.source,
-                               "cwd": job.cwd, "paths": paths, "system_dirs": list(job.system_dirs)},
+                               "cwd": job.cwd, "paths": paths, "system_dirs": list(job.system_dirs),
+                               "locale": locale},
                         [job.files[p] for p in paths])
             reply, blobs = ccwire.receive(sock)
     except (OSError, ValueError) as exc:

@@ -376,7 +376,7 @@ class JobServer:
             grant=grant.grant, epoch=grant.epoch, compiler=os.path.basename(header["compiler"]),
             compiler_identity=identity, args=header["args"], source=header["source"], cwd=header["cwd"],
             files=[pb.SourceFile(path=p, content=c) for p, c in zip(header["paths"], blobs)],
-            system_dirs=header["system_dirs"])
+            system_dirs=header["system_dirs"], locale=header.get("locale") or {})
         try:
             reply = self._stub(grant.helper, grant.agent).Compile(request, timeout=COMPILE_TIMEOUT)
         except grpc.RpcError as exc:

@@ -290,8 +290,9 @@ class LocalCluster:
         old.kill()
         return self.add_coordinator(name, "primary" if name == "p1" else "backup")
 
-    def add_agent(self, name: str, cores: int | None = None) -> Proc:
-        """Start an agent working in <dir>-work/<name>; as root, its tasks run as nobody."""
+    def add_agent(self, name: str, cores: int | None = None, env: dict[str, str] | None = None) -> Proc:
+        """Start an agent working in <dir>-work/<name>; as root, its tasks run as nobody.
+        `env`: variables to set in its environment (a test's PATH)."""
         if not self.work_dir.exists():
             self._make_work_dir()
         argv = [sys.executable, "-m", "agent", "--name", name, "--cores", str(cores or self.cores),
@@ -303,7 +304,7 @@ class LocalCluster:
             argv += ["--grpc-ca", self.ca, "--tls-cert", cert, "--tls-key", key]
         if self.agent_lease_ttl:
             argv += ["--lease-ttl", str(self.agent_lease_ttl)]
-        proc = Proc(name, argv, self.dir / "logs" / f"{name}.log").start()
+        proc = Proc(name, argv, self.dir / "logs" / f"{name}.log", env=dict(env or {})).start()
         self.agents[name] = proc
         return proc
 

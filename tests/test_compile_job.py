@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.compile_job import (CompileJob, JobRefused, compiler_identity, map_args, run_compile)
+from agent.compile_job import (LOCALE_VARS, CompileJob, JobRefused, compiler_identity, map_args, run_compile)
 from cli.cc_args import RemotePlan, plan
 from cli.compile_scan import ScanFailed, pack, scan
 
@@ -135,3 +135,22 @@ def test_a_different_compiler_under_the_same_name_has_another_identity(tmp_path)
     fake.chmod(0o755)
     assert compiler_identity("gcc") != compiler_identity(str(fake))
     assert compiler_identity("gcc") == compiler_identity("gcc")
+
+
+def test_diagnostics_follow_the_initiators_locale(project):
+    """GCC quotes 'x' in the C locale (LANG unset: CI jobs, cron) and ‘x’ in a UTF-8 one."""
+    argv = ["gcc", *FLAGS, "-c", "src/bad.c", "-o", "obj/bad.o"]
+    base = {k: v for k, v in os.environ.items() if k not in LOCALE_VARS}
+    seen = set()
+    for locale in ({"LC_ALL": "C"}, {"LANG": "C.UTF-8"}):
+        local = subprocess.run(argv, cwd=project, capture_output=True, env=dict(base, **locale))
+        assert split_compile(argv, project, locale=locale).diagnostics == local.stderr
+        seen.add(local.stderr)
+    assert len(seen) == 2
+
+
+@pytest.mark.parametrize("locale", [{"LD_PRELOAD": "/tmp/evil.so"}, {"LANG": "C; rm -rf /"}, {"LC_ALL": "x" * 100}])
+def test_a_locale_that_is_not_one_is_refused(locale, tmp_path):
+    job = CompileJob(args=(), source="a.c", cwd="/w", files={"/w/a.c": b"int x;\n"}, system_dirs=())
+    with pytest.raises(JobRefused, match="not a locale"):
+        run_compile("gcc", job, workdir=str(tmp_path), locale=locale)

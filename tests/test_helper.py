@@ -3,9 +3,11 @@ grant the agent holds compiles to the object a local compile makes; jobs
 under unknown, stale or busy grants, or for another compiler, are refused."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import threading
+from pathlib import Path
 
 import grpc
 import pytest
@@ -99,3 +101,52 @@ def test_a_job_that_arrives_before_its_lend_waits_for_it():
     with grants.slot("g", 2, wait=10):
         pass
     timer.join()
+
+
+# Hostile jobs (docs/design.md sections 8 and 9): refused, or contained by the
+# unprivileged user the helper compiles as; the helper serves the next job.
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="a helper compiles as nobody only when it runs as root")
+
+
+@as_root
+@pytest.mark.parametrize("include", ["/etc/shadow", "a helper secret", "../" * 20 + "etc/shadow"])
+def test_a_source_that_includes_the_helpers_own_files_reads_nothing_of_them(helper, tmp_path, include):
+    grants, _, stub = helper
+    grants.lend("g1", 1, 5)
+    secret = tmp_path / "cluster" / "agent-token"   # as `baton up` keeps it: 0600 in a 0700 directory
+    secret.parent.mkdir(mode=0o700)
+    secret.write_text("THE-AGENT-TOKEN\n")
+    secret.chmod(0o600)
+    include = str(secret) if include == "a helper secret" else include
+    reply = stub.Compile(request(tmp_path, source=f'#include "{include}"\nint f(void) {{ return 1; }}\n'.encode()),
+                         timeout=60)
+    assert reply.refused == "" and reply.exit_code != 0 and b"Permission denied" in reply.diagnostics
+    assert b"THE-AGENT-TOKEN" not in reply.diagnostics and b"root:" not in reply.diagnostics
+    assert stub.Compile(request(tmp_path), timeout=60).exit_code == 0
+
+
+@pytest.mark.parametrize("flags", [["-o", "/etc/passwd"], ["-fplugin=/tmp/evil.so"], ["-B/tmp/"],
+                                   ["-specs=/tmp/evil.specs"], ["-Wl,-o,/etc/passwd"], ["-save-temps"]])
+def test_absurd_flags_are_refused_before_anything_runs(helper, tmp_path, flags):
+    grants, _, stub = helper
+    grants.lend("g1", 1, 5)
+    before = Path("/etc/passwd").read_bytes()
+    job = request(tmp_path)
+    job.args.extend(flags)
+    reply = stub.Compile(job, timeout=60)
+    assert "does not compile with" in reply.refused and reply.exit_code == 0 and not reply.object
+    assert Path("/etc/passwd").read_bytes() == before
+    assert stub.Compile(request(tmp_path), timeout=60).exit_code == 0
+
+
+def test_a_100_mb_source_is_refused_and_the_helper_goes_on(helper, tmp_path):
+    grants, _, stub = helper
+    grants.lend("g1", 1, 5)
+    comment = b"/*" + b" " * (100 * 1024 * 1024) + b"*/\nint f(void) { return 1; }\n"
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.Compile(request(tmp_path, source=comment), timeout=120)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # Under the message bound but over the job's: refused before a file is written.
+    reply = stub.Compile(request(tmp_path, source=comment[:70 * 1024 * 1024] + b"*/\n"), timeout=120)
+    assert "exceed" in reply.refused
+    assert stub.Compile(request(tmp_path), timeout=60).exit_code == 0
