@@ -256,7 +256,7 @@ def test_every_coordinator_and_agent_uses_all_etcd_members_over_tls(services):
         endpoints = set(svc["environment"]["BATON_ETCD"].split(","))
         assert endpoints == member_urls, f"{name} sees {endpoints}, not all members"
         f = flags(svc["command"][1:])
-        _, cert, key = etcd_identity(svc)  # its own etcd user (tests/test_compose_etcd_auth.py)
+        _, cert, key = etcd_identity(svc)  # its own etcd user (tests/test_deploy_etcd_auth.py)
         assert (f["--etcd-ca"], f["--etcd-cert"], f["--etcd-key"]) == ("/certs/ca.pem", cert, key), name
         for dep in members:
             assert svc["depends_on"][dep]["condition"] == "service_healthy", (name, dep)

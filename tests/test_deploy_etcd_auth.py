@@ -1,12 +1,15 @@
-"""etcd is never open in the compose cluster (docs/design.md section 9,
-docs/etcd-auth.md): docker-compose.yml read by Compose itself, then its own
-`certs` and `etcd-setup` one-shots run against its three etcd members started
-on loopback with the flags the file gives them (tests/harness/compose.py)."""
+"""etcd is never open in the deployments of deploy/ (docs/design.md section 9,
+docs/etcd-auth.md). Compose: docker-compose.yml read by Compose itself, then
+its own `certs` and `etcd-setup` one-shots run against its three etcd members
+started on loopback with the flags the file gives them (tests/harness/compose.py).
+systemd: the units verified by systemd-analyze, and baton-etcd-setup.service's
+command with the example environment files run against a real etcd."""
 from __future__ import annotations
 
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,9 +22,11 @@ from lease.errors import EtcdAuthError, EtcdError
 from tests.harness.compose import (ComposeOnLoopback, baton_services, compose_binary, etcd_identity,
                                    etcd_members, flags, load_compose, mounts, write_test_secrets)
 from tests.harness.etcd import etcd_tool
+from tests.harness.tls import TlsEtcd
 from tests.harness.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
+SYSTEMD = ROOT / "deploy" / "systemd"
 KEYS = Keys("default")
 
 
@@ -42,6 +47,55 @@ def identities(services) -> dict[str, str]:
     words = services["certs"]["environment"]["BATON_ETCD_IDENTITIES"].split()
     targets = {t: v["source"] for t, v in mounts(services["certs"]).items()}
     return {identity: targets[directory] for identity, _, directory in (w.partition("=") for w in words)}
+
+
+# ---------------------------------------------------------------- cli.etcd_setup certs, cluster.etcd_roles
+
+def _cn(path: Path) -> str:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    return cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+
+
+def test_identities_name_their_etcd_user_and_are_kept_until_renewed(tmp_path):
+    from cli import etcd_setup
+    from lease.errors import ConfigError
+
+    certs.make_ca(tmp_path / "ca")
+    specs = [f"root={tmp_path}/root", f"coordinator:p1={tmp_path}/p1", f"agent-pool={tmp_path}/pool",
+             f"agent:a1={tmp_path}/a1", f"cli={tmp_path}/cli"]
+    assert etcd_setup.issue(tmp_path / "ca", "default", specs) == ["root", "coordinator:p1", "agent-pool",
+                                                                   "agent:a1", "cli"]
+    assert {d: _cn(tmp_path / d / "etcd.pem") for d in ("root", "p1", "pool", "a1", "cli")} == {
+        "root": "root", "p1": "default/coordinator/p1", "pool": "default/agent-pool",
+        "a1": "default/agent/a1", "cli": "default/cli"}
+    assert (tmp_path / "p1" / "etcd-key.pem").stat().st_mode & 0o077 == 0
+    before = (tmp_path / "p1" / "etcd.pem").read_bytes()
+    assert etcd_setup.issue(tmp_path / "ca", "default", specs) == []           # a second `up`
+    assert etcd_setup.issue(tmp_path / "ca", "other", specs[1:2]) == ["coordinator:p1"]  # another user
+    assert _cn(tmp_path / "p1" / "etcd.pem") == "other/coordinator/p1"
+    certs.make_ca(tmp_path / "new-ca")                                          # another CA
+    assert etcd_setup.issue(tmp_path / "new-ca", "default", specs[:1]) == ["root"]
+    assert etcd_setup.issue(tmp_path / "new-ca", "default", specs[:1], renew=True) == ["root"]
+    assert (tmp_path / "p1" / "etcd.pem").read_bytes() != before
+    for bad in ("coordinator=x", f"admin={tmp_path}/x", "root"):
+        with pytest.raises(ConfigError):
+            etcd_setup.issue(tmp_path / "ca", "default", [bad])
+
+
+def test_the_agent_pool_writes_only_agents_keys():
+    from cluster import etcd_roles
+    from cluster.keys import prefix_end
+
+    roles, users = etcd_roles.cluster_access("default", ["p1"], [], agent_pool=True)
+    pool = {r.name: r for r in roles}["default/agent-pool"]
+    assert pool.permissions == (auth.Permission(auth.READWRITE, KEYS.agents, prefix_end(KEYS.agents)),)
+    assert users["default/agent-pool"] == ["default/agent", "default/agent-pool"]
+    assert "default/agent-pool" not in etcd_roles.cluster_access("default", ["p1"], [])[1]
+    assert "etcdctl role grant-permission default/agent-pool readwrite /baton/default/agents/ --prefix" in \
+        etcd_roles.etcdctl_commands("default", ["p1"], [], agent_pool=True)
 
 
 # ---------------------------------------------------------------- the file, as Compose reads it
@@ -241,3 +295,77 @@ def test_a_restored_snapshot_keeps_etcd_closed_and_the_setup_finds_everything_in
         assert p1.get(KEYS.leader)[0] == b'{"name": "p1"}'
     finally:
         p1.close()
+
+
+# ---------------------------------------------------------------- systemd
+
+def _env_file(name: str) -> dict[str, str]:
+    return dict(re.findall(r"^(BATON_\w+)=(.*)$", (SYSTEMD / name).read_text(), re.M))
+
+
+def test_systemd_analyze_verifies_the_etcd_setup_unit(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    paths = []
+    for unit in ("baton-etcd-setup.service", "baton-coordinator@.service"):
+        text = re.sub(r"/opt/baton/bin/\w+", "/bin/true", (SYSTEMD / unit).read_text())
+        paths.append(tmp_path / unit.replace("@.service", "@p1.service"))
+        paths[-1].write_text(text)
+    done = subprocess.run([analyze, "verify", *map(str, paths)], capture_output=True, text=True, timeout=60)
+    problems = [line for line in (done.stdout + done.stderr).splitlines() if str(tmp_path) in line]
+    assert done.returncode == 0 and not problems, "\n".join(problems) or done.stderr
+    unit = (SYSTEMD / "baton-etcd-setup.service").read_text()
+    assert "Type=oneshot" in unit and "User=baton" in unit and "EnvironmentFile=/etc/baton/etcd-setup.env" in unit
+    assert "baton-etcd-setup.service" in re.search(r"^After=(.*)$", (SYSTEMD / "baton-coordinator@.service")
+                                                   .read_text(), re.M).group(1)
+
+
+@pytest.mark.slow
+def test_the_systemd_setup_command_closes_etcd_for_the_example_processes(tmp_path):
+    """The identities issued as deploy/README.md says, the unit's ExecStart run with
+    etcd-setup.env.example, then each example process with its own --etcd-* files."""
+    server = TlsEtcd(tmp_path, auth=True).start()
+    try:
+        setup_env = _env_file("etcd-setup.env.example")
+        processes = {f"coordinator:{n}": _env_file(f"coordinator-{n}.env.example")["BATON_COORDINATOR_ARGS"]
+                     for n in ("p1", "b1")}
+        processes["agent:agent1.example.com"] = _env_file("agent.env.example")["BATON_AGENT_ARGS"]
+
+        def local(path: str) -> str:  # /etc/baton/... on the machine -> here
+            return path.replace("/etc/baton/tls/ca.pem", server.tls["ca"]).replace("/etc/baton/", f"{tmp_path}/etc/")
+
+        dirs = {"root": str(Path(local(setup_env["BATON_ETCD_CERT"])).parent)}
+        for identity, args in processes.items():
+            dirs[identity] = str(Path(local(flags(args.split())["--etcd-cert"])).parent)
+        issued = subprocess.run([sys.executable, "-m", "cli.etcd_setup", "certs", "--ca-dir", str(tmp_path / "pki"),
+                                 *(f"{i}={d}" for i, d in dirs.items())], capture_output=True, text=True, timeout=60)
+        assert issued.returncode == 0, issued.stderr
+
+        exec_start = re.search(r"^ExecStart=(.*)$", (SYSTEMD / "baton-etcd-setup.service").read_text(), re.M).group(1)
+        argv = exec_start.replace("$BATON_ETCD_SETUP_ARGS", setup_env["BATON_ETCD_SETUP_ARGS"]).split()
+        env = {**{k: local(v) for k, v in setup_env.items()}, "BATON_ETCD": server.client_url,
+               "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+        done = subprocess.run([sys.executable, *argv[1:]], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+
+        def client(identity: str):
+            f = flags(local(processes[identity]).split())
+            return _client(server.client_url, Path(f["--etcd-ca"]), f["--etcd-cert"], f["--etcd-key"])
+
+        assert _refused(server.client_url, Path(server.tls["ca"]))
+        assert _refused(server.client_url, Path(server.tls["ca"]), server.tls["cert"], server.tls["key"])
+        p1, agent = client("coordinator:p1"), client("agent:agent1.example.com")
+        try:
+            p1.put(KEYS.leader, b'{"name": "p1"}')
+            agent.put(KEYS.agent("agent1.example.com"), b"{}")
+            assert agent.get(KEYS.leader)[0] == b'{"name": "p1"}'
+            for forbidden in (lambda: agent.put(KEYS.agent("agent2.example.com"), b"{}"),
+                              lambda: agent.put(KEYS.leader, b"{}")):
+                with pytest.raises(EtcdAuthError):
+                    forbidden()
+        finally:
+            p1.close()
+            agent.close()
+    finally:
+        server.stop()
