@@ -423,10 +423,6 @@ def test_env_example_holds_only_placeholders_that_baton_refuses():
 
 def test_every_repository_path_the_deploy_files_name_exists():
     """Doc rot: a path named in deploy/ or docker-compose.yml that is not in the repository."""
-    # docs/etcd-auth.md is written by parallel work (etcd auth); deploy/systemd/baton-agent.service's
-    # "deploy/agent.env.example" (really deploy/systemd/) is fixed by the work that owns the units.
-    # Drop each once that work has landed.
-    pending = {"docs/etcd-auth.md", "deploy/agent.env.example"}
     named = set()
     for path in [COMPOSE_FILE, *(p for p in DEPLOY.rglob("*") if p.is_file())]:
         text = path.read_text()
@@ -435,7 +431,7 @@ def test_every_repository_path_the_deploy_files_name_exists():
                                 r"/[\w./@*-]*[\w*]|docker-compose\.yml)", text):
             named.add(found)
     assert "docs/design.md" in named and "examples/hello.yaml" in named
-    missing = {n for n in named - pending if not list(ROOT.glob(n))}
+    missing = {n for n in named if not list(ROOT.glob(n))}
     assert not missing, f"named but not in the repository: {sorted(missing)}"
 
 
