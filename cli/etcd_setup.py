@@ -91,15 +91,16 @@ def apply_roles(config: EtcdConfig, cluster: str, coordinators: list[str], agent
     access = etcd_roles.cluster_access(cluster, coordinators, agents, agent_pool)
     deadline = time.monotonic() + wait
     while True:
-        etcd = connect(config)
         try:
-            auth.apply(etcd, *access)
+            etcd = connect(config)
+            try:
+                auth.apply(etcd, *access)  # idempotent: a run cut short is finished by the next
+            finally:
+                etcd.close()
             return
         except EtcdUnavailable:
             if time.monotonic() > deadline:
                 raise
-        finally:
-            etcd.close()
         time.sleep(0.5)
 
 

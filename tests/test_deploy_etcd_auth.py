@@ -85,6 +85,17 @@ def test_identities_name_their_etcd_user_and_are_kept_until_renewed(tmp_path):
             etcd_setup.issue(tmp_path / "ca", "default", [bad])
 
 
+def test_a_setup_that_cannot_reach_etcd_ends_with_one_sentence_and_status_1(capsys):
+    """compose then starts no coordinator (service_completed_successfully)."""
+    from cli import etcd_setup
+    from tests.harness.ports import free_port
+
+    assert etcd_setup.main(["roles", "--etcd", f"http://127.0.0.1:{free_port()}", "--wait", "0",
+                            "--coordinators", "p1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("etcd set-up failed: etcd unavailable") and len(err.splitlines()) == 1
+
+
 def test_the_agent_pool_writes_only_agents_keys():
     from cluster import etcd_roles
     from cluster.keys import prefix_end
