@@ -89,8 +89,7 @@ class LocalCluster:
         self.grpc_ports: dict[str, int] = {}
         self.certs_dir = self.dir / "certs"
         self.ca_dir = self.dir / "ca"   # the CA's key: read by this process only, never given to another
-        # etcd with client certificates and auth whenever we start it with TLS; an etcd
-        # given (etcd_urls) is reached as `tls` says.
+        # etcd with client certificates and auth whenever we start it with TLS (an etcd given: as `tls` says).
         self.etcd_tls = tls if etcd_tls is None or etcd_urls else etcd_tls
         self.etcd_auth = self.etcd_tls and not etcd_urls
         self.etcd_identities = EtcdIdentities(self.certs_dir, cluster, self.ca_dir)
@@ -190,8 +189,7 @@ class LocalCluster:
                       etcd_cert=cert, etcd_key=key, user="admin", password_file=self.dir / ADMIN_PASSWORD_FILE)
 
     @property
-    def ca(self) -> str | None:
-        """The CA of the UIs and the agents' gRPC (None: plain)."""
+    def ca(self) -> str | None:  # of the UIs and the agents' gRPC; etcd_ca: etcd's
         return str(self.certs_dir / "ca.pem") if self.tls else None
 
     @property
