@@ -14,9 +14,11 @@ hash and the coordinator creates the admin user only once. It also writes
 <dir>/context.json (cli.context), so that commands run there find the
 cluster without flags.
 
-With TLS, etcd is never open (docs/etcd-auth.md): it requires a client
-certificate of the cluster's CA and has etcd auth on; every process has its
-own certificate naming its etcd user (cli/etcd_identities.py).
+etcd is never open (docs/etcd-auth.md): it requires a client certificate of
+the cluster's CA and has etcd auth on; every process has its own certificate
+naming its etcd user (cli/etcd_identities.py). `baton up --no-tls` turns TLS
+off for the UIs and the agents' gRPC only (etcd_tls=True). Tests and benches
+that leave etcd_tls unset get an etcd that follows `tls`.
 
 Build tasks are untrusted code (docs/design.md section 9), so nothing they
 can reach holds a secret: the cluster directory (token, password, keys,
@@ -57,7 +59,8 @@ class LocalCluster:
                  admin_password: str | None = None, agent_token: str | None = None, base_port: int = 0,
                  failback_delay: float | None = None, grace: float | None = None,
                  coordinator_args: tuple[str, ...] = (), test_hooks: bool = False, web: bool = True,
-                 agent_lease_ttl: int | None = None, etcd_for: dict[str, str] | None = None):
+                 agent_lease_ttl: int | None = None, etcd_for: dict[str, str] | None = None,
+                 etcd_tls: bool | None = None):
         self.dir = Path(directory).resolve()
         self.n_agents, self.n_backups, self.cores, self.ttl = agents, backups, cores, ttl
         self.tls = tls
@@ -86,8 +89,9 @@ class LocalCluster:
         self.grpc_ports: dict[str, int] = {}
         self.certs_dir = self.dir / "certs"
         self.ca_dir = self.dir / "ca"   # the CA's key: read by this process only, never given to another
-        # etcd with client certificates and auth whenever we start it with TLS.
-        self.etcd_auth = tls and not etcd_urls
+        # etcd with client certificates and auth whenever we start it with TLS (an etcd given: as `tls` says).
+        self.etcd_tls = tls if etcd_tls is None or etcd_urls else etcd_tls
+        self.etcd_auth = self.etcd_tls and not etcd_urls
         self.etcd_identities = EtcdIdentities(self.certs_dir, cluster, self.ca_dir)
         self.work_dir = self.dir.parent / f"{self.dir.name}-work"   # agents' work dirs, outside self.dir
         self._etcd = None
@@ -102,7 +106,7 @@ class LocalCluster:
         self._keep_admin_password()
         if self.n_agents:
             self._make_work_dir()
-        if self.tls:
+        if self.tls or self.etcd_tls:
             self._issue_certs()
         write_secret(self.dir / AGENT_TOKEN_FILE, self.agent_token)
         if not self._external_etcd:
@@ -186,19 +190,23 @@ class LocalCluster:
     def write_context(self) -> None:
         """<dir>/context.json, so that commands run there need no flags (cli.context)."""
         cert, key = self.etcd_identities.files(CLI_IDENTITY) if self.etcd_auth else (None, None)
-        write_context(self.dir, etcd=self.etcd_urls, cluster=self.cluster, etcd_ca=self.ca, ca=self.ca,
+        write_context(self.dir, etcd=self.etcd_urls, cluster=self.cluster, etcd_ca=self.etcd_ca, ca=self.ca,
                       etcd_cert=cert, etcd_key=key, user="admin", password_file=self.dir / ADMIN_PASSWORD_FILE)
 
     @property
-    def ca(self) -> str | None:
+    def ca(self) -> str | None:  # of the UIs and the agents' gRPC; etcd_ca: etcd's
         return str(self.certs_dir / "ca.pem") if self.tls else None
+
+    @property
+    def etcd_ca(self) -> str | None:
+        return str(self.certs_dir / "ca.pem") if self.etcd_tls else None
 
     def _tls_files(self) -> tuple[str, str]:
         return str(self.certs_dir / f"{HOST}.pem"), str(self.certs_dir / f"{HOST}-key.pem")
 
     def _start_etcd(self) -> None:
         port, peer = self.ports.pick(2379), self.ports.pick(2380)
-        scheme = "https" if self.tls else "http"
+        scheme = "https" if self.etcd_tls else "http"
         url, peer_url = f"{scheme}://{HOST}:{port}", f"{scheme}://{HOST}:{peer}"
         listen = ",".join(f"{scheme}://{host}:{port}" for host in self.etcd_listen)
         listen_peer = f"{scheme}://127.0.0.1:{peer}"
@@ -206,12 +214,12 @@ class LocalCluster:
                 "--listen-client-urls", listen, "--advertise-client-urls", url,
                 "--listen-peer-urls", listen_peer, "--initial-advertise-peer-urls", peer_url,
                 "--initial-cluster", f"etcd={peer_url}", "--log-level", "warn"]
-        if self.tls:
+        if self.etcd_tls:
             cert, key = self._tls_files()
             # Every client must present a certificate of our CA; its common name is its etcd user.
             argv += ["--cert-file", cert, "--key-file", key,
-                     "--peer-cert-file", cert, "--peer-key-file", key, "--peer-trusted-ca-file", self.ca,
-                     "--peer-client-cert-auth", "--trusted-ca-file", self.ca, "--client-cert-auth"]
+                     "--peer-cert-file", cert, "--peer-key-file", key, "--peer-trusted-ca-file", self.etcd_ca,
+                     "--peer-client-cert-auth", "--trusted-ca-file", self.etcd_ca, "--client-cert-auth"]
         self.etcd_urls = url
         self.etcd_proc = Proc("etcd", argv, self.dir / "logs" / "etcd.log").start()
         self._wait(lambda: self.etcd().revision() > 0, 30, "etcd to answer")
@@ -221,7 +229,7 @@ class LocalCluster:
     def etcd_config(self) -> EtcdConfig:
         """This class's own client: etcd's root user when etcd auth is on."""
         cert, key = self.etcd_identities.files(ROOT_IDENTITY) if self.etcd_auth else (None, None)
-        return EtcdConfig.from_urls(self.etcd_urls, ca_cert=self.ca, cert=cert, key=key)
+        return EtcdConfig.from_urls(self.etcd_urls, ca_cert=self.etcd_ca, cert=cert, key=key)
 
     def etcd(self):
         if self._etcd is None:
@@ -231,8 +239,8 @@ class LocalCluster:
     def cli_etcd_args(self) -> list[str]:
         """What a `baton` command needs to reach this cluster's etcd (the CLI's identity)."""
         args = ["--etcd", self.etcd_urls, "--cluster", self.cluster]
-        if self.tls:
-            args += ["--etcd-ca", self.ca]
+        if self.etcd_tls:
+            args += ["--etcd-ca", self.etcd_ca]
         if self.etcd_auth:
             cert, key = self.etcd_identities.files(CLI_IDENTITY)
             args += ["--etcd-cert", cert, "--etcd-key", key]
@@ -240,8 +248,8 @@ class LocalCluster:
 
     def _etcd_args(self, kind: str, name: str, etcd_urls: str | None = None) -> list[str]:
         args = ["--etcd", etcd_urls or self.etcd_urls, "--cluster", self.cluster]
-        if self.tls:
-            args += ["--etcd-ca", self.ca]
+        if self.etcd_tls:
+            args += ["--etcd-ca", self.etcd_ca]
         if self.etcd_auth:
             cert, key = self.etcd_identities.process(self.etcd(), kind, name)
             args += ["--etcd-cert", cert, "--etcd-key", key]
@@ -408,7 +416,7 @@ def run_up(args) -> int:
         raise ConfigError("--agents and --backups must be >= 0")
     cluster = LocalCluster(args.dir or args.context, agents=args.agents, backups=args.backups, cores=args.cores, ttl=args.ttl,
                            tls=not args.no_tls, etcd_urls=args.etcd if args.etcd_given else None, cluster=args.cluster,
-                           base_port=args.base_port)
+                           base_port=args.base_port, etcd_tls=True)  # --no-tls never opens etcd
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     try:
@@ -422,7 +430,7 @@ def run_up(args) -> int:
         print(f"  agents:          {', '.join(cluster.agents)} ({cluster.cores} cores each)")
         print(f"  selected backup: {'b1' if args.backups else 'none'}")
         print(f"  log in as:       admin / {cluster.admin_password}")
-        etcd_flags = f" --etcd-ca {cluster.ca}" if cluster.tls else ""
+        etcd_flags = f" --etcd-ca {cluster.etcd_ca}" if cluster.etcd_tls else ""
         if cluster.tls:
             print(f"  trust the CA:    {cluster.ca}  (e.g. curl --cacert {cluster.ca} ...; or import it in"
                   f" your browser)")

@@ -13,6 +13,11 @@ an operator's own etcd, and `etcdctl_commands` prints them for any cluster.
 - agent (shared): reads the leader key (whom to follow) and coordinators/
   (their addresses), nothing else: not users/, not builds.
 - agent-<name>: writes (and reads) its own presence key agents/<name> only.
+- agent-pool: the replicas of a scaled agent service (docker-compose.yml),
+  named after their container ids, unknown in advance: they share one user
+  that writes (and reads) any key under agents/, the same trade-off as their
+  shared gRPC pool certificate (deploy/README.md, "More agents"). Still no
+  users/, builds, leader or coordinator key.
 - status: the CLI's one direct read, finding the web address
   (cli/api_client.py find_web_url): the leader key and coordinators/.
 
@@ -28,6 +33,7 @@ from lease.auth import READ, READWRITE, ROOT, Permission, Role
 from lease.errors import ConfigError
 
 MAX_USER = 64  # X.509 upper bound of a common name
+AGENT_POOL = "agent-pool"  # never an agent's user: those are <cluster>/agent/<name>
 
 
 def _role(cluster: str, *parts: str) -> str:
@@ -53,6 +59,11 @@ def agent_own_role(cluster: str, agent: str) -> Role:
     return Role(_role(cluster, "agent", agent), (Permission(READWRITE, Keys(cluster).agent(agent)),))
 
 
+def agent_pool_role(cluster: str) -> Role:
+    keys = Keys(cluster)
+    return Role(_role(cluster, AGENT_POOL), (Permission(READWRITE, keys.agents, prefix_end(keys.agents)),))
+
+
 def status_role(cluster: str) -> Role:
     return _readers(cluster, "status")
 
@@ -72,24 +83,34 @@ def agent_user(cluster: str, name: str) -> str:
     return _user(_role(cluster, "agent", name))
 
 
+def agent_pool_user(cluster: str) -> str:
+    return _user(_role(cluster, AGENT_POOL))
+
+
 def status_user(cluster: str) -> str:
     return _user(_role(cluster, "cli"))
 
 
-def cluster_access(cluster: str, coordinators: list[str], agents: list[str]) -> tuple[list[Role], dict[str, list[str]]]:
-    """Every role of the cluster and every user with its roles: what lease.auth.apply takes."""
+def cluster_access(cluster: str, coordinators: list[str], agents: list[str],
+                   agent_pool: bool = False) -> tuple[list[Role], dict[str, list[str]]]:
+    """Every role of the cluster and every user with its roles: what lease.auth.apply takes.
+    agent_pool: also the shared user of a scaled agent service."""
     roles = [coordinator_role(cluster), agent_shared_role(cluster), status_role(cluster),
              *(agent_own_role(cluster, a) for a in agents)]
     users = {status_user(cluster): [status_role(cluster).name]}
     users.update({coordinator_user(cluster, c): [coordinator_role(cluster).name] for c in coordinators})
     users.update({agent_user(cluster, a): [agent_shared_role(cluster).name, agent_own_role(cluster, a).name]
                   for a in agents})
+    if agent_pool:
+        roles.append(agent_pool_role(cluster))
+        users[agent_pool_user(cluster)] = [agent_shared_role(cluster).name, agent_pool_role(cluster).name]
     return roles, users
 
 
-def etcdctl_commands(cluster: str, coordinators: list[str], agents: list[str]) -> list[str]:
+def etcdctl_commands(cluster: str, coordinators: list[str], agents: list[str],
+                     agent_pool: bool = False) -> list[str]:
     """The same set-up as etcdctl commands (add the connection flags of an etcd admin)."""
-    roles, users = cluster_access(cluster, coordinators, agents)
+    roles, users = cluster_access(cluster, coordinators, agents, agent_pool)
     lines = [f"etcdctl user add {ROOT} --no-password", f"etcdctl user grant-role {ROOT} {ROOT}"]
     for role in roles:
         lines.append(f"etcdctl role add {role.name}")

@@ -40,7 +40,7 @@ import yaml
 
 from cluster.names import is_placeholder
 from tests.harness.compose import (COMPOSE_FILE, ISSUE_CERTS, TEST_SECRETS, ComposeError, ComposeOnLoopback,
-                                   baton_services, cert_path, compose_binary, etcd_members, flags,
+                                   baton_services, cert_path, compose_binary, etcd_identity, etcd_members, flags,
                                    load_compose, mounts, write_test_secrets)
 from tests.harness.dirs import reachable_dir
 from tests.harness.etcd import etcd_binary
@@ -146,7 +146,7 @@ def test_everything_but_certs_waits_for_the_certificates_and_restarts(services):
         if name == "certs":
             continue
         assert svc["depends_on"]["certs"]["condition"] == "service_completed_successfully", name
-        assert svc["restart"] in ("always", "unless-stopped"), name
+        assert svc["restart"] in (("no",) if name == "etcd-setup" else ("always", "unless-stopped")), name
 
 
 # ---------------------------------------------------------------- compose: etcd
@@ -256,7 +256,7 @@ def test_every_coordinator_and_agent_uses_all_etcd_members_over_tls(services):
         endpoints = set(svc["environment"]["BATON_ETCD"].split(","))
         assert endpoints == member_urls, f"{name} sees {endpoints}, not all members"
         f = flags(svc["command"][1:])
-        cert, key = cert_path(name)
+        _, cert, key = etcd_identity(svc)  # its own etcd user (tests/test_deploy_etcd_auth.py)
         assert (f["--etcd-ca"], f["--etcd-cert"], f["--etcd-key"]) == ("/certs/ca.pem", cert, key), name
         for dep in members:
             assert svc["depends_on"][dep]["condition"] == "service_healthy", (name, dep)
@@ -282,7 +282,7 @@ def test_certs_service_issues_every_certificate_that_is_used(services):
     text = json.dumps({n: s for n, s in services.items() if n != "certs"})
     used = set(re.findall(r"/certs/([A-Za-z0-9_.-]+?)(?:-key)?\.pem", text)) - {"ca"}
     assert used == issued, f"used but not issued: {used - issued}; issued but unused: {issued - used}"
-    assert hosts == set(services) - {"certs"}, "every service gets its own certificate"
+    assert hosts == set(services) - {"certs", "etcd-setup", "agent"}, "each its own (agents: agent-pool)"
     # Only the certs service sees the CA key.
     for name, svc in services.items():
         m = mounts(svc)
@@ -423,10 +423,6 @@ def test_env_example_holds_only_placeholders_that_baton_refuses():
 
 def test_every_repository_path_the_deploy_files_name_exists():
     """Doc rot: a path named in deploy/ or docker-compose.yml that is not in the repository."""
-    # docs/etcd-auth.md is written by parallel work (etcd auth); deploy/systemd/baton-agent.service's
-    # "deploy/agent.env.example" (really deploy/systemd/) is fixed by the work that owns the units.
-    # Drop each once that work has landed.
-    pending = {"docs/etcd-auth.md", "deploy/agent.env.example"}
     named = set()
     for path in [COMPOSE_FILE, *(p for p in DEPLOY.rglob("*") if p.is_file())]:
         text = path.read_text()
@@ -435,7 +431,7 @@ def test_every_repository_path_the_deploy_files_name_exists():
                                 r"/[\w./@*-]*[\w*]|docker-compose\.yml)", text):
             named.add(found)
     assert "docs/design.md" in named and "examples/hello.yaml" in named
-    missing = {n for n in named - pending if not list(ROOT.glob(n))}
+    missing = {n for n in named if not list(ROOT.glob(n))}
     assert not missing, f"named but not in the repository: {sorted(missing)}"
 
 
@@ -643,6 +639,7 @@ def test_the_compose_cluster_selects_its_backup_and_fails_over(compose, task_rea
     cluster.issue_certs()
     try:
         for group in (["etcd1", "etcd2", "etcd3"], ["p1"]):  # compose's depends_on: healthy first
+            assert group != ["p1"] or cluster.run_once("etcd-setup").returncode == 0  # etcd auth on
             for name in group:
                 cluster.start(name)
             for name in group:

