@@ -114,6 +114,7 @@ class Dispatcher(AgentRoster, ResultRecording, BuildCancelling, CoreLending):
             inbox.SuccessorNamed: self._on_successor_named,
             inbox.CoresWanted: self._on_cores_wanted,
             inbox.CoresGone: self._on_cores_gone,
+            inbox.CompilingChanged: self._on_compiling_changed,
         }
 
     # -- lifecycle (called by Runtime) ---------------------------------------------
