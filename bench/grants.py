@@ -27,9 +27,12 @@ Measured:
   the build's CoreGrants), and wants answered per second;
 - grant latency: an initiator's CoreRequest sent -> the CoreGrants holding
   all it asked for received; median and p99 (and the give-back's);
-- baseline, in the same run: sequential fenced etcd puts of one key each
+- baselines, in the same run: sequential fenced etcd puts of one key each
   (what granting would cost if every grant were written to etcd), and the
-  ratio grants/s / puts/s.
+  ratio grants/s / puts/s; and before each phase, the same initiators
+  sending the same messages at the same rate to an echo stream served in
+  the leader's process (EchoServer: gRPC and this machine without the
+  leader), with the ratios of the rates and of the p99s.
 
 Target (issue 14, Performance): >= 2,000 grants/s, p99 <= 10 ms (at the
 offered rate). Exits 1 if missed.
@@ -70,44 +73,54 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 # -- the initiators (child process) ---------------------------------------------------------
-async def _initiators(address: str, count: int, max_want: int, seconds: float, seed: int,
-                      rates: list[float]) -> list[dict]:
-    """One phase per rate (grants/s offered in all; 0: each initiator asks again at once)."""
+async def _initiators(address: str, echo: str, count: int, max_want: int, seconds: float, seed: int,
+                      phases: list[tuple[str, float]]) -> list[dict]:
+    """One run per phase (kind, rate): kind "grants" asks the leader, "echo" sends the same
+    messages to the echo server instead; rate is grants/s offered in all (0: each initiator
+    asks again as soon as it is answered)."""
     import asyncio
 
     import grpc
 
     rng = random.Random(seed)
-    channel = grpc.aio.insecure_channel(address)
+    channel, echo_channel = grpc.aio.insecure_channel(address), grpc.aio.insecure_channel(echo)
     stub = compile_pb2_grpc.CoresStub(channel)
-    phases = [asyncio.Event() for _ in rates]
-    figures = [{"granted": 0, "answered": 0, "grant_lat": [], "give_back_lat": []} for _ in rates]
+    echo_stream = echo_channel.stream_stream(ECHO_METHOD)
+    started = [asyncio.Event() for _ in phases]
+    figures = [{"granted": 0, "answered": 0, "grant_lat": [], "give_back_lat": []} for _ in phases]
     mean_want = (1 + max_want) / 2
 
     async def initiator(n: int) -> None:
         call = stub.Want(metadata=[("authorization", f"Bearer {TOKEN}")])
-        held = [0]
+        pings = echo_stream()
+        held, pongs = [0], [0]
         changed = asyncio.Event()
 
-        async def read() -> None:
-            async for reply in call:
-                held[0] = sum(g.slots for g in reply.grants)
+        async def read(source, take) -> None:
+            async for reply in source:
+                take(reply)
                 changed.set()
 
-        reader = asyncio.ensure_future(read())
+        readers = [asyncio.ensure_future(read(call, lambda r: held.__setitem__(0, sum(g.slots for g in r.grants)))),
+                   asyncio.ensure_future(read(pings, lambda r: pongs.__setitem__(0, pongs[0] + 1)))]
 
-        async def want(cores: int, done) -> float:
+        async def ask(kind: str, cores: int, done) -> float:
             changed.clear()
             sent = time.monotonic()
-            await call.write(cpb.CoreRequest(build=f"run-{n}", cores=cores))
+            if kind == "echo":
+                expected = pongs[0] + 1
+                await pings.write(cpb.CoreRequest(build=f"run-{n}", cores=cores).SerializeToString())
+                done = lambda _: pongs[0] >= expected   # noqa: E731
+            else:
+                await call.write(cpb.CoreRequest(build=f"run-{n}", cores=cores))
             while not done(held[0]):
                 await changed.wait()
                 changed.clear()
             return time.monotonic() - sent
 
-        await want(0, lambda h: True)   # heard (the first answer carries no grants)
-        for phase, rate, f in zip(phases, rates, figures):
-            await phase.wait()
+        await ask("grants", 0, lambda h: True)   # heard (the first answer carries no grants)
+        for go, (kind, rate), f in zip(started, phases, figures):
+            await go.wait()
             deadline = time.monotonic() + seconds
             period = count * mean_want / rate if rate else 0.0   # s between this initiator's wants
             next_start = time.monotonic() + rng.uniform(0, period)
@@ -116,24 +129,27 @@ async def _initiators(address: str, count: int, max_want: int, seconds: float, s
                     await asyncio.sleep(max(0.0, next_start - time.monotonic()))
                     next_start += rng.expovariate(1 / period)
                 k = rng.randint(1, max_want)
-                f["grant_lat"].append(await want(k, lambda h, k=k: h >= k))
+                f["grant_lat"].append(await ask(kind, k, lambda h, k=k: h >= k))
                 f["granted"] += k
                 f["answered"] += 1
-                f["give_back_lat"].append(await want(0, lambda h: h == 0))
+                f["give_back_lat"].append(await ask(kind, 0, lambda h: h == 0))
         await call.done_writing()
-        reader.cancel()
+        await pings.done_writing()
+        for reader in readers:
+            reader.cancel()
 
     tasks = [asyncio.ensure_future(initiator(n)) for n in range(count)]
     await asyncio.sleep(0.5)   # every stream opened and heard
-    for phase, f in zip(phases, figures):
+    for go, f in zip(started, figures):
         cpu, began = time.process_time(), time.monotonic()
-        phase.set()
+        go.set()
         await asyncio.sleep(seconds)
-        while any(not t.done() for t in tasks) and phase is phases[-1]:
+        while any(not t.done() for t in tasks) and go is started[-1]:
             await asyncio.sleep(0.01)
         f["elapsed"], f["cpu"] = time.monotonic() - began, time.process_time() - cpu
     await asyncio.gather(*tasks)
     await channel.close()
+    await echo_channel.close()
     return figures
 
 
@@ -143,7 +159,50 @@ def initiators_main(args: tuple, out: multiprocessing.Queue) -> None:
     out.put(asyncio.run(_initiators(*args)))
 
 
-# -- the baseline --------------------------------------------------------------------------
+# -- the baselines ---------------------------------------------------------------------------
+ECHO_METHOD = "/bench.Echo/Echo"
+
+
+class EchoServer:
+    """A grpc.aio bidi stream that sends every message back, on its own thread and event loop
+    in the leader's process (as AioAgentServer): the same streams and message rate as the
+    grants, without the leader; what gRPC and this machine cost alone."""
+
+    def __init__(self):
+        import asyncio
+        import threading
+
+        import grpc
+
+        async def echo(requests, context):
+            async for message in requests:
+                yield message
+
+        self.loop = asyncio.new_event_loop()
+        self.port = free_port()
+        handler = grpc.method_handlers_generic_handler("bench.Echo", {"Echo": grpc.stream_stream_rpc_method_handler(echo)})
+        ready = threading.Event()
+
+        async def serve():
+            self.stopped = asyncio.Event()
+            server = grpc.aio.server()
+            server.add_generic_rpc_handlers((handler,))
+            server.add_insecure_port(f"127.0.0.1:{self.port}")
+            await server.start()
+            ready.set()
+            await self.stopped.wait()
+            await server.stop(None)
+
+        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(serve(),), daemon=True)
+        self.thread.start()
+        ready.wait(10)
+        self.address = f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.stopped.set)
+        self.thread.join(10)
+
+
 def etcd_put_rate(etcd, keys: Keys, epoch: int, seconds: float = 2.0) -> float:
     """Sequential fenced one-put transactions per second (a write per grant)."""
     fence = Fence(etcd, keys.leader, epoch).compare()
@@ -181,6 +240,7 @@ def run(args) -> dict:
     server = AioAgentServer(runtime, address)
     server.start()
     runtime.start(epoch)
+    echo = EchoServer()
     pool_log = open(Path(tempfile.mkdtemp(prefix="baton-bench-pool-")) / "pool.log", "w")
     pool = subprocess.Popen(
         [sys.executable, "-m", "bench.pool", "--etcd", url, "--cluster", keys.cluster, "--count", str(args.agents),
@@ -195,14 +255,12 @@ def run(args) -> dict:
             return sum(1 for a in agents if a.stream is not None and a.present and a.info.get("helper")) \
                 == args.agents
         wait_until(ready, 120, message="every pool agent connected and present with a helper address")
-        cpu = time.process_time()
-        rates = [args.rate, 0.0] if args.rate else [0.0]
-        child = ctx.Process(target=initiators_main, args=((address, args.initiators, args.max_want, args.seconds,
-                                                           args.seed, rates), out), daemon=True)
+        kinds = [(kind, rate) for rate in ([args.rate, 0.0] if args.rate else [0.0]) for kind in ("echo", "grants")]
+        child = ctx.Process(target=initiators_main, args=((address, echo.address, args.initiators, args.max_want,
+                                                           args.seconds, args.seed, kinds), out), daemon=True)
         child.start()
-        phases = out.get(timeout=len(rates) * args.seconds + 120)
+        phases = out.get(timeout=len(kinds) * args.seconds + 120)
         child.join(10)
-        coordinator_cpu = time.process_time() - cpu
 
         def lent() -> int:
             return sum(a.lent for a in runtime._dispatcher.agents.values())
@@ -219,20 +277,19 @@ def run(args) -> dict:
         pool_log.close()
         runtime.stop("bench over")
         server.stop(None)
+        echo.stop()
         election.resign()
         session.close()
         etcd.close()
         if member is not None:
             member.stop()
-    granted = sum(f["granted"] for f in phases)
     report = {"agents": args.agents, "cores": args.cores, "initiators": args.initiators, "max_want": args.max_want,
-              "coordinator_cpu_us_per_grant": round(coordinator_cpu / granted * 1e6),
               "baseline_etcd_puts_per_s": round(baseline), "lent_after": lent_after, "phases": []}
-    for rate, f in zip(rates, phases):
+    for (kind, rate), f in zip(kinds, phases):
         lat, back = f["grant_lat"], f["give_back_lat"]
         grants_per_s = f["granted"] / f["elapsed"]
         report["phases"].append({
-            "offered_grants_per_s": rate or "as fast as answered",
+            "kind": kind, "offered_grants_per_s": rate or "as fast as answered",
             "elapsed_s": round(f["elapsed"], 2), "cores_granted": f["granted"],
             "grants_per_s": round(grants_per_s), "wants_answered_per_s": round(f["answered"] / f["elapsed"]),
             "grant_p50_ms": round(statistics.median(lat) * 1000, 2),
@@ -242,6 +299,9 @@ def run(args) -> dict:
             "give_back_p99_ms": round(percentile(back, 0.99) * 1000, 2),
             "initiators_cpu_s": round(f["cpu"], 2),
             "ratio_to_etcd_puts": round(grants_per_s / baseline, 2)})
+    for echoed, granted in zip(report["phases"][::2], report["phases"][1::2]):
+        granted["p99_vs_echo"] = round(granted["grant_p99_ms"] / max(echoed["grant_p99_ms"], 0.01), 1)
+        granted["rate_vs_echo"] = round(granted["grants_per_s"] / echoed["grants_per_s"], 2)
     return report
 
 
@@ -267,18 +327,20 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(r))
     else:
         print(f"{r['initiators']} initiators, each wanting 1..{r['max_want']} cores then none, on {r['agents']} "
-              f"agents x {r['cores']} cores (coordinator {r['coordinator_cpu_us_per_grant']} us CPU per grant)")
+              f"agents x {r['cores']} cores")
         for p in r["phases"]:
-            print(f"  offered {p['offered_grants_per_s']}: {p['grants_per_s']} grants/s (cores lent; "
-                  f"{p['wants_answered_per_s']} wants answered/s, {p['elapsed_s']} s, {p['cores_granted']} cores); "
-                  f"grant latency (want sent -> grants holding it received) p50 {p['grant_p50_ms']} ms, "
-                  f"p99 {p['grant_p99_ms']} ms, max {p['grant_max_ms']} ms; give back p50 "
-                  f"{p['give_back_p50_ms']} ms, p99 {p['give_back_p99_ms']} ms; "
-                  f"x{p['ratio_to_etcd_puts']} of the baseline")
+            what = ("leader" if p["kind"] == "grants" else "echo baseline (the same messages to an echo stream)")
+            print(f"  {what}, offered {p['offered_grants_per_s']}: {p['grants_per_s']} grants/s "
+                  f"({p['wants_answered_per_s']} wants answered/s, {p['elapsed_s']} s, {p['cores_granted']} cores); "
+                  f"want sent -> answer holding it p50 {p['grant_p50_ms']} ms, p99 {p['grant_p99_ms']} ms, "
+                  f"max {p['grant_max_ms']} ms; give back p50 {p['give_back_p50_ms']} ms, "
+                  f"p99 {p['give_back_p99_ms']} ms"
+                  + (f"; x{p['ratio_to_etcd_puts']} of etcd puts/s, x{p['rate_vs_echo']} of the echo's rate, "
+                     f"p99 x{p['p99_vs_echo']} of the echo's" if p["kind"] == "grants" else ""))
         print(f"baseline, same run: sequential fenced etcd puts {r['baseline_etcd_puts_per_s']}/s "
               f"(a grant written to etcd would cost one)")
-    first = r["phases"][0]
-    ok = (max(p["grants_per_s"] for p in r["phases"]) >= 2000 and first["grant_p99_ms"] <= 10
+    granted = [p for p in r["phases"] if p["kind"] == "grants"]
+    ok = (max(p["grants_per_s"] for p in granted) >= 2000 and granted[0]["grant_p99_ms"] <= 10
           and r["lent_after"] == 0)
     if not ok:
         print("target missed: want >= 2000 grants/s, p99 <= 10 ms at the offered rate, every core given back",
