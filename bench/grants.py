@@ -54,7 +54,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.dispatch import percentile  # noqa: E402
+from bench.dispatch import bench_etcd, percentile  # noqa: E402
 from cluster.keys import Keys, encode  # noqa: E402
 from cluster.protocol import compile_pb2 as cpb  # noqa: E402
 from cluster.protocol import compile_pb2_grpc  # noqa: E402
@@ -64,7 +64,6 @@ from coordinator.runtime.runtime import Runtime  # noqa: E402
 from lease.client import connect  # noqa: E402
 from lease.election import Election, Fence  # noqa: E402
 from lease.session import Session  # noqa: E402
-from tests.harness.etcd import start_single  # noqa: E402
 from tests.harness.ports import free_port  # noqa: E402
 from tests.harness.wait import wait_until  # noqa: E402
 
@@ -180,7 +179,8 @@ class EchoServer:
 
         self.loop = asyncio.new_event_loop()
         self.port = free_port()
-        handler = grpc.method_handlers_generic_handler("bench.Echo", {"Echo": grpc.stream_stream_rpc_method_handler(echo)})
+        handler = grpc.method_handlers_generic_handler("bench.Echo",
+                                                       {"Echo": grpc.stream_stream_rpc_method_handler(echo)})
         ready = threading.Event()
 
         async def serve():
@@ -219,12 +219,7 @@ def etcd_put_rate(etcd, keys: Keys, epoch: int, seconds: float = 2.0) -> float:
 
 
 def run(args) -> dict:
-    member = None
-    if args.etcd:
-        url = args.etcd
-    else:
-        member = start_single(Path(tempfile.mkdtemp(prefix="baton-bench-")))
-        url = member.client_url
+    member, url = bench_etcd(args.etcd)
     etcd = connect(url, timeout=5.0)
     keys = Keys("bench" + uuid.uuid4().hex[:8])
     port = free_port()
