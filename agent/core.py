@@ -105,7 +105,7 @@ class Agent:
         self._standby_from: tuple | None = None   # identity of the leader that announced the successor
         self._leaderless_since: float | None = None   # when the leader key was first seen gone
         # Compile jobs on lent cores (agent/helper.py): the grants come on the stream (Lend/Unlend).
-        self.grants = Grants()
+        self.grants = Grants(on_carried=self._compiling_changed)
         self.helper: HelperServer | None = None
         self.helper_address: str | None = None
 
@@ -350,7 +350,16 @@ class Agent:
         return agent_pb2.Hello(
             name=cfg.name, host=cfg.host, cores=cfg.cores, group=cfg.group, version=self.version,
             running=[ref_to_proto(r) for r in self.runner.running()],
-            results=[result_to_proto(r) for r in self.results.pending()])
+            results=[result_to_proto(r) for r in self.results.pending()],
+            compiling=self.grants.new_stream())
+
+    def _compiling_changed(self, jobs: int) -> None:
+        """Fewer compile jobs of ended grants run (agent/helper.Grants): tell the leader, whose
+        count keeps those cores busy. Lost with a stream that ended: the next Hello counts anew."""
+        with self.lock:
+            link = self._link
+            if link is not None:   # queued after its Hello, if its stream is open
+                link.send(link.message(compiling=agent_pb2.Compiling(jobs=jobs)))
 
     def on_message(self, link: CoordinatorLink, msg: agent_pb2.CoordinatorMessage) -> None:
         if link is not self._link:

@@ -67,12 +67,31 @@ class _Grant:
 
 class Grants:
     """The grants this agent holds. Thread-safe: Lend/Unlend come on the
-    link's thread, jobs on the gRPC server's."""
+    link's thread, jobs on the gRPC server's.
 
-    def __init__(self) -> None:
+    Grants end with the stream that brought them: `new_stream()` (the agent's
+    Hello) drops them all and counts the jobs still running under them
+    ("carried": no coordinator counts them any more); each time one of those
+    ends, `on_carried(jobs still carried)` is called, for the agent to tell its
+    leader (agent.proto Compiling)."""
+
+    def __init__(self, on_carried: Callable[[int], None] | None = None) -> None:
         self._cond = threading.Condition()
         self._grants: dict[str, _Grant] = {}
         self.newest_epoch = 0
+        self.on_carried = on_carried
+        self._stream = 0      # how many streams opened (new_stream calls); a job remembers its own
+        self._in_flight = 0
+        self._carried = 0     # jobs in flight that started before the current stream
+
+    def new_stream(self) -> int:
+        """A stream to a coordinator opens (its Hello): the grants end; returns the jobs still running."""
+        with self._cond:
+            self._stream += 1
+            self._grants.clear()
+            self._carried = self._in_flight
+            self._cond.notify_all()
+            return self._carried
 
     def lend(self, grant: str, slots: int, epoch: int) -> None:
         with self._cond:
@@ -128,12 +147,20 @@ class Grants:
                 raise Refused(why)
             held = self._grants[grant]
             held.busy += 1
+            self._in_flight += 1
+            stream = self._stream
         try:
             yield
         finally:
             with self._cond:
                 held.busy -= 1
+                self._in_flight -= 1
+                carried = None
+                if stream != self._stream:
+                    self._carried = carried = max(0, self._carried - 1)
                 self._cond.notify_all()
+            if carried is not None and self.on_carried is not None:
+                self.on_carried(carried)
 
 
 class Compilers:

@@ -187,13 +187,16 @@ def link_latencies(received: dict, since: dict, build_id: str, chains: int, leng
             for c in range(chains) for j in range(1, length)]
 
 
+def bench_etcd(url: str | None):
+    """(the etcd member started here or None, its URL): `url` if given, else a new single member."""
+    if url:
+        return None, url
+    member = start_single(Path(tempfile.mkdtemp(prefix="baton-bench-")))
+    return member, member.client_url
+
+
 def run(args) -> dict:
-    member = None
-    if args.etcd:
-        url = args.etcd
-    else:
-        member = start_single(Path(tempfile.mkdtemp(prefix="baton-bench-")))
-        url = member.client_url
+    member, url = bench_etcd(args.etcd)
     etcd = connect(url, timeout=5.0)
     keys = Keys("bench" + uuid.uuid4().hex[:8])
     session = Session(etcd, ttl=10, healthy=lambda: True).start()

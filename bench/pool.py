@@ -19,6 +19,10 @@ real agent. What is shared or simplified, on purpose:
   a failover;
 - tasks run no process: each ends with exit code 0 at once, or `task_seconds`
   after it started (`PretendRunner`, one clock thread for the whole pool);
+- with `pretend_helper` (`--pretend-helper`), every agent's presence names a
+  Helper address that serves nothing: the leader lends their cores to
+  `baton run` builds and the agents take Lend/Unlend as a real agent does
+  (agent.helper.Grants), for bench/grants.py; no compile job reaches them;
 - results are buffered in memory only (no `<workdir>/.results/`);
 - each agent's watch of the leader key is its own etcd watch, but all of a
   process's watches share one stream and one reading thread
@@ -56,6 +60,7 @@ log = logging.getLogger(__name__)
 PRESENCE_BATCH = 100    # presence puts per etcd transaction
 PRESENCE_POLL = 0.05    # s between lease ticks (and looks at agents that woke), at most
 PRESENCE_SWEEP = 1.0    # s between looks at every agent's presence value
+PRETEND_HELPER = "127.0.0.1:9"   # --pretend-helper: the discard port (nothing connects to it)
 
 
 class _Wake:
@@ -166,7 +171,8 @@ class AgentPool:
 
     def __init__(self, etcd: str | EtcdConfig, cluster: str, count: int, cores: int = 4, lease_ttl: int = 10,
                  name_prefix: str = "bench-agent-", group: str = "bench", agent_token: str | None = None,
-                 grpc_ca: str | None = None, tick_interval: float = 0.25, task_seconds: float = 0.0):
+                 grpc_ca: str | None = None, tick_interval: float = 0.25, task_seconds: float = 0.0,
+                 pretend_helper: bool = False):
         etcd_config = etcd if isinstance(etcd, EtcdConfig) else EtcdConfig.from_urls(etcd)
         self.etcd = connect(etcd_config)
         self.lease = AgentLease(self.etcd, ttl=lease_ttl)
@@ -192,6 +198,9 @@ class AgentPool:
                              results=ResultBuffer(None), watch=self.watches.watch,
                              wake=_Wake(self, i), link_factory=self.links.link)
                        for i, config in enumerate(configs)]
+        if pretend_helper:
+            for agent in self.agents:
+                agent.helper_address = PRETEND_HELPER
 
     def start(self) -> "AgentPool":
         for agent in self.agents:
@@ -346,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ca", default=None, help="CA certificate for etcd and the coordinators' gRPC (TLS)")
     parser.add_argument("--report-links", action="store_true",
                         help="print every change of an agent's streams on stdout (see report_links)")
+    parser.add_argument("--pretend-helper", action="store_true",
+                        help="advertise a Helper service (serving nothing), so that the leader lends the cores")
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -354,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(s, lambda *_: stop.set())
     pool = AgentPool(EtcdConfig.from_urls(args.etcd, ca_cert=args.ca), args.cluster, args.count, args.cores,
                      args.lease_ttl, name_prefix=args.prefix, agent_token=args.agent_token, grpc_ca=args.ca,
-                     task_seconds=args.task_seconds).start()
+                     task_seconds=args.task_seconds, pretend_helper=args.pretend_helper).start()
     print("pool started", file=sys.stderr, flush=True)
     if args.report_links:
         report_links(pool, stop)

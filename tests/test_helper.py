@@ -3,6 +3,7 @@ grant the agent holds compiles to the object a local compile makes; jobs
 under unknown, stale or busy grants, or for another compiler, are refused."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -150,3 +151,25 @@ def test_a_100_mb_source_is_refused_and_the_helper_goes_on(helper, tmp_path):
     reply = stub.Compile(request(tmp_path, source=comment[:70 * 1024 * 1024] + b"*/\n"), timeout=120)
     assert "exceed" in reply.refused
     assert stub.Compile(request(tmp_path), timeout=60).exit_code == 0
+
+
+def test_a_new_stream_ends_the_grants_and_counts_the_jobs_still_running_until_they_end():
+    told = []
+    grants = Grants(on_carried=told.append)
+    grants.lend("g", 2, 3)
+    with contextlib.ExitStack() as first, contextlib.ExitStack() as second:
+        first.enter_context(grants.slot("g", 3))
+        second.enter_context(grants.slot("g", 3))
+        assert grants.new_stream() == 2
+        assert grants.slots() == {}
+        with pytest.raises(Refused, match="no such grant"):
+            with grants.slot("g", 3, wait=0.01):
+                pass
+        grants.lend("h", 1, 3)   # the next stream's grant: its job is not an ended grant's
+        with grants.slot("h", 3):
+            pass
+        assert told == []
+        first.close()
+        assert told == [1]
+    assert told == [1, 0]
+    assert grants.new_stream() == 0

@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from cluster.keys import encode
+from cluster.protocol import agent_pb2 as pb
 from cluster.protocol import compile_pb2 as cpb
 from cluster.protocol import compile_pb2_grpc
 from coordinator.config import Timings
@@ -65,8 +66,9 @@ def farm(etcd, keys, leadership):
     class Farm:
         address = f"127.0.0.1:{port}"
 
-        def agent(self, name, cores=2, helper=True):
-            a = StubAgent(etcd, keys, self.address, name, leadership.epoch, cores=cores, present=False)
+        def agent(self, name, cores=2, helper=True, compiling=0):
+            a = StubAgent(etcd, keys, self.address, name, leadership.epoch, cores=cores, present=False,
+                          compiling=compiling)
             a.lease = etcd.lease_grant(30)
             etcd.put(keys.agent(name), encode({"name": name, "cores": cores,
                                                 **({"helper": f"{name}:4000"} if helper else {})}), lease=a.lease)
@@ -171,3 +173,22 @@ def test_max_cores_per_build_caps_a_run_build_and_disabled_agents_lend_nothing(e
     etcd.put(keys.agent_settings("a1"), encode({"disabled": True}))
     wait_until(lambda: "a1" not in r1.slots() and lent_now(a1) == {}, 15, message="a1's lend ended")
     assert r1.slots() == {"a2": 2} and sum(lent_now(a2).values()) == 2
+
+
+def test_cores_an_agent_says_are_compiling_are_neither_lent_nor_given_tasks_until_those_jobs_end(etcd, keys, farm):
+    """After a failover an agent may still run jobs of an earlier leader's grants
+    (docs/design.md section 8): its Hello counts them, and a Compiling message
+    each time fewer run."""
+    a1, a2 = farm.agent("a1", compiling=2), farm.agent("a2")
+    r1 = farm.initiator("r1", 8)
+    wait_until(lambda: r1.slots() == {"a2": 2}, 15, message="only a2's cores lent")
+    submit(etcd, keys, "b1", [{"id": "t1"}])
+    wait_until(lambda: farm.dispatcher.stats["queued"] == 1, 15, message="b1's task queued after a scheduling turn")
+    assert a1.assignments() == [] and lent_now(a1) == {}
+    a1.requests.put(pb.AgentMessage(epoch=a1.epoch, compiling=pb.Compiling(jobs=1)))
+    # The freed core goes to the build holding fewer: b1 (none) before r1 (two).
+    wait_until(lambda: a1.assignments() == [("b1", "t1", 1)], 15)
+    assert lent_now(a1) == {}
+    a1.requests.put(pb.AgentMessage(epoch=a1.epoch, compiling=pb.Compiling(jobs=0)))
+    wait_until(lambda: r1.slots() == {"a1": 1, "a2": 2}, 15, message="a1's last core lent once its jobs ended")
+    assert busy(a1) == 2

@@ -64,7 +64,7 @@ class StubAgent:
     """One agent stream driven by the test."""
 
     def __init__(self, etcd, keys, address, name, epoch, cores=2, token=TOKEN, running=(), results=(),
-                 present=True):
+                 present=True, compiling=0):
         self.etcd, self.keys, self.name, self.epoch = etcd, keys, name, epoch
         if present:
             self.lease = etcd.lease_grant(30)
@@ -72,7 +72,8 @@ class StubAgent:
         self.channel = grpc.insecure_channel(address)
         self.requests: queue.Queue = queue.Queue()
         self.requests.put(pb.AgentMessage(epoch=epoch, hello=pb.Hello(
-            name=name, host="localhost", cores=cores, running=list(running), results=list(results))))
+            name=name, host="localhost", cores=cores, running=list(running), results=list(results),
+            compiling=compiling)))
         metadata = [("authorization", f"Bearer {token}")] if token else []
         self.call = agent_pb2_grpc.AgentServiceStub(self.channel).Connect(
             iter(self.requests.get, None), metadata=metadata)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63luster/protocol/agent.proto\x12\x0e\x62\x61ton.agent.v1\"=\n\x07TaskRef\x12\x10\n\x08\x62uild_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\"|\n\nTaskResult\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x17.baton.agent.v1.TaskRef\x12\x11\n\texit_code\x18\x02 \x01(\x05\x12\x10\n\x08\x64uration\x18\x03 \x01(\x01\x12\x13\n\x0boutput_tail\x18\x04 \x01(\x0c\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"\xa9\x01\n\x05Hello\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\r\n\x05\x63ores\x18\x03 \x01(\x05\x12\r\n\x05group\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12(\n\x07running\x18\x06 \x03(\x0b\x32\x17.baton.agent.v1.TaskRef\x12+\n\x07results\x18\x07 \x03(\x0b\x32\x1a.baton.agent.v1.TaskResult\"!\n\tHeartbeat\x12\x14\n\x0csent_unix_ns\x18\x01 \x01(\x03\"\x17\n\x07Standby\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xd7\x01\n\x0c\x41gentMessage\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12&\n\x05hello\x18\x02 \x01(\x0b\x32\x15.baton.agent.v1.HelloH\x00\x12,\n\x06result\x18\x03 \x01(\x0b\x32\x1a.baton.agent.v1.TaskResultH\x00\x12.\n\theartbeat\x18\x04 \x01(\x0b\x32\x19.baton.agent.v1.HeartbeatH\x00\x12*\n\x07standby\x18\x05 \x01(\x0b\x32\x17.baton.agent.v1.StandbyH\x00\x42\x06\n\x04\x62ody\"G\n\x07Welcome\x12\x13\n\x0b\x63oordinator\x18\x01 \x01(\t\x12\'\n\x06\x63\x61ncel\x18\x02 \x03(\x0b\x32\x17.baton.agent.v1.TaskRef\"\xaf\x01\n\nAssignment\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x17.baton.agent.v1.TaskRef\x12\x0b\n\x03\x63md\x18\x02 \x01(\t\x12\x0f\n\x07timeout\x18\x03 \x01(\x01\x12\x30\n\x03\x65nv\x18\x04 \x03(\x0b\x32#.baton.agent.v1.Assignment.EnvEntry\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"D\n\tResultAck\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x17.baton.agent.v1.TaskRef\x12\x10\n\x08recorded\x18\x02 \x01(\x08\"/\n\x06\x43\x61ncel\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x17.baton.agent.v1.TaskRef\"\x19\n\x07Goodbye\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\'\n\tSuccessor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04grpc\x18\x02 \x01(\t\"=\n\x05\x42\x61tch\x12\x34\n\x08messages\x18\x01 \x03(\x0b\x32\".baton.agent.v1.CoordinatorMessage\"$\n\x04Lend\x12\r\n\x05grant\x18\x01 \x01(\t\x12\r\n\x05slots\x18\x02 \x01(\x05\"\x17\n\x06Unlend\x12\r\n\x05grant\x18\x01 \x01(\t\"\xdd\x03\n\x12\x43oordinatorMessage\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12*\n\x07welcome\x18\x02 \x01(\x0b\x32\x17.baton.agent.v1.WelcomeH\x00\x12,\n\x06\x61ssign\x18\x03 \x01(\x0b\x32\x1a.baton.agent.v1.AssignmentH\x00\x12(\n\x03\x61\x63k\x18\x04 \x01(\x0b\x32\x19.baton.agent.v1.ResultAckH\x00\x12.\n\theartbeat\x18\x05 \x01(\x0b\x32\x19.baton.agent.v1.HeartbeatH\x00\x12(\n\x06\x63\x61ncel\x18\x06 \x01(\x0b\x32\x16.baton.agent.v1.CancelH\x00\x12*\n\x07goodbye\x18\x07 \x01(\x0b\x32\x17.baton.agent.v1.GoodbyeH\x00\x12.\n\tsuccessor\x18\x08 \x01(\x0b\x32\x19.baton.agent.v1.SuccessorH\x00\x12&\n\x05\x62\x61tch\x18\t \x01(\x0b\x32\x15.baton.agent.v1.BatchH\x00\x12$\n\x04lend\x18\n \x01(\x0b\x32\x14.baton.agent.v1.LendH\x00\x12(\n\x06unlend\x18\x0b \x01(\x0b\x32\x16.baton.agent.v1.UnlendH\x00\x42\x06\n\x04\x62ody2_\n\x0c\x41gentService\x12O\n\x07\x43onnect\x12\x1c.baton.agent.v1.AgentMessage\x1a\".baton.agent.v1.CoordinatorMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63luster/protocol/agent.proto\x12\x0e\x62\x61ton.agent.v1\"=\n\x07TaskRef\x12\x10\n\x08\x62uild_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\"|\n\nTaskResult\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x17.baton.agent.v1.TaskRef\x12\x11\n\texit_code\x18\x02 \x01(\x05\x12\x10\n\x08\x64uration\x18\x03 \x01(\x01\x12\x13\n\x0boutput_tail\x18\x04 \x01(\x0c\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"\xbc\x01\n\x05Hello\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\r\n\x05\x63ores\x18\x03 \x01(\x05\x12\r\n\x05group\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12(\n\x07running\x18\x06 \x03(\x0b\x32\x17.baton.agent.v1.TaskRef\x12+\n\x07results\x18\x07 \x03(\x0b\x32\x1a.baton.agent.v1.TaskResult\x12\x11\n\tcompiling\x18\x08 \x01(\x05\"!\n\tHeartbeat\x12\x14\n\x0csent_unix_ns\x18\x01 \x01(\x03\"\x17\n\x07Standby\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x19\n\tCompiling\x12\x0c\n\x04jobs\x18\x01 \x01(\x05\"\x87\x02\n\x0c\x41gentMessage\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12&\n\x05hello\x18\x02 \x01(\x0b\x32\x15.baton.agent.v1.HelloH\x00\x12,\n\x06result\x18\x03 \x01(\x0b\x32\x1a.baton.agent.v1.TaskResultH\x00\x12.\n\theartbeat\x18\x04 \x01(\x0b\x32\x19.baton.agent.v1.HeartbeatH\x00\x12*\n\x07standby\x18\x05 \x01(\x0b\x32\x17.baton.agent.v1.StandbyH\x00\x12.\n\tcompiling\x18\x06 \x01(\x0b\x32\x19.baton.agent.v1.CompilingH\x00\x42\x06\n\x04\x62ody\"G\n\x07Welcome\x12\x13\n\x0b\x63oordinator\x18\x01 \x01(\t\x12\'\n\x06\x63\x61ncel\x18\x02 \x03(\x0b\x32\x17.baton.agent.v1.TaskRef\"\xaf\x01\n\nAssignment\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x17.baton.agent.v1.TaskRef\x12\x0b\n\x03\x63md\x18\x02 \x01(\t\x12\x0f\n\x07timeout\x18\x03 \x01(\x01\x12\x30\n\x03\x65nv\x18\x04 \x03(\x0b\x32#.baton.agent.v1.Assignment.EnvEntry\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"D\n\tResultAck\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x17.baton.agent.v1.TaskRef\x12\x10\n\x08recorded\x18\x02 \x01(\x08\"/\n\x06\x43\x61ncel\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x17.baton.agent.v1.TaskRef\"\x19\n\x07Goodbye\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\'\n\tSuccessor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04grpc\x18\x02 \x01(\t\"=\n\x05\x42\x61tch\x12\x34\n\x08messages\x18\x01 \x03(\x0b\x32\".baton.agent.v1.CoordinatorMessage\"$\n\x04Lend\x12\r\n\x05grant\x18\x01 \x01(\t\x12\r\n\x05slots\x18\x02 \x01(\x05\"\x17\n\x06Unlend\x12\r\n\x05grant\x18\x01 \x01(\t\"\xdd\x03\n\x12\x43oordinatorMessage\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12*\n\x07welcome\x18\x02 \x01(\x0b\x32\x17.baton.agent.v1.WelcomeH\x00\x12,\n\x06\x61ssign\x18\x03 \x01(\x0b\x32\x1a.baton.agent.v1.AssignmentH\x00\x12(\n\x03\x61\x63k\x18\x04 \x01(\x0b\x32\x19.baton.agent.v1.ResultAckH\x00\x12.\n\theartbeat\x18\x05 \x01(\x0b\x32\x19.baton.agent.v1.HeartbeatH\x00\x12(\n\x06\x63\x61ncel\x18\x06 \x01(\x0b\x32\x16.baton.agent.v1.CancelH\x00\x12*\n\x07goodbye\x18\x07 \x01(\x0b\x32\x17.baton.agent.v1.GoodbyeH\x00\x12.\n\tsuccessor\x18\x08 \x01(\x0b\x32\x19.baton.agent.v1.SuccessorH\x00\x12&\n\x05\x62\x61tch\x18\t \x01(\x0b\x32\x15.baton.agent.v1.BatchH\x00\x12$\n\x04lend\x18\n \x01(\x0b\x32\x14.baton.agent.v1.LendH\x00\x12(\n\x06unlend\x18\x0b \x01(\x0b\x32\x16.baton.agent.v1.UnlendH\x00\x42\x06\n\x04\x62ody2_\n\x0c\x41gentService\x12O\n\x07\x43onnect\x12\x1c.baton.agent.v1.AgentMessage\x1a\".baton.agent.v1.CoordinatorMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,35 +38,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKRESULT']._serialized_start=111
   _globals['_TASKRESULT']._serialized_end=235
   _globals['_HELLO']._serialized_start=238
-  _globals['_HELLO']._serialized_end=407
-  _globals['_HEARTBEAT']._serialized_start=409
-  _globals['_HEARTBEAT']._serialized_end=442
-  _globals['_STANDBY']._serialized_start=444
-  _globals['_STANDBY']._serialized_end=467
-  _globals['_AGENTMESSAGE']._serialized_start=470
-  _globals['_AGENTMESSAGE']._serialized_end=685
-  _globals['_WELCOME']._serialized_start=687
-  _globals['_WELCOME']._serialized_end=758
-  _globals['_ASSIGNMENT']._serialized_start=761
-  _globals['_ASSIGNMENT']._serialized_end=936
-  _globals['_ASSIGNMENT_ENVENTRY']._serialized_start=894
-  _globals['_ASSIGNMENT_ENVENTRY']._serialized_end=936
-  _globals['_RESULTACK']._serialized_start=938
-  _globals['_RESULTACK']._serialized_end=1006
-  _globals['_CANCEL']._serialized_start=1008
-  _globals['_CANCEL']._serialized_end=1055
-  _globals['_GOODBYE']._serialized_start=1057
-  _globals['_GOODBYE']._serialized_end=1082
-  _globals['_SUCCESSOR']._serialized_start=1084
-  _globals['_SUCCESSOR']._serialized_end=1123
-  _globals['_BATCH']._serialized_start=1125
-  _globals['_BATCH']._serialized_end=1186
-  _globals['_LEND']._serialized_start=1188
-  _globals['_LEND']._serialized_end=1224
-  _globals['_UNLEND']._serialized_start=1226
-  _globals['_UNLEND']._serialized_end=1249
-  _globals['_COORDINATORMESSAGE']._serialized_start=1252
-  _globals['_COORDINATORMESSAGE']._serialized_end=1729
-  _globals['_AGENTSERVICE']._serialized_start=1731
-  _globals['_AGENTSERVICE']._serialized_end=1826
+  _globals['_HELLO']._serialized_end=426
+  _globals['_HEARTBEAT']._serialized_start=428
+  _globals['_HEARTBEAT']._serialized_end=461
+  _globals['_STANDBY']._serialized_start=463
+  _globals['_STANDBY']._serialized_end=486
+  _globals['_COMPILING']._serialized_start=488
+  _globals['_COMPILING']._serialized_end=513
+  _globals['_AGENTMESSAGE']._serialized_start=516
+  _globals['_AGENTMESSAGE']._serialized_end=779
+  _globals['_WELCOME']._serialized_start=781
+  _globals['_WELCOME']._serialized_end=852
+  _globals['_ASSIGNMENT']._serialized_start=855
+  _globals['_ASSIGNMENT']._serialized_end=1030
+  _globals['_ASSIGNMENT_ENVENTRY']._serialized_start=988
+  _globals['_ASSIGNMENT_ENVENTRY']._serialized_end=1030
+  _globals['_RESULTACK']._serialized_start=1032
+  _globals['_RESULTACK']._serialized_end=1100
+  _globals['_CANCEL']._serialized_start=1102
+  _globals['_CANCEL']._serialized_end=1149
+  _globals['_GOODBYE']._serialized_start=1151
+  _globals['_GOODBYE']._serialized_end=1176
+  _globals['_SUCCESSOR']._serialized_start=1178
+  _globals['_SUCCESSOR']._serialized_end=1217
+  _globals['_BATCH']._serialized_start=1219
+  _globals['_BATCH']._serialized_end=1280
+  _globals['_LEND']._serialized_start=1282
+  _globals['_LEND']._serialized_end=1318
+  _globals['_UNLEND']._serialized_start=1320
+  _globals['_UNLEND']._serialized_end=1343
+  _globals['_COORDINATORMESSAGE']._serialized_start=1346
+  _globals['_COORDINATORMESSAGE']._serialized_end=1823
+  _globals['_AGENTSERVICE']._serialized_start=1825
+  _globals['_AGENTSERVICE']._serialized_end=1920
 # @@protoc_insertion_point(module_scope)

@@ -26,7 +26,7 @@ import grpc
 
 from cluster.names import AGENT_URI_PREFIX, ANY_AGENT, check_name
 from cluster.protocol import agent_pb2 as pb
-from coordinator.runtime.inbox import Event, ResultReceived
+from coordinator.runtime.inbox import CompilingChanged, Event, ResultReceived
 from lease.errors import ConfigError
 
 STARTING_UP_WAIT = 1.0  # s a Hello may wait for a coordinator that just won to start leading
@@ -159,6 +159,8 @@ def handle_agent_message(message: pb.AgentMessage, stream: AgentStream,
     body = message.WhichOneof("body")
     if body == "result":
         post(ResultReceived(stream, message.result), stream.epoch)
+    elif body == "compiling":
+        post(CompilingChanged(stream, message.compiling.jobs), stream.epoch)
     elif body == "hello":
         stream.abort(grpc.StatusCode.INVALID_ARGUMENT, "only the first message may be a Hello")
         return False

@@ -47,6 +47,10 @@ class AgentRoster(EpochState):
             self.outbox.end(agent.stream, "replaced: the agent connected again after this stream fell silent")
         agent.stream = stream
         agent.cores = min(MAX_CORES, max(0, hello.cores) or presence_cores(agent.info))
+        # Lends end with the agent's stream; the compile jobs still running under them
+        # (or under an earlier leader's) keep their cores until the agent says they ended.
+        self._end_lends_of(agent.name)
+        agent.compiling = max(0, hello.compiling)
         self._awaiting_hello.discard(agent.name)
         keep = set()
         for ref in hello.running:

@@ -122,6 +122,7 @@ class Dispatcher(AgentRoster, ResultRecording, BuildCancelling, CoreLending, Run
             inbox.CoresGone: self._on_cores_gone,
             inbox.RunReported: self._on_run_reported,
             inbox.RunWritten: self._on_run_written,
+            inbox.CompilingChanged: self._on_compiling_changed,
         }
 
     # -- lifecycle (called by Runtime) ---------------------------------------------

@@ -35,6 +35,13 @@ class ResultReceived(Event):
 
 
 @_event
+class CompilingChanged(Event):
+    """How many compile jobs of grants no coordinator holds still run on the agent (agent.proto Compiling)."""
+    stream: Any
+    jobs: int
+
+
+@_event
 class StreamGone(Event):
     """The stream ended (the agent went away, or we ended it)."""
     stream: Any

@@ -22,7 +22,13 @@ rules:
   A new leader starts with no lends: the initiators' streams end with the
   old leader's epoch and they ask the new one; helpers refuse new jobs under
   the old epoch's grants (agent/helper.py) while the jobs in flight finish.
-  Until those end, an agent may briefly run more than its cores.
+- The leader rebuilds what it needs from the agents' hellos: an agent drops
+  its grants when it opens a stream (so does the leader: a lend ends with the
+  agent's stream), and its Hello counts the compile jobs still running under
+  them (`Hello.compiling`, then a `Compiling` message each time fewer run).
+  Those cores are busy (`state.Agent.compiling` counts in `Agent.free`): not
+  lent, no task, until the jobs end. So an agent never runs more than its
+  cores, through a failover too.
 """
 from __future__ import annotations
 
@@ -86,6 +92,12 @@ class CoreLending(EpochState):
             self._send_grants(want)
         self._dirty = True
 
+    def _on_compiling_changed(self, event: inbox.CompilingChanged) -> None:
+        agent = self.agents.get(event.stream.agent)
+        if agent is not None and agent.stream is event.stream:
+            agent.compiling = max(0, event.jobs)
+            self._dirty = True
+
     def _on_cores_gone(self, event: inbox.CoresGone) -> None:
         want = next((w for w in self.wants.values() if w.stream is event.stream), None)
         if want is None:
@@ -105,6 +117,13 @@ class CoreLending(EpochState):
             for name in gone:
                 self._reduce(want, name, 0)
             if gone:
+                self._send_grants(want)
+
+    def _end_lends_of(self, agent_name: str) -> None:
+        """The agent opened a stream: lends of its earlier one end (it dropped them too)."""
+        for want in self.wants.values():
+            if agent_name in want.lent:
+                self._reduce(want, agent_name, 0)
                 self._send_grants(want)
 
     def _can_help(self, name: str, auto_subscribe: bool) -> bool:

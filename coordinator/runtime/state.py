@@ -348,13 +348,14 @@ class Agent:
     cores: int = 0
     running: set = dataclasses.field(default_factory=set)   # task keys holding a core here
     lent: int = 0                    # cores lent to `baton run` builds (lending.py)
+    compiling: int = 0               # cores running compile jobs of grants that ended (agent.proto Compiling)
 
     def eligible(self, auto_subscribe: bool) -> bool:
         return (self.stream is not None and self.present and not self.disabled
                 and (auto_subscribe or self.subscribed is True))
 
     def free(self) -> int:
-        return max(0, self.cores - len(self.running) - self.lent)
+        return max(0, self.cores - len(self.running) - self.lent - self.compiling)
 
     def state(self, auto_subscribe: bool) -> str:
         if not self.present:

@@ -182,13 +182,13 @@ def test_the_build_and_its_jobs_are_recorded_and_served_by_the_api(make_cluster,
 
 
 class Build:
-    """`baton run --json -- make -j4` in the background; `records()` while it runs."""
+    """`baton run --json -- make -jN` in the background; `records()` while it runs."""
 
-    def __init__(self, cluster, src: Path, tmp: Path):
+    def __init__(self, cluster, src: Path, tmp: Path, jobs: int = 4):
         self.tmp = tmp
         env = dict(os.environ, PYTHONPATH=str(ROOT), BATON_WRAPPER_DIR=str(tmp / "wrappers"), TMPDIR=str(tmp))
         argv = [sys.executable, "-m", "cli", "run", "--json", "--etcd", cluster.etcd_urls, "--cluster",
-                cluster.cluster, "--agent-token-file", str(cluster.dir / "agent-token"), "--", "make", "-j4"]
+                cluster.cluster, "--agent-token-file", str(cluster.dir / "agent-token"), "--", "make", f"-j{jobs}"]
         self.proc = subprocess.Popen(argv, cwd=src, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)
 
