@@ -54,6 +54,14 @@ class JobRefused(ValueError):
     """The job asks for something a helper does not do; the initiator compiles it itself."""
 
 
+class InputsMissing(Exception):
+    """The store lacks some of the job's inputs (`digests`): the initiator sends them and the job again."""
+
+    def __init__(self, digests: list[str]):
+        super().__init__(f"{len(digests)} input(s) missing")
+        self.digests = digests
+
+
 @dataclasses.dataclass(frozen=True)
 class CompileJob:
     """What the initiator sends: the compile as it would run there."""
@@ -63,6 +71,8 @@ class CompileJob:
     cwd: str                       # the initiator's working directory (absolute)
     files: Mapping[str, bytes]     # absolute path -> content, every file the compile reads
     system_dirs: tuple[str, ...]   # the compiler's own include directories, in search order
+    inputs: Mapping[str, str] = dataclasses.field(default_factory=dict)  # more files: path -> sha256
+    #                                (their contents are in the helper's agent.input_store.InputStore)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,22 +179,63 @@ def _as_user(argv: list[str], user: str | int | None) -> tuple[list[str], str | 
     return [setpriv, f"--reuid={entry.pw_uid}", f"--regid={group}", "--clear-groups", "--", *argv], None
 
 
+def _lay_out(root: str, job: CompileJob, store) -> None:
+    """The job's files at their paths under `root`: `files` written, `inputs` hard-linked
+    from the store (copied when a link cannot be made); InputsMissing for those it lacks."""
+    made: set[str] = set()
+
+    def target_of(path: str) -> str:
+        target = _inside(root, path)
+        parent = os.path.dirname(target)
+        if parent not in made:
+            os.makedirs(parent, exist_ok=True)
+            made.add(parent)
+        return target
+
+    for path, content in job.files.items():
+        with open(target_of(path), "wb") as f:
+            f.write(content)
+    missing = []
+    for path, digest in job.inputs.items():
+        target = target_of(path)
+        stored = store.path(digest)
+        try:
+            if stored is None:
+                raise FileNotFoundError(digest)
+            os.link(stored, target)
+        except FileNotFoundError:   # never stored, or evicted since: the initiator sends it again
+            missing.append(digest)
+        except FileExistsError:
+            raise JobRefused(f"{path[:80]!r} is named twice") from None
+        except OSError:             # another file system, or links refused: a copy does
+            shutil.copyfile(stored, target)
+    if missing:
+        raise InputsMissing(missing)
+
+
+def _input_bytes(job: CompileJob, store) -> int:
+    total = sum(len(v) for v in job.files.values())
+    if job.inputs:
+        if store is None:
+            raise JobRefused("this helper keeps no inputs by hash")
+        total += sum(store.size(d) or 0 for d in set(job.inputs.values()))
+    return total
+
+
 def run_compile(compiler: str, job: CompileJob, workdir: str | None = None, timeout: float = 600.0,
-                preexec: Callable[[], None] | None = None, user: str | int | None = None) -> JobResult:
+                preexec: Callable[[], None] | None = None, user: str | int | None = None,
+                store=None) -> JobResult:
     """Compile `job` with `compiler` under a fresh job root; JobRefused for what a helper
-    does not take. `user`: run the compiler as this (unprivileged) user."""
+    does not take, InputsMissing when `store` (an agent.input_store.InputStore) lacks some
+    of `job.inputs`. `user`: run the compiler as this (unprivileged) user."""
     if not os.path.isabs(job.cwd):
         raise JobRefused("the working directory must be absolute")
-    if sum(len(v) for v in job.files.values()) > MAX_INPUT_BYTES:
+    if _input_bytes(job, store) > MAX_INPUT_BYTES:
         raise JobRefused(f"the job's files exceed {MAX_INPUT_BYTES} bytes")
     with tempfile.TemporaryDirectory(prefix="baton-job-", dir=workdir) as tmp:
         os.chmod(tmp, 0o755)
         root = os.path.join(tmp, "root")
-        for path, content in job.files.items():
-            target = _inside(root, path)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            with open(target, "wb") as f:
-                f.write(content)
+        _lay_out(root, job, store)
         cwd = _inside(root, job.cwd)
         os.makedirs(cwd, exist_ok=True)
         _relative_ok(job.source)

@@ -10,10 +10,10 @@ Under `baton run` ($BATON_RUN_DIR set) each invocation is a job: it runs
 here or on a helper, and its record (source, helper or "local", started,
 finished, duration, exit code, why local) is appended to the run's job log,
 one JSON line written with a single O_APPEND write, so that concurrent jobs
-never interleave. A job that may go remote (cli.cc_args.plan) is scanned
-here (cli.compile_scan: that writes the dependency file) and handed to
-`baton run` over the run's socket (cli/ccwire.py; `baton run` forwards it to
-a helper, cli/initiator.py); the object it gets back is written where the
+never interleave. A job that may go remote (cli.cc_args.plan) is handed
+to `baton run` over the run's socket (cli/ccwire.py): `baton run` scans it
+(that writes the dependency file) and forwards it to a helper
+(cli/initiator.py); the object it gets back is written where the
 compile would write it, the diagnostics go to stderr and the compiler's exit
 code is ours. When `baton run` answers "locally" (no leader, no free helper
 core in time, a failed or refusing helper), the compile runs here and the
@@ -21,7 +21,6 @@ record says why (docs/design.md section 8).
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -56,9 +55,21 @@ def real_compiler(name: str, path: str | None = None) -> str:
     raise FileNotFoundError(f"baton cc: no compiler named {name!r} on PATH")
 
 
+def _json(value) -> str:
+    """`value` (str, int, float, None) as JSON: `json` costs `baton cc` ~7 ms to import."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, (int, float)):
+        return repr(value)
+    # Everything below U+0020, the quote, the backslash and lone surrogates (undecodable
+    # file names) as \\uXXXX: valid JSON, and the line stays valid UTF-8.
+    return '"' + "".join(c if " " <= c and c not in '"\\' and not "\ud800" <= c <= "\udfff" else f"\\u{ord(c):04x}"
+                         for c in value) + '"'
+
+
 def record(run_dir: str, job: dict) -> None:
     """Append one job record to the run's log in a single write."""
-    line = (json.dumps(job, separators=(",", ":")) + "\n").encode()
+    line = ("{" + ",".join(f"{_json(k)}:{_json(v)}" for k, v in job.items()) + "}\n").encode()
     fd = os.open(os.path.join(run_dir, JOBS_LOG), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         os.write(fd, line)
@@ -67,48 +78,49 @@ def record(run_dir: str, job: dict) -> None:
 
 
 def compile_locally(argv: list[str]) -> int:
-    import subprocess
+    """Run the compiler and wait (posix_spawn: `subprocess` costs ~3 ms to import)."""
+    pid = os.posix_spawn(argv[0], argv, os.environ)
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            return os.waitstatus_to_exitcode(status)
+        except InterruptedError:
+            continue
 
-    return subprocess.run(argv).returncode
 
+def compile_remotely(run_dir: str, argv: list[str], output: str) -> tuple[str | None, int | None, str]:
+    """(helper name, exit code, "") when a helper compiled it, else (None, None, why not).
 
-def compile_remotely(run_dir: str, decided) -> tuple[str | None, int | None, str]:
-    """(helper name, exit code, "") when a helper compiled it, else (None, None, why not)."""
-    import socket
+    `baton run` does the rest (cli/initiator.py): it scans the compile (which
+    writes the dependency file), names its inputs by hash and sends them to a
+    helper; this process only waits (the raw `_socket`: `socket` costs ~3 ms)."""
+    import _socket
 
     from cli import ccwire
-    from cli.compile_scan import ScanFailed, pack, scan
 
     cwd = os.getcwd()
     try:
-        job = pack(decided, cwd, scan(decided, cwd))
-    except ScanFailed:
-        return None, None, "the scan failed (the compile says why)"
-    except OSError as exc:
-        return None, None, f"cannot pack the job: {exc}"
-    paths = list(job.files)
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
             sock.connect(os.path.join(run_dir, ccwire.SOCKET))
-            ccwire.send(sock, {"compiler": decided.compiler, "args": list(job.args), "source": job.source,
-                               "cwd": job.cwd, "paths": paths, "system_dirs": list(job.system_dirs)},
-                        [job.files[p] for p in paths])
-            reply, blobs = ccwire.receive(sock)
+            ccwire.send(sock, {"argv": argv, "cwd": cwd, "env": dict(os.environ)})
+            reply = ccwire.receive(sock)
+        finally:
+            sock.close()
     except (OSError, ValueError) as exc:
         return None, None, f"baton run did not answer: {exc}"
     if "helper" not in reply:
         return None, None, reply.get("local") or "baton run said so"
-    obj, diagnostics = blobs
     code = int(reply["exit_code"])
-    output = os.path.join(cwd, decided.output)
+    output = os.path.join(cwd, output)
     if code == 0:
         tmp = f"{output}.baton-{os.getpid()}"
         with open(tmp, "wb") as f:
-            f.write(obj)
+            f.write(reply["object"])
         os.replace(tmp, output)
     elif os.path.exists(output):
         os.unlink(output)   # as the compiler does when it fails
-    sys.stderr.buffer.write(diagnostics)
+    sys.stderr.buffer.write(reply["diagnostics"])
     sys.stderr.flush()
     return reply["helper"], code, ""
 
@@ -139,7 +151,7 @@ def main(args: list[str]) -> int:
         source, why = decided.source, "baton run serves no helper cores"
     else:
         source = decided.source
-        helper, code, why = compile_remotely(run_dir, decided)
+        helper, code, why = compile_remotely(run_dir, argv, decided.output)
     if helper is None:
         code = compile_locally(argv)
     finished = time.time()

@@ -24,7 +24,6 @@ paths.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 
 C_SOURCES = {".c": "c"}
@@ -51,23 +50,46 @@ UNSAFE_PREFIXES = ("-fplugin", "-B", "-specs", "-wrapper", "-fprofile", "-fauto-
 NATIVE = ("-march=native", "-mtune=native", "-mcpu=native")
 
 
-@dataclasses.dataclass(frozen=True)
-class Local:
+class _Value:
+    """A frozen plain-data value (dataclasses costs `baton cc` ~10 ms of imports: inspect)."""
+
+    __slots__ = ()
+
+    def __init__(self, **fields) -> None:
+        for name in self.__slots__:
+            object.__setattr__(self, name, fields[name])
+
+    def __setattr__(self, name, value) -> None:
+        raise AttributeError(f"{type(self).__name__} is frozen")
+
+    def __eq__(self, other) -> bool:
+        return type(other) is type(self) and all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    def __hash__(self) -> int:
+        return hash(tuple(getattr(self, n) for n in self.__slots__))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{n}={getattr(self, n)!r}' for n in self.__slots__)})"
+
+
+class Local(_Value):
     """Compile here, exactly as asked, because of `reason`."""
 
-    reason: str
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason=reason)
 
 
-@dataclasses.dataclass(frozen=True)
-class RemotePlan:
-    """One source compiled to one object: a local scan, then the compile on a helper."""
+class RemotePlan(_Value):
+    """One source compiled to one object: a local scan, then the compile on a helper.
 
-    compiler: str
-    source: str
-    output: str                    # the object path as the command names it (or its default)
-    language: str                  # "c" or "c++"
-    flags: tuple[str, ...]         # every flag but -c, -o, the source and the dependency flags
-    dep_flags: tuple[str, ...]     # -MD/-MMD/-MF/-MT/-MQ/-MP, with the compile's default names spelled out
+    compiler, source, output (the object path as the command names it, or its
+    default), language ("c" or "c++"), flags (every flag but -c, -o, the source
+    and the dependency flags), dep_flags (-MD/-MMD/-MF/-MT/-MQ/-MP, with the
+    compile's default names spelled out)."""
+
+    __slots__ = ("compiler", "source", "output", "language", "flags", "dep_flags")
 
     def scan_argv(self) -> list[str]:
         """Preprocess to nowhere: writes the .d file, and -H lists every header read (stderr)."""

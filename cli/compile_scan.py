@@ -54,10 +54,10 @@ def system_dirs(compiler: str, language: str) -> tuple[str, ...]:
     return tuple(os.path.normpath(line.strip()) for line in listed.strip().splitlines() if line.strip())
 
 
-def scan(plan: RemotePlan, cwd: str, timeout: float = 600.0) -> Scan:
-    """Run the compile's preprocessor once; ScanFailed when it fails."""
+def scan(plan: RemotePlan, cwd: str, timeout: float = 600.0, env: dict | None = None) -> Scan:
+    """Run the compile's preprocessor once (in `env`: the compile's own); ScanFailed when it fails."""
     done = subprocess.run(plan.scan_argv(), cwd=cwd, capture_output=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+                          stdin=subprocess.DEVNULL, env=env)
     if done.returncode != 0:
         raise ScanFailed(done.stderr.decode(errors="replace")[-2000:])
     seen: dict[str, None] = {}
@@ -69,16 +69,22 @@ def scan(plan: RemotePlan, cwd: str, timeout: float = 600.0) -> Scan:
     return Scan(headers=tuple(seen))
 
 
-def pack(plan: RemotePlan, cwd: str, found: Scan) -> CompileJob:
-    """The job for a helper: the flags, the source and every file the compile reads."""
-    dirs = system_dirs(plan.compiler, plan.language)
+def input_paths(plan: RemotePlan, cwd: str, found: Scan) -> list[str]:
+    """Every file the compile reads: the source, the headers, and what GCC includes unasked."""
     paths = [os.path.normpath(os.path.join(cwd, plan.source)), *found.headers]
-    for directory in dirs:
+    for directory in system_dirs(plan.compiler, plan.language):
         for name in PREINCLUDED:
             candidate = os.path.join(directory, name)
             if os.path.isfile(candidate):
                 paths.append(candidate)
                 break
+    return list(dict.fromkeys(paths))
+
+
+def pack(plan: RemotePlan, cwd: str, found: Scan) -> CompileJob:
+    """The job with every file's content (the initiator sends most by hash: cli/job_inputs.py)."""
+    dirs = system_dirs(plan.compiler, plan.language)
+    paths = input_paths(plan, cwd, found)
     files = {}
     for path in paths:
         with open(path, "rb") as f:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63luster/protocol/compile.proto\x12\x10\x62\x61ton.compile.v1\"+\n\x0b\x43oreRequest\x12\r\n\x05\x62uild\x18\x01 \x01(\t\x12\r\n\x05\x63ores\x18\x02 \x01(\x05\"S\n\x05Grant\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x0e\n\x06helper\x18\x02 \x01(\t\x12\r\n\x05slots\x18\x03 \x01(\x05\x12\r\n\x05grant\x18\x04 \x01(\t\x12\r\n\x05\x65poch\x18\x05 \x01(\x03\"D\n\nCoreGrants\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12\'\n\x06grants\x18\x02 \x03(\x0b\x32\x17.baton.compile.v1.Grant\"+\n\nSourceFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\"\xc8\x01\n\x0e\x43ompileRequest\x12\r\n\x05grant\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12\x10\n\x08\x63ompiler\x18\x03 \x01(\t\x12\x19\n\x11\x63ompiler_identity\x18\x04 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x05 \x03(\t\x12\x0e\n\x06source\x18\x06 \x01(\t\x12\x0b\n\x03\x63wd\x18\x07 \x01(\t\x12+\n\x05\x66iles\x18\x08 \x03(\x0b\x32\x1c.baton.compile.v1.SourceFile\x12\x13\n\x0bsystem_dirs\x18\t \x03(\t\"W\n\x0c\x43ompileReply\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0e\n\x06object\x18\x02 \x01(\x0c\x12\x13\n\x0b\x64iagnostics\x18\x03 \x01(\x0c\x12\x0f\n\x07refused\x18\x04 \x01(\t2P\n\x05\x43ores\x12G\n\x04Want\x12\x1d.baton.compile.v1.CoreRequest\x1a\x1c.baton.compile.v1.CoreGrants(\x01\x30\x01\x32U\n\x06Helper\x12K\n\x07\x43ompile\x12 .baton.compile.v1.CompileRequest\x1a\x1e.baton.compile.v1.CompileReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63luster/protocol/compile.proto\x12\x10\x62\x61ton.compile.v1\"+\n\x0b\x43oreRequest\x12\r\n\x05\x62uild\x18\x01 \x01(\t\x12\r\n\x05\x63ores\x18\x02 \x01(\x05\"S\n\x05Grant\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x0e\n\x06helper\x18\x02 \x01(\t\x12\r\n\x05slots\x18\x03 \x01(\x05\x12\r\n\x05grant\x18\x04 \x01(\t\x12\r\n\x05\x65poch\x18\x05 \x01(\x03\"D\n\nCoreGrants\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12\'\n\x06grants\x18\x02 \x03(\x0b\x32\x17.baton.compile.v1.Grant\"+\n\nSourceFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\"H\n\tInputFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\x0c\"\xf5\x01\n\x0e\x43ompileRequest\x12\r\n\x05grant\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12\x10\n\x08\x63ompiler\x18\x03 \x01(\t\x12\x19\n\x11\x63ompiler_identity\x18\x04 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x05 \x03(\t\x12\x0e\n\x06source\x18\x06 \x01(\t\x12\x0b\n\x03\x63wd\x18\x07 \x01(\t\x12+\n\x05\x66iles\x18\x08 \x03(\x0b\x32\x1c.baton.compile.v1.SourceFile\x12\x13\n\x0bsystem_dirs\x18\t \x03(\t\x12+\n\x06inputs\x18\n \x03(\x0b\x32\x1b.baton.compile.v1.InputFile\"h\n\x0c\x43ompileReply\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0e\n\x06object\x18\x02 \x01(\x0c\x12\x13\n\x0b\x64iagnostics\x18\x03 \x01(\x0c\x12\x0f\n\x07refused\x18\x04 \x01(\t\x12\x0f\n\x07missing\x18\x05 \x03(\t2P\n\x05\x43ores\x12G\n\x04Want\x12\x1d.baton.compile.v1.CoreRequest\x1a\x1c.baton.compile.v1.CoreGrants(\x01\x30\x01\x32U\n\x06Helper\x12K\n\x07\x43ompile\x12 .baton.compile.v1.CompileRequest\x1a\x1e.baton.compile.v1.CompileReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,12 +39,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COREGRANTS']._serialized_end=250
   _globals['_SOURCEFILE']._serialized_start=252
   _globals['_SOURCEFILE']._serialized_end=295
-  _globals['_COMPILEREQUEST']._serialized_start=298
-  _globals['_COMPILEREQUEST']._serialized_end=498
-  _globals['_COMPILEREPLY']._serialized_start=500
-  _globals['_COMPILEREPLY']._serialized_end=587
-  _globals['_CORES']._serialized_start=589
-  _globals['_CORES']._serialized_end=669
-  _globals['_HELPER']._serialized_start=671
-  _globals['_HELPER']._serialized_end=756
+  _globals['_INPUTFILE']._serialized_start=297
+  _globals['_INPUTFILE']._serialized_end=369
+  _globals['_COMPILEREQUEST']._serialized_start=372
+  _globals['_COMPILEREQUEST']._serialized_end=617
+  _globals['_COMPILEREPLY']._serialized_start=619
+  _globals['_COMPILEREPLY']._serialized_end=723
+  _globals['_CORES']._serialized_start=725
+  _globals['_CORES']._serialized_end=805
+  _globals['_HELPER']._serialized_start=807
+  _globals['_HELPER']._serialized_end=892
 # @@protoc_insertion_point(module_scope)
