@@ -46,7 +46,7 @@ class Digests:
         if self._clock_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > SETTLE_NS and len(content) == st.st_size:
             with self._lock:
                 self._known[path] = (stamp, digest, len(content))
-        return pb.InputFile(path=path, sha256=digest, size=len(content), content=content)
+        return pb.InputFile(path=path, sha256=digest, size=len(content), content=content if send(digest) else b"")
 
     def inputs(self, paths: Iterable[str], send: Callable[[str], bool]) -> list[pb.InputFile]:
         return [self.input(p, send) for p in paths]
