@@ -179,7 +179,7 @@ def _as_user(argv: list[str], user: str | int | None) -> tuple[list[str], str | 
     return [setpriv, f"--reuid={entry.pw_uid}", f"--regid={group}", "--clear-groups", "--", *argv], None
 
 
-def _lay_out(root: str, job: CompileJob, store) -> None:
+def lay_out(root: str, job: CompileJob, store) -> None:
     """The job's files at their paths under `root`: `files` written, `inputs` hard-linked
     from the store (copied when a link cannot be made); InputsMissing for those it lacks."""
     made: set[str] = set()
@@ -235,7 +235,7 @@ def run_compile(compiler: str, job: CompileJob, workdir: str | None = None, time
     with tempfile.TemporaryDirectory(prefix="baton-job-", dir=workdir) as tmp:
         os.chmod(tmp, 0o755)
         root = os.path.join(tmp, "root")
-        _lay_out(root, job, store)
+        lay_out(root, job, store)
         cwd = _inside(root, job.cwd)
         os.makedirs(cwd, exist_ok=True)
         _relative_ok(job.source)

@@ -1,10 +1,12 @@
 """The initiator's half of a distributed compile: scan, then pack the job.
 
-`scan(plan, cwd)` runs the compile's own preprocessor once with `-E -H` and
-the output thrown away: that writes the dependency file exactly as the
-compile would (make and ninja read it) and names, on stderr, every header the
-compile reads. `pack` turns the plan and those files into the
-`agent.compile_job.CompileJob` a helper compiles at the same paths.
+`scan(plan, cwd)` runs the compile's own preprocessor once for its
+dependencies only (`-M -H`, cli.cc_args.RemotePlan.scan_argv): that writes
+the dependency file exactly as the compile would (make and ninja read it)
+and names, on stderr, every header the compile reads. `input_paths` lists
+the files a helper needs (`baton run` names them by hash:
+cli/job_inputs.py); `pack` makes them the `agent.compile_job.CompileJob` a
+helper compiles at the same paths, contents included.
 
 The compiler's own include directories come from `compiler -E -v` once per
 compiler (they name where the system headers are; the helper compiles with
