@@ -212,7 +212,7 @@ class Distcc:
         return bool(shutil.which("distcc") and shutil.which("distccd"))
 
     def start(self) -> "Distcc":
-        self.dir.mkdir()
+        (self.dir / "client").mkdir(parents=True)
         os.chmod(self.dir, 0o777)   # distccd started as root logs as the distcc user
         self.proc = subprocess.Popen(
             ["distccd", "--daemon", "--no-detach", "--allow", "127.0.0.1", "--listen", "127.0.0.1",
