@@ -1,6 +1,7 @@
 """What does Baton's compile path cost, on a real project?
 
-    python bench/compile.py [--runs 30] [--jobs 2] [--repeat 1] [--cares DIR] [--cluster] [--json]
+    python bench/compile.py [--runs 30] [--jobs 2] [--remote-jobs N] [--repeat 1] [--cares DIR] [--cluster]
+                            [--json]
 
 The project is c-ares (its sources ship in the PyPI sdist of pycares,
 deps/c-ares; fetched with `pip download` unless --cares names a tree),
@@ -250,8 +251,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def builds(source: Path, workdir: Path, env: dict, jobs: int, cluster=None, repeat: int = 1) -> list[dict]:
-    print(f"3. whole builds of c-ares, cmake --build -j{jobs} (median of {repeat})")
+def builds(source: Path, workdir: Path, env: dict, jobs: int, cluster=None, repeat: int = 1,
+           remote_jobs: int | None = None) -> list[dict]:
+    remote_jobs = remote_jobs or jobs
+    print(f"3. whole builds of c-ares, cmake --build -j{jobs} (-j{remote_jobs} with helpers or distcc), "
+          f"median of {repeat}")
     run = [sys.executable, "-m", "cli", "run"]
     variants = [("local", [], env), ("baton run --local-only", [*run, "--local-only", "--"], env)]
     if cluster is not None:
@@ -270,7 +274,8 @@ def builds(source: Path, workdir: Path, env: dict, jobs: int, cluster=None, repe
                 configure(source, build, variant_env, [r for r in runner if r != "--json"], launcher)
                 before = distcc.compiled() if distcc else 0
                 started = time.perf_counter()
-                done = subprocess.run([*runner, "cmake", "--build", str(build), f"-j{jobs}"], check=True,
+                parallel = remote_jobs if name.startswith(("baton run, ", "distcc")) else jobs
+                done = subprocess.run([*runner, "cmake", "--build", str(build), f"-j{parallel}"], check=True,
                                       env=variant_env, capture_output=True, text=True)
                 walls[name].append(time.perf_counter() - started)
                 if "--json" in runner:
@@ -306,6 +311,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=30, help="tiny compiles per variant")
     parser.add_argument("--jobs", type=int, default=2, help="parallel jobs of the whole builds")
+    parser.add_argument("--remote-jobs", type=int, default=None,
+                        help="parallel jobs of the builds with helpers and with distcc (default: --jobs)")
     parser.add_argument("--repeat", type=int, default=1, help="whole builds per variant (the median is shown)")
     parser.add_argument("--cares", default=None, help="a c-ares source tree (default: from pycares' sdist)")
     parser.add_argument("--cluster", action="store_true",
@@ -317,6 +324,7 @@ def main() -> int:
         return probe(*args.probe)
     with tempfile.TemporaryDirectory(prefix="baton-bench-compile-") as tmp:
         workdir = Path(tmp)
+        os.chmod(workdir, 0o711)   # a root agent's tasks and compiles run as nobody, who must reach its work dir
         env = dict(os.environ, PYTHONPATH=str(ROOT), BATON_WRAPPER_DIR=str(workdir / "wrappers"))
         source = Path(args.cares) if args.cares else fetch_cares(workdir)
         report = {"startup": startup(args.runs, workdir, env)}
@@ -332,7 +340,8 @@ def main() -> int:
         try:
             builds_dir = workdir / "builds"
             builds_dir.mkdir()
-            report["builds"] = builds(source, builds_dir, env, args.jobs, cluster, args.repeat)
+            report["builds"] = builds(source, builds_dir, env, args.jobs, cluster, args.repeat,
+                                      args.remote_jobs)
             run = [sys.executable, "-m", "cli", "run"]
             probes = [("baton run --local-only", [*run, "--local-only", "--"])]
             if cluster is not None:
