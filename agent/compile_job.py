@@ -4,7 +4,9 @@ The initiator sends the compile's own command line, its working directory
 and every file the compile reads (the source and each header, system headers
 included, by absolute path); the helper lays those files out under a fresh
 job root at the same paths, runs the same compiler there with the same
-flags, and returns the object, the diagnostics and the exit code. Because the
+flags, and returns the object, the diagnostics and the exit code (a helper
+reuses job roots, agent/job_root.py, and links the files from its store of
+contents by hash, agent/input_store.py). Because the
 compiler sees the same file contents at the same paths (only under a
 prefix that `-ffile-prefix-map` removes and that GCC does not record in the
 debug info's producer string), the object is byte-identical to a local one,
@@ -32,6 +34,8 @@ import subprocess
 import tempfile
 from typing import Callable, Mapping
 
+from agent.job_root import InputsMissing, JobRefused, JobRoot, RootPool, inside  # noqa: F401 (raised here too)
+
 MAX_INPUT_BYTES = 64 * 1024 * 1024      # all files of one job; larger ones compile on the initiator
 MAX_OBJECT_BYTES = 256 * 1024 * 1024
 MAX_DIAGNOSTICS = 1024 * 1024
@@ -48,18 +52,6 @@ REFUSED_PREFIXES = ("-fplugin", "-fprofile", "-fauto-profile", "-fdump", "-fsave
                     "-Wp,", "-march=native", "-mtune=native", "-mcpu=native", "-fsanitize-blacklist",
                     "-fsanitize-ignorelist", "-fdiagnostics-format=sarif", "-fbranch-probabilities",
                     "-fcreate-profile", "-save-temps", "-specs", "-wrapper", "-B", "-dump", "-print")
-
-
-class JobRefused(ValueError):
-    """The job asks for something a helper does not do; the initiator compiles it itself."""
-
-
-class InputsMissing(Exception):
-    """The store lacks some of the job's inputs (`digests`): the initiator sends them and the job again."""
-
-    def __init__(self, digests: list[str]):
-        super().__init__(f"{len(digests)} input(s) missing")
-        self.digests = digests
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,16 +103,6 @@ def compiler_identity(compiler: str) -> str:
     return digest.hexdigest()
 
 
-def _inside(root: str, path: str) -> str:
-    """root + path, refused when the path (made absolute against nothing) leaves root."""
-    if not os.path.isabs(path):
-        raise JobRefused(f"{path[:80]!r} is not an absolute path")
-    mapped = os.path.normpath(root + os.path.normpath(path))
-    if mapped != root and not mapped.startswith(root + os.sep):
-        raise JobRefused(f"{path[:80]!r} leaves the job")
-    return mapped
-
-
 def _relative_ok(path: str) -> None:
     if os.path.isabs(path):
         return
@@ -155,7 +137,7 @@ def map_args(job: CompileJob, root: str) -> list[str]:
             value = arg[len(flag):] if flag else None
         if flag is not None:
             _relative_ok(value)
-            out.append(flag + (_inside(root, value) if os.path.isabs(value) else value))
+            out.append(flag + (inside(root, value) if os.path.isabs(value) else value))
         elif arg.startswith(PLAIN_PREFIXES):
             out.append(arg)
         else:
@@ -179,40 +161,6 @@ def _as_user(argv: list[str], user: str | int | None) -> tuple[list[str], str | 
     return [setpriv, f"--reuid={entry.pw_uid}", f"--regid={group}", "--clear-groups", "--", *argv], None
 
 
-def lay_out(root: str, job: CompileJob, store) -> None:
-    """The job's files at their paths under `root`: `files` written, `inputs` hard-linked
-    from the store (copied when a link cannot be made); InputsMissing for those it lacks."""
-    made: set[str] = set()
-
-    def target_of(path: str) -> str:
-        target = _inside(root, path)
-        parent = os.path.dirname(target)
-        if parent not in made:
-            os.makedirs(parent, exist_ok=True)
-            made.add(parent)
-        return target
-
-    for path, content in job.files.items():
-        with open(target_of(path), "wb") as f:
-            f.write(content)
-    missing = []
-    for path, digest in job.inputs.items():
-        target = target_of(path)
-        stored = store.path(digest)
-        try:
-            if stored is None:
-                raise FileNotFoundError(digest)
-            os.link(stored, target)
-        except FileNotFoundError:   # never stored, or evicted since: the initiator sends it again
-            missing.append(digest)
-        except FileExistsError:
-            raise JobRefused(f"{path[:80]!r} is named twice") from None
-        except OSError:             # another file system, or links refused: a copy does
-            shutil.copyfile(stored, target)
-    if missing:
-        raise InputsMissing(missing)
-
-
 def _input_bytes(job: CompileJob, store) -> int:
     total = sum(len(v) for v in job.files.values())
     if job.inputs:
@@ -224,40 +172,53 @@ def _input_bytes(job: CompileJob, store) -> int:
 
 def run_compile(compiler: str, job: CompileJob, workdir: str | None = None, timeout: float = 600.0,
                 preexec: Callable[[], None] | None = None, user: str | int | None = None,
-                store=None) -> JobResult:
-    """Compile `job` with `compiler` under a fresh job root; JobRefused for what a helper
-    does not take, InputsMissing when `store` (an agent.input_store.InputStore) lacks some
-    of `job.inputs`. `user`: run the compiler as this (unprivileged) user."""
+                store=None, roots: RootPool | None = None) -> JobResult:
+    """Compile `job` with `compiler` in a job root (one of `roots`, else a fresh one under
+    `workdir`); JobRefused for what a helper does not take, InputsMissing when `store`
+    (an agent.input_store.InputStore) lacks some of `job.inputs`. `user`: run the
+    compiler as this (unprivileged) user."""
     if not os.path.isabs(job.cwd):
         raise JobRefused("the working directory must be absolute")
     if _input_bytes(job, store) > MAX_INPUT_BYTES:
         raise JobRefused(f"the job's files exceed {MAX_INPUT_BYTES} bytes")
-    with tempfile.TemporaryDirectory(prefix="baton-job-", dir=workdir) as tmp:
-        os.chmod(tmp, 0o755)
-        root = os.path.join(tmp, "root")
-        lay_out(root, job, store)
-        cwd = _inside(root, job.cwd)
-        os.makedirs(cwd, exist_ok=True)
-        _relative_ok(job.source)
-        source = _inside(root, job.source) if os.path.isabs(job.source) else job.source
-        out_dir = os.path.join(tmp, "out")
-        os.makedirs(out_dir)
-        obj = os.path.join(out_dir, "job.o")
-        if user is not None:
-            shutil.chown(out_dir, user=user)
-        argv = [compiler, "-nostdinc", *[f"-isystem{_inside(root, d)}" for d in job.system_dirs],
-                f"-ffile-prefix-map={root}=", *map_args(job, root), "-c", source, "-o", obj]
-        argv, user = _as_user(argv, user) if preexec is None else (argv, user)
-        try:
-            done = subprocess.run(argv, cwd=cwd, env=CLEAN_ENV, stdin=subprocess.DEVNULL, capture_output=True,
-                                  timeout=timeout, preexec_fn=preexec, user=user)
-        except subprocess.TimeoutExpired:
-            return JobResult(124, b"", b"baton: the compile timed out on the helper\n")
-        diagnostics = done.stderr[:MAX_DIAGNOSTICS].replace(root.encode(), b"")
-        if done.returncode != 0:
-            return JobResult(done.returncode, b"", diagnostics)
-        size = os.path.getsize(obj)
-        if size > MAX_OBJECT_BYTES:
-            raise JobRefused(f"the object is {size} bytes, over {MAX_OBJECT_BYTES}")
-        with open(obj, "rb") as f:
-            return JobResult(0, f.read(), diagnostics)
+    _relative_ok(job.source)
+    if roots is None:
+        with tempfile.TemporaryDirectory(prefix="baton-job-", dir=workdir) as tmp:
+            return _compile_in(JobRoot(tmp, user), compiler, job, store, timeout, preexec, user)
+    root = roots.take()
+    try:
+        result = _compile_in(root, compiler, job, store, timeout, preexec, user)
+    except InputsMissing:
+        roots.give(root)   # its files are as the dict says: only links were left undone
+        raise
+    except BaseException:
+        roots.discard(root)
+        raise
+    roots.give(root)
+    return result
+
+
+def _compile_in(where: JobRoot, compiler: str, job: CompileJob, store, timeout: float,
+                preexec: Callable[[], None] | None, user: str | int | None) -> JobResult:
+    where.lay_out(job.files, job.inputs, store)
+    root = where.root
+    cwd = inside(root, job.cwd)
+    os.makedirs(cwd, exist_ok=True)
+    source = inside(root, job.source) if os.path.isabs(job.source) else job.source
+    obj = os.path.join(where.out, "job.o")
+    argv = [compiler, "-nostdinc", *[f"-isystem{inside(root, d)}" for d in job.system_dirs],
+            f"-ffile-prefix-map={root}=", *map_args(job, root), "-c", source, "-o", obj]
+    argv, user = _as_user(argv, user) if preexec is None else (argv, user)
+    try:
+        done = subprocess.run(argv, cwd=cwd, env=CLEAN_ENV, stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=timeout, preexec_fn=preexec, user=user)
+    except subprocess.TimeoutExpired:
+        return JobResult(124, b"", b"baton: the compile timed out on the helper\n")
+    diagnostics = done.stderr[:MAX_DIAGNOSTICS].replace(root.encode(), b"")
+    if done.returncode != 0:
+        return JobResult(done.returncode, b"", diagnostics)
+    size = os.path.getsize(obj)
+    if size > MAX_OBJECT_BYTES:
+        raise JobRefused(f"the object is {size} bytes, over {MAX_OBJECT_BYTES}")
+    with open(obj, "rb") as f:
+        return JobResult(0, f.read(), diagnostics)

@@ -48,6 +48,7 @@ import grpc
 from agent import sandbox
 from agent.compile_job import CLEAN_ENV, CompileJob, InputsMissing, JobRefused, compiler_identity, run_compile
 from agent.input_store import EMPTY, ContentMismatch, InputStore
+from agent.job_root import RootPool
 from cluster.protocol import compile_pb2 as pb
 from cluster.protocol import compile_pb2_grpc
 
@@ -187,13 +188,14 @@ def compile_dirs(workdir: str | None, user: str | None) -> tuple[str, bool]:
 
 class HelperService(compile_pb2_grpc.HelperServicer):
     def __init__(self, grants: Grants, leader_epoch: Callable[[], int | None], user: str | None = None,
-                 workdir: str | None = None, store: InputStore | None = None):
+                 workdir: str | None = None, store: InputStore | None = None, roots: RootPool | None = None):
         self.grants = grants
         self.leader_epoch = leader_epoch
         self.compilers = Compilers()
         self.user = user
-        self.workdir = workdir   # where job roots go (the store's file system, for hard links)
+        self.workdir = workdir   # where fresh job roots go when there is no pool
         self.store = store
+        self.roots = roots       # reused job roots (on the store's file system, for hard links)
 
     def _inputs(self, request: pb.CompileRequest) -> dict[str, str]:
         """path -> sha256 of the job's InputFiles, storing the contents it carries (hashed here)."""
@@ -214,7 +216,8 @@ class HelperService(compile_pb2_grpc.HelperServicer):
                 job = CompileJob(args=tuple(request.args), source=request.source, cwd=request.cwd,
                                  files={f.path: f.content for f in request.files},
                                  system_dirs=tuple(request.system_dirs), inputs=self._inputs(request))
-                result = run_compile(compiler, job, workdir=self.workdir, user=self.user, store=self.store)
+                result = run_compile(compiler, job, workdir=self.workdir, user=self.user, store=self.store,
+                                     roots=self.roots)
         except InputsMissing as exc:
             return pb.CompileReply(missing=exc.digests)
         except (Refused, JobRefused, ContentMismatch) as exc:
@@ -235,7 +238,8 @@ class HelperServer:
         os.makedirs(jobs, mode=0o711, exist_ok=True)
         os.chmod(self._dir, 0o711)
         store = InputStore(os.path.join(self._dir, "store"), *([store_bytes] if store_bytes else []))
-        self.service = HelperService(grants, leader_epoch, user=user, workdir=jobs, store=store)
+        self.service = HelperService(grants, leader_epoch, user=user, workdir=jobs, store=store,
+                                     roots=RootPool(jobs, user, keep=workers))
         self.listen = listen
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="helper"),
                                    options=[("grpc.max_receive_message_length", MAX_MESSAGE),

@@ -17,6 +17,7 @@ import pytest
 from agent.compile_job import CompileJob, InputsMissing, compiler_identity, run_compile
 from agent.helper import Grants, HelperServer
 from agent.input_store import ContentMismatch, InputStore
+from agent.job_root import RootPool
 from cli.initiator import JobServer
 from cli.job_inputs import Digests
 from cluster.protocol import compile_pb2 as pb
@@ -107,8 +108,9 @@ def test_a_header_changed_between_two_jobs_is_compiled_from_its_new_content(farm
 def test_a_helper_that_lost_its_contents_gets_them_again(farm, project):
     helper, jobs = farm
     remote(jobs, project, "a.c")
-    # The helper restarted (an empty store): the initiator still thinks it has them.
-    helper.service.store = InputStore(os.path.join(helper.service.store.directory + "-new"))
+    # The helper restarted (an empty store, no job roots): the initiator still thinks it has them.
+    helper.service.store = InputStore(helper.service.store.directory + "-new")
+    helper.service.roots = RootPool(helper.service.roots.directory, helper.service.user)
     again, local = remote(jobs, project, "a.c")
     assert again == local
     assert len(jobs.sent) == 2 and {"a.c", "conf.h"} <= contents_sent(jobs.sent[-1])
@@ -146,6 +148,30 @@ def test_the_store_stays_within_its_bound_dropping_the_least_recently_used(tmp_p
         store.put(digests[0], b"something else")
     with pytest.raises(ContentMismatch):
         store.put("../../etc/passwd", b"")
+
+
+def test_a_reused_job_root_holds_only_the_files_of_its_current_job(tmp_path):
+    store = InputStore(str(tmp_path / "store"))
+    roots = RootPool(str(tmp_path), keep=1)
+
+    def job(files):
+        for content in files.values():
+            store.put(hashlib.sha256(content).hexdigest(), content)
+        return CompileJob(args=("-O2",), source=next(iter(files)), cwd="/w", files={}, system_dirs=(),
+                          inputs={p: hashlib.sha256(c).hexdigest() for p, c in files.items()})
+
+    first = run_compile("gcc", job({"/w/a.c": b'#include "x.h"\nint a = X;\n', "/w/x.h": b"#define X 1\n"}),
+                        store=store, roots=roots)
+    assert first.exit_code == 0
+    # The next job in the same root: x.h was the last job's, and is not this one's.
+    probe = b'#if __has_include("x.h")\n#error a file of the last job\n#endif\nint b;\n'
+    second = run_compile("gcc", job({"/w/b.c": probe}), store=store, roots=roots)
+    assert second.exit_code == 0, second.diagnostics
+    # And a header changed under the same path is the new content.
+    third = run_compile("gcc", job({"/w/a.c": b'#include "x.h"\nint a = X;\n', "/w/x.h": b"#define X 2\n"}),
+                        store=store, roots=roots)
+    assert third.exit_code == 0 and third.object != first.object
+    assert len(os.listdir(tmp_path)) == 2   # the store and the one root, reused
 
 
 def test_a_job_whose_content_was_evicted_is_missing_not_compiled(tmp_path):
