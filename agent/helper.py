@@ -22,8 +22,8 @@ this agent and the initiator know. The service is plaintext gRPC today
 (agents have no server certificate yet; docs/design.md section 8).
 
 Compiles run with a clean environment, as "nobody" when the agent runs as
-root (else as the agent's own user), in a fresh job root under
-`<workdir>/.compile/jobs` (or a private directory of the system temp
+root (else as the agent's own user), in a job root (reused from job to
+job: agent/job_root.py) under `<workdir>/.compile/jobs` (or a private directory of the system temp
 directory when that user cannot reach the work directory). A job names most
 of its files by hash (InputFile): their contents are kept in an
 agent.input_store.InputStore next to the job roots (the same file system,
