@@ -56,11 +56,16 @@ def real_compiler(name: str, path: str | None = None) -> str:
 
 
 def _json(value) -> str:
-    """`value` (str, int, float, None) as JSON: `json` costs `baton cc` ~7 ms to import."""
+    """`value` as JSON; str, int, float, bool and None without `json`, which costs `baton cc`
+    ~7 ms to import."""
     if value is None or isinstance(value, bool):
         return {None: "null", True: "true", False: "false"}[value]
     if isinstance(value, (int, float)):
         return repr(value)
+    if not isinstance(value, str):   # lists, dicts: rare enough to pay for json
+        import json
+
+        return json.dumps(value, separators=(",", ":"))
     # Everything below U+0020, the quote, the backslash and lone surrogates (undecodable
     # file names) as \\uXXXX: valid JSON, and the line stays valid UTF-8.
     return '"' + "".join(c if " " <= c and c not in '"\\' and not "\ud800" <= c <= "\udfff" else f"\\u{ord(c):04x}"

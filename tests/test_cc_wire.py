@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("source", ['a "quoted" \\ name\n.c', "caf\u00e9.c", os.fsdecode(b"bad\xff.c"), "\x01.c"])
 def test_a_job_record_is_one_json_line_whatever_the_source_is_called(tmp_path, source):
-    job = {"source": source, "helper": "local", "started": 1.5, "exit_code": 0, "why_local": None, "ok": True}
+    job = {"source": source, "helper": "local", "started": 1.5, "exit_code": 0, "why_local": None, "ok": True,
+           "extra": {"list": [1, source]}}
     record(str(tmp_path), job)
     record(str(tmp_path), job)
     lines = (tmp_path / JOBS_LOG).read_text(encoding="utf-8").splitlines()
