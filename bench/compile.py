@@ -51,8 +51,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.compile_job import CompileJob, lay_out, run_compile  # noqa: E402
+from agent.compile_job import CompileJob, run_compile  # noqa: E402
 from agent.input_store import InputStore  # noqa: E402
+from agent.job_root import RootPool  # noqa: E402
 from cli.cc_args import RemotePlan, plan  # noqa: E402
 from cli.compile_scan import input_paths, scan, system_dirs  # noqa: E402
 from cli.job_inputs import Digests  # noqa: E402
@@ -118,6 +119,8 @@ def halves(build: Path) -> tuple[list[dict], int]:
     digests = Digests()
     with tempfile.TemporaryDirectory(prefix="baton-bench-store-") as tmp:
         store = InputStore(os.path.join(tmp, "store"))
+        roots = RootPool(tmp)
+        layout_root = RootPool(tmp).take()
         for command in commands:
             argv = shlex.split(command["command"])
             decided = plan(argv)
@@ -142,19 +145,17 @@ def halves(build: Path) -> tuple[list[dict], int]:
             job = CompileJob(args=decided.flags, source=decided.source, cwd=os.path.abspath(cwd), files={},
                              system_dirs=system_dirs(decided.compiler, decided.language),
                              inputs={f.path: f.sha256 for f in inputs})
-            root = os.path.join(tmp, "layout")
             started = time.perf_counter()
-            lay_out(root, job, store)
+            layout_root.lay_out(job.files, job.inputs, store)   # as a helper's reused root does
             layout.append(time.perf_counter() - started)
-            shutil.rmtree(root)
             started = time.perf_counter()
-            result = run_compile(argv[0], job, workdir=tmp, store=store)
+            result = run_compile(argv[0], job, store=store, roots=roots)
             helper.append(time.perf_counter() - started)
             if result.object != want_obj or Path(dep).read_bytes() != want_dep:
                 different += 1
     rows = [row("local compile", local), row("initiator: scan (writes the .d)", scanned, local),
             row("initiator: hash inputs (stat-cached)", hashed, local),
-            row("helper: lay out the job root (hard links)", layout, local),
+            row("helper: lay out the job root (reused; links)", layout, local),
             row("helper: lay out + compile", helper, local)]
     print(f"  objects and .d files byte-identical to local: {len(local) - different} of {len(local)}")
     return rows, different
