@@ -25,6 +25,8 @@ import functools
 import os
 import re
 import subprocess
+import tempfile
+import threading
 
 from agent.compile_job import CompileJob
 from cli.cc_args import RemotePlan
@@ -57,13 +59,27 @@ def system_dirs(compiler: str, language: str) -> tuple[str, ...]:
 
 
 def scan(plan: RemotePlan, cwd: str, timeout: float = 600.0, env: dict | None = None) -> Scan:
-    """Run the compile's preprocessor once (in `env`: the compile's own); ScanFailed when it fails."""
-    done = subprocess.run(plan.scan_argv(), cwd=cwd, capture_output=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, env=env)
-    if done.returncode != 0:
-        raise ScanFailed(done.stderr.decode(errors="replace")[-2000:])
+    """Run the compile's preprocessor once (in `env`: the compile's own); ScanFailed when it fails.
+
+    Its stderr (the -H list, a line per header) goes to a temporary file, read once at the
+    end (a scan killed at `timeout` fails like any other): through a pipe, Python woke for each line (~500 polls and reads a c-ares job, in
+    `baton run`, where every wake-up competes for the GIL with the other jobs' threads)."""
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(plan.scan_argv(), cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=err, env=env)
+        # Not wait(timeout): that polls with sleeps of up to 50 ms; a timer kills it instead.
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            returncode = proc.wait()
+        finally:
+            timer.cancel()
+        err.seek(0)
+        stderr = err.read()
+    if returncode != 0:
+        raise ScanFailed(stderr.decode(errors="replace")[-2000:])
     seen: dict[str, None] = {}
-    for line in done.stderr.splitlines():
+    for line in stderr.splitlines():
         match = _HEADER_LINE.match(line)
         if match:
             path = os.path.normpath(os.path.join(cwd, os.fsdecode(match.group(1))))
