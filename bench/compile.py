@@ -289,9 +289,11 @@ def builds(source: Path, workdir: Path, env: dict, jobs: int, cluster=None, repe
             distcc.stop()
     out = []
     local = statistics.median(walls["local"])
+    best_local = min(walls["local"])
     for name, values in walls.items():
         wall = statistics.median(values)
-        print(f"  {name:<44} wall {wall:6.2f} s  (x{wall / local:.2f} of local)  {remote.get(name, '')}")
+        print(f"  {name:<44} wall {wall:6.2f} s  (x{wall / local:.2f} of local; best {min(values):.2f} s, "
+              f"x{min(values) / best_local:.2f})  {remote.get(name, '')}")
         out.append({"name": name, "wall_s": wall, "walls_s": values, "ratio": wall / local,
                     "remote": remote.get(name)})
     if distcc is None:
@@ -299,7 +301,9 @@ def builds(source: Path, workdir: Path, env: dict, jobs: int, cluster=None, repe
     else:
         baton = next((o for o in out if o["name"].startswith("baton run, ")), None)
         if baton is not None:
-            print(f"  baton run / distcc: x{baton['wall_s'] / statistics.median(walls[variants[-1][0]]):.2f}")
+            theirs = walls[variants[-1][0]]
+            print(f"  baton run / distcc: x{baton['wall_s'] / statistics.median(theirs):.2f} "
+                  f"(best: x{min(walls[baton['name']]) / min(theirs):.2f})")
     return out
 
 
