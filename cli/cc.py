@@ -83,8 +83,11 @@ def record(run_dir: str, job: dict) -> None:
 
 
 def compile_locally(argv: list[str]) -> int:
-    """Run the compiler and wait (posix_spawn: `subprocess` costs ~3 ms to import)."""
-    pid = os.posix_spawn(argv[0], argv, os.environ)
+    """Run the compiler and wait (posix_spawn: `subprocess` costs ~3 ms to import). Python
+    ignores SIGPIPE and SIGXFSZ; the compiler gets them back as `subprocess` would give them."""
+    import _signal
+
+    pid = os.posix_spawn(argv[0], argv, os.environ, setsigdef=(_signal.SIGPIPE, _signal.SIGXFSZ))
     while True:
         try:
             _, status = os.waitpid(pid, 0)
