@@ -4,7 +4,9 @@ The initiator sends the compile's own command line, its working directory
 and every file the compile reads (the source and each header, system headers
 included, by absolute path); the helper lays those files out under a fresh
 job root at the same paths, runs the same compiler there with the same
-flags, and returns the object, the diagnostics and the exit code. Because the
+flags, and returns the object, the diagnostics and the exit code (a helper
+reuses job roots, agent/job_root.py, and links the files from its store of
+contents by hash, agent/input_store.py). Because the
 compiler sees the same file contents at the same paths (only under a
 prefix that `-ffile-prefix-map` removes and that GCC does not record in the
 debug info's producer string), the object is byte-identical to a local one,
@@ -33,6 +35,8 @@ import subprocess
 import tempfile
 from typing import Callable, Mapping
 
+from agent.job_root import InputsMissing, JobRefused, JobRoot, RootPool, inside  # noqa: F401 (raised here too)
+
 MAX_INPUT_BYTES = 64 * 1024 * 1024      # all files of one job; larger ones compile on the initiator
 MAX_OBJECT_BYTES = 256 * 1024 * 1024
 MAX_DIAGNOSTICS = 1024 * 1024
@@ -55,10 +59,6 @@ REFUSED_PREFIXES = ("-fplugin", "-fprofile", "-fauto-profile", "-fdump", "-fsave
                     "-fcreate-profile", "-save-temps", "-specs", "-wrapper", "-B", "-dump", "-print")
 
 
-class JobRefused(ValueError):
-    """The job asks for something a helper does not do; the initiator compiles it itself."""
-
-
 @dataclasses.dataclass(frozen=True)
 class CompileJob:
     """What the initiator sends: the compile as it would run there."""
@@ -68,6 +68,8 @@ class CompileJob:
     cwd: str                       # the initiator's working directory (absolute)
     files: Mapping[str, bytes]     # absolute path -> content, every file the compile reads
     system_dirs: tuple[str, ...]   # the compiler's own include directories, in search order
+    inputs: Mapping[str, str] = dataclasses.field(default_factory=dict)  # more files: path -> sha256
+    #                                (their contents are in the helper's agent.input_store.InputStore)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,16 +108,6 @@ def compiler_identity(compiler: str) -> str:
     return digest.hexdigest()
 
 
-def _inside(root: str, path: str) -> str:
-    """root + path, refused when the path (made absolute against nothing) leaves root."""
-    if not os.path.isabs(path):
-        raise JobRefused(f"{path[:80]!r} is not an absolute path")
-    mapped = os.path.normpath(root + os.path.normpath(path))
-    if mapped != root and not mapped.startswith(root + os.sep):
-        raise JobRefused(f"{path[:80]!r} leaves the job")
-    return mapped
-
-
 def _relative_ok(path: str) -> None:
     if os.path.isabs(path):
         return
@@ -150,7 +142,7 @@ def map_args(job: CompileJob, root: str) -> list[str]:
             value = arg[len(flag):] if flag else None
         if flag is not None:
             _relative_ok(value)
-            out.append(flag + (_inside(root, value) if os.path.isabs(value) else value))
+            out.append(flag + (inside(root, value) if os.path.isabs(value) else value))
         elif arg.startswith(PLAIN_PREFIXES):
             out.append(arg)
         else:
@@ -184,47 +176,67 @@ def compile_env(locale: Mapping[str, str] | None) -> dict[str, str]:
     return {"PATH": CLEAN_ENV["PATH"], **locale}
 
 
+def _input_bytes(job: CompileJob, store) -> int:
+    total = sum(len(v) for v in job.files.values())
+    if job.inputs:
+        if store is None:
+            raise JobRefused("this helper keeps no inputs by hash")
+        total += sum(store.size(d) or 0 for d in set(job.inputs.values()))
+    return total
+
+
 def run_compile(compiler: str, job: CompileJob, workdir: str | None = None, timeout: float = 600.0,
                 preexec: Callable[[], None] | None = None, user: str | int | None = None,
+                store=None, roots: RootPool | None = None,
                 locale: Mapping[str, str] | None = None) -> JobResult:
-    """Compile `job` with `compiler` under a fresh job root; JobRefused for what a helper
-    does not take. `user`: run the compiler as this (unprivileged) user; `locale`: the
-    initiator's locale variables (LOCALE_VARS)."""
+    """Compile `job` with `compiler` in a job root (one of `roots`, else a fresh one under
+    `workdir`); JobRefused for what a helper does not take, InputsMissing when `store`
+    (an agent.input_store.InputStore) lacks some of `job.inputs`. `user`: run the
+    compiler as this (unprivileged) user; `locale`: the initiator's locale variables
+    (LOCALE_VARS)."""
     if not os.path.isabs(job.cwd):
         raise JobRefused("the working directory must be absolute")
     env = compile_env(locale)
-    if sum(len(v) for v in job.files.values()) > MAX_INPUT_BYTES:
+    if _input_bytes(job, store) > MAX_INPUT_BYTES:
         raise JobRefused(f"the job's files exceed {MAX_INPUT_BYTES} bytes")
-    with tempfile.TemporaryDirectory(prefix="baton-job-", dir=workdir) as tmp:
-        os.chmod(tmp, 0o755)
-        root = os.path.join(tmp, "root")
-        for path, content in job.files.items():
-            target = _inside(root, path)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            with open(target, "wb") as f:
-                f.write(content)
-        cwd = _inside(root, job.cwd)
-        os.makedirs(cwd, exist_ok=True)
-        _relative_ok(job.source)
-        source = _inside(root, job.source) if os.path.isabs(job.source) else job.source
-        out_dir = os.path.join(tmp, "out")
-        os.makedirs(out_dir)
-        obj = os.path.join(out_dir, "job.o")
-        if user is not None:
-            shutil.chown(out_dir, user=user)
-        argv = [compiler, "-nostdinc", *[f"-isystem{_inside(root, d)}" for d in job.system_dirs],
-                f"-ffile-prefix-map={root}=", *map_args(job, root), "-c", source, "-o", obj]
-        argv, user = _as_user(argv, user) if preexec is None else (argv, user)
-        try:
-            done = subprocess.run(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                                  timeout=timeout, preexec_fn=preexec, user=user)
-        except subprocess.TimeoutExpired:
-            return JobResult(124, b"", b"baton: the compile timed out on the helper\n")
-        diagnostics = done.stderr[:MAX_DIAGNOSTICS].replace(root.encode(), b"")
-        if done.returncode != 0:
-            return JobResult(done.returncode, b"", diagnostics)
-        size = os.path.getsize(obj)
-        if size > MAX_OBJECT_BYTES:
-            raise JobRefused(f"the object is {size} bytes, over {MAX_OBJECT_BYTES}")
-        with open(obj, "rb") as f:
-            return JobResult(0, f.read(), diagnostics)
+    _relative_ok(job.source)
+    if roots is None:
+        with tempfile.TemporaryDirectory(prefix="baton-job-", dir=workdir) as tmp:
+            return _compile_in(JobRoot(tmp, user), compiler, job, store, timeout, preexec, user, env)
+    root = roots.take()
+    try:
+        result = _compile_in(root, compiler, job, store, timeout, preexec, user, env)
+    except InputsMissing:
+        roots.give(root)   # its files are as the dict says: only links were left undone
+        raise
+    except BaseException:
+        roots.discard(root)
+        raise
+    roots.give(root)
+    return result
+
+
+def _compile_in(where: JobRoot, compiler: str, job: CompileJob, store, timeout: float,
+                preexec: Callable[[], None] | None, user: str | int | None, env: Mapping[str, str]) -> JobResult:
+    where.lay_out(job.files, job.inputs, store)
+    root = where.root
+    cwd = inside(root, job.cwd)
+    os.makedirs(cwd, exist_ok=True)
+    source = inside(root, job.source) if os.path.isabs(job.source) else job.source
+    obj = os.path.join(where.out, "job.o")
+    argv = [compiler, "-nostdinc", *[f"-isystem{inside(root, d)}" for d in job.system_dirs],
+            f"-ffile-prefix-map={root}=", *map_args(job, root), "-c", source, "-o", obj]
+    argv, user = _as_user(argv, user) if preexec is None else (argv, user)
+    try:
+        done = subprocess.run(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=timeout, preexec_fn=preexec, user=user)
+    except subprocess.TimeoutExpired:
+        return JobResult(124, b"", b"baton: the compile timed out on the helper\n")
+    diagnostics = done.stderr[:MAX_DIAGNOSTICS].replace(root.encode(), b"")
+    if done.returncode != 0:
+        return JobResult(done.returncode, b"", diagnostics)
+    size = os.path.getsize(obj)
+    if size > MAX_OBJECT_BYTES:
+        raise JobRefused(f"the object is {size} bytes, over {MAX_OBJECT_BYTES}")
+    with open(obj, "rb") as f:
+        return JobResult(0, f.read(), diagnostics)

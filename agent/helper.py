@@ -26,8 +26,13 @@ without TLS, where the random grant id, known to the leader, this agent and
 the initiator, is all there is (docs/design.md sections 8 and 9).
 
 Compiles run with a clean environment, as "nobody" when the agent runs as
-root (else as the agent's own user), in a fresh directory under the system
-temp directory (which that user can reach).
+root (else as the agent's own user), in a job root (reused from job to
+job: agent/job_root.py) under `<workdir>/.compile/jobs` (or a private directory of the system temp
+directory when that user cannot reach the work directory). A job names most
+of its files by hash (InputFile): their contents are kept in an
+agent.input_store.InputStore next to the job roots (the same file system,
+so a job root is laid out by hard links), and a job whose contents the
+store lacks is answered `missing` (the initiator sends it again with them).
 """
 from __future__ import annotations
 
@@ -35,14 +40,19 @@ import contextlib
 import logging
 import os
 import re
+import pwd
 import shutil
+import tempfile
 import threading
 from concurrent import futures
 from typing import Callable, Iterator
 
 import grpc
 
-from agent.compile_job import CLEAN_ENV, CompileJob, JobRefused, compiler_identity, run_compile
+from agent import sandbox
+from agent.compile_job import CLEAN_ENV, CompileJob, InputsMissing, JobRefused, compiler_identity, run_compile
+from agent.input_store import EMPTY, ContentMismatch, InputStore
+from agent.job_root import RootPool
 from cluster.protocol import compile_pb2 as pb
 from cluster.protocol import compile_pb2_grpc
 
@@ -190,14 +200,44 @@ class Compilers:
         return path
 
 
+def compile_dirs(workdir: str | None, user: str | None) -> tuple[str, bool]:
+    """(the directory for the store and the job roots, whether it is a private temporary one):
+    `<workdir>/.compile` when the compile user can reach it, else a new one in the system temp."""
+    if workdir is not None:
+        os.makedirs(workdir, mode=0o711, exist_ok=True)
+        reachable = True
+        if user is not None:
+            entry = pwd.getpwnam(user)
+            reachable = sandbox.first_closed_parent(
+                workdir, sandbox.TaskUser(entry.pw_name, entry.pw_uid, entry.pw_gid)) is None
+        if reachable:
+            base = os.path.join(workdir, ".compile")
+            os.makedirs(base, mode=0o711, exist_ok=True)
+            return base, False
+    return tempfile.mkdtemp(prefix="baton-helper-"), True
+
+
 class HelperService(compile_pb2_grpc.HelperServicer):
     def __init__(self, grants: Grants, leader_epoch: Callable[[], int | None], user: str | None = None,
-                 workdir: str | None = None):
+                 workdir: str | None = None, store: InputStore | None = None, roots: RootPool | None = None):
         self.grants = grants
         self.leader_epoch = leader_epoch
         self.compilers = Compilers()
         self.user = user
-        self.workdir = workdir
+        self.workdir = workdir   # where fresh job roots go when there is no pool
+        self.store = store
+        self.roots = roots       # reused job roots (on the store's file system, for hard links)
+
+    def _inputs(self, request: pb.CompileRequest) -> dict[str, str]:
+        """path -> sha256 of the job's InputFiles, storing the contents it carries (hashed here)."""
+        if request.inputs and self.store is None:
+            raise Refused("this helper keeps no inputs by hash")
+        inputs = {}
+        for f in request.inputs:
+            if f.content or f.sha256 == EMPTY:
+                self.store.put(f.sha256, f.content)
+            inputs[f.path] = f.sha256
+        return inputs
 
     def Compile(self, request: pb.CompileRequest, context) -> pb.CompileReply:
         try:
@@ -206,10 +246,12 @@ class HelperService(compile_pb2_grpc.HelperServicer):
                 compiler = self.compilers.matching(request.compiler, request.compiler_identity)
                 job = CompileJob(args=tuple(request.args), source=request.source, cwd=request.cwd,
                                  files={f.path: f.content for f in request.files},
-                                 system_dirs=tuple(request.system_dirs))
-                result = run_compile(compiler, job, workdir=self.workdir, user=self.user,
-                                     locale=dict(request.locale))
-        except (Refused, JobRefused) as exc:
+                                 system_dirs=tuple(request.system_dirs), inputs=self._inputs(request))
+                result = run_compile(compiler, job, workdir=self.workdir, user=self.user, store=self.store,
+                                     roots=self.roots, locale=dict(request.locale))
+        except InputsMissing as exc:
+            return pb.CompileReply(missing=exc.digests)
+        except (Refused, JobRefused, ContentMismatch) as exc:
             log.info("compile job of %s refused: %s", request.source[:200], exc)
             return pb.CompileReply(refused=str(exc) or type(exc).__name__)
         return pb.CompileReply(exit_code=result.exit_code, object=result.object, diagnostics=result.diagnostics)
@@ -220,9 +262,17 @@ class HelperServer:
     tls: (private key, certificate chain, CA) PEM (AgentConfig.helper_tls), or None for plaintext."""
 
     def __init__(self, listen: str, grants: Grants, leader_epoch: Callable[[], int | None], workers: int,
-                 tls: tuple[bytes, bytes, bytes] | None = None):
+                 tls: tuple[bytes, bytes, bytes] | None = None, workdir: str | None = None,
+                 store_bytes: int | None = None):
         root = hasattr(os, "geteuid") and os.geteuid() == 0
-        self.service = HelperService(grants, leader_epoch, user=TASK_USER_WHEN_ROOT if root else None)
+        user = TASK_USER_WHEN_ROOT if root else None
+        self._dir, self._temporary = compile_dirs(workdir, user)
+        jobs = os.path.join(self._dir, "jobs")
+        os.makedirs(jobs, mode=0o711, exist_ok=True)
+        os.chmod(self._dir, 0o711)
+        store = InputStore(os.path.join(self._dir, "store"), *([store_bytes] if store_bytes else []))
+        self.service = HelperService(grants, leader_epoch, user=user, workdir=jobs, store=store,
+                                     roots=RootPool(jobs, user, keep=workers))
         self.listen = listen
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="helper"),
                                    options=[("grpc.max_receive_message_length", MAX_MESSAGE),
@@ -255,3 +305,5 @@ class HelperServer:
 
     def stop(self, grace: float = 1.0) -> None:
         self._server.stop(grace).wait(grace + 1)
+        if self._temporary:
+            shutil.rmtree(self._dir, ignore_errors=True)

@@ -1,6 +1,7 @@
 """What does Baton's compile path cost, on a real project?
 
-    python bench/compile.py [--runs 30] [--jobs 2] [--cares DIR] [--cluster] [--json]
+    python bench/compile.py [--runs 30] [--jobs 2] [--remote-jobs N] [--repeat 1] [--cares DIR] [--cluster]
+                            [--json]
 
 The project is c-ares (its sources ship in the PyPI sdist of pycares,
 deps/c-ares; fetched with `pip download` unless --cares names a tree),
@@ -10,16 +11,24 @@ configured with CMake and Ninja. Measured, side by side in one run:
    `baton run` (the shell finds and execs the compiler), and inside it
    (Python without site: the argument rules and a job record), against the
    compiler called directly; median and p99 of --runs.
-2. The remote path's halves on every c-ares compile (-O2 -g -MD): the local
-   compile; the initiator's scan and pack (cli/compile_scan.py); the helper's
-   compile of the shipped files (agent/compile_job.py, in-process, no
-   network); how many objects and .d files are byte-identical to local ones.
+2. The remote path's parts on every c-ares compile (-O2 -g -MD): the local
+   compile; the initiator's scan (cli/compile_scan.py) and hashing of the
+   inputs (cli/job_inputs.py, stat-cached across jobs as in `baton run`);
+   the helper's layout of the job root from its input store (hard links)
+   and its compile (agent/compile_job.py, in-process, no network); how many
+   objects and .d files are byte-identical to local ones.
 3. Whole builds: `cmake --build -jN` locally, under `baton run --local-only`
-   (the wrapper's overhead on a real build), and with --cluster under
+   (the wrapper's overhead on a real build), with --cluster under
    `baton run` on a local cluster (cli.local.LocalCluster: etcd, one
-   coordinator, two agents of one core each serving compile jobs); the
-   ratio to local. On one machine the helpers share its cores, so the figure
-   is the remote path's overhead, not a speed-up.
+   coordinator, two agents of one core each serving compile jobs), and with
+   distcc when it is installed (Debian's distcc/distccd on loopback, plain
+   mode, two slots; "distcc: not installed, not measured" otherwise); the
+   ratios to local and of Baton to distcc. On one machine the helpers share
+   its cores, so the figure is the remote path's overhead, not a speed-up.
+4. Per-job overhead: every c-ares compile run directly and then through the
+   wrapper, one at a time, under `baton run --local-only` and (--cluster)
+   `baton run` with the helpers: wrapper start to object written, minus the
+   direct compile; median and p99.
 
 Prints figures and ratios; exits 1 only if an object differs.
 """
@@ -29,6 +38,9 @@ import argparse
 import json
 import os
 import shlex
+import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -38,9 +50,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.compile_job import run_compile  # noqa: E402
+from agent.compile_job import CompileJob, run_compile  # noqa: E402
+from agent.input_store import InputStore  # noqa: E402
+from agent.job_root import RootPool  # noqa: E402
 from cli.cc_args import RemotePlan, plan  # noqa: E402
-from cli.compile_scan import pack, scan  # noqa: E402
+from cli.compile_scan import input_paths, scan, system_dirs  # noqa: E402
+from cli.job_inputs import Digests  # noqa: E402
 from cli.run import install_wrappers  # noqa: E402
 from tests.harness import cares  # noqa: E402
 
@@ -68,10 +83,10 @@ def fetch_cares(workdir: Path) -> Path:
     return cares.unpack(cares.sdist() or cares.fetch(workdir), workdir)
 
 
-def configure(source: Path, build: Path, env: dict, runner: list[str]) -> None:
+def configure(source: Path, build: Path, env: dict, runner: list[str], extra: list[str] = ()) -> None:
     # With c-ares' tools, as the figures in the notes were measured.
     cares.configure(source, build, env, tuple(runner),
-                    ("-DCARES_BUILD_TOOLS=ON", "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON", "-DCMAKE_C_FLAGS=-MD"))
+                    ("-DCARES_BUILD_TOOLS=ON", "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON", "-DCMAKE_C_FLAGS=-MD", *extra))
 
 
 def startup(runs: int, workdir: Path, env: dict) -> list[dict]:
@@ -94,74 +109,223 @@ def startup(runs: int, workdir: Path, env: dict) -> list[dict]:
 
 
 def halves(build: Path) -> tuple[list[dict], int]:
-    print("2. the remote path's halves on each c-ares compile (helper in-process, no network)")
+    print("2. the remote path's parts on each c-ares compile (helper in-process, no network)")
     commands = json.loads((build / "compile_commands.json").read_text())
-    local, scanned, helper, different = [], [], [], 0
-    for command in commands:
-        argv = shlex.split(command["command"])
-        decided = plan(argv)
-        if not isinstance(decided, RemotePlan):
-            continue
-        cwd = command["directory"]
-        obj = os.path.join(cwd, decided.output)
-        dep = os.path.splitext(obj)[0] + ".d"
-        started = time.perf_counter()
-        subprocess.run(argv, cwd=cwd, check=True, capture_output=True)
-        local.append(time.perf_counter() - started)
-        want_obj, want_dep = Path(obj).read_bytes(), Path(dep).read_bytes()
-        started = time.perf_counter()
-        job = pack(decided, cwd, scan(decided, cwd))
-        scanned.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        result = run_compile(argv[0], job)
-        helper.append(time.perf_counter() - started)
-        if result.object != want_obj or Path(dep).read_bytes() != want_dep:
-            different += 1
-    rows = [row("local compile", local), row("initiator: scan + pack", scanned, local),
-            row("helper: compile the shipped files", helper, local)]
+    local, scanned, hashed, layout, helper, different = [], [], [], [], [], 0
+    digests = Digests()
+    with tempfile.TemporaryDirectory(prefix="baton-bench-store-") as tmp:
+        store = InputStore(os.path.join(tmp, "store"))
+        roots = RootPool(tmp)
+        layout_root = RootPool(tmp).take()
+        for command in commands:
+            argv = shlex.split(command["command"])
+            decided = plan(argv)
+            if not isinstance(decided, RemotePlan):
+                continue
+            cwd = command["directory"]
+            obj = os.path.join(cwd, decided.output)
+            dep = os.path.splitext(obj)[0] + ".d"
+            started = time.perf_counter()
+            subprocess.run(argv, cwd=cwd, check=True, capture_output=True)
+            local.append(time.perf_counter() - started)
+            want_obj, want_dep = Path(obj).read_bytes(), Path(dep).read_bytes()
+            started = time.perf_counter()
+            paths = input_paths(decided, cwd, scan(decided, cwd))
+            scanned.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            inputs = digests.inputs(paths, lambda d: store.path(d) is None)
+            hashed.append(time.perf_counter() - started)
+            for f in inputs:
+                if f.content:
+                    store.put(f.sha256, f.content)
+            job = CompileJob(args=decided.flags, source=decided.source, cwd=os.path.abspath(cwd), files={},
+                             system_dirs=system_dirs(decided.compiler, decided.language),
+                             inputs={f.path: f.sha256 for f in inputs})
+            started = time.perf_counter()
+            layout_root.lay_out(job.files, job.inputs, store)   # as a helper's reused root does
+            layout.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            result = run_compile(argv[0], job, store=store, roots=roots)
+            helper.append(time.perf_counter() - started)
+            if result.object != want_obj or Path(dep).read_bytes() != want_dep:
+                different += 1
+    rows = [row("local compile", local), row("initiator: scan (writes the .d)", scanned, local),
+            row("initiator: hash inputs (stat-cached)", hashed, local),
+            row("helper: lay out the job root (reused; links)", layout, local),
+            row("helper: lay out + compile", helper, local)]
     print(f"  objects and .d files byte-identical to local: {len(local) - different} of {len(local)}")
     return rows, different
 
 
-def builds(source: Path, workdir: Path, env: dict, jobs: int, cluster=None) -> list[dict]:
-    print(f"3. whole builds of c-ares, cmake --build -j{jobs}")
+def probe(build: str, out: str) -> int:
+    """Under `baton run`: each c-ares compile directly, then through the wrapper, one at a time
+    (`--probe`, run by per_job()); writes the pairs and the run's job records to `out`."""
+    wrapper = os.path.join(os.environ["BATON_WRAPPER_DIR"], "cc")
+    pairs = []
+    for command in json.loads((Path(build) / "compile_commands.json").read_text()):
+        argv = shlex.split(command["command"])
+        if not isinstance(plan(argv), RemotePlan):
+            continue
+        timed = []
+        for variant in (argv, [wrapper, *argv[1:]]):
+            started = time.perf_counter()
+            subprocess.run(variant, cwd=command["directory"], check=True, capture_output=True,
+                           env=dict(os.environ) if variant is not argv else {
+                               k: v for k, v in os.environ.items() if not k.startswith("BATON_")})
+            timed.append(time.perf_counter() - started)
+        pairs.append(timed)
+    jobs = [json.loads(line) for line in Path(os.environ["BATON_RUN_DIR"], "jobs.jsonl").read_text().splitlines()]
+    Path(out).write_text(json.dumps({"pairs": pairs, "jobs": jobs}))
+    return 0
+
+
+def per_job(build: Path, workdir: Path, env: dict, variants: list[tuple[str, list[str]]]) -> list[dict]:
+    """Per-job overhead: wrapper start to object written, minus the same compile run directly."""
+    print("4. per-job overhead, one compile at a time (wrapper wall - direct compile wall)")
     out = []
-    walls = {}
-    remote = {}
-    run = [sys.executable, "-m", "cli", "run"]
-    variants = [("local", []), ("baton run --local-only", [*run, "--local-only", "--"])]
-    if cluster is not None:
-        variants.append(("baton run, 2 one-core helpers", [
-            *run, "--json", "--etcd", cluster.etcd_urls, "--cluster", cluster.cluster,
-            "--agent-token-file", str(cluster.dir / "agent-token"), "--"]))
     for name, runner in variants:
-        build = workdir / f"build-{len(walls)}"
-        configure(source, build, env, [r for r in runner if r != "--json"])
-        started = time.perf_counter()
-        done = subprocess.run([*runner, "cmake", "--build", str(build), f"-j{jobs}"], check=True, env=env,
-                              capture_output=True, text=True)
-        walls[name] = time.perf_counter() - started
-        if "--json" in runner:
-            figures = json.loads(done.stdout.splitlines()[-1])
-            remote[name] = f"{figures['remote']}/{figures['jobs']} jobs remote"
-    for name, wall in walls.items():
-        ratio = wall / walls["local"]
-        print(f"  {name:<44} wall {wall:6.2f} s  (x{ratio:.2f} of local)  {remote.get(name, '')}")
-        out.append({"name": name, "wall_s": wall, "ratio": ratio, "remote": remote.get(name)})
+        result = workdir / "probe.json"
+        subprocess.run([*[r for r in runner if r != "--json"], sys.executable, str(Path(__file__).resolve()),
+                        "--probe", str(build), str(result)], check=True, env=env, capture_output=True)
+        figures = json.loads(result.read_text())
+        remote = [j["helper"] != "local" for j in figures["jobs"]]
+        pairs = figures["pairs"]
+        if any(remote):
+            pairs = [p for p, r in zip(pairs, remote) if r]
+        overhead = [wrapped - direct for direct, wrapped in pairs]
+        out.append(row(f"{name} ({sum(remote)}/{len(remote)} remote)", overhead))
     return out
+
+
+class Distcc:
+    """Debian's distccd on loopback, plain mode, `slots` jobs: the figure Baton is held against."""
+
+    def __init__(self, workdir: Path, slots: int):
+        self.dir, self.slots = workdir / "distcc", slots
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @staticmethod
+    def installed() -> bool:
+        return bool(shutil.which("distcc") and shutil.which("distccd"))
+
+    def start(self) -> "Distcc":
+        (self.dir / "client").mkdir(parents=True)
+        os.chmod(self.dir, 0o777)   # distccd started as root logs as the distcc user
+        self.proc = subprocess.Popen(
+            ["distccd", "--daemon", "--no-detach", "--allow", "127.0.0.1", "--listen", "127.0.0.1",
+             "--port", str(self.port), "--jobs", str(self.slots), "--log-file", str(self.log),
+             "--log-level", "info"], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("distccd did not start") from None
+                time.sleep(0.05)
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "distccd.log"
+
+    def env(self, env: dict) -> dict:
+        return dict(env, DISTCC_HOSTS=f"127.0.0.1:{self.port}/{self.slots}", DISTCC_DIR=str(self.dir / "client"))
+
+    def compiled(self) -> int:
+        return self.log.read_text(errors="replace").count("COMPILE_OK") if self.log.exists() else 0
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            os.killpg(self.proc.pid, signal.SIGTERM)   # distccd and the workers it forked
+            self.proc.wait(10)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def builds(source: Path, workdir: Path, env: dict, jobs: int, cluster=None, repeat: int = 1,
+           remote_jobs: int | None = None) -> list[dict]:
+    remote_jobs = remote_jobs or jobs
+    print(f"3. whole builds of c-ares, cmake --build -j{jobs} (-j{remote_jobs} with helpers or distcc), "
+          f"median of {repeat}")
+    run = [sys.executable, "-m", "cli", "run"]
+    variants = [("local", [], env), ("baton run --local-only", [*run, "--local-only", "--"], env)]
+    if cluster is not None:
+        variants.append(("baton run, 2 one-core helpers", [*run, "--json", *farm_options(cluster), "--"], env))
+    distcc = None
+    if Distcc.installed():
+        distcc = Distcc(workdir, 2).start()
+        variants.append(("distcc, 2 slots on loopback", [], distcc.env(env)))
+    walls: dict[str, list[float]] = {name: [] for name, _, _ in variants}
+    remote: dict[str, str] = {}
+    try:
+        for _ in range(repeat):
+            for name, runner, variant_env in variants:
+                build = workdir / f"build-{len(os.listdir(workdir))}"
+                launcher = ["-DCMAKE_C_COMPILER_LAUNCHER=distcc"] if name.startswith("distcc") else []
+                configure(source, build, variant_env, [r for r in runner if r != "--json"], launcher)
+                before = distcc.compiled() if distcc else 0
+                started = time.perf_counter()
+                parallel = remote_jobs if name.startswith(("baton run, ", "distcc")) else jobs
+                done = subprocess.run([*runner, "cmake", "--build", str(build), f"-j{parallel}"], check=True,
+                                      env=variant_env, capture_output=True, text=True)
+                walls[name].append(time.perf_counter() - started)
+                if "--json" in runner:
+                    figures = json.loads(done.stdout.splitlines()[-1])
+                    remote[name] = f"{figures['remote']}/{figures['jobs']} jobs remote"
+                elif launcher:
+                    remote[name] = f"{distcc.compiled() - before} jobs on distccd"
+    finally:
+        if distcc is not None:
+            distcc.stop()
+    out = []
+    local = statistics.median(walls["local"])
+    best_local = min(walls["local"])
+    for name, values in walls.items():
+        wall = statistics.median(values)
+        print(f"  {name:<44} wall {wall:6.2f} s  (x{wall / local:.2f} of local; best {min(values):.2f} s, "
+              f"x{min(values) / best_local:.2f})  {remote.get(name, '')}")
+        out.append({"name": name, "wall_s": wall, "walls_s": values, "ratio": wall / local,
+                    "remote": remote.get(name)})
+    if distcc is None:
+        print("  distcc: not installed, not measured")
+    else:
+        baton = next((o for o in out if o["name"].startswith("baton run, ")), None)
+        if baton is not None:
+            theirs = walls[variants[-1][0]]
+            print(f"  baton run / distcc: x{baton['wall_s'] / statistics.median(theirs):.2f} "
+                  f"(best: x{min(walls[baton['name']]) / min(theirs):.2f})")
+    return out
+
+
+def farm_options(cluster) -> list[str]:
+    return ["--etcd", cluster.etcd_urls, "--cluster", cluster.cluster,
+            "--agent-token-file", str(cluster.dir / "agent-token")]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=30, help="tiny compiles per variant")
     parser.add_argument("--jobs", type=int, default=2, help="parallel jobs of the whole builds")
+    parser.add_argument("--remote-jobs", type=int, default=None,
+                        help="parallel jobs of the builds with helpers and with distcc (default: --jobs)")
+    parser.add_argument("--repeat", type=int, default=1, help="whole builds per variant (the median is shown)")
     parser.add_argument("--cares", default=None, help="a c-ares source tree (default: from pycares' sdist)")
     parser.add_argument("--cluster", action="store_true",
                         help="also build with two one-core helper agents of a local cluster")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--probe", nargs=2, metavar=("BUILD", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.probe:
+        return probe(*args.probe)
     with tempfile.TemporaryDirectory(prefix="baton-bench-compile-") as tmp:
         workdir = Path(tmp)
+        os.chmod(workdir, 0o711)   # a root agent's tasks and compiles run as nobody, who must reach its work dir
         env = dict(os.environ, PYTHONPATH=str(ROOT), BATON_WRAPPER_DIR=str(workdir / "wrappers"))
         source = Path(args.cares) if args.cares else fetch_cares(workdir)
         report = {"startup": startup(args.runs, workdir, env)}
@@ -175,7 +339,15 @@ def main() -> int:
             cluster = LocalCluster(workdir / "cluster", agents=2, backups=0, cores=1, ttl=2, tls=False,
                                    web=False).start()
         try:
-            report["builds"] = builds(source, workdir, env, args.jobs, cluster)
+            builds_dir = workdir / "builds"
+            builds_dir.mkdir()
+            report["builds"] = builds(source, builds_dir, env, args.jobs, cluster, args.repeat,
+                                      args.remote_jobs)
+            run = [sys.executable, "-m", "cli", "run"]
+            probes = [("baton run --local-only", [*run, "--local-only", "--"])]
+            if cluster is not None:
+                probes.append(("baton run, 2 one-core helpers", [*run, *farm_options(cluster), "--"]))
+            report["per_job"] = per_job(build, workdir, env, probes)
         finally:
             if cluster is not None:
                 cluster.stop()

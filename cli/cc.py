@@ -10,10 +10,10 @@ Under `baton run` ($BATON_RUN_DIR set) each invocation is a job: it runs
 here or on a helper, and its record (source, helper or "local", the
 helper's slot, started, finished, duration, exit code, why local) is appended to the run's job log,
 one JSON line written with a single O_APPEND write, so that concurrent jobs
-never interleave. A job that may go remote (cli.cc_args.plan) is scanned
-here (cli.compile_scan: that writes the dependency file) and handed to
-`baton run` over the run's socket (cli/ccwire.py; `baton run` forwards it to
-a helper, cli/initiator.py); the object it gets back is written where the
+never interleave. A job that may go remote (cli.cc_args.plan) is handed
+to `baton run` over the run's socket (cli/ccwire.py): `baton run` scans it
+(that writes the dependency file) and forwards it to a helper
+(cli/initiator.py); the object it gets back is written where the
 compile would write it, the diagnostics go to stderr and the compiler's exit
 code is ours. When `baton run` answers "locally" (no leader, no free helper
 core in time, a failed or refusing helper), the compile runs here and the
@@ -21,7 +21,6 @@ record says why (docs/design.md section 8).
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -56,9 +55,26 @@ def real_compiler(name: str, path: str | None = None) -> str:
     raise FileNotFoundError(f"baton cc: no compiler named {name!r} on PATH")
 
 
+def _json(value) -> str:
+    """`value` as JSON; str, int, float, bool and None without `json`, which costs `baton cc`
+    ~7 ms to import."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if not isinstance(value, str):   # lists, dicts: rare enough to pay for json
+        import json
+
+        return json.dumps(value, separators=(",", ":"))
+    # Everything below U+0020, the quote, the backslash and lone surrogates (undecodable
+    # file names) as \\uXXXX: valid JSON, and the line stays valid UTF-8.
+    return '"' + "".join(c if " " <= c and c not in '"\\' and not "\ud800" <= c <= "\udfff" else f"\\u{ord(c):04x}"
+                         for c in value) + '"'
+
+
 def record(run_dir: str, job: dict) -> None:
     """Append one job record to the run's log in a single write."""
-    line = (json.dumps(job, separators=(",", ":")) + "\n").encode()
+    line = ("{" + ",".join(f"{_json(k)}:{_json(v)}" for k, v in job.items()) + "}\n").encode()
     fd = os.open(os.path.join(run_dir, JOBS_LOG), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         os.write(fd, line)
@@ -67,53 +83,55 @@ def record(run_dir: str, job: dict) -> None:
 
 
 def compile_locally(argv: list[str]) -> int:
-    import subprocess
+    """Run the compiler and wait (posix_spawn: `subprocess` costs ~3 ms to import). Python
+    ignores SIGPIPE and SIGXFSZ; the compiler gets them back as `subprocess` would give them."""
+    import _signal
 
-    return subprocess.run(argv).returncode
+    pid = os.posix_spawn(argv[0], argv, os.environ, setsigdef=(_signal.SIGPIPE, _signal.SIGXFSZ))
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            return os.waitstatus_to_exitcode(status)
+        except InterruptedError:
+            continue
 
 
-def compile_remotely(run_dir: str, decided) -> tuple[str | None, int | None, str, int | None]:
+def compile_remotely(run_dir: str, argv: list[str], output: str) -> tuple[str | None, int | None, str, int | None]:
     """(helper name, exit code, "", the slot of the build's grant it ran in) when a helper
-    compiled it, else (None, None, why not, None)."""
-    import socket
+    compiled it, else (None, None, why not, None).
 
-    from agent.compile_job import LOCALE_VARS
+    `baton run` does the rest (cli/initiator.py): it scans the compile (which
+    writes the dependency file), names its inputs by hash and sends them to a
+    helper, with the locale of the environment sent here (the compiler's
+    words follow it); this process only waits (the raw `_socket`: `socket`
+    costs ~3 ms)."""
+    import _socket
+
     from cli import ccwire
-    from cli.compile_scan import ScanFailed, pack, scan
 
     cwd = os.getcwd()
     try:
-        job = pack(decided, cwd, scan(decided, cwd))
-    except ScanFailed:
-        return None, None, "the scan failed (the compile says why)", None
-    except OSError as exc:
-        return None, None, f"cannot pack the job: {exc}", None
-    paths = list(job.files)
-    # The compiler's words follow the locale; none set is the C locale, not the helper's default.
-    locale = {name: os.environ[name] for name in LOCALE_VARS if os.environ.get(name)} or {"LANG": "C"}
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
             sock.connect(os.path.join(run_dir, ccwire.SOCKET))
-            ccwire.send(sock, {"compiler": decided.compiler, "args": list(job.args), "source": job.source,
-                               "cwd": job.cwd, "paths": paths, "system_dirs": list(job.system_dirs),
-                               "locale": locale},
-                        [job.files[p] for p in paths])
-            reply, blobs = ccwire.receive(sock)
+            ccwire.send(sock, {"argv": argv, "cwd": cwd, "env": dict(os.environ)})
+            reply = ccwire.receive(sock)
+        finally:
+            sock.close()
     except (OSError, ValueError) as exc:
         return None, None, f"baton run did not answer: {exc}", None
     if "helper" not in reply:
         return None, None, reply.get("local") or "baton run said so", None
-    obj, diagnostics = blobs
     code = int(reply["exit_code"])
-    output = os.path.join(cwd, decided.output)
+    output = os.path.join(cwd, output)
     if code == 0:
         tmp = f"{output}.baton-{os.getpid()}"
         with open(tmp, "wb") as f:
-            f.write(obj)
+            f.write(reply["object"])
         os.replace(tmp, output)
     elif os.path.exists(output):
         os.unlink(output)   # as the compiler does when it fails
-    sys.stderr.buffer.write(diagnostics)
+    sys.stderr.buffer.write(reply["diagnostics"])
     sys.stderr.flush()
     return reply["helper"], code, "", reply.get("core")
 
@@ -144,7 +162,7 @@ def main(args: list[str]) -> int:
         source, why = decided.source, "baton run serves no helper cores"
     else:
         source = decided.source
-        helper, code, why, core = compile_remotely(run_dir, decided)
+        helper, code, why, core = compile_remotely(run_dir, argv, decided.output)
     if helper is None:
         code = compile_locally(argv)
     finished = time.time()

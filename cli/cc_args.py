@@ -16,7 +16,7 @@ flag starting with `-` also stays local: never worse than local means never
 guessing what a flag does.
 
 The split: the dependency-file flags run only in the initiator's scan
-(`scan_argv`: the same command with `-E -H`, output discarded), which writes
+(`scan_argv`: the same command with `-M -H`), which writes
 the `.d` file exactly as the compile would (the same target and file names)
 and lists every file the compile reads; the helper gets the other flags, the
 source and those files (agent/compile_job.py), and compiles them at the same
@@ -24,7 +24,6 @@ paths.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 
 C_SOURCES = {".c": "c"}
@@ -51,27 +50,56 @@ UNSAFE_PREFIXES = ("-fplugin", "-B", "-specs", "-wrapper", "-fprofile", "-fauto-
 NATIVE = ("-march=native", "-mtune=native", "-mcpu=native")
 
 
-@dataclasses.dataclass(frozen=True)
-class Local:
+class _Value:
+    """A frozen plain-data value (dataclasses costs `baton cc` ~10 ms of imports: inspect)."""
+
+    __slots__ = ()
+
+    def __init__(self, **fields) -> None:
+        for name in self.__slots__:
+            object.__setattr__(self, name, fields[name])
+
+    def __setattr__(self, name, value) -> None:
+        raise AttributeError(f"{type(self).__name__} is frozen")
+
+    def __eq__(self, other) -> bool:
+        return type(other) is type(self) and all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    def __hash__(self) -> int:
+        return hash(tuple(getattr(self, n) for n in self.__slots__))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{n}={getattr(self, n)!r}' for n in self.__slots__)})"
+
+
+class Local(_Value):
     """Compile here, exactly as asked, because of `reason`."""
 
-    reason: str
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason=reason)
 
 
-@dataclasses.dataclass(frozen=True)
-class RemotePlan:
-    """One source compiled to one object: a local scan, then the compile on a helper."""
+class RemotePlan(_Value):
+    """One source compiled to one object: a local scan, then the compile on a helper.
 
-    compiler: str
-    source: str
-    output: str                    # the object path as the command names it (or its default)
-    language: str                  # "c" or "c++"
-    flags: tuple[str, ...]         # every flag but -c, -o, the source and the dependency flags
-    dep_flags: tuple[str, ...]     # -MD/-MMD/-MF/-MT/-MQ/-MP, with the compile's default names spelled out
+    compiler, source, output (the object path as the command names it, or its
+    default), language ("c" or "c++"), flags (every flag but -c, -o, the source
+    and the dependency flags), dep_flags (-MD/-MMD/-MF/-MT/-MQ/-MP, with the
+    compile's default names spelled out)."""
+
+    __slots__ = ("compiler", "source", "output", "language", "flags", "dep_flags")
 
     def scan_argv(self) -> list[str]:
-        """Preprocess to nowhere: writes the .d file, and -H lists every header read (stderr)."""
-        return [self.compiler, *self.flags, *self.dep_flags, "-E", "-H", self.source, "-o", os.devnull]
+        """Dependencies only (`-M`/`-MM`: the preprocessor writes no text, ~15 % cheaper than
+        `-E` to nowhere): writes the .d file as the compile's `-MD`/`-MMD` would (the same
+        target and file names), and -H lists every header read (stderr). Without a
+        dependency file the dependencies go to nowhere."""
+        mode = {"-MD": "-M", "-MMD": "-MM"}
+        if not any(d in mode for d in self.dep_flags):
+            return [self.compiler, *self.flags, "-M", "-MF", os.devnull, "-H", self.source]
+        return [self.compiler, *self.flags, *[mode.get(d, d) for d in self.dep_flags], "-H", self.source]
 
 
 def _language(path: str) -> str | None:

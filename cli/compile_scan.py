@@ -1,10 +1,12 @@
 """The initiator's half of a distributed compile: scan, then pack the job.
 
-`scan(plan, cwd)` runs the compile's own preprocessor once with `-E -H` and
-the output thrown away: that writes the dependency file exactly as the
-compile would (make and ninja read it) and names, on stderr, every header the
-compile reads. `pack` turns the plan and those files into the
-`agent.compile_job.CompileJob` a helper compiles at the same paths.
+`scan(plan, cwd)` runs the compile's own preprocessor once for its
+dependencies only (`-M -H`, cli.cc_args.RemotePlan.scan_argv): that writes
+the dependency file exactly as the compile would (make and ninja read it)
+and names, on stderr, every header the compile reads. `input_paths` lists
+the files a helper needs (`baton run` names them by hash:
+cli/job_inputs.py); `pack` makes them the `agent.compile_job.CompileJob` a
+helper compiles at the same paths, contents included.
 
 The compiler's own include directories come from `compiler -E -v` once per
 compiler (they name where the system headers are; the helper compiles with
@@ -23,6 +25,8 @@ import functools
 import os
 import re
 import subprocess
+import tempfile
+import threading
 
 from agent.compile_job import CompileJob
 from cli.cc_args import RemotePlan
@@ -54,14 +58,28 @@ def system_dirs(compiler: str, language: str) -> tuple[str, ...]:
     return tuple(os.path.normpath(line.strip()) for line in listed.strip().splitlines() if line.strip())
 
 
-def scan(plan: RemotePlan, cwd: str, timeout: float = 600.0) -> Scan:
-    """Run the compile's preprocessor once; ScanFailed when it fails."""
-    done = subprocess.run(plan.scan_argv(), cwd=cwd, capture_output=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
-    if done.returncode != 0:
-        raise ScanFailed(done.stderr.decode(errors="replace")[-2000:])
+def scan(plan: RemotePlan, cwd: str, timeout: float = 600.0, env: dict | None = None) -> Scan:
+    """Run the compile's preprocessor once (in `env`: the compile's own); ScanFailed when it fails.
+
+    Its stderr (the -H list, a line per header) goes to a temporary file, read once at the
+    end (a scan killed at `timeout` fails like any other): through a pipe, Python woke for each line (~500 polls and reads a c-ares job, in
+    `baton run`, where every wake-up competes for the GIL with the other jobs' threads)."""
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(plan.scan_argv(), cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=err, env=env)
+        # Not wait(timeout): that polls with sleeps of up to 50 ms; a timer kills it instead.
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            returncode = proc.wait()
+        finally:
+            timer.cancel()
+        err.seek(0)
+        stderr = err.read()
+    if returncode != 0:
+        raise ScanFailed(stderr.decode(errors="replace")[-2000:])
     seen: dict[str, None] = {}
-    for line in done.stderr.splitlines():
+    for line in stderr.splitlines():
         match = _HEADER_LINE.match(line)
         if match:
             path = os.path.normpath(os.path.join(cwd, os.fsdecode(match.group(1))))
@@ -69,16 +87,22 @@ def scan(plan: RemotePlan, cwd: str, timeout: float = 600.0) -> Scan:
     return Scan(headers=tuple(seen))
 
 
-def pack(plan: RemotePlan, cwd: str, found: Scan) -> CompileJob:
-    """The job for a helper: the flags, the source and every file the compile reads."""
-    dirs = system_dirs(plan.compiler, plan.language)
+def input_paths(plan: RemotePlan, cwd: str, found: Scan) -> list[str]:
+    """Every file the compile reads: the source, the headers, and what GCC includes unasked."""
     paths = [os.path.normpath(os.path.join(cwd, plan.source)), *found.headers]
-    for directory in dirs:
+    for directory in system_dirs(plan.compiler, plan.language):
         for name in PREINCLUDED:
             candidate = os.path.join(directory, name)
             if os.path.isfile(candidate):
                 paths.append(candidate)
                 break
+    return list(dict.fromkeys(paths))
+
+
+def pack(plan: RemotePlan, cwd: str, found: Scan) -> CompileJob:
+    """The job with every file's content (the initiator sends most by hash: cli/job_inputs.py)."""
+    dirs = system_dirs(plan.compiler, plan.language)
+    paths = input_paths(plan, cwd, found)
     files = {}
     for path in paths:
         with open(path, "rb") as f:

@@ -14,10 +14,14 @@ leader has recorded it. It names the slot of a grant each job runs in (the
 build monitor's lane: `acquire_core`).
 
 `JobServer` serves the build's `baton cc` processes on a unix socket in the
-run directory (framing: cli/ccwire.py): each sends its packed job, the
-server takes a free slot of a grant (waiting up to `wait` seconds), sends
-the job to that helper (Helper.Compile) and returns the object and the
-diagnostics. Anything else — no leader, no free slot in time, a helper that
+run directory (framing: cli/ccwire.py): each sends its command line, the
+server scans it (cli/compile_scan.py: that writes the dependency file and
+lists the files it reads), takes a free slot of a grant (waiting up to
+`wait` seconds), sends the job to that helper (Helper.Compile) naming its
+files by hash, with the contents that helper was not sent before
+(cli/job_inputs.py), and returns the object and the diagnostics. The scan
+and the hashing run here, in the long-lived process, so that `baton cc`
+stays a small program and each header is hashed once per build. Anything else — no leader, no free slot in time, a helper that
 fails or refuses — is answered "compile it locally, because ...": never
 worse than local. With the cluster's CA (TLS on), a helper is reached over
 TLS only: it must present a certificate naming the agent the grant is for
@@ -33,15 +37,19 @@ import logging
 import os
 import queue
 import socketserver
+import subprocess
 import threading
 import time
 
 import grpc
 
-from agent.compile_job import compiler_identity
+from agent.compile_job import LOCALE_VARS, compiler_identity
 from agent.leader import LeaderFollower
 from cli import ccwire
 from cli.run_report import RunReport
+from cli.cc_args import Local, plan
+from cli.compile_scan import ScanFailed, input_paths, scan, system_dirs
+from cli.job_inputs import Delivered, Digests
 from cluster.keys import Keys
 from cluster.names import agent_server_name
 from cluster.protocol import compile_pb2 as pb
@@ -321,14 +329,14 @@ class JobServer:
                              if root_certificates else None)
         self._channels: dict[tuple[str, str], grpc.Channel] = {}
         self._lock = threading.Lock()
+        self.digests = Digests()        # the build's files by hash, read once per build
+        self.delivered = Delivered()    # what each helper's input store was sent
         server = self
 
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
                 try:
-                    header, blobs = ccwire.receive(self.request)
-                    reply, out = server.compile(header, blobs)
-                    ccwire.send(self.request, reply, out)
+                    ccwire.send(self.request, server.compile(ccwire.receive(self.request)))
                 except (OSError, ValueError) as exc:
                     log.warning("baton run: a job from baton cc failed: %s", exc)
 
@@ -363,29 +371,61 @@ class JobServer:
                 self._channels[(address, agent)] = channel
             return compile_pb2_grpc.HelperStub(channel)
 
-    def compile(self, header: dict, blobs: list[bytes]) -> tuple[dict, list[bytes]]:
-        """One job: ({"helper": agent, "exit_code": n}, [object, diagnostics]) or ({"local": why}, [])."""
+    def compile(self, job: dict) -> dict:
+        """One job of `baton cc` ({"argv", "cwd", "env"}, cli/ccwire.py): scanned here (that writes
+        its dependency file), sent to a helper; {"helper", "exit_code", "object", "diagnostics"}
+        or {"local": why}."""
+        argv, cwd, env = list(job["argv"]), str(job["cwd"]), dict(job["env"])
+        decided = plan(argv)
+        if isinstance(decided, Local):
+            return {"local": decided.reason}
         try:
-            identity = _identity(header["compiler"])
-        except (OSError, FileNotFoundError) as exc:
-            return {"local": f"cannot identify the compiler: {exc}"}, []
+            identity = _identity(decided.compiler)
+            paths = input_paths(decided, cwd, scan(decided, cwd, env=env))
+            dirs = system_dirs(decided.compiler, decided.language)
+        except ScanFailed:
+            return {"local": "the scan failed (the compile says why)"}
+        except (OSError, subprocess.SubprocessError) as exc:
+            return {"local": f"cannot scan the compile: {exc}"}
         grant, slot, why = self.cores.acquire_core(self.wait)
         if grant is None:
-            return {"local": why}, []
-        request = pb.CompileRequest(
-            grant=grant.grant, epoch=grant.epoch, compiler=os.path.basename(header["compiler"]),
-            compiler_identity=identity, args=header["args"], source=header["source"], cwd=header["cwd"],
-            files=[pb.SourceFile(path=p, content=c) for p, c in zip(header["paths"], blobs)],
-            system_dirs=header["system_dirs"], locale=header.get("locale") or {})
+            return {"local": why}
         try:
-            reply = self._stub(grant.helper, grant.agent).Compile(request, timeout=COMPILE_TIMEOUT)
+            request = pb.CompileRequest(
+                grant=grant.grant, epoch=grant.epoch, compiler=os.path.basename(decided.compiler),
+                compiler_identity=identity, args=decided.flags, source=decided.source,
+                cwd=os.path.abspath(cwd), system_dirs=dirs,
+                inputs=self.digests.inputs(paths, self.delivered.lacks(grant.helper)),
+                # The compiler's words follow the locale; none set is the C locale, not the helper's default.
+                locale={name: env[name] for name in LOCALE_VARS if env.get(name)} or {"LANG": "C"})
+            reply = self._send(grant, request)
+        except OSError as exc:
+            return {"local": f"cannot read the compile's files: {exc}"}
         except grpc.RpcError as exc:
             # The details say why, e.g. that the helper's certificate names another agent.
             details = (exc.details() or "")[-300:]
-            return {"local": f"helper {grant.agent} failed: {exc.code().name}" + (f" ({details})" if details else "")}, []
+            return {"local": f"helper {grant.agent} failed: {exc.code().name}" + (f" ({details})" if details else "")}
         finally:
             self.cores.release(grant, slot)
-        if reply.refused:
-            return {"local": f"helper {grant.agent} refused: {reply.refused}"}, []
+        if reply.refused or reply.missing:
+            return {"local": f"helper {grant.agent} refused: {reply.refused or 'inputs missing twice'}"}
         self.cores.helpers_used.add(grant.agent)
-        return {"helper": grant.agent, "exit_code": reply.exit_code, "core": slot}, [reply.object, reply.diagnostics]
+        return {"helper": grant.agent, "exit_code": reply.exit_code, "core": slot, "object": reply.object,
+                "diagnostics": reply.diagnostics}
+
+    def _send(self, grant: pb.Grant, request: pb.CompileRequest) -> pb.CompileReply:
+        """Helper.Compile; once more with the contents it answers `missing` (evicted or restarted)."""
+        stub = self._stub(grant.helper, grant.agent)
+        reply = stub.Compile(request, timeout=COMPILE_TIMEOUT)
+        if not reply.refused:   # a refused job may have stored nothing
+            self.delivered.sent(grant.helper, request.inputs)
+        if reply.missing:
+            missing = set(reply.missing)
+            self.delivered.lost(grant.helper, missing)
+            files = list(request.inputs)
+            del request.inputs[:]
+            request.inputs.extend(self.digests.input(f.path, missing.__contains__) for f in files)
+            reply = stub.Compile(request, timeout=COMPILE_TIMEOUT)
+            if not reply.refused:
+                self.delivered.sent(grant.helper, request.inputs)
+        return reply

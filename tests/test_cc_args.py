@@ -29,9 +29,13 @@ def test_dependency_flags_stay_in_the_scan_with_the_compiles_default_names():
     assert glued.dep_flags == ("-MD", "-MFdeps/a.d", "-MQ$(OBJ)")
 
 
-def test_scan_argv_preprocesses_to_nowhere_and_lists_headers():
+def test_scan_argv_writes_only_the_dependencies_and_lists_headers():
     argv = plan(["cc", "-Iinc", "-MD", "-c", "a.c", "-o", "a.o"]).scan_argv()
-    assert argv == ["cc", "-Iinc", "-MD", "-MT", "a.o", "-MF", "a.d", "-E", "-H", "a.c", "-o", os.devnull]
+    assert argv == ["cc", "-Iinc", "-M", "-MT", "a.o", "-MF", "a.d", "-H", "a.c"]
+    assert plan(["cc", "-MMD", "-MP", "-c", "a.c"]).scan_argv() == [
+        "cc", "-MM", "-MP", "-MT", "a.o", "-MF", "a.d", "-H", "a.c"]
+    # No dependency file asked for: none written (a lone -MF means nothing to the compile).
+    assert plan(["cc", "-MF", "x.d", "-c", "a.c"]).scan_argv() == ["cc", "-M", "-MF", os.devnull, "-H", "a.c"]
 
 
 @pytest.mark.parametrize("argv, because", [

@@ -49,16 +49,21 @@ def split_compile(argv, cwd, **kw):
 FLAGS = ["-O2", "-g", "-Wall", "-fdiagnostics-color=never", "-Iinclude", f"-I{os.sep}usr{os.sep}include", "-DX=1"]
 
 
-def test_objects_and_dependency_files_are_byte_identical_to_local_ones(project):
-    argv = ["gcc", *FLAGS, "-MD", "-c", "src/lib.c", "-o", "obj/lib.o"]
+@pytest.mark.parametrize("deps, depfile", [
+    (["-MD"], "obj/lib.d"),
+    (["-MMD", "-MP"], "obj/lib.d"),
+    (["-MD", "-MT", "lib-target", "-MQ", "$(odd)", "-MF", "obj/lib.o.d"], "obj/lib.o.d"),
+])
+def test_objects_and_dependency_files_are_byte_identical_to_local_ones(project, deps, depfile):
+    argv = ["gcc", *FLAGS, *deps, "-c", "src/lib.c", "-o", "obj/lib.o"]
     assert local_compile(argv, project).returncode == 0
-    local_obj, local_dep = (project / "obj/lib.o").read_bytes(), (project / "obj/lib.d").read_bytes()
+    local_obj, local_dep = (project / "obj/lib.o").read_bytes(), (project / depfile).read_bytes()
     (project / "obj/lib.o").unlink()
-    (project / "obj/lib.d").unlink()
+    (project / depfile).unlink()
     result = split_compile(argv, project)
     assert result.exit_code == 0 and result.diagnostics == b""
     assert (project / "obj/lib.o").read_bytes() == local_obj      # -g: debug info names our paths
-    assert (project / "obj/lib.d").read_bytes() == local_dep      # written by the scan, as make reads it
+    assert (project / depfile).read_bytes() == local_dep          # written by the scan, as make reads it
 
 
 def test_a_compile_error_fails_with_the_same_diagnostics_and_exit_code(project):

@@ -5,6 +5,7 @@ so a grant id alone runs nothing; the initiator accepts a helper only when
 its certificate names the agent the grant was for."""
 from __future__ import annotations
 
+import os
 import shutil
 
 import grpc
@@ -128,12 +129,11 @@ def job_through_initiator(tmp_path, pki, helper: HelperServer, agent: str) -> di
     jobs = JobServer(str(run_dir), OneGrant(agent, helper.address("unused")), wait=1.0,
                      root_certificates=pki.ca_pem, client=pki.agent("initiator")).start()
     try:
-        reply, _ = jobs.compile({"compiler": shutil.which("gcc"), "args": ["-O2"], "source": "a.c",
-                                 "cwd": str(tmp_path), "paths": [str(tmp_path / "a.c")], "system_dirs": []},
-                                [SOURCE])
+        reply = jobs.compile({"argv": [shutil.which("gcc"), "-O2", "-c", "a.c", "-o", "a.o"], "cwd": str(tmp_path),
+                              "env": dict(os.environ)})
     finally:
         jobs.stop()
-    return reply
+    return {k: v for k, v in reply.items() if k not in ("object", "diagnostics")}
 
 
 def test_the_initiator_refuses_a_helper_whose_certificate_names_another_agent(pki, serve, tmp_path):
