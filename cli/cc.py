@@ -69,7 +69,9 @@ def record(run_dir: str, job: dict) -> None:
 def compile_locally(argv: list[str]) -> int:
     import subprocess
 
-    return subprocess.run(argv).returncode
+    from cli.user_env import user_environ
+
+    return subprocess.run(argv, env=user_environ()).returncode
 
 
 def compile_remotely(run_dir: str, decided) -> tuple[str | None, int | None, str, int | None]:
@@ -90,7 +92,11 @@ def compile_remotely(run_dir: str, decided) -> tuple[str | None, int | None, str
         return None, None, f"cannot pack the job: {exc}", None
     paths = list(job.files)
     # The compiler's words follow the locale; none set is the C locale, not the helper's default.
-    locale = {name: os.environ[name] for name in LOCALE_VARS if os.environ.get(name)} or {"LANG": "C"}
+    # The user's, not the LC_CTYPE Python coerced for itself (cli/user_env.py).
+    from cli.user_env import user_environ
+
+    env = user_environ()
+    locale = {name: env[name] for name in LOCALE_VARS if env.get(name)} or {"LANG": "C"}
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.connect(os.path.join(run_dir, ccwire.SOCKET))
@@ -130,7 +136,9 @@ def main(args: list[str]) -> int:
     argv = [compiler, *args[1:]]
     run_dir = os.environ.get(RUN_DIR_ENV)
     if not run_dir:
-        os.execv(compiler, argv)  # outside `baton run`: the compiler itself, nothing in between
+        from cli.user_env import user_environ
+
+        os.execve(compiler, argv, user_environ())  # outside `baton run`: the compiler itself, nothing in between
     from cli.cc_args import Local, plan
 
     decided = plan(argv)
