@@ -92,6 +92,15 @@ class AgentConfig:
         client = self.client_certificate()
         return (*client, self.root_certificates()) if client else None
 
+    def helper_cert_problem(self) -> str | None:
+        """Why initiators would refuse the Helper service's TLS with this agent's
+        certificate (cluster/agent_certs.py), or None (also without TLS)."""
+        if not self.tls_cert:
+            return None
+        from cluster.agent_certs import helper_cert_problem
+
+        return helper_cert_problem(_read(self.tls_cert), self.name)
+
 
 def _read(path: str | None) -> bytes | None:
     if path is None:

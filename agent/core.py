@@ -120,7 +120,13 @@ class Agent:
         mark_seen = getattr(self.runner, "mark_seen", None)
         if mark_seen is not None:
             mark_seen(r.task for r in loaded)
-        if self.config.helper_listen is not None and self.helper is None:
+        problem = self.config.helper_cert_problem() if self.config.helper_listen is not None else None
+        if problem is not None and self.helper is None:
+            # Every initiator would refuse its TLS: offer no Helper service rather than one that
+            # sends every job back to compile locally without a word (docs/design.md section 8).
+            log.warning("not serving compile jobs: %s; issue this agent's certificate again "
+                        "(baton certs agent --name %s) to serve them", problem, self.config.name)
+        elif self.config.helper_listen is not None and self.helper is None:
             self.helper = HelperServer(self.config.helper_listen, self.grants, self.seen_epoch,
                                        workers=self.config.cores + 4, tls=self.config.helper_tls(),
                                        workdir=self.config.workdir)

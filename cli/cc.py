@@ -87,7 +87,10 @@ def compile_locally(argv: list[str]) -> int:
     ignores SIGPIPE and SIGXFSZ; the compiler gets them back as `subprocess` would give them."""
     import _signal
 
-    pid = os.posix_spawn(argv[0], argv, os.environ, setsigdef=(_signal.SIGPIPE, _signal.SIGXFSZ))
+    from cli.user_env import user_environ
+
+    # The user's environment, not the LC_CTYPE Python coerced for itself (cli/user_env.py).
+    pid = os.posix_spawn(argv[0], argv, user_environ(), setsigdef=(_signal.SIGPIPE, _signal.SIGXFSZ))
     while True:
         try:
             _, status = os.waitpid(pid, 0)
@@ -108,13 +111,15 @@ def compile_remotely(run_dir: str, argv: list[str], output: str) -> tuple[str | 
     import _socket
 
     from cli import ccwire
+    from cli.user_env import user_environ
 
     cwd = os.getcwd()
     try:
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             sock.connect(os.path.join(run_dir, ccwire.SOCKET))
-            ccwire.send(sock, {"argv": argv, "cwd": cwd, "env": dict(os.environ)})
+            # The user's locale, not the LC_CTYPE Python coerced for itself (cli/user_env.py).
+            ccwire.send(sock, {"argv": argv, "cwd": cwd, "env": user_environ()})
             reply = ccwire.receive(sock)
         finally:
             sock.close()
@@ -148,7 +153,9 @@ def main(args: list[str]) -> int:
     argv = [compiler, *args[1:]]
     run_dir = os.environ.get(RUN_DIR_ENV)
     if not run_dir:
-        os.execv(compiler, argv)  # outside `baton run`: the compiler itself, nothing in between
+        from cli.user_env import user_environ
+
+        os.execve(compiler, argv, user_environ())  # outside `baton run`: the compiler itself, nothing in between
     from cli.cc_args import Local, plan
 
     decided = plan(argv)

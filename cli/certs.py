@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from cluster.names import (AGENT_DNS_SUFFIX, AGENT_URI_PREFIX, ANY_AGENT, ANY_AGENT_SERVER_NAME,
-                           agent_server_name, check_name)
+from cluster.agent_certs import helper_cert_problem
+from cluster.names import AGENT_URI_PREFIX, ANY_AGENT, ANY_AGENT_SERVER_NAME, agent_server_name, check_name
 from lease.errors import ConfigError
 
 CA_CERT_FILE = "ca.pem"
@@ -190,17 +190,10 @@ def issue_agent_cert(ca: CA, directory: str | os.PathLike, name: str,
                  [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH], valid_days)
 
 
-def serves_compile_jobs(cert_path: str | os.PathLike) -> bool:
+def serves_compile_jobs(cert_path: str | os.PathLike, name: str | None = None) -> bool:
     """Whether an agent certificate is one the Helper service can serve with
-    (issued with serverAuth and its server name; older ones were clientAuth only)."""
-    cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
-    try:
-        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return False
-    return ExtendedKeyUsageOID.SERVER_AUTH in usages and any(
-        n.endswith(AGENT_DNS_SUFFIX) for n in names.get_values_for_type(x509.DNSName))
+    (issued with serverAuth and agent `name`'s server name; older ones were clientAuth only)."""
+    return helper_cert_problem(Path(cert_path).read_bytes(), name) is None
 
 
 def _sign(ca: CA, directory: str | os.PathLike, basename: str, common_name: str,

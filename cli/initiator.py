@@ -63,6 +63,18 @@ TICK = 0.5                      # s between lowering the cores wanted (see CoreC
 COMPILE_TIMEOUT = 600.0         # s for one job on a helper
 FINISH_WAIT = 15.0              # s at the end for the leader to record the build (CoreClient.finish)
 MAX_MESSAGE = 80 * 1024 * 1024  # as agent.helper.MAX_MESSAGE
+# s a job waits for a free helper core when --remote-wait is not given and the leader's
+# lease ttl cannot be read: coordinator.config.Timings' default ttl (docs/design.md section 8).
+DEFAULT_REMOTE_WAIT = 10.0
+
+
+def remote_wait(given: float | None, lease_ttl: int | None) -> float:
+    """How long a job waits for a free helper core: --remote-wait if given, else the
+    cluster's lease ttl (the leader's lease), so that a job started as the leader dies
+    waits out the election and goes to the new leader's helpers; else DEFAULT_REMOTE_WAIT."""
+    if given is not None:
+        return given
+    return float(lease_ttl) if lease_ttl and lease_ttl > 0 else DEFAULT_REMOTE_WAIT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +85,7 @@ class Farm:
     cluster: str = "default"
     token: str | None = None               # the cluster token (agents' --agent-token-file)
     root_certificates: bytes | None = None  # the CA of the coordinators' gRPC TLS
-    wait: float = 2.0                      # s a job waits for a free helper core
+    wait: float | None = None              # s a job waits for a free helper core; None: remote_wait()
     client: tuple[bytes, bytes] | None = None  # (key, certificate): TLS coordinators require one
 
 
@@ -108,10 +120,12 @@ class CoreClient:
     def __init__(self, etcd: EtcdConfig, cluster: str, build: str, token: str | None = None,
                  root_certificates: bytes | None = None, cap: int | None = None,
                  client: tuple[bytes, bytes] | None = None, report: RunReport | None = None,
-                 wait: float = 2.0):
+                 wait: float | None = None):
         self.etcd_config, self.keys, self.build = etcd, Keys(cluster), build
         self.token, self.cap = token, cap
-        self.report, self.wait = report, wait
+        # None: the leader's lease ttl, read at each new leader (remote_wait).
+        self.report, self.wait, self._wait_given = report, remote_wait(wait, None), wait
+        self._ttl_of: int | None = None          # the lease whose ttl self.wait is
         key, chain = client if client else (None, None)
         self._credentials = (grpc.ssl_channel_credentials(root_certificates=root_certificates, private_key=key,
                                                           certificate_chain=chain)
@@ -165,10 +179,24 @@ class CoreClient:
                 self._changed.wait(1.0)
                 self._changed.clear()
                 continue
+            self._learn_wait(leader)
             self._hold_stream(leader)
             self._set_grants([], leaderless=False)
             self._changed.wait(0.2)   # a refused or broken stream: try again soon (or on a leader change)
             self._changed.clear()
+
+    def _learn_wait(self, leader) -> None:
+        """Without --remote-wait: the wait is this leader's lease ttl (one etcd read a leader)."""
+        if self._wait_given is not None or leader.lease_id == self._ttl_of:
+            return
+        try:
+            ttl = self._etcd.lease_granted_ttl(leader.lease_id) if leader.lease_id else None
+        except BatonError as exc:   # e.g. etcd auth lets this user read the key, not its lease
+            log.info("baton run: cannot read the leader's lease ttl (%s); waiting %g s for helper cores",
+                     exc, DEFAULT_REMOTE_WAIT)
+            ttl = None
+        self._ttl_of = leader.lease_id
+        self.wait = remote_wait(None, ttl)
 
     def _on_leader(self, view) -> None:
         self._end_call()   # the stream is to the old leader: its grants end with its epoch
@@ -269,13 +297,15 @@ class CoreClient:
                     return False
                 self._cond.wait(min(0.1, deadline - now))
         return True
-    def acquire(self, wait: float) -> tuple[pb.Grant | None, str]:
+    def acquire(self, wait: float | None = None) -> tuple[pb.Grant | None, str]:
         """A slot of a grant for one job, or (None, why it compiles locally)."""
         grant, _, why = self.acquire_core(wait)
         return grant, why
 
-    def acquire_core(self, wait: float) -> tuple[pb.Grant | None, int, str]:
-        """(grant, the slot of it the job takes, "") or (None, -1, why it compiles locally)."""
+    def acquire_core(self, wait: float | None = None) -> tuple[pb.Grant | None, int, str]:
+        """(grant, the slot of it the job takes, "") or (None, -1, why it compiles locally).
+        wait: at most this many s; None: self.wait."""
+        wait = self.wait if wait is None else wait
         deadline = time.monotonic() + wait
         if not self._settled.wait(wait):
             return None, -1, f"no answer from the cluster within {wait:g} s"
@@ -316,10 +346,16 @@ def _identity(compiler: str) -> str:
     return compiler_identity(compiler)
 
 
+def job_locale(env: dict[str, str]) -> dict[str, str]:
+    """The locale a job compiles in on a helper: the compiler's words and quotes follow it,
+    so the diagnostics are the local ones; none set is the C locale, not the helper's default."""
+    return {name: env[name] for name in LOCALE_VARS if env.get(name)} or {"LANG": "C"}
+
+
 class JobServer:
     """Serves `baton cc` on `<run_dir>/cc.sock`; `start()`, `stop()`."""
 
-    def __init__(self, run_dir: str, cores: CoreClient, wait: float, root_certificates: bytes | None = None,
+    def __init__(self, run_dir: str, cores: CoreClient, wait: float | None, root_certificates: bytes | None = None,
                  client: tuple[bytes, bytes] | None = None):
         self.path = os.path.join(run_dir, ccwire.SOCKET)
         self.cores, self.wait = cores, wait
@@ -396,8 +432,7 @@ class JobServer:
                 compiler_identity=identity, args=decided.flags, source=decided.source,
                 cwd=os.path.abspath(cwd), system_dirs=dirs,
                 inputs=self.digests.inputs(paths, self.delivered.lacks(grant.helper)),
-                # The compiler's words follow the locale; none set is the C locale, not the helper's default.
-                locale={name: env[name] for name in LOCALE_VARS if env.get(name)} or {"LANG": "C"})
+                locale=job_locale(env))
             reply = self._send(grant, request)
         except OSError as exc:
             return {"local": f"cannot read the compile's files: {exc}"}

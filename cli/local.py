@@ -183,7 +183,7 @@ class LocalCluster:
         from cli import certs
 
         cert, key = self.certs_dir / f"agent-{name}.pem", self.certs_dir / f"agent-{name}-key.pem"
-        if not (cert.exists() and key.exists() and certs.serves_compile_jobs(cert)):
+        if not (cert.exists() and key.exists() and certs.serves_compile_jobs(cert, name)):
             cert, key = certs.issue_agent_cert(certs.load_ca(self.ca_dir), self.certs_dir, name)
         return str(cert), str(key)
 

@@ -214,8 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-remote", type=int, default=None, help="at most this many jobs remote at once")
     p.add_argument("--local-only", action="store_true", help="compile everything here")
     p.add_argument("--json", action="store_true", help="print the build id and counts as JSON")
-    p.add_argument("--remote-wait", type=float, default=2.0, metavar="S",
-                   help="seconds a compile waits for a free helper core before it compiles here")
+    p.add_argument("--remote-wait", type=float, default=None, metavar="S",
+                   help="seconds a compile waits for a free helper core before it compiles here "
+                        "(default: the cluster's lease ttl, read from the leader's lease; else 10)")
     p.add_argument("--agent-token-file", default=None,
                    help="file holding the cluster token (default: $BATON_AGENT_TOKEN)")
     p.add_argument("--grpc-ca", default=os.environ.get("BATON_GRPC_CA"),

@@ -27,6 +27,7 @@ import time
 import uuid
 
 from cli.cc import COMPILER_NAMES, JOBS_LOG, LOCAL_ONLY_ENV, RUN_DIR_ENV, wrapper_dir
+from cli.user_env import user_environ
 
 # Outside `baton run` the wrapper is the compiler on PATH (found by the shell,
 # skipping the wrapper directory): no Python at all. Inside, Python without
@@ -128,7 +129,8 @@ def run(command: list[str], *, local_only: bool = False, max_remote: int | None 
     wrappers = install_wrappers(python=python)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"baton-run-{build_id}-") as run_dir:
-        env = dict(os.environ, PATH=wrappers + os.pathsep + os.environ.get("PATH", ""),
+        # The user's environment, not Python's coerced locale (cli/user_env.py).
+        env = dict(user_environ(), PATH=wrappers + os.pathsep + os.environ.get("PATH", ""),
                    CC=os.path.join(wrappers, "cc"), CXX=os.path.join(wrappers, "c++"),
                    BATON_RUN_ID=build_id, **{RUN_DIR_ENV: run_dir})
         initiator = None

@@ -306,6 +306,12 @@ class Etcd:
         """Seconds left on the lease as etcd sees it (-1 when it no longer exists)."""
         return int(self.raw.get_lease_info(lease_id).TTL)
 
+    @_mapped(retry=True)
+    def lease_granted_ttl(self, lease_id: int) -> int:
+        """The TTL the lease was granted with (its holder's ttl); <= 0 when it no longer exists."""
+        info = self.raw.get_lease_info(lease_id)
+        return int(info.grantedTTL) if int(info.TTL) > 0 else 0
+
     @_mapped(retry=False)
     def lease_revoke(self, lease_id: int) -> bool:
         """Revoke the lease (its keys go with it); False when it no longer existed."""

@@ -115,3 +115,68 @@ def test_the_example_project_builds_under_baton_run_and_its_program_runs(env, tm
     assert json.loads(done.stdout.splitlines()[-1])["jobs"] == 3
     ran = subprocess.run(["./greet"], cwd=project, capture_output=True, text=True)
     assert ran.stdout == "hello from the farm (16 letters)\n"
+
+
+def without_locale(env: dict) -> dict:
+    """`env` as a user without any locale setting has it (Python then coerces its own, PEP 538)."""
+    return {k: v for k, v in env.items() if k not in ("LANG", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "LANGUAGE",
+                                                      "PYTHONCOERCECLOCALE", "PYTHONUTF8")}
+
+
+SHOW_LC_CTYPE = ["sh", "-c", 'echo "LC_CTYPE=${LC_CTYPE-unset}"']
+
+
+def test_a_build_under_baton_run_sees_no_locale_python_coerced(tmp_path, env):
+    """Python sets LC_CTYPE=C.UTF-8 in its own environment when none is set; the build must not get it."""
+    done = baton("run", "--local-only", "--", *SHOW_LC_CTYPE, cwd=tmp_path, env=without_locale(env))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == "LC_CTYPE=unset"
+
+
+def test_a_locale_the_user_set_reaches_the_build_under_baton_run(tmp_path, env):
+    done = baton("run", "--local-only", "--", *SHOW_LC_CTYPE, cwd=tmp_path,
+                 env=dict(without_locale(env), LC_CTYPE="C.UTF-8"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == "LC_CTYPE=C.UTF-8"
+
+
+def test_a_local_compile_under_baton_run_quotes_as_plain_make_does(make_project, env):
+    """No locale set: gcc's words in the C locale ('x'), under `baton run` as under plain make."""
+    (make_project / "util.c").write_text("int util(void) { return missing; }\n")
+    plain = subprocess.run(["make", "util.o", "CC=gcc"], cwd=make_project, env=without_locale(env),
+                           capture_output=True, text=True)
+    assert "'missing'" in plain.stderr, plain.stderr
+    done = baton("run", "--local-only", "--", "make", "util.o", cwd=make_project, env=without_locale(env))
+    assert done.returncode != 0
+    assert "'missing' undeclared" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("given, sent", [({}, {"LANG": "C"}), ({"LC_CTYPE": "C.UTF-8"}, {"LC_CTYPE": "C.UTF-8"})])
+def test_baton_cc_sends_helpers_the_users_locale_not_pythons(tmp_path, env, given, sent):
+    """`baton cc` is a Python process too: the locale it sends with a job is the one it was started with."""
+    import threading
+
+    from cli import ccwire
+    from cli.initiator import job_locale
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (tmp_path / "x.c").write_text("int x(void) { return 1; }\n")
+    headers = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(run_dir / ccwire.SOCKET))
+        server.listen(1)
+
+        def answer():
+            conn, _ = server.accept()
+            with conn:
+                headers.append(ccwire.receive(conn))
+                ccwire.send(conn, {"local": "the test says so"})
+
+        thread = threading.Thread(target=answer, daemon=True)
+        thread.start()
+        done = baton("cc", "gcc", "-c", "x.c", "-o", "x.o", cwd=tmp_path,
+                     env=dict(without_locale(env), BATON_RUN_DIR=str(run_dir), **given))
+        thread.join(60)
+    assert done.returncode == 0, done.stderr
+    assert job_locale(headers[0]["env"]) == sent

@@ -203,3 +203,11 @@ def test_the_docs_show_the_generated_recipe():
     doc = (ROOT / "docs" / "etcd-auth.md").read_text()
     for line in etcd_roles.etcdctl_commands("default", ["p1"], ["a1"]):
         assert line in doc, line
+
+
+def test_baton_run_reads_the_leaders_lease_ttl_as_the_cli_or_an_agent(clients, coordinator):
+    """`baton run`'s default --remote-wait is the leader's lease ttl (cli.initiator.remote_wait):
+    the users it runs as (the CLI's, an agent's) may read it, since they may read the lease's keys."""
+    lease = coordinator.range_response(KEYS.leader).kvs[0].lease
+    for user in (etcd_roles.status_user(CLUSTER), etcd_roles.agent_user(CLUSTER, "a1")):
+        assert clients(user).lease_granted_ttl(lease) == 30

@@ -178,3 +178,50 @@ def test_baton_up_issues_again_an_agent_certificate_made_before_helpers_served_t
     assert certs.serves_compile_jobs(cert)
     issued = read(cert)
     assert read(cluster.agent_cert("a1")[0]) == issued   # a current one is kept
+
+
+def old_agent_cert(pki, name: str) -> tuple[str, str]:
+    """An agent certificate of the kind issue_agent_cert made before helpers served TLS:
+    clientAuth only, no server name initiators check."""
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    from cli import certs
+
+    cert, key = certs._sign(pki.ca, pki.directory / "old", f"agent-{name}", name,
+                            [x509.DNSName(name), x509.UniformResourceIdentifier(f"urn:baton:agent:{name}")],
+                            [ExtendedKeyUsageOID.CLIENT_AUTH], 10)
+    return str(cert), str(key)
+
+
+def test_an_agent_with_an_old_certificate_offers_no_helper_service_and_says_why(pki, etcd_url, tmp_path, caplog):
+    """Every initiator would refuse its TLS (docs/design.md section 8): the agent must not
+    advertise a Helper service that silently sends every job back to compile locally."""
+    from agent.core import Agent
+    from lease.client import EtcdConfig
+
+    cert, key = old_agent_cert(pki, "a1")
+    config = AgentConfig(name="a1", grpc_ca=str(pki.ca.cert_path), tls_cert=cert, tls_key=key,
+                         helper_listen="127.0.0.1:0", etcd=EtcdConfig.from_urls(etcd_url),
+                         workdir=str(tmp_path / "work"))
+    assert "serverAuth" in config.helper_cert_problem()
+    agent = Agent(config, runner_factory=lambda on_result: object())   # runs no tasks here
+    try:
+        with caplog.at_level("WARNING", logger="agent.core"):
+            agent.start(run_loop=False)
+        assert agent.helper is None and agent.presence_value().helper is None
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 1 and "not serving compile jobs" in warnings[0] and "baton certs agent --name a1" in warnings[0]
+    finally:
+        agent.stop()
+
+
+def test_an_agent_certificate_must_name_this_agent_to_serve_compile_jobs(pki, tmp_path):
+    cert, key = issue_agent_cert(pki.ca, tmp_path / "certs", "a2")
+    config = AgentConfig(name="a1", grpc_ca=str(pki.ca.cert_path), tls_cert=str(cert), tls_key=str(key),
+                         helper_listen="127.0.0.1:0", workdir=str(tmp_path / "work"))
+    assert "a1" in config.helper_cert_problem()
+    pool, pool_key = issue_agent_cert(pki.ca, tmp_path / "certs", "pool", any_name=True)
+    for cert, key in ((pool, pool_key), issue_agent_cert(pki.ca, tmp_path / "certs", "a1")):
+        assert AgentConfig(name="a1", grpc_ca=str(pki.ca.cert_path), tls_cert=str(cert), tls_key=str(key),
+                           helper_listen="127.0.0.1:0").helper_cert_problem() is None

@@ -1,0 +1,34 @@
+"""How long a compile of `baton run` waits for a free helper core (`--remote-wait`):
+by default the cluster's lease ttl (docs/design.md section 8), so that a job started
+as the leader dies waits out the election and goes to the backup's helpers."""
+from __future__ import annotations
+
+import json
+
+from cli.initiator import DEFAULT_REMOTE_WAIT, CoreClient, remote_wait
+from cli.parser import build_parser
+from lease.client import EtcdConfig
+from tests.harness.wait import wait_until
+
+
+def test_the_default_is_the_lease_ttl_and_a_given_wait_wins():
+    assert build_parser().parse_args(["run", "--", "make"]).remote_wait is None
+    assert remote_wait(None, 4) == 4.0
+    assert remote_wait(1.5, 4) == 1.5 and remote_wait(0.0, 4) == 0.0
+    assert remote_wait(None, None) == remote_wait(None, 0) == DEFAULT_REMOTE_WAIT == 10.0
+
+
+def test_the_initiator_waits_the_ttl_of_the_leaders_lease(etcd, etcd_url, keys, cluster_name):
+    """Read from the leader key's lease, as the leader holds it (one read per leader)."""
+    lease = etcd.lease_grant(3)
+    etcd.put(keys.leader, json.dumps({"name": "c1", "role": "primary", "grpc": "127.0.0.1:1"}), lease=lease)
+    cores = CoreClient(EtcdConfig.from_urls(etcd_url), cluster_name, "b1").start()
+    given = CoreClient(EtcdConfig.from_urls(etcd_url), cluster_name, "b2", wait=1.0).start()
+    try:
+        wait_until(lambda: cores.wait == 3.0, timeout=10)
+        wait_until(lambda: given._follower is not None and given._follower.current is not None, timeout=10)
+        assert given.wait == 1.0
+    finally:
+        cores.stop()
+        given.stop()
+        etcd.lease_revoke(lease)
