@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -112,5 +113,13 @@ def start_gunicorn(config: Any, state_path: str | None, secret_key: str | None =
     Call from the thread that lives as long as the coordinator (the main thread):
     the kernel's parent-death signal follows the thread that forked."""
     argv = gunicorn_argv(config.web, config.tls_cert, config.tls_key)
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    if setpriv:
+        # setpriv sets the parent-death signal and execs gunicorn: no Python runs in the
+        # forked child. With preexec_fn it did, in a child of a process whose gRPC threads
+        # were busy, and gRPC's fork handlers sometimes aborted that child
+        # ("ev_epoll1_linux.cc: Check failed"), leaving the coordinator without its UI.
+        return subprocess.Popen([setpriv, "--pdeathsig", "SIGTERM", "--", *argv],
+                                env=web_env(config, state_path, secret_key), stdout=stdout, stderr=stderr)
     return subprocess.Popen(argv, env=web_env(config, state_path, secret_key), stdout=stdout, stderr=stderr,
                             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
