@@ -239,7 +239,7 @@ def run(args) -> dict:
     pool_log = open(Path(tempfile.mkdtemp(prefix="baton-bench-pool-")) / "pool.log", "w")
     pool = subprocess.Popen(
         [sys.executable, "-m", "bench.pool", "--etcd", url, "--cluster", keys.cluster, "--count", str(args.agents),
-         "--cores", str(args.cores), "--agent-token", TOKEN, "--pretend-helper"],
+         "--cores", str(args.cores), f"--agent-token={TOKEN}", "--pretend-helper"],
         env=dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")),
         stdout=pool_log, stderr=subprocess.STDOUT)
     ctx = multiprocessing.get_context("spawn")  # gRPC does not survive fork()

@@ -22,8 +22,9 @@ class PoolProcess:
         """on_link(t, agent, coordinator, epoch, standby), if given, is called (on a reader thread)
         whenever an agent's stream is welcomed or lost (coordinator and epoch None) or its standby
         stream changes (standby: the coordinator it stands by for, or None); t on time.monotonic()."""
+        # --agent-token=: a random token may begin with "-", which argparse would take for an option.
         argv = [sys.executable, "-m", "bench.pool", "--etcd", cluster.etcd_urls, "--cluster", cluster.cluster,
-                "--count", str(count), "--cores", str(cores), "--agent-token", cluster.agent_token,
+                "--count", str(count), "--cores", str(cores), f"--agent-token={cluster.agent_token}",
                 "--prefix", prefix, "--task-seconds", str(task_seconds)]
         if cluster.ca:
             argv += ["--ca", cluster.ca]
