@@ -122,7 +122,8 @@ class Agent:
             mark_seen(r.task for r in loaded)
         if self.config.helper_listen is not None and self.helper is None:
             self.helper = HelperServer(self.config.helper_listen, self.grants, self.seen_epoch,
-                                       workers=self.config.cores + 4, tls=self.config.helper_tls())
+                                       workers=self.config.cores + 4, tls=self.config.helper_tls(),
+                                       workdir=self.config.workdir)
             try:
                 self.helper.start()
             except (OSError, RuntimeError) as exc:

@@ -14,7 +14,12 @@ itself) when:
   finish);
 - the grant's slots are all busy (at most `slots` jobs at once per grant);
 - this agent has no compiler of that name whose files hash to the job's
-  compiler identity (never a different compiler under the same name);
+  compiler identity, nor a shipped one of that identity (never a different
+  compiler under the same name): the reply asks for the toolchain
+  (`toolchain_wanted`), which the initiator ships once (Toolchain, kept by
+  agent.toolchain_store.ToolchainStore under `<workdir>/.toolchains`, or a
+  private directory of the system temp directory when the compile user
+  cannot reach the work directory);
 - agent.compile_job refuses it (flags, paths, sizes).
 
 Who may send a job: with TLS on (the agent has its certificate, key and the
@@ -32,17 +37,22 @@ temp directory (which that user can reach).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
+import pwd
 import re
 import shutil
+import tempfile
 import threading
 from concurrent import futures
 from typing import Callable, Iterator
 
 import grpc
 
+from agent import sandbox
 from agent.compile_job import CLEAN_ENV, CompileJob, JobRefused, compiler_identity, run_compile
+from agent.toolchain_store import DEFAULT_STORE_BYTES, ToolchainRefused, ToolchainStore
 from cluster.protocol import compile_pb2 as pb
 from cluster.protocol import compile_pb2_grpc
 
@@ -56,6 +66,10 @@ TASK_USER_WHEN_ROOT = "nobody"
 
 class Refused(Exception):
     """The helper does not compile this job; the sentence goes back to the initiator."""
+
+
+class NoSuchCompiler(Refused):
+    """No compiler of the job's name and identity here: the initiator may ship one."""
 
 
 class _Grant:
@@ -149,7 +163,7 @@ class Compilers:
             raise Refused(f"{name[:80]!r} is not a compiler name")
         path = shutil.which(name, path=CLEAN_ENV["PATH"])
         if path is None:
-            raise Refused(f"this helper has no {name}")
+            raise NoSuchCompiler(f"this helper has no {name}")
         st = os.stat(os.path.realpath(path))
         stamp = (os.path.realpath(path), st.st_mtime_ns, st.st_size, st.st_ino)
         with self._lock:
@@ -159,24 +173,56 @@ class Compilers:
             with self._lock:
                 self._known[name] = known
         if known[1] != identity:
-            raise Refused(f"this helper's {name} is a different compiler")
+            raise NoSuchCompiler(f"this helper's {name} is a different compiler")
         return path
+
+
+def toolchain_dir(workdir: str | None, user: str | None) -> tuple[str, bool]:
+    """(where shipped toolchains go, whether it is a private temporary directory):
+    `<workdir>/.toolchains` when the compile user can reach it, else a new one in the system temp."""
+    if workdir is not None:
+        os.makedirs(workdir, mode=0o711, exist_ok=True)
+        reachable = True
+        if user is not None:
+            entry = pwd.getpwnam(user)
+            reachable = sandbox.first_closed_parent(
+                workdir, sandbox.TaskUser(entry.pw_name, entry.pw_uid, entry.pw_gid)) is None
+        if reachable:
+            return os.path.join(workdir, ".toolchains"), False
+    return tempfile.mkdtemp(prefix="baton-toolchains-"), True
 
 
 class HelperService(compile_pb2_grpc.HelperServicer):
     def __init__(self, grants: Grants, leader_epoch: Callable[[], int | None], user: str | None = None,
-                 workdir: str | None = None):
+                 workdir: str | None = None, toolchains: ToolchainStore | None = None):
         self.grants = grants
         self.leader_epoch = leader_epoch
         self.compilers = Compilers()
         self.user = user
         self.workdir = workdir
+        self.toolchains = toolchains
+
+    @contextlib.contextmanager
+    def _compiler(self, name: str, identity: str) -> Iterator[str | list[str]]:
+        """This agent's compiler `name` if it has `identity`, else the shipped toolchain of
+        that identity (kept while the job runs); NoSuchCompiler when there is neither."""
+        try:
+            yield self.compilers.matching(name, identity)
+            return
+        except NoSuchCompiler as exc:
+            if self.toolchains is None:
+                raise
+            missing = exc
+        with self.toolchains.using(identity) as shipped:
+            if shipped is None:
+                raise missing
+            yield shipped.command()
 
     def Compile(self, request: pb.CompileRequest, context) -> pb.CompileReply:
         try:
             self.grants.follow(self.leader_epoch())
-            with self.grants.slot(request.grant, request.epoch):
-                compiler = self.compilers.matching(request.compiler, request.compiler_identity)
+            with self.grants.slot(request.grant, request.epoch), \
+                    self._compiler(request.compiler, request.compiler_identity) as compiler:
                 job = CompileJob(args=tuple(request.args), source=request.source, cwd=request.cwd,
                                  files={f.path: f.content for f in request.files},
                                  system_dirs=tuple(request.system_dirs))
@@ -184,8 +230,25 @@ class HelperService(compile_pb2_grpc.HelperServicer):
                                      locale=dict(request.locale))
         except (Refused, JobRefused) as exc:
             log.info("compile job of %s refused: %s", request.source[:200], exc)
-            return pb.CompileReply(refused=str(exc) or type(exc).__name__)
+            return pb.CompileReply(refused=str(exc) or type(exc).__name__,
+                                   toolchain_wanted=isinstance(exc, NoSuchCompiler) and self.toolchains is not None)
         return pb.CompileReply(exit_code=result.exit_code, object=result.object, diagnostics=result.diagnostics)
+
+    def Toolchain(self, request_iterator, context) -> pb.ToolchainReply:
+        first = next(request_iterator, None)
+        if first is None:
+            return pb.ToolchainReply(refused="nothing sent")
+        try:
+            if self.toolchains is None:
+                raise Refused("this helper keeps no shipped toolchains")
+            self.grants.follow(self.leader_epoch())
+            with self.grants.slot(first.grant, first.epoch):
+                self.toolchains.receive(first.identity,
+                                        itertools.chain([first.data], (chunk.data for chunk in request_iterator)))
+        except (Refused, ToolchainRefused) as exc:
+            log.info("toolchain %s refused: %s", first.identity[:16], exc)
+            return pb.ToolchainReply(refused=str(exc) or type(exc).__name__)
+        return pb.ToolchainReply()
 
 
 class HelperServer:
@@ -193,9 +256,13 @@ class HelperServer:
     tls: (private key, certificate chain, CA) PEM (AgentConfig.helper_tls), or None for plaintext."""
 
     def __init__(self, listen: str, grants: Grants, leader_epoch: Callable[[], int | None], workers: int,
-                 tls: tuple[bytes, bytes, bytes] | None = None):
+                 tls: tuple[bytes, bytes, bytes] | None = None, workdir: str | None = None,
+                 toolchain_bytes: int = DEFAULT_STORE_BYTES):
         root = hasattr(os, "geteuid") and os.geteuid() == 0
-        self.service = HelperService(grants, leader_epoch, user=TASK_USER_WHEN_ROOT if root else None)
+        user = TASK_USER_WHEN_ROOT if root else None
+        self._toolchain_dir, self._temporary = toolchain_dir(workdir, user)
+        self.service = HelperService(grants, leader_epoch, user=user,
+                                     toolchains=ToolchainStore(self._toolchain_dir, toolchain_bytes))
         self.listen = listen
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="helper"),
                                    options=[("grpc.max_receive_message_length", MAX_MESSAGE),
@@ -228,3 +295,5 @@ class HelperServer:
 
     def stop(self, grace: float = 1.0) -> None:
         self._server.stop(grace).wait(grace + 1)
+        if self._temporary:
+            shutil.rmtree(self._toolchain_dir, ignore_errors=True)

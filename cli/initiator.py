@@ -42,6 +42,7 @@ from agent.compile_job import compiler_identity
 from agent.leader import LeaderFollower
 from cli import ccwire
 from cli.run_report import RunReport
+from cli.toolchain import Shipper
 from cluster.keys import Keys
 from cluster.names import agent_server_name
 from cluster.protocol import compile_pb2 as pb
@@ -321,6 +322,7 @@ class JobServer:
                              if root_certificates else None)
         self._channels: dict[tuple[str, str], grpc.Channel] = {}
         self._lock = threading.Lock()
+        self.shipper = Shipper(run_dir)   # our compiler, for helpers that lack it (cli/toolchain.py)
         server = self
 
         class Handler(socketserver.BaseRequestHandler):
@@ -378,7 +380,7 @@ class JobServer:
             files=[pb.SourceFile(path=p, content=c) for p, c in zip(header["paths"], blobs)],
             system_dirs=header["system_dirs"], locale=header.get("locale") or {})
         try:
-            reply = self._stub(grant.helper, grant.agent).Compile(request, timeout=COMPILE_TIMEOUT)
+            reply = self._compile_shipping(grant, request, header["compiler"])
         except grpc.RpcError as exc:
             # The details say why, e.g. that the helper's certificate names another agent.
             details = (exc.details() or "")[-300:]
@@ -389,3 +391,15 @@ class JobServer:
             return {"local": f"helper {grant.agent} refused: {reply.refused}"}, []
         self.cores.helpers_used.add(grant.agent)
         return {"helper": grant.agent, "exit_code": reply.exit_code, "core": slot}, [reply.object, reply.diagnostics]
+
+    def _compile_shipping(self, grant: pb.Grant, request: pb.CompileRequest, compiler: str) -> pb.CompileReply:
+        """Helper.Compile; when the helper lacks our compiler, ship it (once per helper) and
+        send the job again. A compiler that could not be shipped: the refusal says why."""
+        stub = self._stub(grant.helper, grant.agent)
+        reply = stub.Compile(request, timeout=COMPILE_TIMEOUT)
+        if reply.refused and reply.toolchain_wanted:
+            why = self.shipper.ship(stub, grant, compiler, request.compiler_identity)
+            if why:
+                return pb.CompileReply(refused=f"{reply.refused}; {why}")
+            reply = stub.Compile(request, timeout=COMPILE_TIMEOUT)
+        return reply
