@@ -99,7 +99,8 @@ def test_a_compiler_that_differs_from_the_initiators_is_never_used(make_cluster,
     assert local != system
     subprocess.run(["make", "clean"], cwd=src, check=True, capture_output=True)
     figures, stderr = baton_run(cluster, src, tmp_path, "make", "-j4", env=other_here, wait=30.0)
-    assert (figures["jobs"], figures["remote"], figures["failed"]) == (9, 9, 0), stderr
+    # (a job may still compile here: a helper refuses one whose grant it does not hold yet or any more)
+    assert (figures["jobs"], figures["failed"]) == (9, 0) and figures["remote"] > 0, stderr
     assert objects(src) == local
     assert "is a different compiler" in "".join(proc.log_path.read_text() for proc in cluster.agents.values())
     identity = compiler_identity(str(initiator_gcc))
@@ -107,7 +108,7 @@ def test_a_compiler_that_differs_from_the_initiators_is_never_used(make_cluster,
     # A second build finds the toolchains where the first one left them: nothing shipped.
     subprocess.run(["make", "clean"], cwd=src, check=True, capture_output=True)
     figures, stderr = baton_run(cluster, src, tmp_path, "make", "-j4", env=other_here, wait=30.0)
-    assert (figures["remote"], objects(src)) == (9, local), stderr
+    assert figures["remote"] > 0 and objects(src) == local, stderr
     assert all(stored(cluster, name, identity) <= 1 for name in cluster.agents)
     calls = helper_log.read_text().splitlines() if helper_log.exists() else []
     assert not [call for call in calls if "-c" in call.split()], calls
