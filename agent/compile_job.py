@@ -33,7 +33,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping, Sequence
 
 from agent.job_root import InputsMissing, JobRefused, JobRoot, RootPool, inside  # noqa: F401 (raised here too)
 
@@ -79,12 +79,13 @@ class JobResult:
     diagnostics: bytes     # the compiler's stderr, with the initiator's paths
 
 
-def compiler_files(compiler: str) -> list[str]:
-    """The files that make up a GCC or Clang compiler: its driver and the programs it runs."""
+def compiler_programs(compiler: str) -> list[tuple[str, str]]:
+    """(role, real path) of the files that make up a GCC or Clang compiler: ("driver", its
+    driver), then each of cc1, cc1plus and as that the driver runs (those it finds)."""
     driver = shutil.which(compiler)
     if driver is None:
         raise FileNotFoundError(f"no compiler {compiler!r} on PATH")
-    files = [os.path.realpath(driver)]
+    files = [("driver", os.path.realpath(driver))]
     for prog in ("cc1", "cc1plus", "as"):
         try:
             found = subprocess.run([driver, f"-print-prog-name={prog}"], capture_output=True, text=True,
@@ -93,19 +94,31 @@ def compiler_files(compiler: str) -> list[str]:
             continue
         path = shutil.which(found) if found and not os.path.isabs(found) else found
         if path and os.path.isfile(path):
-            files.append(os.path.realpath(path))
+            files.append((prog, os.path.realpath(path)))
     return files
 
 
-def compiler_identity(compiler: str) -> str:
-    """sha256 over the compiler's files (names and contents, in order)."""
+def compiler_files(compiler: str) -> list[str]:
+    """The files that make up a GCC or Clang compiler: its driver and the programs it runs."""
+    return [path for _, path in compiler_programs(compiler)]
+
+
+def identity_of(files: Iterable[tuple[str, str]]) -> str:
+    """sha256 over (name, file) pairs in order: each name, the file's size and its content
+    (the size keeps file boundaries fixed: no other split of the same bytes hashes alike).
+    A shipped toolchain is checked with it too (agent/toolchain_store.py)."""
     digest = hashlib.sha256()
-    for path in compiler_files(compiler):
-        digest.update(os.path.basename(path).encode() + b"\0")
+    for name, path in files:
         with open(path, "rb") as f:
+            digest.update(f"{name}\0{os.fstat(f.fileno()).st_size}\0".encode())
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+def compiler_identity(compiler: str) -> str:
+    """sha256 over the compiler's files (names, sizes and contents, in order)."""
+    return identity_of((os.path.basename(path), path) for path in compiler_files(compiler))
 
 
 def _relative_ok(path: str) -> None:
@@ -185,15 +198,16 @@ def _input_bytes(job: CompileJob, store) -> int:
     return total
 
 
-def run_compile(compiler: str, job: CompileJob, workdir: str | None = None, timeout: float = 600.0,
+def run_compile(compiler: str | Sequence[str], job: CompileJob, workdir: str | None = None, timeout: float = 600.0,
                 preexec: Callable[[], None] | None = None, user: str | int | None = None,
                 store=None, roots: RootPool | None = None,
                 locale: Mapping[str, str] | None = None) -> JobResult:
     """Compile `job` with `compiler` in a job root (one of `roots`, else a fresh one under
     `workdir`); JobRefused for what a helper does not take, InputsMissing when `store`
-    (an agent.input_store.InputStore) lacks some of `job.inputs`. `user`: run the
-    compiler as this (unprivileged) user; `locale`: the initiator's locale variables
-    (LOCALE_VARS)."""
+    (an agent.input_store.InputStore) lacks some of `job.inputs`. `compiler`: its path, or
+    the command that runs it (a shipped toolchain: agent.toolchain_store.Shipped.command).
+    `user`: run the compiler as this (unprivileged) user; `locale`: the initiator's locale
+    variables (LOCALE_VARS)."""
     if not os.path.isabs(job.cwd):
         raise JobRefused("the working directory must be absolute")
     env = compile_env(locale)
@@ -216,7 +230,7 @@ def run_compile(compiler: str, job: CompileJob, workdir: str | None = None, time
     return result
 
 
-def _compile_in(where: JobRoot, compiler: str, job: CompileJob, store, timeout: float,
+def _compile_in(where: JobRoot, compiler: str | Sequence[str], job: CompileJob, store, timeout: float,
                 preexec: Callable[[], None] | None, user: str | int | None, env: Mapping[str, str]) -> JobResult:
     where.lay_out(job.files, job.inputs, store)
     root = where.root
@@ -224,7 +238,8 @@ def _compile_in(where: JobRoot, compiler: str, job: CompileJob, store, timeout: 
     os.makedirs(cwd, exist_ok=True)
     source = inside(root, job.source) if os.path.isabs(job.source) else job.source
     obj = os.path.join(where.out, "job.o")
-    argv = [compiler, "-nostdinc", *[f"-isystem{inside(root, d)}" for d in job.system_dirs],
+    command = [compiler] if isinstance(compiler, str) else list(compiler)
+    argv = [*command, "-nostdinc", *[f"-isystem{inside(root, d)}" for d in job.system_dirs],
             f"-ffile-prefix-map={root}=", *map_args(job, root), "-c", source, "-o", obj]
     argv, user = _as_user(argv, user) if preexec is None else (argv, user)
     try:

@@ -14,7 +14,12 @@ itself) when:
   finish);
 - the grant's slots are all busy (at most `slots` jobs at once per grant);
 - this agent has no compiler of that name whose files hash to the job's
-  compiler identity (never a different compiler under the same name);
+  compiler identity, nor a shipped one of that identity (never a different
+  compiler under the same name): the reply asks for the toolchain
+  (`toolchain_wanted`), which the initiator ships once (Toolchain, kept by
+  agent.toolchain_store.ToolchainStore under `<workdir>/.toolchains`, or a
+  private directory of the system temp directory when the compile user
+  cannot reach the work directory);
 - agent.compile_job refuses it (flags, paths, sizes).
 
 Who may send a job: with TLS on (the agent has its certificate, key and the
@@ -37,10 +42,11 @@ store lacks is answered `missing` (the initiator sends it again with them).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
-import re
 import pwd
+import re
 import shutil
 import tempfile
 import threading
@@ -53,6 +59,7 @@ from agent import sandbox
 from agent.compile_job import CLEAN_ENV, CompileJob, InputsMissing, JobRefused, compiler_identity, run_compile
 from agent.input_store import EMPTY, ContentMismatch, InputStore
 from agent.job_root import RootPool
+from agent.toolchain_store import DEFAULT_STORE_BYTES, ToolchainRefused, ToolchainStore
 from cluster.protocol import compile_pb2 as pb
 from cluster.protocol import compile_pb2_grpc
 
@@ -66,6 +73,10 @@ TASK_USER_WHEN_ROOT = "nobody"
 
 class Refused(Exception):
     """The helper does not compile this job; the sentence goes back to the initiator."""
+
+
+class NoSuchCompiler(Refused):
+    """No compiler of the job's name and identity here: the initiator may ship one."""
 
 
 class _Grant:
@@ -186,7 +197,7 @@ class Compilers:
             raise Refused(f"{name[:80]!r} is not a compiler name")
         path = shutil.which(name, path=CLEAN_ENV["PATH"])
         if path is None:
-            raise Refused(f"this helper has no {name}")
+            raise NoSuchCompiler(f"this helper has no {name}")
         st = os.stat(os.path.realpath(path))
         stamp = (os.path.realpath(path), st.st_mtime_ns, st.st_size, st.st_ino)
         with self._lock:
@@ -196,7 +207,7 @@ class Compilers:
             with self._lock:
                 self._known[name] = known
         if known[1] != identity:
-            raise Refused(f"this helper's {name} is a different compiler")
+            raise NoSuchCompiler(f"this helper's {name} is a different compiler")
         return path
 
 
@@ -219,7 +230,8 @@ def compile_dirs(workdir: str | None, user: str | None) -> tuple[str, bool]:
 
 class HelperService(compile_pb2_grpc.HelperServicer):
     def __init__(self, grants: Grants, leader_epoch: Callable[[], int | None], user: str | None = None,
-                 workdir: str | None = None, store: InputStore | None = None, roots: RootPool | None = None):
+                 workdir: str | None = None, store: InputStore | None = None, roots: RootPool | None = None,
+                 toolchains: ToolchainStore | None = None):
         self.grants = grants
         self.leader_epoch = leader_epoch
         self.compilers = Compilers()
@@ -227,6 +239,7 @@ class HelperService(compile_pb2_grpc.HelperServicer):
         self.workdir = workdir   # where fresh job roots go when there is no pool
         self.store = store
         self.roots = roots       # reused job roots (on the store's file system, for hard links)
+        self.toolchains = toolchains
 
     def _inputs(self, request: pb.CompileRequest) -> dict[str, str]:
         """path -> sha256 of the job's InputFiles, storing the contents it carries (hashed here)."""
@@ -239,11 +252,27 @@ class HelperService(compile_pb2_grpc.HelperServicer):
             inputs[f.path] = f.sha256
         return inputs
 
+    @contextlib.contextmanager
+    def _compiler(self, name: str, identity: str) -> Iterator[str | list[str]]:
+        """This agent's compiler `name` if it has `identity`, else the shipped toolchain of
+        that identity (kept while the job runs); NoSuchCompiler when there is neither."""
+        try:
+            yield self.compilers.matching(name, identity)
+            return
+        except NoSuchCompiler as exc:
+            if self.toolchains is None:
+                raise
+            missing = exc
+        with self.toolchains.using(identity) as shipped:
+            if shipped is None:
+                raise missing
+            yield shipped.command()
+
     def Compile(self, request: pb.CompileRequest, context) -> pb.CompileReply:
         try:
             self.grants.follow(self.leader_epoch())
-            with self.grants.slot(request.grant, request.epoch):
-                compiler = self.compilers.matching(request.compiler, request.compiler_identity)
+            with self.grants.slot(request.grant, request.epoch), \
+                    self._compiler(request.compiler, request.compiler_identity) as compiler:
                 job = CompileJob(args=tuple(request.args), source=request.source, cwd=request.cwd,
                                  files={f.path: f.content for f in request.files},
                                  system_dirs=tuple(request.system_dirs), inputs=self._inputs(request))
@@ -253,8 +282,25 @@ class HelperService(compile_pb2_grpc.HelperServicer):
             return pb.CompileReply(missing=exc.digests)
         except (Refused, JobRefused, ContentMismatch) as exc:
             log.info("compile job of %s refused: %s", request.source[:200], exc)
-            return pb.CompileReply(refused=str(exc) or type(exc).__name__)
+            return pb.CompileReply(refused=str(exc) or type(exc).__name__,
+                                   toolchain_wanted=isinstance(exc, NoSuchCompiler) and self.toolchains is not None)
         return pb.CompileReply(exit_code=result.exit_code, object=result.object, diagnostics=result.diagnostics)
+
+    def Toolchain(self, request_iterator, context) -> pb.ToolchainReply:
+        first = next(request_iterator, None)
+        if first is None:
+            return pb.ToolchainReply(refused="nothing sent")
+        try:
+            if self.toolchains is None:
+                raise Refused("this helper keeps no shipped toolchains")
+            self.grants.follow(self.leader_epoch())
+            with self.grants.slot(first.grant, first.epoch):
+                self.toolchains.receive(first.identity,
+                                        itertools.chain([first.data], (chunk.data for chunk in request_iterator)))
+        except (Refused, ToolchainRefused) as exc:
+            log.info("toolchain %s refused: %s", first.identity[:16], exc)
+            return pb.ToolchainReply(refused=str(exc) or type(exc).__name__)
+        return pb.ToolchainReply()
 
 
 class HelperServer:
@@ -263,7 +309,7 @@ class HelperServer:
 
     def __init__(self, listen: str, grants: Grants, leader_epoch: Callable[[], int | None], workers: int,
                  tls: tuple[bytes, bytes, bytes] | None = None, workdir: str | None = None,
-                 store_bytes: int | None = None):
+                 store_bytes: int | None = None, toolchain_bytes: int = DEFAULT_STORE_BYTES):
         root = hasattr(os, "geteuid") and os.geteuid() == 0
         user = TASK_USER_WHEN_ROOT if root else None
         self._dir, self._temporary = compile_dirs(workdir, user)
@@ -272,7 +318,8 @@ class HelperServer:
         os.chmod(self._dir, 0o711)
         store = InputStore(os.path.join(self._dir, "store"), *([store_bytes] if store_bytes else []))
         self.service = HelperService(grants, leader_epoch, user=user, workdir=jobs, store=store,
-                                     roots=RootPool(jobs, user, keep=workers))
+                                     roots=RootPool(jobs, user, keep=workers),
+                                     toolchains=ToolchainStore(os.path.join(self._dir, "toolchains"), toolchain_bytes))
         self.listen = listen
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="helper"),
                                    options=[("grpc.max_receive_message_length", MAX_MESSAGE),

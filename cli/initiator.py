@@ -50,6 +50,7 @@ from cli.run_report import RunReport
 from cli.cc_args import Local, plan
 from cli.compile_scan import ScanFailed, input_paths, scan, system_dirs
 from cli.job_inputs import Delivered, Digests
+from cli.toolchain import Shipper
 from cluster.keys import Keys
 from cluster.names import agent_server_name
 from cluster.protocol import compile_pb2 as pb
@@ -367,6 +368,7 @@ class JobServer:
         self._lock = threading.Lock()
         self.digests = Digests()        # the build's files by hash, read once per build
         self.delivered = Delivered()    # what each helper's input store was sent
+        self.shipper = Shipper(run_dir)   # our compiler, for helpers that lack it (cli/toolchain.py)
         server = self
 
         class Handler(socketserver.BaseRequestHandler):
@@ -433,7 +435,7 @@ class JobServer:
                 cwd=os.path.abspath(cwd), system_dirs=dirs,
                 inputs=self.digests.inputs(paths, self.delivered.lacks(grant.helper)),
                 locale=job_locale(env))
-            reply = self._send(grant, request)
+            reply = self._send(grant, request, decided.compiler)
         except OSError as exc:
             return {"local": f"cannot read the compile's files: {exc}"}
         except grpc.RpcError as exc:
@@ -448,10 +450,17 @@ class JobServer:
         return {"helper": grant.agent, "exit_code": reply.exit_code, "core": slot, "object": reply.object,
                 "diagnostics": reply.diagnostics}
 
-    def _send(self, grant: pb.Grant, request: pb.CompileRequest) -> pb.CompileReply:
-        """Helper.Compile; once more with the contents it answers `missing` (evicted or restarted)."""
+    def _send(self, grant: pb.Grant, request: pb.CompileRequest, compiler: str) -> pb.CompileReply:
+        """Helper.Compile. When the helper lacks our compiler, ship it (once per helper,
+        cli/toolchain.py) and send the job again; a compiler that could not be shipped: the
+        refusal says why. Once more with the contents it answers `missing` (evicted or restarted)."""
         stub = self._stub(grant.helper, grant.agent)
         reply = stub.Compile(request, timeout=COMPILE_TIMEOUT)
+        if reply.refused and reply.toolchain_wanted:
+            why = self.shipper.ship(stub, grant, compiler, request.compiler_identity)
+            if why:
+                return pb.CompileReply(refused=f"{reply.refused}; {why}")
+            reply = stub.Compile(request, timeout=COMPILE_TIMEOUT)
         if not reply.refused:   # a refused job may have stored nothing
             self.delivered.sent(grant.helper, request.inputs)
         if reply.missing:

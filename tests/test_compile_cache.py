@@ -47,8 +47,8 @@ class Recording(JobServer):
         super().__init__(*args)
         self.sent: list[pb.CompileRequest] = []
 
-    def _send(self, grant, request):
-        reply = super()._send(grant, request)
+    def _send(self, grant, request, compiler):
+        reply = super()._send(grant, request, compiler)
         self.sent.append(pb.CompileRequest.FromString(request.SerializeToString()))
         return reply
 

@@ -121,6 +121,11 @@ class HelperStub:
                 request_serializer=cluster_dot_protocol_dot_compile__pb2.CompileRequest.SerializeToString,
                 response_deserializer=cluster_dot_protocol_dot_compile__pb2.CompileReply.FromString,
                 _registered_method=True)
+        self.Toolchain = channel.stream_unary(
+                '/baton.compile.v1.Helper/Toolchain',
+                request_serializer=cluster_dot_protocol_dot_compile__pb2.ToolchainChunk.SerializeToString,
+                response_deserializer=cluster_dot_protocol_dot_compile__pb2.ToolchainReply.FromString,
+                _registered_method=True)
 
 
 class HelperServicer:
@@ -133,6 +138,16 @@ class HelperServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Toolchain(self, request_iterator, context):
+        """The initiator's compiler, shipped once to a helper that answered
+        toolchain_wanted (cli/toolchain.py packs it, agent/toolchain_store.py
+        keeps it): a tar archive in chunks; the helper hashes the compiler's
+        files itself and keeps the archive only if they make `identity`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HelperServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -140,6 +155,11 @@ def add_HelperServicer_to_server(servicer, server):
                     servicer.Compile,
                     request_deserializer=cluster_dot_protocol_dot_compile__pb2.CompileRequest.FromString,
                     response_serializer=cluster_dot_protocol_dot_compile__pb2.CompileReply.SerializeToString,
+            ),
+            'Toolchain': grpc.stream_unary_rpc_method_handler(
+                    servicer.Toolchain,
+                    request_deserializer=cluster_dot_protocol_dot_compile__pb2.ToolchainChunk.FromString,
+                    response_serializer=cluster_dot_protocol_dot_compile__pb2.ToolchainReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -170,6 +190,33 @@ class Helper:
             '/baton.compile.v1.Helper/Compile',
             cluster_dot_protocol_dot_compile__pb2.CompileRequest.SerializeToString,
             cluster_dot_protocol_dot_compile__pb2.CompileReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Toolchain(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/baton.compile.v1.Helper/Toolchain',
+            cluster_dot_protocol_dot_compile__pb2.ToolchainChunk.SerializeToString,
+            cluster_dot_protocol_dot_compile__pb2.ToolchainReply.FromString,
             options,
             channel_credentials,
             insecure,
