@@ -191,8 +191,12 @@ class Watcher:
 
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> "Watcher":
-        self._thread = threading.Thread(target=self._run, name=f"watch {self.key}", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=self._run, name=f"watch {self.key}", daemon=True)
+        thread.start()
+        # Set once started: stop() from another thread joins only a started thread (joining
+        # one not yet started raises). A stop() before this line finds no thread to join;
+        # the thread sees _stop set and ends by itself.
+        self._thread = thread
         return self
 
     def stop(self, timeout: float = 5.0) -> None:

@@ -102,8 +102,8 @@ class Mirror:
             return
         watcher = self._watch(self.etcd, self.keys.root, prefix=True, start_revision=revision + 1,
                               on_events=self._apply, on_reset=self._reset_after_compaction)
-        self._watcher = watcher
         watcher.start()
+        self._watcher = watcher
         # stop() may run between the check above and the assignment (then it
         # saw no watcher) or after it (then it took the watcher and set None):
         # stopping our own reference covers both, and Watcher.stop is idempotent.
