@@ -291,7 +291,8 @@ def builds(source: Path, workdir: Path, env: dict, jobs: int, cluster=None, repe
                 walls[name].append(time.perf_counter() - started)
                 if "--json" in runner:
                     figures = json.loads(done.stdout.splitlines()[-1])
-                    remote[name] = f"{figures['remote']}/{figures['jobs']} jobs remote"
+                    remote[name] = (f"{figures['remote']}/{figures['jobs']} jobs remote, "
+                                    f"{figures.get('scan_cache_hits', 0)} scans from the cache")
                 elif launcher:
                     remote[name] = f"{distcc.compiled() - before} jobs on distccd"
     finally:

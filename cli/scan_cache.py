@@ -240,9 +240,11 @@ class ScanCache:
                 with open(os.path.join(cwd, depfile), "wb") as f:
                     f.write(base64.b64decode(entry["d"]))
         except (OSError, ValueError, KeyError, TypeError):
-            self.misses += 1
+            with self._lock:
+                self.misses += 1
             return None
-        self.hits += 1
+        with self._lock:
+            self.hits += 1
         return Scan(headers=tuple(entry["headers"]))
 
     def now_ns(self) -> int:
@@ -298,7 +300,7 @@ class ScanCache:
 
     def _write(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         fd, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as f:
