@@ -77,11 +77,12 @@ def depfile(plan: RemotePlan) -> str | None:
     if not any(d in ("-MD", "-MMD") for d in plan.dep_flags):
         return None
     named = None
-    flags = list(plan.dep_flags)
-    for i, arg in enumerate(flags):
-        if arg == "-MF" and i + 1 < len(flags):
-            named = flags[i + 1]
-        elif arg.startswith("-MF") and len(arg) > 3:
+    flags = iter(plan.dep_flags)
+    for arg in flags:
+        if arg in ("-MF", "-MT", "-MQ"):
+            value = next(flags, None)
+            named = value if arg == "-MF" else named
+        elif arg.startswith("-MF"):
             named = arg[3:]
     if named is None:
         raise Uncacheable("no -MF")
