@@ -23,7 +23,9 @@ configured with CMake and Ninja. Measured, side by side in one run:
    coordinator, two agents of one core each serving compile jobs), and with
    distcc when it is installed (Debian's distcc/distccd on loopback, plain
    mode, two slots; "distcc: not installed, not measured" otherwise); the
-   ratios to local and of Baton to distcc. On one machine the helpers share
+   ratios to local and of Baton to distcc. The build with helpers runs twice
+   a round: first with an empty scan cache (cold), then cleaned and built
+   again in the same tree (warm: cli/scan_cache.py). On one machine the helpers share
    its cores, so the figure is the remote path's overhead, not a speed-up.
 4. Per-job overhead: every c-ares compile run directly and then through the
    wrapper, one at a time, under `baton run --local-only` and (--cluster)
@@ -248,6 +250,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+WARM = "baton run, 2 helpers, warm scan cache"
+
+
 def builds(source: Path, workdir: Path, env: dict, jobs: int, cluster=None, repeat: int = 1,
            remote_jobs: int | None = None) -> list[dict]:
     remote_jobs = remote_jobs or jobs
@@ -257,6 +262,8 @@ def builds(source: Path, workdir: Path, env: dict, jobs: int, cluster=None, repe
     variants = [("local", [], env), ("baton run --local-only", [*run, "--local-only", "--"], env)]
     if cluster is not None:
         variants.append(("baton run, 2 one-core helpers", [*run, "--json", *farm_options(cluster), "--"], env))
+        # The same build tree cleaned and built again: every scan from the cache (cli/scan_cache.py).
+        variants.append((WARM, [*run, "--json", *farm_options(cluster), "--"], env))
     distcc = None
     if Distcc.installed():
         distcc = Distcc(workdir, 2).start()
@@ -264,11 +271,18 @@ def builds(source: Path, workdir: Path, env: dict, jobs: int, cluster=None, repe
     walls: dict[str, list[float]] = {name: [] for name, _, _ in variants}
     remote: dict[str, str] = {}
     try:
-        for _ in range(repeat):
+        build = workdir
+        for round_ in range(repeat):
             for name, runner, variant_env in variants:
-                build = workdir / f"build-{len(os.listdir(workdir))}"
+                # Each round's first build with helpers starts with an empty scan cache.
+                variant_env = dict(variant_env, BATON_CACHE_DIR=str(workdir / f"scan-cache-{round_}"))
                 launcher = ["-DCMAKE_C_COMPILER_LAUNCHER=distcc"] if name.startswith("distcc") else []
-                configure(source, build, variant_env, [r for r in runner if r != "--json"], launcher)
+                if name == WARM:
+                    subprocess.run(["cmake", "--build", str(build), "--target", "clean"], check=True,
+                                   env=variant_env, capture_output=True)
+                else:
+                    build = workdir / f"build-{len(os.listdir(workdir))}"
+                    configure(source, build, variant_env, [r for r in runner if r != "--json"], launcher)
                 before = distcc.compiled() if distcc else 0
                 started = time.perf_counter()
                 parallel = remote_jobs if name.startswith(("baton run, ", "distcc")) else jobs
@@ -277,7 +291,8 @@ def builds(source: Path, workdir: Path, env: dict, jobs: int, cluster=None, repe
                 walls[name].append(time.perf_counter() - started)
                 if "--json" in runner:
                     figures = json.loads(done.stdout.splitlines()[-1])
-                    remote[name] = f"{figures['remote']}/{figures['jobs']} jobs remote"
+                    remote[name] = (f"{figures['remote']}/{figures['jobs']} jobs remote, "
+                                    f"{figures.get('scan_cache_hits', 0)} scans from the cache")
                 elif launcher:
                     remote[name] = f"{distcc.compiled() - before} jobs on distccd"
     finally:
@@ -295,10 +310,9 @@ def builds(source: Path, workdir: Path, env: dict, jobs: int, cluster=None, repe
     if distcc is None:
         print("  distcc: not installed, not measured")
     else:
-        baton = next((o for o in out if o["name"].startswith("baton run, ")), None)
-        if baton is not None:
-            theirs = walls[variants[-1][0]]
-            print(f"  baton run / distcc: x{baton['wall_s'] / statistics.median(theirs):.2f} "
+        theirs = walls[variants[-1][0]]
+        for baton in (o for o in out if o["name"].startswith("baton run, ")):
+            print(f"  {baton['name']} / distcc: x{baton['wall_s'] / statistics.median(theirs):.2f} "
                   f"(best: x{min(walls[baton['name']]) / min(theirs):.2f})")
     return out
 
@@ -326,7 +340,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="baton-bench-compile-") as tmp:
         workdir = Path(tmp)
         os.chmod(workdir, 0o711)   # a root agent's tasks and compiles run as nobody, who must reach its work dir
-        env = dict(os.environ, PYTHONPATH=str(ROOT), BATON_WRAPPER_DIR=str(workdir / "wrappers"))
+        env = dict(os.environ, PYTHONPATH=str(ROOT), BATON_WRAPPER_DIR=str(workdir / "wrappers"),
+                   BATON_CACHE_DIR=str(workdir / "cache"))
         source = Path(args.cares) if args.cares else fetch_cares(workdir)
         report = {"startup": startup(args.runs, workdir, env)}
         build = workdir / "build-halves"

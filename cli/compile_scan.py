@@ -43,6 +43,7 @@ class ScanFailed(Exception):
 @dataclasses.dataclass(frozen=True)
 class Scan:
     headers: tuple[str, ...]     # absolute, normalised, in the order first read
+    tree: tuple[tuple[int, str], ...] = ()   # every -H line: (depth - 1, absolute normalised path)
 
 
 @functools.lru_cache(maxsize=8)
@@ -78,13 +79,15 @@ def scan(plan: RemotePlan, cwd: str, timeout: float = 600.0, env: dict | None = 
         stderr = err.read()
     if returncode != 0:
         raise ScanFailed(stderr.decode(errors="replace")[-2000:])
-    seen: dict[str, None] = {}
+    tree = []
     for line in stderr.splitlines():
         match = _HEADER_LINE.match(line)
         if match:
-            path = os.path.normpath(os.path.join(cwd, os.fsdecode(match.group(1))))
-            seen.setdefault(path, None)
-    return Scan(headers=tuple(seen))
+            named = os.fsdecode(match.group(1))
+            # A '..' stays: the scan cache (cli/scan_cache.py) will not trust such a path.
+            path = os.path.join(cwd, named) if ".." in named.split("/") else os.path.normpath(os.path.join(cwd, named))
+            tree.append((match.group(0).index(b" ") - 1, path))
+    return Scan(headers=tuple(dict.fromkeys(os.path.normpath(path) for _, path in tree)), tree=tuple(tree))
 
 
 def input_paths(plan: RemotePlan, cwd: str, found: Scan) -> list[str]:

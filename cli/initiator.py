@@ -50,6 +50,8 @@ from cli.run_report import RunReport
 from cli.cc_args import Local, plan
 from cli.compile_scan import ScanFailed, input_paths, scan, system_dirs
 from cli.job_inputs import Delivered, Digests
+from cli.scan_cache import ScanCache, cached_scan
+from cli.scan_cache import cache_dir as scan_cache_dir
 from cli.toolchain import Shipper
 from cluster.keys import Keys
 from cluster.names import agent_server_name
@@ -369,6 +371,7 @@ class JobServer:
         self.digests = Digests()        # the build's files by hash, read once per build
         self.delivered = Delivered()    # what each helper's input store was sent
         self.shipper = Shipper(run_dir)   # our compiler, for helpers that lack it (cli/toolchain.py)
+        self.scan_cache = ScanCache(scan_cache_dir())   # scans of earlier builds (cli/scan_cache.py)
         server = self
 
         class Handler(socketserver.BaseRequestHandler):
@@ -419,8 +422,10 @@ class JobServer:
             return {"local": decided.reason}
         try:
             identity = _identity(decided.compiler)
-            paths = input_paths(decided, cwd, scan(decided, cwd, env=env))
             dirs = system_dirs(decided.compiler, decided.language)
+            found = cached_scan(self.scan_cache, decided, cwd, env, identity, dirs,
+                                lambda: scan(decided, cwd, env=env))
+            paths = input_paths(decided, cwd, found)
         except ScanFailed:
             return {"local": "the scan failed (the compile says why)"}
         except (OSError, subprocess.SubprocessError) as exc:

@@ -152,6 +152,9 @@ def run(command: list[str], *, local_only: bool = False, max_remote: int | None 
                 initiator.jobs.stop()   # COMMAND is over: no more compiles
         jobs = read_jobs(run_dir)
         figures = summary(jobs, time.monotonic() - started)
+        if initiator is not None:   # scans taken from the cache (cli/scan_cache.py) and run
+            figures.update(scan_cache_hits=initiator.jobs.scan_cache.hits,
+                           scan_cache_misses=initiator.jobs.scan_cache.misses)
         recorded = False
         if initiator is not None:
             try:

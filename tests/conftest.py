@@ -1,6 +1,8 @@
 """Shared fixtures: a real etcd for the whole session, a unique cluster per test."""
 from __future__ import annotations
 
+import os
+import tempfile
 import uuid
 
 import pytest
@@ -11,6 +13,9 @@ from tests.harness.cluster import EtcdCluster
 from tests.harness.etcd import start_single
 from tests.harness.proxy import proxy_factory
 from tests.harness.tls import TlsEtcd
+
+# The `baton run`s the tests start keep their scan cache (cli/scan_cache.py) here, not in ~/.cache.
+os.environ.setdefault("BATON_CACHE_DIR", tempfile.mkdtemp(prefix="baton-test-cache-"))
 
 
 @pytest.fixture(scope="session")

@@ -2,11 +2,13 @@
 c-ares (CMake + Ninja, ~90 C files, from the pycares sdist that .ci/run fetches;
 tests/harness/cares.py) built with `baton run -- cmake --build` on a cluster
 of two one-core helper agents. Every object is byte-identical to the one a
-local build of the same tree makes (-O2 -g: debug info included), and a small
-program linked against the library runs."""
+local build of the same tree makes (-O2 -g: debug info included), so are the
+dependencies ninja read, also when built again with the scans from the scan
+cache, and a small program linked against the library runs."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -33,6 +35,12 @@ def objects(build: Path) -> dict[str, bytes]:
     return {str(p.relative_to(build)): p.read_bytes() for p in sorted(build.rglob("*.o"))}
 
 
+def dependencies(build: Path) -> str:
+    """What ninja read from the .d files (it deletes them): each object's headers, without mtimes."""
+    done = subprocess.run(["ninja", "-C", str(build), "-t", "deps"], check=True, capture_output=True, text=True)
+    return re.sub(r"deps mtime \d+ \(\w+\)", "deps mtime", done.stdout)
+
+
 def test_c_ares_builds_on_two_helpers_byte_identical_to_a_local_build_and_its_library_works(make_cluster,
                                                                                             tmp_path):
     cluster = make_cluster(agents=2, backups=0, cores=1, web=False)
@@ -49,7 +57,7 @@ def test_c_ares_builds_on_two_helpers_byte_identical_to_a_local_build_and_its_li
 
     # Outside `baton run` the wrapper execs the compiler on PATH: a plain local build.
     subprocess.run(["cmake", "--build", str(build), "-j2"], env=env, check=True, capture_output=True, timeout=600)
-    local = objects(build)
+    local, local_deps = objects(build), dependencies(build)
     subprocess.run(["cmake", "--build", str(build), "--target", "clean"], env=env, check=True, capture_output=True)
     assert not objects(build) and len(local) > 80
 
@@ -59,6 +67,15 @@ def test_c_ares_builds_on_two_helpers_byte_identical_to_a_local_build_and_its_li
     remote = objects(build)
     assert sorted(remote) == sorted(local)
     assert [name for name in local if remote[name] != local[name]] == []
+    assert dependencies(build) == local_deps
+
+    # Again, cleaned: the scans come from the cache (cli/scan_cache.py), the same .d files and objects.
+    subprocess.run(["cmake", "--build", str(build), "--target", "clean"], env=env, check=True, capture_output=True)
+    figures, stderr = baton_run(cluster, tmp_path, tmp_path, "cmake", "--build", str(build), "-j2")
+    assert (figures["exit_code"], figures["failed"], figures["jobs"]) == (0, 0, len(local)), stderr[-3000:]
+    assert figures["scan_cache_hits"] > 0 and figures["remote"] > 0, figures
+    assert objects(build) == local
+    assert dependencies(build) == local_deps
 
     program = tmp_path / "cares_check"
     subprocess.run(["gcc", "-DCARES_STATICLIB", f"-I{source / 'include'}", f"-I{build}",
