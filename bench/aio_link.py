@@ -36,8 +36,12 @@ class AioLinks:
     (same arguments as CoordinatorLink, without channels); `close()` ends
     every stream and the loop."""
 
-    def __init__(self, root_certificates: bytes | None = None):
-        self._credentials = (grpc.ssl_channel_credentials(root_certificates=root_certificates)
+    def __init__(self, root_certificates: bytes | None = None, client: tuple[bytes, bytes] | None = None):
+        """As agent.channels.Channels: client is the (private key, certificate) PEM the
+        coordinators require with TLS on (the pool's: bench.pool_process)."""
+        key, chain = client or (None, None)
+        self._credentials = (grpc.ssl_channel_credentials(root_certificates=root_certificates,
+                                                          private_key=key, certificate_chain=chain)
                              if root_certificates is not None else None)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self.loop = asyncio.new_event_loop()

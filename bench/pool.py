@@ -172,7 +172,9 @@ class AgentPool:
     def __init__(self, etcd: str | EtcdConfig, cluster: str, count: int, cores: int = 4, lease_ttl: int = 10,
                  name_prefix: str = "bench-agent-", group: str = "bench", agent_token: str | None = None,
                  grpc_ca: str | None = None, tick_interval: float = 0.25, task_seconds: float = 0.0,
-                 pretend_helper: bool = False):
+                 pretend_helper: bool = False, tls_cert: str | None = None, tls_key: str | None = None):
+        """tls_cert, tls_key: the client certificate every agent of the pool presents to the
+        coordinators (with grpc_ca): a pool certificate, good for any agent name."""
         etcd_config = etcd if isinstance(etcd, EtcdConfig) else EtcdConfig.from_urls(etcd)
         self.etcd = connect(etcd_config)
         self.lease = AgentLease(self.etcd, ttl=lease_ttl)
@@ -186,10 +188,11 @@ class AgentPool:
         self._threads: list[threading.Thread] = []
         configs = [AgentConfig(name=f"{name_prefix}{i}", cores=cores, group=group, workdir="/nonexistent",
                                etcd=etcd_config, cluster=cluster, agent_token=agent_token, grpc_ca=grpc_ca,
-                               lease_ttl=lease_ttl) for i in range(1, count + 1)]
+                               tls_cert=tls_cert, tls_key=tls_key, lease_ttl=lease_ttl) for i in range(1, count + 1)]
         # Every agent's links (active and standby) as tasks on one event loop, one
         # grpc.aio channel per coordinator: no thread per link or stream.
-        self.links = AioLinks(configs[0].root_certificates() if configs else None)
+        self.links = (AioLinks(configs[0].root_certificates(), configs[0].client_certificate())
+                      if configs else AioLinks())
         # Each agent's own watch of the leader key, all on one etcd stream read by one thread.
         self.watches = WatchMux(self.etcd, progress_interval=2.0, liveness_timeout=6.0)
         clock = TaskClock()
@@ -352,7 +355,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lease-ttl", type=int, default=10)
     parser.add_argument("--task-seconds", type=float, default=0.0, help="how long each pretend task runs")
     parser.add_argument("--agent-token", default=None)
-    parser.add_argument("--ca", default=None, help="CA certificate for etcd and the coordinators' gRPC (TLS)")
+    parser.add_argument("--ca", default=None, help="CA certificate for the coordinators' gRPC (TLS), and for "
+                                                   "etcd unless --etcd-ca is given")
+    parser.add_argument("--tls-cert", default=None, help="the pool's client certificate for the coordinators' gRPC "
+                                                         "(one good for any agent name: cli.certs any_name)")
+    parser.add_argument("--tls-key", default=None)
+    parser.add_argument("--etcd-ca", default=None)
+    parser.add_argument("--etcd-cert", default=None, help="the pool's etcd identity (the agent-pool user)")
+    parser.add_argument("--etcd-key", default=None)
     parser.add_argument("--report-links", action="store_true",
                         help="print every change of an agent's streams on stdout (see report_links)")
     parser.add_argument("--pretend-helper", action="store_true",
@@ -363,9 +373,10 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, lambda *_: stop.set())
-    pool = AgentPool(EtcdConfig.from_urls(args.etcd, ca_cert=args.ca), args.cluster, args.count, args.cores,
-                     args.lease_ttl, name_prefix=args.prefix, agent_token=args.agent_token, grpc_ca=args.ca,
-                     task_seconds=args.task_seconds, pretend_helper=args.pretend_helper).start()
+    etcd = EtcdConfig.from_urls(args.etcd, ca_cert=args.etcd_ca or args.ca, cert=args.etcd_cert, key=args.etcd_key)
+    pool = AgentPool(etcd, args.cluster, args.count, args.cores, args.lease_ttl, name_prefix=args.prefix,
+                     agent_token=args.agent_token, grpc_ca=args.ca, task_seconds=args.task_seconds,
+                     pretend_helper=args.pretend_helper, tls_cert=args.tls_cert, tls_key=args.tls_key).start()
     print("pool started", file=sys.stderr, flush=True)
     if args.report_links:
         report_links(pool, stop)
