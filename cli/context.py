@@ -25,16 +25,20 @@ CONTEXT_FILE = "context.json"
 DEFAULT_DIR = ".baton"
 # Option destinations a context may fill (the keys of context.json that are options).
 OPTIONS = ("etcd", "cluster", "etcd_ca", "etcd_cert", "etcd_key", "ca")
+# What `baton run` needs besides: the coordinators' gRPC CA, a client certificate
+# (TLS coordinators and helpers require one) and the cluster token.
+RUN_OPTIONS = ("grpc_ca", "tls_cert", "tls_key", "agent_token_file")
 
 
 def write_context(directory: Path, *, etcd: str, cluster: str, etcd_ca: str | None, ca: str | None,
                   user: str, password_file: Path, etcd_cert: str | None = None,
-                  etcd_key: str | None = None) -> Path:
+                  etcd_key: str | None = None, run: dict[str, str] | None = None) -> Path:
     """Write <directory>/context.json for the cluster started there; returns its path."""
     directory = Path(directory).resolve()
     doc: dict[str, Any] = {"etcd": etcd, "cluster": cluster, "etcd_ca": etcd_ca, "ca": ca,
                            "etcd_cert": etcd_cert, "etcd_key": etcd_key,
-                           "user": user, "password_file": str(Path(password_file).resolve())}
+                           "user": user, "password_file": str(Path(password_file).resolve()),
+                           **{k: v for k, v in (run or {}).items() if k in RUN_OPTIONS}}
     path = directory / CONTEXT_FILE
     write_secret(path, json.dumps({k: v for k, v in doc.items() if v is not None}, indent=2) + "\n")
     return path
@@ -62,7 +66,7 @@ def load_context(given: str | None) -> dict[str, Any]:
         raise ConfigError(f"cannot read the context {path}: {exc}") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"the context {path} is not a JSON object")
-    found = {k: doc[k] for k in OPTIONS if isinstance(doc.get(k), str)}
+    found = {k: doc[k] for k in OPTIONS + RUN_OPTIONS if isinstance(doc.get(k), str)}
     if isinstance(doc.get("user"), str):
         found["user"] = doc["user"]
         password_file = doc.get("password_file")

@@ -49,6 +49,9 @@ from lease.errors import ConfigError
 HOST = "localhost"  # certificates name the host, not its IP address
 ADMIN_PASSWORD_FILE = "admin-password"
 AGENT_TOKEN_FILE = "agent-token"
+# The agent name on the certificate `baton run` presents (the context names it): any
+# certificate of the cluster CA will do, and the context already holds the admin's password.
+RUN_CLIENT = "baton-run"
 
 
 class LocalCluster:
@@ -190,8 +193,13 @@ class LocalCluster:
     def write_context(self) -> None:
         """<dir>/context.json, so that commands run there need no flags (cli.context)."""
         cert, key = self.etcd_identities.files(CLI_IDENTITY) if self.etcd_auth else (None, None)
+        run = {"agent_token_file": str((self.dir / AGENT_TOKEN_FILE).resolve())}
+        if self.ca:   # gRPC with TLS: `baton run` presents a certificate of the cluster's CA
+            tls_cert, tls_key = self.agent_cert(RUN_CLIENT)
+            run.update(grpc_ca=self.ca, tls_cert=str(Path(tls_cert).resolve()), tls_key=str(Path(tls_key).resolve()))
         write_context(self.dir, etcd=self.etcd_urls, cluster=self.cluster, etcd_ca=self.etcd_ca, ca=self.ca,
-                      etcd_cert=cert, etcd_key=key, user="admin", password_file=self.dir / ADMIN_PASSWORD_FILE)
+                      etcd_cert=cert, etcd_key=key, user="admin", password_file=self.dir / ADMIN_PASSWORD_FILE,
+                      run=run)
 
     @property
     def ca(self) -> str | None:  # of the UIs and the agents' gRPC; etcd_ca: etcd's

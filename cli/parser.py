@@ -52,13 +52,13 @@ def _add(p: argparse.ArgumentParser, options) -> None:
 
 # Commands that talk to a running cluster as its client: they read the context
 # (cli.context). The daemons and `baton up` take their options as given.
-CONTEXT_COMMANDS = ("status", "backup", "switchover", "build", "user")
+CONTEXT_COMMANDS = ("status", "backup", "switchover", "build", "user", "run")
 
 
 def fill_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """Options not given: the environment variable, else the context, else the default.
     Raises ConfigError when a context that was asked for cannot be read."""
-    from cli.context import load_context
+    from cli.context import RUN_OPTIONS, load_context
 
     # `baton up` starts its own etcd unless --etcd names one (not $BATON_ETCD).
     args.etcd_given = hasattr(args, "etcd")
@@ -73,6 +73,10 @@ def fill_defaults(args: argparse.Namespace) -> argparse.Namespace:
             setattr(args, dest, os.environ[env])
         else:
             setattr(args, dest, context.get(dest, spec["default"]))
+    # `baton run`'s own options (its flags, then their environment variables, else the context).
+    for dest in RUN_OPTIONS:
+        if getattr(args, dest, "") is None and dest in context:
+            setattr(args, dest, context[dest])
     # Credentials: $BATON_USER/$BATON_PASSWORD, else the context's user and kept password.
     args.user = os.environ.get("BATON_USER") or context.get("user")
     args.password = os.environ.get("BATON_PASSWORD") or (
