@@ -12,6 +12,12 @@ Results are buffered (memory + `<workdir>/.results/`) from the moment a task
 ends until a ResultAck arrives, whoever leads meanwhile; the Hello of every
 new stream carries the unacknowledged ones. Running tasks are never touched
 by a leader change.
+
+Over 400 lines: the main loop and everything it decides (link, standby link
+for a planned handover, presence, assignments, result acks) share the one
+state the loop owns; splitting it would hand that state across modules. The
+parts that own no such state are their own modules (leader.py, link.py,
+presence.py, results.py, runner.py, helper.py).
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@
 Two Helper services of agent/helper.py in this process, one plaintext (a
 --no-tls cluster) and one TLS (the agent's certificate, client certificates
 of the cluster CA required), each holding one grant; the initiator's side is
-cli.initiator.JobServer, whose one channel per helper carries every job.
+cli.job_server.JobServer, whose one channel per helper carries every job.
 The job is a real one: a C source including <stdio.h>, <stdlib.h> and
 <string.h>, scanned and packed as `baton cc` does (its headers shipped).
 Measured per job, the modes alternating job by job, median and p99:
@@ -37,7 +37,7 @@ from agent.helper import Grants, HelperServer
 from cli import certs
 from cli.cc_args import plan
 from cli.compile_scan import pack, scan
-from cli.initiator import JobServer
+from cli.job_server import JobServer
 from cluster.names import agent_server_name
 from cluster.protocol import compile_pb2 as pb
 from cluster.protocol import compile_pb2_grpc

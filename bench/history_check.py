@@ -44,6 +44,10 @@ What it checks, and what can be checked per key:
   <n>)", agent/core.py) was committed first as that attempt's running record
   on that agent, by that coordinator, in that epoch; no attempt started
   twice; each agent's last registration names the last leader.
+
+Over 400 lines: one replay of the history with one check per rule above,
+each next to the state it reads; split, the rules would share that state
+across modules.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ one JSON line written with a single O_APPEND write, so that concurrent jobs
 never interleave. A job that may go remote (cli.cc_args.plan) is handed
 to `baton run` over the run's socket (cli/ccwire.py): `baton run` scans it
 (that writes the dependency file) and forwards it to a helper
-(cli/initiator.py); the object it gets back is written where the
+(cli/job_server.py); the object it gets back is written where the
 compile would write it, the diagnostics go to stderr and the compiler's exit
 code is ours. When `baton run` answers "locally" (no leader, no free helper
 core in time, a failed or refusing helper), the compile runs here and the
@@ -103,7 +103,7 @@ def compile_remotely(run_dir: str, argv: list[str], output: str) -> tuple[str | 
     """(helper name, exit code, "", the slot of the build's grant it ran in) when a helper
     compiled it, else (None, None, why not, None).
 
-    `baton run` does the rest (cli/initiator.py): it scans the compile (which
+    `baton run` does the rest (cli/job_server.py): it scans the compile (which
     writes the dependency file), names its inputs by hash and sends them to a
     helper, with the locale of the environment sent here (the compiler's
     words follow it); this process only waits (the raw `_socket`: `socket`
@@ -180,7 +180,7 @@ def main(args: list[str]) -> int:
         if helper is None:
             job["why_local"] = why
         elif core is not None:
-            job["core"] = core   # the build monitor's lane on that helper (cli/initiator.py)
+            job["core"] = core   # the build monitor's lane on that helper (cli/core_client.py acquire_core)
         record(run_dir, job)
     return code
 

@@ -1,4 +1,4 @@
-"""`baton up`: a whole cluster on this machine, as real processes.
+"""A whole Baton cluster on this machine, as real processes (`baton up`: cli/up.py).
 
 An embedded single-member etcd, a primary, M backups (the first one
 selected) and N agents, each its own process with its own log under
@@ -26,20 +26,24 @@ etcd data) is mode 0700; the CA that issues certificates lives in <dir>/ca
 (0700), and processes are given only <dir>/certs (ca.pem and their own
 certificate and key); agents work in a sibling directory, <dir>-work/<agent>,
 and run their tasks as `nobody` when `baton up` runs as root.
+
+Over 400 lines: one class, whose start order (secrets, certificates, etcd and
+its identities, coordinators, agents, context) and the waits tests use read
+top to bottom; its processes, ports and secret files are cli/processes.py,
+the command's foreground loop cli/up.py.
 """
 from __future__ import annotations
 
 import os
 import secrets
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
 
 from agent.sandbox import first_closed_parent, resolve_task_user
 from cli.etcd_identities import CLI_IDENTITY, ROOT_IDENTITY, EtcdIdentities
-from cli.context import CONTEXT_FILE, DEFAULT_DIR, write_context
+from cli.context import write_context
 from cli.processes import PortPicker, Proc, find_etcd, read_secret, write_secret
 from cluster.keys import Keys
 from cluster.records import AgentRecord, LeaderRecord
@@ -416,51 +420,3 @@ class LocalCluster:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def run_up(args) -> int:
-    """`baton up`: start everything, print where to look, stop all on Ctrl-C."""
-    if args.agents < 0 or args.backups < 0:
-        raise ConfigError("--agents and --backups must be >= 0")
-    cluster = LocalCluster(args.dir or args.context, agents=args.agents, backups=args.backups, cores=args.cores, ttl=args.ttl,
-                           tls=not args.no_tls, etcd_urls=args.etcd if args.etcd_given else None, cluster=args.cluster,
-                           base_port=args.base_port, etcd_tls=True)  # --no-tls never opens etcd
-    stop = {"now": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
-    try:
-        print(f"starting a local Baton cluster in {cluster.dir} ...", flush=True)
-        cluster.start()
-        print("\nBaton is up.")
-        print(f"  etcd:            {cluster.etcd_urls}")
-        for name, url in cluster.web_urls.items():
-            role = "primary" if name == "p1" else "backup"
-            print(f"  {name} ({role}):    {url}/   (gRPC localhost:{cluster.grpc_ports[name]})")
-        print(f"  agents:          {', '.join(cluster.agents)} ({cluster.cores} cores each)")
-        print(f"  selected backup: {'b1' if args.backups else 'none'}")
-        print(f"  log in as:       admin / {cluster.admin_password}")
-        etcd_flags = f" --etcd-ca {cluster.etcd_ca}" if cluster.etcd_tls else ""
-        if cluster.tls:
-            print(f"  trust the CA:    {cluster.ca}  (e.g. curl --cacert {cluster.ca} ...; or import it in"
-                  f" your browser)")
-        if cluster.etcd_auth:
-            cert, key = cluster.etcd_identities.files(CLI_IDENTITY)
-            etcd_flags += f" --etcd-cert {cert} --etcd-key {key}"
-            print(f"  etcd for the CLI: --etcd-cert {cert} --etcd-key {key}")
-        print(f"  logs:            {cluster.dir / 'logs'}")
-        print(f"  context:         {cluster.dir / CONTEXT_FILE}  (endpoints, CAs and the admin's credentials)")
-        here = cluster.dir == (Path.cwd() / DEFAULT_DIR).resolve()
-        print("Try: baton " + ("" if here else f"--context {cluster.dir} ")
-              + "build submit examples/hello.yaml --wait")
-        print("Press Ctrl-C to stop everything.", flush=True)
-        while not stop["now"]:
-            time.sleep(0.5)
-            dead = [p.name for p in [cluster.etcd_proc, *cluster.coordinators.values()] if p and not p.alive]
-            if dead:
-                print(f"stopped: {', '.join(dead)} exited; see {cluster.dir / 'logs'}", file=sys.stderr)
-                return 1
-    except KeyboardInterrupt:
-        pass
-    finally:
-        print("\nstopping ...", flush=True)
-        cluster.stop()
-    return 0

@@ -278,7 +278,7 @@ def cmd_certs(args) -> int:
 
 
 def cmd_up(args) -> int:
-    from cli.local import run_up
+    from cli.up import run_up
 
     return run_up(args)
 

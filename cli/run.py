@@ -13,7 +13,7 @@ from the leader and serves the build's `baton cc` processes on a socket in
 the run directory, sending their compiles to helpers (cli/initiator.py),
 and reports the build to the cluster (its start, jobs and end: the API and
 the UI's build monitor show it as a build of kind `run`, cli/run_report.py);
-at the end it waits at most cli.initiator.FINISH_WAIT s for the record.
+at the end it waits at most cli.core_client.FINISH_WAIT s for the record.
 """
 from __future__ import annotations
 

@@ -28,10 +28,9 @@ key; etcd refuses requests over 1.5 MiB). `env` names are environment
 variable names and every value fits one environment string, since the agent
 hands them to the task's process (agent/sandbox.py).
 
-Over 400 lines: it is the file format's rules, read top to bottom.
-
-(Over 400 lines: the format and every check of untrusted input, with the path of
-each error, belong together; the YAML safety is cluster/untrusted.py.)
+Over 400 lines: the format and every check of untrusted input, with the path
+of each error, belong together and read top to bottom; the YAML safety is
+cluster/untrusted.py.
 """
 from __future__ import annotations
 

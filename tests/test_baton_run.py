@@ -157,7 +157,7 @@ def test_baton_cc_sends_helpers_the_users_locale_not_pythons(tmp_path, env, give
     import threading
 
     from cli import ccwire
-    from cli.initiator import job_locale
+    from cli.job_server import job_locale
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()

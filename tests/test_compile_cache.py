@@ -1,5 +1,5 @@
 """Helpers keep compile inputs by hash (agent/input_store.py); the initiator
-sends only the contents a helper lacks (cli/job_inputs.py, cli/initiator.py
+sends only the contents a helper lacks (cli/job_inputs.py, cli/job_server.py
 JobServer). Over real gRPC with the real compiler: a header changed between
 two jobs is compiled from its new content, a content that does not hash to
 its claim is refused, a helper that lost contents gets them again, and the
@@ -18,7 +18,7 @@ from agent.compile_job import CompileJob, InputsMissing, compiler_identity, run_
 from agent.helper import Grants, HelperServer
 from agent.input_store import ContentMismatch, InputStore
 from agent.job_root import RootPool
-from cli.initiator import JobServer
+from cli.job_server import JobServer
 from cli.job_inputs import Digests
 from cluster.protocol import compile_pb2 as pb
 from cluster.protocol import compile_pb2_grpc

@@ -206,7 +206,7 @@ def test_the_docs_show_the_generated_recipe():
 
 
 def test_baton_run_reads_the_leaders_lease_ttl_as_the_cli_or_an_agent(clients, coordinator):
-    """`baton run`'s default --remote-wait is the leader's lease ttl (cli.initiator.remote_wait):
+    """`baton run`'s default --remote-wait is the leader's lease ttl (cli.core_client.remote_wait):
     the users it runs as (the CLI's, an agent's) may read it, since they may read the lease's keys."""
     lease = coordinator.range_response(KEYS.leader).kvs[0].lease
     for user in (etcd_roles.status_user(CLUSTER), etcd_roles.agent_user(CLUSTER, "a1")):

@@ -15,7 +15,7 @@ from agent.compile_job import compiler_identity
 from agent.config import AgentConfig
 from agent.helper import Grants, HelperServer
 from cli.certs import issue_agent_cert, make_ca
-from cli.initiator import JobServer
+from cli.job_server import JobServer
 from cluster.protocol import compile_pb2 as pb
 from cluster.protocol import compile_pb2_grpc
 from lease.errors import ConfigError

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from cli.initiator import DEFAULT_REMOTE_WAIT, CoreClient, remote_wait
+from cli.core_client import DEFAULT_REMOTE_WAIT, CoreClient, remote_wait
 from cli.parser import build_parser
 from lease.client import EtcdConfig
 from tests.harness.wait import wait_until

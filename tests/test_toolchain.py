@@ -18,7 +18,7 @@ import pytest
 from agent.compile_job import CompileJob, compiler_identity, identity_of, run_compile
 from agent.helper import Grants, HelperServer
 from agent.toolchain_store import ToolchainRefused, ToolchainStore
-from cli.initiator import JobServer
+from cli.job_server import JobServer
 from cli.toolchain import Unshippable, pack
 from cluster.protocol import compile_pb2 as pb
 from cluster.protocol import compile_pb2_grpc

@@ -113,7 +113,7 @@ def a_grant_alone_runs_nothing(cluster, cert: str, key: str, tmp_path: Path) -> 
     import grpc
 
     from agent.compile_job import compiler_identity
-    from cli.initiator import CoreClient
+    from cli.core_client import CoreClient
     from cluster.names import agent_server_name
     from cluster.protocol import compile_pb2 as pb
     from cluster.protocol import compile_pb2_grpc

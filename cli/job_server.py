@@ -1,0 +1,184 @@
+"""The initiator's jobs half of `baton run` (docs/design.md section 8).
+
+`JobServer` serves the build's `baton cc` processes on a unix socket in the
+run directory (framing: cli/ccwire.py): each sends its command line, the
+server scans it (cli/compile_scan.py: that writes the dependency file and
+lists the files it reads), takes a free slot of a grant (cli/core_client.py,
+waiting up to `wait` seconds), sends the job to that helper (Helper.Compile)
+naming its files by hash, with the contents that helper was not sent before
+(cli/job_inputs.py), and returns the object and the diagnostics. The scan
+and the hashing run here, in the long-lived process, so that `baton cc`
+stays a small program and each header is hashed once per build. Anything
+else — no leader, no free slot in time, a helper that fails or refuses — is
+answered "compile it locally, because ...": never worse than local. With the
+cluster's CA (TLS on), a helper is reached over TLS only: it must present a
+certificate naming the agent the grant is for
+(cluster.names.agent_server_name), and the initiator presents its client
+certificate, which helpers require; one channel per helper serves all of the
+build's jobs there, so the handshake is paid once.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import socketserver
+import subprocess
+import threading
+
+import grpc
+
+from agent.compile_job import LOCALE_VARS, compiler_identity
+from cli import ccwire
+from cli.cc_args import Local, plan
+from cli.compile_scan import ScanFailed, input_paths, scan, system_dirs
+from cli.core_client import CoreClient
+from cli.job_inputs import Delivered, Digests
+from cli.scan_cache import ScanCache, cached_scan
+from cli.scan_cache import cache_dir as scan_cache_dir
+from cli.toolchain import Shipper
+from cluster.names import agent_server_name
+from cluster.protocol import compile_pb2 as pb
+from cluster.protocol import compile_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+COMPILE_TIMEOUT = 600.0         # s for one job on a helper
+MAX_MESSAGE = 80 * 1024 * 1024  # as agent.helper.MAX_MESSAGE
+
+
+@functools.lru_cache(maxsize=32)
+def _identity(compiler: str) -> str:
+    return compiler_identity(compiler)
+
+
+def job_locale(env: dict[str, str]) -> dict[str, str]:
+    """The locale a job compiles in on a helper: the compiler's words and quotes follow it,
+    so the diagnostics are the local ones; none set is the C locale, not the helper's default."""
+    return {name: env[name] for name in LOCALE_VARS if env.get(name)} or {"LANG": "C"}
+
+
+class JobServer:
+    """Serves `baton cc` on `<run_dir>/cc.sock`; `start()`, `stop()`."""
+
+    def __init__(self, run_dir: str, cores: CoreClient, wait: float | None, root_certificates: bytes | None = None,
+                 client: tuple[bytes, bytes] | None = None):
+        self.path = os.path.join(run_dir, ccwire.SOCKET)
+        self.cores, self.wait = cores, wait
+        key, chain = client if client else (None, None)
+        self._credentials = (grpc.ssl_channel_credentials(root_certificates=root_certificates, private_key=key,
+                                                          certificate_chain=chain)
+                             if root_certificates else None)
+        self._channels: dict[tuple[str, str], grpc.Channel] = {}
+        self._lock = threading.Lock()
+        self.digests = Digests()        # the build's files by hash, read once per build
+        self.delivered = Delivered()    # what each helper's input store was sent
+        self.shipper = Shipper(run_dir)   # our compiler, for helpers that lack it (cli/toolchain.py)
+        self.scan_cache = ScanCache(scan_cache_dir())   # scans of earlier builds (cli/scan_cache.py)
+        server = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                try:
+                    ccwire.send(self.request, server.compile(ccwire.receive(self.request)))
+                except (OSError, ValueError) as exc:
+                    log.warning("baton run: a job from baton cc failed: %s", exc)
+
+        self._server = socketserver.ThreadingUnixStreamServer(self.path, Handler)
+        self._server.daemon_threads = True
+
+    def start(self) -> "JobServer":
+        threading.Thread(target=self._server.serve_forever, name="cc-jobs", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        with self._lock:
+            for channel in self._channels.values():
+                channel.close()
+
+    def _stub(self, address: str, agent: str) -> compile_pb2_grpc.HelperStub:
+        """The stub of the one channel to agent `agent` at `address` (made on first use).
+        With TLS, gRPC checks the helper's certificate against the agent's server name,
+        not the address: a helper with another agent's certificate fails every call."""
+        with self._lock:
+            channel = self._channels.get((address, agent))
+            if channel is None:
+                options = [("grpc.max_receive_message_length", MAX_MESSAGE),
+                           ("grpc.max_send_message_length", MAX_MESSAGE)]
+                if self._credentials is None:
+                    channel = grpc.insecure_channel(address, options=options)
+                else:
+                    channel = grpc.secure_channel(address, self._credentials, options=[
+                        *options, ("grpc.ssl_target_name_override", agent_server_name(agent))])
+                self._channels[(address, agent)] = channel
+            return compile_pb2_grpc.HelperStub(channel)
+
+    def compile(self, job: dict) -> dict:
+        """One job of `baton cc` ({"argv", "cwd", "env"}, cli/ccwire.py): scanned here (that writes
+        its dependency file), sent to a helper; {"helper", "exit_code", "object", "diagnostics"}
+        or {"local": why}."""
+        argv, cwd, env = list(job["argv"]), str(job["cwd"]), dict(job["env"])
+        decided = plan(argv)
+        if isinstance(decided, Local):
+            return {"local": decided.reason}
+        try:
+            identity = _identity(decided.compiler)
+            dirs = system_dirs(decided.compiler, decided.language)
+            found = cached_scan(self.scan_cache, decided, cwd, env, identity, dirs,
+                                lambda: scan(decided, cwd, env=env))
+            paths = input_paths(decided, cwd, found)
+        except ScanFailed:
+            return {"local": "the scan failed (the compile says why)"}
+        except (OSError, subprocess.SubprocessError) as exc:
+            return {"local": f"cannot scan the compile: {exc}"}
+        grant, slot, why = self.cores.acquire_core(self.wait)
+        if grant is None:
+            return {"local": why}
+        try:
+            request = pb.CompileRequest(
+                grant=grant.grant, epoch=grant.epoch, compiler=os.path.basename(decided.compiler),
+                compiler_identity=identity, args=decided.flags, source=decided.source,
+                cwd=os.path.abspath(cwd), system_dirs=dirs,
+                inputs=self.digests.inputs(paths, self.delivered.lacks(grant.helper)),
+                locale=job_locale(env))
+            reply = self._send(grant, request, decided.compiler)
+        except OSError as exc:
+            return {"local": f"cannot read the compile's files: {exc}"}
+        except grpc.RpcError as exc:
+            # The details say why, e.g. that the helper's certificate names another agent.
+            details = (exc.details() or "")[-300:]
+            return {"local": f"helper {grant.agent} failed: {exc.code().name}" + (f" ({details})" if details else "")}
+        finally:
+            self.cores.release(grant, slot)
+        if reply.refused or reply.missing:
+            return {"local": f"helper {grant.agent} refused: {reply.refused or 'inputs missing twice'}"}
+        self.cores.helpers_used.add(grant.agent)
+        return {"helper": grant.agent, "exit_code": reply.exit_code, "core": slot, "object": reply.object,
+                "diagnostics": reply.diagnostics}
+
+    def _send(self, grant: pb.Grant, request: pb.CompileRequest, compiler: str) -> pb.CompileReply:
+        """Helper.Compile. When the helper lacks our compiler, ship it (once per helper,
+        cli/toolchain.py) and send the job again; a compiler that could not be shipped: the
+        refusal says why. Once more with the contents it answers `missing` (evicted or restarted)."""
+        stub = self._stub(grant.helper, grant.agent)
+        reply = stub.Compile(request, timeout=COMPILE_TIMEOUT)
+        if reply.refused and reply.toolchain_wanted:
+            why = self.shipper.ship(stub, grant, compiler, request.compiler_identity)
+            if why:
+                return pb.CompileReply(refused=f"{reply.refused}; {why}")
+            reply = stub.Compile(request, timeout=COMPILE_TIMEOUT)
+        if not reply.refused:   # a refused job may have stored nothing
+            self.delivered.sent(grant.helper, request.inputs)
+        if reply.missing:
+            missing = set(reply.missing)
+            self.delivered.lost(grant.helper, missing)
+            files = list(request.inputs)
+            del request.inputs[:]
+            request.inputs.extend(self.digests.input(f.path, missing.__contains__) for f in files)
+            reply = stub.Compile(request, timeout=COMPILE_TIMEOUT)
+            if not reply.refused:
+                self.delivered.sent(grant.helper, request.inputs)
+        return reply
