@@ -9,6 +9,7 @@ import pytest
 
 from cli.cc_args import plan
 from cli.compile_scan import input_paths, scan, system_dirs
+from cli import scan_cache
 from cli.scan_cache import ScanCache, cached_scan
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
@@ -122,3 +123,39 @@ def test_files_changed_just_before_the_scan_are_not_cached(tmp_path, project):
         cached_scan(cache, decided, str(project), {}, "gcc-identity", system_dirs("gcc", "c"),
                     lambda: scan(decided, str(project)))
     assert cache.hits == 0
+
+
+def _probe_dirs_reference(source, tree, chain):
+    """probe_dirs as first written (every header adds every probe; relpath): the list, in order,
+    that the faster probe_dirs must give."""
+    probes = dict.fromkeys(chain)
+    stack = [source]
+    for depth, path in tree:
+        del stack[depth + 1:]
+        dirs = [os.path.dirname(stack[-1]), *chain]
+        probes.setdefault(dirs[0], None)
+        for base in dirs:
+            if path.startswith(base.rstrip("/") + "/"):
+                sub = os.path.dirname(os.path.relpath(path, base))
+                for other in dirs:
+                    probes.setdefault(os.path.normpath(os.path.join(other, sub)), None)
+        stack.append(path)
+    return list(probes)
+
+
+def test_probe_dirs_are_those_of_every_header_in_order(tmp_path, project):
+    """A real scan with system headers (several includers' directories, subdirectories such as
+    bits/ and sys/, headers read more than once) and a tree under a root-level directory."""
+    (project / "src/a.c").write_text('#include "a.h"\n#include <sub/b.h>\n#include <stdio.h>\n'
+                                     '#include <sys/stat.h>\n#include <stdlib.h>\nint f(void) { return A + B; }\n')
+    command = argv(project)
+    decided = plan(command)
+    cwd = str(project)
+    system = system_dirs(decided.compiler, decided.language)
+    found = scan(decided, cwd)
+    chain = scan_cache.chain_dirs(decided, cwd, system)
+    source = os.path.join(cwd, decided.source)
+    assert len(found.tree) > 20
+    assert scan_cache.probe_dirs(source, found.tree, chain) == _probe_dirs_reference(source, found.tree, chain)
+    tree = ((0, "/x/a.h"), (1, "/x/y/b.h"), (1, "/z/c.h"), (0, "/z/w/d.h"), (1, "/x/a.h"))
+    assert scan_cache.probe_dirs("/src.c", tree, ["/", "/z"]) == _probe_dirs_reference("/src.c", tree, ["/", "/z"])
