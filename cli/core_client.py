@@ -238,6 +238,20 @@ class CoreClient:
         grant, _, why = self.acquire_core(wait)
         return grant, why
 
+    def local_at_once(self, wait: float | None = None) -> str | None:
+        """Why acquire_core(wait) would answer "locally" without waiting (no leader, none being
+        elected: etcd unreachable, or leaderless for longer than the wait), else None. The job
+        server skips the scan of a job that compiles locally anyway (cli/job_server.py). Waits
+        for the cluster's first answer as acquire_core does (only a build's first jobs do)."""
+        wait = self.wait if wait is None else wait
+        if not self._settled.wait(wait):
+            return None
+        with self._cond:
+            if self._leaderless and (self._follower is None
+                                     or time.monotonic() - self._leaderless_since >= wait):
+                return "no leader"
+        return None
+
     def acquire_core(self, wait: float | None = None) -> tuple[pb.Grant | None, int, str]:
         """(grant, the slot of it the job takes, "") or (None, -1, why it compiles locally).
         wait: at most this many s; None: self.wait."""

@@ -4,8 +4,10 @@ as the leader dies waits out the election and goes to the backup's helpers."""
 from __future__ import annotations
 
 import json
+import shutil
 
 from cli.core_client import DEFAULT_REMOTE_WAIT, CoreClient, remote_wait
+from cli.job_server import JobServer
 from cli.parser import build_parser
 from lease.client import EtcdConfig
 from tests.harness.wait import wait_until
@@ -32,3 +34,23 @@ def test_the_initiator_waits_the_ttl_of_the_leaders_lease(etcd, etcd_url, keys, 
         cores.stop()
         given.stop()
         etcd.lease_revoke(lease)
+
+
+def test_a_job_that_goes_local_at_once_is_not_scanned(etcd_url, cluster_name, tmp_path, monkeypatch):
+    """No leader for longer than the wait: a job compiles locally at once, and the initiator
+    does not first scan it (a preprocessor run, which would write its dependency file)."""
+    if shutil.which("gcc") is None:
+        return
+    monkeypatch.setenv("BATON_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "a.c").write_text("#include <stdio.h>\nint a(void) { return 1; }\n")
+    cores = CoreClient(EtcdConfig.from_urls(etcd_url), cluster_name, "b1", wait=0.2).start()
+    jobs = JobServer(str(tmp_path), cores, wait=0.2).start()
+    try:
+        wait_until(lambda: cores.local_at_once(0.2) == "no leader", timeout=10)
+        answer = jobs.compile({"argv": ["gcc", "-MD", "-c", "a.c", "-o", "a.o"], "cwd": str(tmp_path), "env": {}})
+        assert answer == {"local": "no leader"}
+        assert not (tmp_path / "a.d").exists()
+        assert (jobs.scan_cache.hits, jobs.scan_cache.misses) == (0, 0)
+    finally:
+        jobs.stop()
+        cores.stop()
