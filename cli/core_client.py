@@ -14,8 +14,8 @@ leader has recorded it — unless no stream ever reached a leader (etcd
 unreachable, no leader key, a leader that never answered): then nobody can
 record it, and it returns at once. While no leader was ever seen, a job waits
 at most FIRST_LEADER_WAIT for one, not the remote wait: the build compiles
-here promptly, and its jobs go remote once a leader appears. It names the slot of a grant each job runs in (the
-build monitor's lane: `acquire_core`).
+here promptly, and its jobs go remote once a leader appears. It names the
+slot of a grant each job runs in (the build monitor's lane: `acquire_core`).
 """
 
 from __future__ import annotations
@@ -142,6 +142,9 @@ class CoreClient:
                     follower = LeaderFollower(self._etcd, self.keys.leader, self._on_leader)
                 follower.start()
                 self._follower = follower
+                if self._stopping.is_set():   # stop() came meanwhile and did not see it
+                    follower.stop()
+                    return False
                 return True
             except BatonError as exc:
                 if not self._settled.is_set():
