@@ -4,10 +4,12 @@ A helper that has no compiler whose files hash to a job's compiler identity
 answers `toolchain_wanted`; the initiator then ships its compiler once, as a
 tar archive (cli/toolchain.py packs it) of this layout:
 
-    manifest.json   {"tools": [[member, name], ...], "loader": member}
+    manifest.json   {"kind": "gcc"|"clang", "tools": [[member, name], ...], "loader": member}
     driver/<name>   the driver (tools[0])
     progs/cc1, progs/cc1plus, progs/as, progs/specs   what the driver runs (and reads)
     lib/<soname>    the shared libraries of all of them, and their dynamic loader
+                    (Clang: its libLLVM and libclang-cpp are tools too)
+    resource/share/<name>   Clang: its resource directory's share/ (tools too)
 
 Nothing of it is trusted: members are plain files at those places only, the
 archive and its unpacked size are bounded, and the identity is computed
@@ -25,6 +27,17 @@ these flags reaches cc1, so nothing of them is recorded in the object:
 objects are byte-identical to the initiator's (tests/test_toolchain.py). A
 toolchain without cc1plus gets a progs/cc1plus that fails (/bin/false):
 the driver must never fall back to the helper's own.
+
+Clang has no -wrapper and runs cc1 inside the driver, but runs argv[0] -cc1
+(and as) as programs when the driver has more than one job
+(-fno-integrated-as): `_complete` makes progs/driver and progs/as scripts
+that run the driver and as under the shipped loader, and `Shipped.command`
+passes `--argv0 names/<the job's compiler name>` (a link to progs/driver:
+Clang takes its mode, clang++, from that name), `-no-canonical-prefixes` (so
+that it runs argv[0], not /proc/self/exe, the loader) and `-resource-dir`.
+The driver's own messages then name it as the job does (clang++:), where a
+local clang++ names the file it resolves to (clang:); objects are
+byte-identical (tests/test_toolchain_clang.py).
 
 The store is bounded (`max_bytes` unpacked): the least recently used
 toolchains not in use are removed when a new one would exceed it.
