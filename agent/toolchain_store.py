@@ -108,6 +108,7 @@ class Shipped:
         if not _NAME.match(name):
             raise JobRefused(f"{name[:80]!r} is not a compiler name")
         link = os.path.join(self.directory, "names", name)
+        os.makedirs(os.path.dirname(link), mode=0o755, exist_ok=True)
         with contextlib.suppress(FileExistsError):
             os.symlink(os.path.join("..", "progs", "driver"), link)
         return link

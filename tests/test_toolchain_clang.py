@@ -60,6 +60,7 @@ def test_clangs_identity_covers_the_libraries_it_compiles_with():
 @pytest.mark.parametrize("name, source, flags", [
     ("clang", "a.c", ["-O2", "-g"]),
     ("clang", "a.c", ["-O2", "-g", "-fno-integrated-as"]),   # cc1 and as as programs: under the loader too
+    ("clang", "a.c", ["-O2", "-g", "-fno-integrated-cc1"]),   # the driver runs argv[0] -cc1
     ("clang", "a.c", ["-O1", "-g", "-fsanitize=address"]),   # reads the resource dir's ignore list
     ("clang++", "a.cc", ["-O2", "-std=c++17"]),
     pytest.param("clang++", "a.cc", ["-O2", "-g", "-std=c++17"], marks=pytest.mark.xfail(strict=True, reason=(
@@ -67,7 +68,7 @@ def test_clangs_identity_covers_the_libraries_it_compiles_with():
         "/usr/bin/../lib/gcc/<triple>/12/../../../../include/c++/12 and records it so in the line table; "
         "cli.compile_scan.system_dirs and agent.job_root.inside normalise it to /usr/include/c++/12"))),
     ("clang++", "a.c", ["-O2"]),                               # clang++ compiles a .c file as C++
-], ids=["c", "no-integrated-as", "asan", "c++", "c++-g", "c-as-c++"])
+], ids=["c", "no-integrated-as", "no-integrated-cc1", "asan", "c++", "c++-g", "c-as-c++"])
 def test_the_shipped_clang_makes_the_initiators_objects(clang, tmp_path, name, source, flags):
     driver, archive, identity = clang
     assert identity == compiler_identity(str(driver)) != compiler_identity("clang")
@@ -138,3 +139,23 @@ def test_clang_is_shipped_once_per_helper_and_jobs_compile_with_it(clang, helper
     assert jobs.shipper.sends == 2
     assert all(h.service.toolchains.identities() == {identity} for h in helpers)
     jobs.stop()
+
+
+@pytest.mark.parametrize("kind, tools, why", [
+    ("cobol", [["driver/cc", "cc"]], "not a kind"),
+    ("clang", [["driver/clang", "clang"], ["progs/cc1", "cc1"]], "not name a Clang driver"),
+    ("clang", [["driver/clang", "clang"], ["lib/../driver/clang", "clang"]], "not in the archive"),
+])
+def test_a_manifest_that_is_not_a_clang_toolchain_is_refused(tmp_path, kind, tools, why):
+    out = io.BytesIO()
+    files = {"driver/clang": b"x", "driver/cc": b"x", "progs/cc1": b"x", "lib/ld.so": b"x"}
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for name, content in {"manifest.json": json.dumps({"kind": kind, "tools": tools,
+                                                           "loader": "lib/ld.so"}).encode(), **files}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    store = ToolchainStore(str(tmp_path / "store"))
+    with pytest.raises(ToolchainRefused, match=why):
+        store.receive("0" * 64, [out.getvalue()])
+    assert store.identities() == set() and os.listdir(tmp_path / "store") == []
