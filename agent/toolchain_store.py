@@ -102,7 +102,6 @@ class Shipped:
                     "-resource-dir", os.path.join(self.directory, "resource"), f"-B{self.progs}/"]
         return [*loader, self.driver, f"-B{self.progs}/", "-wrapper", ",".join(loader)]
 
-
     def _name(self, name: str) -> str:
         name = name or os.path.basename(self.driver)
         if not _NAME.match(name):
@@ -204,6 +203,8 @@ def _complete(manifest: dict, into: str) -> None:
         os.rename(os.path.join(progs, "as"), os.path.join(progs, "as.bin"))
         scripts["as"] = '"$here/as.bin"'
     for name, program in scripts.items():   # members match _MEMBER: nothing to quote
+        if os.path.lexists(os.path.join(progs, name)):
+            raise ToolchainRefused(f"progs/{name} is made here, not shipped")
         with open(os.path.join(progs, name), "x") as f:
             f.write(f'#!/bin/sh\n# shipped, under the shipped loader and libraries (agent/toolchain_store.py)\n'
                     f'here="${{0%/*}}"\nexec {loader} {program} "$@"\n')
