@@ -3,7 +3,7 @@
     python -m bench.toolchain_pack [--compiler gcc] [--rounds 3]
 
 Per round, in a fresh cache directory, two `baton run`s in a row (one
-cli.toolchain.Shipper each, as cli.initiator.JobServer makes them) take the
+cli.toolchain.Shipper each, as cli.job_server.JobServer makes them) take the
 archive of `--compiler`'s identity, as the first job a helper answers with
 `toolchain_wanted` makes them:
 
