@@ -81,7 +81,7 @@ class Dispatcher(AgentRoster, ResultRecording, BuildCancelling, CoreLending, Run
         self._cancels_waiting: set[str] = set()
         self.agents: dict[str, Agent] = {}
         self.wants, self._wants_by_stream = {}, {}
-        self._lends_out, self._grants_out = {}, {}
+        self._lends_out, self._grants_out, self._grant_ids = {}, {}, []
         self.runs = {}
         self.abandon_after = run_abandon
         self.outbox = Outbox(epoch)

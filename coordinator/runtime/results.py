@@ -92,8 +92,10 @@ class ResultRecording(EpochState):
         auto = self.settings.auto_subscribe
         free = {}
         for a in self.agents.values():
-            if a.stream is not None and a.free() and a.eligible(auto):
-                free[a.name] = a.free()   # lent cores run no tasks (lending.py)
+            if a.stream is not None and a.eligible(auto):
+                n = a.free()
+                if n:
+                    free[a.name] = n   # lent cores run no tasks (lending.py)
         total = sum(free.values())
         if not total:
             return
