@@ -199,7 +199,7 @@ class CoreLending(EpochState):
 
     def _grant_id(self) -> str:
         """A new random grant id of 128 bits (what secrets.token_hex(16) gives), drawn
-        GRANT_IDS_AT_ONCE at a time: one urandom call was a tenth of a want's cost."""
+        GRANT_IDS_AT_ONCE at a time (a urandom call per grant showed in the dispatcher's profile)."""
         if not self._grant_ids:
             pool = secrets.token_hex(16 * GRANT_IDS_AT_ONCE)
             self._grant_ids = [pool[i:i + 32] for i in range(0, len(pool), 32)]
