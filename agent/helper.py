@@ -7,13 +7,10 @@ the coordinator is never in the data path. `Grants` is what the agent holds;
 a job is refused (CompileReply.refused, and the initiator compiles it
 itself) when:
 
-- its grant is not one the agent holds, or it carries another epoch than
-  the grant, or an epoch older than the newest the agent knows (the leader
-  key it follows, or a Lend's; rule 4: a deposed leader's grants end with
-  its epoch; jobs in flight finish). The leader sends the initiator its
-  grants and this agent its Lend on two streams in no order, so a job of a
-  grant not yet heard of, of an epoch not older than the newest, waits for
-  its Lend (`Grants.slot`, see there for the bound and who ends the wait);
+- its grant is not one the agent holds (a job of a grant not heard of yet
+  waits a little for its Lend: `Grants.slot`), or it carries another epoch
+  than the grant, or one older than the newest the agent knows (rule 4: a
+  deposed leader's grants end with its epoch; jobs in flight finish);
 - the grant's slots are all busy (at most `slots` jobs at once per grant);
 - this agent has no compiler of that name whose files hash to the job's
   compiler identity, nor a shipped one of that identity (never a different
@@ -40,6 +37,8 @@ of its files by hash (InputFile): their contents are kept in an
 agent.input_store.InputStore next to the job roots (the same file system,
 so a job root is laid out by hard links), and a job whose contents the
 store lacks is answered `missing` (the initiator sends it again with them).
+
+(Over 400 lines: Grants stays next to the service whose jobs it admits.)
 """
 from __future__ import annotations
 
@@ -53,6 +52,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from concurrent import futures
 from typing import Callable, Iterator
 
@@ -69,19 +69,16 @@ from cluster.protocol import compile_pb2_grpc
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 80 * 1024 * 1024   # a job's files are bounded at 64 MiB (compile_job.MAX_INPUT_BYTES), plus framing
-# How long a job waits for its grant's Lend, or for a busy slot of its grant. The leader
-# sends the Lend and the initiator's grants in the same loop turn, so the wait covers
-# the skew of two stream deliveries (milliseconds; tenths of a second on a loaded host),
-# after a failover too (a new leader lends to an agent only after its Hello). It is not
-# tied to the lease ttl, which bounds how long a dead leader goes unseen, not that skew;
-# a Lend that has not come within 1 s is lost with its stream more likely than late, and
-# the job then compiles at the initiator, which costs about what the wait did.
+# A job's wait for its grant's Lend (or a busy slot). The leader sends the Lend and the
+# initiator's grants in one loop turn: the wait covers the skew of two stream deliveries
+# (ms; tenths of a second on a loaded host), after a failover too (a leader lends to an
+# agent only after its Hello). Not the lease ttl, which is how long a dead leader goes
+# unseen, not that skew; past 1 s the Lend is more likely lost with its stream than late,
+# and a local compile costs about what the wait did.
 GRANT_WAIT = 1.0
-# How many jobs wait at once (the rest are refused at once): each waiter holds one of the
-# helper server's threads. agent/core.py gives it `cores + 4` threads, and the jobs that
-# run hold at most `cores` (one per slot lent, and the leader lends no more cores than
-# the agent has: docs/design.md section 8), so with at most 4 waiters a job of a free
-# slot always finds a thread at once.
+# Jobs that wait at once (more are refused at once): each holds a server thread. The
+# agent gives the server cores + 4 threads (agent/core.py) and running jobs hold at most
+# `cores` (one per lent slot), so a job of a free slot always finds a thread.
 MAX_WAITING = 4
 _ENDED_KEPT = 4096               # grant ids remembered as ended (Unlend, or their stream ended)
 _COMPILER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -111,10 +108,7 @@ class Grants:
     Hello) drops them all and counts the jobs still running under them
     ("carried": no coordinator counts them any more); each time one of those
     ends, `on_carried(jobs still carried)` is called, for the agent to tell its
-    leader (agent.proto Compiling).
-
-    `wait`: how long a job waits for its grant's Lend or a busy slot (GRANT_WAIT);
-    `max_waiting`: how many jobs wait at once (MAX_WAITING)."""
+    leader (agent.proto Compiling). `wait`, `max_waiting`: see slot()."""
 
     def __init__(self, on_carried: Callable[[int], None] | None = None, wait: float = GRANT_WAIT,
                  max_waiting: int = MAX_WAITING) -> None:
@@ -127,8 +121,7 @@ class Grants:
         self.wait = wait
         self.max_waiting = max_waiting
         self._waiting = 0     # jobs waiting in slot() now
-        # Ended grant ids, and why: a job of one is refused at once rather than waiting for
-        # a Lend that cannot come (the leader never lends a grant id again).
+        # Ended grant ids, and why: their jobs wait for no Lend (a grant id is never lent again).
         self._ended: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._stream = 0      # how many streams opened (new_stream calls); a job remembers its own
         self._in_flight = 0
@@ -136,8 +129,8 @@ class Grants:
 
     def new_stream(self) -> int:
         """A stream to a coordinator opens (its Hello): the grants end; returns the jobs still running.
-        Jobs waiting for a Lend stop waiting (refused): a leader lends on a stream only after its
-        Hello, so the grant they wait for was lent on an earlier stream, and ended with it."""
+        Jobs waiting for a Lend are refused: a leader lends on a stream only after its Hello, so
+        theirs was lent on an earlier stream, and ended with it."""
         with self._cond:
             self._stream += 1
             for name in self._grants:
@@ -223,12 +216,15 @@ class Grants:
                 if self._waiting >= self.max_waiting:
                     raise Refused(f"{why} (and {self._waiting} jobs wait already)")
                 self._waiting += 1
+                started = time.monotonic()
                 try:
                     self._cond.wait_for(lambda: self._refusal(grant, epoch, stream)[1],
                                         self.wait if wait is None else wait)
                 finally:
                     self._waiting -= 1
                 why, _ = self._refusal(grant, epoch, stream)
+                log.info("a job of grant %s waited %.3f s: %s", grant[:8], time.monotonic() - started,
+                         why or "it may run")
             if why is not None:
                 raise Refused(why)
             held = self._grants[grant]
