@@ -229,7 +229,8 @@ class CoreClient:
         wanted = self._wanted()
         if wanted != self._sent and self._requests is not None:
             self._sent = wanted
-            self._requests.put(pb.CoreRequest(build=self.build, cores=wanted))
+            busy = {grant: n for grant, n in self._busy.items() if n > 0}
+            self._requests.put(pb.CoreRequest(build=self.build, cores=wanted, busy=busy))
 
     def _ticker(self) -> None:
         while not self._stopping.wait(TICK):

@@ -4,6 +4,7 @@ as the leader dies waits out the election and goes to the backup's helpers."""
 from __future__ import annotations
 
 import json
+import queue
 
 from cli.core_client import DEFAULT_REMOTE_WAIT, CoreClient, remote_wait
 from cli.parser import build_parser
@@ -54,3 +55,15 @@ def test_a_build_that_never_reached_a_leader_neither_waits_out_the_remote_wait_n
     finally:
         cores.stop()
         etcd.lease_revoke(lease)
+
+
+def test_a_lowered_want_names_the_slots_its_jobs_use():
+    """With the want, the initiator says which grants its jobs run on (compile.proto
+    CoreRequest.busy), so the leader gives back idle slots first (coordinator/runtime/lending.py)."""
+    cores = CoreClient(EtcdConfig.from_urls("http://127.0.0.1:9"), "default", "b4")   # never started
+    cores._requests = queue.Queue()
+    with cores._cond:
+        cores._active, cores._peak, cores._busy = 2, 0, {"g-busy": 2, "g-idle": 0}
+        cores._ask()
+    request = cores._requests.get_nowait()
+    assert request.cores == 2 and dict(request.busy) == {"g-busy": 2}

@@ -223,7 +223,7 @@ class _AioCores(compile_pb2_grpc.CoresServicer):
         async def read() -> None:
             try:
                 while (request := await context.read()) is not grpc.aio.EOF:
-                    rt.post(CoresWanted(stream, first.build, request.cores), epoch)
+                    rt.post(CoresWanted(stream, first.build, request.cores, tuple(request.busy.items())), epoch)
                     if _reports(request):
                         request.build = first.build   # one stream, one build
                         rt.post(RunReported(stream, request), epoch)

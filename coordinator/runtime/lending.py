@@ -98,10 +98,17 @@ class CoreLending(EpochState):
             self._grants_out[want.key] = want   # none yet: the initiator knows it is heard
             log.info("build %s wants helper cores", event.build)
         want.cores = max(0, event.cores)
-        while want.held > want.cores:   # give back from the agent holding the most slots
-            agent = max(want.lent, key=lambda name: want.lent[name][1])
-            slots = want.lent[agent][1]
-            self._reduce(want, agent, slots - min(slots, want.held - want.cores))
+        # Give back idle slots first (the initiator says which slots its jobs use):
+        # a job already sent on a grant must not find it cut. Then the agent
+        # holding the most slots, in one step.
+        busy = dict(event.busy)
+        while want.held > want.cores:
+            agent = max(want.lent, key=lambda name: (want.lent[name][1] - busy.get(want.lent[name][0], 0),
+                                                     want.lent[name][1]))
+            grant_id, slots = want.lent[agent]
+            idle = slots - min(slots, max(0, busy.get(grant_id, 0)))
+            cut = min(idle or slots, want.held - want.cores)
+            self._reduce(want, agent, slots - cut)
         self._dirty = True
 
     def _on_compiling_changed(self, event: inbox.CompilingChanged) -> None:
