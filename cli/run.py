@@ -77,27 +77,58 @@ def precompile() -> None:
             pass
 
 
-def install_wrappers(directory: str | None = None, python: str | None = None) -> str:
-    """Write (or refresh) the wrapper scripts; returns the directory."""
-    precompile()
-    directory = directory or wrapper_dir()
-    os.makedirs(directory, exist_ok=True)
-    python = python or sys.executable
-    for name in COMPILER_NAMES:
-        path = os.path.join(directory, name)
-        text = WRAPPER.format(name=name, python=shlex.quote(python), wrappers=shlex.quote(directory),
-                              root=shlex.quote(ROOT))
-        try:
+NATIVE_ENV = "BATON_CC_NATIVE"   # "0": the Python wrapper even where the native one builds
+
+
+def _put(path: str, *, text: str | None = None, link: str | None = None) -> None:
+    """`path` as this script or this symlink, replaced in one rename (a build may be running it)."""
+    try:
+        if link is not None and os.readlink(path) == link:
+            return
+        if text is not None and not os.path.islink(path):
             with open(path, encoding="utf-8") as f:
                 if f.read() == text:
-                    continue
-        except OSError:
-            pass
-        tmp = path + ".tmp"
+                    return
+    except (OSError, UnicodeDecodeError):
+        pass
+    tmp = f"{path}.tmp-{os.getpid()}"
+    if link is not None:
+        os.symlink(link, tmp)
+    else:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
         os.chmod(tmp, 0o755)
-        os.replace(tmp, path)
+    os.replace(tmp, path)
+
+
+def install_wrappers(directory: str | None = None, python: str | None = None, native: bool | None = None,
+                     compilers_path: str | None = None) -> str:
+    """Write (or refresh) the wrappers; returns the directory. Each is a symlink to the native
+    `baton cc` (cli/native) when it builds, else the script running cli/cc.py, saying why on
+    stderr in one line. native: False for the Python wrapper (default: unless $BATON_CC_NATIVE=0);
+    compilers_path: where to look for the C compiler that builds it (default $PATH)."""
+    directory = os.path.abspath(directory or wrapper_dir())
+    os.makedirs(directory, exist_ok=True)
+    binary = None
+    if native is None:
+        native = os.environ.get(NATIVE_ENV, "1") != "0"
+    if native:
+        from cli import native as native_cc
+
+        binary, why = native_cc.build(directory, compilers_path)
+        if binary is None:
+            print(f"baton run: using the Python compiler wrapper: the native one did not build: {why}",
+                  file=sys.stderr, flush=True)
+    if binary is None:
+        precompile()
+    python = python or sys.executable
+    for name in COMPILER_NAMES:
+        path = os.path.join(directory, name)
+        if binary is not None:
+            _put(path, link=os.path.relpath(binary, directory))
+        else:
+            _put(path, text=WRAPPER.format(name=name, python=shlex.quote(python), wrappers=shlex.quote(directory),
+                                           root=shlex.quote(ROOT)))
     return directory
 
 
