@@ -2,9 +2,11 @@
 
 COMMAND (make, ninja, `cmake --build`) runs here, as it would without
 Baton, with the compiler wrappers first on PATH and CC/CXX naming them, so
-that its compiles reach `baton cc` (cli/cc.py). The wrapper directory has a
-fixed path (cli.cc.wrapper_dir), so a tree configured under `baton run`
-keeps building under the next one. `baton run` prints the build's id when
+that its compiles reach `baton cc`: the native one (cli/native: built at
+start with the system C compiler, once per version; the wrappers are
+symlinks to it), else cli/cc.py (the scripts below; one line on stderr says
+why). The wrapper directory has a fixed path (cli.cc.wrapper_dir), so a tree
+configured under `baton run` keeps building under the next one. `baton run` prints the build's id when
 it starts (one line on stderr), exits with COMMAND's exit code, and ends
 with one summary line: jobs remote/local, helper cores used, wall time.
 
@@ -29,9 +31,10 @@ import uuid
 from cli.cc import COMPILER_NAMES, JOBS_LOG, LOCAL_ONLY_ENV, RUN_DIR_ENV, wrapper_dir
 from cli.user_env import user_environ
 
-# Outside `baton run` the wrapper is the compiler on PATH (found by the shell,
-# skipping the wrapper directory): no Python at all. Inside, Python without
-# `site` (-S: its .pth files cost ~35 ms a start) runs `baton cc`.
+# The Python wrapper, where the native one does not build. Outside `baton run`
+# it is the compiler on PATH (found by the shell, skipping the wrapper
+# directory): no Python at all. Inside, Python without `site` (-S: its .pth
+# files cost ~35 ms a start) runs `baton cc`.
 WRAPPER = """#!/bin/sh
 # Written by `baton run`: hands this compile to `baton cc`; outside `baton run`
 # it is the {name} on PATH.
