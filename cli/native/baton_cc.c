@@ -638,6 +638,7 @@ int main(int argc, char **argv) {
     if (!compiler) {
         char *msg = xprintf("baton cc: no compiler named '%s' on PATH\n", name);
         (void)write_all(2, msg, strlen(msg));
+        free(msg);
         return 127;
     }
     char **cargv = xrealloc(NULL, sizeof *cargv * ((size_t)nargs + 1));
@@ -650,6 +651,9 @@ int main(int argc, char **argv) {
         int err = errno;
         char *msg = xprintf("baton cc: cannot run %s: %s\n", compiler, strerror(err));
         (void)write_all(2, msg, strlen(msg));
+        free(msg);
+        free(cargv);
+        free(compiler);
         return err == ENOENT ? 127 : 126;
     }
     struct plan decided = plan(nargs, cargv);
@@ -658,7 +662,7 @@ int main(int argc, char **argv) {
     const char *helper = NULL, *why = decided.reason;
     char *owned_why = NULL, *frame = NULL, *cwd = NULL;
     struct reply reply = {0};
-    int code = 0;
+    int code = 0, undelivered = 0;
     if (!decided.source) {
     } else if (local_only && *local_only) {
         why = "baton run --local-only";
@@ -682,16 +686,18 @@ int main(int argc, char **argv) {
             } else {
                 helper = reply.helper;
                 code = (int)reply.exit_code;
-                if (deliver(cwd, decided.output, &reply) != 0) return 1;
-                (void)write_all(2, reply.diagnostics ? reply.diagnostics : "", reply.diagnostics_len);
+                /* An object it cannot write: said why; exit 1 and no record, as cli/cc.py's exception. */
+                undelivered = deliver(cwd, decided.output, &reply) != 0;
+                if (!undelivered)
+                    (void)write_all(2, reply.diagnostics ? reply.diagnostics : "", reply.diagnostics_len);
             }
             free(failed);
         }
     }
     if (!helper) code = compile_locally(cargv);
     double finished = now();
-    int rc = code;
-    for (char **a = cargv; *a; a++)
+    int rc = undelivered ? 1 : code;
+    for (char **a = cargv; *a && !undelivered; a++)
         if (strcmp(*a, "-c") == 0) { /* a compile; links and other steps are not jobs */
             if (record(run_dir, decided.source, helper ? helper : "local", started, finished, code,
                        base_name(compiler), helper ? NULL : why, reply.has_core ? &reply.core : NULL) != 0)
