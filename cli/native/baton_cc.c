@@ -20,7 +20,10 @@
      aside: the same values, printed with 3 decimals).
 
    `baton-cc --plan ARGV...` prints plan(ARGV) (NUL-separated, for the tests).
-   Every syscall is checked; reads are bounded (a frame of at most MAX_FRAME). */
+   Every syscall is checked; reads are bounded (a frame of at most MAX_FRAME).
+   One file of ~700 lines, over the ~400 of a module: one translation unit is
+   one compiler call at `baton run` start (cli/native/__init__.py), and its
+   parts (plan, PATH search, wire, record) are small and in cli/cc.py's order. */
 #define _XOPEN_SOURCE 700 /* POSIX.1-2008 with realpath */
 #include <errno.h>
 #include <fcntl.h>
