@@ -266,7 +266,7 @@ class HelperService(compile_pb2_grpc.HelperServicer):
         with self.toolchains.using(identity) as shipped:
             if shipped is None:
                 raise missing
-            yield shipped.command()
+            yield shipped.command(name)
 
     def Compile(self, request: pb.CompileRequest, context) -> pb.CompileReply:
         try:

@@ -16,6 +16,8 @@ the run directory, sending their compiles to helpers (cli/initiator.py),
 and reports the build to the cluster (its start, jobs and end: the API and
 the UI's build monitor show it as a build of kind `run`, cli/run_report.py);
 at the end it waits at most cli.core_client.FINISH_WAIT s for the record.
+When no coordinator was ever reached (etcd unreachable, no leader), it does
+not wait for a record nobody can make: it says so in one line and ends.
 """
 from __future__ import annotations
 
@@ -195,6 +197,8 @@ def run(command: list[str], *, local_only: bool = False, max_remote: int | None 
                 recorded = initiator.finish(code, figures["wall"], figures)
             finally:
                 initiator.cores.stop()
+            if not initiator.cores.reached:
+                print("baton run: the build was not recorded: no coordinator was reached", file=sys.stderr)
     if as_json:
         print(json.dumps({"id": build_id, "exit_code": code, "recorded": recorded, **figures}))
     print(f"baton run: {figures['jobs']} jobs ({figures['remote']} remote, {figures['local']} local), "

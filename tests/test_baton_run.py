@@ -188,3 +188,30 @@ def test_baton_cc_sends_helpers_the_users_locale_not_pythons(tmp_path, env, give
         thread.join(60)
     assert done.returncode == 0, done.stderr
     assert job_locale(headers[0]["env"]) == sent
+
+
+NOT_RECORDED = "baton run: the build was not recorded: no coordinator was reached"
+
+
+def test_with_etcd_unreachable_baton_run_does_not_wait_for_a_record(make_project, env):
+    """No coordinator was ever reached: nobody can record the build, so `baton run` ends when
+    COMMAND does, saying so, instead of waiting for the record (it used to wait ~10 s)."""
+    done = baton("run", "--json", "--", "true", cwd=make_project, env=env)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[-2] == NOT_RECORDED and lines[-1].startswith("baton run: 0 jobs"), done.stderr
+    assert "did not record the build's end" not in done.stderr   # the wait for the record, given up
+    assert json.loads(done.stdout.splitlines()[-1])["recorded"] is False
+
+
+def test_with_etcd_unreachable_compiles_go_local_without_waiting_out_the_remote_wait(make_project, env):
+    """A job waits for a leader only briefly while none was ever seen (cli.core_client.FIRST_LEADER_WAIT),
+    not the remote wait: with --remote-wait 600 the build still ends (the old code waited 600 s a job)."""
+    done = subprocess.run([sys.executable, "-m", "cli", "run", "--json", "--remote-wait", "600", "--",
+                           "make", "-j2"], cwd=make_project, env=env, capture_output=True, text=True,
+                          timeout=100)   # a failure bound only (the old code: 600 s a job)
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout.splitlines()[-1])
+    assert (figures["jobs"], figures["local"], figures["recorded"]) == (2, 2, False)
+    assert NOT_RECORDED in done.stderr.splitlines()
+    assert subprocess.run(["./app"], cwd=make_project, capture_output=True, text=True).stdout == "42\n"

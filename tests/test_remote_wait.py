@@ -32,3 +32,25 @@ def test_the_initiator_waits_the_ttl_of_the_leaders_lease(etcd, etcd_url, keys, 
         cores.stop()
         given.stop()
         etcd.lease_revoke(lease)
+
+
+def test_a_build_that_never_reached_a_leader_neither_waits_out_the_remote_wait_nor_for_its_record(
+        etcd, etcd_url, keys, cluster_name, tmp_path):
+    """etcd answers, but no leader key: a job goes local after FIRST_LEADER_WAIT, not the remote
+    wait (600 s here). Then a leader key whose coordinator never answers (a stale key): nobody
+    can record the build, so finish() returns without waiting (600 s here) for the record.
+    The waits given are failure bounds: the old code waited them out (pytest-timeout fails it)."""
+    from cli.run_report import RunReport
+
+    cores = CoreClient(EtcdConfig.from_urls(etcd_url), cluster_name, "b3", wait=600.0,
+                       report=RunReport("b3", ["make"], str(tmp_path))).start()
+    lease = etcd.lease_grant(30)
+    try:
+        assert cores.acquire(600.0) == (None, "no leader")
+        etcd.put(keys.leader, json.dumps({"name": "c1", "role": "primary", "grpc": "127.0.0.1:1"}), lease=lease)
+        wait_until(lambda: cores._seen_leader, timeout=30, message="the leader key seen")
+        assert cores.finish(0, 1.0, {"jobs": 0, "remote": 0, "failed": 0}, timeout=600.0) is False
+        assert not cores.reached
+    finally:
+        cores.stop()
+        etcd.lease_revoke(lease)
