@@ -31,14 +31,20 @@ def baton(*args, cwd, env):
                           text=True, timeout=300)
 
 
-@pytest.fixture
-def env(tmp_path):
+@pytest.fixture(params=["native", "python"])
+def env(tmp_path, request):
+    """Each test with each compiler wrapper: the native one (cli/native) and the Python one (cli/cc.py)."""
     # No cluster: etcd is a port bound here and never listened on, so every connect is refused at once
     # (the default 127.0.0.1:2379 may be some other test's or benchmark's etcd).
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         yield dict(os.environ, PYTHONPATH=str(ROOT), BATON_WRAPPER_DIR=str(tmp_path / "wrappers"),
-                   BATON_ETCD=f"http://127.0.0.1:{closed.getsockname()[1]}")
+                   BATON_ETCD=f"http://127.0.0.1:{closed.getsockname()[1]}",
+                   BATON_CC_NATIVE="1" if request.param == "native" else "0")
+
+
+def wrapper_kind(env: dict) -> str:
+    return "native" if os.path.islink(os.path.join(env["BATON_WRAPPER_DIR"], "cc")) else "python"
 
 
 @pytest.fixture
@@ -62,6 +68,7 @@ def test_a_make_build_runs_and_its_compiles_are_jobs(make_project, env):
     assert "2 jobs (0 remote, 2 local)" in done.stderr.splitlines()[-1]
     assert subprocess.run(["./app"], cwd=make_project, capture_output=True, text=True).stdout == "42\n"
     assert (make_project / "main.d").read_text().startswith("main.o: main.c")
+    assert wrapper_kind(env) == ("native" if env["BATON_CC_NATIVE"] == "1" else "python")
 
 
 def test_a_compile_error_fails_the_build_with_makes_exit_code_and_the_compilers_words(make_project, env):
@@ -100,6 +107,7 @@ def test_a_cmake_tree_configured_under_baton_run_keeps_building_without_it(make_
                              text=True)
     assert outside.returncode == 0, outside.stderr
     assert subprocess.run([str(build / "app")], capture_output=True, text=True).stdout == "7\n"
+    assert wrapper_kind(env) == ("native" if env["BATON_CC_NATIVE"] == "1" else "python")
 
 
 def test_baton_run_without_a_command_is_a_usage_error(tmp_path, env):

@@ -75,7 +75,8 @@ def objects(where: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted([*where.glob("*.o"), *where.glob("*.d")])}
 
 
-def test_compiles_go_to_the_helpers_and_come_back_byte_identical(make_cluster, tmp_path):
+@pytest.mark.parametrize("native", ["1", "0"], ids=["native-wrapper", "python-wrapper"])
+def test_compiles_go_to_the_helpers_and_come_back_byte_identical(make_cluster, tmp_path, native):
     cluster = make_cluster(agents=2, backups=0, cores=1, web=False)
     cluster.wait_agents(2)
     wait_until(lambda: all(r.helper for r in cluster.agent_records().values()), 30, message="helpers advertised")
@@ -83,7 +84,8 @@ def test_compiles_go_to_the_helpers_and_come_back_byte_identical(make_cluster, t
     subprocess.run(["make", "-j4"], cwd=src, check=True, capture_output=True)
     local = objects(src)
     subprocess.run(["make", "clean"], cwd=src, check=True, capture_output=True)
-    figures, stderr = baton_run(cluster, src, tmp_path, "make", "-j4")
+    figures, stderr = baton_run(cluster, src, tmp_path, "make", "-j4", env={"BATON_CC_NATIVE": native})
+    assert os.path.islink(tmp_path / "wrappers" / "cc") == (native == "1")   # cli/native built, or not asked for
     assert figures["jobs"] == 21 and figures["exit_code"] == 0
     assert figures["remote"] > 0 and set(figures["helpers"]) <= {"a1", "a2"} and figures["helpers"], stderr
     assert objects(src) == local
