@@ -272,7 +272,7 @@ def _compile_in(where: JobRoot, compiler: str | Sequence[str], job: CompileJob, 
     source = inside(root, job.source) if os.path.isabs(job.source) else job.source
     obj = os.path.join(where.out, "job.o")
     command = [compiler] if isinstance(compiler, str) else list(compiler)
-    argv = [*command, "-nostdinc", *[f"-isystem{inside(root, d)}" for d in job.system_dirs],
+    argv = [*command, "-nostdinc", *[f"-isystem{where.spelt(d)}" for d in job.system_dirs],
             f"-ffile-prefix-map={root}=", *map_args(job, root), "-c", source, "-o", obj]
     argv, user = _as_user(argv, user) if preexec is None else (argv, user)
     try:
