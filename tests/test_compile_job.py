@@ -85,6 +85,19 @@ def test_debug_info_names_the_system_headers_as_the_compiler_spells_them(tmp_pat
     assert (tmp_path / "a.o").read_bytes() == local
 
 
+@pytest.mark.parametrize("compiler", ["g++", "clang++"])
+def test_diagnostics_in_the_system_headers_name_them_as_the_compiler_does(tmp_path, compiler):
+    """The notes of an error name libstdc++'s headers: Clang by its /usr/bin/../lib/gcc/... spelling."""
+    if shutil.which(compiler) is None:
+        pytest.skip(f"needs {compiler}")
+    (tmp_path / "b.cc").write_text('#include <vector>\nvoid f() { std::vector<int> v; v.push_back("x"); }\n')
+    argv = [compiler, "-O2", "-g", "-c", "b.cc", "-o", "b.o"]
+    local = local_compile(argv, tmp_path)
+    result = split_compile(argv, tmp_path, workdir=str(tmp_path))
+    assert local.returncode != 0 and b"stl_vector.h" in local.stderr
+    assert (result.exit_code, result.diagnostics) == (local.returncode, local.stderr)
+
+
 @pytest.mark.parametrize("system_dirs, files", [
     (("/usr/../../etc",), {}),                       # climbs above the job root
     (("/../root/usr/include",), {}),                 # above it and back: refused too
