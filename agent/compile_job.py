@@ -81,21 +81,54 @@ class JobResult:
 
 def compiler_programs(compiler: str) -> list[tuple[str, str]]:
     """(role, real path) of the files that make up a GCC or Clang compiler: ("driver", its
-    driver), then each of cc1, cc1plus and as that the driver runs (those it finds)."""
+    driver), then each of cc1, cc1plus and as that the driver runs (those it finds). A
+    driver without cc1 (Clang) compiles in itself and its libraries: then also
+    ("lib/<soname>", path) of each libLLVM / libclang-cpp it loads (Debian's clang is a 140 kB
+    driver, the compiler is in those) and ("resource/share/<name>", path) of each file of
+    its resource directory's share/ (the sanitizers' default ignore lists, which change
+    what -fsanitize compiles to)."""
     driver = shutil.which(compiler)
     if driver is None:
         raise FileNotFoundError(f"no compiler {compiler!r} on PATH")
     files = [("driver", os.path.realpath(driver))]
     for prog in ("cc1", "cc1plus", "as"):
-        try:
-            found = subprocess.run([driver, f"-print-prog-name={prog}"], capture_output=True, text=True,
-                                   timeout=10, env=CLEAN_ENV).stdout.strip()
-        except (OSError, subprocess.TimeoutExpired):
-            continue
+        found = _ask(driver, f"-print-prog-name={prog}")
         path = shutil.which(found) if found and not os.path.isabs(found) else found
         if path and os.path.isfile(path):
             files.append((prog, os.path.realpath(path)))
+    if not any(role == "cc1" for role, _ in files):
+        files += _clang_files(files[0][1])
     return files
+
+
+_COMPILER_LIBRARY = re.compile(r"^\s*(lib(?:LLVM|clang-cpp)[-.][A-Za-z0-9._+-]*)\s+=>\s+(/\S+)\s")
+
+
+def _ask(driver: str, flag: str) -> str:
+    try:
+        return subprocess.run([driver, flag], capture_output=True, text=True, timeout=10, env=CLEAN_ENV).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def _clang_files(driver: str) -> list[tuple[str, str]]:
+    """The libraries holding Clang's compiler and its resource share/ files (compiler_programs)."""
+    files = []
+    try:
+        done = subprocess.run(["ldd", driver], capture_output=True, text=True, timeout=30, env=CLEAN_ENV)
+        listing = done.stdout if done.returncode == 0 else ""
+    except (OSError, subprocess.TimeoutExpired):
+        listing = ""
+    for line in listing.splitlines():
+        match = _COMPILER_LIBRARY.match(line + " ")
+        if match:
+            files.append((f"lib/{match.group(1)}", os.path.realpath(match.group(2))))
+    resource = _ask(driver, "-print-resource-dir")
+    share = os.path.join(os.path.realpath(resource), "share") if os.path.isabs(resource) else ""
+    if share and os.path.isdir(share):
+        files += [(f"resource/share/{name}", os.path.join(share, name)) for name in sorted(os.listdir(share))
+                  if re.match(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,200}$", name) and os.path.isfile(os.path.join(share, name))]
+    return sorted(files, key=lambda f: (not f[0].startswith("lib/"), f[0]))
 
 
 def compiler_files(compiler: str) -> list[str]:
@@ -239,7 +272,7 @@ def _compile_in(where: JobRoot, compiler: str | Sequence[str], job: CompileJob, 
     source = inside(root, job.source) if os.path.isabs(job.source) else job.source
     obj = os.path.join(where.out, "job.o")
     command = [compiler] if isinstance(compiler, str) else list(compiler)
-    argv = [*command, "-nostdinc", *[f"-isystem{inside(root, d)}" for d in job.system_dirs],
+    argv = [*command, "-nostdinc", *[f"-isystem{where.spelt(d)}" for d in job.system_dirs],
             f"-ffile-prefix-map={root}=", *map_args(job, root), "-c", source, "-o", obj]
     argv, user = _as_user(argv, user) if preexec is None else (argv, user)
     try:

@@ -7,11 +7,10 @@ the coordinator is never in the data path. `Grants` is what the agent holds;
 a job is refused (CompileReply.refused, and the initiator compiles it
 itself) when:
 
-- its grant is not one the agent holds (after a short wait: the initiator
-  may hear of a grant before the agent does), or it carries another epoch
-  than the grant, or an epoch older than the leader key the agent follows
-  (rule 4: a deposed leader's grants end with its epoch; jobs in flight
-  finish);
+- its grant is not one the agent holds (a job of a grant not heard of yet
+  waits a little for its Lend: `Grants.slot`), or it carries another epoch
+  than the grant, or one older than the newest the agent knows (rule 4: a
+  deposed leader's grants end with its epoch; jobs in flight finish);
 - the grant's slots are all busy (at most `slots` jobs at once per grant);
 - this agent has no compiler of that name whose files hash to the job's
   compiler identity, nor a shipped one of that identity (never a different
@@ -38,9 +37,12 @@ of its files by hash (InputFile): their contents are kept in an
 agent.input_store.InputStore next to the job roots (the same file system,
 so a job root is laid out by hard links), and a job whose contents the
 store lacks is answered `missing` (the initiator sends it again with them).
+
+(Over 400 lines: Grants stays next to the service whose jobs it admits.)
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import logging
@@ -50,6 +52,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from concurrent import futures
 from typing import Callable, Iterator
 
@@ -66,7 +69,17 @@ from cluster.protocol import compile_pb2_grpc
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 80 * 1024 * 1024   # a job's files are bounded at 64 MiB (compile_job.MAX_INPUT_BYTES), plus framing
-GRANT_WAIT = 1.0                 # s a job waits for its grant's Lend, or for a busy slot
+# A job's wait for its grant's Lend (or a busy slot). The leader sends the Lend and the
+# initiator's grants in one loop turn, so this covers the skew of two stream deliveries
+# (none was seen in 108 e2e jobs here: the Lend came first), after a failover too (a
+# leader lends to an agent only after its Hello). Not the lease ttl, which is how long a
+# dead leader goes unseen, not that skew; and a local compile costs about what 1 s does.
+GRANT_WAIT = 1.0
+# Jobs that wait at once (more are refused at once): each holds a server thread. The
+# agent gives the server cores + 4 threads (agent/core.py) and running jobs hold at most
+# `cores` (one per lent slot), so a job of a free slot always finds a thread.
+MAX_WAITING = 4
+_ENDED_KEPT = 4096               # grant ids remembered as ended (Unlend, or their stream ended)
 _COMPILER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 TASK_USER_WHEN_ROOT = "nobody"
 
@@ -94,21 +107,33 @@ class Grants:
     Hello) drops them all and counts the jobs still running under them
     ("carried": no coordinator counts them any more); each time one of those
     ends, `on_carried(jobs still carried)` is called, for the agent to tell its
-    leader (agent.proto Compiling)."""
+    leader (agent.proto Compiling). `wait`, `max_waiting`: see slot()."""
 
-    def __init__(self, on_carried: Callable[[int], None] | None = None) -> None:
+    def __init__(self, on_carried: Callable[[int], None] | None = None, wait: float = GRANT_WAIT,
+                 max_waiting: int = MAX_WAITING) -> None:
+        if wait < 0 or max_waiting < 0:
+            raise ValueError(f"wait ({wait}) and max_waiting ({max_waiting}) cannot be negative")
         self._cond = threading.Condition()
         self._grants: dict[str, _Grant] = {}
         self.newest_epoch = 0
         self.on_carried = on_carried
+        self.wait = wait
+        self.max_waiting = max_waiting
+        self._waiting = 0     # jobs waiting in slot() now
+        # Ended grant ids, and why: their jobs wait for no Lend (a grant id is never lent again).
+        self._ended: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._stream = 0      # how many streams opened (new_stream calls); a job remembers its own
         self._in_flight = 0
         self._carried = 0     # jobs in flight that started before the current stream
 
     def new_stream(self) -> int:
-        """A stream to a coordinator opens (its Hello): the grants end; returns the jobs still running."""
+        """A stream to a coordinator opens (its Hello): the grants end; returns the jobs still running.
+        Jobs waiting for a Lend are refused: a leader lends on a stream only after its Hello, so
+        theirs was lent on an earlier stream, and ended with it."""
         with self._cond:
             self._stream += 1
+            for name in self._grants:
+                self._end(name, "the agent's stream that brought it ended")
             self._grants.clear()
             self._carried = self._in_flight
             self._cond.notify_all()
@@ -121,13 +146,21 @@ class Grants:
                 self._grants[grant] = _Grant(slots, epoch)
             else:
                 held.slots = slots
+            self._ended.pop(grant, None)
             self._follow(epoch)
             self._cond.notify_all()
 
     def unlend(self, grant: str) -> None:
         with self._cond:
             self._grants.pop(grant, None)
+            self._end(grant, "the leader ended it (Unlend)")
             self._cond.notify_all()
+
+    def _end(self, grant: str, why: str) -> None:
+        self._ended[grant] = why
+        self._ended.move_to_end(grant)
+        while len(self._ended) > _ENDED_KEPT:
+            self._ended.popitem(last=False)
 
     def follow(self, epoch: int | None) -> None:
         """A leader of this epoch leads: grants of older epochs take no new jobs."""
@@ -139,37 +172,63 @@ class Grants:
             self.newest_epoch = epoch
             for name in [n for n, g in self._grants.items() if g.epoch < epoch]:
                 del self._grants[name]
+            self._cond.notify_all()   # waiters of older epochs are refused now
 
     def slots(self) -> dict[str, int]:
         with self._cond:
             return {name: g.slots for name, g in self._grants.items()}
 
-    @contextlib.contextmanager
-    def slot(self, grant: str, epoch: int, wait: float = GRANT_WAIT) -> Iterator[None]:
-        """Hold one of the grant's slots for a job; Refused (with why) when it may not run."""
+    def waiting(self) -> int:
+        """How many jobs wait for a Lend or a slot now."""
         with self._cond:
-            def state() -> str | None:
-                if epoch < self.newest_epoch:
-                    return f"the grant's epoch {epoch} is older than the leader's {self.newest_epoch}"
-                held = self._grants.get(grant)
-                if held is None:
-                    return "this helper holds no such grant"
-                if held.epoch != epoch:
-                    return f"the grant is of epoch {held.epoch}, not {epoch}"
-                if held.busy >= held.slots:
-                    return f"all {held.slots} slots of the grant are busy"
-                return None
+            return self._waiting
 
-            why = state()
-            if why is not None and epoch >= self.newest_epoch:
-                self._cond.wait_for(lambda: state() is None or epoch < self.newest_epoch, wait)
-                why = state()
+    def _refusal(self, grant: str, epoch: int, stream: int) -> tuple[str | None, bool]:
+        """(why the job may not run now or None, whether that is final: waiting cannot change it)."""
+        if epoch < self.newest_epoch:
+            return f"the grant's epoch {epoch} is older than the leader's {self.newest_epoch}", True
+        held = self._grants.get(grant)
+        if held is None:
+            ended = self._ended.get(grant)
+            if ended is not None:
+                return f"this helper holds no such grant: {ended}", True
+            if stream != self._stream:
+                return "this helper holds no such grant: its stream to the leader ended meanwhile", True
+            return "this helper holds no such grant", False   # its Lend may be on the way
+        if held.epoch != epoch:
+            return f"the grant is of epoch {held.epoch}, not {epoch}", True
+        if held.busy >= held.slots:
+            return f"all {held.slots} slots of the grant are busy", False
+        return None, True
+
+    @contextlib.contextmanager
+    def slot(self, grant: str, epoch: int, wait: float | None = None) -> Iterator[None]:
+        """Hold one of the grant's slots for a job; Refused (with why) when it may not run.
+        A grant not heard of yet (its epoch not older than the newest known) or a busy slot:
+        wait up to `wait` (default self.wait) for the Lend or the slot. A Lend, an Unlend, a
+        newer epoch or a new stream wakes the waiters; past `max_waiting` waiters a job is
+        refused at once, so waiters never take all of the server's threads."""
+        with self._cond:
+            stream = self._stream
+            why, final = self._refusal(grant, epoch, stream)
+            if why is not None and not final:
+                if self._waiting >= self.max_waiting:
+                    raise Refused(f"{why} (and {self._waiting} jobs wait already)")
+                self._waiting += 1
+                started = time.monotonic()
+                try:
+                    self._cond.wait_for(lambda: self._refusal(grant, epoch, stream)[1],
+                                        self.wait if wait is None else wait)
+                finally:
+                    self._waiting -= 1
+                why, _ = self._refusal(grant, epoch, stream)
+                log.info("a job of grant %s waited %.3f s: %s", grant[:8], time.monotonic() - started,
+                         why or "it may run")
             if why is not None:
                 raise Refused(why)
             held = self._grants[grant]
             held.busy += 1
             self._in_flight += 1
-            stream = self._stream
         try:
             yield
         finally:
@@ -266,7 +325,7 @@ class HelperService(compile_pb2_grpc.HelperServicer):
         with self.toolchains.using(identity) as shipped:
             if shipped is None:
                 raise missing
-            yield shipped.command()
+            yield shipped.command(name)
 
     def Compile(self, request: pb.CompileRequest, context) -> pb.CompileReply:
         try:

@@ -42,6 +42,25 @@ def inside(root: str, path: str) -> str:
     return mapped
 
 
+def inside_as_spelt(root: str, path: str) -> str:
+    """root + path spelt as given, '..' kept: Clang names libstdc++'s directory
+    /usr/bin/../lib/gcc/<triple>/12/../../../../include/c++/12 and records that spelling in the
+    debug line table, so the helper must name it alike (docs/internals.md). Refused when a '..'
+    climbs above root, even to come back: a job root holds only real directories and files (no
+    symlinks), so once `JobRoot.spelt` has made the directories each '..' climbs out of, the
+    path resolves where its normalised form does."""
+    if not os.path.isabs(path):
+        raise JobRefused(f"{path[:80]!r} is not an absolute path")
+    depth = 0
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        depth += -1 if part == ".." else 1
+        if depth < 0:
+            raise JobRefused(f"{path[:80]!r} leaves the job")
+    return root + path
+
+
 class JobRoot:
     """`root`: where the job's files go; `out`: where the compiler writes (the compile user's)."""
 
@@ -62,6 +81,23 @@ class JobRoot:
         if parent not in self._dirs:
             os.makedirs(parent, exist_ok=True)
             self._dirs.add(parent)
+
+    def spelt(self, path: str) -> str:
+        """`path` in the root as spelt (inside_as_spelt), with the directories its '..'
+        components climb out of made: a '..' after a directory that is not there fails."""
+        mapped = inside_as_spelt(self.root, path)
+        parts = path.split("/")
+        for i, part in enumerate(parts):
+            if part != "..":
+                continue
+            climbed = os.path.normpath(self.root + "/".join(parts[:i]))
+            if climbed not in self._dirs:
+                try:
+                    os.makedirs(climbed, exist_ok=True)
+                except OSError as e:   # a job file where the path needs a directory
+                    raise JobRefused(f"{path[:80]!r}: {e.strerror}") from None
+                self._dirs.add(climbed)
+        return mapped
 
     def lay_out(self, files, inputs, store) -> None:
         """Exactly these files under `root`: `files` (path -> content) written, `inputs`

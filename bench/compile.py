@@ -1,16 +1,23 @@
 """What does Baton's compile path cost, on a real project?
 
     python bench/compile.py [--runs 30] [--jobs 2] [--remote-jobs N] [--repeat 1] [--cares DIR] [--cluster]
-                            [--json]
+                            [--wrapper both|native|python] [--json]
 
 The project is c-ares (its sources ship in the PyPI sdist of pycares,
 deps/c-ares; fetched with `pip download` unless --cares names a tree),
 configured with CMake and Ninja. Measured, side by side in one run:
 
-1. `baton cc` start-up: a tiny compile through the wrapper script outside
-   `baton run` (the shell finds and execs the compiler), and inside it
-   (Python without site: the argument rules and a job record), against the
-   compiler called directly; median and p99 of --runs.
+Each `baton run` figure is taken with each compiler wrapper of --wrapper
+(default both, side by side): the native one (cli/native/baton_cc.c, what
+`baton run` installs where a C compiler builds it) and the Python one
+(cli/cc.py, BATON_CC_NATIVE=0).
+
+1. `baton cc` start-up: a tiny compile through each wrapper outside
+   `baton run` (it finds and execs the compiler), inside it with no helper
+   socket (the argument rules and a job record), and inside it asking a job
+   server that answers "compile it locally" (cli/ccwire.py over a real unix
+   socket), against the compiler called directly; median and p99 wall of
+   --runs, and the CPU (user + system) a run costs, wrapper and compiler.
 2. The remote path's parts on every c-ares compile (-O2 -g -MD): the local
    compile; the initiator's scan (cli/compile_scan.py) and hashing of the
    inputs (cli/job_inputs.py, stat-cached across jobs as in `baton run`);
@@ -91,23 +98,84 @@ def configure(source: Path, build: Path, env: dict, runner: list[str], extra: li
                     ("-DCARES_BUILD_TOOLS=ON", "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON", "-DCMAKE_C_FLAGS=-MD", *extra))
 
 
-def startup(runs: int, workdir: Path, env: dict) -> list[dict]:
-    print("1. baton cc start-up (a tiny compile, -c, no optimisation)")
+class LocalAnswers:
+    """A `baton run` job server that answers every job "compile it locally" (cli/ccwire.py)."""
+
+    def __init__(self, run_dir: Path):
+        import threading
+
+        from cli import ccwire
+
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(run_dir / ccwire.SOCKET))
+        self.sock.listen(16)
+
+        def serve() -> None:
+            while True:
+                try:
+                    conn, _ = self.sock.accept()
+                except OSError:
+                    return
+                with conn:
+                    ccwire.receive(conn)
+                    ccwire.send(conn, {"local": "the bench says so"})
+
+        self.thread = threading.Thread(target=serve, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self.thread.join(10)
+
+
+def children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def startup(runs: int, workdir: Path, env: dict, kinds: list[str]) -> list[dict]:
+    print("1. baton cc start-up (a tiny compile, -c, no optimisation): wall, and CPU of wrapper + compiler")
     tiny = workdir / "tiny.c"
     tiny.write_text("int tiny(void) { return 1; }\n")
-    run_dir = workdir / "run"
-    run_dir.mkdir(exist_ok=True)
-    wrapper = os.path.join(install_wrappers(env["BATON_WRAPPER_DIR"]), "gcc")
-    direct, outside, inside = [], [], []
-    for _ in range(runs):
-        for argv, extra, out in ((["gcc"], {}, direct), ([wrapper], {}, outside),
-                                 ([wrapper], {"BATON_RUN_DIR": str(run_dir)}, inside)):
-            started = time.perf_counter()
-            subprocess.run([*argv, "-c", str(tiny), "-o", str(workdir / "tiny.o")], env=dict(env, **extra),
-                           check=True)
-            out.append(time.perf_counter() - started)
-    return [row("gcc directly", direct), row("baton cc outside baton run", outside, direct),
-            row("baton cc inside baton run (a job record)", inside, direct)]
+    variants = [("gcc directly", ["gcc"], {})]
+    servers = []
+    for kind in kinds:
+        wrappers = install_wrappers(str(workdir / f"wrappers-{kind}"), native=kind == "native")
+        wrapper = os.path.join(wrappers, "gcc")
+        bare, asking = workdir / f"run-{kind}", workdir / f"run-{kind}-server"
+        bare.mkdir(exist_ok=True)
+        asking.mkdir(exist_ok=True)
+        servers.append(LocalAnswers(asking))
+        variants += [(f"{kind}: outside baton run", [wrapper], {}),
+                     (f"{kind}: inside, no helper socket", [wrapper], {"BATON_RUN_DIR": str(bare)}),
+                     (f"{kind}: inside, answered \"local\"", [wrapper], {"BATON_RUN_DIR": str(asking)})]
+    walls: dict[str, list[float]] = {name: [] for name, _, _ in variants}
+    cpu: dict[str, float] = {name: 0.0 for name, _, _ in variants}
+    try:
+        for _ in range(runs):
+            for name, argv, extra in variants:
+                run_env = dict(env, **extra)
+                if argv[0] != "gcc":
+                    run_env.update(BATON_WRAPPER_DIR=os.path.dirname(argv[0]),
+                                   PATH=os.path.dirname(argv[0]) + os.pathsep + env["PATH"])
+                used, started = children_cpu(), time.perf_counter()
+                subprocess.run([*argv, "-c", str(tiny), "-o", str(workdir / "tiny.o")], env=run_env, check=True)
+                walls[name].append(time.perf_counter() - started)
+                cpu[name] += children_cpu() - used
+    finally:
+        for server in servers:
+            server.close()
+    out = []
+    for name, _, _ in variants:
+        figures = row(name, walls[name], None if name == "gcc directly" else walls["gcc directly"])
+        figures["cpu_ms"] = cpu[name] / runs * 1000
+        print(f"  {'':<44} CPU {figures['cpu_ms']:6.1f} ms a run "
+              f"(x{cpu[name] / max(cpu['gcc directly'], 1e-9):.2f} of direct)")
+        out.append(figures)
+    return out
 
 
 def halves(build: Path) -> tuple[list[dict], int]:
@@ -181,11 +249,11 @@ def probe(build: str, out: str) -> int:
     return 0
 
 
-def per_job(build: Path, workdir: Path, env: dict, variants: list[tuple[str, list[str]]]) -> list[dict]:
+def per_job(build: Path, workdir: Path, variants: list[tuple[str, list[str], dict]]) -> list[dict]:
     """Per-job overhead: wrapper start to object written, minus the same compile run directly."""
     print("4. per-job overhead, one compile at a time (wrapper wall - direct compile wall)")
     out = []
-    for name, runner in variants:
+    for name, runner, env in variants:
         result = workdir / "probe.json"
         subprocess.run([*[r for r in runner if r != "--json"], sys.executable, str(Path(__file__).resolve()),
                         "--probe", str(build), str(result)], check=True, env=env, capture_output=True)
@@ -253,17 +321,27 @@ def free_port() -> int:
 WARM = "baton run, 2 helpers, warm scan cache"
 
 
+def wrapper_env(env: dict, workdir: Path, kind: str) -> dict:
+    """`env` for `baton run` with the `kind` compiler wrapper (each kind its own wrapper directory)."""
+    return dict(env, BATON_WRAPPER_DIR=str(workdir / f"wrappers-{kind}"),
+                BATON_CC_NATIVE="1" if kind == "native" else "0")
+
+
 def builds(source: Path, workdir: Path, env: dict, jobs: int, cluster=None, repeat: int = 1,
-           remote_jobs: int | None = None) -> list[dict]:
+           remote_jobs: int | None = None, kinds: tuple[str, ...] = ("native", "python")) -> list[dict]:
     remote_jobs = remote_jobs or jobs
     print(f"3. whole builds of c-ares, cmake --build -j{jobs} (-j{remote_jobs} with helpers or distcc), "
           f"median of {repeat}")
     run = [sys.executable, "-m", "cli", "run"]
-    variants = [("local", [], env), ("baton run --local-only", [*run, "--local-only", "--"], env)]
-    if cluster is not None:
-        variants.append(("baton run, 2 one-core helpers", [*run, "--json", *farm_options(cluster), "--"], env))
-        # The same build tree cleaned and built again: every scan from the cache (cli/scan_cache.py).
-        variants.append((WARM, [*run, "--json", *farm_options(cluster), "--"], env))
+    variants = [("local", [], env)]
+    for kind in kinds:
+        kind_env = wrapper_env(env, workdir.parent, kind)
+        variants.append((f"baton run --local-only [{kind}]", [*run, "--local-only", "--"], kind_env))
+        if cluster is not None:
+            variants.append((f"baton run, 2 one-core helpers [{kind}]",
+                             [*run, "--json", *farm_options(cluster), "--"], kind_env))
+            # The same build tree cleaned and built again: every scan from the cache (cli/scan_cache.py).
+            variants.append((f"{WARM} [{kind}]", [*run, "--json", *farm_options(cluster), "--"], kind_env))
     distcc = None
     if Distcc.installed():
         distcc = Distcc(workdir, 2).start()
@@ -277,7 +355,7 @@ def builds(source: Path, workdir: Path, env: dict, jobs: int, cluster=None, repe
                 # Each round's first build with helpers starts with an empty scan cache.
                 variant_env = dict(variant_env, BATON_CACHE_DIR=str(workdir / f"scan-cache-{round_}"))
                 launcher = ["-DCMAKE_C_COMPILER_LAUNCHER=distcc"] if name.startswith("distcc") else []
-                if name == WARM:
+                if name.startswith(WARM):
                     subprocess.run(["cmake", "--build", str(build), "--target", "clean"], check=True,
                                    env=variant_env, capture_output=True)
                 else:
@@ -303,7 +381,7 @@ def builds(source: Path, workdir: Path, env: dict, jobs: int, cluster=None, repe
     best_local = min(walls["local"])
     for name, values in walls.items():
         wall = statistics.median(values)
-        print(f"  {name:<44} wall {wall:6.2f} s  (x{wall / local:.2f} of local; best {min(values):.2f} s, "
+        print(f"  {name:<53} wall {wall:6.2f} s  (x{wall / local:.2f} of local; best {min(values):.2f} s, "
               f"x{min(values) / best_local:.2f})  {remote.get(name, '')}")
         out.append({"name": name, "wall_s": wall, "walls_s": values, "ratio": wall / local,
                     "remote": remote.get(name)})
@@ -332,6 +410,8 @@ def main() -> int:
     parser.add_argument("--cares", default=None, help="a c-ares source tree (default: from pycares' sdist)")
     parser.add_argument("--cluster", action="store_true",
                         help="also build with two one-core helper agents of a local cluster")
+    parser.add_argument("--wrapper", choices=("both", "native", "python"), default="both",
+                        help="the compiler wrapper(s) of the baton run figures (default: both, side by side)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--probe", nargs=2, metavar=("BUILD", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -343,7 +423,8 @@ def main() -> int:
         env = dict(os.environ, PYTHONPATH=str(ROOT), BATON_WRAPPER_DIR=str(workdir / "wrappers"),
                    BATON_CACHE_DIR=str(workdir / "cache"))
         source = Path(args.cares) if args.cares else fetch_cares(workdir)
-        report = {"startup": startup(args.runs, workdir, env)}
+        kinds = ["native", "python"] if args.wrapper == "both" else [args.wrapper]
+        report = {"startup": startup(args.runs, workdir, env, kinds)}
         build = workdir / "build-halves"
         configure(source, build, env, [])
         report["halves"], different = halves(build)
@@ -357,12 +438,16 @@ def main() -> int:
             builds_dir = workdir / "builds"
             builds_dir.mkdir()
             report["builds"] = builds(source, builds_dir, env, args.jobs, cluster, args.repeat,
-                                      args.remote_jobs)
+                                      args.remote_jobs, tuple(kinds))
             run = [sys.executable, "-m", "cli", "run"]
-            probes = [("baton run --local-only", [*run, "--local-only", "--"])]
-            if cluster is not None:
-                probes.append(("baton run, 2 one-core helpers", [*run, *farm_options(cluster), "--"]))
-            report["per_job"] = per_job(build, workdir, env, probes)
+            probes = []
+            for kind in kinds:
+                kind_env = wrapper_env(env, workdir, kind)
+                probes.append((f"baton run --local-only [{kind}]", [*run, "--local-only", "--"], kind_env))
+                if cluster is not None:
+                    probes.append((f"baton run, 2 one-core helpers [{kind}]", [*run, *farm_options(cluster), "--"],
+                                   kind_env))
+            report["per_job"] = per_job(build, workdir, probes)
         finally:
             if cluster is not None:
                 cluster.stop()

@@ -18,6 +18,12 @@ compile would write it, the diagnostics go to stderr and the compiler's exit
 code is ours. When `baton run` answers "locally" (no leader, no free helper
 core in time, a failed or refusing helper), the compile runs here and the
 record says why (docs/design.md section 8).
+
+cli/native/baton_cc.c is this module in C (and cli.cc_args.plan with it),
+which `baton run` installs instead where a C compiler builds it: the same
+words, records and exit codes without Python's start-up. A change of
+behaviour here is made there too; tests/test_native_cc.py runs both side by
+side and fails when they differ.
 """
 from __future__ import annotations
 

@@ -21,6 +21,11 @@ the `.d` file exactly as the compile would (the same target and file names)
 and lists every file the compile reads; the helper gets the other flags, the
 source and those files (agent/compile_job.py), and compiles them at the same
 paths.
+
+cli/native/baton_cc.c carries a copy of `plan` (the decision, source and
+output): tests/test_native_cc.py checks it against this one on every rule,
+generated from the tables below, so a rule changed here fails there until
+the C follows.
 """
 from __future__ import annotations
 

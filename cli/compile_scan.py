@@ -48,7 +48,9 @@ class Scan:
 
 @functools.lru_cache(maxsize=8)
 def system_dirs(compiler: str, language: str) -> tuple[str, ...]:
-    """The directories `compiler` searches for <...> includes, in order."""
+    """The directories `compiler` searches for <...> includes, in order, spelt as it spells them:
+    Clang records /usr/bin/../lib/gcc/<triple>/12/../../../../include/c++/12 so in -g's line
+    table, and the helper names them alike (agent.job_root.inside_as_spelt)."""
     done = subprocess.run([compiler, "-x", language, "-E", "-v", "-"], input=b"", capture_output=True,
                           timeout=30)
     text = done.stderr.decode(errors="replace")
@@ -56,7 +58,7 @@ def system_dirs(compiler: str, language: str) -> tuple[str, ...]:
         listed = text.split("#include <...> search starts here:", 1)[1].split("End of search list.", 1)[0]
     except IndexError:
         raise ScanFailed(f"{compiler} does not list its include directories") from None
-    return tuple(os.path.normpath(line.strip()) for line in listed.strip().splitlines() if line.strip())
+    return tuple(line.strip() for line in listed.strip().splitlines() if line.strip())
 
 
 def scan(plan: RemotePlan, cwd: str, timeout: float = 600.0, env: dict | None = None) -> Scan:
@@ -95,7 +97,7 @@ def input_paths(plan: RemotePlan, cwd: str, found: Scan) -> list[str]:
     paths = [os.path.normpath(os.path.join(cwd, plan.source)), *found.headers]
     for directory in system_dirs(plan.compiler, plan.language):
         for name in PREINCLUDED:
-            candidate = os.path.join(directory, name)
+            candidate = os.path.normpath(os.path.join(directory, name))
             if os.path.isfile(candidate):
                 paths.append(candidate)
                 break

@@ -10,8 +10,12 @@ sends. A new leader: the stream moves to it and the old grants end. On the
 same stream it reports the build's start, its finished jobs and its end
 (cli/run_report.py), sending what the leader has not acknowledged again on
 every new stream; `finish()` sends the end and waits (bounded) until the
-leader has recorded it. It names the slot of a grant each job runs in (the
-build monitor's lane: `acquire_core`).
+leader has recorded it — unless no stream ever reached a leader (etcd
+unreachable, no leader key, a leader that never answered): then nobody can
+record it, and it returns at once. While no leader was ever seen, a job waits
+at most FIRST_LEADER_WAIT for one, not the remote wait: the build compiles
+here promptly, and its jobs go remote once a leader appears. It names the
+slot of a grant each job runs in (the build monitor's lane: `acquire_core`).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from cluster.keys import Keys
 from cluster.protocol import compile_pb2 as pb
 from cluster.protocol import compile_pb2_grpc
 from lease.client import EtcdConfig, connect
-from lease.errors import BatonError
+from lease.errors import BatonError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,12 @@ FINISH_WAIT = 15.0              # s at the end for the leader to record the buil
 # s a job waits for a free helper core when --remote-wait is not given and the leader's
 # lease ttl cannot be read: coordinator.config.Timings' default ttl (docs/design.md section 8).
 DEFAULT_REMOTE_WAIT = 10.0
+# s from the build's start that a job waits for a leader while none was ever seen (etcd
+# unreachable or no leader key): one being elected right then is worth a short wait, a
+# cluster that is not there is not worth the remote wait (which covers a failover).
+FIRST_LEADER_WAIT = 1.0
+CONTACT_WAIT = 5.0              # s finish() waits for the first attempt to reach a leader to end
+RETRY = 1.0                     # s between attempts to reach an etcd that could not be reached
 
 
 def remote_wait(given: float | None, lease_ttl: int | None) -> float:
@@ -78,6 +88,8 @@ class CoreClient:
         self._leaderless = True
         self._leaderless_since = time.monotonic()
         self._settled = threading.Event()        # the first answer (grants, or that there is no leader)
+        self._seen_leader = False                # a leader key was ever read
+        self.reached = False                     # a leader ever answered on a Cores stream
         self._stopping = threading.Event()
         self._changed = threading.Event()
         self._etcd = None
@@ -100,13 +112,7 @@ class CoreClient:
             self._etcd.close()
 
     def _run(self) -> None:
-        try:
-            self._etcd = connect(self.etcd_config)
-            self._follower = LeaderFollower(self._etcd, self.keys.leader, self._on_leader)
-            self._follower.start()
-        except BatonError as exc:
-            log.info("baton run: no leader to ask for helper cores (%s); compiling here", exc)
-            self._settled.set()
+        if not self._follow():
             return
         while not self._stopping.is_set():
             leader = self._follower.current
@@ -115,11 +121,39 @@ class CoreClient:
                 self._changed.wait(1.0)
                 self._changed.clear()
                 continue
+            if not self._seen_leader:
+                with self._cond:
+                    self._seen_leader = True   # jobs waiting for a first leader may now wait longer
+                    self._cond.notify_all()
             self._learn_wait(leader)
             self._hold_stream(leader)
             self._set_grants([], leaderless=False)
             self._changed.wait(0.2)   # a refused or broken stream: try again soon (or on a leader change)
             self._changed.clear()
+
+    def _follow(self) -> bool:
+        """Follow the leader key; an etcd that cannot be reached is tried again every RETRY s
+        (the build compiles here meanwhile). False: stopped first."""
+        follower = None
+        while not self._stopping.is_set():
+            try:
+                if follower is None:
+                    self._etcd = connect(self.etcd_config)
+                    follower = LeaderFollower(self._etcd, self.keys.leader, self._on_leader)
+                follower.start()
+                self._follower = follower
+                if self._stopping.is_set():   # stop() came meanwhile and did not see it
+                    follower.stop()
+                    return False
+                return True
+            except BatonError as exc:
+                if not self._settled.is_set():
+                    log.info("baton run: no leader to ask for helper cores (%s); compiling here", exc)
+                    self._settled.set()
+                if isinstance(exc, ConfigError):
+                    return False   # bad options: trying again cannot help
+            self._stopping.wait(RETRY)
+        return False
 
     def _learn_wait(self, leader) -> None:
         """Without --remote-wait: the wait is this leader's lease ttl (one etcd read a leader)."""
@@ -160,6 +194,7 @@ class CoreClient:
         try:
             self._call = compile_pb2_grpc.CoresStub(channel).Want(iter(requests.get, None), metadata=metadata)
             for reply in self._call:
+                self.reached = True
                 if self.report is not None:
                     self.report.acknowledge(reply)   # _set_grants wakes finish()
                 self._set_grants(reply.grants, leaderless=False)
@@ -194,7 +229,8 @@ class CoreClient:
         wanted = self._wanted()
         if wanted != self._sent and self._requests is not None:
             self._sent = wanted
-            self._requests.put(pb.CoreRequest(build=self.build, cores=wanted))
+            busy = {grant: n for grant, n in self._busy.items() if n > 0}
+            self._requests.put(pb.CoreRequest(build=self.build, cores=wanted, busy=busy))
 
     def _ticker(self) -> None:
         while not self._stopping.wait(TICK):
@@ -214,10 +250,19 @@ class CoreClient:
 
     def finish(self, exit_code: int, wall: float, figures: dict, timeout: float = FINISH_WAIT) -> bool:
         """Report the end (with the last jobs) and wait until the leader recorded it: at most
-        `timeout` s, and no longer than `wait` s without a leader (none may come)."""
+        `timeout` s, and no longer than `wait` s without a leader (a new one may come). When
+        no leader ever answered (`reached` stays False), nobody can record it: only the first
+        attempt to reach one is waited for (at most CONTACT_WAIT s), e.g. for a COMMAND that
+        ended before the stream was open, not the record."""
         if self.report is None:
             return False
         deadline = time.monotonic() + timeout
+        if not self.reached:
+            # The first outcome is an answer (reached), or etcd unreachable, no leader key, or
+            # a stream that ended unanswered: then no coordinator was reached.
+            self._settled.wait(min(timeout, CONTACT_WAIT))
+            if not self.reached:
+                return False
         with self._cond:
             self._report_jobs()
             end = self.report.finish(exit_code, wall, figures)
@@ -239,17 +284,18 @@ class CoreClient:
         return grant, why
 
     def local_at_once(self, wait: float | None = None) -> str | None:
-        """Why acquire_core(wait) would answer "locally" without waiting (no leader, none being
-        elected: etcd unreachable, or leaderless for longer than the wait), else None. The job
-        server skips the scan of a job that compiles locally anyway (cli/job_server.py). Waits
-        for the cluster's first answer as acquire_core does (only a build's first jobs do)."""
+        """Why acquire_core(wait) would answer "locally" without waiting (leaderless past the
+        bound acquire_core waits for a leader), else None. The job server skips the scan of a
+        job that compiles locally anyway (cli/job_server.py). Waits for the cluster's first
+        answer as acquire_core does (only a build's first jobs do)."""
         wait = self.wait if wait is None else wait
         if not self._settled.wait(wait):
             return None
         with self._cond:
-            if self._leaderless and (self._follower is None
-                                     or time.monotonic() - self._leaderless_since >= wait):
-                return "no leader"
+            if self._leaderless:   # acquire_core's bound
+                bound = wait if self._seen_leader else min(wait, FIRST_LEADER_WAIT)
+                if time.monotonic() - self._leaderless_since >= bound:
+                    return "no leader"
         return None
 
     def acquire_core(self, wait: float | None = None) -> tuple[pb.Grant | None, int, str]:
@@ -257,6 +303,8 @@ class CoreClient:
         wait: at most this many s; None: self.wait."""
         wait = self.wait if wait is None else wait
         deadline = time.monotonic() + wait
+        # The first answer comes within etcd's timeout (EtcdConfig.timeout) even from an etcd that
+        # does not answer; then a build that never saw a leader waits FIRST_LEADER_WAIT at most.
         if not self._settled.wait(wait):
             return None, -1, f"no answer from the cluster within {wait:g} s"
         with self._cond:
@@ -276,8 +324,9 @@ class CoreClient:
                 left = deadline - time.monotonic()
                 why = "no leader" if self._leaderless else f"no free helper core within {wait:g} s"
                 if self._leaderless:   # waiting is worth it only for a leader that is being elected
-                    left = min(left, self._leaderless_since + wait - time.monotonic())
-                if left <= 0 or (self._leaderless and self._follower is None):
+                    bound = wait if self._seen_leader else min(wait, FIRST_LEADER_WAIT)
+                    left = min(left, self._leaderless_since + bound - time.monotonic())
+                if left <= 0:
                     self._active -= 1
                     return None, -1, why
                 self._cond.wait(left)

@@ -2,9 +2,11 @@
 
 COMMAND (make, ninja, `cmake --build`) runs here, as it would without
 Baton, with the compiler wrappers first on PATH and CC/CXX naming them, so
-that its compiles reach `baton cc` (cli/cc.py). The wrapper directory has a
-fixed path (cli.cc.wrapper_dir), so a tree configured under `baton run`
-keeps building under the next one. `baton run` prints the build's id when
+that its compiles reach `baton cc`: the native one (cli/native: built at
+start with the system C compiler, once per version; the wrappers are
+symlinks to it), else cli/cc.py (the scripts below; one line on stderr says
+why). The wrapper directory has a fixed path (cli.cc.wrapper_dir), so a tree
+configured under `baton run` keeps building under the next one. `baton run` prints the build's id when
 it starts (one line on stderr), exits with COMMAND's exit code, and ends
 with one summary line: jobs remote/local, helper cores used, wall time.
 
@@ -14,6 +16,8 @@ the run directory, sending their compiles to helpers (cli/initiator.py),
 and reports the build to the cluster (its start, jobs and end: the API and
 the UI's build monitor show it as a build of kind `run`, cli/run_report.py);
 at the end it waits at most cli.core_client.FINISH_WAIT s for the record.
+When no coordinator was ever reached (etcd unreachable, no leader), it does
+not wait for a record nobody can make: it says so in one line and ends.
 """
 from __future__ import annotations
 
@@ -29,9 +33,10 @@ import uuid
 from cli.cc import COMPILER_NAMES, JOBS_LOG, LOCAL_ONLY_ENV, RUN_DIR_ENV, wrapper_dir
 from cli.user_env import user_environ
 
-# Outside `baton run` the wrapper is the compiler on PATH (found by the shell,
-# skipping the wrapper directory): no Python at all. Inside, Python without
-# `site` (-S: its .pth files cost ~35 ms a start) runs `baton cc`.
+# The Python wrapper, where the native one does not build. Outside `baton run`
+# it is the compiler on PATH (found by the shell, skipping the wrapper
+# directory): no Python at all. Inside, Python without `site` (-S: its .pth
+# files cost ~35 ms a start) runs `baton cc`.
 WRAPPER = """#!/bin/sh
 # Written by `baton run`: hands this compile to `baton cc`; outside `baton run`
 # it is the {name} on PATH.
@@ -77,27 +82,58 @@ def precompile() -> None:
             pass
 
 
-def install_wrappers(directory: str | None = None, python: str | None = None) -> str:
-    """Write (or refresh) the wrapper scripts; returns the directory."""
-    precompile()
-    directory = directory or wrapper_dir()
-    os.makedirs(directory, exist_ok=True)
-    python = python or sys.executable
-    for name in COMPILER_NAMES:
-        path = os.path.join(directory, name)
-        text = WRAPPER.format(name=name, python=shlex.quote(python), wrappers=shlex.quote(directory),
-                              root=shlex.quote(ROOT))
-        try:
+NATIVE_ENV = "BATON_CC_NATIVE"   # "0": the Python wrapper even where the native one builds
+
+
+def _put(path: str, *, text: str | None = None, link: str | None = None) -> None:
+    """`path` as this script or this symlink, replaced in one rename (a build may be running it)."""
+    try:
+        if link is not None and os.readlink(path) == link:
+            return
+        if text is not None and not os.path.islink(path):
             with open(path, encoding="utf-8") as f:
                 if f.read() == text:
-                    continue
-        except OSError:
-            pass
-        tmp = path + ".tmp"
+                    return
+    except (OSError, UnicodeDecodeError):
+        pass
+    tmp = f"{path}.tmp-{os.getpid()}"
+    if link is not None:
+        os.symlink(link, tmp)
+    else:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
         os.chmod(tmp, 0o755)
-        os.replace(tmp, path)
+    os.replace(tmp, path)
+
+
+def install_wrappers(directory: str | None = None, python: str | None = None, native: bool | None = None,
+                     compilers_path: str | None = None) -> str:
+    """Write (or refresh) the wrappers; returns the directory. Each is a symlink to the native
+    `baton cc` (cli/native) when it builds, else the script running cli/cc.py, saying why on
+    stderr in one line. native: False for the Python wrapper (default: unless $BATON_CC_NATIVE=0);
+    compilers_path: where to look for the C compiler that builds it (default $PATH)."""
+    directory = os.path.abspath(directory or wrapper_dir())
+    os.makedirs(directory, exist_ok=True)
+    binary = None
+    if native is None:
+        native = os.environ.get(NATIVE_ENV, "1") != "0"
+    if native:
+        from cli import native as native_cc
+
+        binary, why = native_cc.build(directory, compilers_path)
+        if binary is None:
+            print(f"baton run: using the Python compiler wrapper: the native one did not build: {why}",
+                  file=sys.stderr, flush=True)
+    if binary is None:
+        precompile()
+    python = python or sys.executable
+    for name in COMPILER_NAMES:
+        path = os.path.join(directory, name)
+        if binary is not None:
+            _put(path, link=os.path.relpath(binary, directory))
+        else:
+            _put(path, text=WRAPPER.format(name=name, python=shlex.quote(python), wrappers=shlex.quote(directory),
+                                           root=shlex.quote(ROOT)))
     return directory
 
 
@@ -161,6 +197,8 @@ def run(command: list[str], *, local_only: bool = False, max_remote: int | None 
                 recorded = initiator.finish(code, figures["wall"], figures)
             finally:
                 initiator.cores.stop()
+            if not initiator.cores.reached:
+                print("baton run: the build was not recorded: no coordinator was reached", file=sys.stderr)
     if as_json:
         print(json.dumps({"id": build_id, "exit_code": code, "recorded": recorded, **figures}))
     print(f"baton run: {figures['jobs']} jobs ({figures['remote']} remote, {figures['local']} local), "

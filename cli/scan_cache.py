@@ -134,6 +134,9 @@ def chain_dirs(plan: RemotePlan, cwd: str, system: tuple[str, ...]) -> list[str]
                 found[flag].append(arg[len(flag):])
     if "-I-" in flags:
         raise Uncacheable("-I- changes the quote search")
+    # The compiler's own directories come spelt as it spells them (cli.compile_scan.system_dirs):
+    # as trusted here as before, when they came normalised.
+    system = tuple(os.path.normpath(d) for d in system)
     ordered = [cwd, *found["-iquote"], *found["-I"], *found["-isystem"], *system, *found["-idirafter"]]
     if any(_climbs(d) for d in ordered):
         raise Uncacheable("an include directory with '..'")

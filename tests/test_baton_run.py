@@ -31,14 +31,20 @@ def baton(*args, cwd, env):
                           text=True, timeout=300)
 
 
-@pytest.fixture
-def env(tmp_path):
+@pytest.fixture(params=["native", "python"])
+def env(tmp_path, request):
+    """Each test with each compiler wrapper: the native one (cli/native) and the Python one (cli/cc.py)."""
     # No cluster: etcd is a port bound here and never listened on, so every connect is refused at once
     # (the default 127.0.0.1:2379 may be some other test's or benchmark's etcd).
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         yield dict(os.environ, PYTHONPATH=str(ROOT), BATON_WRAPPER_DIR=str(tmp_path / "wrappers"),
-                   BATON_ETCD=f"http://127.0.0.1:{closed.getsockname()[1]}")
+                   BATON_ETCD=f"http://127.0.0.1:{closed.getsockname()[1]}",
+                   BATON_CC_NATIVE="1" if request.param == "native" else "0")
+
+
+def wrapper_kind(env: dict) -> str:
+    return "native" if os.path.islink(os.path.join(env["BATON_WRAPPER_DIR"], "cc")) else "python"
 
 
 @pytest.fixture
@@ -62,6 +68,7 @@ def test_a_make_build_runs_and_its_compiles_are_jobs(make_project, env):
     assert "2 jobs (0 remote, 2 local)" in done.stderr.splitlines()[-1]
     assert subprocess.run(["./app"], cwd=make_project, capture_output=True, text=True).stdout == "42\n"
     assert (make_project / "main.d").read_text().startswith("main.o: main.c")
+    assert wrapper_kind(env) == ("native" if env["BATON_CC_NATIVE"] == "1" else "python")
 
 
 def test_a_compile_error_fails_the_build_with_makes_exit_code_and_the_compilers_words(make_project, env):
@@ -100,6 +107,7 @@ def test_a_cmake_tree_configured_under_baton_run_keeps_building_without_it(make_
                              text=True)
     assert outside.returncode == 0, outside.stderr
     assert subprocess.run([str(build / "app")], capture_output=True, text=True).stdout == "7\n"
+    assert wrapper_kind(env) == ("native" if env["BATON_CC_NATIVE"] == "1" else "python")
 
 
 def test_baton_run_without_a_command_is_a_usage_error(tmp_path, env):
@@ -180,3 +188,30 @@ def test_baton_cc_sends_helpers_the_users_locale_not_pythons(tmp_path, env, give
         thread.join(60)
     assert done.returncode == 0, done.stderr
     assert job_locale(headers[0]["env"]) == sent
+
+
+NOT_RECORDED = "baton run: the build was not recorded: no coordinator was reached"
+
+
+def test_with_etcd_unreachable_baton_run_does_not_wait_for_a_record(make_project, env):
+    """No coordinator was ever reached: nobody can record the build, so `baton run` ends when
+    COMMAND does, saying so, instead of waiting for the record (it used to wait ~10 s)."""
+    done = baton("run", "--json", "--", "true", cwd=make_project, env=env)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[-2] == NOT_RECORDED and lines[-1].startswith("baton run: 0 jobs"), done.stderr
+    assert "did not record the build's end" not in done.stderr   # the wait for the record, given up
+    assert json.loads(done.stdout.splitlines()[-1])["recorded"] is False
+
+
+def test_with_etcd_unreachable_compiles_go_local_without_waiting_out_the_remote_wait(make_project, env):
+    """A job waits for a leader only briefly while none was ever seen (cli.core_client.FIRST_LEADER_WAIT),
+    not the remote wait: with --remote-wait 600 the build still ends (the old code waited 600 s a job)."""
+    done = subprocess.run([sys.executable, "-m", "cli", "run", "--json", "--remote-wait", "600", "--",
+                           "make", "-j2"], cwd=make_project, env=env, capture_output=True, text=True,
+                          timeout=100)   # a failure bound only (the old code: 600 s a job)
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout.splitlines()[-1])
+    assert (figures["jobs"], figures["local"], figures["recorded"]) == (2, 2, False)
+    assert NOT_RECORDED in done.stderr.splitlines()
+    assert subprocess.run(["./app"], cwd=make_project, capture_output=True, text=True).stdout == "42\n"

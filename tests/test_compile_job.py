@@ -66,6 +66,50 @@ def test_objects_and_dependency_files_are_byte_identical_to_local_ones(project, 
     assert (project / depfile).read_bytes() == local_dep          # written by the scan, as make reads it
 
 
+@pytest.mark.parametrize("compiler, source", [("gcc", "a.c"), ("g++", "a.cc"), ("clang", "a.c"), ("clang++", "a.cc")])
+def test_debug_info_names_the_system_headers_as_the_compiler_spells_them(tmp_path, compiler, source):
+    """Clang names libstdc++'s directory /usr/bin/../lib/gcc/<triple>/12/../../../../include/c++/12
+    and -g records that spelling: the helper's -isystem must spell it alike."""
+    if shutil.which(compiler) is None:
+        pytest.skip(f"needs {compiler}")
+    (tmp_path / source).write_text("#include <vector>\n#include <string>\nint f(int n) "
+                                   "{ std::vector<std::string> v(n, \"x\"); return (int)v.size(); }\n"
+                                   if source.endswith(".cc") else
+                                   "#include <stdio.h>\n#include <stddef.h>\nint f(int x) { return printf(\"%d\", x); }\n")
+    argv = [compiler, "-O2", "-g", "-c", source, "-o", "a.o"]
+    assert local_compile(argv, tmp_path).returncode == 0
+    local = (tmp_path / "a.o").read_bytes()
+    (tmp_path / "a.o").unlink()
+    result = split_compile(argv, tmp_path, workdir=str(tmp_path))
+    assert (result.exit_code, result.diagnostics) == (0, b"")
+    assert (tmp_path / "a.o").read_bytes() == local
+
+
+@pytest.mark.parametrize("compiler", ["g++", "clang++"])
+def test_diagnostics_in_the_system_headers_name_them_as_the_compiler_does(tmp_path, compiler):
+    """The notes of an error name libstdc++'s headers: Clang by its /usr/bin/../lib/gcc/... spelling."""
+    if shutil.which(compiler) is None:
+        pytest.skip(f"needs {compiler}")
+    (tmp_path / "b.cc").write_text('#include <vector>\nvoid f() { std::vector<int> v; v.push_back("x"); }\n')
+    argv = [compiler, "-O2", "-g", "-c", "b.cc", "-o", "b.o"]
+    local = local_compile(argv, tmp_path)
+    result = split_compile(argv, tmp_path, workdir=str(tmp_path))
+    assert local.returncode != 0 and b"stl_vector.h" in local.stderr
+    assert (result.exit_code, result.diagnostics) == (local.returncode, local.stderr)
+
+
+@pytest.mark.parametrize("system_dirs, files", [
+    (("/usr/../../etc",), {}),                       # climbs above the job root
+    (("/../root/usr/include",), {}),                 # above it and back: refused too
+    (("/w/a.c/../inc",), {}),                        # a job file where a '..' needs a directory
+])
+def test_a_system_directory_that_leaves_the_job_or_crosses_a_file_is_refused(tmp_path, system_dirs, files):
+    job = CompileJob(args=(), source="a.c", cwd="/w", files={"/w/a.c": b"int x;\n", **files},
+                     system_dirs=system_dirs)
+    with pytest.raises(JobRefused):
+        run_compile("gcc", job, workdir=str(tmp_path))
+
+
 def test_a_compile_error_fails_with_the_same_diagnostics_and_exit_code(project):
     argv = ["gcc", *FLAGS, "-c", "src/bad.c", "-o", "obj/bad.o"]
     local = local_compile(argv, project)

@@ -43,8 +43,8 @@ class Initiator:
         except grpc.RpcError as exc:
             self.error = exc
 
-    def want(self, cores):
-        self.requests.put(cpb.CoreRequest(build=self.build, cores=cores))
+    def want(self, cores, busy=None):
+        self.requests.put(cpb.CoreRequest(build=self.build, cores=cores, busy=busy or {}))
 
     def slots(self) -> dict[str, int]:
         return {g.agent: g.slots for g in self.replies[-1].grants} if self.replies else {}
@@ -194,3 +194,50 @@ def test_cores_an_agent_says_are_compiling_are_neither_lent_nor_given_tasks_unti
     a1.requests.put(pb.AgentMessage(epoch=a1.epoch, compiling=pb.Compiling(jobs=0)))
     wait_until(lambda: r1.slots() == {"a1": 1, "a2": 2}, 15, message="a1's last core lent once its jobs ended")
     assert busy(a1) == 2
+
+
+def lend_messages(agent: StubAgent) -> list[tuple[str, str, int]]:
+    """The agent's Lend/Unlend messages so far: (kind, grant id, slots)."""
+    return [(m.WhichOneof("body"), m.lend.grant or m.unlend.grant, m.lend.slots) for m in list(agent.messages)
+            if m.WhichOneof("body") in ("lend", "unlend")]
+
+
+def test_a_want_is_lent_from_one_agent_and_each_change_is_one_message(farm):
+    """A want's cores come from one agent while it has free ones, preferring the one it holds a
+    grant on; the agent hears once per grant per change, not once per core (the leader's event
+    loop writing those was bench/grants.py's latency)."""
+    a1, a2 = farm.agent("a1", cores=8), farm.agent("a2", cores=8)
+    r1 = farm.initiator("r1", 4)
+    wait_until(lambda: sum(r1.slots().values()) == 4, 15)
+    (name, _), = r1.slots().items()
+    agent = {"a1": a1, "a2": a2}[name]
+    grant = r1.replies[-1].grants[0].grant
+    wait_until(lambda: lent_now(agent) == {grant: 4}, 15)
+    assert lend_messages(agent) == [("lend", grant, 4)]
+    r1.want(6)   # grows on the same agent: the same grant, one more Lend
+    wait_until(lambda: r1.slots() == {name: 6}, 15)
+    assert r1.replies[-1].grants[0].grant == grant
+    wait_until(lambda: lent_now(agent) == {grant: 6}, 15)
+    r1.want(0)   # all given back at once: one Unlend
+    wait_until(lambda: r1.slots() == {} and lent_now(agent) == {}, 15)
+    assert lend_messages(agent) == [("lend", grant, 4), ("lend", grant, 6), ("unlend", grant, 0)]
+    other = a2 if agent is a1 else a1
+    assert lend_messages(other) == []
+
+
+def test_lowering_a_want_gives_back_idle_slots_before_slots_a_job_uses(farm):
+    """The initiator lowers its want while its jobs run on one grant; the leader cuts the grant
+    with idle slots, not the one a job was just sent on (which the helper would then refuse,
+    "the leader ended it", and the job compile locally). Before, the leader cut the agent
+    holding the most slots, whatever ran there."""
+    farm.agent("a1", cores=2)
+    r1 = farm.initiator("r1", 2)
+    wait_until(lambda: r1.slots() == {"a1": 2}, 15)
+    farm.agent("a2", cores=1)
+    r1.want(3)
+    wait_until(lambda: r1.slots() == {"a1": 2, "a2": 1}, 15)
+    grants = {g.agent: g.grant for g in r1.replies[-1].grants}
+    r1.want(2, busy={grants["a1"]: 2})   # both of a1's slots run jobs; a2's is idle
+    wait_until(lambda: sum(r1.slots().values()) == 2, 15)
+    assert r1.slots() == {"a1": 2}
+    assert {g.agent: g.grant for g in r1.replies[-1].grants} == {"a1": grants["a1"]}

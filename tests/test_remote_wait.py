@@ -4,6 +4,7 @@ as the leader dies waits out the election and goes to the backup's helpers."""
 from __future__ import annotations
 
 import json
+import queue
 import shutil
 
 from cli.core_client import DEFAULT_REMOTE_WAIT, CoreClient, remote_wait
@@ -34,6 +35,40 @@ def test_the_initiator_waits_the_ttl_of_the_leaders_lease(etcd, etcd_url, keys, 
         cores.stop()
         given.stop()
         etcd.lease_revoke(lease)
+
+
+def test_a_build_that_never_reached_a_leader_neither_waits_out_the_remote_wait_nor_for_its_record(
+        etcd, etcd_url, keys, cluster_name, tmp_path):
+    """etcd answers, but no leader key: a job goes local after FIRST_LEADER_WAIT, not the remote
+    wait (600 s here). Then a leader key whose coordinator never answers (a stale key): nobody
+    can record the build, so finish() returns without waiting (600 s here) for the record.
+    The waits given are failure bounds: the old code waited them out (pytest-timeout fails it)."""
+    from cli.run_report import RunReport
+
+    cores = CoreClient(EtcdConfig.from_urls(etcd_url), cluster_name, "b3", wait=600.0,
+                       report=RunReport("b3", ["make"], str(tmp_path))).start()
+    lease = etcd.lease_grant(30)
+    try:
+        assert cores.acquire(600.0) == (None, "no leader")
+        etcd.put(keys.leader, json.dumps({"name": "c1", "role": "primary", "grpc": "127.0.0.1:1"}), lease=lease)
+        wait_until(lambda: cores._seen_leader, timeout=30, message="the leader key seen")
+        assert cores.finish(0, 1.0, {"jobs": 0, "remote": 0, "failed": 0}, timeout=600.0) is False
+        assert not cores.reached
+    finally:
+        cores.stop()
+        etcd.lease_revoke(lease)
+
+
+def test_a_lowered_want_names_the_slots_its_jobs_use():
+    """With the want, the initiator says which grants its jobs run on (compile.proto
+    CoreRequest.busy), so the leader gives back idle slots first (coordinator/runtime/lending.py)."""
+    cores = CoreClient(EtcdConfig.from_urls("http://127.0.0.1:9"), "default", "b4")   # never started
+    cores._requests = queue.Queue()
+    with cores._cond:
+        cores._active, cores._peak, cores._busy = 2, 0, {"g-busy": 2, "g-idle": 0}
+        cores._ask()
+    request = cores._requests.get_nowait()
+    assert request.cores == 2 and dict(request.busy) == {"g-busy": 2}
 
 
 def test_a_job_that_goes_local_at_once_is_not_scanned(etcd_url, cluster_name, tmp_path, monkeypatch):

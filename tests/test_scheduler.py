@@ -95,3 +95,19 @@ def test_a_preferred_agent_without_a_free_core_is_ignored_and_counts_stay_right(
     out = schedule([BuildDemand("b1", tasks("t", 6))], {"a1": 1, "a2": 2, "full": 0}, prefer=prefer)
     assert len(out) == 3 and per_agent(out) == {"a1": 1, "a2": 2}
     assert dict((p.task_id, p.agent) for p in out)["t1"] == "a1"
+
+
+def test_a_together_build_takes_a_rounds_cores_from_one_agent_while_it_has_free_ones():
+    # Lent cores (coordinator/runtime/lending.py): one grant on one agent, not one per agent.
+    out = schedule([BuildDemand("r", [""] * 3, together=True)], {"a1": 2, "a2": 8, "a3": 8})
+    assert per_agent(out) == {"a2": 3}
+    out = schedule([BuildDemand("r", [""] * 5, together=True)], {"a1": 3, "a2": 3})
+    assert [p.agent for p in out] == ["a1", "a1", "a1", "a2", "a2"]
+    # Its preferred agent first (the one it holds a grant on), then the most free one.
+    out = schedule([BuildDemand("r", [""] * 3, together=True)], {"a1": 2, "a2": 8}, prefer={("r", ""): "a1"})
+    assert [p.agent for p in out] == ["a1", "a1", "a2"]
+    # The fair share is the same: interleaved with another build, each gets its share.
+    out = schedule([BuildDemand("r", [""] * 8, together=True), BuildDemand("b", tasks("t", 8))], {"a1": 4, "a2": 4})
+    assert per_build(out) == {"r": 4, "b": 4}
+    # Without `together`, the same build's cores spread over the agents with the most free.
+    assert per_agent(schedule([BuildDemand("r", [""] * 3)], {"a1": 2, "a2": 8, "a3": 8})) == {"a2": 2, "a3": 1}

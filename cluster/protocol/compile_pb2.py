@@ -24,43 +24,47 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63luster/protocol/compile.proto\x12\x10\x62\x61ton.compile.v1\"\xa8\x01\n\x0b\x43oreRequest\x12\r\n\x05\x62uild\x18\x01 \x01(\t\x12\r\n\x05\x63ores\x18\x02 \x01(\x05\x12)\n\x05start\x18\x03 \x01(\x0b\x32\x1a.baton.compile.v1.RunStart\x12)\n\x04jobs\x18\x04 \x03(\x0b\x32\x1b.baton.compile.v1.JobReport\x12%\n\x03\x65nd\x18\x05 \x01(\x0b\x32\x18.baton.compile.v1.RunEnd\":\n\x08RunStart\x12\x0f\n\x07\x63ommand\x18\x01 \x03(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0f\n\x07started\x18\x03 \x01(\x01\"\xb1\x01\n\tJobReport\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0e\n\x06helper\x18\x03 \x01(\t\x12\x0c\n\x04\x63ore\x18\x04 \x01(\x05\x12\x0f\n\x07started\x18\x05 \x01(\x01\x12\x10\n\x08\x66inished\x18\x06 \x01(\x01\x12\x11\n\texit_code\x18\x07 \x01(\x05\x12\x0e\n\x06remote\x18\x08 \x01(\x08\x12\x11\n\twhy_local\x18\t \x01(\t\x12\x10\n\x08\x63ompiler\x18\n \x01(\t\"i\n\x06RunEnd\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0c\n\x04wall\x18\x02 \x01(\x01\x12\x10\n\x08\x66inished\x18\x03 \x01(\x01\x12\x0c\n\x04jobs\x18\x04 \x01(\x05\x12\x0e\n\x06remote\x18\x05 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\x05\"S\n\x05Grant\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x0e\n\x06helper\x18\x02 \x01(\t\x12\r\n\x05slots\x18\x03 \x01(\x05\x12\r\n\x05grant\x18\x04 \x01(\t\x12\r\n\x05\x65poch\x18\x05 \x01(\x03\"b\n\nCoreGrants\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12\'\n\x06grants\x18\x02 \x03(\x0b\x32\x17.baton.compile.v1.Grant\x12\r\n\x05\x61\x63ked\x18\x03 \x03(\x03\x12\r\n\x05\x65nded\x18\x04 \x01(\x08\"+\n\nSourceFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\"H\n\tInputFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\x0c\"\xe2\x02\n\x0e\x43ompileRequest\x12\r\n\x05grant\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12\x10\n\x08\x63ompiler\x18\x03 \x01(\t\x12\x19\n\x11\x63ompiler_identity\x18\x04 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x05 \x03(\t\x12\x0e\n\x06source\x18\x06 \x01(\t\x12\x0b\n\x03\x63wd\x18\x07 \x01(\t\x12+\n\x05\x66iles\x18\x08 \x03(\x0b\x32\x1c.baton.compile.v1.SourceFile\x12\x13\n\x0bsystem_dirs\x18\t \x03(\t\x12<\n\x06locale\x18\n \x03(\x0b\x32,.baton.compile.v1.CompileRequest.LocaleEntry\x12+\n\x06inputs\x18\x0b \x03(\x0b\x32\x1b.baton.compile.v1.InputFile\x1a-\n\x0bLocaleEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x82\x01\n\x0c\x43ompileReply\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0e\n\x06object\x18\x02 \x01(\x0c\x12\x13\n\x0b\x64iagnostics\x18\x03 \x01(\x0c\x12\x0f\n\x07refused\x18\x04 \x01(\t\x12\x0f\n\x07missing\x18\x05 \x03(\t\x12\x18\n\x10toolchain_wanted\x18\x14 \x01(\x08\"N\n\x0eToolchainChunk\x12\r\n\x05grant\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12\x10\n\x08identity\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"!\n\x0eToolchainReply\x12\x0f\n\x07refused\x18\x01 \x01(\t2P\n\x05\x43ores\x12G\n\x04Want\x12\x1d.baton.compile.v1.CoreRequest\x1a\x1c.baton.compile.v1.CoreGrants(\x01\x30\x01\x32\xa8\x01\n\x06Helper\x12K\n\x07\x43ompile\x12 .baton.compile.v1.CompileRequest\x1a\x1e.baton.compile.v1.CompileReply\x12Q\n\tToolchain\x12 .baton.compile.v1.ToolchainChunk\x1a .baton.compile.v1.ToolchainReply(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63luster/protocol/compile.proto\x12\x10\x62\x61ton.compile.v1\"\x8c\x02\n\x0b\x43oreRequest\x12\r\n\x05\x62uild\x18\x01 \x01(\t\x12\r\n\x05\x63ores\x18\x02 \x01(\x05\x12)\n\x05start\x18\x03 \x01(\x0b\x32\x1a.baton.compile.v1.RunStart\x12)\n\x04jobs\x18\x04 \x03(\x0b\x32\x1b.baton.compile.v1.JobReport\x12%\n\x03\x65nd\x18\x05 \x01(\x0b\x32\x18.baton.compile.v1.RunEnd\x12\x35\n\x04\x62usy\x18\x06 \x03(\x0b\x32\'.baton.compile.v1.CoreRequest.BusyEntry\x1a+\n\tBusyEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\":\n\x08RunStart\x12\x0f\n\x07\x63ommand\x18\x01 \x03(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0f\n\x07started\x18\x03 \x01(\x01\"\xb1\x01\n\tJobReport\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0e\n\x06helper\x18\x03 \x01(\t\x12\x0c\n\x04\x63ore\x18\x04 \x01(\x05\x12\x0f\n\x07started\x18\x05 \x01(\x01\x12\x10\n\x08\x66inished\x18\x06 \x01(\x01\x12\x11\n\texit_code\x18\x07 \x01(\x05\x12\x0e\n\x06remote\x18\x08 \x01(\x08\x12\x11\n\twhy_local\x18\t \x01(\t\x12\x10\n\x08\x63ompiler\x18\n \x01(\t\"i\n\x06RunEnd\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0c\n\x04wall\x18\x02 \x01(\x01\x12\x10\n\x08\x66inished\x18\x03 \x01(\x01\x12\x0c\n\x04jobs\x18\x04 \x01(\x05\x12\x0e\n\x06remote\x18\x05 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\x05\"S\n\x05Grant\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x0e\n\x06helper\x18\x02 \x01(\t\x12\r\n\x05slots\x18\x03 \x01(\x05\x12\r\n\x05grant\x18\x04 \x01(\t\x12\r\n\x05\x65poch\x18\x05 \x01(\x03\"b\n\nCoreGrants\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12\'\n\x06grants\x18\x02 \x03(\x0b\x32\x17.baton.compile.v1.Grant\x12\r\n\x05\x61\x63ked\x18\x03 \x03(\x03\x12\r\n\x05\x65nded\x18\x04 \x01(\x08\"+\n\nSourceFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\"H\n\tInputFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\x0c\"\xe2\x02\n\x0e\x43ompileRequest\x12\r\n\x05grant\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12\x10\n\x08\x63ompiler\x18\x03 \x01(\t\x12\x19\n\x11\x63ompiler_identity\x18\x04 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x05 \x03(\t\x12\x0e\n\x06source\x18\x06 \x01(\t\x12\x0b\n\x03\x63wd\x18\x07 \x01(\t\x12+\n\x05\x66iles\x18\x08 \x03(\x0b\x32\x1c.baton.compile.v1.SourceFile\x12\x13\n\x0bsystem_dirs\x18\t \x03(\t\x12<\n\x06locale\x18\n \x03(\x0b\x32,.baton.compile.v1.CompileRequest.LocaleEntry\x12+\n\x06inputs\x18\x0b \x03(\x0b\x32\x1b.baton.compile.v1.InputFile\x1a-\n\x0bLocaleEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x82\x01\n\x0c\x43ompileReply\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0e\n\x06object\x18\x02 \x01(\x0c\x12\x13\n\x0b\x64iagnostics\x18\x03 \x01(\x0c\x12\x0f\n\x07refused\x18\x04 \x01(\t\x12\x0f\n\x07missing\x18\x05 \x03(\t\x12\x18\n\x10toolchain_wanted\x18\x14 \x01(\x08\"N\n\x0eToolchainChunk\x12\r\n\x05grant\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12\x10\n\x08identity\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"!\n\x0eToolchainReply\x12\x0f\n\x07refused\x18\x01 \x01(\t2P\n\x05\x43ores\x12G\n\x04Want\x12\x1d.baton.compile.v1.CoreRequest\x1a\x1c.baton.compile.v1.CoreGrants(\x01\x30\x01\x32\xa8\x01\n\x06Helper\x12K\n\x07\x43ompile\x12 .baton.compile.v1.CompileRequest\x1a\x1e.baton.compile.v1.CompileReply\x12Q\n\tToolchain\x12 .baton.compile.v1.ToolchainChunk\x1a .baton.compile.v1.ToolchainReply(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cluster.protocol.compile_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_COREREQUEST_BUSYENTRY']._loaded_options = None
+  _globals['_COREREQUEST_BUSYENTRY']._serialized_options = b'8\001'
   _globals['_COMPILEREQUEST_LOCALEENTRY']._loaded_options = None
   _globals['_COMPILEREQUEST_LOCALEENTRY']._serialized_options = b'8\001'
   _globals['_COREREQUEST']._serialized_start=53
-  _globals['_COREREQUEST']._serialized_end=221
-  _globals['_RUNSTART']._serialized_start=223
-  _globals['_RUNSTART']._serialized_end=281
-  _globals['_JOBREPORT']._serialized_start=284
-  _globals['_JOBREPORT']._serialized_end=461
-  _globals['_RUNEND']._serialized_start=463
-  _globals['_RUNEND']._serialized_end=568
-  _globals['_GRANT']._serialized_start=570
-  _globals['_GRANT']._serialized_end=653
-  _globals['_COREGRANTS']._serialized_start=655
-  _globals['_COREGRANTS']._serialized_end=753
-  _globals['_SOURCEFILE']._serialized_start=755
-  _globals['_SOURCEFILE']._serialized_end=798
-  _globals['_INPUTFILE']._serialized_start=800
-  _globals['_INPUTFILE']._serialized_end=872
-  _globals['_COMPILEREQUEST']._serialized_start=875
-  _globals['_COMPILEREQUEST']._serialized_end=1229
-  _globals['_COMPILEREQUEST_LOCALEENTRY']._serialized_start=1184
-  _globals['_COMPILEREQUEST_LOCALEENTRY']._serialized_end=1229
-  _globals['_COMPILEREPLY']._serialized_start=1232
-  _globals['_COMPILEREPLY']._serialized_end=1362
-  _globals['_TOOLCHAINCHUNK']._serialized_start=1364
-  _globals['_TOOLCHAINCHUNK']._serialized_end=1442
-  _globals['_TOOLCHAINREPLY']._serialized_start=1444
-  _globals['_TOOLCHAINREPLY']._serialized_end=1477
-  _globals['_CORES']._serialized_start=1479
-  _globals['_CORES']._serialized_end=1559
-  _globals['_HELPER']._serialized_start=1562
-  _globals['_HELPER']._serialized_end=1730
+  _globals['_COREREQUEST']._serialized_end=321
+  _globals['_COREREQUEST_BUSYENTRY']._serialized_start=278
+  _globals['_COREREQUEST_BUSYENTRY']._serialized_end=321
+  _globals['_RUNSTART']._serialized_start=323
+  _globals['_RUNSTART']._serialized_end=381
+  _globals['_JOBREPORT']._serialized_start=384
+  _globals['_JOBREPORT']._serialized_end=561
+  _globals['_RUNEND']._serialized_start=563
+  _globals['_RUNEND']._serialized_end=668
+  _globals['_GRANT']._serialized_start=670
+  _globals['_GRANT']._serialized_end=753
+  _globals['_COREGRANTS']._serialized_start=755
+  _globals['_COREGRANTS']._serialized_end=853
+  _globals['_SOURCEFILE']._serialized_start=855
+  _globals['_SOURCEFILE']._serialized_end=898
+  _globals['_INPUTFILE']._serialized_start=900
+  _globals['_INPUTFILE']._serialized_end=972
+  _globals['_COMPILEREQUEST']._serialized_start=975
+  _globals['_COMPILEREQUEST']._serialized_end=1329
+  _globals['_COMPILEREQUEST_LOCALEENTRY']._serialized_start=1284
+  _globals['_COMPILEREQUEST_LOCALEENTRY']._serialized_end=1329
+  _globals['_COMPILEREPLY']._serialized_start=1332
+  _globals['_COMPILEREPLY']._serialized_end=1462
+  _globals['_TOOLCHAINCHUNK']._serialized_start=1464
+  _globals['_TOOLCHAINCHUNK']._serialized_end=1542
+  _globals['_TOOLCHAINREPLY']._serialized_start=1544
+  _globals['_TOOLCHAINREPLY']._serialized_end=1577
+  _globals['_CORES']._serialized_start=1579
+  _globals['_CORES']._serialized_end=1659
+  _globals['_HELPER']._serialized_start=1662
+  _globals['_HELPER']._serialized_end=1830
 # @@protoc_insertion_point(module_scope)

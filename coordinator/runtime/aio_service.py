@@ -4,7 +4,8 @@ A threaded server (bench/sync_service.py) spends two threads and several
 thread hand-offs per message (one handler thread per stream plus a reader
 thread). `AioAgentServer` runs a grpc.aio server on one event loop in its
 own thread: every stream is two coroutines, and the dispatcher hands
-messages over with one `call_soon_threadsafe` per message. Refusals as in
+messages over with one `call_soon_threadsafe` per turn for all streams
+(`_Waker`). Refusals as in
 agent_protocol (token -> UNAUTHENTICATED, not leading / another epoch ->
 FAILED_PRECONDITION, a bad name -> INVALID_ARGUMENT, a name the client
 certificate does not grant -> PERMISSION_DENIED, an agent already connected
@@ -40,37 +41,53 @@ log = logging.getLogger(__name__)
 _END = object()
 
 
-class AioAgentStream:
-    """The dispatcher's handle on one aio stream (an agent_protocol.AgentStream)."""
+class _Waker:
+    """Moves what other threads queued for this loop's streams onto it, in one wake-up for
+    all streams (one self-pipe write per dispatcher turn, not one per stream it wrote to).
+    Order per stream is kept: one deque for all."""
 
-    def __init__(self, agent: str, epoch: int, loop: asyncio.AbstractEventLoop):
-        self.agent = agent
-        self.epoch = epoch
-        self.closed = False
-        self.heard = time.monotonic()
+    def __init__(self, loop: asyncio.AbstractEventLoop):
         self._loop = loop
-        self._outbox: asyncio.Queue = asyncio.Queue()
-        # Messages from the dispatcher thread wait here; one loop wake-up
-        # moves all that arrived meanwhile (one self-pipe write, not one each).
-        self._pending: collections.deque = collections.deque()
-        self._wake_scheduled = False
+        self._pending: collections.deque = collections.deque()   # (stream, items)
+        self._scheduled = False
 
-    def _put(self, item) -> None:
-        self._put_all((item,))
-
-    def _put_all(self, items) -> None:
-        self._pending.extend(items)  # atomic: a drain takes all of them or none
-        if not self._wake_scheduled:
-            self._wake_scheduled = True
+    def put(self, stream: "AioAgentStream", items) -> None:
+        self._pending.append((stream, items))   # atomic: a drain takes it or leaves it for the next
+        if not self._scheduled:
+            self._scheduled = True
             try:
                 self._loop.call_soon_threadsafe(self._drain)
             except RuntimeError:  # the loop is closed: the server is gone
                 pass
 
     def _drain(self) -> None:
-        self._wake_scheduled = False
-        while self._pending:
-            self._outbox.put_nowait(self._pending.popleft())
+        self._scheduled = False
+        pending = self._pending
+        while pending:
+            stream, items = pending.popleft()
+            put = stream._outbox.put_nowait
+            for item in items:
+                put(item)
+
+
+class AioAgentStream:
+    """The dispatcher's handle on one aio stream (an agent_protocol.AgentStream)."""
+
+    def __init__(self, agent: str, epoch: int, loop: asyncio.AbstractEventLoop, waker: _Waker | None = None):
+        self.agent = agent
+        self.epoch = epoch
+        self.closed = False
+        self.heard = time.monotonic()
+        self._outbox: asyncio.Queue = asyncio.Queue()
+        # Messages from the dispatcher thread wait in the waker; one loop wake-up
+        # moves all that arrived meanwhile, for every stream.
+        self._waker = waker if waker is not None else _Waker(loop)
+
+    def _put(self, item) -> None:
+        self._waker.put(self, (item,))
+
+    def _put_all(self, items) -> None:
+        self._waker.put(self, items)
 
     def send(self, message: pb.CoordinatorMessage) -> None:
         if not self.closed:
@@ -96,8 +113,9 @@ class AioAgentStream:
 
 
 class _AioService(agent_pb2_grpc.AgentServiceServicer):
-    def __init__(self, runtime: Leading):
+    def __init__(self, runtime: Leading, waker: _Waker):
         self._runtime = runtime
+        self._waker = waker
         self._connected = ConnectedAgents()
 
     async def Connect(self, request_iterator, context: grpc.aio.ServicerContext):
@@ -127,7 +145,7 @@ class _AioService(agent_pb2_grpc.AgentServiceServicer):
         refusal = hello_refusal(first.hello.name, certificate_agents(context))
         if refusal is not None:
             await context.abort(*refusal)
-        stream = AioAgentStream(first.hello.name, epoch, asyncio.get_running_loop())
+        stream = AioAgentStream(first.hello.name, epoch, asyncio.get_running_loop(), self._waker)
         busy = self._connected.admit(stream)
         if busy is not None:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, busy)
@@ -179,8 +197,9 @@ class _AioService(agent_pb2_grpc.AgentServiceServicer):
 
 
 class _AioCores(compile_pb2_grpc.CoresServicer):
-    def __init__(self, runtime: Leading):
+    def __init__(self, runtime: Leading, waker: _Waker):
         self._runtime = runtime
+        self._waker = waker
 
     async def Want(self, request_iterator, context: grpc.aio.ServicerContext):
         rt = self._runtime
@@ -195,7 +214,7 @@ class _AioCores(compile_pb2_grpc.CoresServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, message)
         if not first.build:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first request must name the build")
-        stream = AioAgentStream(first.build, epoch, asyncio.get_running_loop())
+        stream = AioAgentStream(first.build, epoch, asyncio.get_running_loop(), self._waker)
         if not rt.post(CoresWanted(stream, first.build, first.cores), epoch):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not leader")
         if _reports(first):
@@ -204,7 +223,7 @@ class _AioCores(compile_pb2_grpc.CoresServicer):
         async def read() -> None:
             try:
                 while (request := await context.read()) is not grpc.aio.EOF:
-                    rt.post(CoresWanted(stream, first.build, request.cores), epoch)
+                    rt.post(CoresWanted(stream, first.build, request.cores, tuple(request.busy.items())), epoch)
                     if _reports(request):
                         request.build = first.build   # one stream, one build
                         rt.post(RunReported(stream, request), epoch)
@@ -270,8 +289,9 @@ class AioAgentServer:
     async def _serve(self, ready: threading.Event) -> None:
         self._stopped = asyncio.Event()
         server = grpc.aio.server(options=SERVER_OPTIONS)   # the agents' keepalive pings are welcome
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(_AioService(self._runtime), server)
-        compile_pb2_grpc.add_CoresServicer_to_server(_AioCores(self._runtime), server)
+        waker = _Waker(asyncio.get_running_loop())
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(_AioService(self._runtime, waker), server)
+        compile_pb2_grpc.add_CoresServicer_to_server(_AioCores(self._runtime, waker), server)
         if self._credentials is not None:
             self.port = server.add_secure_port(self.address, self._credentials)
         else:

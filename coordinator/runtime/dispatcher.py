@@ -80,7 +80,8 @@ class Dispatcher(AgentRoster, ResultRecording, BuildCancelling, CoreLending, Run
         self.finished_builds: set[str] = set()
         self._cancels_waiting: set[str] = set()
         self.agents: dict[str, Agent] = {}
-        self.wants = {}
+        self.wants, self._wants_by_stream = {}, {}
+        self._lends_out, self._grants_out, self._grant_ids = {}, {}, []
         self.runs = {}
         self.abandon_after = run_abandon
         self.outbox = Outbox(epoch)
@@ -300,6 +301,7 @@ class Dispatcher(AgentRoster, ResultRecording, BuildCancelling, CoreLending, Run
                     next_runtime = now + RUNTIME_KEY_EVERY
                     self.report.write_runtime(self.agents, self.settings.auto_subscribe)
                     self.stats["queued"], self.stats["running"] = self.report.task_counts()
+                self._send_lending()
                 self.outbox.flush()
             except Exception:  # noqa: BLE001 - a bug must not silently end leadership's work
                 log.exception("dispatcher: loop turn failed")
@@ -337,10 +339,12 @@ class Dispatcher(AgentRoster, ResultRecording, BuildCancelling, CoreLending, Run
                     event.stream.abort(grpc.StatusCode.FAILED_PRECONDITION, f"not leader: {reason}")
             except Exception:  # noqa: BLE001 - stopping must finish
                 log.exception("dispatcher: handling %s while stopping failed", type(event).__name__)
+            self._send_lending()
             self.outbox.flush()
         self.report.write_statuses(force=True)
         self.report.write_runtime(self.agents, self.settings.auto_subscribe)
         self.store.flush(max(0.0, deadline - self.clock()))
+        self._send_lending()
         self.outbox.flush()
         _run_step(stop.before_goodbye)
         self._end_lending()

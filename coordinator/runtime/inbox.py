@@ -53,6 +53,7 @@ class CoresWanted(Event):
     stream: Any              # an aio_service.AioAgentStream carrying CoreGrants
     build: str
     cores: int
+    busy: tuple = ()         # (grant id, slots in use): idle slots are given back first
 
 
 @_event

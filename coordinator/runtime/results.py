@@ -92,15 +92,18 @@ class ResultRecording(EpochState):
         auto = self.settings.auto_subscribe
         free = {}
         for a in self.agents.values():
-            if a.stream is not None and a.free() and a.eligible(auto):
-                free[a.name] = a.free()   # lent cores run no tasks (lending.py)
+            if a.stream is not None and a.eligible(auto):
+                n = a.free()
+                if n:
+                    free[a.name] = n   # lent cores run no tasks (lending.py)
         total = sum(free.values())
         if not total:
             return
+        lend_demands, prefer = self._lend_demands(total, free)
         demands = [scheduler.BuildDemand(b.id, list(itertools.islice(b.ready, total)), b.in_use)
-                   for b in waiting] + self._lend_demands(total)
+                   for b in waiting] + lend_demands
         now = time.time()
-        prefer = {key: dependency.agent for key, dependency in early.items()}
+        prefer.update({key: dependency.agent for key, dependency in early.items()})
         post = self.post_event
         lends = []
         for p in scheduler.schedule(demands, free, self.settings.max_cores_per_build, prefer):

@@ -82,6 +82,7 @@ class RunRecording(EpochState):
 
     runs: dict[str, RunBuild]
     wants: dict
+    _wants_by_stream: dict          # lending.py's Wants by their stream
     abandon_after: float
 
     # -- loading (a takeover) ----------------------------------------------------------
@@ -107,7 +108,7 @@ class RunRecording(EpochState):
     # -- reports -----------------------------------------------------------------------
     def _on_run_reported(self, event: inbox.RunReported) -> None:
         request, stream = event.request, event.stream
-        want = next((w for w in self.wants.values() if w.stream is stream), None)
+        want = self._wants_by_stream.get(stream)
         if want is None:
             return   # the stream ended meanwhile: the initiator sends it all again on the next one
         run = self.runs.get(request.build)

@@ -14,7 +14,11 @@ name), which spreads work over the farm, unless the task names a preferred
 agent with a free core: a dependant released by its dependency's result
 prefers the agent that ran the dependency (its work directory is warm there,
 and its Assignment follows that result's ack on the same stream). One task
-uses one core.
+uses one core. A build marked `together` (cores lent to a `baton run` build,
+coordinator/runtime/lending.py) keeps taking cores from the agent its
+previous core of this round came from while that agent has a free one: one
+grant per agent with several slots instead of several grants, so one Lend
+message instead of several, and one helper for the initiator to dial.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ class BuildDemand:
     build_id: str
     ready: Sequence[str]
     in_use: int = 0
+    together: bool = False   # its cores of one round from one agent while it has free ones
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,11 +70,14 @@ def schedule(builds: Sequence[BuildDemand], free_cores: Mapping[str, int],
             candidates.append((build.in_use, order, 0, limit))
     heapq.heapify(candidates)
     placements: list[Placement] = []
+    last: dict[int, str] = {}   # a `together` build's previous agent this round
     while candidates and left:
         held, order, taken, limit = heapq.heappop(candidates)
         build = builds[order]
         task_id = build.ready[taken]
         agent = prefer.get((build.build_id, task_id))
+        if build.together and not free.get(agent):
+            agent = last.get(order)
         if not free.get(agent):
             while True:
                 neg_free, agent = heapq.heappop(agents)
@@ -80,6 +88,8 @@ def schedule(builds: Sequence[BuildDemand], free_cores: Mapping[str, int],
         if free[agent]:
             heapq.heappush(agents, (-free[agent], agent))
         placements.append(Placement(build.build_id, task_id, agent))
+        if build.together:
+            last[order] = agent
         if taken + 1 < limit:
             heapq.heappush(candidates, (held + 1, order, taken + 1, limit))
     return placements

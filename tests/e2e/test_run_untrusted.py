@@ -26,8 +26,9 @@ def helpers_ready(cluster, count: int) -> None:
                and all(r.helper for r in cluster.agent_records().values()), 30, message=f"{count} helpers advertised")
 
 
+@pytest.mark.parametrize("native", ["1", "0"], ids=["native-wrapper", "python-wrapper"])
 @pytest.mark.parametrize("locale", [{}, {"LC_ALL": "C"}], ids=["our-locale", "C"])
-def test_a_compile_error_on_a_helper_has_the_local_diagnostics_and_exit_code(make_cluster, tmp_path, locale):
+def test_a_compile_error_on_a_helper_has_the_local_diagnostics_and_exit_code(make_cluster, tmp_path, locale, native):
     """In the C locale (LANG unset: CI jobs, cron) GCC quotes 'so'; in a UTF-8 one ‘so’."""
     cluster = make_cluster(agents=1, backups=0, cores=1, web=False)
     helpers_ready(cluster, 1)
@@ -39,7 +40,8 @@ def test_a_compile_error_on_a_helper_has_the_local_diagnostics_and_exit_code(mak
     local = subprocess.run(argv, cwd=src, capture_output=True, text=True, env=dict(os.environ, **locale))
     assert local.returncode == 1 and "nope" in local.stderr and "unused" in local.stderr
 
-    figures, stderr = baton_run(cluster, src, tmp_path, *argv, wait=30.0, check=False, env=locale)
+    figures, stderr = baton_run(cluster, src, tmp_path, *argv, wait=30.0, check=False,
+                                env=dict(locale, BATON_CC_NATIVE=native))
     assert (figures["exit_code"], figures["remote"], figures["failed"]) == (1, 1, 1), stderr
     lines = stderr.splitlines(keepends=True)
     assert lines[0].startswith("baton run: build ") and lines[-1].startswith("baton run: 1 jobs (1 remote")

@@ -1,4 +1,4 @@
-"""Compilers for tests: another GCC that a helper does not have."""
+"""Compilers for tests: another GCC, another Clang, that a helper does not have."""
 from __future__ import annotations
 
 import os
@@ -34,4 +34,22 @@ def other_gcc(where: Path) -> Path:
     cc1 = libexec / "cc1"
     cc1.write_bytes(content.replace(brand, (BRAND + b"!" * len(brand))[:len(brand) - 1] + b" "))
     cc1.chmod(0o755)
+    return driver
+
+
+def other_clang(where: Path) -> Path:
+    """A Clang under `where` (bin/clang, bin/clang++) that a helper does not have: the system's
+    driver with bytes appended (an ELF file's tail is never loaded: it compiles as the
+    system's, with the system's libLLVM and libclang-cpp, but its identity differs), and
+    lib/clang linked to the system's resource directories, which it finds relative to itself."""
+    system = Path(os.path.realpath(shutil.which("clang")))
+    (where / "bin").mkdir(parents=True)
+    driver = where / "bin" / "clang"
+    driver.write_bytes(system.read_bytes() + b"\0baton test clang\0")
+    driver.chmod(0o755)
+    (where / "bin" / "clang++").symlink_to("clang")
+    resource = subprocess.run(["clang", "-print-resource-dir"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    (where / "lib").mkdir()
+    (where / "lib" / "clang").symlink_to(os.path.dirname(os.path.realpath(resource)))
     return driver
