@@ -6,8 +6,8 @@ one (certs/etcd/cli.pem: cli/etcd_identities.py), the CA of the web UIs, the
 cluster name, and the user `admin` with the path of the file that keeps its
 password (<dir>/admin-password, also 0600; the password itself is not copied).
 
-A command run where that directory is (`.baton` under the current directory,
-or `--context DIR`, or $BATON_CONTEXT) takes from it every option not given
+A command run where that directory is (`.baton` in the current directory or
+the nearest parent that has one, or `--context DIR`, or $BATON_CONTEXT) takes from it every option not given
 as a flag or an environment variable (cli.parser.fill_defaults), so after
 `baton up` a plain `baton status` works (docs/design.md section 5).
 """
@@ -45,9 +45,18 @@ def write_context(directory: Path, *, etcd: str, cluster: str, etcd_ca: str | No
 
 
 def context_dir(given: str | None) -> tuple[Path, bool]:
-    """The context directory and whether it was asked for (--context or $BATON_CONTEXT)."""
+    """The context directory and whether it was asked for (--context or $BATON_CONTEXT).
+    Else the nearest `.baton` holding a context, here or in a parent directory (as git
+    finds .git), so that `baton run` in a project under the `baton up` directory finds
+    the cluster; none: `.baton` here (which holds none)."""
     explicit = given or os.environ.get("BATON_CONTEXT")
-    return Path(explicit or DEFAULT_DIR), bool(explicit)
+    if explicit:
+        return Path(explicit), True
+    here = Path.cwd()
+    for directory in (here, *here.parents):
+        if (directory / DEFAULT_DIR / CONTEXT_FILE).is_file():
+            return directory / DEFAULT_DIR, False
+    return Path(DEFAULT_DIR), False
 
 
 def load_context(given: str | None) -> dict[str, Any]:

@@ -28,3 +28,24 @@ def test_a_flag_given_to_baton_run_wins_over_the_context(tmp_path):
     args = fill_defaults(build_parser().parse_args(["run", "--context", str(tmp_path), "--grpc-ca", "/mine.pem",
                                                     "--", "make"]))
     assert args.grpc_ca == "/mine.pem"
+
+
+def test_a_command_in_a_directory_below_baton_up_finds_its_context(tmp_path, monkeypatch):
+    """`baton up` in the repository, then `cd examples/greet && baton run -- make`: the nearest
+    .baton above the current directory is the context (before, only ./.baton was read, and the
+    run reached whatever listened on the default etcd address, or nothing)."""
+    monkeypatch.delenv("BATON_CONTEXT", raising=False)
+    outer, inner = tmp_path / ".baton", tmp_path / "project" / ".baton"
+    for directory, name in ((outer, "outer"), (inner, "inner")):
+        directory.mkdir(parents=True)
+        write_context(directory, etcd=f"https://{name}:2379", cluster="default", etcd_ca=None, ca=None,
+                      user="admin", password_file=tmp_path / "pw", run={"grpc_ca": f"/{name}-ca.pem"})
+    (tmp_path / "pw").write_text("x")
+    deep = tmp_path / "project" / "src" / "lib"
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)
+    args = fill_defaults(build_parser().parse_args(["run", "--", "make"]))
+    assert (args.etcd, args.grpc_ca) == ("https://inner:2379", "/inner-ca.pem")   # the nearest wins
+    (inner / "context.json").unlink()
+    args = fill_defaults(build_parser().parse_args(["run", "--", "make"]))
+    assert (args.etcd, args.grpc_ca) == ("https://outer:2379", "/outer-ca.pem")
