@@ -45,6 +45,7 @@ import threading
 import time
 from typing import Callable
 
+from cli import cache_home
 from cli.cc_args import RemotePlan
 from cli.compile_scan import PREINCLUDED, Scan
 
@@ -66,10 +67,8 @@ class Uncacheable(Exception):
 
 
 def cache_dir(env: dict | None = None) -> str:
-    env = os.environ if env is None else env
-    base = env.get("BATON_CACHE_DIR") or os.path.join(
-        env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "baton")
-    return os.path.join(base, "scan")
+    """$BATON_CACHE_DIR/scan, else $XDG_CACHE_HOME/baton/scan (~/.cache)."""
+    return cache_home.cache_dir("scan", env)
 
 
 def depfile(plan: RemotePlan) -> str | None:

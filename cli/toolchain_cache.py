@@ -33,6 +33,7 @@ import tempfile
 import time
 from typing import Callable, Iterator
 
+from cli import cache_home
 from cluster.files import write_json_atomically
 
 log = logging.getLogger(__name__)
@@ -52,10 +53,7 @@ class PackMismatch(Exception):
 
 def cache_dir(env: dict | None = None) -> str:
     """$BATON_CACHE_DIR/toolchains, else $XDG_CACHE_HOME/baton/toolchains (~/.cache)."""
-    env = os.environ if env is None else env
-    base = env.get("BATON_CACHE_DIR") or os.path.join(
-        env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "baton")
-    return os.path.join(base, "toolchains")
+    return cache_home.cache_dir("toolchains", env)
 
 
 @dataclasses.dataclass
