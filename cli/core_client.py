@@ -310,7 +310,9 @@ class CoreClient:
         with self._cond:
             self._active += 1
             self._peak = max(self._peak, self._active)
-            if self.cap is None or self._sent < self.cap:
+            # Only raise it here: a lower want (the ticker reset the peak in a lull) would let
+            # the leader take back grants this job and the burst after it are about to use.
+            if self._wanted() > self._sent:
                 self._ask()
             while True:
                 free = [g for g in self._grants.values() if self._busy.get(g.grant, 0) < g.slots]

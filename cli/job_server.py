@@ -20,12 +20,12 @@ build's jobs there, so the handshake is paid once.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import socketserver
 import subprocess
 import threading
+from typing import Callable, TypeVar
 
 import grpc
 
@@ -46,11 +46,43 @@ log = logging.getLogger(__name__)
 
 COMPILE_TIMEOUT = 600.0         # s for one job on a helper
 MAX_MESSAGE = 80 * 1024 * 1024  # as agent.helper.MAX_MESSAGE
+T = TypeVar("T")
 
 
-@functools.lru_cache(maxsize=32)
-def _identity(compiler: str) -> str:
-    return compiler_identity(compiler)
+class Once:
+    """`once(*key)`: `compute(*key)`, computed once per key even when several jobs ask at
+    once. functools.lru_cache does not hold back a second caller while the first computes:
+    at a build's start every job of -jN computed the compiler's identity (~60 ms of CPU:
+    hashing cc1, cc1plus, as) and its system directories, N times over, while the build
+    waited for its first jobs (bench/README.md, issue 14). A failure is not kept (the next
+    caller computes again, as with lru_cache); beyond `size` keys the oldest is dropped."""
+
+    def __init__(self, compute: Callable[..., T], size: int = 32):
+        self._compute, self._size = compute, size
+        self._lock = threading.Lock()
+        self._values: dict[tuple, T] = {}
+        self._computing: dict[tuple, threading.Lock] = {}
+
+    def __call__(self, *key) -> T:
+        with self._lock:
+            if key in self._values:
+                return self._values[key]
+            computing = self._computing.setdefault(key, threading.Lock())
+        with computing:
+            with self._lock:
+                if key in self._values:   # computed while this caller waited
+                    return self._values[key]
+            value = self._compute(*key)
+            with self._lock:
+                self._values[key] = value
+                self._computing.pop(key, None)
+                while len(self._values) > self._size:
+                    del self._values[next(iter(self._values))]
+            return value
+
+
+_identity = Once(lambda compiler: compiler_identity(compiler))
+_system_dirs = Once(lambda compiler, language: system_dirs(compiler, language))
 
 
 def job_locale(env: dict[str, str]) -> dict[str, str]:
@@ -132,7 +164,7 @@ class JobServer:
             return {"local": hopeless}
         try:
             identity = _identity(decided.compiler)
-            dirs = system_dirs(decided.compiler, decided.language)
+            dirs = _system_dirs(decided.compiler, decided.language)
             found = cached_scan(self.scan_cache, decided, cwd, env, identity, dirs,
                                 lambda: scan(decided, cwd, env=env))
             paths = input_paths(decided, cwd, found)

@@ -71,6 +71,30 @@ def test_a_lowered_want_names_the_slots_its_jobs_use():
     assert request.cores == 2 and dict(request.busy) == {"g-busy": 2}
 
 
+def test_a_job_taking_a_slot_after_a_lull_does_not_lower_the_want():
+    """After a lull shorter than a tick (a link step), the next job must not send a lower want
+    before it takes its slot: the leader would take back idle grants, maybe the one that job
+    then runs on, and the burst that follows waits for new lends. Only the ticker lowers
+    the want, after it stayed lower for a tick (issue 14: seen as 4 -> 1 at a build's tail)."""
+    from cluster.protocol import compile_pb2 as pb
+
+    cores = CoreClient(EtcdConfig.from_urls("http://127.0.0.1:9"), "default", "b5")   # never started
+    cores._requests = queue.Queue()
+    cores._settled.set()
+    grants = [pb.Grant(agent=f"a{i}", helper="127.0.0.1:1", slots=1, grant=f"g{i}", epoch=5) for i in (1, 2)]
+    cores._set_grants(grants, leaderless=False)
+    with cores._cond:
+        cores._sent, cores._active, cores._peak = 4, 0, 0   # the ticker saw no job at its last tick
+    grant, slot, why = cores.acquire_core(0.0)
+    assert grant is not None and why == ""
+    assert cores._requests.empty() and cores._sent == 4
+    # Raising it is at once: a fifth job in flight asks for five.
+    with cores._cond:
+        cores._active = 4
+    cores.acquire_core(0.0)
+    assert cores._requests.get_nowait().cores == 5
+
+
 def test_a_job_that_goes_local_at_once_is_not_scanned(etcd_url, cluster_name, tmp_path, monkeypatch):
     """No leader for longer than the wait: a job compiles locally at once, and the initiator
     does not first scan it (a preprocessor run, which would write its dependency file)."""
