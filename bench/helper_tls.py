@@ -37,6 +37,7 @@ from agent.helper import Grants, HelperServer
 from cli import certs
 from cli.cc_args import plan
 from cli.compile_scan import pack, scan
+from cli.core_client import CoreSource
 from cli.job_server import JobServer
 from cluster.names import agent_server_name
 from cluster.protocol import compile_pb2 as pb
@@ -59,7 +60,7 @@ def p99(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))]
 
 
-class FixedGrant:
+class FixedGrant(CoreSource):
     """The CoreClient surface JobServer uses: always the one grant of agent h1."""
 
     def __init__(self, helper: str):

@@ -59,7 +59,23 @@ def remote_wait(given: float | None, lease_ttl: int | None) -> float:
     return float(lease_ttl) if lease_ttl and lease_ttl > 0 else DEFAULT_REMOTE_WAIT
 
 
-class CoreClient:
+class CoreSource:
+    """What the job server asks for helper cores (cli/job_server.py): `acquire_core(wait)` ->
+    (pb.Grant, slot, "") or (None, -1, why), `release(grant, slot)`, and `local_at_once(wait)`.
+    CoreClient is the real one; tests and benches give fixed grants by subclassing this."""
+
+    def local_at_once(self, wait: float | None = None) -> str | None:
+        """Why a job would compile locally without waiting, else None (unknown: ask acquire_core)."""
+        return None
+
+    def acquire_core(self, wait: float | None = None):
+        raise NotImplementedError
+
+    def release(self, grant, slot: int = -1) -> None:
+        raise NotImplementedError
+
+
+class CoreClient(CoreSource):
     """`start()`; `acquire(wait)` -> (pb.Grant, "") or (None, why); `acquire_core(wait)` ->
     (pb.Grant, slot, ""); `release(grant, slot)`; `finish(...)`; `stop()`."""
 

@@ -33,7 +33,7 @@ from agent.compile_job import LOCALE_VARS, compiler_identity
 from cli import ccwire
 from cli.cc_args import Local, plan
 from cli.compile_scan import ScanFailed, input_paths, scan, system_dirs
-from cli.core_client import CoreClient
+from cli.core_client import CoreSource
 from cli.job_inputs import Delivered, Digests
 from cli.scan_cache import ScanCache, cached_scan
 from cli.scan_cache import cache_dir as scan_cache_dir
@@ -81,6 +81,7 @@ class Once:
             return value
 
 
+# Looked up at each call (not bound here), so that the module's names stay the ones used.
 _identity = Once(lambda compiler: compiler_identity(compiler))
 _system_dirs = Once(lambda compiler, language: system_dirs(compiler, language))
 
@@ -94,7 +95,7 @@ def job_locale(env: dict[str, str]) -> dict[str, str]:
 class JobServer:
     """Serves `baton cc` on `<run_dir>/cc.sock`; `start()`, `stop()`."""
 
-    def __init__(self, run_dir: str, cores: CoreClient, wait: float | None, root_certificates: bytes | None = None,
+    def __init__(self, run_dir: str, cores: CoreSource, wait: float | None, root_certificates: bytes | None = None,
                  client: tuple[bytes, bytes] | None = None):
         self.path = os.path.join(run_dir, ccwire.SOCKET)
         self.cores, self.wait = cores, wait
@@ -157,9 +158,7 @@ class JobServer:
         if isinstance(decided, Local):
             return {"local": decided.reason}
         # No scan (a preprocessor run, ~15 ms a c-ares job) for a job that compiles here anyway.
-        # (Stand-ins for the CoreClient in tests and benches have only acquire_core and release.)
-        at_once = getattr(self.cores, "local_at_once", None)
-        hopeless = at_once(self.wait) if at_once is not None else None
+        hopeless = self.cores.local_at_once(self.wait)
         if hopeless:
             return {"local": hopeless}
         try:

@@ -18,6 +18,7 @@ from agent.compile_job import CompileJob, InputsMissing, compiler_identity, run_
 from agent.helper import Grants, HelperServer
 from agent.input_store import ContentMismatch, InputStore
 from agent.job_root import RootPool
+from cli.core_client import CoreSource
 from cli.job_server import JobServer
 from cli.job_inputs import Digests
 from cluster.protocol import compile_pb2 as pb
@@ -26,7 +27,7 @@ from cluster.protocol import compile_pb2_grpc
 pytestmark = pytest.mark.skipif(not shutil.which("gcc"), reason="needs gcc")
 
 
-class OneGrant:
+class OneGrant(CoreSource):
     """The CoreClient's two verbs (acquire_core, release), with one grant of a real HelperServer (no leader in these tests)."""
 
     def __init__(self, address: str):

@@ -20,7 +20,8 @@ import pytest
 
 from agent.compile_job import compiler_identity
 from agent.helper import GRANT_WAIT, Grants, HelperServer, Refused
-from cli.initiator import JobServer
+from cli.core_client import CoreSource
+from cli.job_server import JobServer
 from cluster.protocol import compile_pb2 as pb
 from cluster.protocol import compile_pb2_grpc
 from tests.harness.wait import wait_until
@@ -57,7 +58,7 @@ def job(tmp_path, grant: str, epoch: int = 5) -> pb.CompileRequest:
                              files=[pb.SourceFile(path=str(tmp_path / "a.c"), content=SOURCE)])
 
 
-class OneGrant:
+class OneGrant(CoreSource):
     """The CoreClient surface JobServer uses: the leader granted it `grant` of agent a1."""
 
     def __init__(self, helper: str, grant: str, epoch: int):

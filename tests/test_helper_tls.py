@@ -15,6 +15,7 @@ from agent.compile_job import compiler_identity
 from agent.config import AgentConfig
 from agent.helper import Grants, HelperServer
 from cli.certs import issue_agent_cert, make_ca
+from cli.core_client import CoreSource
 from cli.job_server import JobServer
 from cluster.protocol import compile_pb2 as pb
 from cluster.protocol import compile_pb2_grpc
@@ -108,7 +109,7 @@ def test_a_client_certificate_of_another_ca_is_refused(pki, serve, tmp_path):
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-class OneGrant:
+class OneGrant(CoreSource):
     """The CoreClient surface JobServer uses, lending one grant of `agent` at `helper`."""
 
     def __init__(self, agent: str, helper: str):

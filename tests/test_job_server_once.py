@@ -8,13 +8,14 @@ import shutil
 import threading
 
 import cli.job_server as job_server
+from cli.core_client import CoreSource
 from cli.job_server import JobServer, Once
 from tests.harness.wait import holds_for, wait_until
 
 JOBS = 4
 
 
-class LocalCores:
+class LocalCores(CoreSource):
     """A CoreClient stand-in with no helper core: every job is answered "compile it locally"."""
 
     def acquire_core(self, wait=None):

@@ -18,6 +18,7 @@ import pytest
 from agent.compile_job import CompileJob, compiler_identity, identity_of, run_compile
 from agent.helper import Grants, HelperServer
 from agent.toolchain_store import ToolchainRefused, ToolchainStore
+from cli.core_client import CoreSource
 from cli.job_server import JobServer
 from cli.toolchain import Unshippable, pack
 from cluster.protocol import compile_pb2 as pb
@@ -118,7 +119,7 @@ def test_a_script_driver_is_not_shipped(tmp_path):
         pack(str(script), str(tmp_path / "out.tar.gz"))
 
 
-class Cores:
+class Cores(CoreSource):
     """The grant side of a JobServer: one grant of four slots on each helper."""
 
     def __init__(self, helpers: list[HelperServer]):
