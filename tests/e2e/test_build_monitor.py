@@ -42,7 +42,9 @@ def build_id_of(build: Build) -> str | None:
 def test_the_monitor_shows_lanes_and_bars_live_and_marks_the_failover(make_cluster, context, tmp_path):
     cluster = make_cluster(agents=2, backups=1, cores=1)
     wait_until(lambda: all(r.helper for r in cluster.agent_records().values()), 30, message="helpers advertised")
-    src = project(tmp_path / "proj", sources=40, weight=200)
+    # Long enough that the build still runs when p1 is killed (the compile path got faster:
+    # 40 sources once ended before the kill, and a build without a failover has no mark).
+    src = project(tmp_path / "proj", sources=120, weight=200)
     build = Build(cluster, src, tmp_path)
     build_id = wait_until(lambda: build_id_of(build), 60, message="the run directory")
     wait_until(lambda: len(job_records(cluster, build_id)) >= 2, 120, message="jobs recorded")
@@ -61,6 +63,7 @@ def test_the_monitor_shows_lanes_and_bars_live_and_marks_the_failover(make_clust
     # Live: more bars arrive without a reload (monitor.js polls the API).
     wait_until(lambda: monitor.locator(".job").count() > first, 120, message="new bars on the open page")
 
+    assert build.proc.poll() is None, "the build ended before the failover: give it more to compile"
     cluster.coordinators["p1"].kill()
     expect(monitor.locator(".mark-failover")).to_have_count(1, timeout=60 * MS)
     expect(monitor.locator(".mark-failover")).to_contain_text("b1")
