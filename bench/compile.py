@@ -33,7 +33,9 @@ Each `baton run` figure is taken with each compiler wrapper of --wrapper
    ratios to local and of Baton to distcc. The build with helpers runs twice
    a round: first with an empty scan cache (cold), then cleaned and built
    again in the same tree (warm: cli/scan_cache.py). On one machine the helpers share
-   its cores, so the figure is the remote path's overhead, not a speed-up.
+   its cores, so the figure is the remote path's overhead, not a speed-up; each
+   build's CPU-seconds over the whole machine (/proc/stat) are printed too, a
+   steadier figure of that overhead than walls on a loaded machine.
 4. Per-job overhead: every c-ares compile run directly and then through the
    wrapper, one at a time, under `baton run --local-only` and (--cluster)
    `baton run` with the helpers: wrapper start to object written, minus the
@@ -131,6 +133,16 @@ class LocalAnswers:
         self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
         self.thread.join(10)
+
+
+def machine_cpu() -> float:
+    """CPU-seconds every process of this machine has used (/proc/stat: user, nice, system, irq,
+    softirq, steal): a build's delta is what it cost the machine, helpers, coordinator and
+    distccd included. On two shared cores that, more than one noisy wall, is the overhead."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def children_cpu() -> float:
@@ -351,6 +363,7 @@ def builds(source: Path, workdir: Path, env: dict, jobs: int, cluster=None, repe
         distcc = Distcc(workdir, 2).start()
         variants.append(("distcc, 2 slots on loopback", [], distcc.env(env)))
     walls: dict[str, list[float]] = {name: [] for name, _, _ in variants}
+    cpus: dict[str, list[float]] = {name: [] for name, _, _ in variants}
     remote: dict[str, str] = {}
     try:
         build = workdir
@@ -366,11 +379,12 @@ def builds(source: Path, workdir: Path, env: dict, jobs: int, cluster=None, repe
                     build = workdir / f"build-{len(os.listdir(workdir))}"
                     configure(source, build, variant_env, [r for r in runner if r != "--json"], launcher)
                 before = distcc.compiled() if distcc else 0
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), machine_cpu()
                 parallel = remote_jobs if name.startswith(("baton run, ", "distcc")) else jobs
                 done = subprocess.run([*runner, "cmake", "--build", str(build), f"-j{parallel}"], check=True,
                                       env=variant_env, capture_output=True, text=True)
                 walls[name].append(time.perf_counter() - started)
+                cpus[name].append(machine_cpu() - cpu)
                 if "--json" in runner:
                     figures = json.loads(done.stdout.splitlines()[-1])
                     remote[name] = (f"{figures['remote']}/{figures['jobs']} jobs remote, "
@@ -383,19 +397,22 @@ def builds(source: Path, workdir: Path, env: dict, jobs: int, cluster=None, repe
     out = []
     local = statistics.median(walls["local"])
     best_local = min(walls["local"])
+    local_cpu = statistics.median(cpus["local"])
     for name, values in walls.items():
-        wall = statistics.median(values)
+        wall, cpu = statistics.median(values), statistics.median(cpus[name])
         print(f"  {name:<53} wall {wall:6.2f} s  (x{wall / local:.2f} of local; best {min(values):.2f} s, "
               f"x{min(values) / best_local:.2f})  {remote.get(name, '')}")
+        print(f"  {'':<53} CPU  {cpu:6.2f} s  (x{cpu / local_cpu:.2f} of local: the machine's, all processes)")
         out.append({"name": name, "wall_s": wall, "walls_s": values, "ratio": wall / local,
-                    "remote": remote.get(name)})
+                    "cpu_s": cpu, "cpus_s": cpus[name], "cpu_ratio": cpu / local_cpu, "remote": remote.get(name)})
     if distcc is None:
         print("  distcc: not installed, not measured")
     else:
         theirs = walls[variants[-1][0]]
         for baton in (o for o in out if o["name"].startswith("baton run, ")):
             print(f"  {baton['name']} / distcc: x{baton['wall_s'] / statistics.median(theirs):.2f} "
-                  f"(best: x{min(walls[baton['name']]) / min(theirs):.2f})")
+                  f"(best: x{min(walls[baton['name']]) / min(theirs):.2f}; "
+                  f"CPU x{baton['cpu_s'] / statistics.median(cpus[variants[-1][0]]):.2f})")
     return out
 
 
