@@ -8,26 +8,48 @@ keyed by everything the header set can depend on remembers the scan's result:
   dependency file's target and name, -MF/-MT, are the same), the working
   directory, the source's sha256 and the environment variables the
   preprocessor reads (PATH, CPATH, ...: `KEY_ENV`);
-- value: the headers in the order read, each with its stat stamp and sha256;
-  the stamps of every directory a lookup could have probed (`probes`); the
-  dependency file's path and bytes.
+- value: the headers in the order read, each with its sha256; the
+  directories a lookup could have probed (`probes`), each with its stat
+  stamp; the dependency file's path and bytes.
 
-A hit needs every header's content unchanged (stamp, or sha256 when the
-stamp moved) and every probed directory's stamp unchanged: an include
-directory earlier in the search path gaining a file that would shadow a
-header changes that directory's mtime and ctime. The probes are, for each
-header H included from file F, every directory of F's search chain (F's own
-directory, the working directory, -iquote, -I, -isystem, the compiler's own,
--idirafter) joined with the subdirectory H was named by (`<sys/x.h>`: each
-dir/sys). Then the hit writes the dependency file's bytes, as the scan would
-have, and runs no preprocessor.
+A hit needs every header's content unchanged and every probed directory's
+entries unchanged: an include directory earlier in the search path gaining
+a file that would shadow a header changes that directory's mtime and ctime.
+The probes are, for each header H included from file F, every directory of
+F's search chain (F's own directory, the working directory, -iquote, -I,
+-isystem, the compiler's own, -idirafter) joined with the subdirectory H was
+named by (`<sys/x.h>`: each dir/sys). A probe that does not exist is stood
+for by its nearest existing ancestor when the first missing name is not
+there at all (that ancestor unchanged, it is still missing; a dangling
+symlink or a file in the way: the probe is stamped itself). Then the hit
+writes the dependency file's bytes, as the scan would have, and runs no
+preprocessor.
+
+Timestamps, as git does with racily clean index entries. A stamp taken
+within RACY_NS after the thing's last change (ctime) may stay the same
+through a change in the same timestamp tick, so a stamp never stands for
+content alone: a header's sha256 is compared at each lookup (`ScanCache`
+hashes a file once per stamp and run, and again each time while the stamp
+is racy), and a directory changed within RACY_NS before the scan started
+is stored with the listing of the names a lookup could open in it (every
+header's name, every first missing name; their `.gch`; casefolded), listed
+and compared at each lookup instead of its stamp. A lookup that finds such a
+directory's stamp settled (older than RACY_NS, the same before and after
+the listing) rewrites the entry with that stamp, as a plain one. What
+changed after the scan started (ctime later than the start minus TICK_NS,
+the kernel's timestamp lag; RACY_NS for a ctime in whole milliseconds,
+perhaps a coarse filesystem's) is not stored: the scan may have read other
+content than what is hashed or listed afterwards. A file is hashed between
+two stats that must agree.
 
 Never wrong, so a compile is not cached (always scanned) on any doubt: a
 path with `..` (textual and physical lookups could differ), a header not under
-any directory of its chain, -iprefix/-isysroot style flags or CPATH-style
-variables, a `__has_include` whose name is not a literal (a literal name is
-probed like an include), a file or directory changed within RACY_NS before the
-scan started (a change in the same timestamp tick would be invisible).
+any directory of its chain, -iprefix/-isysroot/-remap style flags or
+CPATH-style variables, a `__has_include` whose name is not a literal (a
+literal name is probed like an include), a file or directory changed after
+the scan started. A directory with a dangling symlink named as a header
+(its target appearing would shadow without moving the directory's stamp)
+is listed at each lookup too.
 
 Entries live in $BATON_CACHE_DIR/scan (else ~/.cache/baton/scan), one JSON
 file each, written to a temporary name and renamed (concurrent `baton run`s
@@ -40,6 +62,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import tempfile
 import threading
 import time
@@ -49,14 +72,21 @@ from cli import cache_home
 from cli.cc_args import RemotePlan
 from cli.compile_scan import PREINCLUDED, Scan
 
-VERSION = 1
+VERSION = 2
 MAX_ENTRIES = 20_000
-RACY_NS = 1_000_000_000    # above any filesystem timestamp tick (Linux: one jiffy)
+# A stamp this close to the scan's start is racy: a later change in the same timestamp tick could
+# leave it as it is, so what it stands for is checked again at each lookup.
+RACY_NS = 1_000_000_000
+# A change made after the scan started carries a ctime no earlier than the start minus the kernel's
+# coarse clock lag (one jiffy, <= 10 ms) and the timestamp's granularity; a ctime that is a whole
+# number of milliseconds may come from a coarser filesystem (ext3, FAT) and is given RACY_NS.
+TICK_NS = 100_000_000
 KEY_ENV = ("PATH", "CPATH", "C_INCLUDE_PATH", "CPLUS_INCLUDE_PATH", "OBJC_INCLUDE_PATH", "DEPENDENCIES_OUTPUT",
            "SUNPRO_DEPENDENCIES", "GCC_EXEC_PREFIX", "COMPILER_PATH", "SOURCE_DATE_EPOCH")
 # They add include directories the probes would not know of.
 DOUBT_ENV = KEY_ENV[1:9]
-DOUBT_FLAGS = ("-iprefix", "-iwithprefix", "-iwithprefixbefore", "-isysroot", "-imultilib", "--sysroot")
+DOUBT_FLAGS = ("-iprefix", "-iwithprefix", "-iwithprefixbefore", "-isysroot", "-imultilib", "--sysroot",
+               "-remap")   # -remap: each directory's header.gcc renames headers
 CHAIN_FLAGS = ("-iquote", "-I", "-isystem", "-idirafter")
 _HAS_INCLUDE = re.compile(rb"has_include(?:_next)?_*\s*\(\s*(?:[<\"]([^>\"\n]+)[>\"])?")
 _DEFINE_LINE = re.compile(rb"^\s*#\s*define\b")
@@ -97,22 +127,52 @@ def cached_scan(cache: "ScanCache | None", plan: RemotePlan, cwd: str, env: dict
     try:
         named = depfile(plan)
         source = os.path.join(cwd, plan.source)
-        key = cache.key(identity, plan, cwd, cache.source_sha256(source), env)
+        digest = cache.source_sha256(source)
+        key = cache.key(identity, plan, cwd, digest, env)
     except (Uncacheable, OSError):
         return scan()
     found = cache.lookup(key, cwd, named)
     if found is None:
         found = scan()
-        cache.store(key, plan, cwd, found, system, named, started)
+        cache.store(key, plan, cwd, found, system, named, started, digest)
     return found
 
 
 def _dir_stamp(path: str) -> list | None:
+    """[mtime, ctime, inode, device] of what `path` names (symlinks followed), None when nothing."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return [st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    return [st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def changed_since(ctime_ns: int, started_ns: int) -> bool:
+    """Whether a change made at or after `started_ns` could carry this ctime (TICK_NS)."""
+    return ctime_ns > started_ns - (RACY_NS if ctime_ns % 1_000_000 == 0 else TICK_NS)
+
+
+def _kind(entry: os.DirEntry) -> str:
+    if entry.is_symlink():
+        try:      # a dangling link and a link to a file are found differently
+            return "ld" if stat.S_ISDIR(entry.stat().st_mode) else "lf"
+        except OSError:
+            return "l-"
+    return "d" if entry.is_dir(follow_symlinks=False) else "f"
+
+
+def relevant_listing(path: str, names: set[str]) -> list[list[str]]:
+    """The entries of directory `path` a lookup of `names` (casefolded: a case-insensitive
+    directory finds `A.H` for `a.h`) could open, with their kind, sorted (a precompiled
+    `name.gch` too: GCC prefers it); OSError when it cannot be listed."""
+    found = []
+    with os.scandir(path) as entries:
+        for entry in entries:
+            name = entry.name.casefold()
+            if name in names or (name.endswith(".gch") and name[:-4] in names):
+                found.append([entry.name, _kind(entry)])
+    found.sort()
+    return found
 
 
 def _climbs(path: str) -> bool:
@@ -206,8 +266,10 @@ class ScanCache:
         self._clock_ns = clock_ns
         self._lock = threading.Lock()
         self._files: dict[str, tuple[tuple, str, list[str]]] = {}   # path -> (stamp, sha256, has_include names)
+        self._dirs: dict[str, tuple[list, tuple]] = {}   # path -> (stamp, (names, dangling symlinks))
         self._stores = 0
         self.hits = self.misses = 0
+        self.settled = 0     # entries rewritten with their racy directories' stamps settled
 
     @staticmethod
     def key(identity: str, plan: RemotePlan, cwd: str, source_sha256: str, env: dict) -> str:
@@ -220,25 +282,53 @@ class ScanCache:
     def _path(self, key: str) -> str:
         return os.path.join(self.directory, key[:2], key + ".json")
 
-    def _file(self, path: str) -> tuple[tuple, str, list[str]]:
-        """(stamp, sha256, __has_include names) of a file, read once per stamp."""
+    def _file(self, path: str) -> tuple[tuple, str, list[str] | None]:
+        """(stamp, sha256, __has_include names) of a file, read once per settled stamp; OSError
+        when it changed while read (the stamp would not be the content's)."""
         st = os.stat(path)
-        stamp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        stamp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
         with self._lock:
             known = self._files.get(path)
         if known is not None and known[0] == stamp:
             return known
         with open(path, "rb") as f:
             content = f.read()
+        after = os.stat(path)
+        if (after.st_size, after.st_mtime_ns, after.st_ctime_ns, after.st_ino, after.st_dev) != stamp \
+                or len(content) != st.st_size:
+            raise OSError(f"{path} changed while read")
         try:
             names = has_include_names(content)
         except Uncacheable:
             names = None
         known = (stamp, hashlib.sha256(content).hexdigest(), names)
-        if self._clock_ns() - st.st_ctime_ns > RACY_NS and len(content) == st.st_size:
+        # A racy stamp could stay as it is through a change: such a file is read each time.
+        if self._clock_ns() - st.st_ctime_ns > RACY_NS:
             with self._lock:
                 self._files[path] = known
         return known
+
+    def _names_in(self, path: str, stamp: list) -> tuple[frozenset, frozenset]:
+        """Every name in directory `path` as of `stamp`, and those of its dangling symlinks
+        (casefolded), listed once per settled stamp; OSError when it is no directory or changed
+        while listed."""
+        with self._lock:
+            known = self._dirs.get(path)
+        if known is not None and known[0] == stamp:
+            return known[1]
+        names, dangling = set(), set()
+        with os.scandir(path) as entries:
+            for entry in entries:
+                names.add(entry.name)
+                if entry.is_symlink() and _kind(entry) == "l-":
+                    dangling.add(entry.name.casefold())
+        if _dir_stamp(path) != stamp:
+            raise OSError(f"{path} changed while listed")
+        found = (frozenset(names), frozenset(dangling))
+        if self._clock_ns() - stamp[1] > RACY_NS:
+            with self._lock:
+                self._dirs[path] = (stamp, found)
+        return found
 
     def lookup(self, key: str, cwd: str, depfile: str | None) -> Scan | None:
         """The cached scan, its dependency file written (`depfile`: as the argv names it), or None."""
@@ -247,12 +337,11 @@ class ScanCache:
                 entry = json.loads(f.read())
             if entry.get("v") != VERSION or entry.get("depfile") != depfile:
                 raise ValueError("another entry")
-            for path, stamp in entry["probes"]:
-                if _dir_stamp(path) != stamp:
-                    raise ValueError("a directory changed")
-            for path, stamp, digest in entry["files"]:
-                known = self._file(path)
-                if list(known[0]) != stamp and known[1] != digest:
+            settled = self._probes_hold(entry)
+            # The file's sha256 now (hashed again unless its stamp is a settled one seen in this run):
+            # an entry's stamp alone could be racy.
+            for path, digest in entry["files"]:
+                if self._file(path)[1] != digest:
                     raise ValueError("a header changed")
             if depfile is not None:
                 with open(os.path.join(cwd, depfile), "wb") as f:
@@ -263,7 +352,47 @@ class ScanCache:
             return None
         with self._lock:
             self.hits += 1
+        if settled:
+            self._settle(key, entry, settled)
         return Scan(headers=tuple(entry["headers"]))
+
+    def _probes_hold(self, entry: dict) -> dict[int, list]:
+        """ValueError unless every probed directory is as the scan found it: a settled stamp the
+        same, a racy one's listing of the names a lookup could open the same. Returns the racy
+        ones whose stamp has settled since (index -> stamp, taken before their listing and the
+        same after it)."""
+        now = self._clock_ns()
+        settled = {}
+        names = None
+        for i, (path, stamp, listing) in enumerate(entry["probes"]):
+            current = _dir_stamp(path)
+            if listing is None:
+                if current != stamp:
+                    raise ValueError("a directory changed")
+                continue
+            if current is None:
+                raise ValueError("a directory went")
+            if names is None:
+                names = set(entry["names"])
+            if relevant_listing(path, names) != listing:
+                raise ValueError("a directory gained or lost a header's name")
+            if now - current[1] > RACY_NS and all(kind != "l-" for _, kind in listing) \
+                    and _dir_stamp(path) == current:
+                settled[i] = current
+        return settled
+
+    def _settle(self, key: str, entry: dict, settled: dict[int, list]) -> None:
+        """Rewrite the entry with the settled stamps (no listing at the next lookups)."""
+        for i, stamp in settled.items():
+            entry["probes"][i] = [entry["probes"][i][0], stamp, None]
+        if all(listing is None for _, _, listing in entry["probes"]):
+            entry.pop("names", None)
+        try:
+            self._write(key, json.dumps(entry).encode())
+        except OSError:
+            return
+        with self._lock:
+            self.settled += 1
 
     def now_ns(self) -> int:
         return self._clock_ns()
@@ -272,14 +401,15 @@ class ScanCache:
         return self._file(path)[1]
 
     def store(self, key: str, plan: RemotePlan, cwd: str, found: Scan, system: tuple[str, ...],
-              depfile: str | None, started_ns: int) -> None:
-        """Remember `found` (scanned from `started_ns` on); silently not, on any doubt."""
+              depfile: str | None, started_ns: int, source_sha256: str | None = None) -> None:
+        """Remember `found` (scanned from `started_ns` on, the source's sha256 in `key` being
+        `source_sha256`); silently not, on any doubt."""
         try:
-            self._store(key, plan, cwd, found, system, depfile, started_ns)
+            self._store(key, plan, cwd, found, system, depfile, started_ns, source_sha256)
         except (Uncacheable, OSError, ValueError):
             pass
 
-    def _store(self, key, plan, cwd, found, system, depfile, started_ns) -> None:
+    def _store(self, key, plan, cwd, found, system, depfile, started_ns, source_sha256) -> None:
         cwd = os.path.abspath(cwd)
         chain = chain_dirs(plan, cwd, system)
         source = os.path.normpath(os.path.join(cwd, plan.source))
@@ -287,34 +417,113 @@ class ScanCache:
             raise Uncacheable("a source named with '..'")
         probes = probe_dirs(source, found.tree, chain)
         files = []
+        opened: set[str] = set()   # the names a lookup opens in some directory, casefolded
         # GCC includes stdc-predef.h unnamed (cli/compile_scan.py); its directory is probed as a chain's.
         predefined = [os.path.join(d, n) for d in system for n in PREINCLUDED if os.path.isfile(os.path.join(d, n))]
         for path in (source, *found.headers, *predefined[:1]):
             stamp, digest, names = self._file(path)
             if names is None:
                 raise Uncacheable(f"{path}: a __has_include of a computed name")
-            if started_ns - stamp[2] <= RACY_NS:
-                raise Uncacheable(f"{path} changed just before the scan")
+            # Changed since the scan started: the scan may have read other content.
+            if changed_since(stamp[2], started_ns):
+                raise Uncacheable(f"{path} changed after the scan started")
+            if path == source and source_sha256 is not None and digest != source_sha256:
+                raise Uncacheable("the source changed after it was hashed")
             for name in names:
                 if _climbs(name) or os.path.isabs(name):
                     raise Uncacheable("a __has_include of a path")
+                opened.add(os.path.basename(name).casefold())
                 for base in [os.path.dirname(path), *chain]:
                     probes.append(os.path.normpath(os.path.join(base, os.path.dirname(name))))
             if path != source:
-                files.append([path, list(stamp), digest])
-        stamped = []
-        for path in dict.fromkeys(probes):
-            stamp = _dir_stamp(path)
-            if stamp is not None and started_ns - stamp[1] <= RACY_NS:
-                raise Uncacheable(f"{path} changed just before the scan")
-            stamped.append([path, stamp])
+                files.append([path, digest])
+                opened.add(path.rpartition("/")[2].casefold())
+        stamped, racy_names = self._stamp_probes(list(dict.fromkeys(probes)), opened, started_ns)
         d = b""
         if depfile is not None:
             with open(os.path.join(cwd, depfile), "rb") as f:
                 d = f.read()
         entry = {"v": VERSION, "headers": list(found.headers), "files": files, "probes": stamped,
                  "depfile": depfile, "d": base64.b64encode(d).decode()}
+        if racy_names is not None:
+            entry["names"] = sorted(racy_names)
         self._write(key, json.dumps(entry).encode())
+
+    def _stamp_probes(self, probes: list[str], opened: set[str], started_ns: int) -> tuple[list, set | None]:
+        """The entry's probes, [path, stamp, listing or None], and the names the listings are of
+        (None: no listing).
+
+        A probe that does not exist (most: a c-ares job probes ~250 such, <sys/x.h> in each
+        include directory) is not stamped itself: its nearest existing ancestor stands for it
+        when the missing name under it is not there at all (no dangling symlink, no file in the
+        way: those are stamped as before). A directory whose entries do not change keeps a
+        missing name missing, so a lookup stats ~25 directories instead of ~275.
+        A directory changed within RACY_NS before the scan started is stored with the listing
+        of the names a lookup could open in it (each header's and each first missing name),
+        compared at each lookup; one changed after the scan started is not stored (the scan
+        may have seen other entries)."""
+        stamps: dict[str, list | None] = {}
+
+        def stamp_of(path: str) -> list | None:
+            if path not in stamps:
+                stamps[path] = _dir_stamp(path)
+            return stamps[path]
+
+        anchors: dict[str, dict[str, list[str]]] = {}   # existing path -> {missing name: probes it stands for}
+        entries = []
+        for path in probes:
+            if stamp_of(path) is not None:
+                anchors.setdefault(path, {})
+                continue
+            # (Absolute and normalised: rpartition is dirname and basename, at a third of the cost.)
+            parent, _, name = path.rpartition("/")
+            while parent and stamp_of(parent) is None:
+                parent, _, name = parent.rpartition("/")
+            if parent == "" and stamp_of("/") is None:
+                entries.append([path, None, None])
+            else:
+                anchors.setdefault(parent or "/", {}).setdefault(name, []).append(path)
+        racy, listed = [], []
+        probed = set(probes)
+        for path, missing in anchors.items():
+            stamp = stamps[path]
+            try:
+                present, dangling = self._names_in(path, stamp)
+            except NotADirectoryError:   # a file in the way
+                present, dangling = missing.keys(), frozenset()
+            if missing:
+                stands_for = False
+                for name, stood_for in missing.items():
+                    if name in present:      # a dangling symlink, or a file in the way: stamped themselves
+                        entries.extend([p, None, None] for p in stood_for)
+                    else:
+                        stands_for = True
+                opened.update(name.casefold() for name in missing)
+                if not stands_for and path not in probed:
+                    continue
+            if changed_since(stamp[1], started_ns):
+                raise Uncacheable(f"{path} changed after the scan started")
+            if started_ns - stamp[1] <= RACY_NS:
+                racy.append(path)
+            elif dangling:
+                listed.append((path, dangling))
+            else:
+                entries.append([path, stamp, None])
+        # A dangling symlink named as a header would shadow it once its target appears, and the
+        # directory's stamp would not move: such a directory is listed at each lookup.
+        for path, dangling in listed:
+            if dangling & opened:
+                racy.append(path)
+            else:
+                entries.append([path, stamps[path], None])
+        if not racy:
+            return entries, None
+        for path in racy:
+            listing = relevant_listing(path, opened)
+            if _dir_stamp(path) != stamps[path]:
+                raise Uncacheable(f"{path} changed while listed")
+            entries.append([path, stamps[path], listing])
+        return entries, opened
 
     def _write(self, key: str, data: bytes) -> None:
         path = self._path(key)

@@ -116,9 +116,11 @@ def test_a_literal_has_include_is_probed(tmp_path, project):
     assert str(project / "inc2/sub/x.h") in paths
 
 
-def test_files_changed_just_before_the_scan_are_not_cached(tmp_path, project):
+def test_files_changed_after_the_scan_started_are_not_cached(tmp_path, project):
+    """The scan may have read other content than the one hashed afterwards (racy ones, changed
+    just before the scan started, are: tests/test_scan_cache_racy.py)."""
     decided = plan(argv(project))
-    cache = ScanCache(str(tmp_path / "cache"))     # the real clock: everything here is new
+    cache = ScanCache(str(tmp_path / "cache"), clock_ns=lambda: time.time_ns() - 5_000_000_000)
     for _ in range(2):
         cached_scan(cache, decided, str(project), {}, "gcc-identity", system_dirs("gcc", "c"),
                     lambda: scan(decided, str(project)))
