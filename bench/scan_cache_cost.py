@@ -14,7 +14,8 @@ clock injected (cli.scan_cache.ScanCache's clock_ns):
 - for the entries stored just after the configure, a lookup while still racy (listings), then
   the first settled lookup (which may rewrite them) and one after it.
 
-Run it from the trees to compare (each its own PYTHONPATH), alternately; it prints medians.
+Run it from the trees to compare (each its own PYTHONPATH), alternately; it prints medians of
+the CPU time (the initiator shares its cores with the build: CPU is what a job costs it).
 """
 from __future__ import annotations
 
@@ -47,17 +48,17 @@ def jobs_of(build: Path) -> list:
 
 
 def timed(cache: ScanCache) -> dict[str, list[float]]:
-    """Wrap the cache's lookup and store to record their wall times (ms)."""
+    """Wrap the cache's lookup and store to record their CPU times (ms: user + system, this process)."""
     times: dict[str, list[float]] = {"lookup": [], "store": []}
     for name in times:
         real = getattr(cache, name)
 
         def wrapper(*args, _real=real, _name=name, **kwargs):
-            started = time.perf_counter()
+            started = time.process_time()
             try:
                 return _real(*args, **kwargs)
             finally:
-                times[_name].append((time.perf_counter() - started) * 1e3)
+                times[_name].append((time.process_time() - started) * 1e3)
         setattr(cache, name, wrapper)
     return times
 

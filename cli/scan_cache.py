@@ -10,46 +10,49 @@ keyed by everything the header set can depend on remembers the scan's result:
   preprocessor reads (PATH, CPATH, ...: `KEY_ENV`);
 - value: the headers in the order read, each with its sha256; the
   directories a lookup could have probed (`probes`), each with its stat
-  stamp; the dependency file's path and bytes.
+  stamp and the part of its listing a lookup could open (every header's
+  name, every first missing name below, their `.gch`; casefolded); the
+  dependency file's path and bytes.
 
 A hit needs every header's content unchanged and every probed directory's
 entries unchanged: an include directory earlier in the search path gaining
-a file that would shadow a header changes that directory's mtime and ctime.
-The probes are, for each header H included from file F, every directory of
-F's search chain (F's own directory, the working directory, -iquote, -I,
--isystem, the compiler's own, -idirafter) joined with the subdirectory H was
-named by (`<sys/x.h>`: each dir/sys). A probe that does not exist is stood
-for by its nearest existing ancestor when the first missing name is not
-there at all (that ancestor unchanged, it is still missing; a dangling
-symlink or a file in the way: the probe is stamped itself). Then the hit
-writes the dependency file's bytes, as the scan would have, and runs no
-preprocessor.
+a file that would shadow a header changes that directory's mtime and ctime
+and its listing. The probes are, for each header H included from file F,
+every directory of F's search chain (F's own directory, the working
+directory, -iquote, -I, -isystem, the compiler's own, -idirafter) joined
+with the subdirectory H was named by (`<sys/x.h>`: each dir/sys). A probe
+that does not exist is stood for by its nearest existing ancestor when the
+first missing name is not there at all (that ancestor's entries unchanged,
+it is still missing; a dangling symlink or a file in the way: the probe is
+stamped itself). A directory whose stamp is the same needs no more; one whose
+stamp moved (ninja creating .ninja_log, a configure renaming files) is
+listed, and hits when the names a lookup could open are the same, of the
+same kinds. Then the hit writes the dependency file's bytes, as the scan
+would have, and runs no preprocessor.
 
 Timestamps, as git does with racily clean index entries. A stamp taken
 within RACY_NS after the thing's last change (ctime) may stay the same
 through a change in the same timestamp tick, so a stamp never stands for
 content alone: a header's sha256 is compared at each lookup (`ScanCache`
 hashes a file once per stamp and run, and again each time while the stamp
-is racy), and a directory changed within RACY_NS before the scan started
-is stored with the listing of the names a lookup could open in it (every
-header's name, every first missing name; their `.gch`; casefolded), listed
-and compared at each lookup instead of its stamp. A lookup that finds such a
-directory's stamp settled (older than RACY_NS, the same before and after
-the listing) rewrites the entry with that stamp, as a plain one. What
-changed after the scan started (ctime later than the start minus TICK_NS,
-the kernel's timestamp lag; RACY_NS for a ctime in whole milliseconds,
-perhaps a coarse filesystem's) is not stored: the scan may have read other
-content than what is hashed or listed afterwards. A file is hashed between
-two stats that must agree.
+is racy), and a directory changed within RACY_NS before the scan started is
+marked racy: listed at each lookup, whatever its stamp (so is one with a
+dangling symlink named as a header, whose target appearing would not move
+the directory's stamp). A lookup that finds a racy directory's stamp settled
+(older than RACY_NS, the same before and after the listing) rewrites the
+entry with that stamp, no longer racy. What changed after the scan started
+(ctime later than the start minus TICK_NS, the kernel's timestamp lag;
+RACY_NS for a ctime in whole milliseconds, perhaps a coarse filesystem's)
+is not stored: the scan may have read other content than what is hashed or
+listed afterwards. A file is hashed, a directory listed, between two stats
+that must agree.
 
 Never wrong, so a compile is not cached (always scanned) on any doubt: a
 path with `..` (textual and physical lookups could differ), a header not under
 any directory of its chain, -iprefix/-isysroot/-remap style flags or
 CPATH-style variables, a `__has_include` whose name is not a literal (a
 literal name is probed like an include), a file or directory changed after
-the scan started. A directory with a dangling symlink named as a header
-(its target appearing would shadow without moving the directory's stamp)
-is listed at each lookup too.
+the scan started.
 
 Entries live in $BATON_CACHE_DIR/scan (else ~/.cache/baton/scan), one JSON
 file each, written to a temporary name and renamed (concurrent `baton run`s
@@ -161,18 +164,26 @@ def _kind(entry: os.DirEntry) -> str:
     return "d" if entry.is_dir(follow_symlinks=False) else "f"
 
 
-def relevant_listing(path: str, names: set[str]) -> list[list[str]]:
-    """The entries of directory `path` a lookup of `names` (casefolded: a case-insensitive
-    directory finds `A.H` for `a.h`) could open, with their kind, sorted (a precompiled
-    `name.gch` too: GCC prefers it); OSError when it cannot be listed."""
-    found = []
+def listing(path: str) -> dict[str, list[list[str]]]:
+    """Directory `path`'s entries by casefolded name (a case-insensitive directory finds `A.H` for
+    `a.h`): [[name, kind], ...]; OSError when it cannot be listed."""
+    by_name: dict[str, list[list[str]]] = {}
     with os.scandir(path) as entries:
         for entry in entries:
-            name = entry.name.casefold()
-            if name in names or (name.endswith(".gch") and name[:-4] in names):
-                found.append([entry.name, _kind(entry)])
-    found.sort()
-    return found
+            by_name.setdefault(entry.name.casefold(), []).append([entry.name, _kind(entry)])
+    return by_name
+
+
+def wanted(names: set[str]) -> set[str]:
+    """The entries a lookup of `names` (casefolded) could open: each, and its precompiled header
+    `name.gch` (GCC prefers it)."""
+    return names | {name + ".gch" for name in names}
+
+
+def relevant(by_name: dict[str, list[list[str]]], want: set[str]) -> list[list[str]]:
+    """The part of a `listing` a lookup could open (`wanted`), sorted: what the entry keeps."""
+    # (set.intersection with a dict goes over the smaller of the two; keys() & want, over the keys.)
+    return sorted(entry for name in want.intersection(by_name) for entry in by_name[name])
 
 
 def _climbs(path: str) -> bool:
@@ -266,7 +277,7 @@ class ScanCache:
         self._clock_ns = clock_ns
         self._lock = threading.Lock()
         self._files: dict[str, tuple[tuple, str, list[str]]] = {}   # path -> (stamp, sha256, has_include names)
-        self._dirs: dict[str, tuple[list, tuple]] = {}   # path -> (stamp, (names, dangling symlinks))
+        self._dirs: dict[str, tuple[list, dict]] = {}   # path -> (stamp, listing)
         self._stores = 0
         self.hits = self.misses = 0
         self.settled = 0     # entries rewritten with their racy directories' stamps settled
@@ -308,27 +319,20 @@ class ScanCache:
                 self._files[path] = known
         return known
 
-    def _names_in(self, path: str, stamp: list) -> tuple[frozenset, frozenset]:
-        """Every name in directory `path` as of `stamp`, and those of its dangling symlinks
-        (casefolded), listed once per settled stamp; OSError when it is no directory or changed
-        while listed."""
+    def _listing(self, path: str, stamp: list) -> dict[str, list[list[str]]]:
+        """`listing(path)` as of `stamp`, listed once per settled stamp; OSError when it is no
+        directory or changed while listed."""
         with self._lock:
             known = self._dirs.get(path)
         if known is not None and known[0] == stamp:
             return known[1]
-        names, dangling = set(), set()
-        with os.scandir(path) as entries:
-            for entry in entries:
-                names.add(entry.name)
-                if entry.is_symlink() and _kind(entry) == "l-":
-                    dangling.add(entry.name.casefold())
+        by_name = listing(path)
         if _dir_stamp(path) != stamp:
             raise OSError(f"{path} changed while listed")
-        found = (frozenset(names), frozenset(dangling))
         if self._clock_ns() - stamp[1] > RACY_NS:
             with self._lock:
-                self._dirs[path] = (stamp, found)
-        return found
+                self._dirs[path] = (stamp, by_name)
+        return by_name
 
     def lookup(self, key: str, cwd: str, depfile: str | None) -> Scan | None:
         """The cached scan, its dependency file written (`depfile`: as the argv names it), or None."""
@@ -357,36 +361,32 @@ class ScanCache:
         return Scan(headers=tuple(entry["headers"]))
 
     def _probes_hold(self, entry: dict) -> dict[int, list]:
-        """ValueError unless every probed directory is as the scan found it: a settled stamp the
-        same, a racy one's listing of the names a lookup could open the same. Returns the racy
-        ones whose stamp has settled since (index -> stamp, taken before their listing and the
-        same after it)."""
+        """ValueError unless every probed directory is as the scan found it: its settled stamp
+        the same, else (a racy stamp, or one that moved) its entries a lookup could open the
+        same. Returns those listed whose stamp is settled now (index -> stamp, the same before
+        and after the listing): stamps that may replace theirs in the entry."""
         now = self._clock_ns()
         settled = {}
-        names = None
-        for i, (path, stamp, listing) in enumerate(entry["probes"]):
+        want = None
+        for i, (path, stamp, kept, racy) in enumerate(entry["probes"]):
             current = _dir_stamp(path)
-            if listing is None:
-                if current != stamp:
-                    raise ValueError("a directory changed")
+            if current == stamp and not racy:
                 continue
-            if current is None:
-                raise ValueError("a directory went")
-            if names is None:
-                names = set(entry["names"])
-            if relevant_listing(path, names) != listing:
+            if kept is None or current is None:
+                raise ValueError("a directory changed")
+            if want is None:
+                want = wanted(set(entry["names"]))
+            if relevant(listing(path), want) != kept:
                 raise ValueError("a directory gained or lost a header's name")
-            if now - current[1] > RACY_NS and all(kind != "l-" for _, kind in listing) \
+            if now - current[1] > RACY_NS and all(kind != "l-" for _, kind in kept) \
                     and _dir_stamp(path) == current:
                 settled[i] = current
         return settled
 
     def _settle(self, key: str, entry: dict, settled: dict[int, list]) -> None:
-        """Rewrite the entry with the settled stamps (no listing at the next lookups)."""
+        """Rewrite the entry with the settled stamps (the next lookups stat, not list, them)."""
         for i, stamp in settled.items():
-            entry["probes"][i] = [entry["probes"][i][0], stamp, None]
-        if all(listing is None for _, _, listing in entry["probes"]):
-            entry.pop("names", None)
+            entry["probes"][i][1:] = [stamp, entry["probes"][i][2], 0]
         try:
             self._write(key, json.dumps(entry).encode())
         except OSError:
@@ -438,64 +438,76 @@ class ScanCache:
             if path != source:
                 files.append([path, digest])
                 opened.add(path.rpartition("/")[2].casefold())
-        stamped, racy_names = self._stamp_probes(list(dict.fromkeys(probes)), opened, started_ns)
+        stamped = self._stamp_probes(list(dict.fromkeys(probes)), opened, started_ns)
         d = b""
         if depfile is not None:
             with open(os.path.join(cwd, depfile), "rb") as f:
                 d = f.read()
         entry = {"v": VERSION, "headers": list(found.headers), "files": files, "probes": stamped,
-                 "depfile": depfile, "d": base64.b64encode(d).decode()}
-        if racy_names is not None:
-            entry["names"] = sorted(racy_names)
+                 "names": sorted(opened), "depfile": depfile, "d": base64.b64encode(d).decode()}
         self._write(key, json.dumps(entry).encode())
 
-    def _stamp_probes(self, probes: list[str], opened: set[str], started_ns: int) -> tuple[list, set | None]:
-        """The entry's probes, [path, stamp, listing or None], and the names the listings are of
-        (None: no listing).
+    def _stamp_probes(self, probes: list[str], opened: set[str], started_ns: int) -> list:
+        """The entry's probes: [path, stamp, the entries a lookup could open in it, racy], and
+        `opened` completed (the names a lookup opens, casefolded).
 
         A probe that does not exist (most: a c-ares job probes ~250 such, <sys/x.h> in each
         include directory) is not stamped itself: its nearest existing ancestor stands for it
-        when the missing name under it is not there at all (no dangling symlink, no file in the
-        way: those are stamped as before). A directory whose entries do not change keeps a
-        missing name missing, so a lookup stats ~25 directories instead of ~275.
-        A directory changed within RACY_NS before the scan started is stored with the listing
-        of the names a lookup could open in it (each header's and each first missing name),
-        compared at each lookup; one changed after the scan started is not stored (the scan
-        may have seen other entries)."""
+        when the missing name under it is not there at all (a dangling symlink or a file in
+        the way: the probe is stamped itself, None). A directory whose entries do not change
+        keeps a missing name missing, so a lookup stats ~25 directories instead of ~275.
+        Each directory keeps `relevant` of its listing (each header's name, each first missing
+        name), which a lookup compares when the stamp moved, or always while it is racy
+        (changed within RACY_NS before the scan started, or with a dangling symlink named as a
+        header); one changed after the scan started is not stored (the scan may have seen
+        other entries)."""
         stamps: dict[str, list | None] = {}
+        listings: dict[str, dict | None] = {}    # existing path -> its listing, None: no directory
 
         def stamp_of(path: str) -> list | None:
             if path not in stamps:
                 stamps[path] = _dir_stamp(path)
             return stamps[path]
 
+        def listing_of(path: str) -> dict | None:
+            if path not in listings:
+                try:
+                    listings[path] = self._listing(path, stamps[path])
+                except NotADirectoryError:
+                    listings[path] = None
+            return listings[path]
+
         anchors: dict[str, dict[str, list[str]]] = {}   # existing path -> {missing name: probes it stands for}
         entries = []
         for path in probes:
-            if stamp_of(path) is not None:
-                anchors.setdefault(path, {})
-                continue
             # (Absolute and normalised: rpartition is dirname and basename, at a third of the cost.)
             parent, _, name = path.rpartition("/")
-            while parent and stamp_of(parent) is None:
+            parent = parent or "/"
+            known = listings.get(parent)
+            if known is not None and name.casefold() not in known:   # missing, and no stat to say so
+                anchors.setdefault(parent, {}).setdefault(name, []).append(path)
+                continue
+            if stamp_of(path) is not None:
+                anchors.setdefault(path, {})
+                listing_of(path)
+                continue
+            while parent != "/" and stamp_of(parent) is None:
                 parent, _, name = parent.rpartition("/")
-            if parent == "" and stamp_of("/") is None:
-                entries.append([path, None, None])
+                parent = parent or "/"
+            if stamp_of(parent) is None:
+                entries.append([path, None, None, 0])
             else:
-                anchors.setdefault(parent or "/", {}).setdefault(name, []).append(path)
-        racy, listed = [], []
+                anchors.setdefault(parent, {}).setdefault(name, []).append(path)
         probed = set(probes)
+        kept = []
         for path, missing in anchors.items():
             stamp = stamps[path]
-            try:
-                present, dangling = self._names_in(path, stamp)
-            except NotADirectoryError:   # a file in the way
-                present, dangling = missing.keys(), frozenset()
+            by_name = listing_of(path)
             if missing:
                 stands_for = False
                 for name, stood_for in missing.items():
-                    if name in present:      # a dangling symlink, or a file in the way: stamped themselves
-                        entries.extend([p, None, None] for p in stood_for)
+                    if by_name is None or name.casefold() in by_name:   # a dangling symlink, a file
+                        entries.extend([p, None, None, 0] for p in stood_for)
                     else:
                         stands_for = True
                 opened.update(name.casefold() for name in missing)
@@ -503,27 +515,18 @@ class ScanCache:
                     continue
             if changed_since(stamp[1], started_ns):
                 raise Uncacheable(f"{path} changed after the scan started")
-            if started_ns - stamp[1] <= RACY_NS:
-                racy.append(path)
-            elif dangling:
-                listed.append((path, dangling))
-            else:
-                entries.append([path, stamp, None])
-        # A dangling symlink named as a header would shadow it once its target appears, and the
-        # directory's stamp would not move: such a directory is listed at each lookup.
-        for path, dangling in listed:
-            if dangling & opened:
-                racy.append(path)
-            else:
-                entries.append([path, stamps[path], None])
-        if not racy:
-            return entries, None
-        for path in racy:
-            listing = relevant_listing(path, opened)
-            if _dir_stamp(path) != stamps[path]:
-                raise Uncacheable(f"{path} changed while listed")
-            entries.append([path, stamps[path], listing])
-        return entries, opened
+            kept.append((path, stamp, by_name))
+        want = wanted(opened)
+        for path, stamp, by_name in kept:
+            if by_name is None:
+                entries.append([path, stamp, None, 0])
+                continue
+            part = relevant(by_name, want)
+            # A dangling symlink named as a header would shadow it once its target appears, and
+            # the directory's stamp would not move: such a directory is listed at each lookup.
+            racy = started_ns - stamp[1] <= RACY_NS or any(kind == "l-" for _, kind in part)
+            entries.append([path, stamp, part, int(racy)])
+        return entries
 
     def _write(self, key: str, data: bytes) -> None:
         path = self._path(key)
