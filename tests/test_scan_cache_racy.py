@@ -201,3 +201,14 @@ def test_a_settled_entry_stamps_existing_directories_only(tmp_path, project):
     (project / "inc1/sub/b.h").write_text("#define B 8\n")
     paths, _ = run(ScanCache(str(tmp_path / "cache"), clock_ns=later), project, expect_scan=True)
     assert str(project / "inc1/sub/b.h") in paths
+
+
+def test_a_ctime_in_whole_milliseconds_keeps_the_old_second_of_doubt():
+    """A coarse filesystem (ext3: seconds, FAT) may stamp a change made after the scan started up
+    to a tick earlier: TICK_NS would not cover it."""
+    ctime = 1_700_000_000_123_456_789
+    assert not scan_cache.changed_since(ctime, ctime + 500_000_000)
+    assert scan_cache.changed_since(ctime, ctime + 50_000_000)
+    coarse = 1_700_000_000_000_000_000
+    assert scan_cache.changed_since(coarse, coarse + 500_000_000)
+    assert not scan_cache.changed_since(coarse, coarse + 1_500_000_000)
