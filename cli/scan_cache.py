@@ -478,6 +478,7 @@ class ScanCache:
             return listings[path]
 
         anchors: dict[str, dict[str, list[str]]] = {}   # existing path -> {missing name: probes it stands for}
+        missing_at: dict[str, tuple[str, str]] = {}   # missing path -> (existing ancestor, first missing name)
         entries = []
         for path in probes:
             # (Absolute and normalised: rpartition is dirname and basename, at a third of the cost.)
@@ -485,19 +486,23 @@ class ScanCache:
             parent = parent or "/"
             known = listings.get(parent)
             if known is not None and name.casefold() not in known:   # missing, and no stat to say so
-                anchors.setdefault(parent, {}).setdefault(name, []).append(path)
-                continue
-            if stamp_of(path) is not None:
+                at = (parent, name)
+            elif parent in missing_at:                               # under a missing directory
+                at = missing_at[parent]
+            elif stamp_of(path) is not None:
                 anchors.setdefault(path, {})
                 listing_of(path)
                 continue
-            while parent != "/" and stamp_of(parent) is None:
-                parent, _, name = parent.rpartition("/")
-                parent = parent or "/"
-            if stamp_of(parent) is None:
-                entries.append([path, None, None, 0])
             else:
-                anchors.setdefault(parent, {}).setdefault(name, []).append(path)
+                while parent != "/" and stamp_of(parent) is None:
+                    parent, _, name = parent.rpartition("/")
+                    parent = parent or "/"
+                if stamp_of(parent) is None:
+                    entries.append([path, None, None, 0])
+                    continue
+                at = (parent, name)
+            missing_at[path] = at
+            anchors.setdefault(at[0], {}).setdefault(at[1], []).append(path)
         probed = set(probes)
         kept = []
         for path, missing in anchors.items():
