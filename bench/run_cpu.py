@@ -71,7 +71,8 @@ def _write():
         fields = stat[stat.rindex(')') + 2:].split()
         threads[name] = threads.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
     with open(os.environ['RUN_CPU_OUT'], 'w') as f:
-        json.dump({'user': ru.ru_utime, 'sys': ru.ru_stime, 'threads': threads}, f)
+        json.dump({'user': ru.ru_utime, 'sys': ru.ru_stime, 'threads': threads,
+                   'tree': os.path.dirname(os.path.dirname(sys.modules['cli.main'].__file__))}, f)
 atexit.register(_write)
 if os.environ.get('RUN_CPU_PATCH'):
     exec(open(os.environ['RUN_CPU_PATCH']).read())
@@ -98,10 +99,13 @@ def baton_run(options: list[str], command: list[str], env: dict, out: Path,
         recorder.wait(60)
     if proc.returncode != 0:
         raise RuntimeError(f"baton run failed ({proc.returncode}):\n{stderr[-3000:]}")
+    cpu = json.loads(out.read_text())
+    if Path(cpu["tree"]).resolve() != TREE.resolve():
+        raise RuntimeError(f"baton run ran {cpu['tree']}, not {TREE}")
     if os.environ.get('RUN_CPU_PATCH'):
         print(json.dumps({"parts": json.loads(Path(str(out) + ".parts").read_text()), "cmd": command}),
               file=sys.stderr)
-    return json.loads(out.read_text()), json.loads(stdout.splitlines()[-1]), wall
+    return cpu, json.loads(stdout.splitlines()[-1]), wall
 
 
 def one(workdir: Path, warm: int, jobs: int, spy: Path | None) -> dict:
@@ -172,7 +176,8 @@ def main() -> int:
             spy = f"{args.py_spy}.{n}.{Path(tree).name}.json" if args.py_spy else None
             done = subprocess.run([sys.executable, __file__, "--one", tmp, "--warm", str(args.warm),
                                    "--jobs", str(args.jobs), *(["--py-spy", spy] if spy else [])],
-                                  env=dict(os.environ, BATON_TREE=tree), capture_output=True, text=True)
+                                  env=dict(os.environ, BATON_TREE=tree), capture_output=True, text=True,
+                                  cwd=tmp)   # not a tree: `python -c` and `-m` put the cwd first on sys.path
             if done.returncode != 0:
                 print(done.stderr[-3000:], file=sys.stderr)
                 return 1

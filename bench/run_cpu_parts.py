@@ -75,6 +75,7 @@ for n in range(passes + 1):   # the first pass fills the caches (a cold build)
             jobs += 1
             for k, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
                 parts[k] += v
+assert os.path.dirname(os.path.dirname(ccwire.__file__)) == os.environ["PYTHONPATH"], ccwire.__file__
 print(json.dumps({"per_job_ms": {k: v / jobs * 1000 for k, v in parts.items()}, "jobs": jobs,
                   "identity_ms": identity_s * 1000, "hits": scans.hits}))
 """
@@ -109,10 +110,11 @@ def main() -> int:
             for tree in (trees if r % 2 == 0 else trees[::-1]):
                 env = dict(os.environ, PYTHONPATH=tree, BATON_CACHE_DIR=str(work / f"cache-{Path(tree).name}"))
                 done = subprocess.run([sys.executable, "-c", CHILD, str(build), str(work / f"scan-{r}-{len(results[tree])}"),
-                                       str(args.passes)], env=env, capture_output=True, text=True, check=True)
+                                       str(args.passes)], env=env, capture_output=True, text=True, check=True,
+                                      cwd=tmp)   # not a tree: `python -c` puts the cwd first on sys.path
                 figures = json.loads(done.stdout.splitlines()[-1])
                 start = subprocess.run([sys.executable, "-c", SHIM, "run", "--local-only", "--", "true"], env=env,
-                                       capture_output=True, text=True, check=True)
+                                       capture_output=True, text=True, check=True, cwd=tmp)
                 figures["startup_ms"] = float(start.stderr.strip().splitlines()[-1]) * 1000
                 results[tree].append(figures)
                 parts = ", ".join(f"{k} {v:.3f}" for k, v in figures["per_job_ms"].items())
