@@ -176,7 +176,7 @@ def main() -> int:
             spy = f"{args.py_spy}.{n}.{Path(tree).name}.json" if args.py_spy else None
             done = subprocess.run([sys.executable, __file__, "--one", tmp, "--warm", str(args.warm),
                                    "--jobs", str(args.jobs), *(["--py-spy", spy] if spy else [])],
-                                  env=dict(os.environ, BATON_TREE=tree), capture_output=True, text=True,
+                                  env=dict(os.environ, BATON_TREE=tree, PYTHONPATH=tree), capture_output=True, text=True,
                                   cwd=tmp)   # not a tree: `python -c` and `-m` put the cwd first on sys.path
             if done.returncode != 0:
                 print(done.stderr[-3000:], file=sys.stderr)
