@@ -29,11 +29,12 @@ from typing import Callable, TypeVar
 
 import grpc
 
-from agent.compile_job import LOCALE_VARS, compiler_identity
+from agent.compile_job import LOCALE_VARS
 from cli import ccwire
 from cli.cc_args import Local, plan
 from cli.compile_scan import ScanFailed, input_paths, scan, system_dirs
 from cli.core_client import CoreSource
+from cli.identity_cache import compiler_identity   # kept across builds by stat stamps
 from cli.job_inputs import Delivered, Digests
 from cli.scan_cache import ScanCache, cached_scan
 from cli.scan_cache import cache_dir as scan_cache_dir

@@ -60,16 +60,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where the 
 WRAPPER_MODULES = ("__init__.py", "cc.py", "cc_args.py", "ccwire.py")   # what `baton cc` imports
 
 
-def precompile() -> None:
-    """Byte-compile the modules `baton cc` imports: with PYTHONDONTWRITEBYTECODE set (as in
-    many CI and container environments) every compile of a build would otherwise
+def precompile(sources: list[str] | None = None) -> None:
+    """Byte-compile the modules `baton cc` imports (or `sources`): with PYTHONDONTWRITEBYTECODE
+    set (as in many CI and container environments) every compile of a build would otherwise
     compile them from source again, ~4 ms a job. A tree that cannot be written is left
     as it is (an installed package ships them compiled)."""
     import importlib.util
     import py_compile
 
-    for name in WRAPPER_MODULES:
-        source = os.path.join(ROOT, "cli", name)
+    if sources is None:
+        sources = [os.path.join(ROOT, "cli", name) for name in WRAPPER_MODULES]
+    for source in sources:
         cached = importlib.util.cache_from_source(source)
         try:
             if os.stat(cached).st_mtime_ns >= os.stat(source).st_mtime_ns:
@@ -80,6 +81,18 @@ def precompile() -> None:
             py_compile.compile(source, cfile=cached, doraise=True)
         except (OSError, py_compile.PyCompileError):
             pass
+
+
+def precompile_loaded() -> None:
+    """Byte-compile Baton's own modules this `baton run` loaded, once COMMAND is over: with
+    PYTHONDONTWRITEBYTECODE set, each `baton run` compiled them from source again at its
+    start, ~50-70 ms of CPU a build taken from the build's compiles (bench/run_cpu.py)."""
+    if not sys.dont_write_bytecode:
+        return   # Python wrote them itself
+    sources = [module.__file__ for module in list(sys.modules.values())
+               if (getattr(module, "__file__", None) or "").endswith(".py")
+               and module.__file__.startswith(ROOT + os.sep)]
+    precompile(sources)
 
 
 NATIVE_ENV = "BATON_CC_NATIVE"   # "0": the Python wrapper even where the native one builds
@@ -199,6 +212,7 @@ def run(command: list[str], *, local_only: bool = False, max_remote: int | None 
                 initiator.cores.stop()
             if not initiator.cores.reached:
                 print("baton run: the build was not recorded: no coordinator was reached", file=sys.stderr)
+    precompile_loaded()
     if as_json:
         print(json.dumps({"id": build_id, "exit_code": code, "recorded": recorded, **figures}))
     print(f"baton run: {figures['jobs']} jobs ({figures['remote']} remote, {figures['local']} local), "
