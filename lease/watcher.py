@@ -161,12 +161,22 @@ def silent_too_long(last_heard: list, liveness_timeout: float) -> bool:
 
 class _Link:
     """What the watch streams on one channel last heard from etcd, and when one of them
-    last asked for progress (monotonic seconds). Plain float writes: no lock needed."""
+    last asked for progress (monotonic seconds)."""
 
-    __slots__ = ("heard", "asked", "__weakref__")
+    __slots__ = ("heard", "asked", "_lock", "__weakref__")
 
     def __init__(self) -> None:
         self.heard = self.asked = float("-inf")
+        self._lock = threading.Lock()
+
+    def ask(self, now: float, quiet: float) -> bool:
+        """True (and noted) when this watch should ask for progress: nothing was heard on
+        the channel, nor asked by another watch, within `quiet` s."""
+        with self._lock:
+            if now - max(self.heard, self.asked) < quiet:
+                return False
+            self.asked = now
+            return True
 
 
 _links: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # grpc channel -> _Link
@@ -318,12 +328,9 @@ class Watcher:
             if silent_too_long(last_heard, self.liveness_timeout):
                 self._cancel_call()
                 return
-            now = time.monotonic()
             # 0.9: a watch alone on its channel asks at each of its own ticks (>= one interval apart).
-            if now - max(link.heard, link.asked) < 0.9 * self.progress_interval:
-                continue
-            link.asked = now
-            yield etcdrpc.WatchRequest(progress_request=etcdrpc.WatchProgressRequest())
+            if link.ask(time.monotonic(), 0.9 * self.progress_interval):
+                yield etcdrpc.WatchRequest(progress_request=etcdrpc.WatchProgressRequest())
 
     def _cancel_call(self) -> None:
         with self._call_lock:
