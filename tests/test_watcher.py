@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import threading
+import time
 from urllib.parse import urlsplit
 
+from lease import watcher as watcher_module
 from lease.client import connect
 from lease.watcher import KV, WatchEvent, Watcher
 from tests.harness.etcd import start_single
@@ -214,10 +216,6 @@ def test_watches_on_one_channel_send_one_progress_request_per_interval_between_t
     # A leader holds nine watches on one etcd client; each asking for progress at its own
     # ticks cost ~30 % of an idle coordinator's CPU (bench/cluster_cpu.py). Between them
     # they ask about once an interval: consecutive requests on the channel are spaced.
-    import time
-
-    from lease import watcher as watcher_module
-
     asked: list[float] = []
     real = watcher_module.etcdrpc.WatchProgressRequest
 
