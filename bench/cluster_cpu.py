@@ -14,10 +14,11 @@ class: coordinators, their children (the web UI's gunicorn, with --web), etcd,
 and the agents' own processes (not the compilers they run). Also the `baton
 run` tree's CPU (wait4's rusage) and the build's wall, for scale.
 
---profile DIR: py-spy records the leader (non-blocking, 200 Hz, per thread)
-during each idle period and each warm build, as collapsed stacks in DIR/*.txt,
-and prints the innermost Baton frames by samples (idle threads included: py-spy
-samples waiting threads too unless they are in a known idle call).
+--profile DIR: py-spy records the leader (non-blocking, 200 Hz, per thread,
+only the thread holding the GIL: its Python work) during each idle period and
+each warm build, as collapsed stacks in DIR/*.txt, and prints the innermost
+Baton frames by samples. (py-spy's own CPU is not counted, but it slows the
+leader: take the figures without --profile.)
 """
 from __future__ import annotations
 
@@ -128,7 +129,7 @@ class Spy:
             return
         self.out = self.directory / f"{name}.txt"
         self.proc = subprocess.Popen(["py-spy", "record", "--pid", str(self.pid), "--format", "raw",
-                                      "--rate", "200", "--threads", "--nonblocking",
+                                      "--rate", "200", "--threads", "--gil", "--nonblocking",
                                       "-o", str(self.out)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)   # py-spy attaches before the measured period starts
@@ -142,8 +143,11 @@ class Spy:
         summarise(self.out)
 
 
+PACKAGES = ("coordinator/", "lease/", "cluster/", "web/", "agent/", "cli/")
+
+
 def summarise(path: Path, top: int = 12) -> None:
-    """The innermost repo frames of the collapsed stacks, by samples."""
+    """The innermost Baton frame (file:line and function) of the collapsed stacks, by samples."""
     if not path.exists():
         print(f"    (py-spy wrote nothing to {path})")
         return
@@ -151,11 +155,10 @@ def summarise(path: Path, top: int = 12) -> None:
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        frames = stack.split(";")
         total += int(count)
-        mine = [f for f in frames if "/coordinator/" in f or "/lease/" in f or "/cluster/" in f or "/web/" in f]
-        leaf[(mine[-1] if mine else frames[-1]).split(" (")[0] + " " + (
-            mine[-1].split(ROOT.name + "/")[-1].rstrip(")") if mine else "")] += int(count)
+        frames = stack.split(";")
+        ours = [f for f in frames if f.partition(" (")[2].startswith(PACKAGES)]
+        leaf[ours[-1] if ours else frames[-1]] += int(count)
     print(f"    py-spy {path.name}: {total} samples; innermost Baton frame:")
     for frame, count in leaf.most_common(top):
         print(f"      {count:6d} {100 * count / max(total, 1):5.1f} %  {frame}")
