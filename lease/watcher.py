@@ -11,7 +11,16 @@ so this one owns a raw Watch gRPC stream in its own thread:
   difference delivered as synthesized events);
 - it asks etcd for a progress notification every `progress_interval` on the
   stream; if nothing at all arrives for `liveness_timeout` the connection is
-  treated as dead (a blackholed link does not error on its own);
+  treated as dead (a blackholed link does not error on its own). The watches
+  of a process on one channel (one HTTP/2 connection: what a blackhole or a
+  frozen etcd silences, all its streams at once) share that evidence
+  (`_Link`): anything any of them heard proves the link, and one progress
+  request per interval on the channel serves them all. A leader's nine
+  watches each asking twice a second cost ~30 % of an idle coordinator's CPU
+  and a quarter of etcd's (bench/cluster_cpu.py, bench/README.md). A watch
+  still gives up after liveness_timeout without a message on the channel,
+  and whichever watch asks is the one that resubscribes if its answer does
+  not come;
 - the stream carries etcd's "require leader" flag, so a member cut off from
   quorum closes it instead of going silent.
 """
@@ -22,6 +31,7 @@ import queue
 import random
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -149,6 +159,38 @@ def silent_too_long(last_heard: list, liveness_timeout: float) -> bool:
     return False
 
 
+class _Link:
+    """What the watch streams on one channel last heard from etcd, and when one of them
+    last asked for progress (monotonic seconds)."""
+
+    __slots__ = ("heard", "asked", "_lock", "__weakref__")
+
+    def __init__(self) -> None:
+        self.heard = self.asked = float("-inf")
+        self._lock = threading.Lock()
+
+    def ask(self, now: float, quiet: float) -> bool:
+        """True (and noted) when this watch should ask for progress: nothing was heard on
+        the channel, nor asked by another watch, within `quiet` s."""
+        with self._lock:
+            if now - max(self.heard, self.asked) < quiet:
+                return False
+            self.asked = now
+            return True
+
+
+_links: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # grpc channel -> _Link
+_links_lock = threading.Lock()
+
+
+def link_of(channel) -> _Link:
+    with _links_lock:
+        link = _links.get(channel)
+        if link is None:
+            link = _links[channel] = _Link()
+        return link
+
+
 class _StreamDead(Exception):
     """Internal: the stream must be re-opened (reason in the message)."""
 
@@ -245,24 +287,33 @@ class Watcher:
         create = create_request(self.key, self.prefix, self.last_revision)
         outbox: queue.Queue = queue.Queue()
         last_heard = [time.monotonic()]
-        stub = etcdrpc.WatchStub(usable_channel(self.etcd))
-        call = stub.Watch(self._requests(create, outbox, last_heard),
+        channel = usable_channel(self.etcd)
+        link = link_of(channel)
+        stub = etcdrpc.WatchStub(channel)
+        call = stub.Watch(self._requests(create, outbox, last_heard, link),
                           **with_require_leader(self.etcd.call_kwargs))
         with self._call_lock:
             self._call = call
         if self._stop.is_set():
             call.cancel()
+
+        def handle(response) -> None:
+            link.heard = time.monotonic()   # the link is alive
+            self._handle(response)
+
         try:
-            read_stream(call, self._handle, last_heard, self.liveness_timeout, self._stop.is_set)
+            read_stream(call, handle, last_heard, self.liveness_timeout, self._stop.is_set)
         finally:
             outbox.put(None)
             with self._call_lock:
                 self._call = None
             call.cancel()
 
-    def _requests(self, create: etcdrpc.WatchRequest, outbox: queue.Queue, last_heard: list) -> Iterator:
-        """The request side: create, then a progress request every
-        progress_interval; cancels the call when etcd stays silent too long."""
+    def _requests(self, create: etcdrpc.WatchRequest, outbox: queue.Queue, last_heard: list,
+                  link: _Link) -> Iterator:
+        """The request side: create, then every progress_interval a progress request
+        unless the channel heard from etcd, or another watch on it asked, within most of
+        that interval (_Link); cancels the call when the channel stays silent too long."""
         yield create
         while True:
             try:
@@ -272,10 +323,14 @@ class Watcher:
                 pass
             if self._stop.is_set():
                 return
+            if last_heard[0] < link.heard:
+                last_heard[0] = link.heard   # another stream on the channel heard etcd
             if silent_too_long(last_heard, self.liveness_timeout):
                 self._cancel_call()
                 return
-            yield etcdrpc.WatchRequest(progress_request=etcdrpc.WatchProgressRequest())
+            # 0.9: a watch alone on its channel asks at each of its own ticks (>= one interval apart).
+            if link.ask(time.monotonic(), 0.9 * self.progress_interval):
+                yield etcdrpc.WatchRequest(progress_request=etcdrpc.WatchProgressRequest())
 
     def _cancel_call(self) -> None:
         with self._call_lock:

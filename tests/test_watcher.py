@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import threading
+import time
 from urllib.parse import urlsplit
 
+from lease import watcher as watcher_module
 from lease.client import connect
 from lease.watcher import KV, WatchEvent, Watcher
 from tests.harness.etcd import start_single
@@ -208,3 +210,58 @@ def test_a_raising_callback_does_not_end_the_watch(etcd, keys):
         assert w.connected.is_set()
     finally:
         w.stop()
+
+
+def test_watches_on_one_channel_send_one_progress_request_per_interval_between_them(etcd, keys, monkeypatch):
+    # A leader holds nine watches on one etcd client; each asking for progress at its own
+    # ticks cost ~30 % of an idle coordinator's CPU (bench/cluster_cpu.py). Between them
+    # they ask about once an interval: consecutive requests on the channel are spaced.
+    asked: list[float] = []
+    real = watcher_module.etcdrpc.WatchProgressRequest
+
+    def counted(*args, **kwargs):
+        asked.append(time.monotonic())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(watcher_module.etcdrpc, "WatchProgressRequest", counted)
+    interval = 0.1
+    rec = Recorder()
+    watches = [Watcher(etcd, f"{keys.leader}-{i}", on_events=rec.on_events, progress_interval=interval,
+                       liveness_timeout=5.0) for i in range(3)]
+    for w in watches:
+        w.start()
+    try:
+        wait_until(lambda: all(w.connected.is_set() for w in watches), timeout=10, message="watches connected")
+        wait_until(lambda: len(asked) >= 21, timeout=30, message="20 progress requests")
+        gaps = [b - a for a, b in zip(asked[:21], asked[1:21])]
+        # Each watch alone would ask every interval: three at the same period ask in bursts.
+        bunched = [g for g in gaps if g < 0.45 * interval]
+        assert len(bunched) <= 2, f"{len(bunched)} of 20 progress requests came right after another: {gaps}"
+        assert not rec.errors
+    finally:
+        for w in watches:
+            w.stop()
+
+
+def test_a_blackholed_link_is_detected_by_every_watch_sharing_its_channel(etcd, keys, tcp_proxy):
+    # The watches on one channel share their evidence (one asks for all): a silent link
+    # must still end each of them, and each must resume without loss.
+    host, port = urlsplit(etcd.config.endpoints[0]).hostname, urlsplit(etcd.config.endpoints[0]).port
+    proxy = tcp_proxy(host, port)
+    via_proxy = connect(proxy.url(), timeout=1.0)
+    recs = [Recorder() for _ in range(3)]
+    watches = [watch(via_proxy, f"{keys.leader}-{i}", rec, liveness_timeout=1.0, progress_interval=0.3)
+               for i, rec in enumerate(recs)]
+    try:
+        proxy.set_mode("blackhole")
+        for i in range(3):
+            etcd.put(f"{keys.leader}-{i}", "while cut off")
+        wait_until(lambda: all(not w.connected.is_set() and rec.errors for w, rec in zip(watches, recs)),
+                   timeout=10, message="every watch reports the silent link")
+        proxy.set_mode("pass")
+        for i, rec in enumerate(recs):
+            wait_until(lambda: rec.has(("put", f"{keys.leader}-{i}", b"while cut off")), timeout=15)
+    finally:
+        for w in watches:
+            w.stop()
+        via_proxy.close()
