@@ -16,13 +16,13 @@ passes, per job:
 - the agent's own CPU (utime + stime, its threads, not its children);
 - its waited children's CPU (cutime + cstime: the compiler processes with
   whatever starts them), against the same compiles run directly from this
-  process in the c-ares build directory (getrusage of the children);
+  process in the c-ares build directory (getrusage of the children), each
+  right after its helper job, so a change of the machine's load hits both;
 - the wall of a job as the client sees it.
 
 The old tree is `git archive REF` (default: main) unpacked in a temporary
 directory; the new one is this repository. Old and new alternate (old,
-new, new, old, ...), each run in a fresh helper process, `--pairs` of them;
-a direct pass goes with each run. As root, the helper compiles as nobody
+new, new, old, ...), each run in a fresh helper process, `--pairs` of them. As root, the helper compiles as nobody
 (what it does in a real root agent); the work directory is made reachable.
 Prints the figures and the new/old ratios; no target (exit 0).
 """
@@ -120,9 +120,12 @@ def with_contents(request: pb.CompileRequest, missing: set[str]) -> pb.CompileRe
     return again
 
 
-def send_all(stub, requests: list[pb.CompileRequest]) -> list[float]:
-    walls = []
-    for request in requests:
+def send_all(stub, requests: list[pb.CompileRequest], argvs: list[list[str]] | None = None,
+             cwds: list[str] | None = None) -> tuple[list[float], float]:
+    """Each job through the helper, then (with argvs) the same compile directly from here, job by
+    job, so a change of load hits both alike; (the helper's walls, the direct compiles' CPU s)."""
+    walls, direct_cpu = [], 0.0
+    for i, request in enumerate(requests):
         started = time.perf_counter()
         reply = stub.Compile(request, timeout=120)
         if reply.missing:
@@ -131,18 +134,15 @@ def send_all(stub, requests: list[pb.CompileRequest]) -> list[float]:
         if reply.refused or reply.missing or reply.exit_code != 0 or not reply.object:
             raise RuntimeError(f"{request.source}: refused {reply.refused!r}, missing {len(reply.missing)}, "
                                f"exit {reply.exit_code}: {reply.diagnostics[-500:]!r}")
-    return walls
+        if argvs is not None:
+            before = children_cpu()
+            subprocess.run(argvs[i], cwd=cwds[i], check=True, capture_output=True)
+            direct_cpu += children_cpu() - before
+    return walls, direct_cpu
 
 
-def direct(argvs: list[list[str]], cwds: list[str]) -> float:
-    """CPU s of one pass of the compiles run directly."""
-    before = children_cpu()
-    for argv, cwd in zip(argvs, cwds):
-        subprocess.run(argv, cwd=cwd, check=True, capture_output=True)
-    return children_cpu() - before
-
-
-def run_helper(tree: Path, workdir: Path, requests: list[pb.CompileRequest], passes: int) -> dict:
+def run_helper(tree: Path, workdir: Path, requests: list[pb.CompileRequest], argvs: list[list[str]], cwds: list[str],
+               passes: int) -> dict:
     agent_dir = tempfile.mkdtemp(prefix="agent-", dir=workdir)
     os.chmod(agent_dir, 0o711)
     env = dict(os.environ, PYTHONPATH=str(tree))
@@ -156,16 +156,18 @@ def run_helper(tree: Path, workdir: Path, requests: list[pb.CompileRequest], pas
             stub = compile_pb2_grpc.HelperStub(ch)
             send_all(stub, requests)   # warm-up: the store gets every content, the roots exist
             own0, kids0 = proc_cpu(proc.pid)
-            walls = []
+            walls, direct_cpu = [], 0.0
             for _ in range(passes):
-                walls += send_all(stub, requests)
+                own_walls, own_direct = send_all(stub, requests, argvs, cwds)
+                walls += own_walls
+                direct_cpu += own_direct
             own1, kids1 = proc_cpu(proc.pid)
     finally:
         proc.stdin.close()
         proc.wait(timeout=30)
     jobs = passes * len(requests)
     return {"agent_ms": (own1 - own0) / jobs * 1e3, "children_ms": (kids1 - kids0) / jobs * 1e3,
-            "wall_ms": statistics.median(walls) * 1e3}
+            "direct_ms": direct_cpu / jobs * 1e3, "wall_ms": statistics.median(walls) * 1e3}
 
 
 def old_tree(ref: str, workdir: Path) -> Path:
@@ -195,9 +197,7 @@ def main() -> int:
         runs = []
         order = [name for i in range(args.pairs) for name in (("old", "new") if i % 2 == 0 else ("new", "old"))]
         for name in order:
-            figures = run_helper(trees[name], workdir, requests, args.passes)
-            figures["direct_ms"] = sum(direct(argvs, cwds) for _ in range(args.passes)) / (
-                args.passes * len(argvs)) * 1e3
+            figures = run_helper(trees[name], workdir, requests, argvs, cwds, args.passes)
             figures.update(tree=name, load=os.getloadavg()[0])
             runs.append(figures)
             print(f"  {name}: agent {figures['agent_ms']:.2f} ms/job, compiler processes "
@@ -210,10 +210,11 @@ def main() -> int:
             summary[name] = {key: statistics.median(r[key] for r in mine)
                              for key in ("agent_ms", "children_ms", "direct_ms", "wall_ms")}
             summary[name]["extra_ms"] = statistics.median(r["children_ms"] - r["direct_ms"] for r in mine)
-        for key, label in (("agent_ms", "agent's own CPU"), ("extra_ms", "compiler processes above direct"),
-                           ("wall_ms", "job wall (client)")):
+        for key, label in (("agent_ms", "agent's own CPU"), ("children_ms", "compiler processes' CPU"),
+                           ("direct_ms", "the same compiles directly"),
+                           ("extra_ms", "compiler processes above direct"), ("wall_ms", "job wall (client)")):
             old, new = summary["old"][key], summary["new"][key]
-            print(f"{label}: old {old:.2f} ms/job, new {new:.2f} ms/job (new/old x{new / old:.2f})")
+            print(f"{label}: old {old:.2f} ms/job, new {new:.2f} ms/job (new - old {new - old:+.2f} ms)")
         if args.json:
             print(json.dumps({"runs": runs, "summary": summary}, indent=2))
     return 0
