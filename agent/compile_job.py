@@ -26,7 +26,6 @@ clean, and the caller runs it as an unprivileged user when it can.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -34,7 +33,6 @@ import os
 import re
 import select
 import shutil
-import signal
 import subprocess
 import tempfile
 from typing import Callable, Iterable, Mapping, Sequence
@@ -303,22 +301,21 @@ def _compile_in(where: JobRoot, compiler: str | Sequence[str], job: CompileJob, 
 
 def _run(argv: list[str], cwd: str, env: Mapping[str, str], timeout: float, preexec: Callable[[], None] | None,
          user: str | int | None, scratch: str) -> tuple[int | None, bytes]:
-    """Run the compiler in a process group of its own: (its exit code, or None when it ran
-    past `timeout` and the whole group, cc1 and as too, was killed; the first MAX_DIAGNOSTICS
-    bytes of its stderr). Its stderr goes to an unnamed file in `scratch` (the job's directory,
+    """Run the compiler: (its exit code, or None when it ran past `timeout` and was killed;
+    the first MAX_DIAGNOSTICS bytes of its stderr). In the agent's process group, as before:
+    a killed agent's group takes its compilers with it (tests/e2e/test_run_remote.py). Its stderr goes to an unnamed file in `scratch` (the job's directory,
     the agent's) and the wait is one poll of a pidfd: no selector loop in the agent waking for
     each chunk of output (Popen.communicate), no timer thread; stdout, where a compile with
     -c -o writes nothing, is /dev/null."""
     with tempfile.TemporaryFile(dir=scratch) as err:
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=err, preexec_fn=preexec, user=user, process_group=0)
+                                stderr=err, preexec_fn=preexec, user=user)
         exited = False
         try:
             exited = _exits_within(proc, timeout)
         finally:
             if not exited:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)   # not reaped yet: the group is still this job's
+                proc.kill()
             proc.wait()
         return (proc.returncode if exited else None), os.pread(err.fileno(), MAX_DIAGNOSTICS, 0)
 
