@@ -27,9 +27,11 @@ clean, and the caller runs it as an unprivileged user when it can.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import re
+import select
 import shutil
 import subprocess
 import tempfile
@@ -197,19 +199,26 @@ def map_args(job: CompileJob, root: str) -> list[str]:
     return out
 
 
-def _as_user(argv: list[str], user: str | int | None) -> tuple[list[str], str | int | None]:
-    """Switch users with setpriv(1) when there is one: subprocess's own `user=` cannot
-    vfork, and a fork of a process with busy gRPC threads (a helper) runs gRPC's
-    fork handlers in the child, which abort it (ev_epoll1 "Check failed")."""
+@functools.lru_cache(maxsize=8)
+def _as_user(user: str | int) -> tuple[str, ...]:
+    """The setpriv(1) command that runs argv as `user` (uid, primary gid, no other groups,
+    no new privileges: a setuid program the compiler runs gains nothing), or () when there
+    is no setpriv (then Popen's own `user=`). Not Popen's `user=`, `group=`, `extra_groups=`:
+    with those it cannot vfork, and a fork of the agent (many MB, busy gRPC threads) costs
+    ~3.5 ms of CPU on each side (bench/README.md, "A helper's CPU per job") and runs gRPC's
+    fork handlers in the child, which abort it (ev_epoll1 "Check failed"). Not a thread of
+    the agent switching its own ids around a vfork either: while it is the compile user,
+    any process of that user may signal it, and a SIGSTOP or SIGKILL stops the agent.
+    Cached: the user database is read once per user, not once per job."""
     setpriv = shutil.which("setpriv", path=CLEAN_ENV["PATH"])
-    if user is None or setpriv is None:
-        return argv, user
+    if setpriv is None:
+        return ()
     import grp
     import pwd
 
     entry = pwd.getpwnam(user) if isinstance(user, str) else pwd.getpwuid(user)
     group = grp.getgrgid(entry.pw_gid).gr_gid
-    return [setpriv, f"--reuid={entry.pw_uid}", f"--regid={group}", "--clear-groups", "--", *argv], None
+    return (setpriv, f"--reuid={entry.pw_uid}", f"--regid={group}", "--clear-groups", "--no-new-privs", "--")
 
 
 def compile_env(locale: Mapping[str, str] | None) -> dict[str, str]:
@@ -227,7 +236,7 @@ def _input_bytes(job: CompileJob, store) -> int:
     if job.inputs:
         if store is None:
             raise JobRefused("this helper keeps no inputs by hash")
-        total += sum(store.size(d) or 0 for d in set(job.inputs.values()))
+        total += store.total_size(job.inputs.values())
     return total
 
 
@@ -274,17 +283,56 @@ def _compile_in(where: JobRoot, compiler: str | Sequence[str], job: CompileJob, 
     command = [compiler] if isinstance(compiler, str) else list(compiler)
     argv = [*command, "-nostdinc", *[f"-isystem{where.spelt(d)}" for d in job.system_dirs],
             f"-ffile-prefix-map={root}=", *map_args(job, root), "-c", source, "-o", obj]
-    argv, user = _as_user(argv, user) if preexec is None else (argv, user)
-    try:
-        done = subprocess.run(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=timeout, preexec_fn=preexec, user=user)
-    except subprocess.TimeoutExpired:
+    switch = _as_user(user) if preexec is None and user is not None else ()
+    if switch:
+        argv, user = [*switch, *argv], None
+    code, stderr = _run(argv, cwd, env, timeout, preexec, user, where.path)
+    if code is None:
         return JobResult(124, b"", b"baton: the compile timed out on the helper\n")
-    diagnostics = done.stderr[:MAX_DIAGNOSTICS].replace(root.encode(), b"")
-    if done.returncode != 0:
-        return JobResult(done.returncode, b"", diagnostics)
+    diagnostics = stderr.replace(root.encode(), b"")
+    if code != 0:
+        return JobResult(code, b"", diagnostics)
     size = os.path.getsize(obj)
     if size > MAX_OBJECT_BYTES:
         raise JobRefused(f"the object is {size} bytes, over {MAX_OBJECT_BYTES}")
     with open(obj, "rb") as f:
         return JobResult(0, f.read(), diagnostics)
+
+
+def _run(argv: list[str], cwd: str, env: Mapping[str, str], timeout: float, preexec: Callable[[], None] | None,
+         user: str | int | None, scratch: str) -> tuple[int | None, bytes]:
+    """Run the compiler: (its exit code, or None when it ran past `timeout` and was killed;
+    the first MAX_DIAGNOSTICS bytes of its stderr). In the agent's process group, as before:
+    a killed agent's group takes its compilers with it (tests/e2e/test_run_remote.py). Its stderr goes to an unnamed file in `scratch` (the job's directory,
+    the agent's) and the wait is one poll of a pidfd: no selector loop in the agent waking for
+    each chunk of output (Popen.communicate), no timer thread; stdout, where a compile with
+    -c -o writes nothing, is /dev/null."""
+    with tempfile.TemporaryFile(dir=scratch) as err:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=err, preexec_fn=preexec, user=user)
+        exited = False
+        try:
+            exited = _exits_within(proc, timeout)
+        finally:
+            if not exited:
+                proc.kill()
+            proc.wait()
+        return (proc.returncode if exited else None), os.pread(err.fileno(), MAX_DIAGNOSTICS, 0)
+
+
+def _exits_within(proc: subprocess.Popen, timeout: float) -> bool:
+    """Whether `proc` exits within `timeout` s (not reaped: its pid stays its own)."""
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):   # before Linux 5.3: Popen's own wait, which polls
+        try:
+            proc.wait(timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        return bool(poller.poll(max(0, int(timeout * 1000))))
+    finally:
+        os.close(pidfd)

@@ -248,26 +248,37 @@ class Compilers:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._known: dict[str, tuple[tuple, str]] = {}
+        self._known: dict[str, tuple[str, tuple, str]] = {}   # name -> (path, stat stamp, identity)
 
     def matching(self, name: str, identity: str) -> str:
-        """The path of this agent's `name` if its identity is `identity`; Refused otherwise."""
+        """The path of this agent's `name` if its identity is `identity`; Refused otherwise.
+        A name found before is checked by one stat of its path (through its symlinks: a link
+        turned to another file, or a file replaced, changes the stamp), not looked up on PATH
+        and resolved again for each job."""
         if not _COMPILER_NAME.match(name):
             raise Refused(f"{name[:80]!r} is not a compiler name")
-        path = shutil.which(name, path=CLEAN_ENV["PATH"])
-        if path is None:
-            raise NoSuchCompiler(f"this helper has no {name}")
-        st = os.stat(os.path.realpath(path))
-        stamp = (os.path.realpath(path), st.st_mtime_ns, st.st_size, st.st_ino)
         with self._lock:
             known = self._known.get(name)
-        if known is None or known[0] != stamp:
-            known = (stamp, compiler_identity(path))
+        if known is not None:
+            try:
+                st = os.stat(known[0])
+            except OSError:
+                known = None
+            else:
+                if (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size) != known[1]:
+                    known = None
+        if known is None:
+            path = shutil.which(name, path=CLEAN_ENV["PATH"])
+            if path is None:
+                raise NoSuchCompiler(f"this helper has no {name}")
+            st = os.stat(path)
+            known = (path, (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size),
+                     compiler_identity(path))
             with self._lock:
                 self._known[name] = known
-        if known[1] != identity:
+        if known[2] != identity:
             raise NoSuchCompiler(f"this helper's {name} is a different compiler")
-        return path
+        return known[0]
 
 
 def compile_dirs(workdir: str | None, user: str | None) -> tuple[str, bool]:

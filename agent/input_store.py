@@ -94,6 +94,11 @@ class InputStore:
         with self._lock:
             return self._sizes.get(digest)
 
+    def total_size(self, digests) -> int:
+        """The bytes of these contents (each once; those not stored count 0), under one lock."""
+        with self._lock:
+            return sum(self._sizes.get(d, 0) for d in set(digests))
+
     def missing(self, digests) -> list[str]:
         with self._lock:
             return [d for d in dict.fromkeys(digests) if d not in self._sizes]

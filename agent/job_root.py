@@ -34,6 +34,8 @@ class InputsMissing(Exception):
 
 def inside(root: str, path: str) -> str:
     """root + path, refused when the path (made absolute against nothing) leaves root."""
+    if path[:1] == "/" and "//" not in path and "/." not in path and path[-1:] != "/":
+        return root + path   # already normal (no '.', '..' or empty part): ~150 a job, most of lay_out's CPU
     if not os.path.isabs(path):
         raise JobRefused(f"{path[:80]!r} is not an absolute path")
     mapped = os.path.normpath(root + os.path.normpath(path))

@@ -6,11 +6,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from agent.compile_job import (LOCALE_VARS, CompileJob, JobRefused, compiler_identity, map_args, run_compile)
+from agent.compile_job import (LOCALE_VARS, MAX_DIAGNOSTICS, CompileJob, JobRefused, compiler_identity, map_args, run_compile)
 from cli.cc_args import RemotePlan, plan
 from cli.compile_scan import ScanFailed, pack, scan
 
@@ -203,3 +204,53 @@ def test_a_locale_that_is_not_one_is_refused(locale, tmp_path):
     job = CompileJob(args=(), source="a.c", cwd="/w", files={"/w/a.c": b"int x;\n"}, system_dirs=())
     with pytest.raises(JobRefused, match="not a locale"):
         run_compile("gcc", job, workdir=str(tmp_path), locale=locale)
+
+
+def _status_of_the_compile(tmp_path, user):
+    """/proc/self/status of the process a helper runs as its compiler (a shell standing in)."""
+    job = CompileJob(args=(), source="a.c", cwd="/w", system_dirs=(), files={"/w/a.c": b"int a;\n"})
+    result = run_compile(["/bin/sh", "-c", "cat /proc/self/status >&2; exit 3", "sh"], job, workdir=str(tmp_path),
+                         user=user)
+    assert result.exit_code == 3, result
+    return dict(line.split(":", 1) for line in result.diagnostics.decode().splitlines() if ":" in line)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to an unprivileged user needs root")
+def test_the_compiler_runs_as_the_user_with_no_groups_capabilities_or_new_privileges(tmp_path):
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    status = _status_of_the_compile(tmp_path, "nobody")
+    assert status["Uid"].split() == [str(nobody.pw_uid)] * 4
+    assert status["Gid"].split() == [str(nobody.pw_gid)] * 4
+    assert status["Groups"].split() == []
+    for caps in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
+        assert int(status[caps], 16) == 0, (caps, status[caps])
+    assert status["NoNewPrivs"].strip() == "1"   # a setuid program it runs gains nothing
+
+
+def test_a_compile_past_its_timeout_is_killed(tmp_path):
+    pids = tmp_path / "pids"
+    job = CompileJob(args=(), source="a.c", cwd="/w", system_dirs=(), files={"/w/a.c": b"int a;\n"})
+    result = run_compile(["/bin/sh", "-c", f"echo $$ > {pids}; exec sleep 300", "sh"], job, workdir=str(tmp_path),
+                         timeout=1.0)
+    assert result.exit_code == 124 and b"timed out" in result.diagnostics
+    assert not _alive(int(pids.read_text()))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_diagnostics_larger_than_a_pipe_come_back_whole_and_bounded(tmp_path):
+    job = CompileJob(args=(), source="a.c", cwd="/w", system_dirs=(), files={"/w/a.c": b"int a;\n"})
+    script = "head -c 300000 /dev/zero | tr '\\0' x >&2; exit 1"
+    result = run_compile(["/bin/sh", "-c", script, "sh"], job, workdir=str(tmp_path))
+    assert result.exit_code == 1 and result.diagnostics == b"x" * 300000
+    script = "head -c 3000000 /dev/zero | tr '\\0' y >&2; exit 1"
+    result = run_compile(["/bin/sh", "-c", script, "sh"], job, workdir=str(tmp_path))
+    assert result.diagnostics == b"y" * MAX_DIAGNOSTICS

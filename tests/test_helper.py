@@ -173,3 +173,26 @@ def test_a_new_stream_ends_the_grants_and_counts_the_jobs_still_running_until_th
         assert told == [1]
     assert told == [1, 0]
     assert grants.new_stream() == 0
+
+
+@pytest.mark.skipif(not shutil.which("g++"), reason="needs g++ as a second compiler")
+def test_a_compiler_name_turned_to_another_compiler_is_no_longer_the_known_one(tmp_path, monkeypatch):
+    """Compilers remembers where it found a name: a link retargeted (an upgrade's gcc -> gcc-13)
+    is seen at the next job, never compiled with under the old identity."""
+    from agent.compile_job import CLEAN_ENV
+    from agent.helper import Compilers, NoSuchCompiler
+
+    monkeypatch.setitem(CLEAN_ENV, "PATH", f"{tmp_path}:{CLEAN_ENV['PATH']}")
+    link = tmp_path / "mycc"
+    link.symlink_to(os.path.realpath(shutil.which("gcc")))
+    compilers = Compilers()
+    gcc = compiler_identity(str(link))
+    assert compilers.matching("mycc", gcc) == str(link)
+    link.unlink()
+    link.symlink_to(os.path.realpath(shutil.which("g++")))
+    with pytest.raises(NoSuchCompiler, match="different compiler"):
+        compilers.matching("mycc", gcc)
+    assert compilers.matching("mycc", compiler_identity(str(link))) == str(link)
+    link.unlink()
+    with pytest.raises(NoSuchCompiler, match="has no mycc"):
+        compilers.matching("mycc", gcc)
