@@ -63,6 +63,7 @@ from agent.compile_job import CLEAN_ENV, CompileJob, InputsMissing, JobRefused, 
 from agent.input_store import EMPTY, ContentMismatch, InputStore
 from agent.job_root import RootPool
 from agent.toolchain_store import DEFAULT_STORE_BYTES, ToolchainRefused, ToolchainStore
+from cluster.files import stat_stamp
 from cluster.protocol import compile_pb2 as pb
 from cluster.protocol import compile_pb2_grpc
 
@@ -265,14 +266,14 @@ class Compilers:
             except OSError:
                 known = None
             else:
-                if (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size) != known[1]:
+                if stat_stamp(st) != known[1]:
                     known = None
         if known is None:
             path = shutil.which(name, path=CLEAN_ENV["PATH"])
             if path is None:
                 raise NoSuchCompiler(f"this helper has no {name}")
             st = os.stat(path)
-            known = (path, (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size),
+            known = (path, stat_stamp(st),
                      compiler_identity(path))
             with self._lock:
                 self._known[name] = known

@@ -28,7 +28,7 @@ from typing import Callable
 from agent.compile_job import compiler_programs, identity_of
 from cli import cache_home
 from cli.job_inputs import SETTLE_NS
-from cluster.files import write_json_atomically
+from cluster.files import stat_stamp, write_json_atomically
 
 VERSION = 1
 _IDENTITY = re.compile(r"^[0-9a-f]{64}$")
@@ -40,8 +40,7 @@ def cache_dir(env: dict | None = None) -> str:
 
 
 def _stamp(path: str) -> list[int]:
-    st = os.stat(path)
-    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+    return list(stat_stamp(os.stat(path)))   # a list: as it reads back from the JSON entry
 
 
 def compiler_identity(compiler: str, directory: str | None = None,

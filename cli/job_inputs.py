@@ -18,6 +18,7 @@ import threading
 import time
 from typing import Callable, Iterable
 
+from cluster.files import stat_stamp
 from cluster.protocol import compile_pb2 as pb
 
 SETTLE_NS = 2_000_000_000
@@ -44,7 +45,7 @@ class Digests:
             known = [self._known.get(path) for path, _ in stats]
         out = []
         for (path, st), was in zip(stats, known):
-            if (was is not None and was[0] == (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+            if (was is not None and was[0] == stat_stamp(st)
                     and not send(was[1])):
                 out.append(pb.InputFile(path=path, sha256=was[1], size=was[2]))
             else:
@@ -52,13 +53,13 @@ class Digests:
         return out
 
     def _read(self, path: str, st: os.stat_result, send: Callable[[str], bool]) -> pb.InputFile:
-        stamp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+        stamped = stat_stamp(st)
         with open(path, "rb") as f:
             content = f.read()
         digest = hashlib.sha256(content).hexdigest()
         if self._clock_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > SETTLE_NS and len(content) == st.st_size:
             with self._lock:
-                self._known[path] = (stamp, digest, len(content))
+                self._known[path] = (stamped, digest, len(content))
         return pb.InputFile(path=path, sha256=digest, size=len(content), content=content if send(digest) else b"")
 
 

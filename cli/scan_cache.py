@@ -74,6 +74,7 @@ from typing import Callable
 from cli import cache_home
 from cli.cc_args import RemotePlan
 from cli.compile_scan import PREINCLUDED, Scan
+from cluster.files import stat_stamp
 
 VERSION = 2
 MAX_ENTRIES = 20_000
@@ -297,22 +298,20 @@ class ScanCache:
         """(stamp, sha256, __has_include names) of a file, read once per settled stamp; OSError
         when it changed while read (the stamp would not be the content's)."""
         st = os.stat(path)
-        stamp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+        stamped = stat_stamp(st)
         with self._lock:
             known = self._files.get(path)
-        if known is not None and known[0] == stamp:
+        if known is not None and known[0] == stamped:
             return known
         with open(path, "rb") as f:
             content = f.read()
-        after = os.stat(path)
-        if (after.st_size, after.st_mtime_ns, after.st_ctime_ns, after.st_ino, after.st_dev) != stamp \
-                or len(content) != st.st_size:
+        if stat_stamp(os.stat(path)) != stamped or len(content) != st.st_size:
             raise OSError(f"{path} changed while read")
         try:
             names = has_include_names(content)
         except Uncacheable:
             names = None
-        known = (stamp, hashlib.sha256(content).hexdigest(), names)
+        known = (stamped, hashlib.sha256(content).hexdigest(), names)
         # A racy stamp could stay as it is through a change: such a file is read each time.
         if self._clock_ns() - st.st_ctime_ns > RACY_NS:
             with self._lock:
