@@ -303,10 +303,11 @@ def _run(argv: list[str], cwd: str, env: Mapping[str, str], timeout: float, pree
          user: str | int | None, scratch: str) -> tuple[int | None, bytes]:
     """Run the compiler: (its exit code, or None when it ran past `timeout` and was killed;
     the first MAX_DIAGNOSTICS bytes of its stderr). In the agent's process group, as before:
-    a killed agent's group takes its compilers with it (tests/e2e/test_run_remote.py). Its stderr goes to an unnamed file in `scratch` (the job's directory,
-    the agent's) and the wait is one poll of a pidfd: no selector loop in the agent waking for
-    each chunk of output (Popen.communicate), no timer thread; stdout, where a compile with
-    -c -o writes nothing, is /dev/null."""
+    a killed agent's group takes its compilers with it (tests/e2e/test_run_remote.py). Its
+    stderr goes to an unnamed file in `scratch` (the job's directory, the agent's) and the wait
+    is one poll of a pidfd: no selector loop in the agent waking for each chunk of output
+    (Popen.communicate), no timer thread; stdout, where a compile with -c -o writes nothing,
+    is /dev/null."""
     with tempfile.TemporaryFile(dir=scratch) as err:
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=err, preexec_fn=preexec, user=user)
