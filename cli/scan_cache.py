@@ -78,7 +78,7 @@ from cli.cc_args import RemotePlan
 from cli.compile_scan import PREINCLUDED, Scan
 from cli.file_hashes import FileHashes, Hashed, Seen
 
-VERSION = 2
+VERSION = 3   # 3: the files' paths as one string, their digests as another; listings and names as text
 MAX_ENTRIES = 20_000
 # A stamp this close to the scan's start is racy: a later change in the same timestamp tick could
 # leave it as it is, so what it stands for is checked again at each lookup.
@@ -145,7 +145,8 @@ def cached_scan(cache: "ScanCache | None", plan: RemotePlan, cwd: str, env: dict
         seen.clear()     # looked at before the scan: the scan may have read newer content
         found = scan()
         cache.store(key, plan, cwd, found, system, named, started, digest, seen)
-    return dataclasses.replace(found, seen=seen)
+        found = dataclasses.replace(found, seen=seen)
+    return found
 
 
 def _dir_stamp(path: str) -> list | None:
@@ -155,6 +156,17 @@ def _dir_stamp(path: str) -> list | None:
     except OSError:
         return None
     return [st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def _write_file(path: str, data: bytes) -> None:
+    """`path` replaced by `data` (a hit's dependency file: os-level, not through a buffered file object)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
 
 
 def changed_since(ctime_ns: int, started_ns: int) -> bool:
@@ -191,6 +203,21 @@ def relevant(by_name: dict[str, list[list[str]]], want: set[str]) -> list[list[s
     """The part of a `listing` a lookup could open (`wanted`), sorted: what the entry keeps."""
     # (set.intersection with a dict goes over the smaller of the two; keys() & want, over the keys.)
     return sorted(entry for name in want.intersection(by_name) for entry in by_name[name])
+
+
+# An entry keeps a listing's part as one string (names hold no "/"): a lookup parses 23 such a
+# c-ares job, a JSON list of pairs each took ~2.3 times as long.
+_KIND_CHAR = {"f": "f", "d": "d", "lf": "F", "ld": "D", "l-": "-"}
+_CHAR_KIND = {char: kind for kind, char in _KIND_CHAR.items()}
+
+
+def _kept_text(part: list[list[str]]) -> str:
+    """`relevant`'s [[name, kind], ...] as "kname/kname..." (k: the kind's one character)."""
+    return "/".join(_KIND_CHAR[kind] + name for name, kind in part)
+
+
+def _kept_list(text: str) -> list[list[str]]:
+    return [[item[1:], _CHAR_KIND[item[0]]] for item in text.split("/")] if text else []
 
 
 def _climbs(path: str) -> bool:
@@ -339,13 +366,14 @@ class ScanCache:
             settled = self._probes_hold(entry)
             # The file's sha256 now (hashed again unless its stamp is a settled one seen in this run):
             # an entry's stamp alone could be racy.
-            files = entry["files"]
-            found = self.hashes.look_all([path for path, _ in files], _names_or_none, seen)
-            if any(hashed.sha256 != digest for hashed, (_, digest) in zip(found, files)):
+            paths = entry["paths"].split("\0")
+            found = self.hashes.look_all(paths, _names_or_none, seen)
+            if "".join([hashed.sha256 for hashed in found]) != entry["sha256"]:
                 raise ValueError("a header changed")
+            headers = entry["headers"]
+            headers = tuple(paths[:headers] if isinstance(headers, int) else headers)
             if depfile is not None:
-                with open(os.path.join(cwd, depfile), "wb") as f:
-                    f.write(base64.b64decode(entry["d"]))
+                _write_file(os.path.join(cwd, depfile), base64.b64decode(entry["d"]))
         except (OSError, ValueError, KeyError, TypeError):
             with self._lock:
                 self.misses += 1
@@ -354,7 +382,7 @@ class ScanCache:
             self.hits += 1
         if settled:
             self._settle(key, entry, settled)
-        return Scan(headers=tuple(entry["headers"]))
+        return Scan(headers=headers, seen={} if seen is None else seen)
 
     def _probes_hold(self, entry: dict) -> dict[int, list]:
         """ValueError unless every probed directory is as the scan found it: its settled stamp
@@ -371,7 +399,8 @@ class ScanCache:
             if kept is None or current is None:
                 raise ValueError("a directory changed")
             if want is None:
-                want = wanted(set(entry["names"]))
+                want = wanted(set(filter(None, entry["names"].split("/"))))
+            kept = _kept_list(kept)    # (kept as text: parsed only by a lookup that lists)
             if relevant(listing(path), want) != kept:
                 raise ValueError("a directory gained or lost a header's name")
             if now - current[1] > RACY_NS and all(kind != "l-" for _, kind in kept) \
@@ -433,19 +462,24 @@ class ScanCache:
                 for base in [os.path.dirname(path), *chain]:
                     probes.append(os.path.normpath(os.path.join(base, os.path.dirname(name))))
             if path != source:
-                files.append([path, digest])
+                files.append((path, digest))
                 opened.add(path.rpartition("/")[2].casefold())
         stamped = self._stamp_probes(list(dict.fromkeys(probes)), opened, started_ns)
         d = b""
         if depfile is not None:
             with open(os.path.join(cwd, depfile), "rb") as f:
                 d = f.read()
-        entry = {"v": VERSION, "headers": list(found.headers), "files": files, "probes": stamped,
-                 "names": sorted(opened), "depfile": depfile, "d": base64.b64encode(d).decode()}
+        # Compact (a lookup parses it: ~45 kB a c-ares job): the files' paths as one string and their
+        # digests as another, the headers as a count of those paths when they are its first ones.
+        paths = [path for path, _ in files]
+        headers = len(found.headers) if paths[:len(found.headers)] == list(found.headers) else list(found.headers)
+        entry = {"v": VERSION, "headers": headers, "paths": "\0".join(paths),
+                 "sha256": "".join(digest for _, digest in files), "probes": stamped,
+                 "names": "/".join(sorted(opened)), "depfile": depfile, "d": base64.b64encode(d).decode()}
         self._write(key, json.dumps(entry).encode())
 
     def _stamp_probes(self, probes: list[str], opened: set[str], started_ns: int) -> list:
-        """The entry's probes: [path, stamp, the entries a lookup could open in it, racy], and
+        """The entry's probes: [path, stamp, the entries a lookup could open in it (as JSON text), racy], and
         `opened` completed (the names a lookup opens, casefolded).
 
         A probe that does not exist (most: a c-ares job probes ~250 such, <sys/x.h> in each
@@ -527,7 +561,7 @@ class ScanCache:
             # A dangling symlink named as a header would shadow it once its target appears, and
             # the directory's stamp would not move: such a directory is listed at each lookup.
             racy = started_ns - stamp[1] <= RACY_NS or any(kind == "l-" for _, kind in part)
-            entries.append([path, stamp, part, int(racy)])
+            entries.append([path, stamp, _kept_text(part), int(racy)])
         return entries
 
     def _write(self, key: str, data: bytes) -> None:
