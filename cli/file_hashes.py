@@ -101,7 +101,8 @@ class FileHashes:
         stamped = stat_stamp(st)
         with open(path, "rb") as f:
             content = f.read()
-        self.reads += 1
+        with self._lock:
+            self.reads += 1
         whole = len(content) == st.st_size and stat_stamp(os.stat(path)) == stamped
         if not whole and strict:
             raise Changed(f"{path} changed while read")
