@@ -49,8 +49,9 @@ identity = job_server._identity.__class__(job_server._identity._compute)  # a fr
 t = time.thread_time()
 ident = identity("gcc")
 identity_s = time.thread_time() - t
-scans = ScanCache(cache)
 digests = Digests()
+# One hash cache for both, as cli/job_server.py makes them (a tree that has it: cli/file_hashes.py).
+scans = ScanCache(cache, hashes=digests.hashes) if hasattr(digests, "hashes") else ScanCache(cache)
 parts = {"decode": 0.0, "plan": 0.0, "scan cache hit": 0.0, "inputs": 0.0, "request": 0.0}
 jobs = 0
 for n in range(passes + 1):   # the first pass fills the caches (a cold build)
@@ -64,7 +65,8 @@ for n in range(passes + 1):   # the first pass fills the caches (a cold build)
         dirs = system_dirs(decided.compiler, decided.language)
         found = cached_scan(scans, decided, cwd, jenv, ident, dirs, lambda: scan(decided, cwd, env=jenv))
         t3 = c()
-        inputs = digests.inputs(input_paths(decided, cwd, found), lambda d: n == 0)
+        seen = (found.seen,) if hasattr(found, "seen") else ()   # the lookup's stamps, handed over
+        inputs = digests.inputs(input_paths(decided, cwd, found), lambda d: n == 0, *seen)
         t4 = c()
         pb.CompileRequest(grant="g" * 12, epoch=1, compiler=os.path.basename(decided.compiler),
                           compiler_identity=ident, args=decided.flags, source=decided.source,

@@ -44,6 +44,9 @@ class ScanFailed(Exception):
 class Scan:
     headers: tuple[str, ...]     # absolute, normalised, in the order first read
     tree: tuple[tuple[int, str], ...] = ()   # every -H line: (depth - 1, absolute normalised path)
+    # path -> cli.file_hashes.Hashed of the files the scan cache looked at in this job
+    # (cli/scan_cache.cached_scan): the request's digests take them without a stat.
+    seen: dict = dataclasses.field(default_factory=dict, compare=False, repr=False, hash=False)
 
 
 @functools.lru_cache(maxsize=8)

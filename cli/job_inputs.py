@@ -4,63 +4,65 @@ A job names each file it reads by (path, sha256, size) and carries the
 content only of those its helper was not sent before: `Delivered` remembers,
 per helper, the hashes it sent (a helper that lost one since, evicted or
 restarted, answers `missing` and the job goes again with them). `Digests`
-keeps, in the long-lived `baton run` process, each file's hash by its stat
-stamp (size, mtime, ctime, inode), so a header is read and hashed once per
-build, not once per job. A file changed within the last SETTLE_NS is hashed
-again every time (a timestamp's granularity could hide a second change, as
-git's "racily clean" rule has it).
+takes each file's hash from the `baton run` process's FileHashes
+(cli/file_hashes.py: by stat stamp, read once per build, again while racy),
+which the scan cache's lookup shares; the stamps that lookup took in this
+job (`seen`) stand for the inputs it looked at, so a header is stat'ed once
+a job, not once for the lookup and once here.
 """
 from __future__ import annotations
 
-import hashlib
-import os
 import threading
-import time
 from typing import Callable, Iterable
 
-from cluster.files import stat_stamp
+from cli.file_hashes import SETTLE_NS, FileHashes, Hashed, Seen  # noqa: F401 (SETTLE_NS: cli/identity_cache.py)
 from cluster.protocol import compile_pb2 as pb
-
-SETTLE_NS = 2_000_000_000
 
 
 class Digests:
     """`input(path, send_content)` -> pb.InputFile; thread-safe."""
 
-    def __init__(self, clock_ns: Callable[[], int] = time.time_ns):
-        self._clock_ns = clock_ns
+    def __init__(self, hashes: FileHashes | None = None, clock_ns: Callable[[], int] | None = None):
+        self.hashes = hashes or (FileHashes(clock_ns) if clock_ns else FileHashes())
         self._lock = threading.Lock()
-        self._known: dict[str, tuple[tuple, str, int]] = {}   # path -> (stamp, sha256, size)
+        # path -> (Hashed, its InputFile by hash): the message made once per kept hash, not once a
+        # job (~60 us of ~150 messages a c-ares job). Not to be changed by callers.
+        self._made: dict[str, tuple[Hashed, pb.InputFile]] = {}
 
     def input(self, path: str, send: Callable[[str], bool]) -> pb.InputFile:
         """The file named by hash; with its content when `send(sha256)` says the helper lacks it.
         OSError when it cannot be read."""
         return self.inputs([path], send)[0]
 
-    def inputs(self, paths: Iterable[str], send: Callable[[str], bool]) -> list[pb.InputFile]:
-        """`input` of each path. The files known are looked up under one lock a job, not one
-        a file (~150 files a c-ares job, each job of `baton run` on the build's cores)."""
-        stats = [(path, os.stat(path)) for path in paths]
+    def inputs(self, paths: Iterable[str], send: Callable[[str], bool], seen: Seen | None = None) -> list[pb.InputFile]:
+        """`input` of each path; `seen`: what this job's scan-cache lookup found (stamped in this
+        job: not stat'ed again), the others looked at now."""
+        paths = list(paths)
+        seen = dict(seen or ())
+        contents: dict[str, bytes] = {}
+        unseen = [path for path in paths if path not in seen]
+        if unseen:
+            self.hashes.look_all(unseen, seen=seen, strict=False, contents=contents)
         with self._lock:
-            known = [self._known.get(path) for path, _ in stats]
-        out = []
-        for (path, st), was in zip(stats, known):
-            if (was is not None and was[0] == stat_stamp(st)
-                    and not send(was[1])):
-                out.append(pb.InputFile(path=path, sha256=was[1], size=was[2]))
-            else:
-                out.append(self._read(path, st, send))
-        return out
-
-    def _read(self, path: str, st: os.stat_result, send: Callable[[str], bool]) -> pb.InputFile:
-        stamped = stat_stamp(st)
-        with open(path, "rb") as f:
-            content = f.read()
-        digest = hashlib.sha256(content).hexdigest()
-        if self._clock_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > SETTLE_NS and len(content) == st.st_size:
+            made = [self._made.get(path) for path in paths]
+        out, new = [], {}
+        for path, was in zip(paths, made):
+            hashed = seen[path]
+            if send(hashed.sha256):
+                content = contents.get(path)
+                if content is None:
+                    # Read now: what is sent, with its own hash (it may have changed since looked at).
+                    hashed, content = self.hashes.read(path, hashed)
+                if send(hashed.sha256):
+                    out.append(pb.InputFile(path=path, sha256=hashed.sha256, size=len(content), content=content))
+                    continue
+            if was is None or was[0] is not hashed:
+                was = new[path] = (hashed, pb.InputFile(path=path, sha256=hashed.sha256, size=hashed.size))
+            out.append(was[1])
+        if new:
             with self._lock:
-                self._known[path] = (stamped, digest, len(content))
-        return pb.InputFile(path=path, sha256=digest, size=len(content), content=content if send(digest) else b"")
+                self._made.update(new)
+        return out
 
 
 class Delivered:

@@ -109,7 +109,7 @@ class JobServer:
         self.digests = Digests()        # the build's files by hash, read once per build
         self.delivered = Delivered()    # what each helper's input store was sent
         self.shipper = Shipper(run_dir)   # our compiler, for helpers that lack it (cli/toolchain.py)
-        self.scan_cache = ScanCache(scan_cache_dir())   # scans of earlier builds (cli/scan_cache.py)
+        self.scan_cache = ScanCache(scan_cache_dir(), hashes=self.digests.hashes)   # scans of earlier builds
         server = self
 
         class Handler(socketserver.BaseRequestHandler):
@@ -180,7 +180,7 @@ class JobServer:
                 grant=grant.grant, epoch=grant.epoch, compiler=os.path.basename(decided.compiler),
                 compiler_identity=identity, args=decided.flags, source=decided.source,
                 cwd=os.path.abspath(cwd), system_dirs=dirs,
-                inputs=self.digests.inputs(paths, self.delivered.lacks(grant.helper)),
+                inputs=self.digests.inputs(paths, self.delivered.lacks(grant.helper), found.seen),
                 locale=job_locale(env))
             reply = self._send(grant, request, decided.compiler)
         except OSError as exc:

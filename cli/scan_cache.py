@@ -33,9 +33,10 @@ would have, and runs no preprocessor.
 Timestamps, as git does with racily clean index entries. A stamp taken
 within RACY_NS after the thing's last change (ctime) may stay the same
 through a change in the same timestamp tick, so a stamp never stands for
-content alone: a header's sha256 is compared at each lookup (`ScanCache`
-hashes a file once per stamp and run, and again each time while the stamp
-is racy), and a directory changed within RACY_NS before the scan started is
+content alone: a header's sha256 is compared at each lookup (hashed once
+per stamp and run, and again at each lookup while its stamp is racy, within
+SETTLE_NS of its last change: cli/file_hashes.py, shared with the request's
+digests), and a directory changed within RACY_NS before the scan started is
 marked racy: listed at each lookup, whatever its stamp (so is one with a
 dangling symlink named as a header, whose target appearing would not move
 the directory's stamp). A lookup that finds a racy directory's stamp settled
@@ -61,6 +62,7 @@ see a whole entry or none); beyond MAX_ENTRIES the oldest are removed.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import os
@@ -74,9 +76,9 @@ from typing import Callable
 from cli import cache_home
 from cli.cc_args import RemotePlan
 from cli.compile_scan import PREINCLUDED, Scan
-from cluster.files import stat_stamp
+from cli.file_hashes import FileHashes, Hashed, Seen
 
-VERSION = 2
+VERSION = 3   # 3: the files' paths as one string, their digests as another; listings and names as text
 MAX_ENTRIES = 20_000
 # A stamp this close to the scan's start is racy: a later change in the same timestamp tick could
 # leave it as it is, so what it stands for is checked again at each lookup.
@@ -124,21 +126,26 @@ def depfile(plan: RemotePlan) -> str | None:
 
 def cached_scan(cache: "ScanCache | None", plan: RemotePlan, cwd: str, env: dict, identity: str,
                 system: tuple[str, ...], scan: Callable[[], Scan]) -> Scan:
-    """The scan from `cache` when it holds it (the dependency file written), else `scan()`, remembered."""
+    """The scan from `cache` when it holds it (the dependency file written), else `scan()`, remembered.
+    Its `seen`: the files the lookup (a hit) or the store (after a scan) looked at, stamped in this
+    job (cli/job_inputs.Digests takes their hashes without a stat)."""
     if cache is None:
         return scan()
     started = cache.now_ns()
+    seen: Seen = {}
     try:
         named = depfile(plan)
         source = os.path.join(cwd, plan.source)
-        digest = cache.source_sha256(source)
+        digest = cache.source_sha256(source, seen)
         key = cache.key(identity, plan, cwd, digest, env)
     except (Uncacheable, OSError):
         return scan()
-    found = cache.lookup(key, cwd, named)
+    found = cache.lookup(key, cwd, named, seen)
     if found is None:
+        seen.clear()     # looked at before the scan: the scan may have read newer content
         found = scan()
-        cache.store(key, plan, cwd, found, system, named, started, digest)
+        cache.store(key, plan, cwd, found, system, named, started, digest, seen)
+        found = dataclasses.replace(found, seen=seen)
     return found
 
 
@@ -149,6 +156,17 @@ def _dir_stamp(path: str) -> list | None:
     except OSError:
         return None
     return [st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def _write_file(path: str, data: bytes) -> None:
+    """`path` replaced by `data` (a hit's dependency file: os-level, not through a buffered file object)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
 
 
 def changed_since(ctime_ns: int, started_ns: int) -> bool:
@@ -185,6 +203,21 @@ def relevant(by_name: dict[str, list[list[str]]], want: set[str]) -> list[list[s
     """The part of a `listing` a lookup could open (`wanted`), sorted: what the entry keeps."""
     # (set.intersection with a dict goes over the smaller of the two; keys() & want, over the keys.)
     return sorted(entry for name in want.intersection(by_name) for entry in by_name[name])
+
+
+# An entry keeps a listing's part as one string (names hold no "/"): a lookup parses 23 such a
+# c-ares job, a JSON list of pairs each took ~2.3 times as long.
+_KIND_CHAR = {"f": "f", "d": "d", "lf": "F", "ld": "D", "l-": "-"}
+_CHAR_KIND = {char: kind for kind, char in _KIND_CHAR.items()}
+
+
+def _kept_text(part: list[list[str]]) -> str:
+    """`relevant`'s [[name, kind], ...] as "kname/kname..." (k: the kind's one character)."""
+    return "/".join(_KIND_CHAR[kind] + name for name, kind in part)
+
+
+def _kept_list(text: str) -> list[list[str]]:
+    return [[item[1:], _CHAR_KIND[item[0]]] for item in text.split("/")] if text else []
 
 
 def _climbs(path: str) -> bool:
@@ -255,6 +288,14 @@ def probe_dirs(source: str, tree: tuple[tuple[int, str], ...], chain: list[str])
     return list(probes)
 
 
+def _names_or_none(content: bytes) -> list[str] | None:
+    """`has_include_names`, None for a computed one (the part FileHashes keeps with the hash)."""
+    try:
+        return has_include_names(content)
+    except Uncacheable:
+        return None
+
+
 def has_include_names(content: bytes) -> list[str]:
     """The literal names `__has_include` asks for; Uncacheable for a computed one outside a #define."""
     if b"has_include" not in content:
@@ -273,11 +314,11 @@ class ScanCache:
     """`lookup(...)` -> Scan or None (and writes the dependency file); `store(...)` after a scan.
     Thread-safe; any failure to read or write the cache is a miss."""
 
-    def __init__(self, directory: str, clock_ns: Callable[[], int] = time.time_ns):
+    def __init__(self, directory: str, clock_ns: Callable[[], int] = time.time_ns, hashes: FileHashes | None = None):
         self.directory = directory
         self._clock_ns = clock_ns
+        self.hashes = hashes or FileHashes(clock_ns)   # shared with the request's digests (cli/job_server.py)
         self._lock = threading.Lock()
-        self._files: dict[str, tuple[tuple, str, list[str]]] = {}   # path -> (stamp, sha256, has_include names)
         self._dirs: dict[str, tuple[list, dict]] = {}   # path -> (stamp, listing)
         self._stores = 0
         self.hits = self.misses = 0
@@ -294,29 +335,10 @@ class ScanCache:
     def _path(self, key: str) -> str:
         return os.path.join(self.directory, key[:2], key + ".json")
 
-    def _file(self, path: str) -> tuple[tuple, str, list[str] | None]:
-        """(stamp, sha256, __has_include names) of a file, read once per settled stamp; OSError
-        when it changed while read (the stamp would not be the content's)."""
-        st = os.stat(path)
-        stamped = stat_stamp(st)
-        with self._lock:
-            known = self._files.get(path)
-        if known is not None and known[0] == stamped:
-            return known
-        with open(path, "rb") as f:
-            content = f.read()
-        if stat_stamp(os.stat(path)) != stamped or len(content) != st.st_size:
-            raise OSError(f"{path} changed while read")
-        try:
-            names = has_include_names(content)
-        except Uncacheable:
-            names = None
-        known = (stamped, hashlib.sha256(content).hexdigest(), names)
-        # A racy stamp could stay as it is through a change: such a file is read each time.
-        if self._clock_ns() - st.st_ctime_ns > RACY_NS:
-            with self._lock:
-                self._files[path] = known
-        return known
+    def _file(self, path: str, seen: Seen | None = None) -> Hashed:
+        """(stamp, sha256, __has_include names: None for a computed one) of a file, stat'ed now, read
+        once per settled stamp (cli/file_hashes.py); OSError when it changed while read."""
+        return self.hashes.look_all([path], _names_or_none, seen)[0]
 
     def _listing(self, path: str, stamp: list) -> dict[str, list[list[str]]]:
         """`listing(path)` as of `stamp`, listed once per settled stamp; OSError when it is no
@@ -333,8 +355,9 @@ class ScanCache:
                 self._dirs[path] = (stamp, by_name)
         return by_name
 
-    def lookup(self, key: str, cwd: str, depfile: str | None) -> Scan | None:
-        """The cached scan, its dependency file written (`depfile`: as the argv names it), or None."""
+    def lookup(self, key: str, cwd: str, depfile: str | None, seen: Seen | None = None) -> Scan | None:
+        """The cached scan, its dependency file written (`depfile`: as the argv names it), or None.
+        `seen` gets the files looked at (their stamps taken now)."""
         try:
             with open(self._path(key), "rb") as f:
                 entry = json.loads(f.read())
@@ -343,12 +366,14 @@ class ScanCache:
             settled = self._probes_hold(entry)
             # The file's sha256 now (hashed again unless its stamp is a settled one seen in this run):
             # an entry's stamp alone could be racy.
-            for path, digest in entry["files"]:
-                if self._file(path)[1] != digest:
-                    raise ValueError("a header changed")
+            paths = entry["paths"].split("\0")
+            found = self.hashes.look_all(paths, _names_or_none, seen)
+            if "".join([hashed.sha256 for hashed in found]) != entry["sha256"]:
+                raise ValueError("a header changed")
+            headers = entry["headers"]
+            headers = tuple(paths[:headers] if isinstance(headers, int) else headers)
             if depfile is not None:
-                with open(os.path.join(cwd, depfile), "wb") as f:
-                    f.write(base64.b64decode(entry["d"]))
+                _write_file(os.path.join(cwd, depfile), base64.b64decode(entry["d"]))
         except (OSError, ValueError, KeyError, TypeError):
             with self._lock:
                 self.misses += 1
@@ -357,7 +382,7 @@ class ScanCache:
             self.hits += 1
         if settled:
             self._settle(key, entry, settled)
-        return Scan(headers=tuple(entry["headers"]))
+        return Scan(headers=headers, seen={} if seen is None else seen)
 
     def _probes_hold(self, entry: dict) -> dict[int, list]:
         """ValueError unless every probed directory is as the scan found it: its settled stamp
@@ -374,7 +399,8 @@ class ScanCache:
             if kept is None or current is None:
                 raise ValueError("a directory changed")
             if want is None:
-                want = wanted(set(entry["names"]))
+                want = wanted(set(filter(None, entry["names"].split("/"))))
+            kept = _kept_list(kept)    # (kept as text: parsed only by a lookup that lists)
             if relevant(listing(path), want) != kept:
                 raise ValueError("a directory gained or lost a header's name")
             if now - current[1] > RACY_NS and all(kind != "l-" for _, kind in kept) \
@@ -396,19 +422,20 @@ class ScanCache:
     def now_ns(self) -> int:
         return self._clock_ns()
 
-    def source_sha256(self, path: str) -> str:
-        return self._file(path)[1]
+    def source_sha256(self, path: str, seen: Seen | None = None) -> str:
+        return self._file(path, seen)[1]
 
     def store(self, key: str, plan: RemotePlan, cwd: str, found: Scan, system: tuple[str, ...],
-              depfile: str | None, started_ns: int, source_sha256: str | None = None) -> None:
+              depfile: str | None, started_ns: int, source_sha256: str | None = None,
+              seen: Seen | None = None) -> None:
         """Remember `found` (scanned from `started_ns` on, the source's sha256 in `key` being
-        `source_sha256`); silently not, on any doubt."""
+        `source_sha256`); silently not, on any doubt. `seen` gets the files looked at."""
         try:
-            self._store(key, plan, cwd, found, system, depfile, started_ns, source_sha256)
+            self._store(key, plan, cwd, found, system, depfile, started_ns, source_sha256, seen)
         except (Uncacheable, OSError, ValueError):
             pass
 
-    def _store(self, key, plan, cwd, found, system, depfile, started_ns, source_sha256) -> None:
+    def _store(self, key, plan, cwd, found, system, depfile, started_ns, source_sha256, seen) -> None:
         cwd = os.path.abspath(cwd)
         chain = chain_dirs(plan, cwd, system)
         source = os.path.normpath(os.path.join(cwd, plan.source))
@@ -420,7 +447,7 @@ class ScanCache:
         # GCC includes stdc-predef.h unnamed (cli/compile_scan.py); its directory is probed as a chain's.
         predefined = [os.path.join(d, n) for d in system for n in PREINCLUDED if os.path.isfile(os.path.join(d, n))]
         for path in (source, *found.headers, *predefined[:1]):
-            stamp, digest, names = self._file(path)
+            stamp, digest, names = self._file(path, seen)
             if names is None:
                 raise Uncacheable(f"{path}: a __has_include of a computed name")
             # Changed since the scan started: the scan may have read other content.
@@ -435,19 +462,24 @@ class ScanCache:
                 for base in [os.path.dirname(path), *chain]:
                     probes.append(os.path.normpath(os.path.join(base, os.path.dirname(name))))
             if path != source:
-                files.append([path, digest])
+                files.append((path, digest))
                 opened.add(path.rpartition("/")[2].casefold())
         stamped = self._stamp_probes(list(dict.fromkeys(probes)), opened, started_ns)
         d = b""
         if depfile is not None:
             with open(os.path.join(cwd, depfile), "rb") as f:
                 d = f.read()
-        entry = {"v": VERSION, "headers": list(found.headers), "files": files, "probes": stamped,
-                 "names": sorted(opened), "depfile": depfile, "d": base64.b64encode(d).decode()}
+        # Compact (a lookup parses it: ~45 kB a c-ares job): the files' paths as one string and their
+        # digests as another, the headers as a count of those paths when they are its first ones.
+        paths = [path for path, _ in files]
+        headers = len(found.headers) if paths[:len(found.headers)] == list(found.headers) else list(found.headers)
+        entry = {"v": VERSION, "headers": headers, "paths": "\0".join(paths),
+                 "sha256": "".join(digest for _, digest in files), "probes": stamped,
+                 "names": "/".join(sorted(opened)), "depfile": depfile, "d": base64.b64encode(d).decode()}
         self._write(key, json.dumps(entry).encode())
 
     def _stamp_probes(self, probes: list[str], opened: set[str], started_ns: int) -> list:
-        """The entry's probes: [path, stamp, the entries a lookup could open in it, racy], and
+        """The entry's probes: [path, stamp, the entries a lookup could open in it (as JSON text), racy], and
         `opened` completed (the names a lookup opens, casefolded).
 
         A probe that does not exist (most: a c-ares job probes ~250 such, <sys/x.h> in each
@@ -529,7 +561,7 @@ class ScanCache:
             # A dangling symlink named as a header would shadow it once its target appears, and
             # the directory's stamp would not move: such a directory is listed at each lookup.
             racy = started_ns - stamp[1] <= RACY_NS or any(kind == "l-" for _, kind in part)
-            entries.append([path, stamp, part, int(racy)])
+            entries.append([path, stamp, _kept_text(part), int(racy)])
         return entries
 
     def _write(self, key: str, data: bytes) -> None:

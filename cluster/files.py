@@ -10,7 +10,7 @@ from typing import Any
 def stat_stamp(st: os.stat_result) -> tuple[int, int, int, int, int]:
     """A file's stat stamp: (size, mtime, ctime, inode, device), nanoseconds. Equal stamps, taken
     long enough after the last change (each user says how long), mean unchanged content: the
-    caches of hashes by stamp (cli/job_inputs.py, cli/scan_cache.py, cli/identity_cache.py,
+    caches of hashes by stamp (cli/file_hashes.py: the scan cache's and the job inputs', cli/identity_cache.py,
     agent/helper.py) all compare this one."""
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev
 

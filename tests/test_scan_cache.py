@@ -1,6 +1,7 @@
 """The scan cache (cli/scan_cache.py) with the real gcc: a hit is the scan it replaces, any change a miss."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -161,3 +162,11 @@ def test_probe_dirs_are_those_of_every_header_in_order(tmp_path, project):
     assert scan_cache.probe_dirs(source, found.tree, chain) == _probe_dirs_reference(source, found.tree, chain)
     tree = ((0, "/x/a.h"), (1, "/x/y/b.h"), (1, "/z/c.h"), (0, "/z/w/d.h"), (1, "/x/a.h"))
     assert scan_cache.probe_dirs("/src.c", tree, ["/", "/z"]) == _probe_dirs_reference("/src.c", tree, ["/", "/z"])
+
+
+def test_an_entry_keeps_a_listing_as_text_that_reads_back_the_same():
+    part = [["A.h", "f"], ["a b\u00e9.h", "lf"], ["d", "ld"], ["gone.h", "l-"], ["sub", "d"],
+            ["x\udcff.h", "f"]]       # a name of undecodable bytes (os.fsdecode's surrogate)
+    text = scan_cache._kept_text(part)
+    assert scan_cache._kept_list(json.loads(json.dumps(text))) == part
+    assert scan_cache._kept_list(scan_cache._kept_text([])) == []
