@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import socketserver
 import subprocess
 import threading
@@ -93,6 +94,52 @@ def job_locale(env: dict[str, str]) -> dict[str, str]:
     return {name: env[name] for name in LOCALE_VARS if env.get(name)} or {"LANG": "C"}
 
 
+class _PooledUnixServer(socketserver.UnixStreamServer):
+    """A connection (one job of `baton cc`) is served by an idle thread of the server's,
+    else by a new one, which stays for the next connections: socketserver's
+    ThreadingMixIn started a thread per job (clone, its Python state, the start handshake),
+    ~90 a warm c-ares build. Threads are daemons, as ThreadingMixIn's daemon_threads: a job
+    still waiting for a grant does not hold up the end of `baton run`. As many threads as
+    jobs were ever served at once (the build's -j), all waiting in one SimpleQueue."""
+
+    def __init__(self, path: str, handler):
+        super().__init__(path, handler)
+        self._connections: queue.SimpleQueue = queue.SimpleQueue()
+        self._idle = 0
+        self._idle_lock = threading.Lock()
+
+    def process_request(self, request, client_address) -> None:
+        with self._idle_lock:
+            spawn = self._idle == 0
+            if not spawn:
+                self._idle -= 1   # taken here, so that two connections in a row do not count one idle thread twice
+        self._connections.put((request, client_address))
+        if spawn:
+            threading.Thread(target=self._serve, name="cc-job", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            connection = self._connections.get()
+            if connection is None:
+                return
+            request, client_address = connection
+            try:
+                self.finish_request(request, client_address)
+            except Exception:
+                self.handle_error(request, client_address)
+            finally:
+                self.shutdown_request(request)
+            with self._idle_lock:
+                self._idle += 1
+
+    def server_close(self) -> None:
+        super().server_close()
+        with self._idle_lock:
+            idle, self._idle = self._idle, 0
+        for _ in range(idle):   # the idle threads end; busy ones end with the process (daemons)
+            self._connections.put(None)
+
+
 class JobServer:
     """Serves `baton cc` on `<run_dir>/cc.sock`; `start()`, `stop()`."""
 
@@ -105,6 +152,7 @@ class JobServer:
                                                           certificate_chain=chain)
                              if root_certificates else None)
         self._channels: dict[tuple[str, str], grpc.Channel] = {}
+        self._stubs: dict[tuple[str, str], compile_pb2_grpc.HelperStub] = {}
         self._lock = threading.Lock()
         self.digests = Digests()        # the build's files by hash, read once per build
         self.delivered = Delivered()    # what each helper's input store was sent
@@ -119,8 +167,7 @@ class JobServer:
                 except (OSError, ValueError) as exc:
                     log.warning("baton run: a job from baton cc failed: %s", exc)
 
-        self._server = socketserver.ThreadingUnixStreamServer(self.path, Handler)
-        self._server.daemon_threads = True
+        self._server = _PooledUnixServer(self.path, Handler)
 
     def start(self) -> "JobServer":
         threading.Thread(target=self._server.serve_forever, name="cc-jobs", daemon=True).start()
@@ -138,8 +185,8 @@ class JobServer:
         With TLS, gRPC checks the helper's certificate against the agent's server name,
         not the address: a helper with another agent's certificate fails every call."""
         with self._lock:
-            channel = self._channels.get((address, agent))
-            if channel is None:
+            stub = self._stubs.get((address, agent))
+            if stub is None:   # one stub a channel: its multicallables are made once, not per job
                 options = [("grpc.max_receive_message_length", MAX_MESSAGE),
                            ("grpc.max_send_message_length", MAX_MESSAGE)]
                 if self._credentials is None:
@@ -148,7 +195,8 @@ class JobServer:
                     channel = grpc.secure_channel(address, self._credentials, options=[
                         *options, ("grpc.ssl_target_name_override", agent_server_name(agent))])
                 self._channels[(address, agent)] = channel
-            return compile_pb2_grpc.HelperStub(channel)
+                stub = self._stubs[(address, agent)] = compile_pb2_grpc.HelperStub(channel)
+            return stub
 
     def compile(self, job: dict) -> dict:
         """One job of `baton cc` ({"argv", "cwd", "env"}, cli/ccwire.py): scanned here (that writes
