@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import socketserver
 import subprocess
 import threading
@@ -94,52 +93,6 @@ def job_locale(env: dict[str, str]) -> dict[str, str]:
     return {name: env[name] for name in LOCALE_VARS if env.get(name)} or {"LANG": "C"}
 
 
-class _PooledUnixServer(socketserver.UnixStreamServer):
-    """A connection (one job of `baton cc`) is served by an idle thread of the server's,
-    else by a new one, which stays for the next connections: socketserver's
-    ThreadingMixIn started a thread per job (clone, its Python state, the start handshake),
-    ~90 a warm c-ares build. Threads are daemons, as ThreadingMixIn's daemon_threads: a job
-    still waiting for a grant does not hold up the end of `baton run`. As many threads as
-    jobs were ever served at once (the build's -j), all waiting in one SimpleQueue."""
-
-    def __init__(self, path: str, handler):
-        super().__init__(path, handler)
-        self._connections: queue.SimpleQueue = queue.SimpleQueue()
-        self._idle = 0
-        self._idle_lock = threading.Lock()
-
-    def process_request(self, request, client_address) -> None:
-        with self._idle_lock:
-            spawn = self._idle == 0
-            if not spawn:
-                self._idle -= 1   # taken here, so that two connections in a row do not count one idle thread twice
-        self._connections.put((request, client_address))
-        if spawn:
-            threading.Thread(target=self._serve, name="cc-job", daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            connection = self._connections.get()
-            if connection is None:
-                return
-            request, client_address = connection
-            try:
-                self.finish_request(request, client_address)
-            except Exception:
-                self.handle_error(request, client_address)
-            finally:
-                self.shutdown_request(request)
-            with self._idle_lock:
-                self._idle += 1
-
-    def server_close(self) -> None:
-        super().server_close()
-        with self._idle_lock:
-            idle, self._idle = self._idle, 0
-        for _ in range(idle):   # the idle threads end; busy ones end with the process (daemons)
-            self._connections.put(None)
-
-
 class JobServer:
     """Serves `baton cc` on `<run_dir>/cc.sock`; `start()`, `stop()`."""
 
@@ -167,7 +120,9 @@ class JobServer:
                 except (OSError, ValueError) as exc:
                     log.warning("baton run: a job from baton cc failed: %s", exc)
 
-        self._server = _PooledUnixServer(self.path, Handler)
+        # A thread per job: a pool of kept threads measured no different (bench/README.md, w9/jobthread).
+        self._server = socketserver.ThreadingUnixStreamServer(self.path, Handler)
+        self._server.daemon_threads = True
 
     def start(self) -> "JobServer":
         threading.Thread(target=self._server.serve_forever, name="cc-jobs", daemon=True).start()
