@@ -1,6 +1,6 @@
 """A timing shim for bench/run_cpu.py: each job-server part's thread CPU over a real build.
 
-    RUN_CPU_PATCH=bench/job_server_shim.py python bench/run_cpu.py --tree OLD --tree NEW --threads
+    RUN_CPU_PATCH=$PWD/bench/job_server_shim.py python bench/run_cpu.py --tree OLD --tree NEW --threads
 
 bench/run_cpu.py runs this file in each `baton run` process before cli.main. It wraps
 the job server's functions (cli/job_server.py and what it calls) with time.thread_time()
