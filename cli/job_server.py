@@ -105,6 +105,7 @@ class JobServer:
                                                           certificate_chain=chain)
                              if root_certificates else None)
         self._channels: dict[tuple[str, str], grpc.Channel] = {}
+        self._stubs: dict[tuple[str, str], compile_pb2_grpc.HelperStub] = {}
         self._lock = threading.Lock()
         self.digests = Digests()        # the build's files by hash, read once per build
         self.delivered = Delivered()    # what each helper's input store was sent
@@ -119,6 +120,7 @@ class JobServer:
                 except (OSError, ValueError) as exc:
                     log.warning("baton run: a job from baton cc failed: %s", exc)
 
+        # A thread per job: a pool of kept threads measured no different (bench/README.md, w9/jobthread).
         self._server = socketserver.ThreadingUnixStreamServer(self.path, Handler)
         self._server.daemon_threads = True
 
@@ -138,8 +140,8 @@ class JobServer:
         With TLS, gRPC checks the helper's certificate against the agent's server name,
         not the address: a helper with another agent's certificate fails every call."""
         with self._lock:
-            channel = self._channels.get((address, agent))
-            if channel is None:
+            stub = self._stubs.get((address, agent))
+            if stub is None:   # one stub a channel: its multicallables are made once, not per job
                 options = [("grpc.max_receive_message_length", MAX_MESSAGE),
                            ("grpc.max_send_message_length", MAX_MESSAGE)]
                 if self._credentials is None:
@@ -148,7 +150,8 @@ class JobServer:
                     channel = grpc.secure_channel(address, self._credentials, options=[
                         *options, ("grpc.ssl_target_name_override", agent_server_name(agent))])
                 self._channels[(address, agent)] = channel
-            return compile_pb2_grpc.HelperStub(channel)
+                stub = self._stubs[(address, agent)] = compile_pb2_grpc.HelperStub(channel)
+            return stub
 
     def compile(self, job: dict) -> dict:
         """One job of `baton cc` ({"argv", "cwd", "env"}, cli/ccwire.py): scanned here (that writes
