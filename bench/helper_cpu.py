@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shlex
 import statistics
@@ -77,6 +78,21 @@ def proc_cpu(pid: int) -> tuple[float, float]:
         fields = f.read().rsplit(")", 1)[1].split()
     utime, stime, cutime, cstime = (int(v) for v in fields[11:15])
     return (utime + stime) / TICK, (cutime + cstime) / TICK
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU s of each thread of the process by thread name (digits dropped: a pool's threads together)."""
+    out: dict[str, float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                head, rest = f.read().rsplit(")", 1)
+        except FileNotFoundError:
+            continue
+        name = re.sub(r"[0-9_-]+$", "", head.split("(", 1)[1]) or "?"
+        fields = rest.split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / TICK
+    return out
 
 
 def children_cpu() -> float:
@@ -156,18 +172,22 @@ def run_helper(tree: Path, workdir: Path, requests: list[pb.CompileRequest], arg
             stub = compile_pb2_grpc.HelperStub(ch)
             send_all(stub, requests)   # warm-up: the store gets every content, the roots exist
             own0, kids0 = proc_cpu(proc.pid)
+            threads0 = thread_cpu(proc.pid)
             walls, direct_cpu = [], 0.0
             for _ in range(passes):
                 own_walls, own_direct = send_all(stub, requests, argvs, cwds)
                 walls += own_walls
                 direct_cpu += own_direct
             own1, kids1 = proc_cpu(proc.pid)
+            threads1 = thread_cpu(proc.pid)
     finally:
         proc.stdin.close()
         proc.wait(timeout=30)
     jobs = passes * len(requests)
     return {"agent_ms": (own1 - own0) / jobs * 1e3, "children_ms": (kids1 - kids0) / jobs * 1e3,
-            "direct_ms": direct_cpu / jobs * 1e3, "wall_ms": statistics.median(walls) * 1e3}
+            "direct_ms": direct_cpu / jobs * 1e3, "wall_ms": statistics.median(walls) * 1e3,
+            "threads_ms": {name: round((cpu - threads0.get(name, 0.0)) / jobs * 1e3, 3)
+                           for name, cpu in threads1.items() if cpu - threads0.get(name, 0.0) > 0}}
 
 
 def old_tree(ref: str, workdir: Path) -> Path:
@@ -204,6 +224,8 @@ def main() -> int:
                   f"{figures['children_ms']:.1f} ms/job (direct {figures['direct_ms']:.1f}, "
                   f"+{figures['children_ms'] - figures['direct_ms']:.1f}), wall median {figures['wall_ms']:.1f} ms, "
                   f"load {figures['load']:.2f}", flush=True)
+            print("    threads (ms/job): " + ", ".join(f"{n} {v:.2f}" for n, v in sorted(
+                figures["threads_ms"].items(), key=lambda kv: -kv[1])), flush=True)
         summary = {}
         for name in ("old", "new"):
             mine = [r for r in runs if r["tree"] == name]
