@@ -23,6 +23,8 @@ import re
 import shutil
 import threading
 
+from cluster.files import write_all
+
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 EMPTY = hashlib.sha256(b"").hexdigest()
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
@@ -63,9 +65,7 @@ class InputStore:
             tmp = os.path.join(self.directory, f".{self._serial}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
         try:
-            view = memoryview(content)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, content)
         finally:
             os.close(fd)
         os.replace(tmp, os.path.join(self.directory, digest))

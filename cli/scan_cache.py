@@ -77,6 +77,7 @@ from cli import cache_home
 from cli.cc_args import RemotePlan
 from cli.compile_scan import PREINCLUDED, Scan
 from cli.file_hashes import FileHashes, Hashed, Seen
+from cluster.files import write_all
 
 VERSION = 3   # 3: the files' paths as one string, their digests as another; listings and names as text
 MAX_ENTRIES = 20_000
@@ -162,9 +163,7 @@ def _write_file(path: str, data: bytes) -> None:
     """`path` replaced by `data` (a hit's dependency file: os-level, not through a buffered file object)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, data)
     finally:
         os.close(fd)
 

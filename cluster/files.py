@@ -15,6 +15,13 @@ def stat_stamp(st: os.stat_result) -> tuple[int, int, int, int, int]:
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """All of `data` to `fd` (os.write may write less than it is given)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def write_json_atomically(path: str, data: Any, durable: bool = False) -> None:
     """Replace path with data as JSON, all or nothing (a temp file, then rename).
     durable: fsync before the rename, for what must survive a crash (agent results)."""
