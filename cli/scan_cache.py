@@ -159,7 +159,7 @@ def _dir_stamp(path: str) -> list | None:
     return [st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
 
 
-def _write_file(path: str, data: bytes) -> None:
+def write_file(path: str, data: bytes) -> None:
     """`path` replaced by `data` (a hit's dependency file: os-level, not through a buffered file object)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
     try:
@@ -372,7 +372,7 @@ class ScanCache:
             headers = entry["headers"]
             headers = tuple(paths[:headers] if isinstance(headers, int) else headers)
             if depfile is not None:
-                _write_file(os.path.join(cwd, depfile), base64.b64decode(entry["d"]))
+                write_file(os.path.join(cwd, depfile), base64.b64decode(entry["d"]))
         except (OSError, ValueError, KeyError, TypeError):
             with self._lock:
                 self.misses += 1

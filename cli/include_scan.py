@@ -1,0 +1,280 @@
+"""The files a compile can read, found from the include lines alone: no preprocessor on the initiator.
+
+A cold build's scan (cli/compile_scan.py, `-M -H`) preprocesses every source
+once here and the helper preprocesses it again when it compiles: on c-ares
+that is ~1.9 s of the ~8.4 s of compiler CPU a build (bench/cold_floor.py).
+As distcc's pump mode does, `IncludeScan` reads the `#include` lines
+instead and ships a superset of what the compile reads; the helper's own
+compile then writes the dependency file (`-MD`, compile.proto dep_flags)
+exactly as a local one would, since it opens the same files at the same paths.
+
+A superset is enough, and safe, when for every name a compile may look up,
+the job root holds every file that name finds here: then the compiler finds
+there what it finds here, whatever order it searches in. So each include
+name (and each literal `__has_include` name) is looked up in the includer's
+own directory and in every directory of the chain (cli.scan_cache.chain_dirs:
+the working directory, -iquote, -I, -isystem, the compiler's own, -idirafter),
+and every file it names there is shipped and read in turn: every branch of
+every `#if`, `#include_next` included. A name found nowhere is simply not
+shipped (it is missing here too, or behind an `#if` not taken).
+
+Not sure means not used (`Unsure`; the caller scans the compile as before):
+a computed `#include MACRO`, `#embed`, `#pragma GCC dependency`, a digraph
+or trigraph directive, a precompiled header (`.gch`) next to a header, a
+match that is neither a file nor a directory, a name with `.` or `..` parts,
+`-include`/`-imacros`, the flags and variables that move the include
+directories (cli.scan_cache.DOUBT_FLAGS, DOUBT_ENV). What it cannot see, as the
+scan cannot: a `__has_include` hidden behind a macro whose name lacks
+"has_include" (docs/design.md section 8). A helper compile that fails is
+compiled again here (cli/job_server.py): a missed header costs a local
+compile, never a wrong result or a failed build.
+
+Costs: each header is read and parsed once per content (cli/file_hashes.py
+keeps the parsed names with its hash); each directory is listed once and,
+at each job, stat'ed once to see that it did not change (a directory
+changed within RACY_NS of its listing is listed again at each job, as the
+scan cache treats a racy stamp); what names resolve to is kept until a
+directory changes.
+"""
+from __future__ import annotations
+
+import os
+import re
+import stat
+import threading
+import time
+from typing import Callable
+
+from cli.cc_args import RemotePlan
+from cli.file_hashes import FileHashes, Hashed, Seen
+from cli.scan_cache import DOUBT_ENV, RACY_NS, Uncacheable, chain_dirs, has_include_names
+
+# A directive line: optionally after a comment's end (`/* ... */ #include`), '#', comments, the keyword.
+_DIRECTIVE = re.compile(rb"^(?:[^\n]*\*/)?[ \t]*#[ \t]*(?:/\*[^\n]*?\*/[ \t]*)*"
+                        rb"(include_next|include|import|embed)\b([^\n]*)", re.M)
+_OPERAND = re.compile(rb"[ \t]*(?:<([^>\n]+)>|\"([^\"\n]+)\")")
+# What follows the keyword of a computed include (a macro); anything else (`#include's` in a
+# comment) is no directive the compiler could take: if it were one, the compile fails, and a
+# failed remote compile is compiled again here.
+_COMPUTED = re.compile(rb"[ \t]*(?:/\*|[A-Za-z_$\\])")
+_ALTERNATE = re.compile(rb"(?:%:|\?\?=)[ \t]*(?:include|import|embed)")
+_DEPENDENCY = re.compile(rb"#[ \t]*pragma[ \t]+GCC[ \t]+dependency")
+UNSURE = None   # the parsed names of a file that cannot be read for sure
+
+
+class Unsure(Exception):
+    """The include lines alone cannot tell what this compile reads: scan it."""
+
+
+def include_names(content: bytes) -> tuple[str, ...] | None:
+    """The names a file's include lines and literal `__has_include`s look up, or UNSURE."""
+    if not any(word in content for word in (b"include", b"import", b"embed", b"dependency")):
+        return ()
+    if b"\\\n" in content or b"\\\r\n" in content:   # a directive continued on the next line
+        content = content.replace(b"\\\r\n", b"").replace(b"\\\n", b"")
+    if _ALTERNATE.search(content) or _DEPENDENCY.search(content):
+        return UNSURE
+    names = []
+    for match in _DIRECTIVE.finditer(content):
+        operand = _OPERAND.match(match.group(2))
+        if match.group(1) == b"embed" or (operand is None and _COMPUTED.match(match.group(2))):
+            return UNSURE
+        if operand is None:
+            continue
+        names.append(os.fsdecode(operand.group(1) or operand.group(2)))
+    try:
+        names += has_include_names(content)
+    except Uncacheable:
+        return UNSURE
+    return tuple(dict.fromkeys(names))
+
+
+class _Listing:
+    __slots__ = ("stamp", "entries", "settled")
+
+    def __init__(self, stamp: tuple, entries: dict[str, str], settled: bool):
+        self.stamp, self.entries, self.settled = stamp, entries, settled
+
+
+def _stamp(st: os.stat_result) -> tuple:
+    return (st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
+def _kind(entry: os.DirEntry) -> str:
+    """'f' a file, 'd' a directory (either through a symlink), 'l' a symlink (looked at again
+    at each use: its target can change without its directory's stamp), 'o' anything else."""
+    if entry.is_symlink():
+        return "l"
+    if entry.is_file(follow_symlinks=False):
+        return "f"
+    return "d" if entry.is_dir(follow_symlinks=False) else "o"
+
+
+class Directories:
+    """What each directory holds, listed once and checked by its stamp at each job. Thread-safe."""
+
+    def __init__(self, clock_ns: Callable[[], int] = time.time_ns):
+        self._clock_ns = clock_ns
+        self._lock = threading.Lock()
+        self._known: dict[str, _Listing | None] = {}   # None: not a directory (missing, a file)
+        self.generation = 0    # moves whenever a listing changed: what names resolve to is stale
+
+    def refresh(self) -> None:
+        """Stat every known directory; list again the changed and the racy ones."""
+        with self._lock:
+            known = list(self._known.items())
+        for path, was in known:
+            if was is None or not was.settled or was.stamp != self._stat_stamp(path):
+                now = self._list(path)
+                if (now is None) != (was is None) or (now is not None and now.entries != was.entries):
+                    with self._lock:
+                        self.generation += 1
+                with self._lock:
+                    self._known[path] = now
+
+    @staticmethod
+    def _stat_stamp(path: str) -> tuple | None:
+        try:
+            return _stamp(os.stat(path))
+        except OSError:
+            return None
+
+    def _list(self, path: str) -> _Listing | None:
+        """Listed between two stats that agree (else not settled: listed again next time)."""
+        started = self._clock_ns()
+        try:
+            before = os.stat(path)
+            with os.scandir(path) as found:
+                entries = {entry.name: _kind(entry) for entry in found}
+            after = _stamp(os.stat(path))
+        except (NotADirectoryError, FileNotFoundError):
+            return None
+        except OSError as exc:
+            raise Unsure(f"cannot list {path}: {exc}") from None
+        stamp = _stamp(before)
+        settled = stamp == after and started - max(before.st_mtime_ns, before.st_ctime_ns) > RACY_NS
+        return _Listing(stamp, entries, settled)
+
+    def kind(self, directory: str, name: str) -> tuple[str | None, bool]:
+        """What `name` (no '/') is in `directory`: 'f', 'd', 'o' or None (nothing); and whether
+        it is a symlink (what it names may change under an unchanged directory)."""
+        with self._lock:
+            listing = self._known.get(directory, False)
+        if listing is False:
+            listing = self._list(directory)
+            with self._lock:
+                self._known[directory] = listing
+        if listing is None:
+            return None, False
+        kind = listing.entries.get(name)
+        if kind != "l":
+            return kind, False
+        try:
+            st = os.stat(os.path.join(directory, name))
+        except OSError:
+            return None, True   # a dangling link: the compiler finds nothing there either
+        return ("f" if stat.S_ISREG(st.st_mode) else "d" if stat.S_ISDIR(st.st_mode) else "o"), True
+
+
+class IncludeScan:
+    """`files(plan, cwd, env, system, seen)`: the source and every header the compile may read
+    (absolute, normalised), their stamps in `seen`; Unsure when not sure. One per `baton run`."""
+
+    def __init__(self, hashes: FileHashes, clock_ns: Callable[[], int] = time.time_ns):
+        self.hashes = hashes
+        self.directories = Directories(clock_ns)
+        self._lock = threading.Lock()
+        # (includer's directory, name, chain) -> (Directories.generation, the files it names)
+        self._found: dict[tuple[str, str, tuple[str, ...]], tuple[int, tuple[str, ...]]] = {}
+        # (source, chain) -> (Directories.generation, its files, their (stamp, sha256)s)
+        self._closures: dict[tuple[str, tuple[str, ...]], tuple[int, tuple[str, ...], tuple]] = {}
+        self.used = 0      # compiles scanned this way (the run's summary figures)
+
+    def files(self, plan: RemotePlan, cwd: str, env: dict, system: tuple[str, ...], seen: Seen) -> list[str]:
+        if any(env.get(name) for name in DOUBT_ENV):
+            raise Unsure("an include path variable is set")
+        if any(arg.startswith(("-include", "-imacros")) for arg in plan.flags):
+            raise Unsure("-include or -imacros")
+        try:
+            chain = tuple(chain_dirs(plan, cwd, system))
+        except Uncacheable as exc:
+            raise Unsure(str(exc)) from None
+        self.directories.refresh()
+        generation = self.directories.generation
+        source = os.path.normpath(os.path.join(cwd, plan.source))
+        with self._lock:
+            kept = self._closures.get((source, chain))
+        if kept is not None and kept[0] == generation:
+            # The same tree as last time when no directory changed and every file is as it was.
+            if all(now[:2] == was for now, was in zip(self._look(kept[1], seen), kept[2])):
+                with self._lock:
+                    self.used += 1
+                return list(kept[1])
+        order: dict[str, tuple] = {source: ()}
+        level = [source]
+        linked = False
+        while level:
+            found_next = []
+            for path, hashed in zip(level, self._look(level, seen)):
+                order[path] = hashed[:2]
+                names = hashed.derived
+                if names is UNSURE:
+                    raise Unsure(f"{path}: an include line that only the preprocessor can read")
+                own = os.path.dirname(path)
+                for name in names:
+                    matches, link = self._resolve(own, name, chain)
+                    linked = linked or link
+                    for match in matches:
+                        if match not in order:
+                            order[match] = ()
+                            found_next.append(match)
+            level = found_next
+        with self._lock:
+            self.used += 1
+            if not linked:    # (a symlink's target may change under an unchanged directory)
+                self._closures[(source, chain)] = (generation, tuple(order), tuple(order.values()))
+        return list(order)
+
+    def _look(self, paths: list[str], seen: Seen) -> list[Hashed]:
+        try:
+            return self.hashes.look_all(paths, include_names, seen)
+        except OSError as exc:
+            raise Unsure(f"cannot read {exc.filename or exc}") from None
+
+    def _resolve(self, own: str, name: str, chain: tuple[str, ...]) -> tuple[tuple[str, ...], bool]:
+        """Every file `name` names in `own` or a directory of `chain` (the superset's rule); and
+        whether a symlink was on the way (then nothing is kept: looked up at each job)."""
+        key = (own, name, chain)
+        generation = self.directories.generation
+        with self._lock:
+            kept = self._found.get(key)
+        if kept is not None and kept[0] == generation:
+            return kept[1], False
+        parts = name.split("/")
+        if name.startswith("/") or any(part in (".", "..") for part in parts):
+            raise Unsure(f"an include of {name!r}")
+        parts = [part for part in parts if part]   # a//b.h is a/b.h
+        matches: dict[str, None] = {}
+        linked = False
+        for directory in (own, *chain):
+            where = directory
+            for part in parts[:-1]:
+                kind, link = self.directories.kind(where, part)
+                linked = linked or link
+                if kind != "d":
+                    break
+                where = os.path.join(where, part)
+            else:
+                kind, link = self.directories.kind(where, parts[-1])
+                linked = linked or link
+                if kind == "o":
+                    raise Unsure(f"{os.path.join(where, parts[-1])} is neither a file nor a directory")
+                if self.directories.kind(where, parts[-1] + ".gch")[0] is not None:
+                    raise Unsure(f"a precompiled header for {name}")
+                if kind == "f":
+                    matches[os.path.join(where, parts[-1])] = None
+        found = tuple(matches)
+        if not linked:    # a symlink's target may change under an unchanged directory: looked at each time
+            with self._lock:
+                self._found[key] = (generation, found)
+        return found, linked

@@ -1,0 +1,160 @@
+"""cli/include_scan.py: the include lines name a superset of what the preprocessor reads, or say Unsure.
+
+Each superset is checked against the compiler's own scan (cli/compile_scan.py,
+`-M -H`) of the same compile on real files."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cli.cc_args import plan
+from cli.compile_scan import input_paths, scan, system_dirs
+from cli.file_hashes import FileHashes
+from cli.include_scan import IncludeScan, Unsure, include_names
+
+pytestmark = pytest.mark.skipif(not shutil.which("gcc"), reason="needs gcc")
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def files_of(scanner: IncludeScan, argv: list[str], cwd: Path, env: dict | None = None) -> set[str]:
+    decided = plan(argv)
+    return set(scanner.files(decided, str(cwd), env or {}, system_dirs(decided.compiler, decided.language), {}))
+
+
+def preprocessor_reads(argv: list[str], cwd: Path) -> set[str]:
+    decided = plan(argv)
+    return set(input_paths(decided, str(cwd), scan(decided, str(cwd))))
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """Quote and bracket includes, a subdirectory, #include_next through two directories, a
+    literal __has_include, an include behind `#if 0` of a missing header, and a name in two
+    -I directories (the first one wins)."""
+    src = tmp_path / "proj"
+    write(src / "main.c", '#include "local.h"\n#include <lib/api.h>\n#include <wrap.h>\n#include <stdio.h>\n'
+                          "#if __has_include(<opt.h>)\n#define HAVE_OPT 1\n#endif\n"
+                          '#if 0\n#include "never_there.h"\n#endif\nint main(void) { return API + WRAP; }\n')
+    write(src / "local.h", "#define LOCAL 1\n")
+    write(src / "inc" / "lib" / "api.h", '#include "detail.h"\n#define API DETAIL\n')
+    write(src / "inc" / "lib" / "detail.h", "#define DETAIL 2\n")
+    write(src / "inc" / "wrap.h", "#include_next <wrap.h>\n")
+    write(src / "more" / "wrap.h", "#define WRAP 3\n")
+    write(src / "more" / "opt.h", "#define OPT 4\n")
+    write(src / "more" / "lib" / "api.h", "#error shadowed\n")
+    return src
+
+
+def test_the_include_lines_name_every_file_the_preprocessor_reads(project):
+    argv = ["gcc", "-O2", "-Iinc", f"-I{project / 'more'}", "-MD", "-c", "main.c", "-o", "main.o"]
+    named = files_of(IncludeScan(FileHashes()), argv, project)
+    read = preprocessor_reads(argv, project)
+    assert read <= named, read - named
+    # Every match of each name is shipped (the compiler finds the first here and there alike),
+    # the __has_include'd header too; a name found nowhere is not an error.
+    assert {str(project / "more" / "lib" / "api.h"), str(project / "more" / "opt.h")} <= named
+    assert not any("never_there" in path for path in named)
+
+
+def test_include_names_reads_directives_not_prose():
+    text = (b"/* A comment:\n   #include's protect themselves\n*/\n"
+            b"/* before */ #include <a.h>\n#  include_next \"b.h\" // why\n#inc\\\nlude <c.h>\n"
+            b"#if __has_include(<d.h>)\n#endif\nint x; /* #include \"e.h\" is prose here */\n")
+    assert include_names(text) == ("a.h", "b.h", "c.h", "d.h")
+    assert include_names(b"int main(void) { return 0; }\n") == ()
+
+
+@pytest.mark.parametrize("line", [b"#include HEADER\n", b"#embed \"data.bin\"\n", b"#pragma GCC dependency \"x.y\"\n",
+                                  b"%:include <a.h>\n", b"#if __has_include(NAME)\n#endif\n"])
+def test_what_only_the_preprocessor_can_read_is_unsure(line):
+    assert include_names(b"int a;\n" + line) is None
+
+
+def test_an_unsure_header_anywhere_in_the_tree_makes_the_compile_unsure(project):
+    write(project / "inc" / "lib" / "detail.h", "#define H <stdio.h>\n#include H\n")
+    with pytest.raises(Unsure, match="detail.h"):
+        files_of(IncludeScan(FileHashes()), ["gcc", "-Iinc", "-c", "main.c"], project)
+
+
+@pytest.mark.parametrize("argv, env", [
+    (["gcc", "-include", "local.h", "-c", "main.c"], {}),
+    (["gcc", "-Iinc", "-iprefix", "/opt/", "-iwithprefix", "inc", "-c", "main.c"], {}),
+    (["gcc", "-Iinc", "-I-", "-c", "main.c"], {}),
+    (["gcc", "-Iinc", "-c", "main.c"], {"CPATH": "/usr/local/include"}),
+])
+def test_flags_and_variables_that_move_includes_are_unsure(project, argv, env):
+    with pytest.raises(Unsure):
+        files_of(IncludeScan(FileHashes()), argv, project, env)
+
+
+def test_a_precompiled_header_next_to_a_header_is_unsure(project):
+    (project / "local.h.gch").write_bytes(b"gpch")
+    with pytest.raises(Unsure, match="precompiled"):
+        files_of(IncludeScan(FileHashes()), ["gcc", "-Iinc", "-c", "main.c"], project)
+
+
+def test_a_header_that_appears_between_two_jobs_is_shipped_in_the_second(project):
+    """A generated header shadowing another (an earlier -I directory): the directory changed,
+    so what was resolved before is not trusted; also when that happens within the same
+    timestamp tick as the listing (a racy listing is listed again at each job)."""
+    scanner = IncludeScan(FileHashes())
+    argv = ["gcc", "-Igen", "-Iinc", "-Imore", "-c", "main.c"]
+    (project / "gen" / "lib").mkdir(parents=True)
+    first = files_of(scanner, argv, project)
+    assert str(project / "gen" / "lib" / "api.h") not in first
+    write(project / "gen" / "lib" / "api.h", "#define API 9\n")
+    second = files_of(scanner, argv, project)
+    assert str(project / "gen" / "lib" / "api.h") in second
+    assert preprocessor_reads(argv, project) <= second
+
+
+def test_a_settled_directory_is_trusted_by_its_stamp_and_a_changed_one_listed_again(project):
+    """With listings older than the racy window (a clock 10 s ahead), a second job lists nothing
+    again; a directory whose stamp moved is listed again and its new header found."""
+    clock = [0]
+    scanner = IncludeScan(FileHashes(), clock_ns=lambda: os.stat(project).st_mtime_ns + 10**10 + clock[0])
+    argv = ["gcc", "-Iinc", "-c", "main.c"]
+    files_of(scanner, argv, project)
+    listed = []
+    original = scanner.directories._list
+    scanner.directories._list = lambda path: listed.append(path) or original(path)
+    files_of(scanner, argv, project)
+    assert listed == []
+    os.unlink(project / "local.h")
+    write(project / "inc" / "local.h", "#define LOCAL 5\n")
+    clock[0] = 10**10
+    named = files_of(scanner, argv, project)
+    assert str(project) in listed and str(project / "inc") in listed
+    assert str(project / "inc" / "local.h") in named and str(project / "local.h") not in named
+
+
+def test_a_symlinked_header_is_followed_at_each_job(project):
+    """A dangling symlink's target appearing does not change its directory's stamp."""
+    scanner = IncludeScan(FileHashes())
+    os.unlink(project / "local.h")
+    (project / "real").mkdir()   # (made now: making it later would change the project's stamp)
+    os.symlink(project / "real" / "local.h", project / "local.h")
+    argv = ["gcc", "-Iinc", "-c", "main.c"]
+    assert str(project / "local.h") not in files_of(scanner, argv, project)
+    write(project / "real" / "local.h", "#define LOCAL 6\n")
+    assert str(project / "local.h") in files_of(scanner, argv, project)
+
+
+def test_a_header_edited_to_include_another_adds_it_in_the_next_job(project):
+    """No directory changes (extra.h was there all along): the tree kept from the last job
+    stands only while each of its files is as it was."""
+    scanner = IncludeScan(FileHashes())
+    write(project / "extra.h", "#define EXTRA 7\n")
+    argv = ["gcc", "-Iinc", "-Imore", "-c", "main.c"]
+    assert str(project / "extra.h") not in files_of(scanner, argv, project)
+    assert str(project / "extra.h") not in files_of(scanner, argv, project)   # the kept tree
+    (project / "local.h").write_text('#include "extra.h"\n#define LOCAL 1\n')
+    assert str(project / "extra.h") in files_of(scanner, argv, project)
