@@ -48,6 +48,9 @@ CLEAN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL"
 # them ('x' in the C locale, ‘x’ in a UTF-8 one), so diagnostics are the local ones.
 LOCALE_VARS = ("LC_ALL", "LC_CTYPE", "LC_MESSAGES", "LANG", "LANGUAGE")
 _LOCALE_VALUE = re.compile(r"^[A-Za-z0-9_.@:+-]{0,64}$")
+# GCC includes glibc's stdc-predef.h before the source unasked (from its system directories),
+# but not under -nostdinc, which a helper compiles with: the helper names it (_preinclude).
+PREINCLUDE = "stdc-predef.h"
 
 # Flags a helper compiles with. Path-valued ones are mapped into the job root.
 PATH_VALUED = ("-I", "-isystem", "-idirafter", "-iquote", "-include", "-imacros")
@@ -199,6 +202,31 @@ def map_args(job: CompileJob, root: str) -> list[str]:
     return out
 
 
+def _preinclude(command: Sequence[str], job: CompileJob) -> list[str]:
+    """["-include", PREINCLUDE] when the local compile includes it unasked: the compiler does
+    (Clang 14 does not), the job ships it in a system directory (cli/compile_scan.py), and the
+    job's flags do not turn it off. -include searches the working directory and -iquote ones
+    too, not only the chain GCC's own search takes: a file of that name there is the difference."""
+    if any(arg in ("-nostdinc", "-ffreestanding", "-fno-hosted") for arg in job.args):
+        return []
+    shipped = job.files.keys() | job.inputs.keys()
+    if not any(os.path.normpath(os.path.join(d, PREINCLUDE)) in shipped for d in job.system_dirs):
+        return []
+    return ["-include", PREINCLUDE] if _includes_unasked(tuple(command)) else []
+
+
+@functools.lru_cache(maxsize=8)
+def _includes_unasked(command: tuple[str, ...]) -> bool:
+    """Whether the compiler includes PREINCLUDE unasked: the dependencies of an empty C file
+    name it (asked once per compiler, ~10 ms)."""
+    try:
+        done = subprocess.run([*command, "-x", "c", "-E", "-M", os.devnull], capture_output=True, timeout=30,
+                              env=CLEAN_ENV, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0 and f"/{PREINCLUDE}".encode() in done.stdout
+
+
 @functools.lru_cache(maxsize=8)
 def _as_user(user: str | int) -> tuple[str, ...]:
     """The setpriv(1) command that runs argv as `user` (uid, primary gid, no other groups,
@@ -282,7 +310,7 @@ def _compile_in(where: JobRoot, compiler: str | Sequence[str], job: CompileJob, 
     obj = os.path.join(where.out, "job.o")
     command = [compiler] if isinstance(compiler, str) else list(compiler)
     argv = [*command, "-nostdinc", *[f"-isystem{where.spelt(d)}" for d in job.system_dirs],
-            f"-ffile-prefix-map={root}=", *map_args(job, root), "-c", source, "-o", obj]
+            f"-ffile-prefix-map={root}=", *_preinclude(command, job), *map_args(job, root), "-c", source, "-o", obj]
     switch = _as_user(user) if preexec is None and user is not None else ()
     if switch:
         argv, user = [*switch, *argv], None
