@@ -4,7 +4,9 @@ The initiator sends the compile's own command line, its working directory
 and every file the compile reads (the source and each header, system headers
 included, by absolute path); the helper lays those files out under a fresh
 job root at the same paths, runs the same compiler there with the same
-flags, and returns the object, the diagnostics and the exit code (a helper
+flags, and returns the object, the diagnostics, the exit code and, with the
+job's dependency flags, the .d file the compile wrote (agent/depfile.py
+names it at the initiator's paths) (a helper
 reuses job roots, agent/job_root.py, and links the files from its store of
 contents by hash, agent/input_store.py). Because the
 compiler sees the same file contents at the same paths (only under a
@@ -37,17 +39,23 @@ import subprocess
 import tempfile
 from typing import Callable, Iterable, Mapping, Sequence
 
+from agent.depfile import relocated
 from agent.job_root import InputsMissing, JobRefused, JobRoot, RootPool, inside  # noqa: F401 (raised here too)
 
 MAX_INPUT_BYTES = 64 * 1024 * 1024      # all files of one job; larger ones compile on the initiator
 MAX_OBJECT_BYTES = 256 * 1024 * 1024
 MAX_DIAGNOSTICS = 1024 * 1024
 MAX_ARGS = 4096
+MAX_DEPFILE_BYTES = 8 * 1024 * 1024
+MAX_DEP_VALUE = 4096
 CLEAN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
 # The initiator's locale variables a job carries: the compiler's messages and quotes follow
 # them ('x' in the C locale, ‘x’ in a UTF-8 one), so diagnostics are the local ones.
 LOCALE_VARS = ("LC_ALL", "LC_CTYPE", "LC_MESSAGES", "LANG", "LANGUAGE")
 _LOCALE_VALUE = re.compile(r"^[A-Za-z0-9_.@:+-]{0,64}$")
+# GCC includes glibc's stdc-predef.h before the source unasked (from its system directories),
+# but not under -nostdinc, which a helper compiles with: the helper names it (_preinclude).
+PREINCLUDE = "stdc-predef.h"
 
 # Flags a helper compiles with. Path-valued ones are mapped into the job root.
 PATH_VALUED = ("-I", "-isystem", "-idirafter", "-iquote", "-include", "-imacros")
@@ -72,6 +80,7 @@ class CompileJob:
     system_dirs: tuple[str, ...]   # the compiler's own include directories, in search order
     inputs: Mapping[str, str] = dataclasses.field(default_factory=dict)  # more files: path -> sha256
     #                                (their contents are in the helper's agent.input_store.InputStore)
+    dep_flags: tuple[str, ...] = ()  # -MD/-MMD, -MP, -MT/-MQ/-MF and values (cli.cc_args.RemotePlan.dep_flags)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +88,7 @@ class JobResult:
     exit_code: int
     object: bytes          # empty when the compile failed
     diagnostics: bytes     # the compiler's stderr, with the initiator's paths
+    depfile: bytes | None = None   # the .d as a local compile writes it (dep_flags given, compiled)
 
 
 def compiler_programs(compiler: str) -> list[tuple[str, str]]:
@@ -199,6 +209,88 @@ def map_args(job: CompileJob, root: str) -> list[str]:
     return out
 
 
+def _preinclude(command: Sequence[str], job: CompileJob) -> list[str]:
+    """["-include", PREINCLUDE] when the local compile includes it unasked: the compiler does
+    (Clang 14 does not), the job ships it in a system directory (cli/compile_scan.py), and the
+    job's flags do not turn it off. -include searches the working directory and -iquote ones
+    too, not only the chain GCC's own search takes: a file of that name there is the difference."""
+    if any(arg in ("-nostdinc", "-ffreestanding", "-fno-hosted") for arg in job.args):
+        return []
+    shipped = job.files.keys() | job.inputs.keys()
+    if not any(os.path.normpath(os.path.join(d, PREINCLUDE)) in shipped for d in job.system_dirs):
+        return []
+    return ["-include", PREINCLUDE] if _includes_unasked(tuple(command)) else []
+
+
+@functools.lru_cache(maxsize=8)
+def _includes_unasked(command: tuple[str, ...]) -> bool:
+    """Whether the compiler includes PREINCLUDE unasked: the dependencies of an empty C file
+    name it (asked once per compiler, ~10 ms)."""
+    try:
+        done = subprocess.run([*command, "-x", "c", "-E", "-M", os.devnull], capture_output=True, timeout=30,
+                              env=CLEAN_ENV, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0 and f"/{PREINCLUDE}".encode() in done.stdout
+
+
+def map_dep_flags(dep_flags: Sequence[str], depfile: str) -> tuple[list[str], int]:
+    """The job's dependency flags as the helper compiles with them, writing `depfile` (its own
+    file: the job's -MF names the initiator's), and how many targets they name; JobRefused for
+    any other -M flag. GCC refuses -MP, -MT, -MF without -MD/-MMD itself ("you must specify
+    either -M or -MM"): so does the helper, and the initiator's own compile says so. A target
+    is needed: the default one would be the helper's object. A -MT target holds no white
+    space: it is written unquoted, and agent/depfile.py reads the rule back by its names."""
+    if not dep_flags:
+        return [], 0
+    if len(dep_flags) > MAX_ARGS:
+        raise JobRefused("too many dependency flags")
+    out: list[str] = []
+    targets, i = 0, 0
+    while i < len(dep_flags):
+        arg = dep_flags[i]
+        i += 1
+        if arg in ("-MD", "-MMD", "-MP"):
+            out.append(arg)
+            continue
+        flag = arg[:3]
+        if flag not in ("-MF", "-MT", "-MQ"):
+            raise JobRefused(f"a helper does not write dependencies with {arg[:80]!r}")
+        if arg == flag:
+            if i >= len(dep_flags):
+                raise JobRefused(f"{arg} without a value")
+            value, i = dep_flags[i], i + 1
+        else:
+            value = arg[3:]
+        if not 0 < len(value) <= MAX_DEP_VALUE or "\0" in value:
+            raise JobRefused(f"{flag} with a value of {len(value)} characters or a NUL")
+        if flag != "-MF":
+            if not value.isprintable() or (flag == "-MT" and any(c.isspace() for c in value)):
+                raise JobRefused(f"{flag} {value[:80]!r}: a target of control characters or spaces")
+            out += [flag, value]   # never joined: a value starting with '-' stays a value
+            targets += 1
+    if not any(arg in ("-MD", "-MMD") for arg in out):
+        raise JobRefused("dependency flags without -MD or -MMD")
+    if not targets:
+        raise JobRefused("a dependency file without -MT or -MQ would name the helper's object")
+    return [*out, "-MF", depfile], targets
+
+
+def _read_depfile(path: str, root: str, targets: int) -> bytes | None:
+    """The .d the compiler wrote at `path`, at the initiator's paths (agent/depfile.py), or None.
+    Not through a link: out/ is the compile user's. It goes with out/'s other files after the
+    job (RootPool.give, or the temporary job directory)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    with open(fd, "rb") as f:
+        size = os.fstat(fd).st_size
+        if size > MAX_DEPFILE_BYTES:
+            raise JobRefused(f"the dependency file is {size} bytes, over {MAX_DEPFILE_BYTES}")
+        return relocated(f.read(MAX_DEPFILE_BYTES + 1), root, targets)
+
+
 @functools.lru_cache(maxsize=8)
 def _as_user(user: str | int) -> tuple[str, ...]:
     """The setpriv(1) command that runs argv as `user` (uid, primary gid, no other groups,
@@ -279,10 +371,12 @@ def _compile_in(where: JobRoot, compiler: str | Sequence[str], job: CompileJob, 
     cwd = inside(root, job.cwd)
     os.makedirs(cwd, exist_ok=True)
     source = inside(root, job.source) if os.path.isabs(job.source) else job.source
-    obj = os.path.join(where.out, "job.o")
+    obj, depfile = os.path.join(where.out, "job.o"), os.path.join(where.out, "job.d")
+    deps, targets = map_dep_flags(job.dep_flags, depfile)
     command = [compiler] if isinstance(compiler, str) else list(compiler)
     argv = [*command, "-nostdinc", *[f"-isystem{where.spelt(d)}" for d in job.system_dirs],
-            f"-ffile-prefix-map={root}=", *map_args(job, root), "-c", source, "-o", obj]
+            f"-ffile-prefix-map={root}=", *_preinclude(command, job), *map_args(job, root), *deps,
+            "-c", source, "-o", obj]
     switch = _as_user(user) if preexec is None and user is not None else ()
     if switch:
         argv, user = [*switch, *argv], None
@@ -296,7 +390,8 @@ def _compile_in(where: JobRoot, compiler: str | Sequence[str], job: CompileJob, 
     if size > MAX_OBJECT_BYTES:
         raise JobRefused(f"the object is {size} bytes, over {MAX_OBJECT_BYTES}")
     with open(obj, "rb") as f:
-        return JobResult(0, f.read(), diagnostics)
+        compiled = f.read()
+    return JobResult(0, compiled, diagnostics, _read_depfile(depfile, root, targets) if deps else None)
 
 
 def _run(argv: list[str], cwd: str, env: Mapping[str, str], timeout: float, preexec: Callable[[], None] | None,

@@ -346,7 +346,8 @@ class HelperService(compile_pb2_grpc.HelperServicer):
                     self._compiler(request.compiler, request.compiler_identity) as compiler:
                 job = CompileJob(args=tuple(request.args), source=request.source, cwd=request.cwd,
                                  files={f.path: f.content for f in request.files},
-                                 system_dirs=tuple(request.system_dirs), inputs=self._inputs(request))
+                                 system_dirs=tuple(request.system_dirs), inputs=self._inputs(request),
+                                 dep_flags=tuple(request.dep_flags))
                 result = run_compile(compiler, job, workdir=self.workdir, user=self.user, store=self.store,
                                      roots=self.roots, locale=dict(request.locale))
         except InputsMissing as exc:
@@ -355,7 +356,8 @@ class HelperService(compile_pb2_grpc.HelperServicer):
             log.info("compile job of %s refused: %s", request.source[:200], exc)
             return pb.CompileReply(refused=str(exc) or type(exc).__name__,
                                    toolchain_wanted=isinstance(exc, NoSuchCompiler) and self.toolchains is not None)
-        return pb.CompileReply(exit_code=result.exit_code, object=result.object, diagnostics=result.diagnostics)
+        return pb.CompileReply(exit_code=result.exit_code, object=result.object, diagnostics=result.diagnostics,
+                               depfile=result.depfile or b"", has_depfile=result.depfile is not None)
 
     def Toolchain(self, request_iterator, context) -> pb.ToolchainReply:
         first = next(request_iterator, None)

@@ -95,7 +95,8 @@ class RemotePlan(_Value):
     compiler, source, output (the object path as the command names it, or its
     default), language ("c" or "c++"), flags (every flag but -c, -o, the source
     and the dependency flags), dep_flags (-MD/-MMD/-MF/-MT/-MQ/-MP, with the
-    compile's default names spelled out)."""
+    compile's default names spelled out; sent as they are, a helper writes the .d
+    with them: CompileRequest.dep_flags, agent.compile_job.map_dep_flags)."""
 
     __slots__ = ("compiler", "source", "output", "language", "flags", "dep_flags")
 
@@ -203,9 +204,10 @@ def plan(argv: list[str]) -> RemotePlan | Local:
         output = os.path.splitext(os.path.basename(source))[0] + ".o"
     if dep_mode in ("-MD", "-MMD"):
         # The local preprocess writes the .d file; with -E its default target and
-        # name would follow the scan's output, so name both as the compile would.
+        # name would follow the scan's output, so name both as the compile would:
+        # its target quoted for make (the driver's own -MQ: `a$b.o` is written a$$b.o).
         if not dep_target:
-            deps += ["-MT", output]
+            deps += ["-MQ", output]
         if not dep_file:
             deps += ["-MF", _default_depfile(output)]
     return RemotePlan(compiler=compiler, source=source, output=output, language=_language(source),

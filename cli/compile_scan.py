@@ -28,11 +28,11 @@ import subprocess
 import tempfile
 import threading
 
-from agent.compile_job import CompileJob
+from agent.compile_job import PREINCLUDE, CompileJob
 from cli.cc_args import RemotePlan
 
 _HEADER_LINE = re.compile(rb"^\.+ (.+)$")
-PREINCLUDED = ("stdc-predef.h",)
+PREINCLUDED = (PREINCLUDE,)
 
 
 class ScanFailed(Exception):

@@ -20,20 +20,20 @@ def test_the_default_object_is_the_source_basename_in_the_working_directory():
 
 def test_dependency_flags_stay_in_the_scan_with_the_compiles_default_names():
     p = plan(["cc", "-MD", "-c", "a.c", "-o", "out/a.o"])
-    assert p.dep_flags == ("-MD", "-MT", "out/a.o", "-MF", "out/a.d")
+    assert p.dep_flags == ("-MD", "-MQ", "out/a.o", "-MF", "out/a.d")
     assert "-MD" not in p.flags
     given = plan(["c++", "-MMD", "-MT", "x.o", "-MF", "x.o.d", "-o", "x.o", "-c", "x.cc"])
     assert given.dep_flags == ("-MMD", "-MT", "x.o", "-MF", "x.o.d")
-    assert plan(["cc", "-MD", "-c", "a.c"]).dep_flags == ("-MD", "-MT", "a.o", "-MF", "a.d")
+    assert plan(["cc", "-MD", "-c", "a.c"]).dep_flags == ("-MD", "-MQ", "a.o", "-MF", "a.d")
     glued = plan(["cc", "-MD", "-MFdeps/a.d", "-MQ$(OBJ)", "-c", "a.c"])
     assert glued.dep_flags == ("-MD", "-MFdeps/a.d", "-MQ$(OBJ)")
 
 
 def test_scan_argv_writes_only_the_dependencies_and_lists_headers():
     argv = plan(["cc", "-Iinc", "-MD", "-c", "a.c", "-o", "a.o"]).scan_argv()
-    assert argv == ["cc", "-Iinc", "-M", "-MT", "a.o", "-MF", "a.d", "-H", "a.c"]
+    assert argv == ["cc", "-Iinc", "-M", "-MQ", "a.o", "-MF", "a.d", "-H", "a.c"]
     assert plan(["cc", "-MMD", "-MP", "-c", "a.c"]).scan_argv() == [
-        "cc", "-MM", "-MP", "-MT", "a.o", "-MF", "a.d", "-H", "a.c"]
+        "cc", "-MM", "-MP", "-MQ", "a.o", "-MF", "a.d", "-H", "a.c"]
     # No dependency file asked for: none written (a lone -MF means nothing to the compile).
     assert plan(["cc", "-MF", "x.d", "-c", "a.c"]).scan_argv() == ["cc", "-M", "-MF", os.devnull, "-H", "a.c"]
 

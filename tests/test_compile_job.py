@@ -86,6 +86,20 @@ def test_debug_info_names_the_system_headers_as_the_compiler_spells_them(tmp_pat
     assert (tmp_path / "a.o").read_bytes() == local
 
 
+@pytest.mark.skipif(not os.path.isfile("/usr/include/stdc-predef.h"), reason="needs glibc's stdc-predef.h")
+def test_what_gcc_includes_unasked_it_includes_on_the_helper_too(tmp_path):
+    """GCC includes glibc's stdc-predef.h before the source (its macros without any #include);
+    -nostdinc, which a helper compiles with, turns that off, so the helper names it."""
+    (tmp_path / "iso.c").write_text("int wide = __STDC_ISO_10646__;\n")
+    argv = ["gcc", "-O2", "-g3", "-c", "iso.c", "-o", "iso.o"]
+    assert local_compile(argv, tmp_path).returncode == 0
+    local = (tmp_path / "iso.o").read_bytes()
+    (tmp_path / "iso.o").unlink()
+    result = split_compile(argv, tmp_path, workdir=str(tmp_path))
+    assert (result.exit_code, result.diagnostics) == (0, b"")
+    assert (tmp_path / "iso.o").read_bytes() == local   # -g3: the macros, and the file they came from
+
+
 @pytest.mark.parametrize("compiler", ["g++", "clang++"])
 def test_diagnostics_in_the_system_headers_name_them_as_the_compiler_does(tmp_path, compiler):
     """The notes of an error name libstdc++'s headers: Clang by its /usr/bin/../lib/gcc/... spelling."""

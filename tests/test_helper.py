@@ -50,6 +50,29 @@ def test_a_job_under_a_held_grant_makes_the_local_object(helper, tmp_path):
     assert reply.object == (tmp_path / "local.o").read_bytes()
 
 
+def test_a_job_with_dependency_flags_gets_the_local_dependency_file_back(helper, tmp_path):
+    """The helper compiles with the job's -MMD and returns the .d a local compile writes (its
+    job root taken out); a job without dependency flags, in the same reused root, gets none."""
+    grants, _, stub = helper
+    grants.lend("g1", 1, 5)
+    (tmp_path / "inc").mkdir()
+    (tmp_path / "inc" / "a.h").write_bytes(b"int h(void);\n")
+    deps = ["-MMD", "-MP", "-MT", "a.o", "-MFa.d"]
+    job = request(tmp_path, source=b'#include "a.h"\nint f(void) { return h(); }\n')
+    job.args.append(f"-I{tmp_path}/inc")
+    job.files.append(pb.SourceFile(path=str(tmp_path / "inc" / "a.h"), content=(tmp_path / "inc" / "a.h").read_bytes()))
+    job.dep_flags.extend(deps)
+    reply = stub.Compile(job, timeout=60)
+    subprocess.run(["gcc", "-O2", "-g", f"-I{tmp_path}/inc", *deps, "-c", "a.c", "-o", "local.o"], cwd=tmp_path,
+                   check=True)
+    assert (reply.refused, reply.exit_code, reply.has_depfile) == ("", 0, True)
+    assert reply.depfile == (tmp_path / "a.d").read_bytes()
+    assert reply.depfile.startswith(b"a.o: a.c") and reply.depfile.endswith(f"\n{tmp_path}/inc/a.h:\n".encode())
+    assert reply.object == (tmp_path / "local.o").read_bytes()
+    plain = stub.Compile(request(tmp_path), timeout=60)
+    assert (plain.refused, plain.exit_code, plain.has_depfile, plain.depfile) == ("", 0, False, b"")
+
+
 def test_a_compile_error_comes_back_with_the_compilers_exit_code(helper, tmp_path):
     grants, _, stub = helper
     grants.lend("g1", 1, 5)
