@@ -32,11 +32,12 @@ import grpc
 from agent.compile_job import LOCALE_VARS
 from cli import ccwire
 from cli.cc_args import Local, plan
-from cli.compile_scan import ScanFailed, input_paths, scan, system_dirs
+from cli.compile_scan import Scan, ScanFailed, input_paths, scan, system_dirs
 from cli.core_client import CoreSource
 from cli.identity_cache import compiler_identity   # kept across builds by stat stamps
+from cli.include_scan import IncludeScan, Unsure
 from cli.job_inputs import Delivered, Digests
-from cli.scan_cache import ScanCache, cached_scan
+from cli.scan_cache import ScanCache, Uncacheable, cached_scan, depfile, write_file
 from cli.scan_cache import cache_dir as scan_cache_dir
 from cli.toolchain import Shipper
 from cluster.names import agent_server_name
@@ -46,6 +47,9 @@ from cluster.protocol import compile_pb2_grpc
 log = logging.getLogger(__name__)
 
 COMPILE_TIMEOUT = 600.0         # s for one job on a helper
+# "0" in the build's environment: every compile scanned by the preprocessor (and the scan
+# cache), none by its include lines (cli/include_scan.py).
+INCLUDE_SCAN_ENV = "BATON_INCLUDE_SCAN"
 MAX_MESSAGE = 80 * 1024 * 1024  # as agent.helper.MAX_MESSAGE
 T = TypeVar("T")
 
@@ -111,6 +115,8 @@ class JobServer:
         self.delivered = Delivered()    # what each helper's input store was sent
         self.shipper = Shipper(run_dir)   # our compiler, for helpers that lack it (cli/toolchain.py)
         self.scan_cache = ScanCache(scan_cache_dir(), hashes=self.digests.hashes)   # scans of earlier builds
+        self.include_scan = IncludeScan(self.digests.hashes)   # no preprocessor: the include lines
+        self.rescans = 0   # of those: scanned after all (a failed compile, no .d from the helper)
         server = self
 
         class Handler(socketserver.BaseRequestHandler):
@@ -168,8 +174,7 @@ class JobServer:
         try:
             identity = _identity(decided.compiler)
             dirs = _system_dirs(decided.compiler, decided.language)
-            found = cached_scan(self.scan_cache, decided, cwd, env, identity, dirs,
-                                lambda: scan(decided, cwd, env=env))
+            found, helper_writes_depfile = self._scan(decided, cwd, env, identity, dirs)
             paths = input_paths(decided, cwd, found)
         except ScanFailed:
             return {"local": "the scan failed (the compile says why)"}
@@ -184,7 +189,7 @@ class JobServer:
                 compiler_identity=identity, args=decided.flags, source=decided.source,
                 cwd=os.path.abspath(cwd), system_dirs=dirs,
                 inputs=self.digests.inputs(paths, self.delivered.lacks(grant.helper), found.seen),
-                locale=job_locale(env))
+                locale=job_locale(env), dep_flags=decided.dep_flags if helper_writes_depfile else ())
             reply = self._send(grant, request, decided.compiler)
         except OSError as exc:
             return {"local": f"cannot read the compile's files: {exc}"}
@@ -196,9 +201,57 @@ class JobServer:
             self.cores.release(grant, slot)
         if reply.refused or reply.missing:
             return {"local": f"helper {grant.agent} refused: {reply.refused or 'inputs missing twice'}"}
+        if helper_writes_depfile:
+            why = self._after_include_scan(decided, cwd, env, paths, reply)
+            if why:
+                return {"local": why}
         self.cores.helpers_used.add(grant.agent)
         return {"helper": grant.agent, "exit_code": reply.exit_code, "core": slot, "object": reply.object,
                 "diagnostics": reply.diagnostics}
+
+    def _scan(self, decided, cwd: str, env: dict, identity: str, dirs: tuple[str, ...]) -> tuple[Scan, bool]:
+        """The files the compile reads, and whether the helper is to write its dependency file: from
+        the include lines when they are sure (cli/include_scan.py), else the scan (from the cache
+        when it holds it), which writes the dependency file here."""
+        if env.get(INCLUDE_SCAN_ENV) != "0":
+            seen: dict = {}
+            try:
+                files = self.include_scan.files(decided, cwd, env, dirs, seen)
+            except Unsure as exc:
+                log.debug("baton run: %s: scanned: %s", decided.source, exc)
+            else:
+                return Scan(headers=tuple(files[1:]), seen=seen), True
+        return cached_scan(self.scan_cache, decided, cwd, env, identity, dirs,
+                           lambda: scan(decided, cwd, env=env)), False
+
+    def _after_include_scan(self, decided, cwd: str, env: dict, sent: list[str], reply: pb.CompileReply) -> str | None:
+        """A job whose files the include lines named: write its dependency file, as the helper
+        wrote it; None, or why the job compiles here after all. A failed compile is checked by a
+        scan (which writes the dependency file as the compile does): it stands only when the
+        helper had every file the preprocessor reads here, else a header was missed and the
+        compile runs here, with its own words (never worse than local)."""
+        try:
+            named = depfile(decided)   # None: the compile writes none
+        except Uncacheable as exc:
+            return f"no dependency file name: {exc}"
+        if reply.exit_code == 0 and (named is None or reply.has_depfile):
+            if named is not None:
+                try:
+                    write_file(os.path.join(cwd, named), reply.depfile)
+                except OSError as exc:
+                    return f"cannot write the dependency file: {exc}"
+            return None
+        with self._lock:
+            self.rescans += 1
+        try:   # failed, or a helper that did not write the dependency file: scan, as before
+            found = scan(decided, cwd, env=env)
+        except ScanFailed:
+            return "the compile failed on the helper and the scan here (the compile says why)"
+        except (OSError, subprocess.SubprocessError) as exc:
+            return f"cannot scan the compile: {exc}"
+        if not set(input_paths(decided, cwd, found)) <= set(sent):
+            return "the helper lacked a header the include lines did not name"
+        return None
 
     def _send(self, grant: pb.Grant, request: pb.CompileRequest, compiler: str) -> pb.CompileReply:
         """Helper.Compile. When the helper lacks our compiler, ship it (once per helper,

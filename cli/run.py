@@ -201,9 +201,12 @@ def run(command: list[str], *, local_only: bool = False, max_remote: int | None 
                 initiator.jobs.stop()   # COMMAND is over: no more compiles
         jobs = read_jobs(run_dir)
         figures = summary(jobs, time.monotonic() - started)
-        if initiator is not None:   # scans taken from the cache (cli/scan_cache.py) and run
+        if initiator is not None:   # scans taken from the cache (cli/scan_cache.py) and run, and
+            # compiles whose files the include lines named (cli/include_scan.py)
             figures.update(scan_cache_hits=initiator.jobs.scan_cache.hits,
-                           scan_cache_misses=initiator.jobs.scan_cache.misses)
+                           scan_cache_misses=initiator.jobs.scan_cache.misses,
+                           include_scans=initiator.jobs.include_scan.used,
+                           include_rescans=initiator.jobs.rescans)
         recorded = False
         if initiator is not None:
             try:

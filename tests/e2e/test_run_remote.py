@@ -46,7 +46,10 @@ def project(where: Path, sources: int = 20, weight: int = 20) -> Path:
         calls = " + ".join(f"g{k}(x)" for k in range(weight))
         (where / f"s{i}.c").write_text(f'#include "common.h"\n{body}int f{i}(int x) {{ return {calls}; }}\n')
     total = " + ".join(f"f{i}(1)" for i in range(sources))
-    (where / "main.c").write_text(f'#include "common.h"\nint main(void) {{ printf("%d\\n", {total}); return 0; }}\n')
+    # A macro GCC's unasked stdc-predef.h defines (glibc): the helper compiles with -nostdinc,
+    # where GCC includes it not, so the helper names it (agent.compile_job), else this object differs.
+    (where / "main.c").write_text('#include "common.h"\n#ifdef __STDC_ISO_10646__\nint iso_10646 = 1;\n#endif\n'
+                                  f'int main(void) {{ printf("%d\\n", {total}); return 0; }}\n')
     return where
 
 
