@@ -189,7 +189,10 @@ class JobServer:
                 compiler_identity=identity, args=decided.flags, source=decided.source,
                 cwd=os.path.abspath(cwd), system_dirs=dirs,
                 inputs=self.digests.inputs(paths, self.delivered.lacks(grant.helper), found.seen),
-                locale=job_locale(env), dep_flags=decided.dep_flags if helper_writes_depfile else ())
+                # A scanned -MMD compile's .d too comes from the helper's compile, over the
+                # scan's: Clang's `-MM -H` (the scan) names the system headers -MMD leaves out.
+                locale=job_locale(env),
+                dep_flags=decided.dep_flags if helper_writes_depfile or "-MMD" in decided.dep_flags else ())
             reply = self._send(grant, request, decided.compiler)
         except OSError as exc:
             return {"local": f"cannot read the compile's files: {exc}"}
@@ -203,6 +206,10 @@ class JobServer:
             return {"local": f"helper {grant.agent} refused: {reply.refused or 'inputs missing twice'}"}
         if helper_writes_depfile:
             why = self._after_include_scan(decided, cwd, env, paths, reply)
+            if why:
+                return {"local": why}
+        elif reply.exit_code == 0 and reply.has_depfile:   # -MMD, over the scan's
+            why = self._write_depfile(decided, cwd, reply.depfile)
             if why:
                 return {"local": why}
         self.cores.helpers_used.add(grant.agent)
@@ -235,12 +242,7 @@ class JobServer:
         except Uncacheable as exc:
             return f"no dependency file name: {exc}"
         if reply.exit_code == 0 and (named is None or reply.has_depfile):
-            if named is not None:
-                try:
-                    write_file(os.path.join(cwd, named), reply.depfile)
-                except OSError as exc:
-                    return f"cannot write the dependency file: {exc}"
-            return None
+            return self._write_depfile(decided, cwd, reply.depfile) if named is not None else None
         with self._lock:
             self.rescans += 1
         try:   # failed, or a helper that did not write the dependency file: scan, as before
@@ -251,6 +253,15 @@ class JobServer:
             return f"cannot scan the compile: {exc}"
         if not set(input_paths(decided, cwd, found)) <= set(sent):
             return "the helper lacked a header the include lines did not name"
+        return None
+
+    @staticmethod
+    def _write_depfile(decided, cwd: str, content: bytes) -> str | None:
+        """The helper's .d written where the compile writes it; None, or why the job compiles here."""
+        try:
+            write_file(os.path.join(cwd, depfile(decided)), content)
+        except (OSError, Uncacheable) as exc:
+            return f"cannot write the dependency file: {exc}"
         return None
 
     def _send(self, grant: pb.Grant, request: pb.CompileRequest, compiler: str) -> pb.CompileReply:

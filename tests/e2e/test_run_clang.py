@@ -43,16 +43,19 @@ OBJS = $(patsubst %.cc,%.o,$(wildcard *.cc))
 app: $(OBJS)
 \t$(CXX) $(OBJS) -o app
 %.o: %.cc
-\t$(CXX) -O2 -g -MD -c $< -o $@
+\t$(CXX) -O2 -g -MMD -c $< -o $@
 clean:
 \trm -f app *.o *.d
 -include *.d
 """
 
 
-def test_clang_plus_plus_with_g_makes_the_local_objects(make_cluster, tmp_path):
+@pytest.mark.parametrize("include_scan", ["1", "0"], ids=["include-lines", "scanned"])
+def test_clang_plus_plus_with_g_makes_the_local_objects(make_cluster, tmp_path, include_scan):
     """Clang records libstdc++'s directory as /usr/bin/../lib/gcc/<triple>/12/../../../../include/c++/12
-    in -g's line table: the helpers' own clang++ must name it alike (docs/internals.md, job roots)."""
+    in -g's line table: the helpers' own clang++ must name it alike (docs/internals.md, job roots).
+    With -MMD the .d files are the local ones whether the include lines or a scan named the
+    files (Clang's scan, `-MM -H`, names system headers: the helper's .d is written over it)."""
     cluster = make_cluster(agents=2, backups=0, cores=1, web=False)
     helpers_ready(cluster, 2)
     src = tmp_path / "proj"
@@ -66,7 +69,9 @@ def test_clang_plus_plus_with_g_makes_the_local_objects(make_cluster, tmp_path):
     subprocess.run(["make", "-j4", "CXX=clang++"], cwd=src, check=True, capture_output=True)
     local = objects(src)
     subprocess.run(["make", "clean"], cwd=src, check=True, capture_output=True)
-    figures, stderr = baton_run(cluster, src, tmp_path, "make", "-j4", "CXX=clang++", wait=30.0)
+    figures, stderr = baton_run(cluster, src, tmp_path, "make", "-j4", "CXX=clang++", wait=30.0,
+                                env={"BATON_INCLUDE_SCAN": include_scan})
     assert (figures["jobs"], figures["failed"]) == (5, 0) and figures["remote"] > 0, stderr
+    assert (figures["include_scans"] > 0) == (include_scan == "1"), figures
     assert objects(src) == local
     assert subprocess.run(["./app"], cwd=src, capture_output=True, text=True).stdout == "10\n"
