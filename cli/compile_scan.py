@@ -1,5 +1,7 @@
 """The initiator's half of a distributed compile: scan, then pack the job.
 
+The way a job's files are found when its include lines cannot be read for
+sure (cli/include_scan.py, the first way), or with BATON_INCLUDE_SCAN=0:
 `scan(plan, cwd)` runs the compile's own preprocessor once for its
 dependencies only (`-M -H`, cli.cc_args.RemotePlan.scan_argv): that writes
 the dependency file exactly as the compile would (make and ninja read it)

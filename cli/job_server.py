@@ -2,8 +2,10 @@
 
 `JobServer` serves the build's `baton cc` processes on a unix socket in the
 run directory (framing: cli/ccwire.py): each sends its command line, the
-server scans it (cli/compile_scan.py: that writes the dependency file and
-lists the files it reads), takes a free slot of a grant (cli/core_client.py,
+server names the files it reads from its include lines (cli/include_scan.py;
+the helper's compile then writes the dependency file) or, when those cannot
+be read for sure, scans it (cli/compile_scan.py: that writes the dependency
+file and lists the files it reads), takes a free slot of a grant (cli/core_client.py,
 waiting up to `wait` seconds), sends the job to that helper (Helper.Compile)
 naming its files by hash, with the contents that helper was not sent before
 (cli/job_inputs.py), and returns the object and the diagnostics. The scan
