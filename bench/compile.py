@@ -19,11 +19,14 @@ Each `baton run` figure is taken with each compiler wrapper of --wrapper
    socket), against the compiler called directly; median and p99 wall of
    --runs, and the CPU (user + system) a run costs, wrapper and compiler.
 2. The remote path's parts on every c-ares compile (-O2 -g -MD): the local
-   compile; the initiator's scan (cli/compile_scan.py) and hashing of the
-   inputs (cli/job_inputs.py, stat-cached across jobs as in `baton run`);
-   the helper's layout of the job root from its input store (hard links)
-   and its compile (agent/compile_job.py, in-process, no network); how many
-   objects and .d files are byte-identical to local ones.
+   compile; the initiator's scan (cli/compile_scan.py), its naming of the
+   files by the include lines instead (cli/include_scan.py, as in a
+   `baton run`'s first build) and hashing of those inputs (cli/job_inputs.py,
+   stat-cached across jobs as in `baton run`); the helper's layout of the
+   job root from its input store (hard links) and its compile with the
+   dependency flags (agent/compile_job.py, in-process, no network); how many
+   objects and .d files (the scan's and the helper's) are byte-identical to
+   local ones.
 3. Whole builds: `cmake --build -jN` locally, under `baton run --local-only`
    (the wrapper's overhead on a real build), with --cluster under
    `baton run` on a local cluster (cli.local.LocalCluster: etcd, one
@@ -32,7 +35,9 @@ Each `baton run` figure is taken with each compiler wrapper of --wrapper
    mode, two slots; "distcc: not installed, not measured" otherwise); the
    ratios to local and of Baton to distcc. The build with helpers runs twice
    a round: first with an empty scan cache (cold), then cleaned and built
-   again in the same tree (warm: cli/scan_cache.py). On one machine the helpers share
+   again in the same tree (warm: cli/scan_cache.py); then twice more with
+   BATON_INCLUDE_SCAN=0 (every job scanned by the preprocessor, cold then
+   warm, not named by its include lines: cli/include_scan.py). On one machine the helpers share
    its cores, so the figure is the remote path's overhead, not a speed-up; each
    build's CPU-seconds over the whole machine (/proc/stat) are printed too, a
    steadier figure of that overhead than walls on a loaded machine.
@@ -69,7 +74,8 @@ from agent.compile_job import CompileJob, run_compile  # noqa: E402
 from agent.input_store import InputStore  # noqa: E402
 from agent.job_root import RootPool  # noqa: E402
 from cli.cc_args import RemotePlan, plan  # noqa: E402
-from cli.compile_scan import input_paths, scan, system_dirs  # noqa: E402
+from cli.compile_scan import Scan, input_paths, scan, system_dirs  # noqa: E402
+from cli.include_scan import IncludeScan  # noqa: E402
 from cli.job_inputs import Digests  # noqa: E402
 from cli.run import install_wrappers  # noqa: E402
 from tests.harness import cares  # noqa: E402
@@ -197,8 +203,9 @@ def startup(runs: int, workdir: Path, env: dict, kinds: list[str]) -> list[dict]
 def halves(build: Path) -> tuple[list[dict], int]:
     print("2. the remote path's parts on each c-ares compile (helper in-process, no network)")
     commands = json.loads((build / "compile_commands.json").read_text())
-    local, scanned, hashed, layout, helper, different = [], [], [], [], [], 0
+    local, scanned, by_lines, hashed, layout, helper, different = [], [], [], [], [], [], 0
     digests = Digests()
+    includes = IncludeScan(digests.hashes)
     with tempfile.TemporaryDirectory(prefix="baton-bench-store-") as tmp:
         store = InputStore(os.path.join(tmp, "store"))
         roots = RootPool(tmp)
@@ -216,8 +223,12 @@ def halves(build: Path) -> tuple[list[dict], int]:
             local.append(time.perf_counter() - started)
             want_obj, want_dep = Path(obj).read_bytes(), Path(dep).read_bytes()
             started = time.perf_counter()
-            paths = input_paths(decided, cwd, scan(decided, cwd))
+            input_paths(decided, cwd, scan(decided, cwd))
             scanned.append(time.perf_counter() - started)
+            started = time.perf_counter()   # what `baton run` does first (the first build of a run)
+            named = includes.files(decided, cwd, dict(os.environ), system_dirs(decided.compiler, decided.language), {})
+            paths = input_paths(decided, cwd, Scan(headers=tuple(named[1:])))
+            by_lines.append(time.perf_counter() - started)
             started = time.perf_counter()
             inputs = digests.inputs(paths, lambda d: store.path(d) is None)
             hashed.append(time.perf_counter() - started)
@@ -226,20 +237,21 @@ def halves(build: Path) -> tuple[list[dict], int]:
                     store.put(f.sha256, f.content)
             job = CompileJob(args=decided.flags, source=decided.source, cwd=os.path.abspath(cwd), files={},
                              system_dirs=system_dirs(decided.compiler, decided.language),
-                             inputs={f.path: f.sha256 for f in inputs})
+                             inputs={f.path: f.sha256 for f in inputs}, dep_flags=decided.dep_flags)
             started = time.perf_counter()
             layout_root.lay_out(job.files, job.inputs, store)   # as a helper's reused root does
             layout.append(time.perf_counter() - started)
             started = time.perf_counter()
             result = run_compile(argv[0], job, store=store, roots=roots)
             helper.append(time.perf_counter() - started)
-            if result.object != want_obj or Path(dep).read_bytes() != want_dep:
+            if result.object != want_obj or result.depfile != want_dep or Path(dep).read_bytes() != want_dep:
                 different += 1
     rows = [row("local compile", local), row("initiator: scan (writes the .d)", scanned, local),
+            row("initiator: the files by include lines (first build)", by_lines, local),
             row("initiator: hash inputs (stat-cached)", hashed, local),
             row("helper: lay out the job root (reused; links)", layout, local),
-            row("helper: lay out + compile", helper, local)]
-    print(f"  objects and .d files byte-identical to local: {len(local) - different} of {len(local)}")
+            row("helper: lay out + compile (writes the .d)", helper, local)]
+    print(f"  objects and .d files (the scan's, the helper's) byte-identical to local: {len(local) - different} of {len(local)}")
     return rows, different
 
 
@@ -358,6 +370,13 @@ def builds(source: Path, workdir: Path, env: dict, jobs: int, cluster=None, repe
                              [*run, "--json", *farm_options(cluster), "--"], kind_env))
             # The same build tree cleaned and built again: every scan from the cache (cli/scan_cache.py).
             variants.append((f"{WARM} [{kind}]", [*run, "--json", *farm_options(cluster), "--"], kind_env))
+            # Each job scanned by the preprocessor, not named by its include lines (cli/include_scan.py):
+            # cold, then warm (the cache), as every build was before the include lines.
+            scanned_env = dict(kind_env, BATON_INCLUDE_SCAN="0")
+            variants.append((f"baton run, 2 helpers, scanned, cold [{kind}]",
+                             [*run, "--json", *farm_options(cluster), "--"], scanned_env))
+            variants.append((f"{WARM}, scanned [{kind}]", [*run, "--json", *farm_options(cluster), "--"],
+                             scanned_env))
     distcc = None
     if Distcc.installed():
         distcc = Distcc(workdir, 2).start()
@@ -388,6 +407,7 @@ def builds(source: Path, workdir: Path, env: dict, jobs: int, cluster=None, repe
                 if "--json" in runner:
                     figures = json.loads(done.stdout.splitlines()[-1])
                     remote[name] = (f"{figures['remote']}/{figures['jobs']} jobs remote, "
+                                    f"{figures.get('include_scans', 0)} named by include lines, "
                                     f"{figures.get('scan_cache_hits', 0)} scans from the cache")
                 elif launcher:
                     remote[name] = f"{distcc.compiled() - before} jobs on distccd"
