@@ -181,7 +181,7 @@ class Directories:
         """Whether '..' out of `directory` (absolute, normalised, not '/') is its textual parent
         (os.path.dirname): True; False: another directory (a symlink on the way); None: it is
         no directory here. Then `directory/../x` names the file normpath names, here and in a
-        job root (only directories and hard links: docs/internals.md, job roots)."""
+        job root (only directories and hard links: docs/internals.md, compile jobs)."""
         with self._lock:
             known = self._parents.get(directory, False)
         if known is not False:
