@@ -21,8 +21,9 @@ cc1plus, and as), so a helper never compiles with a different compiler that
 merely has the same name (`compiler_identity`).
 
 Nothing of the job is trusted: flags are checked again here (only those of
-`ALLOWED`), every path is mapped into the job root and a path that leaves it
-is refused, the compiler's own include directories are replaced by the
+`ALLOWED`), every path is mapped into the job root (a relative one, `-I../include`,
+stays as spelt: the compiler resolves it from the working directory there) and a
+path that leaves it is refused, the compiler's own include directories are replaced by the
 shipped copies (`-nostdinc`), sizes and time are bounded, the environment is
 clean, and the caller runs it as an unprivileged user when it can.
 """
@@ -41,6 +42,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from agent.depfile import relocated
 from agent.job_root import InputsMissing, JobRefused, JobRoot, RootPool, inside  # noqa: F401 (raised here too)
+from agent.job_root import from_cwd
 
 MAX_INPUT_BYTES = 64 * 1024 * 1024      # all files of one job; larger ones compile on the initiator
 MAX_OBJECT_BYTES = 256 * 1024 * 1024
@@ -166,15 +168,37 @@ def compiler_identity(compiler: str) -> str:
     return identity_of((os.path.basename(path), path) for path in compiler_files(compiler))
 
 
-def _relative_ok(path: str) -> None:
-    if os.path.isabs(path):
+def _relative_ok(job: CompileJob, path: str, where: JobRoot | None) -> None:
+    """A relative path stays as spelt (-g records `../include` so); JobRefused when a '..'
+    climbs above the root (agent.job_root.from_cwd). With `where`, the directories its '..'
+    parts climb out of are made (JobRoot.spelt): `sub/../include` needs sub/ as it is here."""
+    if os.path.isabs(path) or ".." not in path.split("/"):
         return
-    if ".." in path.split(os.sep):
-        raise JobRefused(f"{path[:80]!r} climbs out of the working directory")
+    spelt = from_cwd(job.cwd, path)
+    if where is not None:
+        where.spelt(spelt)
 
 
-def map_args(job: CompileJob, root: str) -> list[str]:
-    """The job's flags with every path inside `root`; JobRefused for anything else."""
+def flag_paths(args: Sequence[str]) -> list[str]:
+    """The path values of `args`' PATH_VALUED flags, as map_args reads them."""
+    out, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        if arg in ("-D", "-U", "--param") or arg in PATH_VALUED:
+            if arg in PATH_VALUED and i + 1 < len(args):
+                out.append(args[i + 1])
+            i += 2
+            continue
+        flag = next((p for p in PATH_VALUED if arg.startswith(p)), None)
+        if flag is not None:
+            out.append(arg[len(flag):])
+        i += 1
+    return out
+
+
+def map_args(job: CompileJob, root: str, where: JobRoot | None = None) -> list[str]:
+    """The job's flags with every path inside `root` (`where`: its JobRoot, to make the
+    directories relative paths climb out of); JobRefused for anything else."""
     if len(job.args) > MAX_ARGS:
         raise JobRefused("too many arguments")
     out: list[str] = []
@@ -199,7 +223,7 @@ def map_args(job: CompileJob, root: str) -> list[str]:
             flag = next((p for p in PATH_VALUED if arg.startswith(p)), None)
             value = arg[len(flag):] if flag else None
         if flag is not None:
-            _relative_ok(value)
+            _relative_ok(job, value, where)
             out.append(flag + (inside(root, value) if os.path.isabs(value) else value))
         elif arg.startswith(PLAIN_PREFIXES):
             out.append(arg)
@@ -347,7 +371,7 @@ def run_compile(compiler: str | Sequence[str], job: CompileJob, workdir: str | N
     env = compile_env(locale)
     if _input_bytes(job, store) > MAX_INPUT_BYTES:
         raise JobRefused(f"the job's files exceed {MAX_INPUT_BYTES} bytes")
-    _relative_ok(job.source)
+    _relative_ok(job, job.source, None)
     if roots is None:
         with tempfile.TemporaryDirectory(prefix="baton-job-", dir=workdir) as tmp:
             return _compile_in(JobRoot(tmp, user), compiler, job, store, timeout, preexec, user, env)
@@ -370,12 +394,13 @@ def _compile_in(where: JobRoot, compiler: str | Sequence[str], job: CompileJob, 
     root = where.root
     cwd = inside(root, job.cwd)
     os.makedirs(cwd, exist_ok=True)
+    _relative_ok(job, job.source, where)
     source = inside(root, job.source) if os.path.isabs(job.source) else job.source
     obj, depfile = os.path.join(where.out, "job.o"), os.path.join(where.out, "job.d")
     deps, targets = map_dep_flags(job.dep_flags, depfile)
     command = [compiler] if isinstance(compiler, str) else list(compiler)
     argv = [*command, "-nostdinc", *[f"-isystem{where.spelt(d)}" for d in job.system_dirs],
-            f"-ffile-prefix-map={root}=", *_preinclude(command, job), *map_args(job, root), *deps,
+            f"-ffile-prefix-map={root}=", *_preinclude(command, job), *map_args(job, root, where), *deps,
             "-c", source, "-o", obj]
     switch = _as_user(user) if preexec is None and user is not None else ()
     if switch:

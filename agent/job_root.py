@@ -53,14 +53,33 @@ def inside_as_spelt(root: str, path: str) -> str:
     path resolves where its normalised form does."""
     if not os.path.isabs(path):
         raise JobRefused(f"{path[:80]!r} is not an absolute path")
+    if climbs_above_root(path):
+        raise JobRefused(f"{path[:80]!r} leaves the job")
+    return root + path
+
+
+def climbs_above_root(path: str) -> bool:
+    """Whether a '..' of `path` (absolute), counted part by part, climbs above '/'."""
     depth = 0
     for part in path.split("/"):
         if part in ("", "."):
             continue
         depth += -1 if part == ".." else 1
         if depth < 0:
-            raise JobRefused(f"{path[:80]!r} leaves the job")
-    return root + path
+            return True
+    return False
+
+
+def from_cwd(cwd: str, path: str) -> str:
+    """A relative `path` of the job as spelt, after its working directory `cwd` (absolute):
+    the compiler resolves it from root + cwd, where a '..' is textual (a job root holds only
+    directories and hard links, no symlinks) as long as it does not climb above root, so
+    `-I../include` and `../src/a.c` stay relative (-g records them as spelt). JobRefused
+    when it climbs above root (`-I../../../../etc` from a shallow cwd)."""
+    spelt = os.path.normpath(cwd).rstrip("/") + "/" + path
+    if climbs_above_root(spelt):
+        raise JobRefused(f"{path[:80]!r} climbs above the job's root from {cwd[:80]!r}")
+    return spelt
 
 
 class JobRoot:

@@ -7,10 +7,11 @@ or a `Local` with the reason it must run here as it is. Pure: it reads no
 file and runs nothing, so every rule is a plain-data test.
 
 What stays local, as distcc and icecream decide (docs/design.md section 8):
-links, `-E`, `-S`, `-M`/`-MM` without a compile, several sources, input from
-stdin, response files (`@file`), and every flag that makes the compiler read
-or write files beyond the source and the object, run other programs, or
-depend on the machine it runs on (`-fplugin=`, `-B`, `-specs=`,
+links, `-E`, `-S`, `-M`/`-MM` without a compile, `-MF`/`-MT`/`-MQ`/`-MP`
+without `-MD`/`-MMD` (GCC refuses them here, where a remote compile would
+succeed), several sources, input from stdin, response files (`@file`), and
+every flag that makes the compiler read or write files beyond the source and
+the object, run other programs, or depend on the machine it runs on (`-fplugin=`, `-B`, `-specs=`,
 `-march=native`, profile and coverage files, `-save-temps`, ...). An unknown
 flag starting with `-` also stays local: never worse than local means never
 guessing what a flag does.
@@ -132,7 +133,8 @@ def plan(argv: list[str]) -> RemotePlan | Local:
     flags: list[str] = []
     deps: list[str] = []
     dep_target = dep_file = False
-    dep_mode = None
+    dep_mode = None     # -MD or -MMD: a dependency file as a side effect of the compile
+    lone = None         # the first other dependency flag (-MF, -MT, -MQ, -MP)
     i = 0
     while i < len(args):
         arg = args[i]
@@ -157,7 +159,10 @@ def plan(argv: list[str]) -> RemotePlan | Local:
         elif arg.startswith(UNSAFE_PREFIXES):
             return Local(f"{arg.split('=')[0]} reads or writes other files or runs other programs")
         elif arg in DEPENDENCY_FLAGS:
-            dep_mode = dep_mode or arg
+            if arg == "-MP":
+                lone = lone or arg
+            else:
+                dep_mode = dep_mode or arg
             deps.append(arg)
         elif arg in DEPENDENCY_WITH_VALUE or (arg.startswith(DEPENDENCY_WITH_VALUE) and any(
                 arg.startswith(p) and len(arg) > len(p) for p in DEPENDENCY_WITH_VALUE)):
@@ -171,6 +176,7 @@ def plan(argv: list[str]) -> RemotePlan | Local:
                 deps.append(arg)
             dep_target = dep_target or name in ("-MT", "-MQ")
             dep_file = dep_file or name == "-MF"
+            lone = lone or name
         elif arg in PREPROCESSOR_WITH_VALUE:
             if not value_next:
                 return Local(f"{arg} without a value")
@@ -199,10 +205,13 @@ def plan(argv: list[str]) -> RemotePlan | Local:
         return Local("no -c: a link")
     if len(sources) != 1:
         return Local("several sources" if sources else "no source")
+    if lone and dep_mode is None:
+        # GCC refuses them ("you must specify either -M or -MM"): the local compile's own error.
+        return Local(f"{lone} without -MD or -MMD")
     source = sources[0]
     if output is None:
         output = os.path.splitext(os.path.basename(source))[0] + ".o"
-    if dep_mode in ("-MD", "-MMD"):
+    if dep_mode:
         # The local preprocess writes the .d file; with -E its default target and
         # name would follow the scan's output, so name both as the compile would:
         # its target quoted for make (the driver's own -MQ: `a$b.o` is written a$$b.o).

@@ -29,8 +29,9 @@ import re
 import subprocess
 import tempfile
 import threading
+from typing import Callable, Iterable
 
-from agent.compile_job import PREINCLUDE, CompileJob
+from agent.compile_job import PREINCLUDE, CompileJob, flag_paths
 from cli.cc_args import RemotePlan
 
 _HEADER_LINE = re.compile(rb"^\.+ (.+)$")
@@ -40,6 +41,11 @@ PREINCLUDED = (PREINCLUDE,)
 class ScanFailed(Exception):
     """The scan did not succeed (a missing header, a #error): the compile runs locally and
     says so itself, with the compiler's own words."""
+
+
+class Unshippable(ScanFailed):
+    """The scan succeeded, but a header it names by '..' may not be found alike on a helper:
+    the compile runs locally (`climbed_alike`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +100,98 @@ def scan(plan: RemotePlan, cwd: str, timeout: float = 600.0, env: dict | None = 
             # A '..' stays: the scan cache (cli/scan_cache.py) will not trust such a path.
             path = os.path.join(cwd, named) if ".." in named.split("/") else os.path.normpath(os.path.join(cwd, named))
             tree.append((match.group(0).index(b" ") - 1, path))
-    return Scan(headers=tuple(dict.fromkeys(os.path.normpath(path) for _, path in tree)), tree=tuple(tree))
+    found = Scan(headers=tuple(dict.fromkeys(os.path.normpath(path) for _, path in tree)), tree=tuple(tree))
+    climbed_alike(plan, cwd, found)
+    return found
+
+
+def parent_is_textual(directory: str) -> bool | None:
+    """Whether '..' out of `directory` (absolute, normalised, not '/') is its textual parent
+    (os.path.dirname), the same directory by device and inode: True; False: another one (a
+    symlink on the way) or it cannot be told; None: `directory` is no directory here."""
+    try:
+        up = os.stat(directory + "/..")
+    except (NotADirectoryError, FileNotFoundError):
+        return None
+    except OSError:
+        return False
+    try:
+        textual = os.stat(os.path.dirname(directory))
+    except OSError:
+        return False
+    return (up.st_dev, up.st_ino) == (textual.st_dev, textual.st_ino)
+
+
+def climbed_out_of(cwd: str, path: str, parent: Callable[[str], bool | None] = parent_is_textual) -> list[str]:
+    """The directories the '..' parts of `path` (from `cwd` when relative) climb out of;
+    Unshippable when one climbs above '/' (on a helper, out of the job root) or out of a
+    directory whose '..' is not its textual parent (`parent(directory)` not True: a symlink on
+    the way, or no directory here). Then the compiler here opens what the normalised path
+    names, and so does a helper, whose job root holds only directories and hard links."""
+    out: list[str] = []
+    if ".." not in path.split("/"):
+        return out
+    where = "/" if os.path.isabs(path) else os.path.normpath(cwd)
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part != "..":
+            where = os.path.join(where, part)
+            continue
+        if where == "/":
+            raise Unshippable(f"{path!r} climbs above /")
+        up = parent(where)
+        if up is not True:
+            raise Unshippable(f"{path!r}: '..' out of {where}, " + (
+                "no directory here" if up is None else f"not {os.path.dirname(where)} here (a symbolic link)"))
+        out.append(where)
+        where = os.path.dirname(where)
+    return out
+
+
+def on_helper(cwd: str, files: Iterable[str], made: Iterable[str] = ()) -> set[str]:
+    """The directories a helper has for a job of `files` (absolute, normalised): the working
+    directory and those above it, those holding a file and those above them, and `made` (the
+    ones a relative path's '..' climbs out of: agent.compile_job makes them)."""
+    have: set[str] = set(made)
+    for start in (os.path.normpath(cwd), *(os.path.dirname(path) for path in files)):
+        directory = start
+        while directory not in have:
+            have.add(directory)
+            directory = os.path.dirname(directory)
+    return have
+
+
+def climbed_alike(plan: RemotePlan, cwd: str, found: Scan) -> None:
+    """Unshippable unless each file the scan names with '..' (`../include/x.h`, found through
+    -I../include or `#include "../x.h"`) is found alike on a helper, which is sent it at its
+    normalised path and keeps relative paths as spelt: each '..' of those files, of the source
+    and of the flags' paths climbs out of a directory as `climbed_out_of` allows, and the
+    directories the files' '..' climb out of are on the helper (`on_helper`: else the compiler
+    there finds nothing in them, or a later match)."""
+    known: dict[str, bool | None] = {}   # each directory looked at once (Clang spells ~100 headers with '..')
+
+    def parent(directory: str) -> bool | None:
+        if directory not in known:
+            known[directory] = parent_is_textual(directory)
+        return known[directory]
+
+    climbed = {where for _, path in found.tree for where in climbed_out_of(cwd, path, parent)}
+    if not climbed and ".." not in "/".join((plan.source, *flag_paths(plan.flags))).split("/"):
+        return
+    paths = (plan.source, *flag_paths(plan.flags))
+    for path in paths:
+        if os.path.isabs(path):   # checked; the helper normalises them (agent.job_root.inside)
+            climbed_out_of(cwd, path, parent)
+    # The helper makes the directories a relative path's '..' climbs out of, and a system
+    # directory's (Clang's /usr/bin/../lib/gcc/...: agent.job_root.JobRoot.spelt).
+    relative = [path for path in paths if not os.path.isabs(path)]
+    made = [where for path in (*relative, *system_dirs(plan.compiler, plan.language))
+            for where in climbed_out_of(cwd, path, parent)]
+    source = os.path.normpath(os.path.join(cwd, plan.source))
+    lacking = sorted(climbed - on_helper(cwd, (source, *found.headers), made))
+    if lacking:
+        raise Unshippable(f"a '..' climbs out of {lacking[0]}, which holds none of the job's files")
 
 
 def input_paths(plan: RemotePlan, cwd: str, found: Scan) -> list[str]:

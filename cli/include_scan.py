@@ -12,18 +12,30 @@ A superset is enough, and safe, when for every name a compile may look up,
 the job root holds every file that name finds here: then the compiler finds
 there what it finds here, whatever order it searches in. So each include
 name (and each literal `__has_include` name) is looked up in the includer's
-own directory and in every directory of the chain (cli.scan_cache.chain_dirs:
+own directory and in every directory of the chain (cli.scan_cache.chain_spelt:
 the working directory, -iquote, -I, -isystem, the compiler's own, -idirafter),
 and every file it names there is shipped and read in turn: every branch of
 every `#if`, `#include_next` included. A name found nowhere is simply not
 shipped (it is missing here too, or behind an `#if` not taken).
 
+A '..' (`-I../include`, a source `../src/a.c`, `#include "../common/x.h"`) is
+followed textually, and the file shipped at its normalised path: a helper
+keeps the spelling and resolves it in its job root, which holds only
+directories and hard links. That names what it names here when each
+directory a '..' climbs out of has its textual parent as its '..' (no symlink
+on the way: `Directories.parent_is_textual`, checked again at each job) and
+is on the helper too (the working directory, or one holding a shipped file,
+or above them; a relative path's own, which the helper makes).
+
 Not sure means not used (`Unsure`; the caller scans the compile as before):
 a computed `#include MACRO`, `#embed`, `#pragma GCC dependency`, a digraph
 or trigraph directive, a precompiled header (`.gch`) next to a header, a
-match that is neither a file nor a directory, a name with `.` or `..` parts,
-`-include`/`-imacros`, the flags and variables that move the include
-directories (cli.scan_cache.DOUBT_FLAGS, DOUBT_ENV). What it cannot see, as the
+match that is neither a file nor a directory, a '..' other than as above
+(out of a symlink, above '/', out of a directory the helper lacks, or out
+of one missing here towards a file that is here: a helper's root keeps
+earlier jobs' directories, empty), `-include`/`-imacros`, the flags and
+variables that move the include directories (cli.scan_cache.DOUBT_FLAGS,
+DOUBT_ENV). What it cannot see, as the
 scan cannot: a `__has_include` hidden behind a macro whose name lacks
 "has_include" (docs/design.md section 8). A helper compile that fails is
 compiled again here (cli/job_server.py): a missed header costs a local
@@ -46,8 +58,9 @@ import time
 from typing import Callable
 
 from cli.cc_args import RemotePlan
+from cli.compile_scan import Unshippable, climbed_out_of, on_helper, parent_is_textual
 from cli.file_hashes import FileHashes, Hashed, Seen
-from cli.scan_cache import DOUBT_ENV, RACY_NS, Uncacheable, chain_dirs, has_include_names
+from cli.scan_cache import DOUBT_ENV, RACY_NS, Uncacheable, chain_spelt, has_include_names
 
 # A directive line: optionally after a comment's end (`/* ... */ #include`), '#', comments, the keyword.
 _DIRECTIVE = re.compile(rb"^(?:[^\n]*\*/)?[ \t]*#[ \t]*(?:/\*[^\n]*?\*/[ \t]*)*"
@@ -117,12 +130,21 @@ class Directories:
         self._clock_ns = clock_ns
         self._lock = threading.Lock()
         self._known: dict[str, _Listing | None] = {}   # None: not a directory (missing, a file)
+        self._parents: dict[str, bool | None] = {}     # directory -> parent_is_textual
         self.generation = 0    # moves whenever a listing changed: what names resolve to is stale
 
     def refresh(self) -> None:
-        """Stat every known directory; list again the changed and the racy ones."""
+        """Stat every known directory; list again the changed and the racy ones; check each '..'
+        known again (a directory above a listed one can become a symlink: no listing changes)."""
         with self._lock:
             known = list(self._known.items())
+            parents = list(self._parents.items())
+        for path, was in parents:
+            now = parent_is_textual(path)
+            if now != was:
+                with self._lock:
+                    self._parents[path] = now
+                    self.generation += 1
         for path, was in known:
             if was is None or not was.settled or was.stamp != self._stat_stamp(path):
                 now = self._list(path)
@@ -155,6 +177,20 @@ class Directories:
         settled = stamp == after and started - max(before.st_mtime_ns, before.st_ctime_ns) > RACY_NS
         return _Listing(stamp, entries, settled)
 
+    def parent_is_textual(self, directory: str) -> bool | None:
+        """Whether '..' out of `directory` (absolute, normalised, not '/') is its textual parent
+        (os.path.dirname): True; False: another directory (a symlink on the way); None: it is
+        no directory here. Then `directory/../x` names the file normpath names, here and in a
+        job root (only directories and hard links: docs/internals.md, compile jobs)."""
+        with self._lock:
+            known = self._parents.get(directory, False)
+        if known is not False:
+            return known
+        known = parent_is_textual(directory)
+        with self._lock:
+            self._parents[directory] = known
+        return known
+
     def kind(self, directory: str, name: str) -> tuple[str | None, bool]:
         """What `name` (no '/') is in `directory`: 'f', 'd', 'o' or None (nothing); and whether
         it is a symlink (what it names may change under an unchanged directory)."""
@@ -184,10 +220,12 @@ class IncludeScan:
         self.hashes = hashes
         self.directories = Directories(clock_ns)
         self._lock = threading.Lock()
-        # (includer's directory, name, chain) -> (Directories.generation, the files it names)
-        self._found: dict[tuple[str, str, tuple[str, ...]], tuple[int, tuple[str, ...]]] = {}
-        # (source, chain) -> (Directories.generation, its files, their (stamp, sha256)s)
-        self._closures: dict[tuple[str, tuple[str, ...]], tuple[int, tuple[str, ...], tuple]] = {}
+        # (includer's directory, name, chain) -> (Directories.generation, the files it names, the
+        # directories its '..' parts climbed out of to find them: a helper must have those)
+        self._found: dict[tuple[str, str, tuple[str, ...]], tuple[int, tuple[str, ...], frozenset[str]]] = {}
+        # (source, chain) -> (Directories.generation, its files, their (stamp, sha256)s, the
+        # directories '..' parts climbed out of)
+        self._closures: dict[tuple[str, tuple[str, ...]], tuple[int, tuple[str, ...], tuple, frozenset[str]]] = {}
         self.used = 0      # compiles scanned this way (the run's summary figures)
 
     def files(self, plan: RemotePlan, cwd: str, env: dict, system: tuple[str, ...], seen: Seen) -> list[str]:
@@ -196,10 +234,18 @@ class IncludeScan:
         if any(arg.startswith(("-include", "-imacros")) for arg in plan.flags):
             raise Unsure("-include or -imacros")
         try:
-            chain = tuple(chain_dirs(plan, cwd, system))
+            spelt = chain_spelt(plan, cwd, system)
         except Uncacheable as exc:
             raise Unsure(str(exc)) from None
         self.directories.refresh()
+        made = []   # the directories a relative path's '..' climbs out of: the helper makes them
+        for path in (plan.source, *spelt):
+            try:
+                climbed_out = climbed_out_of(cwd, path, self.directories.parent_is_textual)
+            except Unshippable as exc:
+                raise Unsure(str(exc)) from None
+            made += climbed_out if not os.path.isabs(path) else ()
+        chain = tuple(dict.fromkeys(os.path.normpath(os.path.join(cwd, d)) for d in spelt))
         generation = self.directories.generation
         source = os.path.normpath(os.path.join(cwd, plan.source))
         with self._lock:
@@ -207,12 +253,14 @@ class IncludeScan:
         if kept is not None and kept[0] == generation:
             # The same tree as last time when no directory changed and every file is as it was.
             if all(now[:2] == was for now, was in zip(self._look(kept[1], seen), kept[2])):
+                _on_helper(kept[3], cwd, kept[1], made)   # (another spelling of the chain makes others)
                 with self._lock:
                     self.used += 1
                 return list(kept[1])
         order: dict[str, tuple] = {source: ()}
         level = [source]
         linked = False
+        climbed: set[str] = set()
         while level:
             found_next = []
             for path, hashed in zip(level, self._look(level, seen)):
@@ -222,17 +270,20 @@ class IncludeScan:
                     raise Unsure(f"{path}: an include line that only the preprocessor can read")
                 own = os.path.dirname(path)
                 for name in names:
-                    matches, link = self._resolve(own, name, chain)
+                    matches, link, out_of = self._resolve(own, name, chain)
                     linked = linked or link
+                    climbed |= out_of
                     for match in matches:
                         if match not in order:
                             order[match] = ()
                             found_next.append(match)
             level = found_next
+        _on_helper(climbed, cwd, order, made)
         with self._lock:
             self.used += 1
             if not linked:    # (a symlink's target may change under an unchanged directory)
-                self._closures[(source, chain)] = (generation, tuple(order), tuple(order.values()))
+                self._closures[(source, chain)] = (generation, tuple(order), tuple(order.values()),
+                                                   frozenset(climbed))
         return list(order)
 
     def _look(self, paths: list[str], seen: Seen) -> list[Hashed]:
@@ -241,40 +292,82 @@ class IncludeScan:
         except OSError as exc:
             raise Unsure(f"cannot read {exc.filename or exc}") from None
 
-    def _resolve(self, own: str, name: str, chain: tuple[str, ...]) -> tuple[tuple[str, ...], bool]:
-        """Every file `name` names in `own` or a directory of `chain` (the superset's rule); and
-        whether a symlink was on the way (then nothing is kept: looked up at each job)."""
+    def _resolve(self, own: str, name: str, chain: tuple[str, ...]
+                 ) -> tuple[tuple[str, ...], bool, frozenset[str]]:
+        """Every file `name` names in `own` or a directory of `chain` (the superset's rule); whether
+        a symlink was on the way (then nothing is kept: looked up at each job); and the
+        directories a '..' of the name climbed out of to find one (a helper must have them).
+
+        A '..' is followed textually (where the name is spelt `../common/x.h`, the file shipped is
+        the normalised one) only out of a directory whose '..' is its textual parent (Unsure
+        otherwise). Out of one that is not here, the compiler finds nothing; a helper might (its
+        job root keeps earlier jobs' directories, empty): Unsure when the normalised name is a
+        file here, which the helper may have been sent."""
         key = (own, name, chain)
         generation = self.directories.generation
         with self._lock:
             kept = self._found.get(key)
         if kept is not None and kept[0] == generation:
-            return kept[1], False
+            return kept[1], False, kept[2]
         parts = name.split("/")
-        if name.startswith("/") or any(part in (".", "..") for part in parts):
+        if name.startswith("/") or parts[-1] in (".", ".."):
             raise Unsure(f"an include of {name!r}")
-        parts = [part for part in parts if part]   # a//b.h is a/b.h
+        parts = [part for part in parts if part and part != "."]   # a//b.h and a/./b.h are a/b.h
+        if not parts:
+            raise Unsure(f"an include of {name!r}")
         matches: dict[str, None] = {}
         linked = False
+        climbed: set[str] = set()
         for directory in (own, *chain):
-            where = directory
-            for part in parts[:-1]:
-                kind, link = self.directories.kind(where, part)
-                linked = linked or link
-                if kind != "d":
-                    break
+            where, missing, out_of = directory, False, []
+            for i, part in enumerate(parts[:-1]):
+                if part == "..":
+                    if where == "/":
+                        raise Unsure(f"an include of {name!r} climbs above / from {directory}")
+                    if not missing:
+                        up = self.directories.parent_is_textual(where)
+                        if up is False:
+                            raise Unsure(f"an include of {name!r}: '..' out of {where} is not "
+                                         f"{os.path.dirname(where)} (a symbolic link on the way)")
+                        missing = up is None
+                        out_of.append(where)
+                    where = os.path.dirname(where)
+                    continue
+                if not missing:
+                    kind, link = self.directories.kind(where, part)
+                    linked = linked or link
+                    if kind != "d":
+                        if ".." not in parts[i + 1:-1]:
+                            break
+                        missing = True
                 where = os.path.join(where, part)
             else:
                 kind, link = self.directories.kind(where, parts[-1])
                 linked = linked or link
+                path = os.path.join(where, parts[-1])
+                if missing:
+                    if kind in ("f", "o"):
+                        raise Unsure(f"an include of {name!r} in {directory}: a '..' out of a directory "
+                                     f"that is not here, and {path} is")
+                    continue
                 if kind == "o":
-                    raise Unsure(f"{os.path.join(where, parts[-1])} is neither a file nor a directory")
+                    raise Unsure(f"{path} is neither a file nor a directory")
                 if self.directories.kind(where, parts[-1] + ".gch")[0] is not None:
                     raise Unsure(f"a precompiled header for {name}")
                 if kind == "f":
-                    matches[os.path.join(where, parts[-1])] = None
+                    matches[path] = None
+                    climbed.update(out_of)
         found = tuple(matches)
         if not linked:    # a symlink's target may change under an unchanged directory: looked at each time
             with self._lock:
-                self._found[key] = (generation, found)
-        return found, linked
+                self._found[key] = (generation, found, frozenset(climbed))
+        return found, linked, frozenset(climbed)
+
+
+def _on_helper(climbed, cwd: str, files, made: list[str]) -> None:
+    """Unsure unless each directory in `climbed` (a '..' of an include name climbed out of it to
+    find a file) is on the helper (cli.compile_scan.on_helper): else the name finds nothing
+    there, and maybe a later match."""
+    lacking = sorted(set(climbed) - on_helper(cwd, files, made)) if climbed else ()
+    if lacking:
+        raise Unsure(f"a '..' climbs out of {lacking[0]}, which holds none of the job's files")

@@ -34,7 +34,7 @@ import grpc
 from agent.compile_job import LOCALE_VARS
 from cli import ccwire
 from cli.cc_args import Local, plan
-from cli.compile_scan import Scan, ScanFailed, input_paths, scan, system_dirs
+from cli.compile_scan import Scan, ScanFailed, Unshippable, input_paths, scan, system_dirs
 from cli.core_client import CoreSource
 from cli.identity_cache import compiler_identity   # kept across builds by stat stamps
 from cli.include_scan import IncludeScan, Unsure
@@ -178,6 +178,8 @@ class JobServer:
             dirs = _system_dirs(decided.compiler, decided.language)
             found, helper_writes_depfile = self._scan(decided, cwd, env, identity, dirs)
             paths = input_paths(decided, cwd, found)
+        except Unshippable as exc:
+            return {"local": str(exc)}
         except ScanFailed:
             return {"local": "the scan failed (the compile says why)"}
         except (OSError, subprocess.SubprocessError) as exc:
@@ -249,6 +251,8 @@ class JobServer:
             self.rescans += 1
         try:   # failed, or a helper that did not write the dependency file: scan, as before
             found = scan(decided, cwd, env=env)
+        except Unshippable as exc:
+            return f"the compile failed on the helper; the scan here: {exc}"
         except ScanFailed:
             return "the compile failed on the helper and the scan here (the compile says why)"
         except (OSError, subprocess.SubprocessError) as exc:

@@ -225,6 +225,16 @@ def _climbs(path: str) -> bool:
 
 def chain_dirs(plan: RemotePlan, cwd: str, system: tuple[str, ...]) -> list[str]:
     """The search directories after the includer's own, in order (absolute, normalised)."""
+    ordered = chain_spelt(plan, cwd, system)
+    if any(_climbs(d) for d in ordered):
+        raise Uncacheable("an include directory with '..'")
+    return list(dict.fromkeys(os.path.normpath(os.path.join(cwd, d)) for d in ordered))
+
+
+def chain_spelt(plan: RemotePlan, cwd: str, system: tuple[str, ...]) -> list[str]:
+    """The search directories after the includer's own, in order, as the flags spell them (the
+    working directory first; the compiler's own normalised); Uncacheable for the flags that
+    move them."""
     found: dict[str, list[str]] = {flag: [] for flag in CHAIN_FLAGS}
     flags = list(plan.flags)
     for i, arg in enumerate(flags):
@@ -240,10 +250,7 @@ def chain_dirs(plan: RemotePlan, cwd: str, system: tuple[str, ...]) -> list[str]
     # The compiler's own directories come spelt as it spells them (cli.compile_scan.system_dirs):
     # as trusted here as before, when they came normalised.
     system = tuple(os.path.normpath(d) for d in system)
-    ordered = [cwd, *found["-iquote"], *found["-I"], *found["-isystem"], *system, *found["-idirafter"]]
-    if any(_climbs(d) for d in ordered):
-        raise Uncacheable("an include directory with '..'")
-    return list(dict.fromkeys(os.path.normpath(os.path.join(cwd, d)) for d in ordered))
+    return [cwd, *found["-iquote"], *found["-I"], *found["-isystem"], *system, *found["-idirafter"]]
 
 
 def probe_dirs(source: str, tree: tuple[tuple[int, str], ...], chain: list[str]) -> list[str]:

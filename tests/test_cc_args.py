@@ -34,8 +34,27 @@ def test_scan_argv_writes_only_the_dependencies_and_lists_headers():
     assert argv == ["cc", "-Iinc", "-M", "-MQ", "a.o", "-MF", "a.d", "-H", "a.c"]
     assert plan(["cc", "-MMD", "-MP", "-c", "a.c"]).scan_argv() == [
         "cc", "-MM", "-MP", "-MQ", "a.o", "-MF", "a.d", "-H", "a.c"]
-    # No dependency file asked for: none written (a lone -MF means nothing to the compile).
-    assert plan(["cc", "-MF", "x.d", "-c", "a.c"]).scan_argv() == ["cc", "-M", "-MF", os.devnull, "-H", "a.c"]
+    # No dependency file asked for: none written.
+    assert plan(["cc", "-c", "a.c"]).scan_argv() == ["cc", "-M", "-MF", os.devnull, "-H", "a.c"]
+
+
+@pytest.mark.parametrize("deps, lone", [(["-MF", "x.d"], "-MF"), (["-MFx.d"], "-MF"), (["-MP"], "-MP"),
+                                        (["-MT", "t"], "-MT"), (["-MQ", "t"], "-MQ"),
+                                        (["-MP", "-MF", "x.d", "-MT", "t"], "-MP")])
+def test_dependency_flags_without_md_or_mmd_stay_local(deps, lone):
+    """GCC refuses them ("to generate dependencies you must specify either -M or -MM"); a helper,
+    compiling without them on the scan's route, would succeed: not the local exit code."""
+    decided = plan(["gcc", *deps, "-c", "a.c", "-o", "a.o"])
+    assert decided == Local(f"{lone} without -MD or -MMD")
+    for mode in ("-MD", "-MMD"):   # with one, before or after them, they go remote
+        assert isinstance(plan(["gcc", *deps, mode, "-c", "a.c"]), RemotePlan)
+        assert isinstance(plan(["gcc", mode, *deps, "-c", "a.c"]), RemotePlan)
+
+
+def test_a_dependency_flag_before_md_keeps_the_compiles_default_names():
+    """-MP first: the default target and file are still spelt out (the helper needs a target)."""
+    assert plan(["cc", "-MP", "-MD", "-c", "a.c"]).dep_flags == ("-MP", "-MD", "-MQ", "a.o", "-MF", "a.d")
+    assert plan(["cc", "-MT", "t", "-MMD", "-c", "a.c"]).dep_flags == ("-MT", "t", "-MMD", "-MF", "a.d")
 
 
 @pytest.mark.parametrize("argv, because", [

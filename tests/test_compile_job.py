@@ -155,11 +155,66 @@ def test_a_helper_refuses_flags_that_reach_beyond_the_job(flag, tmp_path):
         map_args(job, str(tmp_path))
 
 
-@pytest.mark.parametrize("path", ["-I../../../etc", "-Isub/../../..", "-include../secret.h"])
+@pytest.mark.parametrize("path", ["-I../../../etc", "-Isub/../../..", "-include../../secret.h"])
 def test_a_helper_refuses_paths_that_leave_the_job(path, tmp_path):
     job = CompileJob(args=(path,), source="a.c", cwd="/w", files={"/w/a.c": b"int x;\n"}, system_dirs=())
     with pytest.raises(JobRefused):
         run_compile("gcc", job, workdir=str(tmp_path))
+
+
+@pytest.fixture
+def climbing(tmp_path):
+    """A project built in a subdirectory, as make projects do: -I../include, the source
+    ../src/x.c, and `#include "../common/config.h"` (from the source and from a header)."""
+    proj = tmp_path / "proj"
+    for d in ("include", "common", "src", "build/sub"):
+        (proj / d).mkdir(parents=True)
+    (proj / "include" / "util.h").write_text('#include <stdio.h>\n#include "../common/config.h"\nint util(int);\n')
+    (proj / "common" / "config.h").write_text("#define SCALE 3\n")
+    (proj / "src" / "x.c").write_text('#include "util.h"\n#include "../common/config.h"\n'
+                                      'int util(int a) { return printf("%s %d", __FILE__, a * SCALE); }\n')
+    return proj
+
+
+@pytest.mark.parametrize("compiler", ["gcc", "clang"])
+@pytest.mark.parametrize("include", ["-I../include", "-Isub/../../include"])
+def test_relative_paths_that_climb_compile_as_spelt_and_byte_identical(climbing, include, compiler):
+    """-g records ../src/x.c and ../include/util.h as spelt (DW_AT_name, the line table) and the
+    build directory as DW_AT_comp_dir; the .d names them so too. build/sub holds no file of the
+    job: the helper makes it, so that sub/.. is there what it is here."""
+    if shutil.which(compiler) is None:
+        pytest.skip(f"needs {compiler}")
+    build = climbing / "build"
+    argv = [compiler, "-O2", "-g", include, "-MD", "-c", "../src/x.c", "-o", "x.o"]
+    assert local_compile(argv, build).returncode == 0
+    local_obj, local_dep = (build / "x.o").read_bytes(), (build / "x.d").read_bytes()
+    assert b"../include/util.h" in local_dep and b"../src/x.c" in local_obj
+    (build / "x.o").unlink()
+    (build / "x.d").unlink()
+    result = split_compile(argv, build)
+    assert (result.exit_code, result.diagnostics) == (0, b"")
+    assert (build / "x.o").read_bytes() == local_obj
+    assert (build / "x.d").read_bytes() == local_dep
+
+
+@pytest.mark.parametrize("args, source", [
+    (("-I../../../../../../../etc",), "a.c"),
+    (("-I../../../../etc",), "a.c"),              # /w/p/sub: three parts, the fourth '..' climbs above
+    (("-iquote", "../../../../etc"), "a.c"),
+    (("-Iinc/../../../../..",), "a.c"),
+    ((), "../../../../etc/x.c"),
+])
+def test_a_relative_path_that_climbs_above_the_job_root_is_refused(tmp_path, args, source):
+    job = CompileJob(args=args, source=source, cwd="/w/p/sub", files={"/w/p/sub/a.c": b"int x;\n"}, system_dirs=())
+    with pytest.raises(JobRefused, match="climbs above"):
+        run_compile("gcc", job, workdir=str(tmp_path))
+
+
+def test_a_relative_include_directory_that_stays_in_the_job_compiles(tmp_path):
+    job = CompileJob(args=("-I../../inc",), source="../src/a.c", cwd="/w/p", system_dirs=(),
+                     files={"/w/src/a.c": b'#include "y.h"\nint x = Y;\n', "/inc/y.h": b"#define Y 1\n"})
+    result = run_compile("gcc", job, workdir=str(tmp_path))
+    assert (result.exit_code, result.diagnostics) == (0, b"") and result.object
 
 
 def test_a_source_path_that_climbs_is_refused_and_absolute_paths_stay_in_the_job(tmp_path):

@@ -70,10 +70,12 @@ CASES = {
                          "obj/a.d"),
     "absolute -I, -MMD": ("", ["-MMD", "-MT", "obj/a.o", "-MF", "obj/a.d", *INC, "-c", "src/a.c", "-o", "obj/a.o"],
                           "obj/a.d"),
-    # Not -I../include: a helper refuses a relative path that climbs (the initiator compiles it).
     "relative -I": ("", ["-MD", "-MT", "obj/a.o", "-MF", "obj/a.d", "-Iinclude", f"-I{LONG}", "-c", "src/a.c",
                          "-o", "obj/a.o"], "obj/a.d"),
     "a subdirectory": ("src", ["-MD", "-MT", "a.o", "-MF", "a.d", *INC, "-c", "a.c"], "src/a.d"),
+    # Relative paths that climb stay as spelt: the .d names ../include/lib.h as a local one does.
+    "-I../include and ../src/a.c": ("obj", ["-MD", "-MT", "a.o", "-MF", "a.d", "-I../include", f"-I../{LONG}",
+                                            "-c", "../src/a.c"], "obj/a.d"),
     "-MP": ("", ["-MD", "-MP", "-MT", "obj/a.o", "-MF", "obj/a.d", *INC, "-c", "src/a.c", "-o", "obj/a.o"],
             "obj/a.d"),
     "-MQ with a $, joined flags": ("", ["-MMD", "-MQ$(OBJ)/a.o", "-MTobj/a.o", "-MFobj/a.d", *INC, "-c", "src/a.c",
@@ -149,13 +151,16 @@ def test_dependency_flags_a_local_compile_does_not_take_as_a_compiles_are_refuse
 
 
 def test_dependency_flags_without_md_are_refused_as_gcc_refuses_them(tmp_path):
-    """plan() keeps a lone -MP in dep_flags; GCC fails such a compile, so the helper refuses it
-    and the initiator's own compile fails as it would."""
+    """GCC fails a compile with -MP, -MT, -MF but no -MD/-MMD: plan() keeps it local (it fails
+    here, with the compiler's words), and a helper sent one refuses it."""
     (tmp_path / "a.c").write_text("int x;\n")
     argv = ["gcc", "-MP", "-MT", "a.o", "-c", "a.c"]
     assert subprocess.run(argv, cwd=tmp_path, capture_output=True).returncode != 0
+    assert not isinstance(plan(argv), RemotePlan)
+    job = CompileJob(args=(), source="a.c", cwd=str(tmp_path), system_dirs=(), dep_flags=("-MP", "-MT", "a.o"),
+                     files={str(tmp_path / "a.c"): b"int x;\n"})
     with pytest.raises(JobRefused, match="without -MD"):
-        run_compile("gcc", helper_job(argv, tmp_path)[1], workdir=str(tmp_path))
+        run_compile("gcc", job, workdir=str(tmp_path))
 
 
 @pytest.mark.parametrize("raw", [

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from agent.compile_job import CompileJob, run_compile
 from cli.cc_args import plan
-from cli.compile_scan import input_paths, scan, system_dirs
+from cli.compile_scan import Scan, Unshippable, input_paths, scan, system_dirs
 from cli.file_hashes import FileHashes
 from cli.include_scan import IncludeScan, Unsure, include_names
 
@@ -158,3 +160,102 @@ def test_a_header_edited_to_include_another_adds_it_in_the_next_job(project):
     assert str(project / "extra.h") not in files_of(scanner, argv, project)   # the kept tree
     (project / "local.h").write_text('#include "extra.h"\n#define LOCAL 1\n')
     assert str(project / "extra.h") in files_of(scanner, argv, project)
+
+
+@pytest.fixture
+def climbing(tmp_path: Path) -> Path:
+    """A make project built in a subdirectory: -I../include, the source ../src/x.c, and
+    `#include "../common/config.h"` from the source and from a header."""
+    proj = tmp_path / "climb"
+    write(proj / "include" / "util.h", '#include <stdio.h>\n#include "../common/config.h"\nint util(int);\n')
+    write(proj / "common" / "config.h", "#define SCALE 3\n")
+    write(proj / "src" / "x.c", '#include "util.h"\n#include "../common/config.h"\n'
+                                'int util(int a) { return printf("%d", a * SCALE); }\n')
+    (proj / "build").mkdir()
+    (proj / "empty").mkdir()
+    return proj
+
+
+CLIMBING = ["gcc", "-O2", "-g", "-I../include", "-MD", "-c", "../src/x.c", "-o", "x.o"]
+
+
+def test_relative_paths_that_climb_name_a_superset_at_normalised_paths(climbing):
+    build = climbing / "build"
+    named = files_of(IncludeScan(FileHashes()), CLIMBING, build)
+    read = preprocessor_reads(CLIMBING, build)
+    assert read <= named, read - named
+    assert {str(climbing / "src" / "x.c"), str(climbing / "common" / "config.h")} <= named
+    assert not [path for path in named if "/.." in path or "/./" in path]
+
+
+def test_a_helper_given_those_files_compiles_the_local_object_and_dependency_file(climbing, tmp_path):
+    """The job as `baton run` sends it from the include lines: the helper writes the .d."""
+    build = climbing / "build"
+    assert subprocess.run(CLIMBING, cwd=build, capture_output=True).returncode == 0
+    local_obj, local_dep = (build / "x.o").read_bytes(), (build / "x.d").read_bytes()
+    decided = plan(CLIMBING)
+    dirs = system_dirs(decided.compiler, decided.language)
+    named = IncludeScan(FileHashes()).files(decided, str(build), {}, dirs, {})
+    paths = input_paths(decided, str(build), Scan(headers=tuple(named[1:])))
+    job = CompileJob(args=decided.flags, source=decided.source, cwd=str(build), system_dirs=dirs,
+                     files={path: Path(path).read_bytes() for path in paths}, dep_flags=decided.dep_flags)
+    result = run_compile(decided.compiler, job, workdir=str(tmp_path))
+    assert (result.exit_code, result.diagnostics) == (0, b"")
+    assert result.object == local_obj and result.depfile == local_dep
+    assert b"../src/../common/config.h" in local_dep
+
+
+def test_a_dotdot_out_of_a_symlinked_directory_is_unsure(climbing, tmp_path):
+    """build/link -> elsewhere/deep: `link/..` is elsewhere here, build textually. The
+    preprocessor reads elsewhere's header; the scan route refuses it too (Unshippable)."""
+    write(tmp_path / "elsewhere" / "include" / "util.h", "#include <stdio.h>\nint util_elsewhere(int);\n")
+    (tmp_path / "elsewhere" / "deep").mkdir()
+    os.symlink(tmp_path / "elsewhere" / "deep", climbing / "build" / "link")
+    argv = ["gcc", "-Ilink/../include", "-c", "../src/x.c", "-o", "x.o"]
+    with pytest.raises(Unsure, match="link"):
+        files_of(IncludeScan(FileHashes()), argv, climbing / "build")
+    preprocessed = subprocess.run(["gcc", "-Ilink/../include", "-E", "../src/x.c"], cwd=climbing / "build",
+                                  capture_output=True, check=True).stdout
+    assert b"util_elsewhere" in preprocessed    # not climb/include/util.h, which normpath names
+    with pytest.raises(Unshippable, match="link"):
+        scan(plan(argv), str(climbing / "build"))
+
+
+def test_an_includer_in_a_symlinked_directory_is_unsure(climbing, tmp_path):
+    """`#include "../common/config.h"` in outside/s/x.c, outside/s -> climb/src: the compiler
+    opens climb/common/config.h, the textual path outside/common/config.h."""
+    (tmp_path / "outside").mkdir()
+    os.symlink(climbing / "src", tmp_path / "outside" / "s")
+    argv = ["gcc", "-I../include", "-c", str(tmp_path / "outside" / "s" / "x.c"), "-o", "x.o"]
+    assert subprocess.run(argv, cwd=climbing / "build", capture_output=True).returncode == 0
+    with pytest.raises(Unsure, match="symbolic link"):
+        files_of(IncludeScan(FileHashes()), argv, climbing / "build")
+
+
+def test_a_directory_that_becomes_a_symlink_between_jobs_is_unsure_in_the_second(climbing, tmp_path):
+    scanner = IncludeScan(FileHashes())
+    build = climbing / "build"
+    files_of(scanner, CLIMBING, build)
+    shutil.copytree(climbing / "src", tmp_path / "src-copy")
+    shutil.rmtree(climbing / "src")
+    os.symlink(tmp_path / "src-copy", climbing / "src")
+    with pytest.raises(Unsure, match="symbolic link"):
+        files_of(scanner, CLIMBING, build)
+
+
+@pytest.mark.parametrize("include, why", [
+    ("-I../empty", "holds none of the job's files"),    # the helper lacks it: a '..' there finds nothing
+    ("-I../gone", "not here"),                          # missing here: a helper's old empty one might find it
+    ("-Igone/../../include", "no directory here"),     # GCC drops it here; the helper would make gone/
+])
+def test_a_dotdot_a_helper_might_resolve_otherwise_is_unsure(climbing, include, why):
+    argv = ["gcc", include, "-I../include", "-c", "../src/x.c", "-o", "x.o"]
+    with pytest.raises(Unsure, match=why):
+        files_of(IncludeScan(FileHashes()), argv, climbing / "build")
+
+
+def test_an_include_that_climbs_above_the_root_is_unsure(climbing):
+    depth = len(climbing.parts)
+    (climbing / "src" / "x.c").write_text(f'#include "{"../" * depth}etc/hostname"\n')
+    with pytest.raises(Unsure, match="above /"):
+        files_of(IncludeScan(FileHashes()), CLIMBING, climbing / "build")

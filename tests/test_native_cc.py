@@ -59,6 +59,14 @@ def argvs() -> list[list[str]]:
         cases += [[*base, flag], [*base, flag + "x"]]
     for prefix in cc_args.BOTH_PREFIXES + cc_args.UNSAFE_PREFIXES:
         cases += [[*base, prefix], [*base, prefix + "x=1"], [*base, prefix + "=y"]]
+    # Dependency flags alone (GCC refuses them: local), with -MD/-MMD before or after, in pairs.
+    lone = [["-MP"], *[[flag, "v"] for flag in cc_args.DEPENDENCY_WITH_VALUE],
+            *[[flag + "v"] for flag in cc_args.DEPENDENCY_WITH_VALUE]]
+    for first in lone:
+        cases.append([*base, *first])
+        for mode in ("-MD", "-MMD"):
+            cases += [[*base, *first, mode], [*base, mode, *first], [mode, *first, "-c", "a.c", "-o", "b.o"]]
+        cases += [[*base, *first, *second] for second in lone]
     return cases
 
 

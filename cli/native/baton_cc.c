@@ -193,7 +193,8 @@ static struct plan local_plan(char *reason) { return (struct plan){NULL, NULL, r
 static struct plan plan(int argc, char **argv) {
     if (argc < 2) return local_plan(xstrdup("no arguments"));
     const char *source = NULL, *output = NULL;
-    int sources = 0, compile_only = 0;
+    const char *lone = NULL; /* the first of -MF, -MT, -MQ, -MP: GCC refuses it without -MD/-MMD */
+    int sources = 0, compile_only = 0, dep_mode = 0;
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i];
         int value_next = i + 1 < argc;
@@ -215,13 +216,18 @@ static struct plan plan(int argc, char **argv) {
         } else if (starts_any(arg, UNSAFE_PREFIXES)) {
             return local_plan(xprintf("%.*s reads or writes other files or runs other programs",
                                       (int)strcspn(arg, "="), arg));
-        } else if (in_list(arg, DEPENDENCY_FLAGS)) {
-            /* the scan in `baton run` handles them */
+        } else if (in_list(arg, DEPENDENCY_FLAGS)) { /* `baton run` sends them with the job */
+            if (strcmp(arg, "-MP") == 0) {
+                if (!lone) lone = "-MP";
+            } else {
+                dep_mode = 1;
+            }
         } else if (in_list(arg, DEPENDENCY_WITH_VALUE) || has_prefix_longer(arg, DEPENDENCY_WITH_VALUE)) {
             if (in_list(arg, DEPENDENCY_WITH_VALUE)) {
                 if (!value_next) return local_plan(xprintf("%s without a value", arg));
                 i++;
             }
+            if (!lone) lone = starts(arg, "-MF") ? "-MF" : starts(arg, "-MT") ? "-MT" : "-MQ";
         } else if (in_list(arg, PREPROCESSOR_WITH_VALUE)) {
             if (!value_next) return local_plan(xprintf("%s without a value", arg));
             i++;
@@ -243,6 +249,7 @@ static struct plan plan(int argc, char **argv) {
     }
     if (!compile_only) return local_plan(xstrdup("no -c: a link"));
     if (sources != 1) return local_plan(xstrdup(sources ? "several sources" : "no source"));
+    if (lone && !dep_mode) return local_plan(xprintf("%s without -MD or -MMD", lone));
     struct plan p = {source, NULL, NULL};
     if (output) {
         p.output = xstrdup(output);

@@ -96,6 +96,62 @@ def test_compiles_go_to_the_helpers_and_come_back_byte_identical(make_cluster, t
     assert len(local) == 42
 
 
+CLIMBING_MAKEFILE = """\
+SRCS = $(wildcard ../src/*.c)
+OBJS = $(notdir $(SRCS:.c=.o))
+app: $(OBJS)
+\t$(CC) $(OBJS) -o app
+%.o: ../src/%.c
+\t$(CC) -O2 -g -Wall -I../include -MD -c $< -o $@
+clean:
+\trm -f app *.o *.d
+-include *.d
+"""
+
+
+def climbing_project(where: Path, sources: int) -> Path:
+    """A make project built in its build/ directory, as many are: -I../include, the sources
+    ../src/sN.c, and `#include "../common/scale.h"` from each source and the shared header.
+    Its build directory."""
+    for d in ("include", "common", "src", "build"):
+        (where / d).mkdir(parents=True)
+    (where / "build" / "Makefile").write_text(CLIMBING_MAKEFILE)
+    (where / "common" / "scale.h").write_text("#pragma once\n#define SCALE 3\n")
+    (where / "include" / "funcs.h").write_text('#include <stdio.h>\n#include "../common/scale.h"\n' + "".join(
+        f"int f{i}(int x);\n" for i in range(sources)))
+    for i in range(sources):
+        (where / "src" / f"s{i}.c").write_text(f'#include "funcs.h"\n#include "../common/scale.h"\n'
+                                               f"int f{i}(int x) {{ return x * SCALE + {i}; }}\n")
+    total = " + ".join(f"f{i}(1)" for i in range(sources))
+    (where / "src" / "main.c").write_text(f'#include "funcs.h"\nint main(void) {{ printf("%s %d\\n", __FILE__, '
+                                          f"{total}); return 0; }}\n")
+    return where / "build"
+
+
+def test_a_build_with_paths_that_climb_goes_remote_and_comes_back_byte_identical(make_cluster, tmp_path):
+    """-I../include and ../src/sN.c compile on the helpers (they were all compiled here before),
+    their files named by the include lines and, with BATON_INCLUDE_SCAN=0, by the scan: the
+    objects (-g: ../src/sN.c and ../include/funcs.h as spelt) and .d files are the local ones."""
+    cluster = make_cluster(agents=2, backups=0, cores=1, web=False)
+    cluster.wait_agents(2)
+    wait_until(lambda: all(r.helper for r in cluster.agent_records().values()), 30, message="helpers advertised")
+    sources = 8
+    build = climbing_project(tmp_path / "proj", sources)
+    subprocess.run(["make", "-j4"], cwd=build, check=True, capture_output=True)
+    local = objects(build)
+    assert len(local) == 2 * (sources + 1) and b"../include/funcs.h" in local["main.d"]
+    assert b"../include/../common/scale.h" in local["s0.d"]   # (#pragma once: read from funcs.h)
+    for env, include_scans in (({}, sources + 1), ({"BATON_INCLUDE_SCAN": "0"}, 0)):
+        subprocess.run(["make", "clean"], cwd=build, check=True, capture_output=True)
+        figures, stderr = baton_run(cluster, build, tmp_path, "make", "-j4", wait=60.0, env=env)
+        assert figures["jobs"] == sources + 1 and figures["exit_code"] == 0, stderr
+        assert figures["remote"] == figures["jobs"], (env, stderr)    # every job: none refused, none kept here
+        assert figures["include_scans"] == include_scans and figures["include_rescans"] == 0, figures
+        assert objects(build) == local, env
+        ran = subprocess.run(["./app"], cwd=build, capture_output=True, text=True)
+        assert ran.stdout == f"../src/main.c {sum(3 + i for i in range(sources))}\n"
+
+
 def test_with_tls_the_initiator_presents_a_client_certificate_and_compiles_go_remote(make_cluster, tmp_path):
     """TLS coordinators require a CA-signed client certificate on every stream, the
     initiator's Cores stream too (without one every job compiled locally)."""
