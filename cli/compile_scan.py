@@ -177,9 +177,9 @@ def climbed_alike(plan: RemotePlan, cwd: str, found: Scan) -> None:
         return known[directory]
 
     climbed = {where for _, path in found.tree for where in climbed_out_of(cwd, path, parent)}
-    if not climbed and ".." not in "/".join((plan.source, *flag_paths(plan.flags))).split("/"):
-        return
     paths = (plan.source, *flag_paths(plan.flags))
+    if not climbed and ".." not in "/".join(paths).split("/"):
+        return
     for path in paths:
         if os.path.isabs(path):   # checked; the helper normalises them (agent.job_root.inside)
             climbed_out_of(cwd, path, parent)
