@@ -1,7 +1,7 @@
 """What does Baton's compile path cost, on a real project?
 
     python bench/compile.py [--runs 30] [--jobs 2] [--remote-jobs N] [--repeat 1] [--cares DIR] [--cluster]
-                            [--wrapper both|native|python] [--json]
+                            [--wrapper both|native|python] [--builds-only] [--json]
 
 The project is c-ares (its sources ship in the PyPI sdist of pycares,
 deps/c-ares; fetched with `pip download` unless --cares names a tree),
@@ -33,7 +33,11 @@ Each `baton run` figure is taken with each compiler wrapper of --wrapper
    coordinator, two agents of one core each serving compile jobs), and with
    distcc when it is installed (Debian's distcc/distccd on loopback, plain
    mode, two slots; "distcc: not installed, not measured" otherwise); the
-   ratios to local and of Baton to distcc. The build with helpers runs twice
+   ratios to local and of Baton to distcc. Every build runs between two
+   local builds (cleaned and built again in a tree of their own) and its
+   ratios are to their mean: this VM's speed moves by a quarter from minute
+   to minute, and a ratio to builds of the same minutes cancels most of
+   it (the median of --repeat such ratios is printed). The build with helpers runs twice
    a round: first with an empty scan cache (cold), then cleaned and built
    again in the same tree (warm: cli/scan_cache.py); then twice more with
    BATON_INCLUDE_SCAN=0 (every job scanned by the preprocessor, cold then
@@ -141,14 +145,16 @@ class LocalAnswers:
         self.thread.join(10)
 
 
-def machine_cpu() -> float:
+def machine_cpu() -> tuple[float, float]:
     """CPU-seconds every process of this machine has used (/proc/stat: user, nice, system, irq,
-    softirq, steal): a build's delta is what it cost the machine, helpers, coordinator and
-    distccd included. On two shared cores that, more than one noisy wall, is the overhead."""
+    softirq, steal), and of them steal (the VM's host running others): a build's delta is what it
+    cost the machine, helpers, coordinator and distccd included. On two shared cores that, more
+    than one noisy wall, is the overhead."""
     with open("/proc/stat") as f:
         fields = [int(x) for x in f.readline().split()[1:9]]
     user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq + steal) / tick, steal / tick
 
 
 def children_cpu() -> float:
@@ -355,13 +361,26 @@ def wrapper_env(env: dict, workdir: Path, kind: str) -> dict:
                 BATON_CC_NATIVE="1" if kind == "native" else "0")
 
 
+def build_once(runner: list[str], build: Path, parallel: int, env: dict) -> tuple[float, float, float, str]:
+    """One `cmake --build` under `runner`: wall, the machine's CPU and its steal in that time, stdout."""
+    started, (cpu, steal) = time.perf_counter(), machine_cpu()
+    done = subprocess.run([*runner, "cmake", "--build", str(build), f"-j{parallel}"], check=True,
+                          env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    cpu_after, steal_after = machine_cpu()
+    return wall, cpu_after - cpu, steal_after - steal, done.stdout
+
+
 def builds(source: Path, workdir: Path, env: dict, jobs: int, cluster=None, repeat: int = 1,
            remote_jobs: int | None = None, kinds: tuple[str, ...] = ("native", "python")) -> list[dict]:
+    """Each variant's build between two local builds: its ratios are to the mean of those two, so
+    the machine's own speed, which moves by a quarter from minute to minute on this VM (the
+    same compiles' CPU-seconds), moves both sides of a ratio alike."""
     remote_jobs = remote_jobs or jobs
     print(f"3. whole builds of c-ares, cmake --build -j{jobs} (-j{remote_jobs} with helpers or distcc), "
-          f"median of {repeat}")
+          f"median of {repeat}; each build's ratio is to the local builds just before and after it")
     run = [sys.executable, "-m", "cli", "run"]
-    variants = [("local", [], env)]
+    variants = []
     for kind in kinds:
         kind_env = wrapper_env(env, workdir.parent, kind)
         variants.append((f"baton run --local-only [{kind}]", [*run, "--local-only", "--"], kind_env))
@@ -380,59 +399,88 @@ def builds(source: Path, workdir: Path, env: dict, jobs: int, cluster=None, repe
     distcc = None
     if Distcc.installed():
         distcc = Distcc(workdir, 2).start()
-        variants.append(("distcc, 2 slots on loopback", [], distcc.env(env)))
-    walls: dict[str, list[float]] = {name: [] for name, _, _ in variants}
-    cpus: dict[str, list[float]] = {name: [] for name, _, _ in variants}
+        variants.append((DISTCC, [], distcc.env(env)))
+    measured: dict[str, list[dict]] = {name: [] for name in ["local", *(v[0] for v in variants)]}
     remote: dict[str, str] = {}
     try:
         build = workdir
         for round_ in range(repeat):
+            local_tree = workdir / f"local-{round_}"
+            configure(source, local_tree, env, [])
+
+            def local() -> dict:
+                wall, cpu, steal, _ = build_once([], local_tree, jobs, env)
+                subprocess.run(["cmake", "--build", str(local_tree), "--target", "clean"], check=True,
+                               env=env, capture_output=True)
+                measured["local"].append({"wall": wall, "cpu": cpu, "steal": steal})
+                return measured["local"][-1]
+
+            before = local()
             for name, runner, variant_env in variants:
                 # Each round's first build with helpers starts with an empty scan cache.
                 variant_env = dict(variant_env, BATON_CACHE_DIR=str(workdir / f"scan-cache-{round_}"))
-                launcher = ["-DCMAKE_C_COMPILER_LAUNCHER=distcc"] if name.startswith("distcc") else []
+                launcher = ["-DCMAKE_C_COMPILER_LAUNCHER=distcc"] if name == DISTCC else []
                 if name.startswith(WARM):
                     subprocess.run(["cmake", "--build", str(build), "--target", "clean"], check=True,
                                    env=variant_env, capture_output=True)
                 else:
                     build = workdir / f"build-{len(os.listdir(workdir))}"
                     configure(source, build, variant_env, [r for r in runner if r != "--json"], launcher)
-                before = distcc.compiled() if distcc else 0
-                started, cpu = time.perf_counter(), machine_cpu()
+                compiled = distcc.compiled() if distcc else 0
                 parallel = remote_jobs if name.startswith(("baton run, ", "distcc")) else jobs
-                done = subprocess.run([*runner, "cmake", "--build", str(build), f"-j{parallel}"], check=True,
-                                      env=variant_env, capture_output=True, text=True)
-                walls[name].append(time.perf_counter() - started)
-                cpus[name].append(machine_cpu() - cpu)
+                wall, cpu, steal, stdout = build_once(runner, build, parallel, variant_env)
+                after = local()
+                around = {key: (before[key] + after[key]) / 2 for key in ("wall", "cpu")}
+                measured[name].append({"wall": wall, "cpu": cpu, "steal": steal,
+                                       "ratio": wall / around["wall"], "cpu_ratio": cpu / around["cpu"]})
+                before = after
                 if "--json" in runner:
-                    figures = json.loads(done.stdout.splitlines()[-1])
+                    figures = json.loads(stdout.splitlines()[-1])
                     remote[name] = (f"{figures['remote']}/{figures['jobs']} jobs remote, "
                                     f"{figures.get('include_scans', 0)} named by include lines, "
                                     f"{figures.get('scan_cache_hits', 0)} scans from the cache")
                 elif launcher:
-                    remote[name] = f"{distcc.compiled() - before} jobs on distccd"
+                    remote[name] = f"{distcc.compiled() - compiled} jobs on distccd"
     finally:
         if distcc is not None:
             distcc.stop()
+    return report_builds(measured, remote, distcc is not None)
+
+
+DISTCC = "distcc, 2 slots on loopback"
+
+
+def report_builds(measured: dict[str, list[dict]], remote: dict[str, str], with_distcc: bool) -> list[dict]:
+    """Each variant's medians: wall and machine CPU, and their ratios to the local builds around it."""
     out = []
-    local = statistics.median(walls["local"])
-    best_local = min(walls["local"])
-    local_cpu = statistics.median(cpus["local"])
-    for name, values in walls.items():
-        wall, cpu = statistics.median(values), statistics.median(cpus[name])
-        print(f"  {name:<53} wall {wall:6.2f} s  (x{wall / local:.2f} of local; best {min(values):.2f} s, "
-              f"x{min(values) / best_local:.2f})  {remote.get(name, '')}")
-        print(f"  {'':<53} CPU  {cpu:6.2f} s  (x{cpu / local_cpu:.2f} of local: the machine's, all processes)")
-        out.append({"name": name, "wall_s": wall, "walls_s": values, "ratio": wall / local,
-                    "cpu_s": cpu, "cpus_s": cpus[name], "cpu_ratio": cpu / local_cpu, "remote": remote.get(name)})
-    if distcc is None:
+    for name, runs in measured.items():
+        wall, cpu = (statistics.median(r[key] for r in runs) for key in ("wall", "cpu"))
+        steal = statistics.median(r["steal"] for r in runs)
+        entry = {"name": name, "wall_s": wall, "walls_s": [r["wall"] for r in runs], "cpu_s": cpu,
+                 "steal_s": steal, "remote": remote.get(name)}
+        if name == "local":
+            print(f"  {name:<53} wall {wall:6.2f} s  (median of {len(runs)}: {min(entry['walls_s']):.2f}-"
+                  f"{max(entry['walls_s']):.2f} s)")
+            print(f"  {'':<53} CPU  {cpu:6.2f} s  (the machine's, all processes; steal {steal:.2f} s)")
+        else:
+            ratios = [r["ratio"] for r in runs]
+            entry.update(ratio=statistics.median(ratios), ratios=ratios,
+                         cpu_ratio=statistics.median(r["cpu_ratio"] for r in runs))
+            print(f"  {name:<53} wall {wall:6.2f} s  (x{entry['ratio']:.2f} of local; best x{min(ratios):.2f})  "
+                  f"{remote.get(name, '')}")
+            print(f"  {'':<53} CPU  {cpu:6.2f} s  (x{entry['cpu_ratio']:.2f} of local; steal {steal:.2f} s)")
+        out.append(entry)
+    if not with_distcc:
         print("  distcc: not installed, not measured")
-    else:
-        theirs = walls[variants[-1][0]]
-        for baton in (o for o in out if o["name"].startswith("baton run, ")):
-            print(f"  {baton['name']} / distcc: x{baton['wall_s'] / statistics.median(theirs):.2f} "
-                  f"(best: x{min(walls[baton['name']]) / min(theirs):.2f}; "
-                  f"CPU x{baton['cpu_s'] / statistics.median(cpus[variants[-1][0]]):.2f})")
+        return out
+    theirs = measured[DISTCC]
+    for name, runs in measured.items():
+        if name.startswith("baton run, "):
+            # Round by round: both ratios are to local builds of the same minutes.
+            walls = [r["ratio"] / d["ratio"] for r, d in zip(runs, theirs)]
+            cpus = [r["cpu_ratio"] / d["cpu_ratio"] for r, d in zip(runs, theirs)]
+            print(f"  {name} / distcc: x{statistics.median(walls):.2f} (best: x{min(walls):.2f}; "
+                  f"CPU x{statistics.median(cpus):.2f})")
     return out
 
 
@@ -453,6 +501,7 @@ def main() -> int:
                         help="also build with two one-core helper agents of a local cluster")
     parser.add_argument("--wrapper", choices=("both", "native", "python"), default="both",
                         help="the compiler wrapper(s) of the baton run figures (default: both, side by side)")
+    parser.add_argument("--builds-only", action="store_true", help="only the whole builds (3.)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--probe", nargs=2, metavar=("BUILD", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -465,10 +514,12 @@ def main() -> int:
                    BATON_CACHE_DIR=str(workdir / "cache"))
         source = Path(args.cares) if args.cares else fetch_cares(workdir)
         kinds = ["native", "python"] if args.wrapper == "both" else [args.wrapper]
-        report = {"startup": startup(args.runs, workdir, env, kinds)}
+        report, different = {}, 0
         build = workdir / "build-halves"
-        configure(source, build, env, [])
-        report["halves"], different = halves(build)
+        if not args.builds_only:
+            report["startup"] = startup(args.runs, workdir, env, kinds)
+            configure(source, build, env, [])
+            report["halves"], different = halves(build)
         cluster = None
         if args.cluster:
             from cli.local import LocalCluster
@@ -480,15 +531,16 @@ def main() -> int:
             builds_dir.mkdir()
             report["builds"] = builds(source, builds_dir, env, args.jobs, cluster, args.repeat,
                                       args.remote_jobs, tuple(kinds))
-            run = [sys.executable, "-m", "cli", "run"]
-            probes = []
-            for kind in kinds:
-                kind_env = wrapper_env(env, workdir, kind)
-                probes.append((f"baton run --local-only [{kind}]", [*run, "--local-only", "--"], kind_env))
-                if cluster is not None:
-                    probes.append((f"baton run, 2 one-core helpers [{kind}]", [*run, *farm_options(cluster), "--"],
-                                   kind_env))
-            report["per_job"] = per_job(build, workdir, probes)
+            if not args.builds_only:   # 4. needs the tree of 2.
+                run = [sys.executable, "-m", "cli", "run"]
+                probes = []
+                for kind in kinds:
+                    kind_env = wrapper_env(env, workdir, kind)
+                    probes.append((f"baton run --local-only [{kind}]", [*run, "--local-only", "--"], kind_env))
+                    if cluster is not None:
+                        probes.append((f"baton run, 2 one-core helpers [{kind}]", [*run, *farm_options(cluster), "--"],
+                                       kind_env))
+                report["per_job"] = per_job(build, workdir, probes)
         finally:
             if cluster is not None:
                 cluster.stop()

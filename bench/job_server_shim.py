@@ -16,6 +16,7 @@ pb.CompileRequest) would break the stubs, which bind its methods.
 def _install() -> None:
     import atexit
     import collections
+    import inspect
     import json
     import os
     import socketserver
@@ -36,6 +37,7 @@ def _install() -> None:
         inner = getattr(owner, attr, None)
         if inner is None:
             return
+        static = isinstance(inspect.getattr_static(owner, attr), staticmethod)
 
         def timed(*args, **kwargs):
             started = clock()
@@ -43,7 +45,7 @@ def _install() -> None:
                 return inner(*args, **kwargs)
             finally:
                 add(name, clock() - started)
-        setattr(owner, attr, timed)
+        setattr(owner, attr, staticmethod(timed) if static else timed)
 
     import cli.ccwire as ccwire
     import cli.core_client as core_client
@@ -58,6 +60,13 @@ def _install() -> None:
     wrap(job_server.JobServer, "compile", "compile (whole)")
     wrap(job_server.JobServer, "_send", "_send")
     wrap(job_server.JobServer, "_stub", "_stub")
+    for name in ("_scan", "_after_include_scan", "_write_depfile"):
+        wrap(job_server.JobServer, name, name)
+    for name in ("_identity", "_system_dirs"):
+        wrap(job_server, name, name)
+    import cli.include_scan as include_scan
+    wrap(include_scan.IncludeScan, "files", "IncludeScan.files")
+    wrap(include_scan.Directories, "refresh", "Directories.refresh")
     for name in ("acquire_core", "release", "local_at_once"):
         wrap(core_client.CoreClient, name, name)
     wrap(job_inputs.Digests, "inputs", "Digests.inputs")
