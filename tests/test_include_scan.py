@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -160,6 +161,27 @@ def test_a_header_edited_to_include_another_adds_it_in_the_next_job(project):
     assert str(project / "extra.h") not in files_of(scanner, argv, project)   # the kept tree
     (project / "local.h").write_text('#include "extra.h"\n#define LOCAL 1\n')
     assert str(project / "extra.h") in files_of(scanner, argv, project)
+
+
+def test_a_header_two_sources_share_is_walked_once_and_followed_when_edited(project):
+    """The second source's tree takes the shared header's kept reach (only its own include
+    lines resolved), names what a fresh scanner names, and sees an edit of a header in that
+    reach made between the two jobs (no directory changes: extra.h was there all along)."""
+    write(project / "other.c", "#include <lib/api.h>\nint other(void) { return API; }\n")
+    write(project / "inc" / "lib" / "extra.h", "#define EXTRA 7\n")
+    scanner = IncludeScan(FileHashes(clock_ns=lambda: time.time_ns() + 10**12))   # every file settled
+    resolved = []
+    resolve = scanner._resolve
+    scanner._resolve = lambda own, name, chain: resolved.append(name) or resolve(own, name, chain)
+    flags = ["gcc", "-Iinc", "-Imore", "-c"]
+    files_of(scanner, [*flags, "main.c"], project)
+    del resolved[:]
+    other = files_of(scanner, [*flags, "other.c"], project)
+    assert resolved == ["lib/api.h"]
+    assert other == files_of(IncludeScan(FileHashes()), [*flags, "other.c"], project)
+    assert str(project / "inc" / "lib" / "extra.h") not in other
+    (project / "inc" / "lib" / "detail.h").write_text('#include "extra.h"\n#define DETAIL EXTRA\n')
+    assert str(project / "inc" / "lib" / "extra.h") in files_of(scanner, [*flags, "other.c"], project)
 
 
 @pytest.fixture
