@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -182,6 +183,52 @@ def test_a_header_two_sources_share_is_walked_once_and_followed_when_edited(proj
     assert str(project / "inc" / "lib" / "extra.h") not in other
     (project / "inc" / "lib" / "detail.h").write_text('#include "extra.h"\n#define DETAIL EXTRA\n')
     assert str(project / "inc" / "lib" / "extra.h") in files_of(scanner, [*flags, "other.c"], project)
+
+
+class TellingLock:
+    """A lock that says when a second thread is waiting for it."""
+
+    def __init__(self):
+        self._lock, self.contended = threading.Lock(), threading.Event()
+
+    def __enter__(self):
+        if not self._lock.acquire(blocking=False):
+            self.contended.set()
+            self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self._lock.release()
+
+
+def test_jobs_that_arrive_together_walk_a_shared_header_once(project):
+    """A run's first jobs arrive together: the second waits for the first's walk of the header
+    they share and takes its reach, rather than reading and walking the same files again."""
+    write(project / "other.c", "#include <lib/api.h>\nint other(void) { return API; }\n")
+    write(project / "third.c", "#include <lib/api.h>\nint third(void) { return API; }\n")
+    scanner = IncludeScan(FileHashes(clock_ns=lambda: time.time_ns() + 10**12))
+    scanner._walking = TellingLock()
+    inside, resolved = threading.Event(), []
+    resolve = scanner._resolve
+
+    def slow_resolve(own, name, chain):   # the first walk stops inside lib/api.h until let go
+        resolved.append(name)
+        if name == "detail.h" and not inside.is_set():
+            inside.set()
+            assert scanner._walking.contended.wait(30), "the second job did not wait for the walk"
+        return resolve(own, name, chain)
+    scanner._resolve = slow_resolve
+    flags = ["gcc", "-Iinc", "-Imore", "-c"]
+    found = {}
+    first = threading.Thread(target=lambda: found.update(other=files_of(scanner, [*flags, "other.c"], project)),
+                             daemon=True)
+    first.start()
+    assert inside.wait(30)
+    found["third"] = files_of(scanner, [*flags, "third.c"], project)
+    assert resolved.count("detail.h") == 1   # lib/api.h's lines walked once, by the first job
+    first.join(30)
+    assert found["other"] - {str(project / "other.c")} == found["third"] - {str(project / "third.c")}
+    assert str(project / "inc" / "lib" / "detail.h") in found["third"]
 
 
 @pytest.fixture
