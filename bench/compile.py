@@ -353,6 +353,7 @@ def free_port() -> int:
 
 
 WARM = "baton run, 2 helpers, warm scan cache"
+DISTCC = "distcc, 2 slots on loopback"
 
 
 def wrapper_env(env: dict, workdir: Path, kind: str) -> dict:
@@ -445,9 +446,6 @@ def builds(source: Path, workdir: Path, env: dict, jobs: int, cluster=None, repe
         if distcc is not None:
             distcc.stop()
     return report_builds(measured, remote, distcc is not None)
-
-
-DISTCC = "distcc, 2 slots on loopback"
 
 
 def report_builds(measured: dict[str, list[dict]], remote: dict[str, str], with_distcc: bool) -> list[dict]:

@@ -256,10 +256,10 @@ class IncludeScan:
         generation = self.directories.generation
         source = os.path.normpath(os.path.join(cwd, plan.source))
         # The source's own names, then each header's reach: a build's sources share most of their
-        # headers, so a header's tree is walked once, not once a job (cli/include_scan.py's cost).
+        # headers, so a header's tree is walked once, not once a job (the module's Costs).
         order: dict[str, None] = {source: None}
         climbed: set[str] = set()
-        for name in self._names(source, seen):
+        for name in _names(source, self._look([source], seen)[0]):
             matches, _, out_of = self._resolve(os.path.dirname(source), name, chain)
             climbed |= out_of
             for match in matches:
@@ -307,9 +307,9 @@ class IncludeScan:
         climbed_out: set[str] = set()
         while level:
             found_next = []
-            for path in level:
+            for path, hashed in zip(level, self._look(level, seen)):   # a level's files at once
                 own = os.path.dirname(path)
-                for name in self._names(path, seen):
+                for name in _names(path, hashed):
                     matches, link, out_of = self._resolve(own, name, chain)
                     linked = linked or link
                     climbed_out |= out_of
@@ -323,12 +323,6 @@ class IncludeScan:
             with self._lock:
                 self._reaches[(header, chain)] = (generation, files, tuple(seen[f][:2] for f in files), climbed)
         return files, climbed
-
-    def _names(self, path: str, seen: Seen) -> tuple[str, ...]:
-        names = self._look([path], seen)[0].derived
-        if names is UNSURE:
-            raise Unsure(f"{path}: an include line that only the preprocessor can read")
-        return names
 
     def _look(self, paths, seen: Seen) -> list[Hashed]:
         """Each path's Hashed as this job saw it: stat'ed (and read when new) once a job."""
@@ -410,6 +404,13 @@ class IncludeScan:
             with self._lock:
                 self._found[key] = (generation, found, frozenset(climbed))
         return found, linked, frozenset(climbed)
+
+
+def _names(path: str, hashed: Hashed) -> tuple[str, ...]:
+    """The include names of a file looked at with `include_names`; Unsure when it cannot tell."""
+    if hashed.derived is UNSURE:
+        raise Unsure(f"{path}: an include line that only the preprocessor can read")
+    return hashed.derived
 
 
 def _on_helper(climbed, cwd: str, files, made: list[str]) -> None:
