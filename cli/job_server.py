@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import selectors
 import socketserver
 import subprocess
 import threading
@@ -99,6 +100,54 @@ def job_locale(env: dict[str, str]) -> dict[str, str]:
     return {name: env[name] for name in LOCALE_VARS if env.get(name)} or {"LANG": "C"}
 
 
+class JobSocket(socketserver.ThreadingUnixStreamServer):
+    """The job server's socket: a thread per connection, and a serving loop that ends as soon as
+    `shutdown()` is called. socketserver's own loop notices shutdown() only at its next poll,
+    up to half a second later, and every `baton run` waited that out between COMMAND's end and
+    its own (0.25 s a build on average, bench/README.md, issue 14): this one also watches a pipe
+    that shutdown() writes to."""
+
+    daemon_threads = True
+
+    def __init__(self, path: str, handler):
+        super().__init__(path, handler)
+        self._wake_read, self._wake_write = os.pipe()
+        self._ended = threading.Event()
+        self._serving = False
+
+    def start(self) -> None:
+        """serve_forever in a thread of its own."""
+        self._serving = True
+        threading.Thread(target=self.serve_forever, name="cc-jobs", daemon=True).start()
+
+    def serve_forever(self, poll_interval: float | None = None) -> None:
+        try:
+            with selectors.DefaultSelector() as selector:
+                selector.register(self, selectors.EVENT_READ)
+                selector.register(self._wake_read, selectors.EVENT_READ)
+                while True:
+                    ready = selector.select()
+                    if any(key.fileobj == self._wake_read for key, _ in ready):
+                        return
+                    self._handle_request_noblock()   # accept, then a thread for the connection
+        finally:
+            self._ended.set()
+
+    def shutdown(self) -> None:
+        """End serve_forever (no new connections) and wait until it has; the connections' own
+        threads finish on their own."""
+        if self._serving and not self._ended.is_set():   # a byte written before the loop starts ends it too
+            os.write(self._wake_write, b"x")
+            self._ended.wait()
+
+    def server_close(self) -> None:
+        super().server_close()
+        wake, self._wake_read, self._wake_write = (self._wake_read, self._wake_write), -1, -1
+        for fd in wake:
+            if fd >= 0:
+                os.close(fd)
+
+
 class JobServer:
     """Serves `baton cc` on `<run_dir>/cc.sock`; `start()`, `stop()`."""
 
@@ -129,11 +178,10 @@ class JobServer:
                     log.warning("baton run: a job from baton cc failed: %s", exc)
 
         # A thread per job: a pool of kept threads measured no different (bench/README.md, w9/jobthread).
-        self._server = socketserver.ThreadingUnixStreamServer(self.path, Handler)
-        self._server.daemon_threads = True
+        self._server = JobSocket(self.path, Handler)
 
     def start(self) -> "JobServer":
-        threading.Thread(target=self._server.serve_forever, name="cc-jobs", daemon=True).start()
+        self._server.start()
         return self
 
     def stop(self) -> None:
