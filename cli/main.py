@@ -340,7 +340,32 @@ def exit_code_for(exc: BaseException) -> int:
     return FAILED
 
 
+# Commands whose process ends without the interpreter's teardown (entry()).
+QUICK_EXIT = frozenset({"run"})
+_command: str | None = None   # the command main() ran last
+
+
+def entry() -> None:
+    """The `baton` program (pyproject.toml's script, `python -m cli`): main(), then exit.
+    After `baton run`, once its output is flushed, the process ends at once (os._exit): its
+    work is done and written by then, and the interpreter's teardown (a last collection over
+    grpc's, protobuf's and etcd3's objects and the build's caches) took 30-60 ms that every
+    build's wall paid (bench/README.md, issue 14). In-process callers of main() keep the
+    normal exit."""
+    code = main()
+    if _command in QUICK_EXIT:
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
+    global _command
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["cc"]:
         # A compiler's arguments are not baton's options: no parser.
@@ -357,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return OK
+    _command = args.command
     from cluster import logs
 
     # The daemons name themselves in JSON lines (--log-format json); commands log as text.

@@ -215,3 +215,25 @@ def test_with_etcd_unreachable_compiles_go_local_without_waiting_out_the_remote_
     assert (figures["jobs"], figures["local"], figures["recorded"]) == (2, 2, False)
     assert NOT_RECORDED in done.stderr.splitlines()
     assert subprocess.run(["./app"], cwd=make_project, capture_output=True, text=True).stdout == "42\n"
+
+
+# Python that registers a teardown hook, then runs the `baton` program (cli.main.entry) on argv.
+WITH_TEARDOWN_HOOK = ("import atexit, sys; atexit.register(lambda: print('torn down', flush=True)); "
+                      "sys.argv[0] = 'baton'; from cli.main import entry; entry()")
+
+
+def test_baton_run_ends_without_the_interpreters_teardown_and_keeps_its_output_and_code(tmp_path, env):
+    # The teardown took 30-60 ms of every build's wall; `baton run`'s work is done and written by then.
+    done = subprocess.run([sys.executable, "-c", WITH_TEARDOWN_HOOK, "run", "--local-only", "--json", "--",
+                           "sh", "-c", "echo from the build; exit 7"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 7
+    assert "torn down" not in done.stdout
+    assert done.stdout.splitlines()[0] == "from the build"
+    assert json.loads(done.stdout.splitlines()[-1])["exit_code"] == 7   # a pipe's buffer, flushed
+    assert "baton run: 0 jobs" in done.stderr
+    # Other commands (the daemons among them) end as Python programs do.
+    other = subprocess.run([sys.executable, "-c", WITH_TEARDOWN_HOOK, "status"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert other.returncode == 4, other.stderr   # etcd unreachable (the fixture's closed port)
+    assert other.stdout.rstrip().endswith("torn down")
