@@ -106,15 +106,27 @@ class _Parser(argparse.ArgumentParser):
             _add(self, API)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from cli import __version__
+class _Version(argparse.Action):
+    """--version, looked up only when asked: the package metadata costs every command ~7 ms
+    to read (`baton run` among them, once per build, before its COMMAND starts)."""
 
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from cli import __version__
+
+        print(f"baton {__version__}")   # on stdout, as argparse's own version action
+        parser.exit()
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="baton", description="Baton: a build-farm coordinator with a hot backup.",
                      epilog="Where options come from: a flag, else its environment variable, else the "
                             "context (context.json in --context DIR, $BATON_CONTEXT or ./.baton, written by "
                             "`baton up`), else the default. Credentials: $BATON_USER/$BATON_PASSWORD, else "
                             "the context's admin.")
-    parser.add_argument("--version", action="version", version=f"baton {__version__}")
+    parser.add_argument("--version", action=_Version, help="show the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("up", help="one local cluster on this machine (etcd, primary, backups, agents, UIs)")
@@ -170,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_log_format(p)
 
     p = sub.add_parser("agent", help="an agent (build machine)")
-    from agent.daemon import add_arguments
+    from agent.options import add_arguments
 
     add_arguments(p)  # the agent's own options, --log-format too (--etcd and the other common ones are there already)
 
