@@ -10,7 +10,7 @@ compiler's files as before (agent.compile_job.compiler_programs: the driver
 on PATH and the programs it runs) and reuses the identity stored in
 $BATON_CACHE_DIR/identity (else ~/.cache/baton/identity) when every file
 still has the stat stamp (size, mtime, ctime, inode, device) it had when it
-was hashed; else it hashes them again. As in cli/job_inputs.py, a file that
+was hashed; else it hashes them again. As in cli/file_hashes.py, a file that
 changed within SETTLE_NS of the hashing is not trusted to its stamp (a
 timestamp's granularity could hide a second change), and a file that changed
 while it was hashed is not stored. Any doubt (unreadable, corrupt or foreign
@@ -27,7 +27,7 @@ from typing import Callable
 
 from agent.compile_job import compiler_programs, identity_of
 from cli import cache_home
-from cli.job_inputs import SETTLE_NS
+from cli.file_hashes import SETTLE_NS
 from cluster.files import stat_stamp, write_json_atomically
 
 VERSION = 1

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from typing import Callable, Iterable
 
-from cli.file_hashes import SETTLE_NS, FileHashes, Hashed, Seen  # noqa: F401 (SETTLE_NS: cli/identity_cache.py)
+from cli.file_hashes import FileHashes, Hashed, Seen
 from cluster.protocol import compile_pb2 as pb
 
 

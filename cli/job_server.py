@@ -28,16 +28,16 @@ import selectors
 import socketserver
 import subprocess
 import threading
-from typing import Callable, TypeVar
 
 import grpc
 
 from agent.compile_job import LOCALE_VARS
 from cli import ccwire
 from cli.cc_args import Local, plan
-from cli.compile_scan import Scan, ScanFailed, Unshippable, input_paths, scan, system_dirs
+from cli.compile_scan import Scan, ScanFailed, Unshippable, input_paths, scan
 from cli.core_client import CoreSource
-from cli.identity_cache import compiler_identity   # kept across builds by stat stamps
+from cli.compiler_facts import identity as _identity   # kept across builds by stat stamps
+from cli.compiler_facts import system_dirs as _system_dirs
 from cli.include_scan import IncludeScan, Unsure
 from cli.job_inputs import Delivered, Digests
 from cli.scan_cache import ScanCache, Uncacheable, cached_scan, depfile, write_file
@@ -54,44 +54,6 @@ COMPILE_TIMEOUT = 600.0         # s for one job on a helper
 # cache), none by its include lines (cli/include_scan.py).
 INCLUDE_SCAN_ENV = "BATON_INCLUDE_SCAN"
 MAX_MESSAGE = 80 * 1024 * 1024  # as agent.helper.MAX_MESSAGE
-T = TypeVar("T")
-
-
-class Once:
-    """`once(*key)`: `compute(*key)`, computed once per key even when several jobs ask at
-    once. functools.lru_cache does not hold back a second caller while the first computes:
-    at a build's start every job of -jN computed the compiler's identity (~60 ms of CPU:
-    hashing cc1, cc1plus, as) and its system directories, N times over, while the build
-    waited for its first jobs (bench/README.md, issue 14). A failure is not kept (the next
-    caller computes again, as with lru_cache); beyond `size` keys the oldest is dropped."""
-
-    def __init__(self, compute: Callable[..., T], size: int = 32):
-        self._compute, self._size = compute, size
-        self._lock = threading.Lock()
-        self._values: dict[tuple, T] = {}
-        self._computing: dict[tuple, threading.Lock] = {}
-
-    def __call__(self, *key) -> T:
-        with self._lock:
-            if key in self._values:
-                return self._values[key]
-            computing = self._computing.setdefault(key, threading.Lock())
-        with computing:
-            with self._lock:
-                if key in self._values:   # computed while this caller waited
-                    return self._values[key]
-            value = self._compute(*key)
-            with self._lock:
-                self._values[key] = value
-                self._computing.pop(key, None)
-                while len(self._values) > self._size:
-                    del self._values[next(iter(self._values))]
-            return value
-
-
-# Looked up at each call (not bound here), so that the module's names stay the ones used.
-_identity = Once(lambda compiler: compiler_identity(compiler))
-_system_dirs = Once(lambda compiler, language: system_dirs(compiler, language))
 
 
 def job_locale(env: dict[str, str]) -> dict[str, str]:

@@ -294,6 +294,11 @@ def cmd_run(args) -> int:
 
     command = args.build_command[1:] if args.build_command[:1] == ["--"] else args.build_command
     farm = None
+    if not args.local_only and args.max_remote != 0:
+        from cli import compiler_facts
+
+        # The first jobs' first needs, looked up on the other core while grpc and etcd3 import.
+        compiler_facts.prefetch()
     if not args.local_only:
         from cli.initiator import Farm
         from cluster.names import read_token

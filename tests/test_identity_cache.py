@@ -81,7 +81,9 @@ def test_a_corrupt_or_foreign_entry_is_not_used(tmp_path, monkeypatch):
 
 
 def test_the_job_server_uses_it(tmp_path, monkeypatch):
+    import cli.compiler_facts as compiler_facts
     import cli.job_server as job_server
 
-    assert job_server.compiler_identity is compiler_identity
+    assert job_server._identity is compiler_facts.identity
+    assert compiler_facts.compiler_identity is compiler_identity
     assert compile_job.compiler_identity is uncached
