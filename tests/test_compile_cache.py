@@ -18,27 +18,13 @@ from agent.compile_job import CompileJob, InputsMissing, compiler_identity, run_
 from agent.helper import Grants, HelperServer
 from agent.input_store import ContentMismatch, InputStore
 from agent.job_root import RootPool
-from cli.core_client import CoreSource
 from cli.job_server import JobServer
 from cli.job_inputs import Digests
 from cluster.protocol import compile_pb2 as pb
 from cluster.protocol import compile_pb2_grpc
+from tests.harness.cores import OneGrant
 
 pytestmark = pytest.mark.skipif(not shutil.which("gcc"), reason="needs gcc")
-
-
-class OneGrant(CoreSource):
-    """The CoreClient's two verbs (acquire_core, release), with one grant of a real HelperServer (no leader in these tests)."""
-
-    def __init__(self, address: str):
-        self.grant = pb.Grant(agent="h1", helper=address, slots=4, grant="g1", epoch=5)
-        self.helpers_used: set[str] = set()
-
-    def acquire_core(self, wait):
-        return self.grant, 0, ""
-
-    def release(self, grant, slot=-1):
-        pass
 
 
 class Recording(JobServer):
@@ -62,7 +48,7 @@ def farm(tmp_path):
     helper.start()
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    jobs = Recording(str(run_dir), OneGrant(helper.address("127.0.0.1")), 1.0).start()
+    jobs = Recording(str(run_dir), OneGrant(helper.address("127.0.0.1"), agent="h1"), 1.0).start()
     yield helper, jobs
     jobs.stop()
     helper.stop()

@@ -20,10 +20,10 @@ import pytest
 
 from agent.compile_job import compiler_identity
 from agent.helper import GRANT_WAIT, Grants, HelperServer, Refused
-from cli.core_client import CoreSource
 from cli.job_server import JobServer
 from cluster.protocol import compile_pb2 as pb
 from cluster.protocol import compile_pb2_grpc
+from tests.harness.cores import OneGrant
 from tests.harness.wait import wait_until
 
 pytestmark = pytest.mark.skipif(not shutil.which("gcc"), reason="needs gcc")
@@ -58,26 +58,12 @@ def job(tmp_path, grant: str, epoch: int = 5) -> pb.CompileRequest:
                              files=[pb.SourceFile(path=str(tmp_path / "a.c"), content=SOURCE)])
 
 
-class OneGrant(CoreSource):
-    """The CoreClient surface JobServer uses: the leader granted it `grant` of agent a1."""
-
-    def __init__(self, helper: str, grant: str, epoch: int):
-        self.grant = pb.Grant(agent="a1", helper=helper, slots=1, grant=grant, epoch=epoch)
-        self.helpers_used: set[str] = set()
-
-    def acquire_core(self, wait: float):
-        return self.grant, 0, ""
-
-    def release(self, grant, slot: int = -1) -> None:
-        pass
-
-
 def through_initiator(tmp_path, server: HelperServer, grant: str, epoch: int = 5) -> dict:
     """A gcc job of `baton cc` through the initiator's JobServer, holding `grant`."""
     (tmp_path / "a.c").write_bytes(SOURCE)
     run_dir = tmp_path / "run"
     run_dir.mkdir(exist_ok=True)
-    jobs = JobServer(str(run_dir), OneGrant(server.address("unused"), grant, epoch), wait=1.0).start()
+    jobs = JobServer(str(run_dir), OneGrant(server.address("unused"), grant=grant, epoch=epoch, slots=1), wait=1.0).start()
     try:
         reply = jobs.compile({"argv": [shutil.which("gcc"), "-O2", "-c", "a.c", "-o", "a.o"],
                               "cwd": str(tmp_path), "env": dict(os.environ)})

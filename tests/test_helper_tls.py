@@ -15,11 +15,11 @@ from agent.compile_job import compiler_identity
 from agent.config import AgentConfig
 from agent.helper import Grants, HelperServer
 from cli.certs import issue_agent_cert, make_ca
-from cli.core_client import CoreSource
 from cli.job_server import JobServer
 from cluster.protocol import compile_pb2 as pb
 from cluster.protocol import compile_pb2_grpc
 from lease.errors import ConfigError
+from tests.harness.cores import OneGrant
 
 pytestmark = pytest.mark.skipif(not shutil.which("gcc"), reason="needs gcc")
 
@@ -109,25 +109,11 @@ def test_a_client_certificate_of_another_ca_is_refused(pki, serve, tmp_path):
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-class OneGrant(CoreSource):
-    """The CoreClient surface JobServer uses, lending one grant of `agent` at `helper`."""
-
-    def __init__(self, agent: str, helper: str):
-        self.grant = pb.Grant(agent=agent, helper=helper, slots=4, grant="g1", epoch=5)
-        self.helpers_used: set[str] = set()
-
-    def acquire_core(self, wait: float):
-        return self.grant, 0, ""
-
-    def release(self, grant, slot: int = -1) -> None:
-        pass
-
-
 def job_through_initiator(tmp_path, pki, helper: HelperServer, agent: str) -> dict:
     (tmp_path / "a.c").write_bytes(SOURCE)
     run_dir = tmp_path / f"run{helper.port}"
     run_dir.mkdir()
-    jobs = JobServer(str(run_dir), OneGrant(agent, helper.address("unused")), wait=1.0,
+    jobs = JobServer(str(run_dir), OneGrant(helper.address("unused"), agent=agent), wait=1.0,
                      root_certificates=pki.ca_pem, client=pki.agent("initiator")).start()
     try:
         reply = jobs.compile({"argv": [shutil.which("gcc"), "-O2", "-c", "a.c", "-o", "a.o"], "cwd": str(tmp_path),

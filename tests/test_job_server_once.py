@@ -13,21 +13,11 @@ import pytest
 import cli.compiler_facts as compiler_facts
 from cli.compile_scan import ScanFailed
 from cli.compiler_facts import Once
-from cli.core_client import CoreSource
 from cli.job_server import JobServer
+from tests.harness.cores import LocalCores
 from tests.harness.wait import holds_for, wait_until
 
 JOBS = 4
-
-
-class LocalCores(CoreSource):
-    """A CoreClient stand-in with no helper core: every job is answered "compile it locally"."""
-
-    def acquire_core(self, wait=None):
-        return None, -1, "no helper in this test"
-
-    def release(self, grant, slot=-1):
-        raise AssertionError("no grant was given")
 
 
 def test_concurrent_jobs_compute_the_compilers_identity_once(tmp_path, monkeypatch):

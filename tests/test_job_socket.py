@@ -10,19 +10,9 @@ import threading
 import pytest
 
 from cli import ccwire
-from cli.core_client import CoreSource
 from cli.job_server import JobServer
+from tests.harness.cores import LocalCores
 from tests.harness.wait import wait_until
-
-
-class LocalCores(CoreSource):
-    """No helper core: every job is answered "compile it locally"."""
-
-    def acquire_core(self, wait=None):
-        return None, -1, "no helper in this test"
-
-    def release(self, grant, slot=-1):
-        raise AssertionError("no grant was given")
 
 
 LINK = "a.o is not a C or C++ source (a link, or another language)"   # cli.cc_args.plan's reason
