@@ -1,7 +1,7 @@
 """What does Baton's compile path cost, on a real project?
 
     python bench/compile.py [--runs 30] [--jobs 2] [--remote-jobs N] [--repeat 1] [--cares DIR] [--cluster]
-                            [--wrapper both|native|python] [--builds-only] [--json]
+                            [--wrapper both|native|python] [--builds-only] [--no-scanned] [--json]
 
 The project is c-ares (its sources ship in the PyPI sdist of pycares,
 deps/c-ares; fetched with `pip download` unless --cares names a tree),
@@ -41,7 +41,10 @@ Each `baton run` figure is taken with each compiler wrapper of --wrapper
    a round: first with an empty scan cache (cold), then cleaned and built
    again in the same tree (warm: cli/scan_cache.py); then twice more with
    BATON_INCLUDE_SCAN=0 (every job scanned by the preprocessor, cold then
-   warm, not named by its include lines: cli/include_scan.py). On one machine the helpers share
+   warm, not named by its include lines: cli/include_scan.py; --no-scanned
+   leaves these two out). Each round starts one variant later than the last
+   (a build and its build again stay together), and Baton's ratio to distcc
+   is listed round by round. On one machine the helpers share
    its cores, so the figure is the remote path's overhead, not a speed-up; each
    build's CPU-seconds over the whole machine (/proc/stat) are printed too, a
    steadier figure of that overhead than walls on a loaded machine.
@@ -373,35 +376,41 @@ def build_once(runner: list[str], build: Path, parallel: int, env: dict) -> tupl
 
 
 def builds(source: Path, workdir: Path, env: dict, jobs: int, cluster=None, repeat: int = 1,
-           remote_jobs: int | None = None, kinds: tuple[str, ...] = ("native", "python")) -> list[dict]:
+           remote_jobs: int | None = None, kinds: tuple[str, ...] = ("native", "python"),
+           scanned: bool = True) -> list[dict]:
     """Each variant's build between two local builds: its ratios are to the mean of those two, so
     the machine's own speed, which moves by a quarter from minute to minute on this VM (the
-    same compiles' CPU-seconds), moves both sides of a ratio alike."""
+    same compiles' CPU-seconds), moves both sides of a ratio alike. The variants run in groups (a
+    build and its build again stay together), and each round starts one group later than the
+    last, so that no variant always follows the same one (a build right after a heavy one, or
+    always a round's first, would carry that place in every ratio)."""
     remote_jobs = remote_jobs or jobs
     print(f"3. whole builds of c-ares, cmake --build -j{jobs} (-j{remote_jobs} with helpers or distcc), "
           f"median of {repeat}; each build's ratio is to the local builds just before and after it")
     run = [sys.executable, "-m", "cli", "run"]
-    variants = []
+    groups = []
     for kind in kinds:
         kind_env = wrapper_env(env, workdir.parent, kind)
-        variants.append((f"baton run --local-only [{kind}]", [*run, "--local-only", "--"], kind_env))
+        groups.append([(f"baton run --local-only [{kind}]", [*run, "--local-only", "--"], kind_env)])
         if cluster is not None:
-            variants.append((f"baton run, 2 one-core helpers [{kind}]",
-                             [*run, "--json", *farm_options(cluster), "--"], kind_env))
-            # The same build tree cleaned and built again: every scan from the cache (cli/scan_cache.py).
-            variants.append((f"{WARM} [{kind}]", [*run, "--json", *farm_options(cluster), "--"], kind_env))
-            # Each job scanned by the preprocessor, not named by its include lines (cli/include_scan.py):
-            # cold, then warm (the cache), as every build was before the include lines.
-            scanned_env = dict(kind_env, BATON_INCLUDE_SCAN="0")
-            variants.append((f"baton run, 2 helpers, scanned, cold [{kind}]",
-                             [*run, "--json", *farm_options(cluster), "--"], scanned_env))
-            variants.append((f"{WARM}, scanned [{kind}]", [*run, "--json", *farm_options(cluster), "--"],
-                             scanned_env))
+            groups.append([(f"baton run, 2 one-core helpers [{kind}]",
+                            [*run, "--json", *farm_options(cluster), "--"], kind_env),
+                           # The same build tree cleaned and built again: every scan from the cache
+                           # (cli/scan_cache.py).
+                           (f"{WARM} [{kind}]", [*run, "--json", *farm_options(cluster), "--"], kind_env)])
+            if scanned:
+                # Each job scanned by the preprocessor, not named by its include lines
+                # (cli/include_scan.py): cold, then warm (the cache), as every build was before them.
+                scanned_env = dict(kind_env, BATON_INCLUDE_SCAN="0")
+                groups.append([(f"baton run, 2 helpers, scanned, cold [{kind}]",
+                                [*run, "--json", *farm_options(cluster), "--"], scanned_env),
+                               (f"{WARM}, scanned [{kind}]", [*run, "--json", *farm_options(cluster), "--"],
+                                scanned_env)])
     distcc = None
     if Distcc.installed():
         distcc = Distcc(workdir, 2).start()
-        variants.append((DISTCC, [], distcc.env(env)))
-    measured: dict[str, list[dict]] = {name: [] for name in ["local", *(v[0] for v in variants)]}
+        groups.append([(DISTCC, [], distcc.env(env))])
+    measured: dict[str, list[dict]] = {name: [] for name in ["local", *(v[0] for g in groups for v in g)]}
     remote: dict[str, str] = {}
     try:
         build = workdir
@@ -417,7 +426,8 @@ def builds(source: Path, workdir: Path, env: dict, jobs: int, cluster=None, repe
                 return measured["local"][-1]
 
             before = local()
-            for name, runner, variant_env in variants:
+            turn = round_ % len(groups)
+            for name, runner, variant_env in (v for g in groups[turn:] + groups[:turn] for v in g):
                 # Each round's first build with helpers starts with an empty scan cache.
                 variant_env = dict(variant_env, BATON_CACHE_DIR=str(workdir / f"scan-cache-{round_}"))
                 launcher = ["-DCMAKE_C_COMPILER_LAUNCHER=distcc"] if name == DISTCC else []
@@ -478,7 +488,8 @@ def report_builds(measured: dict[str, list[dict]], remote: dict[str, str], with_
             walls = [r["ratio"] / d["ratio"] for r, d in zip(runs, theirs)]
             cpus = [r["cpu_ratio"] / d["cpu_ratio"] for r, d in zip(runs, theirs)]
             print(f"  {name} / distcc: x{statistics.median(walls):.2f} (best: x{min(walls):.2f}; "
-                  f"CPU x{statistics.median(cpus):.2f})")
+                  f"CPU x{statistics.median(cpus):.2f}); at or below distcc in {sum(w <= 1 for w in walls)} "
+                  f"of {len(walls)} rounds: {' '.join(f'{w:.2f}' for w in walls)}")
     return out
 
 
@@ -500,6 +511,9 @@ def main() -> int:
     parser.add_argument("--wrapper", choices=("both", "native", "python"), default="both",
                         help="the compiler wrapper(s) of the baton run figures (default: both, side by side)")
     parser.add_argument("--builds-only", action="store_true", help="only the whole builds (3.)")
+    parser.add_argument("--no-scanned", action="store_true",
+                        help="without the builds whose jobs are all scanned (BATON_INCLUDE_SCAN=0): more rounds "
+                             "in the same time for the figures against local and distcc")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--probe", nargs=2, metavar=("BUILD", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -528,7 +542,7 @@ def main() -> int:
             builds_dir = workdir / "builds"
             builds_dir.mkdir()
             report["builds"] = builds(source, builds_dir, env, args.jobs, cluster, args.repeat,
-                                      args.remote_jobs, tuple(kinds))
+                                      args.remote_jobs, tuple(kinds), scanned=not args.no_scanned)
             if not args.builds_only:   # 4. needs the tree of 2.
                 run = [sys.executable, "-m", "cli", "run"]
                 probes = []
