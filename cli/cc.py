@@ -8,7 +8,7 @@ records the wrapper's path) keeps building without it.
 
 Under `baton run` ($BATON_RUN_DIR set) each invocation is a job: it runs
 here or on a helper, and its record (source, helper or "local", the
-helper's slot, started, finished, duration, exit code, why local) is appended to the run's job log,
+helper's slot and when the job held it, started, finished, duration, exit code, why local) is appended to the run's job log,
 one JSON line written with a single O_APPEND write, so that concurrent jobs
 never interleave. A job that may go remote (cli.cc_args.plan) is handed
 to `baton run` over the run's socket (cli/ccwire.py): `baton run` scans it
@@ -105,9 +105,10 @@ def compile_locally(argv: list[str]) -> int:
             continue
 
 
-def compile_remotely(run_dir: str, argv: list[str], output: str) -> tuple[str | None, int | None, str, int | None]:
-    """(helper name, exit code, "", the slot of the build's grant it ran in) when a helper
-    compiled it, else (None, None, why not, None).
+def compile_remotely(run_dir: str, argv: list[str], output: str) -> tuple[str | None, int | None, str, dict]:
+    """(helper name, exit code, "", where and when it ran) when a helper compiled it, else
+    (None, None, why not, {}). Where and when: the job record's `core` (the slot of the
+    build's grant it ran in) and `core_started`, `core_finished` (when it held that core).
 
     `baton run` does the rest (cli/job_server.py): it scans the compile (which
     writes the dependency file), names its inputs by hash and sends them to a
@@ -130,9 +131,9 @@ def compile_remotely(run_dir: str, argv: list[str], output: str) -> tuple[str | 
         finally:
             sock.close()
     except (OSError, ValueError) as exc:
-        return None, None, f"baton run did not answer: {exc}", None
+        return None, None, f"baton run did not answer: {exc}", {}
     if "helper" not in reply:
-        return None, None, reply.get("local") or "baton run said so", None
+        return None, None, reply.get("local") or "baton run said so", {}
     code = int(reply["exit_code"])
     output = os.path.join(cwd, output)
     if code == 0:
@@ -144,7 +145,10 @@ def compile_remotely(run_dir: str, argv: list[str], output: str) -> tuple[str | 
         os.unlink(output)   # as the compiler does when it fails
     sys.stderr.buffer.write(reply["diagnostics"])
     sys.stderr.flush()
-    return reply["helper"], code, "", reply.get("core")
+    placed = {"core": reply.get("core")}
+    if isinstance(reply.get("core_started_ms"), int) and isinstance(reply.get("core_finished_ms"), int):
+        placed.update(core_started=reply["core_started_ms"] / 1000, core_finished=reply["core_finished_ms"] / 1000)
+    return reply["helper"], code, "", placed
 
 
 def main(args: list[str]) -> int:
@@ -166,7 +170,8 @@ def main(args: list[str]) -> int:
 
     decided = plan(argv)
     started = time.time()
-    helper = code = core = None
+    helper = code = None
+    placed: dict = {}
     if isinstance(decided, Local):
         source, why = None, decided.reason
     elif os.environ.get(LOCAL_ONLY_ENV):
@@ -175,7 +180,7 @@ def main(args: list[str]) -> int:
         source, why = decided.source, "baton run serves no helper cores"
     else:
         source = decided.source
-        helper, code, why, core = compile_remotely(run_dir, argv, decided.output)
+        helper, code, why, placed = compile_remotely(run_dir, argv, decided.output)
     if helper is None:
         code = compile_locally(argv)
     finished = time.time()
@@ -185,8 +190,8 @@ def main(args: list[str]) -> int:
                "exit_code": code, "compiler": os.path.basename(compiler)}
         if helper is None:
             job["why_local"] = why
-        elif core is not None:
-            job["core"] = core   # the build monitor's lane on that helper (cli/core_client.py acquire_core)
+        else:   # the build monitor's lane on that helper (cli/core_client.py acquire_core), and the bar on it
+            job.update((key, value) for key, value in placed.items() if value is not None)
         record(run_dir, job)
     return code
 

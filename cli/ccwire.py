@@ -22,7 +22,9 @@ not know, so a field can be added without the other side changing.
 
 A request: {"argv": the compiler command, "cwd", "env": the compile's
 environment}. A reply: {"helper", "exit_code", "core", "object",
-"diagnostics"} when a helper compiled it, else {"local": why it compiles here}.
+"diagnostics", "core_started_ms", "core_finished_ms" (unix time in ms: when
+the job held the helper's core)} when a helper compiled it, else {"local":
+why it compiles here}.
 """
 from __future__ import annotations
 

@@ -28,6 +28,7 @@ import selectors
 import socketserver
 import subprocess
 import threading
+import time
 
 import grpc
 
@@ -197,6 +198,7 @@ class JobServer:
         grant, slot, why = self.cores.acquire_core(self.wait)
         if grant is None:
             return {"local": why}
+        on_core = time.time()   # the job's bar on the build monitor's core lane starts here, not at `baton cc`'s start
         try:
             request = pb.CompileRequest(
                 grant=grant.grant, epoch=grant.epoch, compiler=os.path.basename(decided.compiler),
@@ -215,6 +217,7 @@ class JobServer:
             details = (exc.details() or "")[-300:]
             return {"local": f"helper {grant.agent} failed: {exc.code().name}" + (f" ({details})" if details else "")}
         finally:
+            off_core = time.time()
             self.cores.release(grant, slot)
         if reply.refused or reply.missing:
             return {"local": f"helper {grant.agent} refused: {reply.refused or 'inputs missing twice'}"}
@@ -228,7 +231,8 @@ class JobServer:
                 return {"local": why}
         self.cores.helpers_used.add(grant.agent)
         return {"helper": grant.agent, "exit_code": reply.exit_code, "core": slot, "object": reply.object,
-                "diagnostics": reply.diagnostics}
+                "diagnostics": reply.diagnostics, "core_started_ms": round(on_core * 1000),
+                "core_finished_ms": round(off_core * 1000)}
 
     def _scan(self, decided, cwd: str, env: dict, identity: str, dirs: tuple[str, ...]) -> tuple[Scan, bool]:
         """The files the compile reads, and whether the helper is to write its dependency file: from

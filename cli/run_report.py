@@ -37,7 +37,9 @@ def job_report(seq: int, job: dict) -> pb.JobReport:
                         core=int(job.get("core") or 0) if remote else 0, started=float(job.get("started") or 0),
                         finished=float(job.get("finished") or 0), exit_code=int(code if code is not None else -1),
                         remote=remote, why_local="" if remote else str(job.get("why_local") or ""),
-                        compiler=str(job.get("compiler") or ""))
+                        compiler=str(job.get("compiler") or ""),
+                        core_started=float(job.get("core_started") or 0) if remote else 0,
+                        core_finished=float(job.get("core_finished") or 0) if remote else 0)
 
 
 class RunReport:

@@ -86,6 +86,10 @@ def _number(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
+def _seconds(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
 def _parsed(cls, what: str, value, build):
     """build(dict) as the record, or None (logged) for a missing or unusable value."""
     if value is None:
@@ -199,6 +203,9 @@ class JobRecord(_Stored):
     section 8): where it ran (`helper` is the agent's name or "local"; `core` the
     slot of the build's grant on that agent, None for a local job), when, and how
     it ended; `why_local` says why a job that could have gone remote did not.
+    `core_started`, `core_finished`: when a remote job held its core (None: not
+    known), within [started, finished]: a job waits for a core after it starts,
+    so only these draw a core's jobs without overlap (the build monitor's lanes).
     `epoch` and `coordinator` name the writer (an audit's evidence, as for tasks)."""
 
     seq: int
@@ -213,6 +220,8 @@ class JobRecord(_Stored):
     compiler: str = ""
     epoch: int | None = None
     coordinator: str | None = None
+    core_started: float | None = None
+    core_finished: float | None = None
 
     @property
     def duration(self) -> float:
@@ -230,18 +239,26 @@ class JobRecord(_Stored):
             finished=float(d["finished"]), exit_code=int(d["exit_code"]), remote=bool(d.get("remote")),
             source=str(d.get("source") or ""), core=_number(d.get("core")), why_local=str(d.get("why_local") or ""),
             compiler=str(d.get("compiler") or ""), epoch=_number(d.get("epoch")),
-            coordinator=_text(d.get("coordinator"))))
+            coordinator=_text(d.get("coordinator")), core_started=_seconds(d.get("core_started")),
+            core_finished=_seconds(d.get("core_finished"))))
 
     @classmethod
     def from_report(cls, report, epoch: int, coordinator: str) -> "JobRecord":
         """From an initiator's compile_pb2.JobReport (bounded: see MAX_TEXT)."""
         remote = bool(report.remote)
+        started = float(report.started)
+        finished = max(float(report.finished), started)
+        on_core = None
+        if remote and report.core_started and report.core_finished:   # 0: an initiator that does not say
+            core_started = min(max(float(report.core_started), started), finished)
+            on_core = (core_started, min(max(float(report.core_finished), core_started), finished))
         return cls(seq=int(report.seq), helper=bounded(report.helper or "local", 64),
-                   started=float(report.started), finished=max(float(report.finished), float(report.started)),
+                   started=started, finished=finished,
                    exit_code=int(report.exit_code), remote=remote, source=bounded(report.source),
                    core=int(report.core) if remote else None,
                    why_local="" if remote else bounded(report.why_local),
-                   compiler=bounded(report.compiler, 64), epoch=epoch, coordinator=coordinator)
+                   compiler=bounded(report.compiler, 64), epoch=epoch, coordinator=coordinator,
+                   core_started=on_core[0] if on_core else None, core_finished=on_core[1] if on_core else None)
 
     def to_dict(self) -> dict[str, Any]:
         """The stored value, with the duration (what the API serves)."""

@@ -186,6 +186,18 @@ def test_a_helpers_object_diagnostics_and_exit_code_are_the_compiles(wrappers, t
         assert os.listdir(tmp_path / kind / "out") == ["ok.o"]   # no temporary file left
 
 
+def test_when_the_job_held_the_helpers_core_is_recorded_alike(wrappers, tmp_path):
+    """The build monitor draws a remote job where it held its core (cli/job_server.py), not from
+    the wrapper's start: both wrappers record the times the reply gives, in seconds."""
+    answer = lambda req: {"helper": "agent-1", "exit_code": 0, "core": 1, "object": b"O",  # noqa: E731
+                          "diagnostics": b"", "core_started_ms": 1_764_000_000_123, "core_finished_ms": 1_764_000_001_250}
+    results = both(wrappers, tmp_path, ["-c", "ok.c"], answer=answer)
+    assert results["native"][2] == [{"source": "ok.c", "helper": "agent-1", "exit_code": 0, "compiler": "gcc",
+                                     "core": 1, "core_started": 1_764_000_000.123, "core_finished": 1_764_000_001.25}]
+    # The same fields (both() compared the values) in the same order; times print as %.3f or repr.
+    assert list(json.loads(results["native"][4][0])) == list(json.loads(results["python"][4][0]))
+
+
 def test_a_helpers_failed_compile_leaves_no_object_and_its_exit_code(wrappers, tmp_path):
     answer = lambda req: {"helper": "agent-2", "exit_code": 1, "core": 0, "object": b"",  # noqa: E731
                           "diagnostics": b"bad.c:1: error: nope\n"}

@@ -29,6 +29,23 @@ def test_a_local_job_has_no_core_and_says_why():
     assert record.why_local == "no free helper core within 2 s"
 
 
+def test_a_remote_job_keeps_when_it_held_its_core():
+    waited = dict(REMOTE, core_started=11.25, core_finished=12.4)
+    record = JobRecord.parse(JobRecord.from_report(job_report(5, waited), epoch=1, coordinator="p1").to_json())
+    assert (record.started, record.core_started, record.core_finished, record.finished) == (10.0, 11.25, 12.4, 12.5)
+    assert record.to_dict()["core_started"] == 11.25 and record.duration == 2.5   # the job's, wait included
+
+
+def test_core_times_are_unknown_when_not_sent_and_kept_within_the_job():
+    assert JobRecord.from_report(job_report(6, REMOTE), 1, "p1").core_started is None   # an older initiator
+    local = JobRecord.from_report(job_report(7, dict(LOCAL, core_started=11.1, core_finished=11.2)), 1, "p1")
+    assert (local.core_started, local.core_finished) == (None, None)   # a local job held no helper core
+    skewed = JobRecord.from_report(job_report(8, dict(REMOTE, core_started=9.0, core_finished=99.0)), 1, "p1")
+    assert (skewed.core_started, skewed.core_finished) == (10.0, 12.5)
+    backwards = JobRecord.from_report(job_report(9, dict(REMOTE, core_started=12.0, core_finished=11.0)), 1, "p1")
+    assert (backwards.core_started, backwards.core_finished) == (12.0, 12.0)
+
+
 def test_junk_is_no_job_and_reported_text_is_bounded(caplog):
     assert JobRecord.parse(b"[1]") is None and JobRecord.parse(b'{"seq": 1}') is None
     assert JobRecord.parse(json.dumps({"seq": "x", "helper": "a", "started": 1, "finished": 2,

@@ -385,6 +385,8 @@ struct reply {
     char *helper, *local;   /* NUL-terminated copies */
     int has_code, has_core; /* exit_code given; core given (not None) */
     long long exit_code, core;
+    int has_core_started, has_core_finished; /* when the job held the core, unix time in ms */
+    long long core_started_ms, core_finished_ms;
     const char *object, *diagnostics; /* into the frame */
     size_t object_len, diagnostics_len;
 };
@@ -423,6 +425,9 @@ static int parse_reply(const char *frame, size_t len, struct reply *r, char **wh
         } else if ((KEY("exit_code") || KEY("core")) && tag == 'i' && vlen == 8) {
             if (KEY("core")) r->has_core = 1, r->core = get_i64(p);
             else r->has_code = 1, r->exit_code = get_i64(p);
+        } else if ((KEY("core_started_ms") || KEY("core_finished_ms")) && tag == 'i' && vlen == 8) {
+            if (KEY("core_started_ms")) r->has_core_started = 1, r->core_started_ms = get_i64(p);
+            else r->has_core_finished = 1, r->core_finished_ms = get_i64(p);
         } else if (KEY("object") && tag == 'b') {
             r->object = value, r->object_len = vlen;
         } else if (KEY("diagnostics") && tag == 'b') {
@@ -535,9 +540,10 @@ static void json_string(struct buf *b, const char *s) {
     buf_str(b, "\"");
 }
 
-/* cli.cc.record: one line, one O_APPEND write. */
+/* cli.cc.record: one line, one O_APPEND write. `placed`: the helper's reply (its core, and when the
+   job held it), NULL for a local job. */
 static int record(const char *run_dir, const char *source, const char *helper, double started, double finished,
-                  int code, const char *compiler, const char *why, const long long *core) {
+                  int code, const char *compiler, const char *why, const struct reply *placed) {
     struct buf b = {0};
     char *num;
     buf_str(&b, "{\"source\":");
@@ -553,10 +559,18 @@ static int record(const char *run_dir, const char *source, const char *helper, d
     if (why) {
         buf_str(&b, ",\"why_local\":");
         json_string(&b, why);
-    } else if (core) {
-        num = xprintf(",\"core\":%lld", *core);
-        buf_str(&b, num);
-        free(num);
+    } else if (placed) {
+        if (placed->has_core) {
+            num = xprintf(",\"core\":%lld", placed->core);
+            buf_str(&b, num);
+            free(num);
+        }
+        if (placed->has_core_started && placed->has_core_finished) {
+            num = xprintf(",\"core_started\":%.3f,\"core_finished\":%.3f", placed->core_started_ms / 1000.0,
+                          placed->core_finished_ms / 1000.0);
+            buf_str(&b, num);
+            free(num);
+        }
     }
     buf_str(&b, "}\n");
     char *path = xprintf("%s/%s", run_dir, JOBS_LOG);
@@ -710,7 +724,7 @@ int main(int argc, char **argv) {
     for (char **a = cargv; *a && !undelivered; a++)
         if (strcmp(*a, "-c") == 0) { /* a compile; links and other steps are not jobs */
             if (record(run_dir, decided.source, helper ? helper : "local", started, finished, code,
-                       base_name(compiler), helper ? NULL : why, reply.has_core ? &reply.core : NULL) != 0)
+                       base_name(compiler), helper ? NULL : why, helper ? &reply : NULL) != 0)
                 rc = 1;
             break;
         }

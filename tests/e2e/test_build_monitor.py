@@ -6,7 +6,8 @@ backup's UI (reads work on every coordinator, and it outlives the primary):
 the monitor shows the initiator's lane and the helper cores' lanes, its bars
 grow while the build runs without a reload, the primary is SIGKILLed mid-build
 and the failover appears as a mark, and the build ends done with one bar per
-recorded job. The screenshot goes to the test's tmp directory, and with
+recorded job, the bars of each helper core's lane never overlapping (each is
+the time its job held the core). The screenshot goes to the test's tmp directory, and with
 BATON_SCREENSHOTS=1 to docs/img/build-monitor.png (the README shows it).
 """
 from __future__ import annotations
@@ -78,6 +79,13 @@ def test_the_monitor_shows_lanes_and_bars_live_and_marks_the_failover(make_clust
         record = next(r for r in job_records(cluster, build_id) if r.seq == seq)
         lane = f"{record.helper}/{record.core}" if record.remote else "local"
         expect(monitor.locator(f'.lane[data-lane="{lane}"] .job[data-seq="{seq}"]')).to_have_count(1)
+    # A core runs one job at a time, and its lane shows that: make -j4 on two cores makes jobs
+    # wait for a core, and a bar spanning the job's whole life would overlap the core's others.
+    for lane in lanes[1:]:
+        bars = sorted(monitor.locator(f'.lane[data-lane="{lane}"] .job').evaluate_all(
+            "nodes => nodes.map(n => { const r = n.getBoundingClientRect(); return [r.left, r.right]; })"))
+        overlaps = [(a, b) for a, b in zip(bars, bars[1:]) if b[0] < a[1] - 1.0]   # 1 px: ms rounding
+        assert len(bars) > 1 and not overlaps, (lane, overlaps[:3])
     shot = tmp_path / "build-monitor.png"
     card, end = page.locator("#run-build").bounding_box(), page.locator("#monitor-span").bounding_box()
     page.screenshot(path=str(shot), clip={"x": card["x"], "y": card["y"], "width": card["width"],

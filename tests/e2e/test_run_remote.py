@@ -226,6 +226,11 @@ def test_the_build_and_its_jobs_are_recorded_and_served_by_the_api(make_cluster,
     assert len(remote) == figures["remote"] and {r.helper for r in remote} <= {"a1", "a2"}
     assert {r.core for r in remote} == {0}   # one core each: slot 0 of each grant
     assert all(r.why_local and r.core is None for r in records if not r.remote)
+    # When each remote job held its core: within the job's own span, and one job at a time on a core.
+    assert all(r.started <= r.core_started <= r.core_finished <= r.finished for r in remote)
+    for helper in {r.helper for r in remote}:
+        held = sorted((r.core_started, r.core_finished) for r in remote if r.helper == helper)
+        assert all(b[0] >= a[1] - 0.002 for a, b in zip(held, held[1:])), held   # ms rounding on each end
     # The leader tells the helper of a grant (Lend) and the initiator (CoreGrants) on two streams in no
     # order: a job that comes first waits for its Lend (agent/helper.py Grants.slot), it is not sent back.
     # (A grant ended meanwhile is refused, and says so: "...: the leader ended it (Unlend)".)
@@ -235,8 +240,8 @@ def test_the_build_and_its_jobs_are_recorded_and_served_by_the_api(make_cluster,
     assert (build["kind"], build["state"], build["exit_code"], build["host"]) == ("run", "done", 0, os.uname().nodename)
     assert build["command"] == ["make", "-j4"] and build["counts"]["total"] == 9
     assert build["counts"]["remote"] == figures["remote"]
-    assert sorted((j["seq"], j["helper"], j["duration"]) for j in build["jobs"]) == \
-        sorted((r.seq, r.helper, r.duration) for r in records)
+    assert sorted((j["seq"], j["helper"], j["duration"], j["core_started"]) for j in build["jobs"]) == \
+        sorted((r.seq, r.helper, r.duration, r.core_started) for r in records)
     env = dict(os.environ, PYTHONPATH=str(ROOT), BATON_USER="admin", BATON_PASSWORD=cluster.admin_password)
     shown = subprocess.run([sys.executable, "-m", "cli", "build", "show", figures["id"], *cluster.cli_etcd_args()],
                            capture_output=True, text=True, env=env, timeout=60)

@@ -24,6 +24,9 @@
   function setText(id, text) { var n = document.getElementById(id); if (n) n.textContent = text; }
   function fmtDuration(s) { return s === null || s === undefined ? "" : (s < 60 ? s.toFixed(2) + " s" : Math.floor(s / 60) + " min " + Math.round(s % 60) + " s"); }
   function laneOf(job) { return job.remote ? job.helper + "/" + job.core : "local"; }
+  function onCore(job) {
+    return job.remote && typeof job.core_started === "number" && typeof job.core_finished === "number";
+  }
 
   function lanes(host) {
     var names = {};
@@ -77,10 +80,16 @@
       var j = jobs[seq];
       var bar = el("div", "job " + (j.exit_code !== 0 ? "job-failed" : j.remote ? "job-remote" : "job-local"));
       bar.dataset.seq = j.seq;
-      place(bar, j.started, s);
-      bar.style.width = (100 * Math.max(j.finished - j.started, 0) / (s.end - s.start)) + "%";
+      // On a core's lane a bar is the time the job held that core: with more jobs than cores
+      // (make -j4 on two), a job waits for one after it starts, and its whole span would overlap
+      // the core's other jobs. Records without these (an older initiator) draw the whole span.
+      var from = onCore(j) ? j.core_started : j.started, to = onCore(j) ? j.core_finished : j.finished;
+      place(bar, from, s);
+      bar.style.width = (100 * Math.max(to - from, 0) / (s.end - s.start)) + "%";
       bar.title = (j.source || "(no source)") + "\n" + (j.remote ? j.helper + " core " + j.core : "local" + (j.why_local ? ": " + j.why_local : "")) +
-        "\n" + fmtDuration(j.duration) + ", exit " + j.exit_code;
+        "\n" + fmtDuration(j.duration) + ", exit " + j.exit_code +
+        (onCore(j) ? "\n" + fmtDuration(j.core_finished - j.core_started) + " on the core, " +
+          fmtDuration(j.core_started - j.started) + " waiting for it" : "");
       rows[laneOf(j)].appendChild(bar);
     });
     var marks = el("div", "marks");
