@@ -11,7 +11,6 @@ hold every thread of the server."""
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 from concurrent import futures
 
@@ -20,10 +19,9 @@ import pytest
 
 from agent.compile_job import compiler_identity
 from agent.helper import GRANT_WAIT, Grants, HelperServer, Refused
-from cli.job_server import JobServer
 from cluster.protocol import compile_pb2 as pb
 from cluster.protocol import compile_pb2_grpc
-from tests.harness.cores import OneGrant
+from tests.harness.cores import OneGrant, job_through_initiator
 from tests.harness.wait import wait_until
 
 pytestmark = pytest.mark.skipif(not shutil.which("gcc"), reason="needs gcc")
@@ -60,16 +58,7 @@ def job(tmp_path, grant: str, epoch: int = 5) -> pb.CompileRequest:
 
 def through_initiator(tmp_path, server: HelperServer, grant: str, epoch: int = 5) -> dict:
     """A gcc job of `baton cc` through the initiator's JobServer, holding `grant`."""
-    (tmp_path / "a.c").write_bytes(SOURCE)
-    run_dir = tmp_path / "run"
-    run_dir.mkdir(exist_ok=True)
-    jobs = JobServer(str(run_dir), OneGrant(server.address("unused"), grant=grant, epoch=epoch, slots=1), wait=1.0).start()
-    try:
-        reply = jobs.compile({"argv": [shutil.which("gcc"), "-O2", "-c", "a.c", "-o", "a.o"],
-                              "cwd": str(tmp_path), "env": dict(os.environ)})
-    finally:
-        jobs.stop()
-    return {k: v for k, v in reply.items() if k not in ("object", "diagnostics")}
+    return job_through_initiator(tmp_path, OneGrant(server.address("unused"), grant=grant, epoch=epoch, slots=1))
 
 
 def in_background(call):

@@ -5,7 +5,6 @@ so a grant id alone runs nothing; the initiator accepts a helper only when
 its certificate names the agent the grant was for."""
 from __future__ import annotations
 
-import os
 import shutil
 
 import grpc
@@ -15,11 +14,10 @@ from agent.compile_job import compiler_identity
 from agent.config import AgentConfig
 from agent.helper import Grants, HelperServer
 from cli.certs import issue_agent_cert, make_ca
-from cli.job_server import JobServer
 from cluster.protocol import compile_pb2 as pb
 from cluster.protocol import compile_pb2_grpc
 from lease.errors import ConfigError
-from tests.harness.cores import OneGrant
+from tests.harness.cores import OneGrant, job_through_initiator
 
 pytestmark = pytest.mark.skipif(not shutil.which("gcc"), reason="needs gcc")
 
@@ -109,34 +107,26 @@ def test_a_client_certificate_of_another_ca_is_refused(pki, serve, tmp_path):
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-def job_through_initiator(tmp_path, pki, helper: HelperServer, agent: str) -> dict:
-    (tmp_path / "a.c").write_bytes(SOURCE)
-    run_dir = tmp_path / f"run{helper.port}"
-    run_dir.mkdir()
-    jobs = JobServer(str(run_dir), OneGrant(helper.address("unused"), agent=agent), wait=1.0,
-                     root_certificates=pki.ca_pem, client=pki.agent("initiator")).start()
-    try:
-        reply = jobs.compile({"argv": [shutil.which("gcc"), "-O2", "-c", "a.c", "-o", "a.o"], "cwd": str(tmp_path),
-                              "env": dict(os.environ)})
-    finally:
-        jobs.stop()
-    return {k: v for k, v in reply.items() if k not in ("object", "diagnostics")}
+def tls_job(tmp_path, pki, helper: HelperServer, agent: str) -> dict:
+    """A gcc job through the initiator's JobServer over TLS, granted a core of `agent` at `helper`."""
+    return job_through_initiator(tmp_path, OneGrant(helper.address("unused"), agent=agent),
+                                 root_certificates=pki.ca_pem, client=pki.agent("initiator"))
 
 
 def test_the_initiator_refuses_a_helper_whose_certificate_names_another_agent(pki, serve, tmp_path):
     impostor = serve(*pki.agent("a2"), pki.ca_pem)   # a2's certificate where the grant says a1
-    reply = job_through_initiator(tmp_path, pki, impostor, agent="a1")
+    reply = tls_job(tmp_path, pki, impostor, agent="a1")
     assert "helper" not in reply
     assert reply["local"].startswith("helper a1 failed") and "a1" in reply["local"], reply
     genuine = serve(*pki.agent("a1"), pki.ca_pem)
-    assert job_through_initiator(tmp_path, pki, genuine, agent="a1") == {"helper": "a1", "exit_code": 0, "core": 0}
+    assert tls_job(tmp_path, pki, genuine, agent="a1") == {"helper": "a1", "exit_code": 0, "core": 0}
 
 
 def test_a_pool_certificate_serves_for_any_agent_name(pki, serve, tmp_path):
     """The compose file's replicas share one pool certificate (deploy/README.md):
     as on the coordinators, it passes for any agent name."""
     pool = serve(*pki.agent("pool", any_name=True), pki.ca_pem)
-    assert job_through_initiator(tmp_path, pki, pool, agent="3f2a9c") == {"helper": "3f2a9c", "exit_code": 0, "core": 0}
+    assert tls_job(tmp_path, pki, pool, agent="3f2a9c") == {"helper": "3f2a9c", "exit_code": 0, "core": 0}
 
 
 def test_a_helper_of_a_tls_cluster_needs_the_agents_certificate(tmp_path):
