@@ -44,7 +44,8 @@ Each `baton run` figure is taken with each compiler wrapper of --wrapper
    warm, not named by its include lines: cli/include_scan.py; --no-scanned
    leaves these two out). Each round starts one variant later than the last
    (a build and its build again stay together), and Baton's ratio to distcc
-   is listed round by round. On one machine the helpers share
+   is listed round by round. For a build with helpers, the job records also
+   say how much of its span each helper core held a job (the last round's). On one machine the helpers share
    its cores, so the figure is the remote path's overhead, not a speed-up; each
    build's CPU-seconds over the whole machine (/proc/stat) are printed too, a
    steadier figure of that overhead than walls on a loaded machine.
@@ -375,6 +376,25 @@ def build_once(runner: list[str], build: Path, parallel: int, env: dict) -> tupl
     return wall, cpu_after - cpu, steal_after - steal, done.stdout
 
 
+def cores_held(cluster, build_id: str) -> str:
+    """How much of the build the helpers' cores held a job: for each core (agent, slot), the sum of
+    its jobs' time on it (the job records' core_started..core_finished) over the span from its
+    first job's start to its last one's end. Near 100 %: the jobs reach the helpers as fast as
+    they compile, and what the build pays is the CPU Baton's processes take from the cores."""
+    from cluster.records import JobRecord
+
+    lanes: dict[tuple, list] = {}
+    for value, _ in cluster.etcd().get_prefix(cluster.keys.build_jobs(build_id)):
+        job = JobRecord.parse(value)
+        if job is not None and job.remote and job.core_started is not None:
+            lanes.setdefault((job.helper, job.core), []).append((job.core_started, job.core_finished))
+    held = []
+    for spans in lanes.values():
+        span = max(end for _, end in spans) - min(start for start, _ in spans)
+        held.append(100 * sum(end - start for start, end in spans) / span if span > 0 else 100.0)
+    return f"cores held {min(held):.1f}-{max(held):.1f} %" if held else "no core times recorded"
+
+
 def builds(source: Path, workdir: Path, env: dict, jobs: int, cluster=None, repeat: int = 1,
            remote_jobs: int | None = None, kinds: tuple[str, ...] = ("native", "python"),
            scanned: bool = True) -> list[dict]:
@@ -449,7 +469,9 @@ def builds(source: Path, workdir: Path, env: dict, jobs: int, cluster=None, repe
                     figures = json.loads(stdout.splitlines()[-1])
                     remote[name] = (f"{figures['remote']}/{figures['jobs']} jobs remote, "
                                     f"{figures.get('include_scans', 0)} named by include lines, "
-                                    f"{figures.get('scan_cache_hits', 0)} scans from the cache")
+                                    f"{figures.get('scan_cache_hits', 0)} scans from the cache"
+                                    + (f", {cores_held(cluster, figures['id'])}" if cluster and figures.get('recorded')
+                                       else ""))
                 elif launcher:
                     remote[name] = f"{distcc.compiled() - compiled} jobs on distccd"
     finally:
