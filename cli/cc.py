@@ -145,7 +145,7 @@ def compile_remotely(run_dir: str, argv: list[str], output: str) -> tuple[str | 
         os.unlink(output)   # as the compiler does when it fails
     sys.stderr.buffer.write(reply["diagnostics"])
     sys.stderr.flush()
-    placed = {"core": reply.get("core")}
+    placed = {"core": reply["core"]} if reply.get("core") is not None else {}
     if isinstance(reply.get("core_started_ms"), int) and isinstance(reply.get("core_finished_ms"), int):
         placed.update(core_started=reply["core_started_ms"] / 1000, core_finished=reply["core_finished_ms"] / 1000)
     return reply["helper"], code, "", placed
@@ -191,7 +191,7 @@ def main(args: list[str]) -> int:
         if helper is None:
             job["why_local"] = why
         else:   # the build monitor's lane on that helper (cli/core_client.py acquire_core), and the bar on it
-            job.update((key, value) for key, value in placed.items() if value is not None)
+            job.update(placed)
         record(run_dir, job)
     return code
 

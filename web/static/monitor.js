@@ -83,12 +83,13 @@
       // On a core's lane a bar is the time the job held that core: with more jobs than cores
       // (make -j4 on two), a job waits for one after it starts, and its whole span would overlap
       // the core's other jobs. Records without these (an older initiator) draw the whole span.
-      var from = onCore(j) ? j.core_started : j.started, to = onCore(j) ? j.core_finished : j.finished;
+      var held = onCore(j);
+      var from = held ? j.core_started : j.started, to = held ? j.core_finished : j.finished;
       place(bar, from, s);
       bar.style.width = (100 * Math.max(to - from, 0) / (s.end - s.start)) + "%";
       bar.title = (j.source || "(no source)") + "\n" + (j.remote ? j.helper + " core " + j.core : "local" + (j.why_local ? ": " + j.why_local : "")) +
         "\n" + fmtDuration(j.duration) + ", exit " + j.exit_code +
-        (onCore(j) ? "\n" + fmtDuration(j.core_finished - j.core_started) + " on the core, " +
+        (held ? "\n" + fmtDuration(j.core_finished - j.core_started) + " on the core, " +
           fmtDuration(j.core_started - j.started) + " waiting for it" : "");
       rows[laneOf(j)].appendChild(bar);
     });
