@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import shutil
@@ -512,7 +513,39 @@ def report_builds(measured: dict[str, list[dict]], remote: dict[str, str], with_
             print(f"  {name} / distcc: x{statistics.median(walls):.2f} (best: x{min(walls):.2f}; "
                   f"CPU x{statistics.median(cpus):.2f}); at or below distcc in {sum(w <= 1 for w in walls)} "
                   f"of {len(walls)} rounds: {' '.join(f'{w:.2f}' for w in walls)}")
+    for kind, names in helper_builds(measured).items():
+        rounds = [statistics.fmean(measured[name][i]["ratio"] for name in names) / d["ratio"]
+                  for i, d in enumerate(theirs)]
+        figure = against_distcc(rounds)
+        spread = (f"x{figure['low']:.3f}-{figure['high']:.3f} within two standard errors"
+                  if figure["low"] is not None else "one round: no spread")
+        print(f"  Baton [{kind}] / distcc, a round's {len(names)} builds with helpers together: "
+              f"geometric mean x{figure['geomean']:.3f} over {figure['rounds']} rounds ({spread}); "
+              f"at or below distcc in {figure['at_or_below']}")
+        out.append({"name": f"baton [{kind}] / distcc", "builds": names, "per_round": rounds, **figure})
     return out
+
+
+def helper_builds(measured: dict[str, list[dict]]) -> dict[str, list[str]]:
+    """The builds with helpers named by their include lines (not the scanned ones, the w10
+    comparison), by wrapper kind: what a `baton run` on a farm does, cold and warm."""
+    kinds: dict[str, list[str]] = {}
+    for name in measured:
+        if name.startswith("baton run, ") and "scanned" not in name:
+            kinds.setdefault(name.rpartition("[")[2].rstrip("]"), []).append(name)
+    return kinds
+
+
+def against_distcc(rounds: list[float]) -> dict:
+    """Baton's wall over distcc's, one figure a round: their geometric mean, and the mean of
+    logs +- two standard errors (about 95 % from a dozen rounds on). One round moves by +-10 %
+    on this VM, so "at or below distcc" is read from many rounds together, not from one."""
+    logs = [math.log(r) for r in rounds]
+    mean = statistics.fmean(logs)
+    error = 2 * statistics.stdev(logs) / math.sqrt(len(logs)) if len(logs) > 1 else None
+    return {"rounds": len(rounds), "geomean": math.exp(mean), "at_or_below": sum(r <= 1 for r in rounds),
+            "low": None if error is None else math.exp(mean - error),
+            "high": None if error is None else math.exp(mean + error)}
 
 
 def farm_options(cluster) -> list[str]:
