@@ -44,7 +44,10 @@ Each `baton run` figure is taken with each compiler wrapper of --wrapper
    warm, not named by its include lines: cli/include_scan.py; --no-scanned
    leaves these two out). Each round starts one variant later than the last
    (a build and its build again stay together), and Baton's ratio to distcc
-   is listed round by round. For a build with helpers, the job records also
+   is listed round by round; then a round's builds with helpers together
+   (first and again, their mean) over its distcc build, as the geometric mean
+   over the rounds with two standard errors: one round moves by +-10 %, so
+   "at or below distcc" is read from that range, not from a round. For a build with helpers, the job records also
    say how much of its span each helper core held a job (the last round's). On one machine the helpers share
    its cores, so the figure is the remote path's overhead, not a speed-up; each
    build's CPU-seconds over the whole machine (/proc/stat) are printed too, a
