@@ -37,11 +37,11 @@ from agent.helper import Grants, HelperServer
 from cli import certs
 from cli.cc_args import plan
 from cli.compile_scan import pack, scan
-from cli.core_client import CoreSource
 from cli.job_server import JobServer
 from cluster.names import agent_server_name
 from cluster.protocol import compile_pb2 as pb
 from cluster.protocol import compile_pb2_grpc
+from tests.harness.cores import OneGrant
 
 SOURCE = """#include <stdio.h>
 #include <stdlib.h>
@@ -60,20 +60,6 @@ def p99(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))]
 
 
-class FixedGrant(CoreSource):
-    """The CoreClient surface JobServer uses: always the one grant of agent h1."""
-
-    def __init__(self, helper: str):
-        self.grant = pb.Grant(agent="h1", helper=helper, slots=1, grant="g1", epoch=1)
-        self.helpers_used: set[str] = set()
-
-    def acquire(self, wait: float):
-        return self.grant, ""
-
-    def release(self, grant) -> None:
-        pass
-
-
 class Mode:
     """One helper (plaintext or TLS) and the initiator's JobServer in front of it."""
 
@@ -87,7 +73,8 @@ class Mode:
         run_dir = tmp / f"run-{name}"
         run_dir.mkdir()
         ca = tls[2] if tls else None
-        self.jobs = JobServer(str(run_dir), FixedGrant(self.helper.address("unused")), 1.0, ca, client).start()
+        self.jobs = JobServer(str(run_dir), OneGrant(self.helper.address("unused"), agent="h1", epoch=1, slots=1),
+                              1.0, ca, client).start()
         self.credentials = grpc.ssl_channel_credentials(ca, *client) if tls else None
         self.times: dict[str, list[float]] = {"job": [], "transport": [], "new channel": []}
 
@@ -128,12 +115,15 @@ def main() -> int:
         project = tmp / "project"
         project.mkdir()
         (project / "s.c").write_text(SOURCE)
-        decided = plan([shutil.which("gcc"), "-O2", "-c", "s.c", "-o", "s.o"])
+        argv = [shutil.which("gcc"), "-O2", "-c", "s.c", "-o", "s.o"]
+        decided = plan(argv)
         job = pack(decided, str(project), scan(decided, str(project)))
         paths = list(job.files)
         header = {"compiler": decided.compiler, "args": list(job.args), "source": job.source, "cwd": job.cwd,
                   "paths": paths, "system_dirs": list(job.system_dirs)}
         blobs = [job.files[p] for p in paths]
+        # What `baton cc` sends the initiator's job server (cli/ccwire.py).
+        request = {"argv": argv, "cwd": str(project), "env": dict(os.environ)}
         refused = pb.CompileRequest(grant="g1", epoch=1, compiler="gcc", compiler_identity="0" * 64,
                                     args=header["args"], source=job.source, cwd=job.cwd,
                                     files=[pb.SourceFile(path=p, content=c) for p, c in zip(paths, blobs)],
@@ -142,11 +132,11 @@ def main() -> int:
         modes = [Mode("plaintext", tmp, None, None), Mode("tls", tmp, tls, client)]
         try:
             for mode in modes:   # warm up: the channel, the compiler identity caches
-                reply, _ = mode.jobs.compile(header, blobs)
+                reply = mode.jobs.compile(request)
                 assert reply.get("exit_code") == 0, reply
             for i in range(args.jobs):
                 for mode in modes if i % 2 else modes[::-1]:
-                    elapsed, (reply, _) = timed(lambda: mode.jobs.compile(header, blobs))
+                    elapsed, reply = timed(lambda: mode.jobs.compile(request))
                     assert reply.get("exit_code") == 0, reply
                     mode.times["job"].append(elapsed)
                     stub = mode.jobs._stub(mode.helper.address("unused"), "h1")
